@@ -1,0 +1,13 @@
+//! `tether-interruption`: the spot interruption warning and the rebalance
+//! recommendation. Records them on the node and marks it as being recovered.
+
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tether::events::{REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION_WARNING};
+use tether::Tether;
+
+pub const DETAIL_TYPES: &[&str] = &[SPOT_INTERRUPTION_WARNING, REBALANCE_RECOMMENDATION];
+
+pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
+}

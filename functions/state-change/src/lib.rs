@@ -1,0 +1,14 @@
+//! `tether-state-change`: EC2 instance state-change notifications. The termination
+//! of a node's current instance launches its replacement on the node's ENI; a stop
+//! is recorded; instances Tether does not manage are ignored.
+
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use tether::events::STATE_CHANGE_NOTIFICATION;
+use tether::Tether;
+
+pub const DETAIL_TYPES: &[&str] = &[STATE_CHANGE_NOTIFICATION];
+
+pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+    tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
+}

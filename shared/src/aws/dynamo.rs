@@ -1,0 +1,170 @@
+//! The DynamoDB node store. One table; node items are keyed `pk = node#<id>`, carry
+//! the node's fields as attributes, and a top-level `instance_id` for the
+//! `by-instance` index. Every write is conditional on `version`.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
+};
+use aws_sdk_dynamodb::Client;
+
+use crate::aws::aws_error;
+use crate::error::{AwsError, ErrorClass};
+use crate::model::{Node, NodeId};
+use crate::ports::NodeStore;
+
+pub const PARTITION_KEY: &str = "pk";
+pub const INSTANCE_INDEX: &str = "by-instance";
+pub const INSTANCE_ATTRIBUTE: &str = "instance_id";
+
+#[derive(Clone, Debug)]
+pub struct DynamoNodeStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoNodeStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoNodeStore { client, table: table.into() }
+    }
+
+    /// Creates the table as the deploy templates define it (on-demand, the instance-id
+    /// index). For local runs against an emulator; deployments use SAM or CDK.
+    pub async fn create_table(&self) -> Result<(), AwsError> {
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| build_error("CreateTable", e))
+        };
+        let hash_key = |name: &str| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| build_error("CreateTable", e))
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(INSTANCE_INDEX)
+            .key_schema(hash_key(INSTANCE_ATTRIBUTE)?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+            .map_err(|e| build_error("CreateTable", e))?;
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute(PARTITION_KEY)?)
+            .attribute_definitions(attribute(INSTANCE_ATTRIBUTE)?)
+            .key_schema(hash_key(PARTITION_KEY)?)
+            .global_secondary_indexes(index)
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "CreateTable", e))?;
+        Ok(())
+    }
+
+    fn item(&self, node: &Node) -> Result<HashMap<String, AttributeValue>, AwsError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(node).map_err(|e| codec_error("PutItem", e))?;
+        item.insert(PARTITION_KEY.into(), AttributeValue::S(node_key(&node.id)));
+        if let Some(instance_id) = node.instance_id() {
+            item.insert(INSTANCE_ATTRIBUTE.into(), AttributeValue::S(instance_id.to_owned()));
+        }
+        Ok(item)
+    }
+}
+
+fn node_key(id: &NodeId) -> String {
+    format!("node#{id}")
+}
+
+fn from_item(operation: &'static str, item: HashMap<String, AttributeValue>) -> Result<Node, AwsError> {
+    serde_dynamo::from_item(item).map_err(|e| codec_error(operation, e))
+}
+
+fn codec_error(operation: &'static str, e: serde_dynamo::Error) -> AwsError {
+    AwsError {
+        service: "DynamoDB",
+        operation,
+        code: None,
+        message: format!("node item does not match the node model: {e}"),
+        class: ErrorClass::Permanent,
+    }
+}
+
+fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
+    AwsError { service: "DynamoDB", operation, code: None, message: e.to_string(), class: ErrorClass::Permanent }
+}
+
+#[async_trait]
+impl NodeStore for DynamoNodeStore {
+    async fn create(&self, node: &Node) -> Result<(), AwsError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.item(node)?))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "PutItem", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &NodeId) -> Result<Option<Node>, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(node_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "GetItem", e))?;
+        out.item.map(|item| from_item("GetItem", item)).transpose()
+    }
+
+    async fn find_by_instance(&self, instance_id: &str) -> Result<Option<Node>, AwsError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(INSTANCE_INDEX)
+            .key_condition_expression("#i = :i")
+            .expression_attribute_names("#i", INSTANCE_ATTRIBUTE)
+            .expression_attribute_values(":i", AttributeValue::S(instance_id.to_owned()))
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "Query", e))?;
+        // An instance belongs to one node; should two items ever name it, the newest generation wins.
+        let mut nodes = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| from_item("Query", item))
+            .collect::<Result<Vec<_>, _>>()?;
+        nodes.sort_by_key(|n| n.generation);
+        Ok(nodes.pop())
+    }
+
+    async fn save(&self, node: &Node) -> Result<Node, AwsError> {
+        let mut next = node.clone();
+        next.version += 1;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.item(&next)?))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", AttributeValue::N(node.version.to_string()))
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "PutItem", e))?;
+        Ok(next)
+    }
+}

@@ -1,0 +1,127 @@
+//! Errors of the adapter layer: one type for every AWS call, keeping AWS's error code and
+//! saying whether a retry can help.
+
+use std::fmt;
+
+/// How the caller should treat an AWS error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling, timeouts, 5xx, no response: retry with backoff.
+    Transient,
+    /// `InvalidNetworkInterface.InUse`: the ENI is still attached to the old instance.
+    EniInUse,
+    /// No capacity for this instance type or market: try the next candidate.
+    NoCapacity,
+    /// A DynamoDB condition failed: someone else wrote first; re-read and decide again.
+    Conflict,
+    /// The resource does not exist.
+    NotFound,
+    /// Retrying the same request cannot succeed.
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct AwsError {
+    pub service: &'static str,
+    pub operation: &'static str,
+    /// AWS's error code, e.g. `InsufficientInstanceCapacity`; `None` when no response came.
+    pub code: Option<String>,
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+impl fmt::Display for AwsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} failed: {}: {}",
+            self.service,
+            self.operation,
+            self.code.as_deref().unwrap_or("no response"),
+            self.message
+        )
+    }
+}
+
+/// EC2 error codes that mean "no capacity for this candidate, try the next one".
+pub const CAPACITY_CODES: &[&str] = &[
+    "InsufficientInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "Unsupported",
+    "InstanceLimitExceeded",
+    "InsufficientCapacity",
+];
+
+const THROTTLING_CODES: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "LimitExceededException",
+    "TransactionConflictException",
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "Unavailable",
+];
+
+impl AwsError {
+    /// Classifies an error response by its code (HTTP status breaks ties for unknown codes).
+    pub fn from_code(
+        service: &'static str,
+        operation: &'static str,
+        code: Option<&str>,
+        message: Option<&str>,
+        status: Option<u16>,
+    ) -> Self {
+        let class = match code {
+            None => ErrorClass::Transient,
+            Some("InvalidNetworkInterface.InUse") => ErrorClass::EniInUse,
+            Some("ConditionalCheckFailedException") => ErrorClass::Conflict,
+            Some(c) if CAPACITY_CODES.contains(&c) => ErrorClass::NoCapacity,
+            Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Transient,
+            Some(c) if c.ends_with(".NotFound") || c == "ResourceNotFoundException" => ErrorClass::NotFound,
+            Some(_) if status.is_some_and(|s| s >= 500) => ErrorClass::Transient,
+            Some(_) => ErrorClass::Permanent,
+        };
+        AwsError {
+            service,
+            operation,
+            code: code.map(str::to_owned),
+            message: message.unwrap_or("").to_owned(),
+            class,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class, ErrorClass::Transient | ErrorClass::EniInUse | ErrorClass::Conflict)
+    }
+
+    pub fn code_is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_the_codes_tether_acts_on() {
+        let class = |code: &str, status| AwsError::from_code("EC2", "RunInstances", Some(code), None, Some(status)).class;
+        assert_eq!(class("InvalidNetworkInterface.InUse", 400), ErrorClass::EniInUse);
+        assert_eq!(class("InsufficientInstanceCapacity", 500), ErrorClass::NoCapacity);
+        assert_eq!(class("RequestLimitExceeded", 503), ErrorClass::Transient);
+        assert_eq!(class("ConditionalCheckFailedException", 400), ErrorClass::Conflict);
+        assert_eq!(class("InvalidNetworkInterfaceID.NotFound", 400), ErrorClass::NotFound);
+        assert_eq!(class("InvalidAMIID.Malformed", 400), ErrorClass::Permanent);
+        assert_eq!(class("SomethingNew", 503), ErrorClass::Transient);
+        let no_response = AwsError::from_code("EC2", "RunInstances", None, Some("timeout"), None);
+        assert!(no_response.is_retryable());
+        assert!(no_response.to_string().contains("no response"));
+    }
+}

@@ -1,0 +1,98 @@
+//! What every Tether function does around its handler: logging, clients built once,
+//! and the translation of an EventBridge invocation into a service call and back.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::SdkConfig;
+use lambda_runtime::LambdaEvent;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud};
+use crate::config::Config;
+use crate::events::ReceivedEvent;
+use crate::service::Tether;
+
+/// Used when the invocation carries no deadline (local runs).
+const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
+
+/// JSON logs in Lambda (one object per line, span fields such as node_id flattened in),
+/// compact text elsewhere. `RUST_LOG` sets the level; default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let result = if in_lambda {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).without_time().try_init()
+    } else {
+        builder.compact().try_init()
+    };
+    // Already initialised (tests install their own): keep that one.
+    let _ = result;
+}
+
+/// Builds the service on AWS clients from an SDK config (endpoint, region, credentials).
+pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
+    let store = DynamoNodeStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone());
+    let cloud = Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk));
+    Tether::new(Arc::new(store), Arc::new(cloud), config.settings.clone())
+}
+
+/// Reads the config and loads AWS settings the standard way (env, profile, role).
+pub async fn tether_from_env() -> Result<Tether, lambda_runtime::Error> {
+    let config = Config::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    Ok(tether_from_sdk(&sdk, &config))
+}
+
+/// The invocation's deadline as a monotonic instant.
+pub fn deadline(context: &lambda_runtime::Context) -> Instant {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    match context.deadline.checked_sub(now_ms) {
+        Some(left) if context.deadline > 0 => Instant::now() + Duration::from_millis(left),
+        _ => Instant::now() + DEFAULT_BUDGET,
+    }
+}
+
+/// Handles one EventBridge event of the `detail_types` this function serves.
+///
+/// Success (acknowledged) for events handled, ignored, or that can never be processed
+/// (logged with the reason: no retry storm). An error only when a retry can help
+/// (throttling, ENI not yet free, a lost race), so that Lambda retries.
+pub async fn handle_eventbridge(
+    tether: &Tether,
+    event: LambdaEvent<Value>,
+    detail_types: &[&str],
+) -> Result<Value, lambda_runtime::Error> {
+    let deadline = deadline(&event.context);
+    let detail_type = event.payload.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if !detail_types.contains(&detail_type.as_str()) {
+        warn!(detail_type, request_id = event.context.request_id, "event of a type this function does not serve; acknowledged");
+        return Ok(json!({"outcome": "rejected", "reason": format!("detail-type `{detail_type}` not served here")}));
+    }
+    let received = match ReceivedEvent::parse(event.payload) {
+        Ok(received) => received,
+        Err(reason) => {
+            error!(%reason, request_id = event.context.request_id, "unprocessable event; acknowledged");
+            return Ok(json!({"outcome": "rejected", "reason": reason.to_string()}));
+        }
+    };
+    let event_id = received.id.as_deref().unwrap_or("none");
+    match tether.handle_instance_event(&received.event, deadline).await {
+        Ok(outcome) => {
+            info!(event_id, detail_type, instance_id = received.event.instance_id(), ?outcome, "handled");
+            Ok(serde_json::to_value(&outcome)?)
+        }
+        Err(e) if e.is_retryable() => {
+            warn!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "retryable failure; Lambda will retry");
+            Err(Box::new(e))
+        }
+        Err(e) => {
+            error!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "permanent failure; acknowledged");
+            Ok(json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()}))
+        }
+    }
+}

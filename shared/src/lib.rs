@@ -1,0 +1,18 @@
+//! Tether: keeps a spot node's ENI, private IP and Elastic IP across interruptions.
+//!
+//! The domain decides (`lifecycle`, a pure state machine, and `service`), the adapters
+//! talk to AWS (`aws`), and the functions translate Lambda events (`lambda`).
+
+pub mod aws;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod lambda;
+pub mod lifecycle;
+pub mod model;
+pub mod ports;
+pub mod service;
+
+pub use error::{AwsError, ErrorClass};
+pub use model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
+pub use service::{Outcome, Settings, Tether, TetherError};

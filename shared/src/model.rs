@@ -1,0 +1,268 @@
+//! The stateful node: what the user asked for (spec, persistence) and what Tether
+//! knows about it now (state, generation, ENI, current instance, history).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How many history entries a node keeps; older ones are dropped first.
+pub const HISTORY_LIMIT: usize = 50;
+
+/// A node's id: `tn-` followed by 32 hex digits. Short enough that a RunInstances
+/// ClientToken derived from it stays well under EC2's 64-character limit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn generate() -> Self {
+        NodeId(format!("tn-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Accepts an id read from outside (a table item, a request path).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let hex = raw.strip_prefix("tn-")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| NodeId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The RunInstances ClientToken of one generation: a retried or duplicated
+    /// launch of the same generation returns the same instance instead of a second one.
+    pub fn client_token(&self, generation: u64) -> String {
+        format!("{}-g{}", self.0, generation)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What every instance of the node is launched with. Subnet and security groups
+/// go on the ENI (created once); the rest is read at each launch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub subnet_id: String,
+    pub image_id: String,
+    /// Tried in order, spot first; never empty.
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN.
+    #[serde(default)]
+    pub iam_instance_profile: Option<String>,
+    /// Plain text; base64-encoded by the EC2 adapter.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// After every spot candidate failed for capacity, try on-demand in the same AZ.
+    #[serde(default = "default_true")]
+    pub fallback_to_on_demand: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The network identity the node keeps for life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persistence {
+    /// `None`: EC2 picks one from the subnet at the first resume, and it is kept from then on.
+    #[serde(default)]
+    pub private_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub elastic_ip_allocation_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// No instance, none wanted. The ENI (if created yet) and the EIP are kept.
+    Paused,
+    /// Generation `generation` is being launched; `instance` still names the one it replaces.
+    Launching,
+    /// `instance` runs the node.
+    Running,
+    /// `instance` was told it will be interrupted (or is shutting down); a replacement
+    /// follows its termination.
+    Recovering,
+    /// `instance` was stopped (a stop/hibernate interruption or by hand); AWS restarts the
+    /// same instance, so nothing is launched.
+    Stopped,
+    /// Tether cannot go on without an operator; `last_error` says why.
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    Spot,
+    OnDemand,
+}
+
+/// The node's persisted ENI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniRecord {
+    pub id: String,
+    pub private_ip: Ipv4Addr,
+    pub mac_address: String,
+    pub availability_zone: String,
+}
+
+/// An instance of the node: the current one, or the one being replaced while `Launching`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub generation: u64,
+    pub instance_type: String,
+    pub market: Market,
+    pub launched_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InterruptionAction {
+    Terminate,
+    Stop,
+    Hibernate,
+}
+
+/// The latest interruption notice for the current instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptionRecord {
+    pub instance_id: String,
+    pub action: InterruptionAction,
+    pub noticed_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub generation: u64,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    pub what: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub spec: NodeSpec,
+    pub persistence: Persistence,
+    pub state: NodeState,
+    /// Bumped by every write; every write is conditional on the version it read.
+    pub version: u64,
+    /// Instances launched so far; the current instance is of this generation.
+    pub generation: u64,
+    #[serde(default)]
+    pub eni: Option<EniRecord>,
+    #[serde(default)]
+    pub instance: Option<InstanceRecord>,
+    #[serde(default)]
+    pub interruption: Option<InterruptionRecord>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Node {
+    /// A new node, paused: nothing exists in EC2 until its first resume.
+    pub fn new(spec: NodeSpec, persistence: Persistence, now: DateTime<Utc>) -> Self {
+        let mut node = Node {
+            id: NodeId::generate(),
+            spec,
+            persistence,
+            state: NodeState::Paused,
+            version: 0,
+            generation: 0,
+            eni: None,
+            instance: None,
+            interruption: None,
+            last_error: None,
+            history: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        node.record(now, "created");
+        node
+    }
+
+    pub fn instance_id(&self) -> Option<&str> {
+        self.instance.as_ref().map(|i| i.id.as_str())
+    }
+
+    /// Appends a history entry about the current generation and instance, keeping the
+    /// newest `HISTORY_LIMIT`.
+    pub fn record(&mut self, at: DateTime<Utc>, what: impl Into<String>) {
+        self.history.push(HistoryEntry {
+            at,
+            generation: self.generation,
+            instance_id: self.instance_id().map(str::to_owned),
+            what: what.into(),
+        });
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+        self.updated_at = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_token_fits_ec2_limit_and_differs_per_generation() {
+        let id = NodeId::generate();
+        let token = id.client_token(u64::MAX);
+        assert!(token.len() <= 64, "{token} is {} chars", token.len());
+        assert_ne!(id.client_token(1), id.client_token(2));
+    }
+
+    #[test]
+    fn node_id_parse_accepts_only_generated_shape() {
+        let id = NodeId::generate();
+        assert_eq!(NodeId::parse(id.as_str()), Some(id));
+        assert_eq!(NodeId::parse("tn-xyz"), None);
+        assert_eq!(NodeId::parse("i-0123456789abcdef0"), None);
+    }
+
+    #[test]
+    fn history_is_bounded_and_keeps_newest() {
+        let now = Utc::now();
+        let spec = NodeSpec {
+            subnet_id: "subnet-1".into(),
+            image_id: "ami-1".into(),
+            instance_types: vec!["m5.large".into()],
+            security_group_ids: vec![],
+            key_name: None,
+            iam_instance_profile: None,
+            user_data: None,
+            tags: BTreeMap::new(),
+            fallback_to_on_demand: true,
+        };
+        let mut node = Node::new(spec, Persistence::default(), now);
+        for i in 0..(HISTORY_LIMIT + 10) {
+            node.record(now, format!("entry {i}"));
+        }
+        assert_eq!(node.history.len(), HISTORY_LIMIT);
+        assert_eq!(node.history.last().map(|h| h.what.as_str()), Some("entry 59"));
+    }
+}

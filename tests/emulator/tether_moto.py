@@ -1,0 +1,823 @@
+#!/usr/bin/env python3
+"""Tether's EC2/DynamoDB emulator: a pinned moto server plus the AWS rules moto skips.
+
+Usage:
+    python tests/emulator/tether_moto.py --port 0
+
+Starts moto (exactly the version in requirements.txt) on 127.0.0.1 only, after
+monkeypatching moto's EC2 backend so that it enforces a few AWS rules Tether's
+tests depend on (see README.md in this directory). Once the server listens it
+prints exactly one line to stdout:
+
+    TETHER_MOTO_READY port=<N>
+
+The process exits (os._exit) as soon as its stdin reaches EOF, which is what
+happens when the parent test process dies or closes the pipe, and on
+SIGTERM/SIGINT. Pass --ignore-stdin to run it by hand with no pipe attached.
+
+Environment:
+    TETHER_MOTO_DISABLE  comma-separated patch names NOT to apply, e.g.
+                         "eni-release,client-token". Used to prove each rule's
+                         test fails without its patch.
+
+Each patch below is one function: its docstring says what AWS does (and which
+AWS document says so) and what moto 5.2.5 does instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import ipaddress
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import moto
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import EC2Backend
+from moto.ec2.models.elastic_ip_addresses import ElasticAddress
+from moto.ec2.models.instances import Instance
+from moto.ec2.models.subnets import Subnet
+from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.responses.instances import InstanceResponse
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+PINNED_MOTO_VERSION = "5.2.5"
+PATCH_NAMES = ("eni-release", "eni-in-use", "private-ip", "client-token", "eni-az")
+
+log = logging.getLogger("tether_moto")
+
+# moto's server is threaded and its EC2 models take no locks. Every patched
+# check-then-act sequence (validate a launch, then launch) runs under this lock
+# so two concurrent requests cannot both pass a check. Re-entrant because
+# RunInstances calls CreateNetworkInterface internally.
+EC2_LOCK = threading.RLock()
+
+
+def ec2_error(code: str, message: str) -> EC2ClientError:
+    """An EC2 client error; moto serializes it as HTTP 400 with this code/message."""
+    return EC2ClientError(code, message)
+
+
+def is_true(value: Any) -> bool:
+    """Query-API booleans arrive as bool or as the strings "true"/"false"."""
+    return value is True or str(value).lower() == "true"
+
+
+def locked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with EC2_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------
+# Hook points shared by several patches.
+#
+# RunInstances and AttachNetworkInterface are each wrapped once; patches
+# register checks on them, which run in registration order, under EC2_LOCK,
+# BEFORE moto creates anything. So a request that fails a check launches
+# nothing (moto adds the reservation to its table before building instances,
+# so failing later would leave an empty reservation behind).
+# --------------------------------------------------------------------------
+
+# check(backend, count, kwargs); may raise, may adjust kwargs for the launch.
+LaunchCheck = Callable[[Any, int, dict[str, Any]], None]
+# after(backend, kwargs, reservation); runs after a successful launch.
+LaunchFollowUp = Callable[[Any, dict[str, Any], Any], None]
+# check(backend, eni, instance, device_index); may raise.
+AttachCheck = Callable[[Any, Any, Any, int], None]
+
+_launch_checks: list[LaunchCheck] = []
+_launch_follow_ups: list[LaunchFollowUp] = []
+_attach_checks: list[AttachCheck] = []
+
+
+def _install_hook_points() -> None:
+    original_run_instances = EC2Backend.run_instances
+    original_attach = EC2Backend.attach_network_interface
+
+    @locked
+    def run_instances(
+        self: Any,
+        image_id: str,
+        count: int,
+        user_data: Any,
+        security_group_names: list[str],
+        **kwargs: Any,
+    ) -> Any:
+        for check in _launch_checks:
+            check(self, int(count), kwargs)
+        reservation = original_run_instances(
+            self, image_id, count, user_data, security_group_names, **kwargs
+        )
+        for follow_up in _launch_follow_ups:
+            follow_up(self, kwargs, reservation)
+        return reservation
+
+    @locked
+    def attach_network_interface(
+        self: Any, eni_id: str, instance_id: str, device_index: int
+    ) -> Any:
+        eni = self.get_network_interface(eni_id)
+        instance = self.get_instance(instance_id)
+        for check in _attach_checks:
+            check(self, eni, instance, int(device_index))
+        return original_attach(self, eni_id, instance_id, device_index)
+
+    EC2Backend.run_instances = run_instances
+    EC2Backend.attach_network_interface = attach_network_interface
+
+
+# ---- helpers for RunInstances' NetworkInterfaces parameter ----------------
+
+
+def nic_specs(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(kwargs.get("nics") or [])
+
+
+def device_index(spec: dict[str, Any]) -> int:
+    return int(spec.get("DeviceIndex", 0))
+
+
+def existing_enis(backend: Any, kwargs: dict[str, Any]) -> list[tuple[int, Any]]:
+    """(device index, ENI) for each NetworkInterfaceId the launch names.
+
+    Raises InvalidNetworkInterfaceID.NotFound for an unknown id, as AWS does.
+    """
+    return [
+        (device_index(spec), backend.get_network_interface(spec["NetworkInterfaceId"]))
+        for spec in nic_specs(kwargs)
+        if spec.get("NetworkInterfaceId")
+    ]
+
+
+def primary_eni(instance: Any) -> Any:
+    """The ENI at device index 0, or None (a terminated instance has none)."""
+    return instance.nics.get(0)
+
+
+def eips_on(backend: Any, eni: Any) -> list[ElasticAddress]:
+    return [eip for eip in backend.addresses if eip.eni is eni]
+
+
+# --------------------------------------------------------------------------
+# Patch: eni-release
+# --------------------------------------------------------------------------
+
+
+def patch_eni_release() -> None:
+    """TerminateInstances releases the instance's network interfaces.
+
+    AWS ("Network interface attributes" / DeleteOnTermination in the EC2 User
+    Guide, "Elastic network interfaces"; InstanceNetworkInterfaceSpecification
+    in the EC2 API Reference): when an instance terminates, each attached ENI
+    is detached. An ENI whose attachment has DeleteOnTermination=false becomes
+    `available` with no attachment and keeps its private IPs and its Elastic IP
+    association (DescribeAddresses still shows NetworkInterfaceId and
+    PrivateIpAddress, no InstanceId). An ENI with DeleteOnTermination=true is
+    deleted, which disassociates its Elastic IP. ENIs that RunInstances creates
+    default to DeleteOnTermination=true; an existing ENI named at launch, or one
+    attached with AttachNetworkInterface, defaults to false. The flag can be
+    changed with ModifyNetworkInterfaceAttribute Attachment.DeleteOnTermination.
+
+    moto 5.2.5: terminating leaves every ENI `in-use`, attached to the
+    terminated instance (so it can never be reused); ENIs created at launch
+    default to DeleteOnTermination=false; ModifyNetworkInterfaceAttribute
+    ignores the Attachment parameter; DescribeAddresses keeps reporting the
+    EIP's original InstanceId.
+    """
+    original_terminate = Instance.terminate
+
+    def terminate(self: Instance) -> Any:
+        if self.state == "terminated":
+            # Already terminated: AWS treats this as a no-op (moto would try to
+            # delete the same ENIs again and fail).
+            return copy.copy(self._state)
+        released = list(self.nics.values())
+        for eni in released:
+            self.detach_eni(eni)
+        # With no NICs left, moto's terminate only handles volumes/state/etc.
+        previous_state = original_terminate(self)
+        backend = self.ec2_backend
+        for eni in released:
+            if eni.delete_on_termination:
+                for eip in eips_on(backend, eni):
+                    eip.eni = None
+                    eip.instance = None
+                    eip.association_id = None
+                eni.delete()
+            elif not eips_on(backend, eni):
+                # An auto-assigned public IPv4 address is released on
+                # termination; an Elastic IP stays with the ENI.
+                eni.public_ip = None
+        return previous_state
+
+    Instance.terminate = locked(terminate)
+
+    # A terminated instance has no NICs; moto's properties assume nics[0].
+    def _private_ip(self: Instance) -> str | None:
+        eni = primary_eni(self)
+        return eni.private_ip_address if eni else None
+
+    def _public_ip(self: Instance) -> str | None:
+        eni = primary_eni(self)
+        return eni.public_ip if eni else None
+
+    def _private_dns_name(self: Instance) -> str:
+        ip = _private_ip(self)
+        if not ip:
+            return ""
+        dashed = ip.replace(".", "-")
+        if self.region_name == "us-east-1":
+            return f"ip-{dashed}.ec2.internal"
+        return f"ip-{dashed}.{self.region_name}.compute.internal"
+
+    def _subnet_id(self: Instance) -> str | None:
+        if self._subnet_id:
+            return self._subnet_id
+        eni = primary_eni(self)
+        return eni.subnet.id if eni else None
+
+    Instance.private_ip = property(_private_ip)
+    Instance.private_ip_address = property(_private_ip)
+    Instance.public_ip = property(_public_ip)
+    Instance.public_ip_address = property(_public_ip)
+    Instance.private_dns_name = property(_private_dns_name)
+    Instance.subnet_id = property(_subnet_id)
+
+    # An EIP associated with an ENI belongs to whatever instance the ENI is
+    # attached to now (none after termination, the new one after a relaunch).
+    def _eip_instance(self: ElasticAddress) -> Any:
+        if self.eni is not None:
+            return self.eni.instance
+        return self.__dict__.get("_tether_instance")
+
+    def _set_eip_instance(self: ElasticAddress, value: Any) -> None:
+        self.__dict__["_tether_instance"] = value
+
+    ElasticAddress.instance = property(_eip_instance, _set_eip_instance)
+
+    # ENIs created by RunInstances default to DeleteOnTermination=true.
+    def default_delete_on_termination(
+        backend: Any, kwargs: dict[str, Any], reservation: Any
+    ) -> None:
+        specs = {device_index(s): s for s in nic_specs(kwargs)}
+        for instance in reservation.instances:
+            for index, eni in instance.nics.items():
+                spec = specs.get(index, {})
+                if spec.get("NetworkInterfaceId"):
+                    continue  # existing ENI: keeps its own flag (false)
+                if "DeleteOnTermination" in spec:
+                    eni.delete_on_termination = is_true(spec["DeleteOnTermination"])
+                else:
+                    eni.delete_on_termination = True
+
+    _launch_follow_ups.append(default_delete_on_termination)
+
+    # ModifyNetworkInterfaceAttribute: Attachment.{AttachmentId,DeleteOnTermination}.
+    original_modify = ElasticNetworkInterfaces.modify_network_interface_attribute
+
+    def modify_network_interface_attribute(self: Any) -> Any:
+        attachment = self._get_param("Attachment") or {}
+        if "DeleteOnTermination" in attachment:
+            eni = self.ec2_backend.get_network_interface(
+                self._get_param("NetworkInterfaceId")
+            )
+            attachment_id = attachment.get("AttachmentId")
+            if attachment_id is None or eni.attachment_id != attachment_id:
+                raise ec2_error(
+                    "InvalidAttachmentID.NotFound",
+                    f"The network interface attachment ID '{attachment_id}' does not exist",
+                )
+            eni.delete_on_termination = is_true(attachment["DeleteOnTermination"])
+        return original_modify(self)
+
+    ElasticNetworkInterfaces.modify_network_interface_attribute = (
+        modify_network_interface_attribute
+    )
+
+
+# --------------------------------------------------------------------------
+# Patch: eni-in-use
+# --------------------------------------------------------------------------
+
+
+def patch_eni_in_use() -> None:
+    """An ENI attached to a live instance cannot be used by another one.
+
+    AWS (EC2 API Reference, "Error codes": InvalidNetworkInterface.InUse, "The
+    specified interface is currently in use and cannot be deleted or attached
+    to another instance"): RunInstances naming such an ENI in NetworkInterfaces
+    fails with HTTP 400 InvalidNetworkInterface.InUse, message
+    "Interface: [eni-...] in use." (the form AWS returns, as quoted in public
+    bug reports), and launches nothing. AttachNetworkInterface of such an ENI
+    fails with the same code. A launch on a free ENI boots the instance in the
+    ENI's subnet, VPC and Availability Zone.
+
+    moto 5.2.5: silently re-attaches the ENI to the new instance (the old
+    instance keeps listing it too), and places the instance in the requested
+    Placement.AvailabilityZone or in <region>a, not in the ENI's AZ.
+    """
+
+    def in_use_error(eni: Any) -> EC2ClientError:
+        return ec2_error("InvalidNetworkInterface.InUse", f"Interface: [{eni.id}] in use.")
+
+    def attached_to_live_instance(eni: Any) -> bool:
+        return eni.instance is not None and eni.instance.state != "terminated"
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        named = existing_enis(backend, kwargs)
+        for _, eni in named:
+            if attached_to_live_instance(eni):
+                raise in_use_error(eni)
+        primary = next((eni for index, eni in named if index == 0), None)
+        if primary is not None and not kwargs.get("placement"):
+            kwargs["placement"] = primary.availability_zone
+
+    def check_attach(backend: Any, eni: Any, instance: Any, index: int) -> None:
+        if attached_to_live_instance(eni):
+            raise in_use_error(eni)
+
+    _launch_checks.append(check_launch)
+    _attach_checks.append(check_attach)
+
+
+# --------------------------------------------------------------------------
+# Patch: private-ip
+# --------------------------------------------------------------------------
+
+
+def reserved_addresses(subnet: Subnet) -> set[str]:
+    """The 5 addresses AWS reserves in every subnet: network, +1 (VPC router),
+    +2 (DNS), +3 (future use) and the last (broadcast) address."""
+    net = subnet.cidr
+    return {str(net.network_address + i) for i in range(4)} | {str(net.broadcast_address)}
+
+
+def addresses_in_use(backend: Any, subnet: Subnet) -> set[str]:
+    """Every private IPv4 address an ENI in `subnet` holds (primary or
+    secondary), plus addresses moto hands out to non-EC2 users of the subnet
+    (e.g. EFS mount targets). moto's own per-instance bookkeeping is ignored:
+    an instance's address is its ENI's, and moto never frees the former when an
+    ENI is deleted directly."""
+    used: set[str] = set()
+    for eni in backend.enis.values():
+        if eni.subnet is None or eni.subnet.id != subnet.id:
+            continue
+        if eni.private_ip_address:
+            used.add(eni.private_ip_address)
+        for entry in eni.private_ip_addresses:
+            ip = entry.get("PrivateIpAddress") if isinstance(entry, dict) else entry
+            if ip:
+                used.add(ip)
+    for ip, holder in subnet._subnet_ips.items():
+        if not isinstance(holder, Instance):
+            used.add(ip)
+    return used
+
+
+def is_ipv4_subnet(subnet: Subnet) -> bool:
+    return isinstance(subnet.cidr, ipaddress.IPv4Network)
+
+
+def validate_requested_ip(backend: Any, subnet: Subnet, ip: str, operation: str) -> None:
+    """Raise AWS's error if `ip` cannot be given to a new ENI in `subnet`.
+
+    Messages as AWS words them: RunInstances names the address, the
+    CreateNetworkInterface forms do not.
+    """
+    if not is_ipv4_subnet(subnet):
+        return
+    named = operation == "RunInstances"
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise ec2_error(
+            "InvalidParameterValue", f"Value ({ip}) for parameter privateIpAddress is invalid."
+        ) from None
+    if address not in subnet.cidr:
+        raise ec2_error(
+            "InvalidParameterValue",
+            f"Address {ip} does not fall within the subnet's address range"
+            if named
+            else "Address does not fall within the subnet's address range",
+        )
+    if ip in reserved_addresses(subnet):
+        raise ec2_error(
+            "InvalidParameterValue",
+            f"Address {ip} is in subnet's reserved address range"
+            if named
+            else "Address is in subnet's reserved address range",
+        )
+    if ip in addresses_in_use(backend, subnet):
+        raise ec2_error(
+            "InvalidIPAddress.InUse",
+            f"Address {ip} is in use." if named else "The specified address is already in use.",
+        )
+
+
+def unavailable_addresses(backend: Any, subnet: Subnet) -> set[str]:
+    """Addresses a new allocation must skip: in use, reserved, held by moto's
+    own bookkeeping (possibly stale; skipping it only wastes an address) or by
+    a subnet CIDR reservation."""
+    return (
+        addresses_in_use(backend, subnet)
+        | reserved_addresses(subnet)
+        | set(subnet._subnet_ips)
+        | {str(ip) for ip in subnet._reserved_ips}
+    )
+
+
+def free_address_count(backend: Any, subnet: Subnet) -> int:
+    net = subnet.cidr
+    return net.num_addresses - len(
+        {ip for ip in unavailable_addresses(backend, subnet) if ipaddress.ip_address(ip) in net}
+    )
+
+
+def insufficient_addresses(subnet: Subnet, operation: str) -> EC2ClientError:
+    if operation == "RunInstances":
+        message = (
+            f"There are not enough free addresses in subnet '{subnet.id}' "
+            "to satisfy the requested number of instances."
+        )
+    else:
+        message = "The specified subnet does not have enough free addresses to satisfy the request."
+    return ec2_error("InsufficientFreeAddressesInSubnet", message)
+
+
+def allocate_address(
+    backend: Any, subnet: Subnet, operation: str, also_taken: set[str] = frozenset()
+) -> str:
+    """A free, non-reserved address of `subnet`, picked at random like AWS."""
+    net = subnet.cidr
+    taken = unavailable_addresses(backend, subnet) | set(also_taken)
+    first = int(net.network_address) + 4
+    last = int(net.broadcast_address) - 1
+    if last < first:
+        raise insufficient_addresses(subnet, operation)
+    for _ in range(64):
+        candidate = str(ipaddress.IPv4Address(random.randint(first, last)))
+        if candidate not in taken:
+            return candidate
+    for value in range(first, last + 1):  # nearly full subnet: scan
+        candidate = str(ipaddress.IPv4Address(value))
+        if candidate not in taken:
+            return candidate
+    raise insufficient_addresses(subnet, operation)
+
+
+def patch_private_ip() -> None:
+    """Private IPv4 addresses are unique per subnet and never reserved ones.
+
+    AWS (VPC User Guide, "Subnet CIDR blocks": the first four and the last
+    address of every subnet are reserved; EC2 API Reference "Error codes":
+    InvalidIPAddress.InUse, InsufficientFreeAddressesInSubnet): a
+    CreateNetworkInterface or RunInstances that asks for a private IP
+    (PrivateIpAddress top-level or in NetworkInterfaces, or PrivateIpAddresses)
+    fails with
+      - InvalidIPAddress.InUse when an ENI in the subnet already holds it
+        (as primary or secondary address),
+      - InvalidParameterValue "... does not fall within the subnet's address
+        range" when it is outside the subnet's CIDR,
+      - InvalidParameterValue "... is in subnet's reserved address range" for
+        one of the 5 reserved addresses.
+    An address AWS picks itself is free and not reserved; when none is left
+    the call fails with InsufficientFreeAddressesInSubnet.
+
+    moto 5.2.5: accepts any requested address (duplicates, reserved ones, even
+    addresses outside the subnet for CreateNetworkInterface); RunInstances with
+    a duplicate address fails with HTTP 500; CreateNetworkInterface picks a
+    random address of the CIDR (may be reserved, may collide) and
+    RunInstances picks sequentially without looking at existing ENIs.
+    """
+    original_create_eni = EC2Backend.create_network_interface
+    original_request_ip = Subnet.request_ip
+
+    @locked
+    def create_network_interface(
+        self: Any,
+        subnet: Any,
+        private_ip_address: str | list[str] | None,
+        private_ip_addresses: list[Any] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        subnet_obj = self.get_subnet(subnet) if isinstance(subnet, str) else subnet
+        if not is_ipv4_subnet(subnet_obj):
+            return original_create_eni(
+                self, subnet, private_ip_address, private_ip_addresses, *args, **kwargs
+            )
+        requested: list[str] = []
+        if isinstance(private_ip_address, list):
+            requested += [ip for ip in private_ip_address if ip]
+        elif private_ip_address:
+            requested.append(private_ip_address)
+        for entry in private_ip_addresses or []:
+            ip = entry.get("PrivateIpAddress") if isinstance(entry, dict) else entry
+            if ip and ip not in requested:
+                requested.append(ip)
+        for ip in requested:
+            validate_requested_ip(self, subnet_obj, ip, "CreateNetworkInterface")
+        if not requested:
+            private_ip_address = allocate_address(self, subnet_obj, "CreateNetworkInterface")
+        secondary_count = int(kwargs.pop("secondary_ips_count", None) or 0)
+        eni = original_create_eni(
+            self, subnet, private_ip_address, private_ip_addresses, *args, **kwargs
+        )
+        for _ in range(secondary_count):
+            ip = allocate_address(self, subnet_obj, "CreateNetworkInterface")
+            eni.private_ip_addresses.append({"Primary": False, "PrivateIpAddress": ip})
+        return eni
+
+    def get_available_subnet_ip(self: Subnet, instance: Any) -> str:
+        # Used by RunInstances for an instance's primary address.
+        ip = allocate_address(self.ec2_backend, self, "RunInstances")
+        self._subnet_ips[ip] = instance
+        return ip
+
+    def request_ip(self: Subnet, ip: str, instance: Any) -> None:
+        # An entry held by an Instance is moto's stale per-instance record
+        # (see addresses_in_use); RunInstances already validated the address.
+        if isinstance(self._subnet_ips.get(ip), Instance):
+            del self._subnet_ips[ip]
+        original_request_ip(self, ip, instance)
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        specs = nic_specs(kwargs)
+        primary_spec = next((s for s in specs if device_index(s) == 0), {})
+        if primary_spec.get("NetworkInterfaceId"):
+            primary_subnet_id = None  # the instance takes the existing ENI's address
+        else:
+            primary_subnet_id = kwargs.get("subnet_id") or primary_spec.get("SubnetId")
+            if not primary_subnet_id and not specs:
+                # No subnet at all: AWS uses the default subnet of the AZ; moto
+                # would invent an address outside it ("EC2-Classic" mode).
+                zone = kwargs.get("placement") or backend.region_name + "a"
+                default = backend.get_default_subnets().get(zone)
+                if default is not None:
+                    kwargs["subnet_id"] = primary_subnet_id = default.id
+
+        # (subnet, requested address or None) for every ENI the launch creates.
+        new_enis: list[tuple[Subnet, str | None]] = []
+        if primary_subnet_id:
+            requested = kwargs.get("private_ip") or primary_spec.get("PrivateIpAddress")
+            for entry in primary_spec.get("PrivateIpAddresses") or []:
+                if not requested and is_true(entry.get("Primary")):
+                    requested = entry.get("PrivateIpAddress")
+            new_enis.append((backend.get_subnet(primary_subnet_id), requested))
+        for spec in specs:
+            if device_index(spec) == 0 or spec.get("NetworkInterfaceId"):
+                continue
+            subnet_id = spec.get("SubnetId") or primary_subnet_id
+            if subnet_id:
+                new_enis.append((backend.get_subnet(subnet_id), spec.get("PrivateIpAddress")))
+
+        seen: set[str] = set()
+        needed: dict[str, int] = {}
+        for subnet, ip in new_enis:
+            if not is_ipv4_subnet(subnet):
+                continue
+            if ip:
+                if count > 1:
+                    raise ec2_error(
+                        "InvalidParameterCombination",
+                        "A private IP address cannot be specified when launching more than one instance.",
+                    )
+                validate_requested_ip(backend, subnet, ip, "RunInstances")
+                if ip in seen:
+                    raise ec2_error("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+                seen.add(ip)
+            else:
+                needed[subnet.id] = needed.get(subnet.id, 0) + count
+        for subnet_id, n in needed.items():
+            subnet = backend.get_subnet(subnet_id)
+            if free_address_count(backend, subnet) < n:
+                raise insufficient_addresses(subnet, "RunInstances")
+
+    EC2Backend.create_network_interface = create_network_interface
+    Subnet.get_available_subnet_ip = get_available_subnet_ip
+    Subnet.request_ip = request_ip
+    _launch_checks.append(check_launch)
+
+
+# --------------------------------------------------------------------------
+# Patch: client-token
+# --------------------------------------------------------------------------
+
+# Query parameters that are not part of "the request" for idempotency.
+_NOT_FINGERPRINTED = {"Action", "Version", "ClientToken", "DryRun", "Placement.AvailabilityZone"}
+
+
+def patch_client_token() -> None:
+    """RunInstances with a ClientToken is idempotent.
+
+    AWS (EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API
+    requests"): a client token is valid for at least 24 hours after the
+    instance terminates and is scoped to an account and Region. Retrying a
+    request that completed successfully with the same token and the same
+    parameters returns the original result (same reservation and instance IDs;
+    only the state may differ) and launches nothing. Retrying a successful
+    request with the same token but different parameters (other than the
+    Region or Availability Zone) fails with IdempotentParameterMismatch. The
+    guide states both rules for a request that completed successfully: a
+    request that failed does not bind the token, so a corrected retry with the
+    same token launches normally.
+
+    moto 5.2.5: stores the token on the instance (DescribeInstances shows it)
+    but launches a new instance on every call.
+    """
+    original = InstanceResponse.run_instances
+
+    def fingerprint(querystring: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        return tuple(
+            sorted(
+                (key, tuple(values))
+                for key, values in querystring.items()
+                if key not in _NOT_FINGERPRINTED and not key.startswith("X-Amz-")
+            )
+        )
+
+    def run_instances(self: Any) -> Any:
+        token = self._get_param("ClientToken")
+        if not token:
+            return original(self)
+        backend = self.ec2_backend
+        with EC2_LOCK:
+            tokens = backend.__dict__.setdefault("_tether_client_tokens", {})
+            request = fingerprint(self.querystring)
+            if token in tokens:
+                reservation_id, first_request = tokens[token]
+                if first_request != request:
+                    raise ec2_error(
+                        "IdempotentParameterMismatch",
+                        "Arguments on this idempotent request are inconsistent "
+                        "with arguments used in previous request(s).",
+                    )
+                return ActionResult(backend.reservations[reservation_id])
+            result = original(self)  # raises on failure: the token stays unused
+            tokens[token] = (result.result.id, request)
+            return result
+
+    InstanceResponse.run_instances = run_instances
+
+
+# --------------------------------------------------------------------------
+# Patch: eni-az
+# --------------------------------------------------------------------------
+
+
+def patch_eni_az() -> None:
+    """An ENI can only be used by an instance in the ENI's Availability Zone.
+
+    AWS (EC2 User Guide, "Elastic network interfaces": "You can attach a
+    network interface in one subnet to an instance in another subnet in the
+    same VPC; however, both the network interface and the instance must reside
+    in the same Availability Zone"):
+      - AttachNetworkInterface across AZs fails with InvalidParameterCombination
+        "You may not attach a network interface to an instance if they are not
+        in the same availability zone".
+      - RunInstances whose Placement.AvailabilityZone differs from the AZ of
+        its subnet fails with InvalidParameterValue "Value (<az>) for parameter
+        availabilityZone is invalid. Subnet '<subnet>' is in the availability
+        zone <subnet-az>"; the same error is used for an existing ENI (whose
+        subnet fixes its AZ) and for a subnet given with SubnetId.
+
+    moto 5.2.5: attaches across AZs, launches an instance on an ENI in any AZ
+    requested, and ignores Placement when SubnetId names a subnet elsewhere.
+    """
+
+    def zone_error(zone: str, subnet: Any) -> EC2ClientError:
+        return ec2_error(
+            "InvalidParameterValue",
+            f"Value ({zone}) for parameter availabilityZone is invalid. "
+            f"Subnet '{subnet.id}' is in the availability zone {subnet.availability_zone}",
+        )
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        subnets = [eni.subnet for _, eni in existing_enis(backend, kwargs)]
+        if kwargs.get("subnet_id"):
+            subnets.append(backend.get_subnet(kwargs["subnet_id"]))
+        for spec in nic_specs(kwargs):
+            if spec.get("SubnetId") and not spec.get("NetworkInterfaceId"):
+                subnets.append(backend.get_subnet(spec["SubnetId"]))
+        zone = kwargs.get("placement") or (subnets[0].availability_zone if subnets else None)
+        for subnet in subnets:
+            if subnet.availability_zone != zone:
+                raise zone_error(zone, subnet)
+
+    def check_attach(backend: Any, eni: Any, instance: Any, index: int) -> None:
+        if eni.availability_zone != instance.placement.zone:
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "You may not attach a network interface to an instance if they "
+                "are not in the same availability zone",
+            )
+
+    _launch_checks.append(check_launch)
+    _attach_checks.append(check_attach)
+
+
+# --------------------------------------------------------------------------
+# Wiring
+# --------------------------------------------------------------------------
+
+PATCHES: dict[str, Callable[[], None]] = {
+    # Order matters only for RunInstances checks: the AZ check sees the
+    # caller's Placement before eni-in-use fills it in from the ENI.
+    "eni-az": patch_eni_az,
+    "eni-in-use": patch_eni_in_use,
+    "private-ip": patch_private_ip,
+    "eni-release": patch_eni_release,
+    "client-token": patch_client_token,
+}
+assert set(PATCHES) == set(PATCH_NAMES)
+
+
+def disabled_patches(environ: dict[str, str]) -> set[str]:
+    names = {n.strip() for n in environ.get("TETHER_MOTO_DISABLE", "").split(",") if n.strip()}
+    unknown = names - set(PATCH_NAMES)
+    if unknown:
+        sys.exit(
+            f"tether_moto: unknown patch name(s) in TETHER_MOTO_DISABLE: {sorted(unknown)}; "
+            f"known: {', '.join(PATCH_NAMES)}"
+        )
+    return names
+
+
+def apply_patches(disabled: set[str]) -> list[str]:
+    _install_hook_points()
+    active = []
+    for name, apply in PATCHES.items():
+        if name not in disabled:
+            apply()
+            active.append(name)
+    return active
+
+
+def exit_when_orphaned(watch_stdin: bool) -> None:
+    """Exit at once on SIGTERM/SIGINT and, unless told not to, at stdin EOF."""
+
+    def die(*_: Any) -> None:
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, die)
+    signal.signal(signal.SIGINT, die)
+    if not watch_stdin:
+        return
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read1(65536):
+                pass
+        finally:
+            os._exit(0)
+
+    threading.Thread(target=watch, name="stdin-eof-watch", daemon=True).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--ignore-stdin", action="store_true", help="do not exit when stdin closes")
+    parser.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
+    args = parser.parse_args()
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="tether_moto: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
+
+    if moto.__version__ != PINNED_MOTO_VERSION:
+        sys.exit(
+            f"tether_moto: moto {moto.__version__} installed, patches are written for "
+            f"{PINNED_MOTO_VERSION}; install tests/emulator/requirements.txt"
+        )
+
+    exit_when_orphaned(watch_stdin=not args.ignore_stdin)
+    disabled = disabled_patches(dict(os.environ))
+    active = apply_patches(disabled)
+    log.info("moto %s; patches active: %s", moto.__version__, ", ".join(active) or "none")
+    if disabled:
+        log.info("patches disabled by TETHER_MOTO_DISABLE: %s", ", ".join(sorted(disabled)))
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    sys.stdout.write(f"TETHER_MOTO_READY port={port}\n")
+    sys.stdout.flush()
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+//! The emulator harness: starts the pinned, patched moto server on a free loopback
+//! port (once per process), and builds per-test fixtures (a VPC, a subnet, an AMI,
+//! an Elastic IP, a DynamoDB table) plus a `Tether` wired to them.
+
+pub mod events;
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use tether::aws::dynamo::DynamoNodeStore;
+use tether::config::Config;
+use tether::service::Settings;
+use tether::Tether;
+
+/// The Region every fixture lives in; AZs are `<REGION>a`, `<REGION>b`, ...
+pub const REGION: &str = "us-east-1";
+
+/// Python and launcher are found relative to the workspace root.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A running moto server. Killed when this process exits: the launcher exits as
+/// soon as its stdin (held here) closes.
+pub struct Emulator {
+    pub endpoint: String,
+    _child: Mutex<Child>,
+}
+
+static EMULATOR: OnceLock<Result<Emulator, String>> = OnceLock::new();
+
+impl Emulator {
+    /// The process-wide emulator, started on first use.
+    pub fn shared() -> &'static Emulator {
+        match EMULATOR.get_or_init(Emulator::start) {
+            Ok(emulator) => emulator,
+            Err(why) => panic!("cannot start the AWS emulator: {why}"),
+        }
+    }
+
+    fn start() -> Result<Emulator, String> {
+        let root = workspace_root();
+        let python = std::env::var_os("TETHER_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".venv/bin/python"));
+        if !python.exists() {
+            return Err(format!(
+                "{} not found: run `make test` or `make demo`, which install the pinned emulator into .venv",
+                python.display()
+            ));
+        }
+        let log_dir = root.join("target");
+        std::fs::create_dir_all(&log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        let log_path = log_dir.join(format!("tether-moto-{}.log", std::process::id()));
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let mut child = Command::new(&python)
+            .arg(root.join("tests/emulator/tether_moto.py"))
+            .args(["--port", "0"])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_DEFAULT_REGION", REGION)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", python.display()))?;
+        let stdout = child.stdout.take().ok_or("emulator stdout not captured")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(port) = line.strip_prefix("TETHER_MOTO_READY port=") {
+                        break port.trim().parse::<u16>().map_err(|e| format!("bad port in `{line}`: {e}"))?;
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    return Err(format!("emulator exited before it was ready; see {}", log_path.display()));
+                }
+            }
+        };
+        Ok(Emulator { endpoint: format!("http://127.0.0.1:{port}"), _child: Mutex::new(child) })
+    }
+
+    /// SDK settings pointing at the emulator, with fake credentials.
+    pub async fn sdk_config(&self) -> SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tether-tests"))
+            .load()
+            .await
+    }
+}
+
+/// One test's private corner of the emulator.
+pub struct Fixture {
+    pub ec2: aws_sdk_ec2::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub tether: Tether,
+    pub vpc_id: String,
+    /// A /24 in `<REGION>a`: 10.<n>.1.0/24.
+    pub subnet_id: String,
+    pub subnet_cidr: String,
+    pub availability_zone: String,
+    pub security_group_id: String,
+    pub image_id: String,
+    pub table_name: String,
+}
+
+/// A failure while building a fixture: the test cannot run.
+pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Fixture {
+    /// Builds a fresh VPC, subnet, security group and table.
+    pub async fn new() -> Result<Fixture, SetupError> {
+        Self::with_settings(fast_settings()).await
+    }
+
+    pub async fn with_settings(settings: Settings) -> Result<Fixture, SetupError> {
+        let emulator = Emulator::shared();
+        let sdk = emulator.sdk_config().await;
+        let ec2 = aws_sdk_ec2::Client::new(&sdk);
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        let unique = uuid_fragment();
+
+        let vpc = ec2.create_vpc().cidr_block("10.0.0.0/16").send().await?;
+        let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).ok_or("CreateVpc returned no id")?.to_owned();
+        let availability_zone = format!("{REGION}a");
+        let subnet_cidr = "10.0.1.0/24".to_owned();
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(&subnet_cidr)
+            .availability_zone(&availability_zone)
+            .send()
+            .await?;
+        let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned();
+        let group = ec2
+            .create_security_group()
+            .group_name(format!("tether-{unique}"))
+            .description("tether test")
+            .vpc_id(&vpc_id)
+            .send()
+            .await?;
+        let security_group_id = group.group_id().ok_or("CreateSecurityGroup returned no id")?.to_owned();
+        let images = ec2.describe_images().owners("amazon").send().await?;
+        let image_id = images
+            .images()
+            .iter()
+            .find_map(|i| i.image_id())
+            .ok_or("the emulator lists no AMI")?
+            .to_owned();
+
+        let table_name = format!("tether-{unique}");
+        let config = Config { table_name: table_name.clone(), settings };
+        DynamoNodeStore::new(dynamodb.clone(), table_name.clone()).create_table().await?;
+        let tether = tether::lambda::tether_from_sdk(&sdk, &config);
+        Ok(Fixture {
+            ec2,
+            dynamodb,
+            tether,
+            vpc_id,
+            subnet_id,
+            subnet_cidr,
+            availability_zone,
+            security_group_id,
+            image_id,
+            table_name,
+        })
+    }
+
+    /// A node spec for this fixture's subnet.
+    pub fn spec(&self, instance_types: &[&str]) -> tether::NodeSpec {
+        tether::NodeSpec {
+            subnet_id: self.subnet_id.clone(),
+            image_id: self.image_id.clone(),
+            instance_types: instance_types.iter().map(|t| t.to_string()).collect(),
+            security_group_ids: vec![self.security_group_id.clone()],
+            key_name: None,
+            iam_instance_profile: None,
+            user_data: Some("#!/bin/sh\necho tether\n".into()),
+            tags: [("team".to_owned(), "data".to_owned())].into_iter().collect(),
+            fallback_to_on_demand: true,
+        }
+    }
+
+    /// Allocates an Elastic IP; returns (allocation id, public IP).
+    pub async fn allocate_eip(&self) -> Result<(String, String), SetupError> {
+        let out = self
+            .ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::ElasticIp)
+                    .tags(Tag::builder().key("fixture").value(&self.vpc_id).build())
+                    .build(),
+            )
+            .send()
+            .await?;
+        Ok((
+            out.allocation_id().ok_or("no allocation id")?.to_owned(),
+            out.public_ip().ok_or("no public ip")?.to_owned(),
+        ))
+    }
+
+    /// What EC2 says about one instance.
+    pub async fn instance(&self, instance_id: &str) -> Result<aws_sdk_ec2::types::Instance, SetupError> {
+        let out = self.ec2.describe_instances().instance_ids(instance_id).send().await?;
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .cloned()
+            .ok_or_else(|| format!("instance {instance_id} not found").into())
+    }
+
+    /// Every instance in this fixture's VPC-free view: those tagged with the node id.
+    pub async fn node_instances(&self, node_id: &tether::NodeId) -> Result<Vec<aws_sdk_ec2::types::Instance>, SetupError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:tether:node-id").values(node_id.as_str()).build())
+            .send()
+            .await?;
+        Ok(out.reservations().iter().flat_map(|r| r.instances()).cloned().collect())
+    }
+
+    /// The node's instances that are not terminated.
+    pub async fn live_instances(&self, node_id: &tether::NodeId) -> Result<Vec<aws_sdk_ec2::types::Instance>, SetupError> {
+        Ok(self
+            .node_instances(node_id)
+            .await?
+            .into_iter()
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(aws_sdk_ec2::types::InstanceStateName::Terminated | aws_sdk_ec2::types::InstanceStateName::ShuttingDown)
+                )
+            })
+            .collect())
+    }
+
+    pub async fn eni(&self, eni_id: &str) -> Result<aws_sdk_ec2::types::NetworkInterface, SetupError> {
+        let out = self.ec2.describe_network_interfaces().network_interface_ids(eni_id).send().await?;
+        out.network_interfaces().first().cloned().ok_or_else(|| format!("ENI {eni_id} not found").into())
+    }
+
+    /// Terminates an instance the way a spot interruption does (from outside Tether).
+    pub async fn interrupt(&self, instance_id: &str) -> Result<(), SetupError> {
+        self.ec2.terminate_instances().instance_ids(instance_id).send().await?;
+        Ok(())
+    }
+
+    pub fn subnet_ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 1, host)
+    }
+}
+
+/// Short retry delays: tests wait for the emulator, not for AWS.
+pub fn fast_settings() -> Settings {
+    Settings {
+        retry_min_delay: std::time::Duration::from_millis(50),
+        retry_max_delay: std::time::Duration::from_millis(400),
+        deadline_margin: std::time::Duration::from_millis(200),
+    }
+}
+
+fn uuid_fragment() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}

@@ -1,0 +1,7 @@
+//! Tests against the AWS emulator (moto, patched to hold AWS's rules; see tests/emulator/).
+//! One test binary: the emulator starts once and every test gets its own VPC and table.
+
+mod emulator {
+    pub mod rules;
+    pub mod scenarios;
+}

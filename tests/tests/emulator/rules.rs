@@ -1,0 +1,223 @@
+//! Each AWS rule Tether depends on, proven against the emulator. Each test fails if the
+//! launcher patch that enforces its rule is disabled (TETHER_MOTO_DISABLE=<name>).
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{InstanceNetworkInterfaceSpecification, InstanceType, NetworkInterfaceStatus, Placement};
+use tether_tests::{Fixture, SetupError};
+
+/// Creates an ENI in the fixture's subnet, optionally at `ip`.
+async fn create_eni(fx: &Fixture, ip: Option<String>) -> Result<String, SetupError> {
+    let out = fx
+        .ec2
+        .create_network_interface()
+        .subnet_id(&fx.subnet_id)
+        .set_private_ip_address(ip)
+        .send()
+        .await?;
+    Ok(out.network_interface().and_then(|e| e.network_interface_id()).ok_or("no ENI id")?.to_owned())
+}
+
+fn on_eni(eni_id: &str) -> InstanceNetworkInterfaceSpecification {
+    InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .network_interface_id(eni_id)
+        .delete_on_termination(false)
+        .build()
+}
+
+async fn launch_on_eni(fx: &Fixture, eni_id: &str) -> Result<String, aws_sdk_ec2::Error> {
+    let out = fx
+        .ec2
+        .run_instances()
+        .image_id(&fx.image_id)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .network_interfaces(on_eni(eni_id))
+        .send()
+        .await?;
+    Ok(out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_owned())
+}
+
+fn code(err: &aws_sdk_ec2::Error) -> String {
+    err.code().unwrap_or("none").to_owned()
+}
+
+#[tokio::test]
+async fn terminating_an_instance_releases_its_enis() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // Kept ENI: DeleteOnTermination=false.
+    let kept = create_eni(&fx, None).await?;
+    let on_kept = launch_on_eni(&fx, &kept).await?;
+    // An ENI created by the launch itself: DeleteOnTermination=true by default.
+    let out = fx
+        .ec2
+        .run_instances()
+        .image_id(&fx.image_id)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&fx.subnet_id)
+        .send()
+        .await?;
+    let with_own = out.instances().first().ok_or("no instance")?;
+    let own_eni = with_own.network_interfaces().first().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
+    let with_own_id = with_own.instance_id().ok_or("no id")?.to_owned();
+    assert_eq!(fx.eni(&kept).await?.status(), Some(&NetworkInterfaceStatus::InUse));
+
+    fx.ec2.terminate_instances().instance_ids(&on_kept).instance_ids(&with_own_id).send().await?;
+
+    let released = fx.eni(&kept).await?;
+    assert_eq!(released.status(), Some(&NetworkInterfaceStatus::Available), "DeleteOnTermination=false ENI is released");
+    assert!(released.attachment().is_none(), "released ENI has no attachment: {:?}", released.attachment());
+    let deleted = fx.ec2.describe_network_interfaces().network_interface_ids(&own_eni).send().await;
+    match deleted {
+        Err(e) => assert_eq!(e.code(), Some("InvalidNetworkInterfaceID.NotFound")),
+        Ok(out) => panic!("DeleteOnTermination=true ENI still exists: {:?}", out.network_interfaces()),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn launching_on_an_eni_in_use_fails_and_launches_nothing() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let first = launch_on_eni(&fx, &eni).await?;
+    let second = launch_on_eni(&fx, &eni).await.expect_err("second launch on an in-use ENI must fail");
+    assert_eq!(code(&second), "InvalidNetworkInterface.InUse");
+    let instances = fx
+        .ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
+        .send()
+        .await?;
+    let ids: Vec<_> = instances.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id()).collect();
+    assert_eq!(ids, vec![first.as_str()], "only the first instance exists");
+
+    // Once the first is gone, the ENI is free again and the next launch boots on it.
+    fx.interrupt(&first).await?;
+    let third = launch_on_eni(&fx, &eni).await.map_err(|e| format!("launch on released ENI: {e}"))?;
+    let instance = fx.instance(&third).await?;
+    let primary = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+    assert_eq!(primary.and_then(|n| n.network_interface_id()), Some(eni.as_str()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn requested_private_ips_are_checked_as_aws_does() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let taken = fx.subnet_ip(50).to_string();
+    create_eni(&fx, Some(taken.clone())).await?;
+
+    let in_use = create_eni(&fx, Some(taken)).await.expect_err("duplicate IP");
+    assert_eq!(sdk_code(&in_use), "InvalidIPAddress.InUse");
+
+    let outside = create_eni(&fx, Some("10.0.2.10".into())).await.expect_err("outside the subnet");
+    assert_eq!(sdk_code(&outside), "InvalidParameterValue");
+
+    // AWS reserves the network address, the next three, and the last address.
+    for host in [0u8, 1, 2, 3, 255] {
+        let reserved = create_eni(&fx, Some(fx.subnet_ip(host).to_string())).await.expect_err("reserved");
+        assert_eq!(sdk_code(&reserved), "InvalidParameterValue", "10.0.1.{host} is reserved");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn random_private_ips_are_unique_and_never_reserved() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // A /28 has 16 addresses; AWS reserves 5, leaving 11.
+    let subnet = fx
+        .ec2
+        .create_subnet()
+        .vpc_id(&fx.vpc_id)
+        .cidr_block("10.0.9.0/28")
+        .availability_zone(&fx.availability_zone)
+        .send()
+        .await?;
+    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet")?.to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..11 {
+        let out = fx.ec2.create_network_interface().subnet_id(&subnet_id).send().await?;
+        let ip = out.network_interface().and_then(|e| e.private_ip_address()).ok_or("no IP")?.to_owned();
+        let last: u8 = ip.rsplit('.').next().and_then(|o| o.parse().ok()).ok_or("bad IP")?;
+        assert!((4..15).contains(&last), "{ip} is reserved or outside 10.0.9.0/28");
+        assert!(seen.insert(ip.clone()), "{ip} was handed out twice");
+    }
+    let full = fx.ec2.create_network_interface().subnet_id(&subnet_id).send().await.expect_err("subnet is full");
+    assert_eq!(full.code(), Some("InsufficientFreeAddressesInSubnet"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_token_used_again_returns_the_original_instance() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let token = format!("tether-test-{}", fx.table_name);
+    let launch = || {
+        fx.ec2
+            .run_instances()
+            .image_id(&fx.image_id)
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .client_token(&token)
+            .network_interfaces(on_eni(&eni))
+            .send()
+    };
+    let first = launch().await?;
+    let again = launch().await?;
+    let id = |out: &aws_sdk_ec2::operation::run_instances::RunInstancesOutput| {
+        out.instances().first().and_then(|i| i.instance_id()).map(str::to_owned)
+    };
+    assert!(id(&first).is_some());
+    assert_eq!(id(&first), id(&again), "same token, same instance");
+    assert_eq!(first.reservation_id(), again.reservation_id());
+
+    let first_id = id(&first).ok_or("no id")?;
+    fx.interrupt(&first_id).await?;
+    let after_termination = launch().await?;
+    assert_eq!(id(&after_termination).as_deref(), Some(first_id.as_str()), "still the original after it terminated");
+    let instances = fx
+        .ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
+        .send()
+        .await?;
+    assert_eq!(instances.reservations().iter().flat_map(|r| r.instances()).count(), 1, "nothing else launched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_eni_is_used_only_in_its_own_availability_zone() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let other_az = format!("{}b", tether_tests::REGION);
+    let err = fx
+        .ec2
+        .run_instances()
+        .image_id(&fx.image_id)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .placement(Placement::builder().availability_zone(&other_az).build())
+        .network_interfaces(on_eni(&eni))
+        .send()
+        .await
+        .expect_err("an ENI cannot be used in another AZ");
+    assert_eq!(err.code(), Some("InvalidParameterCombination"), "{err:?}");
+    assert_eq!(fx.eni(&eni).await?.status(), Some(&NetworkInterfaceStatus::Available), "nothing attached");
+
+    // In its own AZ, the launch lands in that AZ.
+    let id = launch_on_eni(&fx, &eni).await.map_err(|e| format!("{e}"))?;
+    let instance = fx.instance(&id).await?;
+    assert_eq!(instance.placement().and_then(|p| p.availability_zone()), Some(fx.availability_zone.as_str()));
+    Ok(())
+}
+
+fn sdk_code(err: &SetupError) -> String {
+    err.downcast_ref::<aws_sdk_ec2::error::SdkError<aws_sdk_ec2::operation::create_network_interface::CreateNetworkInterfaceError>>()
+        .and_then(|e| e.code())
+        .unwrap_or("not an EC2 error")
+        .to_owned()
+}
