@@ -275,3 +275,10 @@ pub fn fast_settings() -> Settings {
 fn uuid_fragment() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
+
+/// Logs at `warn` unless `RUST_LOG` says otherwise, so the demo's own output stays readable.
+pub fn init_quiet_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().try_init();
+}

@@ -1,1 +1,252 @@
-//! placeholder
+//! The core loop through the real handlers: a node comes back on the same ENI, private
+//! IP and Elastic IP after every interruption, whatever the order and number of events.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tether::{Node, NodeState, Persistence};
+use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
+use tether_tests::{Fixture, SetupError};
+
+const BUDGET: Duration = Duration::from_secs(30);
+
+async fn interruption(fx: &Fixture, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    tether_interruption::handler(&fx.tether, invocation(payload, BUDGET)).await
+}
+
+async fn state_changed(fx: &Fixture, payload: Value) -> Result<Value, lambda_runtime::Error> {
+    tether_state_change::handler(&fx.tether, invocation(payload, BUDGET)).await
+}
+
+fn outcome(value: &Value) -> &str {
+    value["outcome"].as_str().unwrap_or("none")
+}
+
+/// Creates a node (chosen IP, optional EIP) and resumes it; returns it running.
+async fn running_node(fx: &Fixture, persistence: Persistence) -> Result<Node, SetupError> {
+    let node = fx.tether.create_node(fx.spec(&["m5.large", "m6i.large"]), persistence).await?;
+    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET).await?;
+    assert!(matches!(outcome, tether::Outcome::Launched { generation: 1, .. }), "{outcome:?}");
+    Ok(fx.tether.node(&node.id).await?)
+}
+
+fn instance_id(node: &Node) -> Result<String, SetupError> {
+    Ok(node.instance_id().ok_or("node has no instance")?.to_owned())
+}
+
+/// Checks, from what EC2 reports, that the node's current instance runs on the
+/// node's ENI at device 0 with its private IP, MAC, AZ and (if any) Elastic IP, and
+/// that it is the node's only live instance.
+async fn assert_identity_kept(fx: &Fixture, node: &Node, eip: Option<&str>) -> Result<(), SetupError> {
+    let eni = node.eni.as_ref().ok_or("node has no ENI")?;
+    let instance = fx.instance(&instance_id(node)?).await?;
+    let primary = instance
+        .network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .ok_or("instance has no ENI at device 0")?;
+    assert_eq!(primary.network_interface_id(), Some(eni.id.as_str()), "boots on the node's ENI");
+    assert_eq!(primary.attachment().and_then(|a| a.delete_on_termination()), Some(false), "ENI outlives the instance");
+    assert_eq!(instance.private_ip_address(), Some(eni.private_ip.to_string().as_str()), "same private IP");
+    assert_eq!(primary.mac_address(), Some(eni.mac_address.as_str()), "same MAC");
+    assert_eq!(instance.placement().and_then(|p| p.availability_zone()), Some(fx.availability_zone.as_str()), "same AZ");
+    assert_eq!(instance.public_ip_address(), eip, "same Elastic IP");
+    let live = fx.live_instances(&node.id).await?;
+    assert_eq!(live.len(), 1, "exactly one live instance: {:?}", live.iter().map(|i| i.instance_id()).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_interrupted_node_comes_back_on_the_same_eni_ip_and_eip() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+    let chosen = fx.subnet_ip(50);
+    let node = running_node(&fx, Persistence { private_ip: Some(chosen), elastic_ip_allocation_id: Some(allocation_id) }).await?;
+    let eni = node.eni.clone().ok_or("no ENI")?;
+    assert_eq!(eni.private_ip, chosen);
+    assert_identity_kept(&fx, &node, Some(&public_ip)).await?;
+    let first = instance_id(&node)?;
+
+    let warned = interruption(&fx, interruption_warning(&first, "terminate")).await?;
+    assert_eq!(outcome(&warned), "recorded");
+    assert_eq!(fx.tether.node(&node.id).await?.state, NodeState::Recovering);
+
+    fx.interrupt(&first).await?;
+    let replaced = state_changed(&fx, state_change(&first, "terminated")).await?;
+    assert_eq!(outcome(&replaced), "launched", "{replaced}");
+    assert_eq!(replaced["generation"], 2);
+
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Running);
+    assert_eq!(after.generation, 2);
+    assert_ne!(instance_id(&after)?, first);
+    assert_eq!(after.eni.as_ref(), Some(&eni), "the ENI record never changes");
+    assert_identity_kept(&fx, &after, Some(&public_ip)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn three_interruptions_in_a_row_keep_the_identity() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+    let mut node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(77)), elastic_ip_allocation_id: Some(allocation_id) }).await?;
+    let mut seen = vec![instance_id(&node)?];
+    for generation in 2..=4 {
+        let current = instance_id(&node)?;
+        interruption(&fx, interruption_warning(&current, "terminate")).await?;
+        fx.interrupt(&current).await?;
+        let replaced = state_changed(&fx, state_change(&current, "terminated")).await?;
+        assert_eq!(replaced["generation"], generation, "{replaced}");
+        node = fx.tether.node(&node.id).await?;
+        assert_identity_kept(&fx, &node, Some(&public_ip)).await?;
+        let new_id = instance_id(&node)?;
+        assert!(!seen.contains(&new_id), "each replacement is a new instance");
+        seen.push(new_id);
+    }
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 4, "one instance per generation, no more");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_events_delivered_twice_launch_nothing_extra() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    let warning = interruption_warning(&first, "terminate");
+    assert_eq!(outcome(&interruption(&fx, warning.clone()).await?), "recorded");
+    assert_eq!(outcome(&interruption(&fx, warning).await?), "ignored");
+
+    fx.interrupt(&first).await?;
+    let terminated = state_change(&first, "terminated");
+    assert_eq!(outcome(&state_changed(&fx, terminated.clone()).await?), "launched");
+    let again = state_changed(&fx, terminated).await?;
+    assert_eq!(outcome(&again), "ignored", "{again}");
+
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.generation, 2);
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 2, "the old instance and one replacement");
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_termination_launch_once() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    fx.interrupt(&first).await?;
+    let terminated = state_change(&first, "terminated");
+    let (a, b) = tokio::join!(state_changed(&fx, terminated.clone()), state_changed(&fx, terminated));
+    let outcomes = [outcome(&a?).to_owned(), outcome(&b?).to_owned()];
+    assert!(outcomes.contains(&"launched".to_owned()), "{outcomes:?}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.generation, 2, "one new generation");
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 2);
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn termination_before_the_warning_still_recovers() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(90)), elastic_ip_allocation_id: None }).await?;
+    let first = instance_id(&node)?;
+    fx.interrupt(&first).await?;
+    assert_eq!(outcome(&state_changed(&fx, state_change(&first, "terminated")).await?), "launched");
+    // The warning arrives late, about an instance that is no longer the node's.
+    let late = interruption(&fx, interruption_warning(&first, "terminate")).await?;
+    assert_eq!(outcome(&late), "ignored");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Running, "the late warning does not mark the new instance");
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn termination_reported_while_the_eni_is_still_attached_waits_for_it() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    // The event arrives while the old instance still holds the ENI; it lets go a moment later.
+    let ec2 = fx.ec2.clone();
+    let old = first.clone();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        ec2.terminate_instances().instance_ids(old).send().await
+    });
+    let replaced = state_changed(&fx, state_change(&first, "terminated")).await?;
+    release.await??;
+    assert_eq!(outcome(&replaced), "launched", "{replaced}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.generation, 2);
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_eni_not_released_before_the_deadline_is_retried_by_lambda_not_given_up() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    let terminated = state_change(&first, "terminated");
+    let short = tether_state_change::handler(&fx.tether, invocation(terminated.clone(), Duration::from_secs(1))).await;
+    let err = short.expect_err("still attached: the handler must fail so Lambda retries");
+    assert!(err.to_string().contains("InvalidNetworkInterface.InUse"), "AWS code kept: {err}");
+    let waiting = fx.tether.node(&node.id).await?;
+    assert_eq!(waiting.state, NodeState::Launching, "not given up");
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 1, "nothing launched yet");
+
+    // Lambda's retry, after the instance is gone.
+    fx.interrupt(&first).await?;
+    assert_eq!(outcome(&state_changed(&fx, terminated).await?), "launched");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.generation, 2, "the retry continues the same generation");
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_tether_cannot_use_are_acknowledged() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let unknown = state_changed(&fx, state_change("i-0123456789abcdef0", "terminated")).await?;
+    assert_eq!(outcome(&unknown), "ignored");
+    let mut malformed = state_change("i-0123456789abcdef0", "terminated");
+    malformed["detail"] = Value::String("garbage".into());
+    assert_eq!(outcome(&state_changed(&fx, malformed).await?), "rejected");
+    // A warning sent to the state-change function is not its business.
+    let misrouted = state_changed(&fx, interruption_warning("i-0123456789abcdef0", "terminate")).await?;
+    assert_eq!(outcome(&misrouted), "rejected");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stop_interruption_is_recorded_and_not_replaced() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    assert_eq!(outcome(&interruption(&fx, rebalance_recommendation(&first)).await?), "recorded");
+    assert_eq!(outcome(&interruption(&fx, interruption_warning(&first, "stop")).await?), "recorded");
+    fx.ec2.stop_instances().instance_ids(&first).send().await?;
+    let stopped = state_changed(&fx, state_change(&first, "stopped")).await?;
+    assert_eq!(outcome(&stopped), "recorded");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Stopped);
+    assert_eq!(after.generation, 1, "nothing launched");
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 1);
+    assert!(after.history.iter().any(|h| h.what.contains("rebalance")), "rebalance recorded");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_random_private_ip_is_kept_across_interruptions() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let ip = node.eni.as_ref().ok_or("no ENI")?.private_ip;
+    let first = instance_id(&node)?;
+    fx.interrupt(&first).await?;
+    state_changed(&fx, state_change(&first, "terminated")).await?;
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.eni.as_ref().map(|e| e.private_ip), Some(ip));
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+# The two commands: `make demo` (Tether's main job against the local AWS emulator)
+# and `make test` (every test). Each installs the pinned emulator into .venv first;
+# the emulator is started and stopped by the Rust harness itself.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+EMULATOR := $(VENV)/.tether-emulator
+
+.PHONY: demo test emulator clean
+
+demo: $(EMULATOR)
+	cargo run --quiet -p tether-tests --bin tether-demo
+
+test: $(EMULATOR)
+	cargo build --workspace --bins
+	cargo test --workspace
+
+emulator: $(EMULATOR)
+
+# moto and every dependency pinned (tests/emulator/requirements.txt).
+$(EMULATOR): tests/emulator/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/emulator/requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) target
