@@ -8,12 +8,17 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use tether::aws::dynamo::DynamoNodeStore;
-use tether::config::Config;
+use tether::aws::ec2::Ec2Cloud;
 use tether::service::Settings;
 use tether::Tether;
 
@@ -100,6 +105,8 @@ impl Emulator {
 
 /// One test's private corner of the emulator.
 pub struct Fixture {
+    /// Every AWS request Tether's own clients sent (not the fixture's set-up calls).
+    pub calls: CallLog,
     pub ec2: aws_sdk_ec2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub tether: Tether,
@@ -158,10 +165,21 @@ impl Fixture {
             .to_owned();
 
         let table_name = format!("tether-{unique}");
-        let config = Config { table_name: table_name.clone(), settings };
         DynamoNodeStore::new(dynamodb.clone(), table_name.clone()).create_table().await?;
-        let tether = tether::lambda::tether_from_sdk(&sdk, &config);
+        let calls = CallLog::default();
+        let counted_ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+        );
+        let counted_dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+        );
+        let tether = Tether::new(
+            Arc::new(DynamoNodeStore::new(counted_dynamodb, table_name.clone())),
+            Arc::new(Ec2Cloud::new(counted_ec2)),
+            settings,
+        );
         Ok(Fixture {
+            calls,
             ec2,
             dynamodb,
             tether,
@@ -260,6 +278,39 @@ impl Fixture {
 
     pub fn subnet_ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 1, host)
+    }
+}
+
+/// Records "Service.Operation" for every HTTP request a client sends (retries included).
+#[derive(Clone, Debug, Default)]
+pub struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    /// The calls recorded since the last `take`.
+    pub fn take(&self) -> Vec<String> {
+        self.0.lock().map(|mut calls| std::mem::take(&mut *calls)).unwrap_or_default()
+    }
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "tether-call-log"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let name = cfg
+            .load::<Metadata>()
+            .map(|m| format!("{}.{}", m.service(), m.name()))
+            .unwrap_or_else(|| "unknown".into());
+        if let Ok(mut calls) = self.0.lock() {
+            calls.push(name);
+        }
+        Ok(())
     }
 }
 

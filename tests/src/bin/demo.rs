@@ -54,15 +54,19 @@ async fn run() -> Result<(), SetupError> {
         let old = node.instance_id().ok_or("node has no instance")?.to_owned();
         let warned = tether_interruption::handler(&fx.tether, invocation(interruption_warning(&old, "terminate"), BUDGET)).await?;
         fx.interrupt(&old).await?;
+        fx.calls.take();
         let started = Instant::now();
         let replaced = tether_state_change::handler(&fx.tether, invocation(state_change(&old, "terminated"), BUDGET)).await?;
+        let elapsed = started.elapsed();
+        let calls = fx.calls.take();
         node = fx.tether.node(&node.id).await?;
         println!(
-            "interruption {round}/{INTERRUPTIONS}: warning for {old} -> {}; terminated -> {} {} in {:?}",
+            "interruption {round}/{INTERRUPTIONS}: warning for {old} -> {}; terminated -> {} {} in {elapsed:?}, {} AWS calls ({})",
             warned["outcome"].as_str().unwrap_or("?"),
             replaced["outcome"].as_str().unwrap_or("?"),
             replaced["instance_id"].as_str().unwrap_or(""),
-            started.elapsed()
+            calls.len(),
+            calls.join(", ")
         );
         observed.push(observe(&fx, &node).await?);
     }

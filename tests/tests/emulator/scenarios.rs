@@ -72,9 +72,16 @@ async fn an_interrupted_node_comes_back_on_the_same_eni_ip_and_eip() -> Result<(
     assert_eq!(fx.tether.node(&node.id).await?.state, NodeState::Recovering);
 
     fx.interrupt(&first).await?;
+    fx.calls.take();
     let replaced = state_changed(&fx, state_change(&first, "terminated")).await?;
     assert_eq!(outcome(&replaced), "launched", "{replaced}");
     assert_eq!(replaced["generation"], 2);
+    // The hot path: find the node, mark it launching, launch, record. The EIP stays on the ENI.
+    assert_eq!(
+        fx.calls.take(),
+        ["DynamoDB.Query", "DynamoDB.PutItem", "EC2.RunInstances", "DynamoDB.PutItem"],
+        "AWS calls of one replacement"
+    );
 
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.state, NodeState::Running);
