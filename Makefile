@@ -14,6 +14,7 @@ demo: $(EMULATOR)
 
 test: $(EMULATOR)
 	cargo build --workspace --bins
+	tests/emulator/prove-rules.sh
 	cargo test --workspace
 
 emulator: $(EMULATOR)

@@ -95,7 +95,7 @@ def locked(fn: Callable[..., Any]) -> Callable[..., Any]:
 LaunchCheck = Callable[[Any, int, dict[str, Any]], None]
 # after(backend, kwargs, reservation); runs after a successful launch.
 LaunchFollowUp = Callable[[Any, dict[str, Any], Any], None]
-# check(backend, eni, instance, device_index); may raise.
+# check(backend, eni, instance, device_index); may raise, may adjust the ENI.
 AttachCheck = Callable[[Any, Any, Any, int], None]
 
 _launch_checks: list[LaunchCheck] = []
@@ -192,17 +192,16 @@ def patch_eni_release() -> None:
     changed with ModifyNetworkInterfaceAttribute Attachment.DeleteOnTermination.
 
     moto 5.2.5: terminating leaves every ENI `in-use`, attached to the
-    terminated instance (so it can never be reused); ENIs created at launch
-    default to DeleteOnTermination=false; ModifyNetworkInterfaceAttribute
-    ignores the Attachment parameter; DescribeAddresses keeps reporting the
-    EIP's original InstanceId.
+    terminated instance, which still lists it; ENIs created at launch default
+    to DeleteOnTermination=false, so nothing is ever deleted;
+    ModifyNetworkInterfaceAttribute ignores the Attachment parameter; an EIP
+    associated with an ENI never shows the InstanceId the ENI is attached to.
     """
     original_terminate = Instance.terminate
 
     def terminate(self: Instance) -> Any:
         if self.state == "terminated":
-            # Already terminated: AWS treats this as a no-op (moto would try to
-            # delete the same ENIs again and fail).
+            # Already terminated: a no-op, as in AWS (its ENIs are released).
             return copy.copy(self._state)
         released = list(self.nics.values())
         for eni in released:
@@ -217,10 +216,13 @@ def patch_eni_release() -> None:
                     eip.instance = None
                     eip.association_id = None
                 eni.delete()
-            elif not eips_on(backend, eni):
-                # An auto-assigned public IPv4 address is released on
-                # termination; an Elastic IP stays with the ENI.
-                eni.public_ip = None
+            else:
+                # The flag belongs to the attachment, which is gone.
+                eni.delete_on_termination = False
+                if not eips_on(backend, eni):
+                    # An auto-assigned public IPv4 address is released on
+                    # termination; an Elastic IP stays with the ENI.
+                    eni.public_ip = None
         return previous_state
 
     Instance.terminate = locked(terminate)
@@ -268,8 +270,10 @@ def patch_eni_release() -> None:
 
     ElasticAddress.instance = property(_eip_instance, _set_eip_instance)
 
-    # ENIs created by RunInstances default to DeleteOnTermination=true.
-    def default_delete_on_termination(
+    # A new attachment's DeleteOnTermination: true for an ENI RunInstances
+    # creates (unless the request says otherwise), false for an existing ENI
+    # (named at launch or attached later).
+    def launch_delete_on_termination(
         backend: Any, kwargs: dict[str, Any], reservation: Any
     ) -> None:
         specs = {device_index(s): s for s in nic_specs(kwargs)}
@@ -277,13 +281,17 @@ def patch_eni_release() -> None:
             for index, eni in instance.nics.items():
                 spec = specs.get(index, {})
                 if spec.get("NetworkInterfaceId"):
-                    continue  # existing ENI: keeps its own flag (false)
-                if "DeleteOnTermination" in spec:
+                    eni.delete_on_termination = False
+                elif "DeleteOnTermination" in spec:
                     eni.delete_on_termination = is_true(spec["DeleteOnTermination"])
                 else:
                     eni.delete_on_termination = True
 
-    _launch_follow_ups.append(default_delete_on_termination)
+    def attach_delete_on_termination(backend: Any, eni: Any, instance: Any, index: int) -> None:
+        eni.delete_on_termination = False
+
+    _launch_follow_ups.append(launch_delete_on_termination)
+    _attach_checks.append(attach_delete_on_termination)
 
     # ModifyNetworkInterfaceAttribute: Attachment.{AttachmentId,DeleteOnTermination}.
     original_modify = ElasticNetworkInterfaces.modify_network_interface_attribute
@@ -291,9 +299,7 @@ def patch_eni_release() -> None:
     def modify_network_interface_attribute(self: Any) -> Any:
         attachment = self._get_param("Attachment") or {}
         if "DeleteOnTermination" in attachment:
-            eni = self.ec2_backend.get_network_interface(
-                self._get_param("NetworkInterfaceId")
-            )
+            eni = self.ec2_backend.get_network_interface(self._get_param("NetworkInterfaceId"))
             attachment_id = attachment.get("AttachmentId")
             if attachment_id is None or eni.attachment_id != attachment_id:
                 raise ec2_error(
@@ -303,9 +309,7 @@ def patch_eni_release() -> None:
             eni.delete_on_termination = is_true(attachment["DeleteOnTermination"])
         return original_modify(self)
 
-    ElasticNetworkInterfaces.modify_network_interface_attribute = (
-        modify_network_interface_attribute
-    )
+    ElasticNetworkInterfaces.modify_network_interface_attribute = modify_network_interface_attribute
 
 
 # --------------------------------------------------------------------------
@@ -496,14 +500,17 @@ def patch_private_ip() -> None:
     An address AWS picks itself is free and not reserved; when none is left
     the call fails with InsufficientFreeAddressesInSubnet.
 
-    moto 5.2.5: accepts any requested address (duplicates, reserved ones, even
-    addresses outside the subnet for CreateNetworkInterface); RunInstances with
-    a duplicate address fails with HTTP 500; CreateNetworkInterface picks a
-    random address of the CIDR (may be reserved, may collide) and
-    RunInstances picks sequentially without looking at existing ENIs.
+    moto 5.2.5: CreateNetworkInterface accepts any address (duplicate,
+    reserved, outside the subnet); RunInstances accepts an address another ENI
+    holds, or a reserved one, and answers HTTP 500 for one outside the subnet
+    or held by another instance. Picked addresses: CreateNetworkInterface takes
+    a random address of the CIDR (may be reserved, may collide), RunInstances
+    counts up from .4 ignoring ENIs, and RunInstances without a subnet invents
+    a 10.x.x.x address outside the default VPC it launches into.
     """
     original_create_eni = EC2Backend.create_network_interface
     original_request_ip = Subnet.request_ip
+    original_get_available_subnet_ip = Subnet.get_available_subnet_ip
 
     @locked
     def create_network_interface(
@@ -543,6 +550,8 @@ def patch_private_ip() -> None:
 
     def get_available_subnet_ip(self: Subnet, instance: Any) -> str:
         # Used by RunInstances for an instance's primary address.
+        if not is_ipv4_subnet(self):
+            return original_get_available_subnet_ip(self, instance)
         ip = allocate_address(self.ec2_backend, self, "RunInstances")
         self._subnet_ips[ip] = instance
         return ip
@@ -561,7 +570,7 @@ def patch_private_ip() -> None:
             primary_subnet_id = None  # the instance takes the existing ENI's address
         else:
             primary_subnet_id = kwargs.get("subnet_id") or primary_spec.get("SubnetId")
-            if not primary_subnet_id and not specs:
+            if not primary_subnet_id:
                 # No subnet at all: AWS uses the default subnet of the AZ; moto
                 # would invent an address outside it ("EC2-Classic" mode).
                 zone = kwargs.get("placement") or backend.region_name + "a"
@@ -789,7 +798,9 @@ def exit_when_orphaned(watch_stdin: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)"
+    )
     parser.add_argument("--ignore-stdin", action="store_true", help="do not exit when stdin closes")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     args = parser.parse_args()
@@ -803,8 +814,8 @@ def main() -> None:
             f"{PINNED_MOTO_VERSION}; install tests/emulator/requirements.txt"
         )
 
-    exit_when_orphaned(watch_stdin=not args.ignore_stdin)
     disabled = disabled_patches(dict(os.environ))
+    exit_when_orphaned(watch_stdin=not args.ignore_stdin)
     active = apply_patches(disabled)
     log.info("moto %s; patches active: %s", moto.__version__, ", ".join(active) or "none")
     if disabled:

@@ -166,7 +166,10 @@ async fn a_client_token_used_again_returns_the_original_instance() -> Result<(),
             .send()
     };
     let first = launch().await?;
-    let again = launch().await?;
+    let again = match launch().await {
+        Ok(out) => out,
+        Err(e) => panic!("a used ClientToken must return the original instance, got {:?}", e.code()),
+    };
     let id = |out: &aws_sdk_ec2::operation::run_instances::RunInstancesOutput| {
         out.instances().first().and_then(|i| i.instance_id()).map(str::to_owned)
     };
@@ -174,18 +177,28 @@ async fn a_client_token_used_again_returns_the_original_instance() -> Result<(),
     assert_eq!(id(&first), id(&again), "same token, same instance");
     assert_eq!(first.reservation_id(), again.reservation_id());
 
+    assert_eq!(instances_in_vpc(&fx).await?, 1, "nothing else launched");
+
     let first_id = id(&first).ok_or("no id")?;
     fx.interrupt(&first_id).await?;
-    let after_termination = launch().await?;
+    let after_termination = match launch().await {
+        Ok(out) => out,
+        Err(e) => panic!("a used ClientToken must still return the original instance, got {:?}", e.code()),
+    };
     assert_eq!(id(&after_termination).as_deref(), Some(first_id.as_str()), "still the original after it terminated");
-    let instances = fx
+    // A terminated instance leaves the VPC; a new launch would be in it.
+    assert_eq!(instances_in_vpc(&fx).await?, 0, "nothing launched after the termination either");
+    Ok(())
+}
+
+async fn instances_in_vpc(fx: &Fixture) -> Result<usize, SetupError> {
+    let out = fx
         .ec2
         .describe_instances()
         .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
         .send()
         .await?;
-    assert_eq!(instances.reservations().iter().flat_map(|r| r.instances()).count(), 1, "nothing else launched");
-    Ok(())
+    Ok(out.reservations().iter().flat_map(|r| r.instances()).count())
 }
 
 #[tokio::test]
@@ -205,13 +218,46 @@ async fn an_eni_is_used_only_in_its_own_availability_zone() -> Result<(), SetupE
         .send()
         .await
         .expect_err("an ENI cannot be used in another AZ");
-    assert_eq!(err.code(), Some("InvalidParameterCombination"), "{err:?}");
+    assert_eq!(err.code(), Some("InvalidParameterValue"), "{err:?}");
     assert_eq!(fx.eni(&eni).await?.status(), Some(&NetworkInterfaceStatus::Available), "nothing attached");
 
     // In its own AZ, the launch lands in that AZ.
     let id = launch_on_eni(&fx, &eni).await.map_err(|e| format!("{e}"))?;
     let instance = fx.instance(&id).await?;
     assert_eq!(instance.placement().and_then(|p| p.availability_zone()), Some(fx.availability_zone.as_str()));
+
+    // Attaching it (as a second ENI) to an instance in another AZ fails too.
+    let other_subnet = fx
+        .ec2
+        .create_subnet()
+        .vpc_id(&fx.vpc_id)
+        .cidr_block("10.0.2.0/24")
+        .availability_zone(&other_az)
+        .send()
+        .await?;
+    let other_subnet_id = other_subnet.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet")?;
+    let elsewhere = fx
+        .ec2
+        .run_instances()
+        .image_id(&fx.image_id)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(other_subnet_id)
+        .send()
+        .await?;
+    let elsewhere_id = elsewhere.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?;
+    let spare = create_eni(&fx, None).await?;
+    let attach = fx
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(&spare)
+        .instance_id(elsewhere_id)
+        .device_index(1)
+        .send()
+        .await
+        .expect_err("attaching across AZs must fail");
+    assert_eq!(attach.code(), Some("InvalidParameterCombination"), "{attach:?}");
     Ok(())
 }
 

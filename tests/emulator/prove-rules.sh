@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Proves that each emulator rule is held by its patch: with that one patch disabled
+# (TETHER_MOTO_DISABLE), the rule's test must fail on one of its own checks.
+# Run by `make test` before the main test run; prints one line per rule.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+rules=(
+  "eni-release  terminating_an_instance_releases_its_enis"
+  "eni-in-use   launching_on_an_eni_in_use_fails_and_launches_nothing"
+  "private-ip   requested_private_ips_are_checked_as_aws_does"
+  "private-ip   random_private_ips_are_unique_and_never_reserved"
+  "client-token a_client_token_used_again_returns_the_original_instance"
+  "eni-az       an_eni_is_used_only_in_its_own_availability_zone"
+)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+for entry in "${rules[@]}"; do
+  read -r patch test <<<"$entry"
+  if TETHER_MOTO_DISABLE="$patch" RUST_BACKTRACE=0 \
+      cargo test -q -p tether-tests --test emulator -- --exact "emulator::rules::$test" >"$log" 2>&1; then
+    echo "rule $patch: FAIL: $test passed with the patch disabled"
+    status=1
+  elif grep -q "panicked at tests/tests/emulator/rules.rs" "$log"; then
+    why=$(grep -A1 -m1 "panicked at tests/tests/emulator/rules.rs" "$log" | tail -n 1 | cut -c1-100)
+    echo "rule $patch: fails without its patch: $test: $why"
+  else
+    echo "rule $patch: FAIL: $test failed for another reason:"
+    tail -n 20 "$log"
+    status=1
+  fi
+done
+exit $status
