@@ -44,6 +44,14 @@ pub struct LaunchRequest<'a> {
     pub client_token: String,
 }
 
+/// An instance found by its ClientToken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchedInstance {
+    pub id: String,
+    pub instance_type: String,
+    pub market: Market,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceSummary {
     pub id: String,
@@ -67,6 +75,8 @@ pub trait Cloud: Send + Sync {
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError>;
     /// Launches one instance; returns its id.
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<String, AwsError>;
+    /// The instance an earlier, successful RunInstances launched with this ClientToken.
+    async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError>;
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
 }

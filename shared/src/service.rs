@@ -14,7 +14,7 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Step};
 use crate::model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
-use crate::ports::{Cloud, EniRequest, LaunchRequest, NodeStore};
+use crate::ports::{Cloud, EniRequest, LaunchRequest, LaunchedInstance, NodeStore};
 
 /// How often one request re-reads and re-decides after losing a race on a node.
 const MAX_CONFLICTS: usize = 8;
@@ -205,12 +205,24 @@ impl Tether {
                 market,
                 client_token: node.id.client_token(node.generation),
             };
-            match self.launch_waiting_for_eni(&request, deadline).await {
-                Ok(instance_id) => {
-                    let next = lifecycle::launched(&node, instance_id.clone(), instance_type.to_owned(), market, Utc::now());
+            let launched = match self.launch_waiting_for_eni(&request, deadline).await {
+                Ok(id) => Ok(LaunchedInstance { id, instance_type: instance_type.to_owned(), market }),
+                // This generation's token already launched an instance with another candidate
+                // (an earlier attempt fell back, then died before recording it): adopt that one.
+                Err(e) if e.code_is("IdempotentParameterMismatch") => {
+                    match self.cloud.find_launched(&request.client_token).await? {
+                        Some(earlier) => Ok(earlier),
+                        None => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match launched {
+                Ok(instance) => {
+                    let next = lifecycle::launched(&node, instance.id.clone(), instance.instance_type.clone(), instance.market, Utc::now());
                     let saved = self.store.save(&next).await?;
-                    info!(node_id = %saved.id, instance_id, generation = saved.generation, instance_type, ?market, "launched");
-                    return Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id });
+                    info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
+                    return Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id });
                 }
                 Err(e) if e.class == ErrorClass::NoCapacity => {
                     warn!(node_id = %node.id, instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");

@@ -42,6 +42,7 @@ from typing import Any
 import moto
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2 import utils as ec2_utils
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
@@ -645,8 +646,10 @@ def patch_client_token() -> None:
     same token launches normally.
 
     moto 5.2.5: stores the token on the instance (DescribeInstances shows it)
-    but launches a new instance on every call.
+    but launches a new instance on every call, and DescribeInstances' documented
+    `client-token` filter raises NotImplementedError (HTTP 500).
     """
+    ec2_utils.filter_dict_attribute_mapping["client-token"] = "client_token"
     original = InstanceResponse.run_instances
 
     def fingerprint(querystring: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -109,6 +109,8 @@ pub struct Fixture {
     pub calls: CallLog,
     pub ec2: aws_sdk_ec2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The node table, for tests that stage a state (its calls are not counted).
+    pub store: DynamoNodeStore,
     pub tether: Tether,
     pub vpc_id: String,
     /// A /24 in `<REGION>a`: 10.<n>.1.0/24.
@@ -165,7 +167,8 @@ impl Fixture {
             .to_owned();
 
         let table_name = format!("tether-{unique}");
-        DynamoNodeStore::new(dynamodb.clone(), table_name.clone()).create_table().await?;
+        let store = DynamoNodeStore::new(dynamodb.clone(), table_name.clone());
+        store.create_table().await?;
         let calls = CallLog::default();
         let counted_ec2 = aws_sdk_ec2::Client::from_conf(
             aws_sdk_ec2::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
@@ -182,6 +185,7 @@ impl Fixture {
             calls,
             ec2,
             dynamodb,
+            store,
             tether,
             vpc_id,
             subnet_id,

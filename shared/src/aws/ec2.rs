@@ -14,7 +14,7 @@ use aws_smithy_types::base64;
 use crate::aws::aws_error;
 use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, Market, NodeId};
-use crate::ports::{Cloud, EniRequest, InstanceSummary, LaunchRequest};
+use crate::ports::{Cloud, EniRequest, InstanceSummary, LaunchRequest, LaunchedInstance};
 
 /// Tag keys Tether sets on what it creates (the deploy's IAM policy keys on `tether:managed`).
 pub const TAG_NODE_ID: &str = "tether:node-id";
@@ -194,6 +194,27 @@ impl Cloud for Ec2Cloud {
             .and_then(|i| i.instance_id())
             .map(str::to_owned)
             .ok_or_else(|| missing("RunInstances", "instance"))
+    }
+
+    async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
+        let out = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name("client-token").values(client_token).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
+        let instance = out.reservations().iter().flat_map(|r| r.instances()).next();
+        Ok(instance.and_then(|i| {
+            Some(LaunchedInstance {
+                id: i.instance_id()?.to_owned(),
+                instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+                market: match i.instance_lifecycle() {
+                    Some(aws_sdk_ec2::types::InstanceLifecycleType::Spot) => Market::Spot,
+                    _ => Market::OnDemand,
+                },
+            })
+        }))
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use aws_sdk_ec2::types::{InstanceNetworkInterfaceSpecification, InstanceType};
 use serde_json::Value;
+use tether::events::{InstanceEvent, InstanceState};
+use tether::lifecycle::{self, Step};
+use tether::ports::NodeStore;
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
 use tether_tests::{Fixture, SetupError};
@@ -255,5 +259,69 @@ async fn a_random_private_ip_is_kept_across_interruptions() -> Result<(), SetupE
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.eni.as_ref().map(|e| e.private_ip), Some(ip));
     assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
+    fx.interrupt(&first).await?;
+
+    // An earlier invocation marked generation 2 as launching, found no capacity for the first
+    // instance type, launched the second with the generation's ClientToken, and died before
+    // recording it.
+    let terminated = InstanceEvent::StateChange { instance_id: first.clone(), state: InstanceState::Terminated };
+    let Step::Launch(launching) = lifecycle::on_instance_event(&node, &terminated, chrono::Utc::now()) else {
+        return Err("termination did not start a launch".into());
+    };
+    fx.store.save(&launching).await?;
+    let earlier = fx
+        .ec2
+        .run_instances()
+        .image_id(&fx.image_id)
+        .instance_type(InstanceType::M6iLarge)
+        .min_count(1)
+        .max_count(1)
+        .client_token(node.id.client_token(2))
+        .network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .network_interface_id(&eni_id)
+                .delete_on_termination(false)
+                .build(),
+        )
+        .send()
+        .await?;
+    let earlier_id = earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+
+    // Lambda retries the event: the first candidate's RunInstances meets the used token.
+    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    assert_eq!(outcome(&retried), "launched", "{retried}");
+    assert_eq!(retried["instance_id"], earlier_id.as_str(), "the earlier instance is adopted");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.generation, 2);
+    assert_eq!(after.instance.as_ref().map(|i| i.instance_type.as_str()), Some("m6i.large"));
+    let live = fx
+        .ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
+        .send()
+        .await?;
+    let live: Vec<_> = live.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id()).collect();
+    assert_eq!(live, vec![earlier_id.as_str()], "nothing launched besides the adopted instance");
+    assert_identity_kept_on(&fx, &after, &earlier_id).await?;
+    Ok(())
+}
+
+/// The adopted instance was launched outside Tether's adapter (no node tag), so check it directly.
+async fn assert_identity_kept_on(fx: &Fixture, node: &Node, instance_id: &str) -> Result<(), SetupError> {
+    let eni = node.eni.as_ref().ok_or("node has no ENI")?;
+    let instance = fx.instance(instance_id).await?;
+    assert_eq!(instance.private_ip_address(), Some(eni.private_ip.to_string().as_str()));
+    let on_eni = instance.network_interfaces().iter().any(|n| n.network_interface_id() == Some(eni.id.as_str()));
+    assert!(on_eni, "runs on the node's ENI");
     Ok(())
 }
