@@ -224,6 +224,22 @@ impl Node {
     }
 }
 
+/// A valid spec for unit tests.
+#[cfg(test)]
+pub(crate) fn test_spec(instance_types: &[&str], fallback_to_on_demand: bool) -> NodeSpec {
+    NodeSpec {
+        subnet_id: "subnet-1".into(),
+        image_id: "ami-1".into(),
+        instance_types: instance_types.iter().map(|t| t.to_string()).collect(),
+        security_group_ids: vec!["sg-1".into()],
+        key_name: None,
+        iam_instance_profile: None,
+        user_data: None,
+        tags: BTreeMap::new(),
+        fallback_to_on_demand,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,18 +263,7 @@ mod tests {
     #[test]
     fn history_is_bounded_and_keeps_newest() {
         let now = Utc::now();
-        let spec = NodeSpec {
-            subnet_id: "subnet-1".into(),
-            image_id: "ami-1".into(),
-            instance_types: vec!["m5.large".into()],
-            security_group_ids: vec![],
-            key_name: None,
-            iam_instance_profile: None,
-            user_data: None,
-            tags: BTreeMap::new(),
-            fallback_to_on_demand: true,
-        };
-        let mut node = Node::new(spec, Persistence::default(), now);
+        let mut node = Node::new(test_spec(&["m5.large"], true), Persistence::default(), now);
         for i in 0..(HISTORY_LIMIT + 10) {
             node.record(now, format!("entry {i}"));
         }

@@ -26,9 +26,9 @@ pub enum TetherError {
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error("ENI {eni_id} of node {node_id} is still attached to the previous instance after waiting {waited:?}: {source}")]
-    EniStillAttached { node_id: NodeId, eni_id: String, waited: Duration, source: AwsError },
+    EniStillAttached { node_id: NodeId, eni_id: String, waited: Duration, source: Box<AwsError> },
     #[error("no capacity for node {node_id}: tried {tried}; last error: {source}")]
-    NoCapacity { node_id: NodeId, tried: String, source: AwsError },
+    NoCapacity { node_id: NodeId, tried: String, source: Box<AwsError> },
     #[error("node {node_id} kept changing under this request ({MAX_CONFLICTS} conflicting writes)")]
     Contended { node_id: NodeId },
     #[error("node {0} not found")]
@@ -51,9 +51,8 @@ impl TetherError {
     /// AWS's error code behind this error, if one is.
     pub fn aws_code(&self) -> Option<&str> {
         match self {
-            TetherError::Aws(e)
-            | TetherError::EniStillAttached { source: e, .. }
-            | TetherError::NoCapacity { source: e, .. } => e.code.as_deref(),
+            TetherError::Aws(e) => e.code.as_deref(),
+            TetherError::EniStillAttached { source: e, .. } | TetherError::NoCapacity { source: e, .. } => e.code.as_deref(),
             _ => None,
         }
     }
@@ -234,15 +233,16 @@ impl Tether {
                         node_id: node.id.clone(),
                         eni_id: eni.id.clone(),
                         waited: started.elapsed(),
-                        source: e,
+                        source: Box::new(e),
                     })
                 }
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
             }
         }
-        let source = last_capacity_error
-            .unwrap_or_else(|| AwsError::from_code("EC2", "RunInstances", None, Some("no instance type to try"), None));
+        let source = Box::new(last_capacity_error.unwrap_or_else(|| {
+            AwsError::from_code("EC2", "RunInstances", None, Some("no instance type to try"), None)
+        }));
         let err = TetherError::NoCapacity { node_id: node.id.clone(), tried: tried.join(", "), source };
         let mut next = node.clone();
         next.last_error = Some(err.to_string());
@@ -363,21 +363,7 @@ fn validate(spec: &NodeSpec, persistence: &Persistence) -> Result<(), TetherErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn spec(types: &[&str], fallback: bool) -> NodeSpec {
-        NodeSpec {
-            subnet_id: "subnet-1".into(),
-            image_id: "ami-1".into(),
-            instance_types: types.iter().map(|t| t.to_string()).collect(),
-            security_group_ids: vec!["sg-1".into()],
-            key_name: None,
-            iam_instance_profile: None,
-            user_data: None,
-            tags: BTreeMap::new(),
-            fallback_to_on_demand: fallback,
-        }
-    }
+    use crate::model::test_spec as spec;
 
     #[test]
     fn candidates_are_spot_in_order_then_on_demand() {

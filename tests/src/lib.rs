@@ -243,7 +243,28 @@ impl Fixture {
             .ok_or_else(|| format!("instance {instance_id} not found").into())
     }
 
-    /// Every instance in this fixture's VPC-free view: those tagged with the node id.
+    /// RunInstances of one small instance with the fixture's AMI; callers add the network.
+    pub fn run_one(&self) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
+        self.ec2
+            .run_instances()
+            .image_id(&self.image_id)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+    }
+
+    /// Ids of the instances in the fixture's VPC (terminated ones have left it).
+    pub async fn instances_in_vpc(&self) -> Result<Vec<String>, SetupError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("vpc-id").values(&self.vpc_id).build())
+            .send()
+            .await?;
+        Ok(out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id()).map(str::to_owned).collect())
+    }
+
+    /// Every instance Tether launched for the node (tagged with its id), terminated ones included.
     pub async fn node_instances(&self, node_id: &tether::NodeId) -> Result<Vec<aws_sdk_ec2::types::Instance>, SetupError> {
         let out = self
             .ec2
@@ -316,6 +337,15 @@ impl Intercept for CallLog {
         }
         Ok(())
     }
+}
+
+/// An existing ENI as the primary interface (device 0) of a launch, kept on termination.
+pub fn on_eni(eni_id: &str) -> aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification {
+    aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .network_interface_id(eni_id)
+        .delete_on_termination(false)
+        .build()
 }
 
 /// Short retry delays: tests wait for the emulator, not for AWS.

@@ -1,9 +1,7 @@
 //! Every (state, event) pair, for the node's current instance and for another one.
 
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::model::{NodeSpec, Persistence};
+use crate::model::{test_spec, Persistence};
 
 const CURRENT: &str = "i-00000000000000001";
 const OTHER: &str = "i-00000000000000002";
@@ -18,18 +16,7 @@ const STATES: [NodeState; 6] = [
 ];
 
 fn node_in(state: NodeState) -> Node {
-    let spec = NodeSpec {
-        subnet_id: "subnet-1".into(),
-        image_id: "ami-1".into(),
-        instance_types: vec!["m5.large".into()],
-        security_group_ids: vec![],
-        key_name: None,
-        iam_instance_profile: None,
-        user_data: None,
-        tags: BTreeMap::new(),
-        fallback_to_on_demand: true,
-    };
-    let mut node = Node::new(spec, Persistence::default(), Utc::now());
+    let mut node = Node::new(test_spec(&["m5.large"], true), Persistence::default(), Utc::now());
     node.state = state;
     node.generation = 3;
     node.instance = Some(InstanceRecord {

@@ -72,7 +72,7 @@ async fn run() -> Result<(), SetupError> {
     }
 
     println!();
-    println!("{:<10}  {:<21}  {:<12}  {:<15}  {:<9}  {}", "generation", "instance id", "private IP", "public IP", "market", "type");
+    println!("{:<10}  {:<21}  {:<12}  {:<15}  {:<9}  type", "generation", "instance id", "private IP", "public IP", "market");
     for o in &observed {
         println!(
             "{:<10}  {:<21}  {:<12}  {:<15}  {:<9}  {}",

@@ -2,8 +2,8 @@
 //! launcher patch that enforces its rule is disabled (TETHER_MOTO_DISABLE=<name>).
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{InstanceNetworkInterfaceSpecification, InstanceType, NetworkInterfaceStatus, Placement};
-use tether_tests::{Fixture, SetupError};
+use aws_sdk_ec2::types::{NetworkInterfaceStatus, Placement};
+use tether_tests::{on_eni, Fixture, SetupError};
 
 /// Creates an ENI in the fixture's subnet, optionally at `ip`.
 async fn create_eni(fx: &Fixture, ip: Option<String>) -> Result<String, SetupError> {
@@ -17,22 +17,8 @@ async fn create_eni(fx: &Fixture, ip: Option<String>) -> Result<String, SetupErr
     Ok(out.network_interface().and_then(|e| e.network_interface_id()).ok_or("no ENI id")?.to_owned())
 }
 
-fn on_eni(eni_id: &str) -> InstanceNetworkInterfaceSpecification {
-    InstanceNetworkInterfaceSpecification::builder()
-        .device_index(0)
-        .network_interface_id(eni_id)
-        .delete_on_termination(false)
-        .build()
-}
-
 async fn launch_on_eni(fx: &Fixture, eni_id: &str) -> Result<String, aws_sdk_ec2::Error> {
-    let out = fx
-        .ec2
-        .run_instances()
-        .image_id(&fx.image_id)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
+    let out = fx.run_one()
         .network_interfaces(on_eni(eni_id))
         .send()
         .await?;
@@ -50,13 +36,7 @@ async fn terminating_an_instance_releases_its_enis() -> Result<(), SetupError> {
     let kept = create_eni(&fx, None).await?;
     let on_kept = launch_on_eni(&fx, &kept).await?;
     // An ENI created by the launch itself: DeleteOnTermination=true by default.
-    let out = fx
-        .ec2
-        .run_instances()
-        .image_id(&fx.image_id)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
+    let out = fx.run_one()
         .subnet_id(&fx.subnet_id)
         .send()
         .await?;
@@ -85,14 +65,7 @@ async fn launching_on_an_eni_in_use_fails_and_launches_nothing() -> Result<(), S
     let first = launch_on_eni(&fx, &eni).await?;
     let second = launch_on_eni(&fx, &eni).await.expect_err("second launch on an in-use ENI must fail");
     assert_eq!(code(&second), "InvalidNetworkInterface.InUse");
-    let instances = fx
-        .ec2
-        .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
-        .send()
-        .await?;
-    let ids: Vec<_> = instances.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id()).collect();
-    assert_eq!(ids, vec![first.as_str()], "only the first instance exists");
+    assert_eq!(fx.instances_in_vpc().await?, vec![first.clone()], "only the first instance exists");
 
     // Once the first is gone, the ENI is free again and the next launch boots on it.
     fx.interrupt(&first).await?;
@@ -155,12 +128,7 @@ async fn a_client_token_used_again_returns_the_original_instance() -> Result<(),
     let eni = create_eni(&fx, None).await?;
     let token = format!("tether-test-{}", fx.table_name);
     let launch = || {
-        fx.ec2
-            .run_instances()
-            .image_id(&fx.image_id)
-            .instance_type(InstanceType::T3Micro)
-            .min_count(1)
-            .max_count(1)
+        fx.run_one()
             .client_token(&token)
             .network_interfaces(on_eni(&eni))
             .send()
@@ -177,7 +145,7 @@ async fn a_client_token_used_again_returns_the_original_instance() -> Result<(),
     assert_eq!(id(&first), id(&again), "same token, same instance");
     assert_eq!(first.reservation_id(), again.reservation_id());
 
-    assert_eq!(instances_in_vpc(&fx).await?, 1, "nothing else launched");
+    assert_eq!(fx.instances_in_vpc().await?.len(), 1, "nothing else launched");
 
     let first_id = id(&first).ok_or("no id")?;
     fx.interrupt(&first_id).await?;
@@ -187,32 +155,17 @@ async fn a_client_token_used_again_returns_the_original_instance() -> Result<(),
     };
     assert_eq!(id(&after_termination).as_deref(), Some(first_id.as_str()), "still the original after it terminated");
     // A terminated instance leaves the VPC; a new launch would be in it.
-    assert_eq!(instances_in_vpc(&fx).await?, 0, "nothing launched after the termination either");
+    assert_eq!(fx.instances_in_vpc().await?.len(), 0, "nothing launched after the termination either");
     Ok(())
 }
 
-async fn instances_in_vpc(fx: &Fixture) -> Result<usize, SetupError> {
-    let out = fx
-        .ec2
-        .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
-        .send()
-        .await?;
-    Ok(out.reservations().iter().flat_map(|r| r.instances()).count())
-}
 
 #[tokio::test]
 async fn an_eni_is_used_only_in_its_own_availability_zone() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     let eni = create_eni(&fx, None).await?;
     let other_az = format!("{}b", tether_tests::REGION);
-    let err = fx
-        .ec2
-        .run_instances()
-        .image_id(&fx.image_id)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
+    let err = fx.run_one()
         .placement(Placement::builder().availability_zone(&other_az).build())
         .network_interfaces(on_eni(&eni))
         .send()
@@ -236,13 +189,7 @@ async fn an_eni_is_used_only_in_its_own_availability_zone() -> Result<(), SetupE
         .send()
         .await?;
     let other_subnet_id = other_subnet.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet")?;
-    let elsewhere = fx
-        .ec2
-        .run_instances()
-        .image_id(&fx.image_id)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
+    let elsewhere = fx.run_one()
         .subnet_id(other_subnet_id)
         .send()
         .await?;

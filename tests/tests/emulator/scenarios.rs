@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{InstanceNetworkInterfaceSpecification, InstanceType};
+use aws_sdk_ec2::types::InstanceType;
 use serde_json::Value;
 use tether::events::{InstanceEvent, InstanceState};
 use tether::lifecycle::{self, Step};
 use tether::ports::NodeStore;
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
-use tether_tests::{Fixture, SetupError};
+use tether_tests::{on_eni, Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
 
@@ -279,20 +279,10 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
     };
     fx.store.save(&launching).await?;
     let earlier = fx
-        .ec2
-        .run_instances()
-        .image_id(&fx.image_id)
+        .run_one()
         .instance_type(InstanceType::M6iLarge)
-        .min_count(1)
-        .max_count(1)
         .client_token(node.id.client_token(2))
-        .network_interfaces(
-            InstanceNetworkInterfaceSpecification::builder()
-                .device_index(0)
-                .network_interface_id(&eni_id)
-                .delete_on_termination(false)
-                .build(),
-        )
+        .network_interfaces(on_eni(&eni_id))
         .send()
         .await?;
     let earlier_id = earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
@@ -304,14 +294,7 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.generation, 2);
     assert_eq!(after.instance.as_ref().map(|i| i.instance_type.as_str()), Some("m6i.large"));
-    let live = fx
-        .ec2
-        .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("vpc-id").values(&fx.vpc_id).build())
-        .send()
-        .await?;
-    let live: Vec<_> = live.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id()).collect();
-    assert_eq!(live, vec![earlier_id.as_str()], "nothing launched besides the adopted instance");
+    assert_eq!(fx.instances_in_vpc().await?, vec![earlier_id.clone()], "nothing launched besides the adopted instance");
     assert_identity_kept_on(&fx, &after, &earlier_id).await?;
     Ok(())
 }
