@@ -21,8 +21,8 @@ emulator: $(EMULATOR)
 
 # moto and every dependency pinned (tests/emulator/requirements.txt).
 $(EMULATOR): tests/emulator/requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/emulator/requirements.txt
+	$(PYTHON) -m venv $(VENV) || { echo "'$(PYTHON) -m venv' failed: install Python 3's venv module (Debian: apt-get install python3-venv)"; exit 1; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/emulator/requirements.txt
 	touch $@
 
 clean:

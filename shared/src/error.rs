@@ -16,6 +16,9 @@ pub enum ErrorClass {
     Conflict,
     /// The resource does not exist.
     NotFound,
+    /// The deployment is wrong (table missing, permission denied): retried, so that events
+    /// are kept (and alarms fire) while an operator fixes it, never acknowledged and lost.
+    Misconfigured,
     /// Retrying the same request cannot succeed.
     Permanent,
 }
@@ -50,10 +53,12 @@ pub const CAPACITY_CODES: &[&str] = &[
     "MaxSpotInstanceCountExceeded",
     "Unsupported",
     "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
     "InsufficientCapacity",
 ];
 
-const THROTTLING_CODES: &[&str] = &[
+/// Throttling and server-side faults: a later retry can succeed.
+const TRANSIENT_CODES: &[&str] = &[
     "RequestLimitExceeded",
     "Throttling",
     "ThrottlingException",
@@ -67,6 +72,16 @@ const THROTTLING_CODES: &[&str] = &[
     "InternalServerError",
     "ServiceUnavailable",
     "Unavailable",
+];
+
+/// The function's own setup is wrong: its table is missing or it lacks a permission.
+const MISCONFIGURED_CODES: &[&str] = &[
+    "ResourceNotFoundException",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "UnrecognizedClientException",
+    "AuthFailure",
+    "InvalidClientTokenId",
 ];
 
 impl AwsError {
@@ -83,8 +98,9 @@ impl AwsError {
             Some("InvalidNetworkInterface.InUse") => ErrorClass::EniInUse,
             Some("ConditionalCheckFailedException") => ErrorClass::Conflict,
             Some(c) if CAPACITY_CODES.contains(&c) => ErrorClass::NoCapacity,
-            Some(c) if THROTTLING_CODES.contains(&c) => ErrorClass::Transient,
-            Some(c) if c.ends_with(".NotFound") || c == "ResourceNotFoundException" => ErrorClass::NotFound,
+            Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
+            Some(c) if MISCONFIGURED_CODES.contains(&c) => ErrorClass::Misconfigured,
+            Some(c) if c.ends_with(".NotFound") => ErrorClass::NotFound,
             Some(_) if status.is_some_and(|s| s >= 500) => ErrorClass::Transient,
             Some(_) => ErrorClass::Permanent,
         };
@@ -98,7 +114,10 @@ impl AwsError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self.class, ErrorClass::Transient | ErrorClass::EniInUse | ErrorClass::Conflict)
+        matches!(
+            self.class,
+            ErrorClass::Transient | ErrorClass::EniInUse | ErrorClass::Conflict | ErrorClass::Misconfigured
+        )
     }
 
     pub fn code_is(&self, code: &str) -> bool {
@@ -119,6 +138,9 @@ mod tests {
         assert_eq!(class("ConditionalCheckFailedException", 400), ErrorClass::Conflict);
         assert_eq!(class("InvalidNetworkInterfaceID.NotFound", 400), ErrorClass::NotFound);
         assert_eq!(class("InvalidAMIID.Malformed", 400), ErrorClass::Permanent);
+        assert_eq!(class("VcpuLimitExceeded", 400), ErrorClass::NoCapacity);
+        assert_eq!(class("ResourceNotFoundException", 400), ErrorClass::Misconfigured);
+        assert_eq!(class("UnauthorizedOperation", 403), ErrorClass::Misconfigured);
         assert_eq!(class("SomethingNew", 503), ErrorClass::Transient);
         let no_response = AwsError::from_code("EC2", "RunInstances", None, Some("timeout"), None);
         assert!(no_response.is_retryable());

@@ -44,24 +44,17 @@ pub struct LaunchRequest<'a> {
     pub client_token: String,
 }
 
-/// An instance found by its ClientToken.
+/// The instance a launch (or an earlier launch with the same ClientToken) started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchedInstance {
     pub id: String,
     pub instance_type: String,
     pub market: Market,
+    /// Already shutting down or terminated: a repeated ClientToken returns the generation's
+    /// instance whatever became of it since.
+    pub gone: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstanceSummary {
-    pub id: String,
-    pub state: String,
-    pub instance_type: String,
-    pub private_ip: Option<String>,
-    pub public_ip: Option<String>,
-    /// The ENI at device index 0.
-    pub primary_eni_id: Option<String>,
-}
 
 /// The EC2 calls Tether makes.
 #[async_trait]
@@ -73,10 +66,8 @@ pub trait Cloud: Send + Sync {
     /// Associates the Elastic IP with the ENI's primary private IP. An EIP already on
     /// this ENI is fine; one held by anything else is an error naming the holder.
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError>;
-    /// Launches one instance; returns its id.
-    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<String, AwsError>;
+    /// Launches one instance (or returns the one this ClientToken launched before).
+    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError>;
     /// The instance an earlier, successful RunInstances launched with this ClientToken.
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError>;
-    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
-    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
 }

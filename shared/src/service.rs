@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::{AwsError, ErrorClass};
-use crate::events::InstanceEvent;
+use crate::events::{InstanceEvent, InstanceState};
 use crate::lifecycle::{self, Step};
-use crate::model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
+use crate::model::{EniRecord, Market, Node, NodeId, NodeSpec, NodeState, Persistence};
 use crate::ports::{Cloud, EniRequest, LaunchRequest, LaunchedInstance, NodeStore};
 
 /// How often one request re-reads and re-decides after losing a race on a node.
@@ -129,8 +129,8 @@ impl Tether {
     pub async fn handle_instance_event(&self, event: &InstanceEvent, deadline: Instant) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
         let Some(node) = self.store.find_by_instance(instance_id).await? else {
-            debug!(instance_id, "no node has this instance; ignored");
-            return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is not managed by Tether") });
+            debug!(instance_id, "no node has this instance as its current one; ignored");
+            return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
         };
         let span = tracing::info_span!("event", node_id = %node.id, instance_id, generation = node.generation);
         self.decide_and_act(node, deadline, |node| lifecycle::on_instance_event(node, event, Utc::now()))
@@ -180,17 +180,12 @@ impl Tether {
 
     /// Launches the node's current generation on its ENI, creating the ENI and
     /// associating the EIP first if this is the first launch.
-    async fn launch(&self, mut node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
-        if node.eni.is_none() || node.generation == 1 {
-            node = match self.prepare_network(node).await? {
-                Ok(node) => node,
-                Err(outcome) => return Ok(outcome),
-            };
-        }
-        let Some(eni) = node.eni.clone() else {
-            return Err(TetherError::Refused(format!("node {} has no ENI after preparing it", node.id)));
+    async fn launch(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
+        let (node, eni, fresh_eni) = match self.ensure_network(node, deadline).await? {
+            Ok(ready) => ready,
+            Err(outcome) => return Ok(outcome),
         };
-
+        let client_token = node.id.client_token(node.generation);
         let started = Instant::now();
         let mut tried = Vec::new();
         let mut last_capacity_error = None;
@@ -202,27 +197,23 @@ impl Tether {
                 eni_id: &eni.id,
                 instance_type,
                 market,
-                client_token: node.id.client_token(node.generation),
+                client_token: client_token.clone(),
             };
-            let launched = match self.launch_waiting_for_eni(&request, deadline).await {
-                Ok(id) => Ok(LaunchedInstance { id, instance_type: instance_type.to_owned(), market }),
-                // This generation's token already launched an instance with another candidate
-                // (an earlier attempt fell back, then died before recording it): adopt that one.
-                Err(e) if e.code_is("IdempotentParameterMismatch") => {
-                    match self.cloud.find_launched(&request.client_token).await? {
-                        Some(earlier) => Ok(earlier),
-                        None => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
+            let launched = self
+                .with_retries(deadline, fresh_eni, || self.cloud.launch(&request))
+                .await;
+            let launched = match launched {
+                // The token already launched an instance with another candidate (an earlier
+                // attempt fell back, then died before recording it): adopt that instance.
+                Err(e) if e.code_is("IdempotentParameterMismatch") => match self.cloud.find_launched(&client_token).await? {
+                    Some(earlier) => Ok(earlier),
+                    // Not visible yet (DescribeInstances is eventually consistent): try again later.
+                    None => Err(AwsError { class: ErrorClass::Transient, ..e }),
+                },
+                other => other,
             };
             match launched {
-                Ok(instance) => {
-                    let next = lifecycle::launched(&node, instance.id.clone(), instance.instance_type.clone(), instance.market, Utc::now());
-                    let saved = self.store.save(&next).await?;
-                    info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
-                    return Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id });
-                }
+                Ok(instance) => return self.record_launch(&node, instance, deadline).await,
                 Err(e) if e.class == ErrorClass::NoCapacity => {
                     warn!(node_id = %node.id, instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
                     tried.push(format!("{instance_type}/{}", market_name(market)));
@@ -251,9 +242,29 @@ impl Tether {
         Err(err)
     }
 
-    /// One candidate's RunInstances, retried with jittered backoff while the ENI is
-    /// still attached to the old instance or EC2 throttles, until the deadline.
-    async fn launch_waiting_for_eni(&self, request: &LaunchRequest<'_>, deadline: Instant) -> Result<String, AwsError> {
+    /// Records the generation's instance. One that is already gone (a retried launch whose
+    /// instance was reclaimed before it was recorded) is handled like its termination.
+    async fn record_launch(&self, node: &Node, instance: LaunchedInstance, deadline: Instant) -> Result<Outcome, TetherError> {
+        let next = lifecycle::launched(node, instance.id.clone(), instance.instance_type.clone(), instance.market, Utc::now());
+        let saved = self.store.save(&next).await?;
+        if instance.gone {
+            warn!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, "the generation's instance is already gone; launching the next");
+            let terminated = InstanceEvent::StateChange { instance_id: instance.id, state: InstanceState::Terminated };
+            let decide = move |n: &Node| lifecycle::on_instance_event(n, &terminated, Utc::now());
+            return Box::pin(self.decide_and_act(saved, deadline, decide)).await;
+        }
+        info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
+        Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id })
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the deadline nears, with jittered
+    /// exponential backoff. Retried: throttling and server faults, the ENI still attached to
+    /// the old instance, and (just after creating the ENI) EC2 not knowing the ENI yet.
+    async fn with_retries<T, F, Fut>(&self, deadline: Instant, fresh_eni: bool, call: F) -> Result<T, AwsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AwsError>>,
+    {
         let budget = deadline
             .saturating_duration_since(Instant::now())
             .saturating_sub(self.settings.deadline_margin);
@@ -263,50 +274,69 @@ impl Tether {
             .with_max_delay(self.settings.retry_max_delay)
             .without_max_times()
             .with_total_delay(Some(budget));
-        (|| self.cloud.launch(request))
-            .retry(backoff)
+        call.retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(|e: &AwsError| matches!(e.class, ErrorClass::EniInUse | ErrorClass::Transient))
+            .when(|e: &AwsError| {
+                matches!(e.class, ErrorClass::EniInUse | ErrorClass::Transient)
+                    || (fresh_eni && e.code_is("InvalidNetworkInterfaceID.NotFound"))
+            })
             .notify(|e: &AwsError, wait: Duration| {
-                info!(node_id = %request.node_id, eni_id = request.eni_id, code = e.code.as_deref(), ?wait, "launch not possible yet; retrying")
+                info!(operation = e.operation, code = e.code.as_deref(), ?wait, "not possible yet; retrying")
             })
             .await
     }
 
-    /// First launch: finds or creates the ENI (recorded on the node before anything
-    /// runs on it) and associates the Elastic IP. `Err(outcome)`: the node went to ERROR.
-    async fn prepare_network(&self, mut node: Node) -> Result<Result<Node, Outcome>, TetherError> {
-        if node.eni.is_none() {
-            let found = self.cloud.find_node_eni(&node.id).await?;
-            let eni = match found {
-                Some(eni) => eni,
-                None => {
-                    let request = EniRequest {
-                        node_id: node.id.clone(),
-                        subnet_id: node.spec.subnet_id.clone(),
-                        security_group_ids: node.spec.security_group_ids.clone(),
-                        private_ip: node.persistence.private_ip,
-                    };
-                    match self.cloud.create_eni(&request).await {
-                        Ok(eni) => eni,
-                        Err(e) if e.is_retryable() => return Err(e.into()),
-                        Err(e) => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
+    /// The node's ENI, with the Elastic IP on it. At the first launch the ENI is found (an
+    /// earlier attempt may have made it) or created, and recorded on the node before
+    /// anything runs on it; `fresh_eni` then tells that EC2 may not know it everywhere yet.
+    /// `Err(outcome)`: the node went to ERROR.
+    async fn ensure_network(
+        &self,
+        mut node: Node,
+        deadline: Instant,
+    ) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
+        let first_launch = node.generation == 1;
+        let eni = match node.eni.clone() {
+            Some(eni) if !first_launch => return Ok(Ok((node, eni, false))),
+            Some(eni) => eni,
+            None => {
+                let eni = match self.cloud.find_node_eni(&node.id).await? {
+                    Some(eni) => eni,
+                    None => {
+                        let request = EniRequest {
+                            node_id: node.id.clone(),
+                            subnet_id: node.spec.subnet_id.clone(),
+                            security_group_ids: node.spec.security_group_ids.clone(),
+                            private_ip: node.persistence.private_ip,
+                        };
+                        match self.cloud.create_eni(&request).await {
+                            Ok(eni) => eni,
+                            Err(e) if e.is_retryable() => return Err(e.into()),
+                            Err(e) => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
+                        }
                     }
-                }
-            };
-            info!(node_id = %node.id, eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
-            node.eni = Some(eni.clone());
-            node.record(Utc::now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
-            node = self.store.save(&node).await?;
-        }
-        if let (Some(allocation_id), Some(eni)) = (node.persistence.elastic_ip_allocation_id.clone(), node.eni.clone()) {
-            match self.cloud.associate_eip(&allocation_id, &eni.id).await {
+                };
+                info!(node_id = %node.id, eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
+                node.eni = Some(eni.clone());
+                node.record(Utc::now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
+                node = self.store.save(&node).await?;
+                eni
+            }
+        };
+        if let Some(allocation_id) = node.persistence.elastic_ip_allocation_id.clone() {
+            let associated = self
+                .with_retries(deadline, true, || self.cloud.associate_eip(&allocation_id, &eni.id))
+                .await;
+            match associated {
                 Ok(()) => info!(node_id = %node.id, allocation_id, eni_id = eni.id, "Elastic IP on the ENI"),
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) => return self.fail(&node, format!("associating Elastic IP {allocation_id} failed: {e}")).await.map(Err),
+                Err(e) => {
+                    let reason = format!("associating Elastic IP {allocation_id} failed: {e}");
+                    return self.fail(&node, reason).await.map(Err);
+                }
             }
         }
-        Ok(Ok(node))
+        Ok(Ok((node, eni, true)))
     }
 
     /// Puts the node in ERROR with `reason`; the request itself succeeded in deciding that.

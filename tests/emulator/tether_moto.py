@@ -52,7 +52,7 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 PINNED_MOTO_VERSION = "5.2.5"
-PATCH_NAMES = ("eni-release", "eni-in-use", "private-ip", "client-token", "eni-az")
+PATCH_NAMES = ("eni-release", "eni-in-use", "private-ip", "client-token", "eni-az", "capacity")
 
 log = logging.getLogger("tether_moto")
 
@@ -742,6 +742,43 @@ def patch_eni_az() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: capacity (a simulation, not a rule)
+# --------------------------------------------------------------------------
+
+# Instance types the emulator has no spot capacity for, and none at all for.
+NO_SPOT_CAPACITY = {"p5.48xlarge"}
+NO_CAPACITY = {"u-12tb1.112xlarge"}
+
+
+def patch_capacity() -> None:
+    """Some instance types are out of capacity, so capacity fallback can be tested.
+
+    AWS (EC2 API Reference, "Error codes"; EC2 User Guide, "Insufficient instance
+    capacity"): RunInstances fails with InsufficientInstanceCapacity when the AZ
+    has no capacity for the instance type (in the requested market), with a message
+    naming the type and the AZ. Nothing is launched, and the failed request does
+    not use up its ClientToken (see client-token). AWS answers HTTP 500; moto
+    serializes codes EC2's model does not list as HTTP 400 (Tether goes by the code).
+
+    moto 5.2.5: capacity never runs out.
+    """
+
+    def check(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        instance_type = kwargs.get("instance_type", "")
+        spot = str(kwargs.get("instance_market_options") or "").lower() == "spot"
+        if instance_type in NO_CAPACITY or (spot and instance_type in NO_SPOT_CAPACITY):
+            zone = kwargs.get("placement") or f"{backend.region_name}a"
+            raise ec2_error(
+                "InsufficientInstanceCapacity",
+                f"We currently do not have sufficient {instance_type} capacity in the "
+                f"Availability Zone you requested ({zone}). Our system will be working on "
+                "provisioning additional capacity.",
+            )
+
+    _launch_checks.append(check)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -753,6 +790,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "private-ip": patch_private_ip,
     "eni-release": patch_eni_release,
     "client-token": patch_client_token,
+    "capacity": patch_capacity,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

@@ -4,17 +4,18 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, InstanceMarketOptionsRequest, InstanceNetworkInterfaceSpecification,
-    InstanceType, InstanceInterruptionBehavior, MarketType, NetworkInterface, ResourceType, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification,
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceLifecycleType,
+    InstanceMarketOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
+    NetworkInterface, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
+use aws_smithy_types::retry::RetryConfig;
 use aws_sdk_ec2::Client;
 use aws_smithy_types::base64;
 
 use crate::aws::aws_error;
 use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, Market, NodeId};
-use crate::ports::{Cloud, EniRequest, InstanceSummary, LaunchRequest, LaunchedInstance};
+use crate::ports::{Cloud, EniRequest, LaunchRequest, LaunchedInstance};
 
 /// Tag keys Tether sets on what it creates (the deploy's IAM policy keys on `tether:managed`).
 pub const TAG_NODE_ID: &str = "tether:node-id";
@@ -56,11 +57,27 @@ fn eni_record(operation: &'static str, eni: &NetworkInterface) -> Result<EniReco
         .private_ip_address()
         .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
         .ok_or_else(|| missing(operation, "private IPv4 address"))?;
+    let field = |value: Option<&str>, what| value.map(str::to_owned).ok_or_else(|| missing(operation, what));
     Ok(EniRecord {
-        id: eni.network_interface_id().ok_or_else(|| missing(operation, "network interface id"))?.to_owned(),
+        id: field(eni.network_interface_id(), "network interface id")?,
         private_ip,
-        mac_address: eni.mac_address().unwrap_or_default().to_owned(),
-        availability_zone: eni.availability_zone().unwrap_or_default().to_owned(),
+        mac_address: field(eni.mac_address(), "MAC address")?,
+        availability_zone: field(eni.availability_zone(), "availability zone")?,
+    })
+}
+
+fn launched_instance(operation: &'static str, instance: &Instance) -> Result<LaunchedInstance, AwsError> {
+    Ok(LaunchedInstance {
+        id: instance.instance_id().ok_or_else(|| missing(operation, "instance id"))?.to_owned(),
+        instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        market: match instance.instance_lifecycle() {
+            Some(InstanceLifecycleType::Spot) => Market::Spot,
+            _ => Market::OnDemand,
+        },
+        gone: matches!(
+            instance.state().and_then(|s| s.name()),
+            Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
+        ),
     })
 }
 
@@ -88,6 +105,8 @@ impl Cloud for Ec2Cloud {
             .set_groups(Some(request.security_group_ids.clone()).filter(|g| !g.is_empty()))
             .set_private_ip_address(request.private_ip.map(|ip| ip.to_string()))
             .description(format!("Tether node {}", request.node_id))
+            // A retried create (timeout, concurrent resume) returns the same ENI, never a second one.
+            .client_token(format!("{}-eni", request.node_id))
             .tag_specifications(tags_for(
                 ResourceType::NetworkInterface,
                 [tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")],
@@ -141,7 +160,7 @@ impl Cloud for Ec2Cloud {
         Ok(())
     }
 
-    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<String, AwsError> {
+    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         let spec = request.spec;
         let mut instance_tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| tag(k, v)).collect();
         instance_tags.push(tag(TAG_NODE_ID, request.node_id.as_str()));
@@ -186,14 +205,16 @@ impl Cloud for Ec2Cloud {
             .set_iam_instance_profile(profile)
             .set_user_data(spec.user_data.as_deref().map(|u| base64::encode(u.as_bytes())))
             .tag_specifications(tags_for(ResourceType::Instance, instance_tags))
+            .customize()
+            // No SDK retries here: EC2 answers InsufficientInstanceCapacity with HTTP 500, which the
+            // SDK would retry 3 times against the 5/2 RunInstances bucket before Tether could fall
+            // back. The service retries what is worth retrying, with its own jittered backoff.
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()))
             .send()
             .await
             .map_err(|e| aws_error("EC2", "RunInstances", e))?;
-        out.instances()
-            .first()
-            .and_then(|i| i.instance_id())
-            .map(str::to_owned)
-            .ok_or_else(|| missing("RunInstances", "instance"))
+        let instance = out.instances().first().ok_or_else(|| missing("RunInstances", "instance"))?;
+        launched_instance("RunInstances", instance)
     }
 
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
@@ -204,53 +225,11 @@ impl Cloud for Ec2Cloud {
             .send()
             .await
             .map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
-        let instance = out.reservations().iter().flat_map(|r| r.instances()).next();
-        Ok(instance.and_then(|i| {
-            Some(LaunchedInstance {
-                id: i.instance_id()?.to_owned(),
-                instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-                market: match i.instance_lifecycle() {
-                    Some(aws_sdk_ec2::types::InstanceLifecycleType::Spot) => Market::Spot,
-                    _ => Market::OnDemand,
-                },
-            })
-        }))
-    }
-
-    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
-        self.client
-            .terminate_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "TerminateInstances", e))?;
-        Ok(())
-    }
-
-    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
-        let out = match self.client.describe_instances().instance_ids(instance_id).send().await {
-            Ok(out) => out,
-            Err(e) => {
-                let e = aws_error("EC2", "DescribeInstances", e);
-                return if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) };
-            }
-        };
-        let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
-            return Ok(None);
-        };
-        let primary_eni_id = instance
-            .network_interfaces()
+        out.reservations()
             .iter()
-            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
-            .and_then(|n| n.network_interface_id())
-            .map(str::to_owned);
-        Ok(Some(InstanceSummary {
-            id: instance_id.to_owned(),
-            state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
-            instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-            private_ip: instance.private_ip_address().map(str::to_owned),
-            public_ip: instance.public_ip_address().map(str::to_owned),
-            primary_eni_id,
-        }))
+            .flat_map(|r| r.instances())
+            .next()
+            .map(|i| launched_instance("DescribeInstances", i))
+            .transpose()
     }
 }

@@ -308,3 +308,78 @@ async fn assert_identity_kept_on(fx: &Fixture, node: &Node, instance_id: &str) -
     assert!(on_eni, "runs on the node's ENI");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_launch_without_capacity_falls_back_to_the_next_type_then_on_demand() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // The emulator has no spot capacity for p5.48xlarge (tests/emulator/README.md).
+    let next_type = fx.tether.create_node(fx.spec(&["p5.48xlarge", "m5.large"]), Persistence::default()).await?;
+    let outcome = fx.tether.resume(&next_type.id, tokio::time::Instant::now() + BUDGET).await?;
+    assert!(matches!(outcome, tether::Outcome::Launched { .. }), "{outcome:?}");
+    let node = fx.tether.node(&next_type.id).await?;
+    let instance = node.instance.as_ref().ok_or("no instance")?;
+    assert_eq!((instance.instance_type.as_str(), instance.market), ("m5.large", tether::Market::Spot));
+    assert_identity_kept(&fx, &node, None).await?;
+
+    let on_demand = fx.tether.create_node(fx.spec(&["p5.48xlarge"]), Persistence::default()).await?;
+    fx.tether.resume(&on_demand.id, tokio::time::Instant::now() + BUDGET).await?;
+    let node = fx.tether.node(&on_demand.id).await?;
+    let instance = node.instance.as_ref().ok_or("no instance")?;
+    assert_eq!((instance.instance_type.as_str(), instance.market), ("p5.48xlarge", tether::Market::OnDemand));
+    let described = fx.instance(&instance.id).await?;
+    assert_eq!(described.instance_lifecycle(), None, "EC2 reports an on-demand instance");
+    assert_identity_kept(&fx, &node, None).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_capacity_anywhere_keeps_the_node_launching_for_a_retry() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // No capacity at all for u-12tb1.112xlarge in the emulator; no on-demand fallback either.
+    let mut spec = fx.spec(&["u-12tb1.112xlarge", "p5.48xlarge"]);
+    spec.fallback_to_on_demand = false;
+    let node = fx.tether.create_node(spec, Persistence::default()).await?;
+    let err = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET).await.expect_err("no capacity");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(err.aws_code(), Some("InsufficientInstanceCapacity"));
+    assert!(err.to_string().contains("u-12tb1.112xlarge/spot, p5.48xlarge/spot"), "{err}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Launching, "kept for the retry, not failed");
+    assert!(after.last_error.as_deref().is_some_and(|e| e.contains("InsufficientInstanceCapacity")));
+    assert!(fx.node_instances(&node.id).await?.is_empty(), "nothing launched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_adopted_instance_that_is_already_gone_leads_to_the_next_generation() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
+    fx.interrupt(&first).await?;
+
+    // An earlier invocation launched generation 2 (on the fallback type) and died before
+    // recording it; that instance was then reclaimed too, and no event will name it.
+    let terminated = InstanceEvent::StateChange { instance_id: first.clone(), state: InstanceState::Terminated };
+    let Step::Launch(launching) = lifecycle::on_instance_event(&node, &terminated, chrono::Utc::now()) else {
+        return Err("termination did not start a launch".into());
+    };
+    fx.store.save(&launching).await?;
+    let earlier = fx
+        .run_one()
+        .instance_type(InstanceType::M6iLarge)
+        .client_token(node.id.client_token(2))
+        .network_interfaces(on_eni(&eni_id))
+        .send()
+        .await?;
+    let earlier_id = earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    fx.interrupt(&earlier_id).await?;
+
+    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    assert_eq!(outcome(&retried), "launched", "{retried}");
+    assert_eq!(retried["generation"], 3, "generation 2's instance is gone: generation 3 runs");
+    let after = fx.tether.node(&node.id).await?;
+    assert!(after.history.iter().any(|h| h.instance_id.as_deref() == Some(earlier_id.as_str())), "generation 2 is on record");
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
