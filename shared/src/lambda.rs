@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
-use crate::service::Tether;
+use crate::service::{Tether, TetherError};
 
 /// Used when the invocation carries no deadline (local runs).
 const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
@@ -66,7 +66,7 @@ pub async fn handle_eventbridge(
     tether: &Tether,
     event: LambdaEvent<Value>,
     detail_types: &[&str],
-) -> Result<Value, lambda_runtime::Error> {
+) -> Result<Value, TetherError> {
     let deadline = deadline(&event.context);
     let detail_type = event.payload.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if !detail_types.contains(&detail_type.as_str()) {
@@ -84,15 +84,36 @@ pub async fn handle_eventbridge(
     match tether.handle_instance_event(&received.event, deadline).await {
         Ok(outcome) => {
             info!(event_id, detail_type, instance_id = received.event.instance_id(), ?outcome, "handled");
-            Ok(serde_json::to_value(&outcome)?)
+            Ok(json!(outcome))
         }
         Err(e) if e.is_retryable() => {
             warn!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "retryable failure; Lambda will retry");
-            Err(Box::new(e))
+            Err(e)
         }
         Err(e) => {
             error!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "permanent failure; acknowledged");
             Ok(json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()}))
         }
+    }
+}
+
+/// What Lambda records for a failed invocation: AWS's error code as the error type (so
+/// CloudWatch can filter on `InvalidNetworkInterface.InUse`, throttling, ...), else Tether's.
+impl From<TetherError> for lambda_runtime::Diagnostic {
+    fn from(e: TetherError) -> Self {
+        let error_type = match e.aws_code() {
+            Some(code) => code.to_owned(),
+            None => match &e {
+                TetherError::Aws(_) => "Tether.AwsNoResponse",
+                TetherError::EniStillAttached { .. } => "Tether.EniStillAttached",
+                TetherError::NoCapacity { .. } => "Tether.NoCapacity",
+                TetherError::Contended { .. } => "Tether.Contended",
+                TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
+                TetherError::InvalidNode { .. } => "Tether.InvalidNode",
+                TetherError::Refused(_) => "Tether.Refused",
+            }
+            .to_owned(),
+        };
+        lambda_runtime::Diagnostic { error_type, error_message: e.to_string() }
     }
 }

@@ -4,10 +4,10 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tether::events::{REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION_WARNING};
-use tether::Tether;
+use tether::{Tether, TetherError};
 
 pub const DETAIL_TYPES: &[&str] = &[SPOT_INTERRUPTION_WARNING, REBALANCE_RECOMMENDATION];
 
-pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
     tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
 }

@@ -5,10 +5,10 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tether::events::STATE_CHANGE_NOTIFICATION;
-use tether::Tether;
+use tether::{Tether, TetherError};
 
 pub const DETAIL_TYPES: &[&str] = &[STATE_CHANGE_NOTIFICATION];
 
-pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
     tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
 }

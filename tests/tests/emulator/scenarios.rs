@@ -14,11 +14,11 @@ use tether_tests::{on_eni, Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
 
-async fn interruption(fx: &Fixture, payload: Value) -> Result<Value, lambda_runtime::Error> {
+async fn interruption(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
     tether_interruption::handler(&fx.tether, invocation(payload, BUDGET)).await
 }
 
-async fn state_changed(fx: &Fixture, payload: Value) -> Result<Value, lambda_runtime::Error> {
+async fn state_changed(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
     tether_state_change::handler(&fx.tether, invocation(payload, BUDGET)).await
 }
 
@@ -203,6 +203,8 @@ async fn an_eni_not_released_before_the_deadline_is_retried_by_lambda_not_given_
     let short = tether_state_change::handler(&fx.tether, invocation(terminated.clone(), Duration::from_secs(1))).await;
     let err = short.expect_err("still attached: the handler must fail so Lambda retries");
     assert!(err.to_string().contains("InvalidNetworkInterface.InUse"), "AWS code kept: {err}");
+    let diagnostic = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(diagnostic.error_type, "InvalidNetworkInterface.InUse", "Lambda's errorType is AWS's code");
     let waiting = fx.tether.node(&node.id).await?;
     assert_eq!(waiting.state, NodeState::Launching, "not given up");
     assert_eq!(fx.node_instances(&node.id).await?.len(), 1, "nothing launched yet");
