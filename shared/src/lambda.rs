@@ -110,7 +110,6 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::Contended { .. } => "Tether.Contended",
                 TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
                 TetherError::InvalidNode { .. } => "Tether.InvalidNode",
-                TetherError::Refused(_) => "Tether.Refused",
             }
             .to_owned(),
         };

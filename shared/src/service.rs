@@ -35,8 +35,6 @@ pub enum TetherError {
     NodeNotFound(NodeId),
     #[error("invalid node: {field}: {reason}")]
     InvalidNode { field: &'static str, reason: String },
-    #[error("{0}")]
-    Refused(String),
 }
 
 impl TetherError {
@@ -44,7 +42,7 @@ impl TetherError {
         match self {
             TetherError::Aws(e) => e.is_retryable(),
             TetherError::EniStillAttached { .. } | TetherError::NoCapacity { .. } | TetherError::Contended { .. } => true,
-            TetherError::NodeNotFound(_) | TetherError::InvalidNode { .. } | TetherError::Refused(_) => false,
+            TetherError::NodeNotFound(_) | TetherError::InvalidNode { .. } => false,
         }
     }
 
