@@ -269,25 +269,7 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
     let fx = Fixture::new().await?;
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
-    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
-    fx.interrupt(&first).await?;
-
-    // An earlier invocation marked generation 2 as launching, found no capacity for the first
-    // instance type, launched the second with the generation's ClientToken, and died before
-    // recording it.
-    let terminated = InstanceEvent::StateChange { instance_id: first.clone(), state: InstanceState::Terminated };
-    let Step::Launch(launching) = lifecycle::on_instance_event(&node, &terminated, chrono::Utc::now()) else {
-        return Err("termination did not start a launch".into());
-    };
-    fx.store.save(&launching).await?;
-    let earlier = fx
-        .run_one()
-        .instance_type(InstanceType::M6iLarge)
-        .client_token(node.id.client_token(2))
-        .network_interfaces(on_eni(&eni_id))
-        .send()
-        .await?;
-    let earlier_id = earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let earlier_id = stage_unrecorded_launch(&fx, &node).await?;
 
     // Lambda retries the event: the first candidate's RunInstances meets the used token.
     let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
@@ -299,6 +281,29 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
     assert_eq!(fx.instances_in_vpc().await?, vec![earlier_id.clone()], "nothing launched besides the adopted instance");
     assert_identity_kept_on(&fx, &after, &earlier_id).await?;
     Ok(())
+}
+
+/// Interrupts the node's (generation 1) instance and stages what an invocation that died
+/// mid-recovery leaves behind: the node marked as launching generation 2, and generation 2
+/// launched on the fallback type with the generation's ClientToken, but not recorded.
+/// Returns that instance's id.
+async fn stage_unrecorded_launch(fx: &Fixture, node: &Node) -> Result<String, SetupError> {
+    let first = instance_id(node)?;
+    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
+    fx.interrupt(&first).await?;
+    let terminated = InstanceEvent::StateChange { instance_id: first, state: InstanceState::Terminated };
+    let Step::Launch(launching) = lifecycle::on_instance_event(node, &terminated, chrono::Utc::now()) else {
+        return Err("termination did not start a launch".into());
+    };
+    fx.store.save(&launching).await?;
+    let earlier = fx
+        .run_one()
+        .instance_type(InstanceType::M6iLarge)
+        .client_token(node.id.client_token(2))
+        .network_interfaces(on_eni(&eni_id))
+        .send()
+        .await?;
+    Ok(earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned())
 }
 
 /// The adopted instance was launched outside Tether's adapter (no node tag), so check it directly.
@@ -357,24 +362,8 @@ async fn an_adopted_instance_that_is_already_gone_leads_to_the_next_generation()
     let fx = Fixture::new().await?;
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
-    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
-    fx.interrupt(&first).await?;
-
-    // An earlier invocation launched generation 2 (on the fallback type) and died before
-    // recording it; that instance was then reclaimed too, and no event will name it.
-    let terminated = InstanceEvent::StateChange { instance_id: first.clone(), state: InstanceState::Terminated };
-    let Step::Launch(launching) = lifecycle::on_instance_event(&node, &terminated, chrono::Utc::now()) else {
-        return Err("termination did not start a launch".into());
-    };
-    fx.store.save(&launching).await?;
-    let earlier = fx
-        .run_one()
-        .instance_type(InstanceType::M6iLarge)
-        .client_token(node.id.client_token(2))
-        .network_interfaces(on_eni(&eni_id))
-        .send()
-        .await?;
-    let earlier_id = earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let earlier_id = stage_unrecorded_launch(&fx, &node).await?;
+    // That instance was reclaimed too before anything recorded it; no event will name it.
     fx.interrupt(&earlier_id).await?;
 
     let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
