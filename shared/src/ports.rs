@@ -44,6 +44,20 @@ pub struct LaunchRequest<'a> {
     pub client_token: String,
 }
 
+/// An instance as EC2 reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSummary {
+    pub id: String,
+    /// EC2's state name: `pending`, `running`, `shutting-down`, `terminated`, ...
+    pub state: String,
+    pub instance_type: String,
+    pub market: Market,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    /// The ENI at device index 0.
+    pub primary_eni_id: Option<String>,
+}
+
 /// The instance a launch (or an earlier launch with the same ClientToken) started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchedInstance {
@@ -70,4 +84,7 @@ pub trait Cloud: Send + Sync {
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError>;
     /// The instance an earlier, successful RunInstances launched with this ClientToken.
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError>;
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
+    /// What EC2 reports about an instance now; `None` if EC2 does not know it.
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
 }

@@ -20,6 +20,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use tether::aws::dynamo::DynamoNodeStore;
 use tether::aws::ec2::Ec2Cloud;
 use tether::service::Settings;
+use tether::ports::Cloud;
 use tether::Tether;
 
 /// The Region every fixture lives in; AZs are `<REGION>a`, `<REGION>b`, ...
@@ -111,6 +112,8 @@ pub struct Fixture {
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// The node table, for tests that stage a state (its calls are not counted).
     pub store: DynamoNodeStore,
+    /// Tether's EC2 adapter on an uncounted client: how tests and the demo interrupt and observe.
+    pub cloud: Ec2Cloud,
     pub tether: Tether,
     pub vpc_id: String,
     /// A /24 in `<REGION>a`: 10.<n>.1.0/24.
@@ -181,11 +184,13 @@ impl Fixture {
             Arc::new(Ec2Cloud::new(counted_ec2)),
             settings,
         );
+        let cloud = Ec2Cloud::new(ec2.clone());
         Ok(Fixture {
             calls,
             ec2,
             dynamodb,
             store,
+            cloud,
             tether,
             vpc_id,
             subnet_id,
@@ -297,8 +302,7 @@ impl Fixture {
 
     /// Terminates an instance the way a spot interruption does (from outside Tether).
     pub async fn interrupt(&self, instance_id: &str) -> Result<(), SetupError> {
-        self.ec2.terminate_instances().instance_ids(instance_id).send().await?;
-        Ok(())
+        Ok(self.cloud.terminate(instance_id).await?)
     }
 
     pub fn subnet_ip(&self, host: u8) -> Ipv4Addr {

@@ -15,7 +15,7 @@ use aws_smithy_types::base64;
 use crate::aws::aws_error;
 use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, Market, NodeId};
-use crate::ports::{Cloud, EniRequest, LaunchRequest, LaunchedInstance};
+use crate::ports::{Cloud, EniRequest, InstanceSummary, LaunchRequest, LaunchedInstance};
 
 /// Tag keys Tether sets on what it creates (the deploy's IAM policy keys on `tether:managed`).
 pub const TAG_NODE_ID: &str = "tether:node-id";
@@ -66,14 +66,18 @@ fn eni_record(operation: &'static str, eni: &NetworkInterface) -> Result<EniReco
     })
 }
 
+fn market_of(instance: &Instance) -> Market {
+    match instance.instance_lifecycle() {
+        Some(InstanceLifecycleType::Spot) => Market::Spot,
+        _ => Market::OnDemand,
+    }
+}
+
 fn launched_instance(operation: &'static str, instance: &Instance) -> Result<LaunchedInstance, AwsError> {
     Ok(LaunchedInstance {
         id: instance.instance_id().ok_or_else(|| missing(operation, "instance id"))?.to_owned(),
         instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-        market: match instance.instance_lifecycle() {
-            Some(InstanceLifecycleType::Spot) => Market::Spot,
-            _ => Market::OnDemand,
-        },
+        market: market_of(instance),
         gone: matches!(
             instance.state().and_then(|s| s.name()),
             Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
@@ -231,5 +235,43 @@ impl Cloud for Ec2Cloud {
             .next()
             .map(|i| launched_instance("DescribeInstances", i))
             .transpose()
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        self.client
+            .terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "TerminateInstances", e))?;
+        Ok(())
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
+        let out = match self.client.describe_instances().instance_ids(instance_id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let e = aws_error("EC2", "DescribeInstances", e);
+                return if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) };
+            }
+        };
+        let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+            return Ok(None);
+        };
+        let primary_eni_id = instance
+            .network_interfaces()
+            .iter()
+            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+            .and_then(|n| n.network_interface_id())
+            .map(str::to_owned);
+        Ok(Some(InstanceSummary {
+            id: instance_id.to_owned(),
+            state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+            instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            market: market_of(instance),
+            private_ip: instance.private_ip_address().map(str::to_owned),
+            public_ip: instance.public_ip_address().map(str::to_owned),
+            primary_eni_id,
+        }))
     }
 }

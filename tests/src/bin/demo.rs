@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use tether::ports::Cloud;
 use tether::{Node, Persistence};
 use tether_tests::events::{interruption_warning, invocation, state_change};
 use tether_tests::{Fixture, SetupError};
@@ -99,16 +100,16 @@ async fn run() -> Result<(), SetupError> {
 
 async fn observe(fx: &Fixture, node: &Node) -> Result<Observed, SetupError> {
     let id = node.instance_id().ok_or("node has no instance")?;
-    let instance = fx.instance(id).await?;
+    let instance = fx.cloud.describe_instance(id).await?.ok_or("the emulator does not know the instance")?;
     Ok(Observed {
         generation: node.generation,
-        instance_id: id.to_owned(),
-        private_ip: instance.private_ip_address().unwrap_or("-").to_owned(),
-        public_ip: instance.public_ip_address().unwrap_or("-").to_owned(),
-        instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-        market: instance
-            .instance_lifecycle()
-            .map(|l| l.as_str().to_owned())
-            .unwrap_or_else(|| "on-demand".into()),
+        instance_id: instance.id,
+        private_ip: instance.private_ip.unwrap_or_else(|| "-".into()),
+        public_ip: instance.public_ip.unwrap_or_else(|| "-".into()),
+        instance_type: instance.instance_type,
+        market: match instance.market {
+            tether::Market::Spot => "spot".into(),
+            tether::Market::OnDemand => "on-demand".into(),
+        },
     })
 }

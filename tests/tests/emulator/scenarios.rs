@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::InstanceType;
 use serde_json::Value;
 use tether::events::{InstanceEvent, InstanceState};
 use tether::lifecycle::{self, Step};
-use tether::ports::NodeStore;
+use tether::ports::{Cloud, NodeStore};
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
 use tether_tests::{on_eni, Fixture, SetupError};
@@ -57,6 +57,12 @@ async fn assert_identity_kept(fx: &Fixture, node: &Node, eip: Option<&str>) -> R
     assert_eq!(instance.public_ip_address(), eip, "same Elastic IP");
     let live = fx.live_instances(&node.id).await?;
     assert_eq!(live.len(), 1, "exactly one live instance: {:?}", live.iter().map(|i| i.instance_id()).collect::<Vec<_>>());
+    // Tether's own view through its EC2 adapter agrees.
+    let summary = fx.cloud.describe_instance(&instance_id(node)?).await?.ok_or("adapter does not find the instance")?;
+    assert_eq!(summary.state, "running");
+    assert_eq!(summary.primary_eni_id.as_deref(), Some(eni.id.as_str()));
+    assert_eq!(Some(summary.market), node.instance.as_ref().map(|i| i.market));
+    assert_eq!(summary.public_ip.as_deref(), eip);
     Ok(())
 }
 
@@ -223,6 +229,7 @@ async fn events_tether_cannot_use_are_acknowledged() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     let unknown = state_changed(&fx, state_change("i-0123456789abcdef0", "terminated")).await?;
     assert_eq!(outcome(&unknown), "ignored");
+    assert_eq!(fx.cloud.describe_instance("i-0123456789abcdef0").await?, None, "EC2 does not know it either");
     let mut malformed = state_change("i-0123456789abcdef0", "terminated");
     malformed["detail"] = Value::String("garbage".into());
     assert_eq!(outcome(&state_changed(&fx, malformed).await?), "rejected");
