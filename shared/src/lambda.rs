@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
-use crate::service::{Tether, TetherError};
+use crate::service::{Ports, Tether, TetherError};
 
 /// Used when the invocation carries no deadline (local runs).
 const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
@@ -37,8 +37,8 @@ pub fn init_tracing() {
 /// Builds the service on AWS clients from an SDK config (endpoint, region, credentials).
 pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let store = DynamoNodeStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone());
-    let cloud = Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk));
-    Tether::new(Arc::new(store), Arc::new(cloud), config.settings.clone())
+    let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk)));
+    Tether::new(Ports { store: Arc::new(store), network: ec2.clone(), instances: ec2 }, config.settings.clone())
 }
 
 /// Reads the config and loads AWS settings the standard way (env, profile, role).
@@ -109,7 +109,8 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::NoCapacity { .. } => "Tether.NoCapacity",
                 TetherError::Contended { .. } => "Tether.Contended",
                 TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
-                TetherError::InvalidNode { .. } => "Tether.InvalidNode",
+                TetherError::Invalid { .. } => "Tether.Invalid",
+                TetherError::Conflict(_) => "Tether.Conflict",
             }
             .to_owned(),
         };

@@ -15,4 +15,4 @@ pub mod service;
 
 pub use error::{AwsError, ErrorClass};
 pub use model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
-pub use service::{Outcome, Settings, Tether, TetherError};
+pub use service::{ImportRequest, Outcome, Ports, Settings, Tether, TetherError};

@@ -1,25 +1,49 @@
-//! The node lifecycle as a pure state machine: (node, trigger) → step.
-//! No I/O here: the recovery service performs what a step asks for.
+//! The node lifecycle as a pure state machine: (node, trigger) → step, where a step is
+//! the record to write and the EC2 actions to perform after it. No I/O here: the
+//! service performs what a step asks for.
+
+mod actions;
 
 use chrono::{DateTime, Utc};
+
+pub use actions::{on_deallocate, on_pause, on_recycle, on_resume, patched, NodePatch, PatchError};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};
 
+/// What EC2 must do once the step's record is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Terminate this instance (idempotent: a terminated one stays terminated).
+    Terminate(String),
+    /// Launch the node's current generation on its ENI (creating the ENI and
+    /// associating the Elastic IP first at the first launch).
+    Launch,
+    /// Once the instance is gone: delete the ENI unless kept, release or disassociate
+    /// the Elastic IP, and mark the node deallocated.
+    ReleaseNetwork,
+}
+
 /// What to do about a trigger.
+// `Apply` carries a whole node; a step lives for one decision, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Nothing changes; the reason is logged.
     Ignore(&'static str),
-    /// Write this record (conditional on the version read); no EC2 action.
-    Record(Node),
-    /// Write this record (now `Launching` a new generation), then launch it.
-    Launch(Node),
-    /// The node is already `Launching` its current generation: launch again. The
-    /// generation's ClientToken makes that return the instance of an earlier attempt.
-    ContinueLaunch,
-    /// The request does not fit the node's state.
+    /// The request does not fit the node's state; the reason says why.
     Refuse(String),
+    /// Write `next` (conditional on the version read), then perform `actions` in order.
+    Apply { next: Node, actions: Vec<Action> },
+    /// Nothing to write: an earlier step's actions are still under way (a retried event or
+    /// request); perform them again. Each is idempotent (ClientToken, terminate, delete).
+    Continue(Vec<Action>),
+}
+
+impl Step {
+    fn record(next: Node) -> Step {
+        Step::Apply { next, actions: Vec::new() }
+    }
 }
 
 /// Reacts to an EC2 event about `event.instance_id()`.
@@ -34,12 +58,16 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
     match (node.state, event) {
         (N::Paused, _) => Step::Ignore("node is paused"),
         (N::Error, _) => Step::Ignore("node is in ERROR; an operator decides"),
-        (N::Launching, StateChange { state: I::Terminated, .. }) => Step::ContinueLaunch,
+        (N::Deallocated, _) => Step::Ignore("node is deallocated"),
+        (N::Deallocating, StateChange { state: I::Terminated, .. }) => Step::Continue(vec![Action::ReleaseNetwork]),
+        (N::Deallocating, _) => Step::Ignore("node is being deallocated"),
+        (N::Launching, StateChange { state: I::Terminated, .. }) => Step::Continue(vec![Action::Launch]),
         (N::Launching, _) => Step::Ignore("a replacement is already being launched"),
 
-        (N::Running | N::Recovering | N::Stopped, StateChange { state: I::Terminated, .. }) => {
-            Step::Launch(begin_launch(node, now, "instance terminated; launching a replacement on the node's ENI"))
-        }
+        (N::Running | N::Recovering | N::Stopped, StateChange { state: I::Terminated, .. }) => Step::Apply {
+            next: begin_launch(node, now, "instance terminated; launching a replacement on the node's ENI", None),
+            actions: vec![Action::Launch],
+        },
 
         (_, InterruptionWarning { action, .. }) => on_warning(node, *action, now),
         (_, RebalanceRecommendation { instance_id }) => {
@@ -51,14 +79,14 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
             }
             let mut next = node.clone();
             next.record(now, REBALANCE_RECORDED);
-            Step::Record(next)
+            Step::record(next)
         }
 
         (N::Running, StateChange { state: I::ShuttingDown, .. }) => {
             let mut next = node.clone();
             next.state = N::Recovering;
             next.record(now, "instance shutting down; replacement follows its termination");
-            Step::Record(next)
+            Step::record(next)
         }
         (N::Running | N::Recovering, StateChange { state: I::Stopped, .. }) => {
             let mut next = node.clone();
@@ -70,14 +98,14 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
                 _ => "instance stopped outside Tether; nothing launched",
             };
             next.record(now, why);
-            Step::Record(next)
+            Step::record(next)
         }
         (N::Stopped, StateChange { state: I::Pending | I::Running, .. }) => {
             let mut next = node.clone();
             next.state = N::Running;
             next.interruption = None;
             next.record(now, "stopped instance is running again");
-            Step::Record(next)
+            Step::record(next)
         }
         (N::Running | N::Recovering | N::Stopped, StateChange { state, .. }) => match state {
             I::Stopping => Step::Ignore("instance stopping; waiting for `stopped`"),
@@ -108,31 +136,17 @@ fn on_warning(node: &Node, action: InterruptionAction, now: DateTime<Utc>) -> St
             next.record(now, "spot interruption warning (stop/hibernate); AWS will restart the instance");
         }
     }
-    Step::Record(next)
+    Step::record(next)
 }
 
-/// Reacts to a user's resume.
-pub fn on_resume(node: &Node, now: DateTime<Utc>) -> Step {
-    match node.state {
-        NodeState::Paused => Step::Launch(begin_launch(node, now, "resume requested")),
-        NodeState::Launching => Step::ContinueLaunch,
-        NodeState::Running | NodeState::Recovering | NodeState::Stopped => {
-            Step::Ignore("node already has an instance")
-        }
-        NodeState::Error => Step::Refuse(format!(
-            "node {} is in ERROR ({}); resolve the cause first",
-            node.id,
-            node.last_error.as_deref().unwrap_or("no reason recorded")
-        )),
-    }
-}
-
-fn begin_launch(node: &Node, now: DateTime<Utc>, why: &str) -> Node {
+/// The next generation, marked as launching. The record keeps naming the instance it
+/// replaces until the launch is recorded, so a retried event about that instance finds it.
+fn begin_launch(node: &Node, now: DateTime<Utc>, why: &str, by: Option<&str>) -> Node {
     let mut next = node.clone();
     next.state = NodeState::Launching;
     next.generation += 1;
     next.last_error = None;
-    next.record(now, why);
+    next.record_by(now, why, by);
     next
 }
 
@@ -140,24 +154,10 @@ fn begin_launch(node: &Node, now: DateTime<Utc>, why: &str) -> Node {
 pub fn launched(node: &Node, instance_id: String, instance_type: String, market: Market, now: DateTime<Utc>) -> Node {
     let mut next = node.clone();
     next.state = NodeState::Running;
-    next.instance = Some(InstanceRecord {
-        id: instance_id,
-        generation: node.generation,
-        instance_type,
-        market,
-        launched_at: now,
-    });
+    let what = format!("launched generation {} as {instance_type} ({})", node.generation, market.as_str());
+    next.instance = Some(InstanceRecord { id: instance_id, generation: node.generation, instance_type, market, launched_at: now });
     next.interruption = None;
     next.last_error = None;
-    let what = format!(
-        "launched generation {} as {} ({})",
-        node.generation,
-        next.instance.as_ref().map(|i| i.instance_type.as_str()).unwrap_or_default(),
-        match market {
-            Market::Spot => "spot",
-            Market::OnDemand => "on-demand",
-        }
-    );
     next.record(now, what);
     next
 }
@@ -168,6 +168,18 @@ pub fn failed(node: &Node, reason: String, now: DateTime<Utc>) -> Node {
     next.state = NodeState::Error;
     next.record(now, format!("error: {reason}"));
     next.last_error = Some(reason);
+    next
+}
+
+/// The node's network is released: nothing of it is left in EC2 (but a kept ENI).
+pub fn deallocated(node: &Node, now: DateTime<Utc>) -> Node {
+    let mut next = node.clone();
+    next.state = NodeState::Deallocated;
+    if !node.keep_eni {
+        next.eni = None;
+    }
+    next.elastic_ip = None;
+    next.record(now, if node.keep_eni { "deallocated; ENI kept" } else { "deallocated" });
     next
 }
 

@@ -83,8 +83,12 @@ pub struct Persistence {
     /// `None`: EC2 picks one from the subnet at the first resume, and it is kept from then on.
     #[serde(default)]
     pub private_ip: Option<Ipv4Addr>,
+    /// The user's Elastic IP; disassociated, never released, when the node is deallocated.
     #[serde(default)]
     pub elastic_ip_allocation_id: Option<String>,
+    /// Tether allocates an Elastic IP at the first resume and releases it at deallocation.
+    #[serde(default)]
+    pub allocate_elastic_ip: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,11 @@ pub enum NodeState {
     Stopped,
     /// Tether cannot go on without an operator; `last_error` says why.
     Error,
+    /// The instance is being terminated; then the ENI is deleted (unless kept) and the
+    /// Elastic IP released (if Tether allocated it) or disassociated.
+    Deallocating,
+    /// Nothing of the node is left in EC2 (but a kept ENI); the record stays for its history.
+    Deallocated,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +122,15 @@ pub enum Market {
     OnDemand,
 }
 
+impl Market {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+            Market::OnDemand => "on-demand",
+        }
+    }
+}
+
 /// The node's persisted ENI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EniRecord {
@@ -120,6 +138,15 @@ pub struct EniRecord {
     pub private_ip: Ipv4Addr,
     pub mac_address: String,
     pub availability_zone: String,
+}
+
+/// The Elastic IP on the node's ENI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElasticIpRecord {
+    pub allocation_id: String,
+    pub public_ip: String,
+    /// Tether allocated it, so Tether releases it at deallocation.
+    pub allocated_by_tether: bool,
 }
 
 /// An instance of the node: the current one, or the one being replaced while `Launching`.
@@ -155,6 +182,9 @@ pub struct HistoryEntry {
     #[serde(default)]
     pub instance_id: Option<String>,
     pub what: String,
+    /// Who asked (the caller's IAM identity), for user actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +199,11 @@ pub struct Node {
     pub generation: u64,
     #[serde(default)]
     pub eni: Option<EniRecord>,
+    #[serde(default)]
+    pub elastic_ip: Option<ElasticIpRecord>,
+    /// Set by a deallocation that keeps the ENI.
+    #[serde(default)]
+    pub keep_eni: bool,
     #[serde(default)]
     pub instance: Option<InstanceRecord>,
     #[serde(default)]
@@ -192,6 +227,8 @@ impl Node {
             version: 0,
             generation: 0,
             eni: None,
+            elastic_ip: None,
+            keep_eni: false,
             instance: None,
             interruption: None,
             last_error: None,
@@ -210,11 +247,17 @@ impl Node {
     /// Appends a history entry about the current generation and instance, keeping the
     /// newest `HISTORY_LIMIT`.
     pub fn record(&mut self, at: DateTime<Utc>, what: impl Into<String>) {
+        self.record_by(at, what, None);
+    }
+
+    /// The same for a user's action, naming who asked.
+    pub fn record_by(&mut self, at: DateTime<Utc>, what: impl Into<String>, by: Option<&str>) {
         self.history.push(HistoryEntry {
             at,
             generation: self.generation,
             instance_id: self.instance_id().map(str::to_owned),
             what: what.into(),
+            by: by.map(str::to_owned),
         });
         if self.history.len() > HISTORY_LIMIT {
             let excess = self.history.len() - HISTORY_LIMIT;

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
+use ipnet::Ipv4Net;
 
 use crate::error::AwsError;
 use crate::model::{EniRecord, Market, Node, NodeId, NodeSpec};
@@ -20,9 +21,11 @@ pub trait NodeStore: Send + Sync {
     /// Replaces the node if its stored version is still `node.version`; on success the
     /// stored (and returned) version is one higher. `ErrorClass::Conflict` otherwise.
     async fn save(&self, node: &Node) -> Result<Node, AwsError>;
+    /// One page of nodes, oldest pages first; `start_after` is the last id of the previous page.
+    async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError>;
 }
 
-/// What the ENI of a node is created with.
+/// What the node's ENI is created with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EniRequest {
     pub node_id: NodeId,
@@ -30,6 +33,52 @@ pub struct EniRequest {
     pub security_group_ids: Vec<String>,
     /// `None`: EC2 picks a free address.
     pub private_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub cidr: Ipv4Net,
+    pub availability_zone: String,
+    pub vpc_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElasticIpInfo {
+    pub allocation_id: String,
+    pub public_ip: String,
+    /// The ENI it is associated with, if any.
+    pub network_interface_id: Option<String>,
+    /// Set when it is associated with anything (an ENI or an instance).
+    pub association_id: Option<String>,
+    /// The instance it (or its ENI) is associated with, if any.
+    pub instance_id: Option<String>,
+}
+
+/// The ENI, Elastic IP and subnet calls Tether makes.
+#[async_trait]
+pub trait Network: Send + Sync {
+    /// The ENI Tether created for this node earlier (found by its `tether:node-id` tag).
+    async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError>;
+    /// Creates the node's ENI, tagged with the node id.
+    async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError>;
+    /// Deletes an ENI; one that no longer exists counts as deleted.
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), AwsError>;
+    /// Associates the Elastic IP with the ENI's primary private IP; returns its public IP.
+    /// An EIP already on this ENI is fine; one held by anything else is an error naming the holder.
+    async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError>;
+    /// The Elastic IP Tether allocated for this node earlier, or a new one (tagged with the
+    /// node id): (allocation id, public IP).
+    async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError>;
+    /// Disassociates the Elastic IP if it is associated.
+    async fn disassociate_eip(&self, allocation_id: &str) -> Result<(), AwsError>;
+    /// Releases an Elastic IP; one that no longer exists counts as released.
+    async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError>;
+    async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;
+    /// The Elastic IP associated with an ENI, if any.
+    async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;
+    async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError>;
+    /// Whether any ENI in the subnet holds this private IP.
+    async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
 }
 
 /// One launch attempt: one instance on the node's ENI at device index 0.
@@ -42,6 +91,17 @@ pub struct LaunchRequest<'a> {
     pub instance_type: &'a str,
     pub market: Market,
     pub client_token: String,
+}
+
+/// The instance a launch (or an earlier launch with the same ClientToken) started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchedInstance {
+    pub id: String,
+    pub instance_type: String,
+    pub market: Market,
+    /// Already shutting down or terminated: a repeated ClientToken returns the generation's
+    /// instance whatever became of it since.
+    pub gone: bool,
 }
 
 /// An instance as EC2 reports it.
@@ -58,33 +118,34 @@ pub struct InstanceSummary {
     pub primary_eni_id: Option<String>,
 }
 
-/// The instance a launch (or an earlier launch with the same ClientToken) started.
+/// What importing a running instance needs to know about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LaunchedInstance {
-    pub id: String,
-    pub instance_type: String,
-    pub market: Market,
-    /// Already shutting down or terminated: a repeated ClientToken returns the generation's
-    /// instance whatever became of it since.
-    pub gone: bool,
+pub struct ImportableInstance {
+    pub summary: InstanceSummary,
+    pub spec: NodeSpec,
+    pub eni: EniRecord,
+    /// The primary ENI's attachment, whose DeleteOnTermination Tether turns off.
+    pub attachment_id: String,
+    /// Tags already on the instance (a `tether:node-id` tag means it is managed already).
+    pub node_tag: Option<String>,
 }
 
-
-/// The EC2 calls Tether makes.
+/// The instance calls Tether makes.
 #[async_trait]
-pub trait Cloud: Send + Sync {
-    /// The ENI Tether created for this node earlier (found by its `tether:node-id` tag).
-    async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError>;
-    /// Creates the node's ENI, tagged with the node id.
-    async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError>;
-    /// Associates the Elastic IP with the ENI's primary private IP. An EIP already on
-    /// this ENI is fine; one held by anything else is an error naming the holder.
-    async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError>;
+pub trait Instances: Send + Sync {
     /// Launches one instance (or returns the one this ClientToken launched before).
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError>;
     /// The instance an earlier, successful RunInstances launched with this ClientToken.
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError>;
+    /// Terminates an instance; one that no longer exists counts as terminated.
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
     /// What EC2 reports about an instance now; `None` if EC2 does not know it.
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
+    /// Of these instance types, the ones this Region does not offer.
+    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError>;
+    /// A running instance with its primary ENI, as import needs it; `None` if unknown.
+    async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError>;
+    /// Adopts an imported instance: its primary ENI outlives it (DeleteOnTermination=false),
+    /// and it and the ENI are tagged with the node id.
+    async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
 }

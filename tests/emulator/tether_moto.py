@@ -747,7 +747,7 @@ def patch_eni_az() -> None:
 
 # Instance types the emulator has no spot capacity for, and none at all for.
 NO_SPOT_CAPACITY = {"p5.48xlarge"}
-NO_CAPACITY = {"u-12tb1.112xlarge"}
+NO_CAPACITY = {"u-6tb1.112xlarge"}
 
 
 def patch_capacity() -> None:

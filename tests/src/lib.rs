@@ -20,8 +20,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use tether::aws::dynamo::DynamoNodeStore;
 use tether::aws::ec2::Ec2Cloud;
 use tether::service::Settings;
-use tether::ports::Cloud;
-use tether::Tether;
+use tether::ports::Instances;
+use tether::{Ports, Tether};
 
 /// The Region every fixture lives in; AZs are `<REGION>a`, `<REGION>b`, ...
 pub const REGION: &str = "us-east-1";
@@ -179,11 +179,13 @@ impl Fixture {
         let counted_dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
         );
-        let tether = Tether::new(
-            Arc::new(DynamoNodeStore::new(counted_dynamodb, table_name.clone())),
-            Arc::new(Ec2Cloud::new(counted_ec2)),
-            settings,
-        );
+        let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2));
+        let ports = Ports {
+            store: Arc::new(DynamoNodeStore::new(counted_dynamodb, table_name.clone())),
+            network: counted_cloud.clone(),
+            instances: counted_cloud,
+        };
+        let tether = Tether::new(ports, settings);
         let cloud = Ec2Cloud::new(ec2.clone());
         Ok(Fixture {
             calls,

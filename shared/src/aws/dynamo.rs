@@ -152,6 +152,37 @@ impl NodeStore for DynamoNodeStore {
         Ok(nodes.pop())
     }
 
+    async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
+        let mut nodes = Vec::new();
+        let mut start = start_after.map(|id| HashMap::from([(PARTITION_KEY.to_owned(), AttributeValue::S(node_key(id)))]));
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(#pk, :node)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+                .expression_attribute_values(":node", AttributeValue::S("node#".into()))
+                .set_exclusive_start_key(start.take())
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(|e| aws_error("DynamoDB", "Scan", e))?;
+            for item in out.items.unwrap_or_default() {
+                nodes.push(from_item("Scan", item)?);
+                if nodes.len() == limit {
+                    // The scan can go on from the last node returned, whatever page it was on.
+                    let last = nodes.last().map(|n| n.id.clone());
+                    return Ok((nodes, last));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok((nodes, None)),
+            }
+        }
+    }
+
     async fn save(&self, node: &Node) -> Result<Node, AwsError> {
         let mut next = node.clone();
         next.version += 1;

@@ -6,13 +6,15 @@ use crate::model::{test_spec, Persistence};
 const CURRENT: &str = "i-00000000000000001";
 const OTHER: &str = "i-00000000000000002";
 
-const STATES: [NodeState; 6] = [
+const STATES: [NodeState; 8] = [
     NodeState::Paused,
     NodeState::Launching,
     NodeState::Running,
     NodeState::Recovering,
     NodeState::Stopped,
     NodeState::Error,
+    NodeState::Deallocating,
+    NodeState::Deallocated,
 ];
 
 fn node_in(state: NodeState) -> Node {
@@ -54,7 +56,9 @@ fn expected(state: NodeState, event: &InstanceEvent) -> (&'static str, Option<No
     use InstanceState as I;
     use NodeState as N;
     match (state, event) {
-        (N::Paused | N::Error, _) => ("ignore", None),
+        (N::Paused | N::Error | N::Deallocated, _) => ("ignore", None),
+        (N::Deallocating, StateChange { state: I::Terminated, .. }) => ("continue", None),
+        (N::Deallocating, _) => ("ignore", None),
         (N::Launching, StateChange { state: I::Terminated, .. }) => ("continue", None),
         (N::Launching, _) => ("ignore", None),
         (_, StateChange { state: I::Terminated, .. }) => ("launch", Some(N::Launching)),
@@ -71,10 +75,18 @@ fn expected(state: NodeState, event: &InstanceEvent) -> (&'static str, Option<No
 fn kind(step: &Step) -> (&'static str, Option<NodeState>) {
     match step {
         Step::Ignore(_) => ("ignore", None),
-        Step::Record(n) => ("record", Some(n.state)),
-        Step::Launch(n) => ("launch", Some(n.state)),
-        Step::ContinueLaunch => ("continue", None),
+        Step::Apply { next, actions } if actions.contains(&Action::Launch) => ("launch", Some(next.state)),
+        Step::Apply { next, .. } => ("record", Some(next.state)),
+        Step::Continue(_) => ("continue", None),
         Step::Refuse(_) => ("refuse", None),
+    }
+}
+
+/// The record a step writes, if any.
+fn written(step: &Step) -> Option<&Node> {
+    match step {
+        Step::Apply { next, .. } => Some(next),
+        _ => None,
     }
 }
 
@@ -86,8 +98,8 @@ fn every_state_and_event_of_the_current_instance() {
         for event in all_events(CURRENT) {
             let step = on_instance_event(&node, &event, Utc::now());
             assert_eq!(kind(&step), expected(state, &event), "state {state:?}, event {event:?}");
-            if let Step::Launch(next) | Step::Record(next) = &step {
-                let launch = matches!(step, Step::Launch(_));
+            if let Some(next) = written(&step) {
+                let launch = kind(&step).0 == "launch";
                 assert_eq!(next.generation, node.generation + u64::from(launch), "{state:?} {event:?}");
                 assert_eq!(next.instance, node.instance, "the instance changes only once launched");
                 assert_eq!(next.eni, node.eni, "the ENI is kept for life");
@@ -115,13 +127,11 @@ fn events_about_another_instance_are_ignored_in_every_state() {
 fn the_same_event_twice_changes_nothing_the_second_time() {
     for state in [NodeState::Running, NodeState::Recovering, NodeState::Stopped] {
         for event in all_events(CURRENT) {
-            let once = match on_instance_event(&node_in(state), &event, Utc::now()) {
-                Step::Record(n) | Step::Launch(n) => n,
-                _ => continue,
-            };
-            let twice = on_instance_event(&once, &event, Utc::now());
+            let step = on_instance_event(&node_in(state), &event, Utc::now());
+            let Some(once) = written(&step) else { continue };
+            let twice = on_instance_event(once, &event, Utc::now());
             assert!(
-                matches!(twice, Step::Ignore(_) | Step::ContinueLaunch),
+                matches!(twice, Step::Ignore(_) | Step::Continue(_)),
                 "{state:?} {event:?} applied twice gave {twice:?}"
             );
         }
@@ -131,21 +141,20 @@ fn the_same_event_twice_changes_nothing_the_second_time() {
 #[test]
 fn warning_then_termination_and_termination_alone_both_launch_once() {
     let running = node_in(NodeState::Running);
-    let warned = match on_instance_event(
+    let step = on_instance_event(
         &running,
         &InstanceEvent::InterruptionWarning { instance_id: CURRENT.into(), action: InterruptionAction::Terminate },
         Utc::now(),
-    ) {
-        Step::Record(n) => n,
-        other => panic!("warning gave {other:?}"),
-    };
+    );
+    let warned = written(&step).expect("a warning is recorded").clone();
     assert_eq!(warned.state, NodeState::Recovering);
     let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
     for node in [&running, &warned] {
         match on_instance_event(node, &terminated, Utc::now()) {
-            Step::Launch(next) => {
+            Step::Apply { next, actions } => {
                 assert_eq!(next.state, NodeState::Launching);
                 assert_eq!(next.generation, 4);
+                assert_eq!(actions, vec![Action::Launch]);
             }
             other => panic!("termination gave {other:?}"),
         }
@@ -155,41 +164,113 @@ fn warning_then_termination_and_termination_alone_both_launch_once() {
 #[test]
 fn stop_interruption_is_recorded_not_replaced() {
     let node = node_in(NodeState::Running);
-    let warned = match on_instance_event(
+    let step = on_instance_event(
         &node,
         &InstanceEvent::InterruptionWarning { instance_id: CURRENT.into(), action: InterruptionAction::Stop },
         Utc::now(),
-    ) {
-        Step::Record(n) => n,
-        other => panic!("{other:?}"),
-    };
+    );
+    let warned = written(&step).expect("recorded").clone();
     assert_eq!(warned.state, NodeState::Running);
-    let stopped = match on_instance_event(
+    let step = on_instance_event(
         &warned,
         &InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Stopped },
         Utc::now(),
-    ) {
-        Step::Record(n) => n,
-        other => panic!("{other:?}"),
-    };
+    );
+    let stopped = written(&step).expect("recorded").clone();
     assert_eq!(stopped.state, NodeState::Stopped);
     assert_eq!(stopped.generation, node.generation);
     assert!(stopped.history.last().is_some_and(|h| h.what.contains("spot interruption")));
 }
 
 #[test]
-fn resume_in_every_state() {
+fn user_actions_in_every_state() {
+    use NodeState as N;
+    let by = Some("arn:aws:iam::123456789012:user/ops");
     for state in STATES {
         let node = node_in(state);
-        let step = on_resume(&node, Utc::now());
-        let want = match state {
-            NodeState::Paused => "launch",
-            NodeState::Launching => "continue",
-            NodeState::Error => "refuse",
+        let resume = match state {
+            N::Paused => "launch",
+            N::Launching => "continue",
+            N::Error | N::Deallocating | N::Deallocated => "refuse",
             _ => "ignore",
         };
-        assert_eq!(kind(&step).0, want, "{state:?}");
+        assert_eq!(kind(&on_resume(&node, Utc::now(), by)).0, resume, "resume in {state:?}");
+        let pause = match state {
+            N::Running | N::Recovering | N::Stopped | N::Error => "record",
+            N::Paused => "ignore",
+            _ => "refuse",
+        };
+        assert_eq!(kind(&on_pause(&node, Utc::now(), by)).0, pause, "pause in {state:?}");
+        let recycle = match state {
+            N::Launching | N::Deallocating | N::Deallocated => "refuse",
+            _ => "launch",
+        };
+        assert_eq!(kind(&on_recycle(&node, Utc::now(), by)).0, recycle, "recycle in {state:?}");
+        let deallocate = match state {
+            N::Launching => "refuse",
+            N::Deallocating => "continue",
+            N::Deallocated => "ignore",
+            _ => "record",
+        };
+        assert_eq!(kind(&on_deallocate(&node, false, Utc::now(), by)).0, deallocate, "deallocate in {state:?}");
+        for step in [on_resume(&node, Utc::now(), by), on_pause(&node, Utc::now(), by), on_recycle(&node, Utc::now(), by)] {
+            if let Some(next) = written(&step) {
+                assert_eq!(next.history.last().and_then(|h| h.by.as_deref()), by, "the caller is on record");
+            }
+        }
     }
+}
+
+#[test]
+fn pause_recycle_and_deallocate_terminate_the_current_instance_first() {
+    let node = node_in(NodeState::Running);
+    let terminate = Action::Terminate(CURRENT.into());
+    let actions = |step: Step| match step {
+        Step::Apply { actions, .. } => actions,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(actions(on_pause(&node, Utc::now(), None)), vec![terminate.clone()]);
+    assert_eq!(actions(on_recycle(&node, Utc::now(), None)), vec![terminate.clone(), Action::Launch]);
+    assert_eq!(actions(on_deallocate(&node, true, Utc::now(), None)), vec![terminate, Action::ReleaseNetwork]);
+    // A paused node has no instance to terminate.
+    let paused = node_in(NodeState::Paused);
+    assert_eq!(actions(on_recycle(&paused, Utc::now(), None)), vec![Action::Launch]);
+    assert_eq!(actions(on_deallocate(&paused, false, Utc::now(), None)), vec![Action::ReleaseNetwork]);
+}
+
+#[test]
+fn a_patch_changes_launch_settings_and_refuses_the_network_identity() {
+    let mut node = node_in(NodeState::Running);
+    node.persistence.private_ip = Some("10.0.1.50".parse().expect("ip"));
+    let patch = NodePatch { instance_types: Some(vec!["m6i.large".into()]), fallback_to_on_demand: Some(false), ..NodePatch::default() };
+    let next = patched(&node, &patch, Utc::now(), Some("ops")).expect("allowed");
+    assert_eq!(next.spec.instance_types, vec!["m6i.large"]);
+    assert!(!next.spec.fallback_to_on_demand);
+    assert_eq!(next.generation, node.generation, "takes effect at the next launch");
+
+    let subnet = NodePatch { subnet_id: Some("subnet-2".into()), ..NodePatch::default() };
+    assert_eq!(patched(&node, &subnet, Utc::now(), None).map_err(|e| e.field), Err("subnet_id"));
+    let same_subnet = NodePatch { subnet_id: Some("subnet-1".into()), ..NodePatch::default() };
+    assert!(patched(&node, &same_subnet, Utc::now(), None).is_ok(), "restating the subnet is no change");
+    let ip = NodePatch { private_ip: Some("10.0.1.51".into()), ..NodePatch::default() };
+    assert_eq!(patched(&node, &ip, Utc::now(), None).map_err(|e| e.field), Err("private_ip"));
+    let empty = NodePatch { instance_types: Some(vec![]), ..NodePatch::default() };
+    assert_eq!(patched(&node, &empty, Utc::now(), None).map_err(|e| e.field), Err("instance_types"));
+}
+
+#[test]
+fn deallocated_forgets_the_network_unless_the_eni_is_kept() {
+    let mut node = node_in(NodeState::Deallocating);
+    node.eni = Some(crate::model::EniRecord {
+        id: "eni-1".into(),
+        private_ip: "10.0.1.9".parse().expect("ip"),
+        mac_address: "0e:00:00:00:00:01".into(),
+        availability_zone: "us-east-1a".into(),
+    });
+    assert_eq!(deallocated(&node, Utc::now()).eni, None);
+    node.keep_eni = true;
+    assert!(deallocated(&node, Utc::now()).eni.is_some());
+    assert_eq!(deallocated(&node, Utc::now()).state, NodeState::Deallocated);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tether::ports::Cloud;
+use tether::ports::Instances;
 use tether::{Node, Persistence};
 use tether_tests::events::{interruption_warning, invocation, state_change};
 use tether_tests::{Fixture, SetupError};
@@ -40,13 +40,14 @@ async fn run() -> Result<(), SetupError> {
         .tether
         .create_node(
             fx.spec(&["m5.large", "m6i.large"]),
-            Persistence { private_ip: Some(chosen_ip), elastic_ip_allocation_id: Some(allocation_id.clone()) },
+            Persistence { private_ip: Some(chosen_ip), elastic_ip_allocation_id: Some(allocation_id.clone()), ..Persistence::default() },
+            None,
         )
         .await?;
     println!("created node {} in {} ({}): private IP {chosen_ip}, Elastic IP {eip} ({allocation_id})", node.id, fx.subnet_id, fx.availability_zone);
 
     let started = Instant::now();
-    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET).await?;
+    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET, None).await?;
     let mut node = fx.tether.node(&node.id).await?;
     println!("resumed in {:?}: {outcome:?}", started.elapsed());
     let mut observed = vec![observe(&fx, &node).await?];

@@ -7,7 +7,7 @@ use aws_sdk_ec2::types::InstanceType;
 use serde_json::Value;
 use tether::events::{InstanceEvent, InstanceState};
 use tether::lifecycle::{self, Step};
-use tether::ports::{Cloud, NodeStore};
+use tether::ports::{Instances, NodeStore};
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
 use tether_tests::{on_eni, Fixture, SetupError};
@@ -28,8 +28,8 @@ fn outcome(value: &Value) -> &str {
 
 /// Creates a node (chosen IP, optional EIP) and resumes it; returns it running.
 async fn running_node(fx: &Fixture, persistence: Persistence) -> Result<Node, SetupError> {
-    let node = fx.tether.create_node(fx.spec(&["m5.large", "m6i.large"]), persistence).await?;
-    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET).await?;
+    let node = fx.tether.create_node(fx.spec(&["m5.large", "m6i.large"]), persistence, None).await?;
+    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET, None).await?;
     assert!(matches!(outcome, tether::Outcome::Launched { generation: 1, .. }), "{outcome:?}");
     Ok(fx.tether.node(&node.id).await?)
 }
@@ -71,7 +71,7 @@ async fn an_interrupted_node_comes_back_on_the_same_eni_ip_and_eip() -> Result<(
     let fx = Fixture::new().await?;
     let (allocation_id, public_ip) = fx.allocate_eip().await?;
     let chosen = fx.subnet_ip(50);
-    let node = running_node(&fx, Persistence { private_ip: Some(chosen), elastic_ip_allocation_id: Some(allocation_id) }).await?;
+    let node = running_node(&fx, Persistence { private_ip: Some(chosen), elastic_ip_allocation_id: Some(allocation_id), ..Persistence::default() }).await?;
     let eni = node.eni.clone().ok_or("no ENI")?;
     assert_eq!(eni.private_ip, chosen);
     assert_identity_kept(&fx, &node, Some(&public_ip)).await?;
@@ -106,7 +106,7 @@ async fn an_interrupted_node_comes_back_on_the_same_eni_ip_and_eip() -> Result<(
 async fn three_interruptions_in_a_row_keep_the_identity() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     let (allocation_id, public_ip) = fx.allocate_eip().await?;
-    let mut node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(77)), elastic_ip_allocation_id: Some(allocation_id) }).await?;
+    let mut node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(77)), elastic_ip_allocation_id: Some(allocation_id), ..Persistence::default() }).await?;
     let mut seen = vec![instance_id(&node)?];
     for generation in 2..=4 {
         let current = instance_id(&node)?;
@@ -166,7 +166,7 @@ async fn concurrent_deliveries_of_one_termination_launch_once() -> Result<(), Se
 #[tokio::test]
 async fn termination_before_the_warning_still_recovers() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
-    let node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(90)), elastic_ip_allocation_id: None }).await?;
+    let node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(90)), ..Persistence::default() }).await?;
     let first = instance_id(&node)?;
     fx.interrupt(&first).await?;
     assert_eq!(outcome(&state_changed(&fx, state_change(&first, "terminated")).await?), "launched");
@@ -299,7 +299,7 @@ async fn stage_unrecorded_launch(fx: &Fixture, node: &Node) -> Result<String, Se
     let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
     fx.interrupt(&first).await?;
     let terminated = InstanceEvent::StateChange { instance_id: first, state: InstanceState::Terminated };
-    let Step::Launch(launching) = lifecycle::on_instance_event(node, &terminated, chrono::Utc::now()) else {
+    let Step::Apply { next: launching, .. } = lifecycle::on_instance_event(node, &terminated, chrono::Utc::now()) else {
         return Err("termination did not start a launch".into());
     };
     fx.store.save(&launching).await?;
@@ -327,16 +327,16 @@ async fn assert_identity_kept_on(fx: &Fixture, node: &Node, instance_id: &str) -
 async fn a_launch_without_capacity_falls_back_to_the_next_type_then_on_demand() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     // The emulator has no spot capacity for p5.48xlarge (tests/emulator/README.md).
-    let next_type = fx.tether.create_node(fx.spec(&["p5.48xlarge", "m5.large"]), Persistence::default()).await?;
-    let outcome = fx.tether.resume(&next_type.id, tokio::time::Instant::now() + BUDGET).await?;
+    let next_type = fx.tether.create_node(fx.spec(&["p5.48xlarge", "m5.large"]), Persistence::default(), None).await?;
+    let outcome = fx.tether.resume(&next_type.id, tokio::time::Instant::now() + BUDGET, None).await?;
     assert!(matches!(outcome, tether::Outcome::Launched { .. }), "{outcome:?}");
     let node = fx.tether.node(&next_type.id).await?;
     let instance = node.instance.as_ref().ok_or("no instance")?;
     assert_eq!((instance.instance_type.as_str(), instance.market), ("m5.large", tether::Market::Spot));
     assert_identity_kept(&fx, &node, None).await?;
 
-    let on_demand = fx.tether.create_node(fx.spec(&["p5.48xlarge"]), Persistence::default()).await?;
-    fx.tether.resume(&on_demand.id, tokio::time::Instant::now() + BUDGET).await?;
+    let on_demand = fx.tether.create_node(fx.spec(&["p5.48xlarge"]), Persistence::default(), None).await?;
+    fx.tether.resume(&on_demand.id, tokio::time::Instant::now() + BUDGET, None).await?;
     let node = fx.tether.node(&on_demand.id).await?;
     let instance = node.instance.as_ref().ok_or("no instance")?;
     assert_eq!((instance.instance_type.as_str(), instance.market), ("p5.48xlarge", tether::Market::OnDemand));
@@ -349,14 +349,14 @@ async fn a_launch_without_capacity_falls_back_to_the_next_type_then_on_demand() 
 #[tokio::test]
 async fn no_capacity_anywhere_keeps_the_node_launching_for_a_retry() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
-    // No capacity at all for u-12tb1.112xlarge in the emulator; no on-demand fallback either.
-    let mut spec = fx.spec(&["u-12tb1.112xlarge", "p5.48xlarge"]);
+    // No capacity at all for u-6tb1.112xlarge in the emulator; no on-demand fallback either.
+    let mut spec = fx.spec(&["u-6tb1.112xlarge", "p5.48xlarge"]);
     spec.fallback_to_on_demand = false;
-    let node = fx.tether.create_node(spec, Persistence::default()).await?;
-    let err = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET).await.expect_err("no capacity");
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    let err = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET, None).await.expect_err("no capacity");
     assert!(err.is_retryable(), "{err}");
     assert_eq!(err.aws_code(), Some("InsufficientInstanceCapacity"));
-    assert!(err.to_string().contains("u-12tb1.112xlarge/spot, p5.48xlarge/spot"), "{err}");
+    assert!(err.to_string().contains("u-6tb1.112xlarge/spot, p5.48xlarge/spot"), "{err}");
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.state, NodeState::Launching, "kept for the retry, not failed");
     assert!(after.last_error.as_deref().is_some_and(|e| e.contains("InsufficientInstanceCapacity")));

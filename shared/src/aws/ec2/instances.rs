@@ -1,0 +1,240 @@
+//! Instance calls: launches on the node's ENI, termination, description, import.
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{
+    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
+    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+};
+use aws_smithy_types::base64;
+use aws_smithy_types::retry::RetryConfig;
+
+use super::{gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+use crate::aws::aws_error;
+use crate::error::{AwsError, ErrorClass};
+use crate::model::{EniRecord, Market, NodeId, NodeSpec};
+use crate::ports::{ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
+
+fn launched_instance(operation: &'static str, instance: &Instance) -> Result<LaunchedInstance, AwsError> {
+    Ok(LaunchedInstance {
+        id: instance.instance_id().ok_or_else(|| missing(operation, "instance id"))?.to_owned(),
+        instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        market: market_of(instance),
+        gone: matches!(
+            instance.state().and_then(|s| s.name()),
+            Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
+        ),
+    })
+}
+
+fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
+    let primary_eni_id = instance
+        .network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .and_then(|n| n.network_interface_id())
+        .map(str::to_owned);
+    InstanceSummary {
+        id: instance_id.to_owned(),
+        state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        market: market_of(instance),
+        private_ip: instance.private_ip_address().map(str::to_owned),
+        public_ip: instance.public_ip_address().map(str::to_owned),
+        primary_eni_id,
+    }
+}
+
+impl Ec2Cloud {
+    async fn instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError> {
+        match self.client.describe_instances().instance_ids(instance_id).send().await {
+            Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).next().cloned()),
+            Err(e) => {
+                let e = aws_error("EC2", "DescribeInstances", e);
+                if e.class == ErrorClass::NotFound || e.code_is("InvalidInstanceID.Malformed") { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Instances for Ec2Cloud {
+    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
+        let spec = request.spec;
+        let mut instance_tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| tag(k, v)).collect();
+        instance_tags.push(tag(TAG_NODE_ID, request.node_id.as_str()));
+        instance_tags.push(tag(TAG_GENERATION, &request.generation.to_string()));
+        instance_tags.push(tag(TAG_MANAGED, "true"));
+        let market = match request.market {
+            Market::OnDemand => None,
+            Market::Spot => Some(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            ),
+        };
+        let profile = spec.iam_instance_profile.as_deref().map(|p| {
+            let builder = IamInstanceProfileSpecification::builder();
+            if p.starts_with("arn:") { builder.arn(p) } else { builder.name(p) }.build()
+        });
+        let out = self
+            .client
+            .run_instances()
+            .image_id(&spec.image_id)
+            .instance_type(InstanceType::from(request.instance_type))
+            .min_count(1)
+            .max_count(1)
+            .client_token(&request.client_token)
+            // Subnet, security groups and private IP come from the ENI, never from here.
+            .network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .network_interface_id(request.eni_id)
+                    .delete_on_termination(false)
+                    .build(),
+            )
+            .set_instance_market_options(market)
+            .set_key_name(spec.key_name.clone())
+            .set_iam_instance_profile(profile)
+            .set_user_data(spec.user_data.as_deref().map(|u| base64::encode(u.as_bytes())))
+            .tag_specifications(tags_for(ResourceType::Instance, instance_tags))
+            .customize()
+            // No SDK retries here: EC2 answers InsufficientInstanceCapacity with HTTP 500, which the
+            // SDK would retry 3 times against the 5/2 RunInstances bucket before Tether could fall
+            // back. The service retries what is worth retrying, with its own jittered backoff.
+            .config_override(aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "RunInstances", e))?;
+        let instance = out.instances().first().ok_or_else(|| missing("RunInstances", "instance"))?;
+        launched_instance("RunInstances", instance)
+    }
+
+    async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
+        let out = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name("client-token").values(client_token).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .map(|i| launched_instance("DescribeInstances", i))
+            .transpose()
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        let terminated = self
+            .client
+            .terminate_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error("EC2", "TerminateInstances", e));
+        gone_is_done(terminated)
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
+        Ok(self.instance(instance_id).await?.map(|i| summary(instance_id, &i)))
+    }
+
+    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
+        let mut unknown = Vec::new();
+        for instance_type in instance_types {
+            let known = self
+                .client
+                .describe_instance_types()
+                .instance_types(InstanceType::from(instance_type.as_str()))
+                .send()
+                .await;
+            match known {
+                Ok(out) if !out.instance_types().is_empty() => {}
+                Ok(_) => unknown.push(instance_type.clone()),
+                Err(e) => {
+                    let e = aws_error("EC2", "DescribeInstanceTypes", e);
+                    if e.is_retryable() {
+                        return Err(e);
+                    }
+                    unknown.push(instance_type.clone());
+                }
+            }
+        }
+        Ok(unknown)
+    }
+
+    async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {
+        let Some(instance) = self.instance(instance_id).await? else { return Ok(None) };
+        let op = "DescribeInstances";
+        let Some(primary) = instance
+            .network_interfaces()
+            .iter()
+            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        else {
+            return Ok(None);
+        };
+        let field = |value: Option<&str>, what| value.map(str::to_owned).ok_or_else(|| missing(op, what));
+        let eni = EniRecord {
+            id: field(primary.network_interface_id(), "primary ENI id")?,
+            private_ip: primary
+                .private_ip_address()
+                .and_then(|ip| ip.parse().ok())
+                .ok_or_else(|| missing(op, "primary private IP"))?,
+            mac_address: field(primary.mac_address(), "MAC address")?,
+            availability_zone: field(instance.placement().and_then(|p| p.availability_zone()), "availability zone")?,
+        };
+        let attachment_id = field(primary.attachment().and_then(|a| a.attachment_id()), "attachment id")?;
+        let user_tags = instance
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+            .filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("tether:"));
+        let node_tag = instance.tags().iter().find(|t| t.key() == Some(TAG_NODE_ID)).and_then(|t| t.value()).map(str::to_owned);
+        let spec = NodeSpec {
+            subnet_id: field(primary.subnet_id().or(instance.subnet_id()), "subnet id")?,
+            image_id: field(instance.image_id(), "image id")?,
+            instance_types: vec![field(instance.instance_type().map(|t| t.as_str()), "instance type")?],
+            security_group_ids: primary.groups().iter().filter_map(|g| g.group_id()).map(str::to_owned).collect(),
+            key_name: instance.key_name().map(str::to_owned),
+            iam_instance_profile: instance.iam_instance_profile().and_then(|p| p.arn()).map(str::to_owned),
+            user_data: None,
+            tags: user_tags.collect(),
+            fallback_to_on_demand: true,
+        };
+        Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
+    }
+
+    async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(&instance.eni.id)
+            .attachment(
+                NetworkInterfaceAttachmentChanges::builder()
+                    .attachment_id(&instance.attachment_id)
+                    .delete_on_termination(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))?;
+        self.client
+            .create_tags()
+            .resources(&instance.summary.id)
+            .resources(&instance.eni.id)
+            .tags(tag(TAG_NODE_ID, node_id.as_str()))
+            .tags(tag(TAG_MANAGED, "true"))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "CreateTags", e))?;
+        Ok(())
+    }
+}

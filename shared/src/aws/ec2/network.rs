@@ -1,0 +1,211 @@
+//! ENI, Elastic IP and subnet calls.
+
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType};
+
+use super::{eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
+use crate::aws::aws_error;
+use crate::error::{AwsError, ErrorClass};
+use crate::model::{EniRecord, NodeId};
+use crate::ports::{ElasticIpInfo, EniRequest, Network, SubnetInfo};
+
+fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
+    Some(ElasticIpInfo {
+        allocation_id: address.allocation_id()?.to_owned(),
+        public_ip: address.public_ip()?.to_owned(),
+        network_interface_id: address.network_interface_id().map(str::to_owned),
+        association_id: address.association_id().map(str::to_owned),
+        instance_id: address.instance_id().filter(|i| !i.is_empty()).map(str::to_owned),
+    })
+}
+
+impl Ec2Cloud {
+    async fn addresses(&self, filter: Filter) -> Result<Vec<ElasticIpInfo>, AwsError> {
+        let out = self
+            .client
+            .describe_addresses()
+            .filters(filter)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeAddresses", e))?;
+        Ok(out.addresses().iter().filter_map(eip_info).collect())
+    }
+}
+
+#[async_trait]
+impl Network for Ec2Cloud {
+    async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        out.network_interfaces()
+            .first()
+            .map(|eni| eni_record("DescribeNetworkInterfaces", eni))
+            .transpose()
+    }
+
+    async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
+        let out = self
+            .client
+            .create_network_interface()
+            .subnet_id(&request.subnet_id)
+            .set_groups(Some(request.security_group_ids.clone()).filter(|g| !g.is_empty()))
+            .set_private_ip_address(request.private_ip.map(|ip| ip.to_string()))
+            .description(format!("Tether node {}", request.node_id))
+            // A retried create (timeout, concurrent resume) returns the same ENI, never a second one.
+            .client_token(format!("{}-eni", request.node_id))
+            .tag_specifications(tags_for(
+                ResourceType::NetworkInterface,
+                [tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")],
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "CreateNetworkInterface", e))?;
+        let eni = out.network_interface().ok_or_else(|| missing("CreateNetworkInterface", "network interface"))?;
+        eni_record("CreateNetworkInterface", eni)
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), AwsError> {
+        let deleted = self
+            .client
+            .delete_network_interface()
+            .network_interface_id(eni_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error("EC2", "DeleteNetworkInterface", e));
+        gone_is_done(deleted)
+    }
+
+    async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
+        let address = self
+            .describe_eip(allocation_id)
+            .await?
+            .ok_or_else(|| AwsError::from_code("EC2", "DescribeAddresses", Some("InvalidAllocationID.NotFound"), Some(&format!("Elastic IP allocation {allocation_id} does not exist")), None))?;
+        match address.network_interface_id.as_deref() {
+            Some(current) if current == eni_id => return Ok(address.public_ip),
+            _ if address.association_id.is_some() => {
+                let holder = address.instance_id.or(address.network_interface_id).unwrap_or_else(|| "another resource".into());
+                return Err(AwsError {
+                    service: "EC2",
+                    operation: "AssociateAddress",
+                    code: Some("Resource.AlreadyAssociated".into()),
+                    message: format!("Elastic IP {allocation_id} is associated with {holder}; disassociate it or choose another"),
+                    class: ErrorClass::Permanent,
+                });
+            }
+            _ => {}
+        }
+        self.client
+            .associate_address()
+            .allocation_id(allocation_id)
+            .network_interface_id(eni_id)
+            .allow_reassociation(false)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "AssociateAddress", e))?;
+        Ok(address.public_ip)
+    }
+
+    async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError> {
+        let tagged = Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build();
+        if let Some(earlier) = self.addresses(tagged).await?.into_iter().next() {
+            return Ok((earlier.allocation_id, earlier.public_ip));
+        }
+        let out = self
+            .client
+            .allocate_address()
+            .domain(DomainType::Vpc)
+            .tag_specifications(tags_for(
+                ResourceType::ElasticIp,
+                [tag(TAG_NODE_ID, node_id.as_str()), tag(TAG_MANAGED, "true")],
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "AllocateAddress", e))?;
+        Ok((
+            out.allocation_id().ok_or_else(|| missing("AllocateAddress", "allocation id"))?.to_owned(),
+            out.public_ip().ok_or_else(|| missing("AllocateAddress", "public IP"))?.to_owned(),
+        ))
+    }
+
+    async fn disassociate_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
+        let Some(association_id) = self.describe_eip(allocation_id).await?.and_then(|a| a.association_id) else {
+            return Ok(());
+        };
+        let disassociated = self
+            .client
+            .disassociate_address()
+            .association_id(association_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error("EC2", "DisassociateAddress", e));
+        gone_is_done(disassociated)
+    }
+
+    async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
+        let released = self
+            .client
+            .release_address()
+            .allocation_id(allocation_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error("EC2", "ReleaseAddress", e));
+        gone_is_done(released)
+    }
+
+    async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        match self.client.describe_addresses().allocation_ids(allocation_id).send().await {
+            Ok(out) => Ok(out.addresses().first().and_then(eip_info)),
+            Err(e) => {
+                let e = aws_error("EC2", "DescribeAddresses", e);
+                if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        let filter = Filter::builder().name("network-interface-id").values(eni_id).build();
+        Ok(self.addresses(filter).await?.into_iter().next())
+    }
+
+    async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError> {
+        let out = match self.client.describe_subnets().subnet_ids(subnet_id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let e = aws_error("EC2", "DescribeSubnets", e);
+                return if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) };
+            }
+        };
+        let Some(subnet) = out.subnets().first() else { return Ok(None) };
+        let cidr = subnet
+            .cidr_block()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| missing("DescribeSubnets", "IPv4 CIDR block"))?;
+        Ok(Some(SubnetInfo {
+            cidr,
+            availability_zone: subnet.availability_zone().ok_or_else(|| missing("DescribeSubnets", "availability zone"))?.to_owned(),
+            vpc_id: subnet.vpc_id().unwrap_or_default().to_owned(),
+        }))
+    }
+
+    async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(Filter::builder().name("subnet-id").values(subnet_id).build())
+            .filters(Filter::builder().name("addresses.private-ip-address").values(ip.to_string()).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        Ok(!out.network_interfaces().is_empty())
+    }
+}

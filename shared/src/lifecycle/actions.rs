@@ -1,0 +1,174 @@
+//! User actions on a node: resume, pause, recycle, deallocate, and changes to its spec.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{begin_launch, Action, Step};
+use crate::model::{Node, NodeState};
+
+/// Resume: at the first resume the ENI is created; then an instance is launched on it.
+pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
+    match node.state {
+        NodeState::Paused => Step::Apply { next: begin_launch(node, now, "resume requested", by), actions: vec![Action::Launch] },
+        NodeState::Launching => Step::Continue(vec![Action::Launch]),
+        NodeState::Running | NodeState::Recovering | NodeState::Stopped => Step::Ignore("node already has an instance"),
+        NodeState::Error => Step::Refuse(format!(
+            "node {} is in ERROR ({}); recycle it once the cause is fixed, or deallocate it",
+            node.id,
+            node.last_error.as_deref().unwrap_or("no reason recorded")
+        )),
+        NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
+    }
+}
+
+/// Pause: the instance is terminated; the ENI and the Elastic IP stay.
+pub fn on_pause(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
+    match node.state {
+        NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error => {
+            let mut next = node.clone();
+            next.state = NodeState::Paused;
+            next.interruption = None;
+            next.record_by(now, "pause requested; instance terminated, ENI and Elastic IP kept", by);
+            Step::Apply { next, actions: node.instance_id().map(|i| Action::Terminate(i.to_owned())).into_iter().collect() }
+        }
+        NodeState::Paused => Step::Ignore("node already paused"),
+        NodeState::Launching => Step::Refuse(busy(node)),
+        NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
+    }
+}
+
+/// Recycle: pause then resume as one action: the instance is replaced by a new one on the
+/// same ENI (the launch waits until the old instance has released it).
+pub fn on_recycle(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
+    match node.state {
+        NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error | NodeState::Paused => {
+            let next = begin_launch(node, now, "recycle requested", by);
+            let terminate = match node.state {
+                NodeState::Paused => None,
+                _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
+            };
+            Step::Apply { next, actions: terminate.into_iter().chain([Action::Launch]).collect() }
+        }
+        NodeState::Launching => Step::Refuse(busy(node)),
+        NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
+    }
+}
+
+/// Deallocate: the instance is terminated, then the ENI deleted (unless `keep_eni`) and the
+/// Elastic IP released if Tether allocated it, else disassociated.
+pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option<&str>) -> Step {
+    match node.state {
+        NodeState::Launching => Step::Refuse(busy(node)),
+        NodeState::Deallocating => Step::Continue(vec![Action::ReleaseNetwork]),
+        NodeState::Deallocated => Step::Ignore("node already deallocated"),
+        _ => {
+            let mut next = node.clone();
+            next.state = NodeState::Deallocating;
+            next.keep_eni = keep_eni;
+            next.record_by(now, if keep_eni { "deallocate requested (keep ENI)" } else { "deallocate requested" }, by);
+            let terminate = match node.state {
+                NodeState::Paused => None,
+                _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
+            };
+            Step::Apply { next, actions: terminate.into_iter().chain([Action::ReleaseNetwork]).collect() }
+        }
+    }
+}
+
+fn busy(node: &Node) -> String {
+    format!("node {} is launching generation {}; try again once it is running", node.id, node.generation)
+}
+
+fn gone(node: &Node) -> String {
+    format!("node {} is {}", node.id, if node.state == NodeState::Deallocated { "deallocated" } else { "being deallocated" })
+}
+
+/// The spec fields a user may change; they take effect at the next launch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    pub image_id: Option<String>,
+    pub instance_types: Option<Vec<String>>,
+    pub user_data: Option<String>,
+    pub tags: Option<BTreeMap<String, String>>,
+    pub fallback_to_on_demand: Option<bool>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile: Option<String>,
+    /// Refused: the ENI is bound to its subnet.
+    pub subnet_id: Option<String>,
+    /// Refused: the ENI keeps its private IP for life.
+    pub private_ip: Option<String>,
+}
+
+/// Why a patch is refused: the field and what to do instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct PatchError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// The node with `patch` applied to its spec.
+pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {
+    if matches!(node.state, NodeState::Deallocating | NodeState::Deallocated) {
+        return Err(PatchError { field: "state", reason: gone(node) });
+    }
+    if patch.subnet_id.as_ref().is_some_and(|s| *s != node.spec.subnet_id) {
+        return Err(PatchError {
+            field: "subnet_id",
+            reason: format!(
+                "cannot change: the node's ENI is bound to {} and its Availability Zone; create a new node in the other subnet",
+                node.spec.subnet_id
+            ),
+        });
+    }
+    let current_ip = node.eni.as_ref().map(|e| e.private_ip).or(node.persistence.private_ip);
+    if let Some(ip) = &patch.private_ip {
+        if current_ip.map(|c| c.to_string()).as_deref() != Some(ip.as_str()) {
+            return Err(PatchError {
+                field: "private_ip",
+                reason: "cannot change: the node keeps its private IP for life; create a new node for another address".into(),
+            });
+        }
+    }
+    let mut next = node.clone();
+    let mut changed = Vec::new();
+    if let Some(types) = &patch.instance_types {
+        if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
+            return Err(PatchError { field: "instance_types", reason: "list at least one instance type, in order of preference".into() });
+        }
+        next.spec.instance_types = types.clone();
+        changed.push("instance_types");
+    }
+    if let Some(image) = &patch.image_id {
+        if !image.starts_with("ami-") {
+            return Err(PatchError { field: "image_id", reason: "must be an AMI id like ami-0123456789abcdef0".into() });
+        }
+        next.spec.image_id = image.clone();
+        changed.push("image_id");
+    }
+    if let Some(user_data) = &patch.user_data {
+        next.spec.user_data = Some(user_data.clone()).filter(|u| !u.is_empty());
+        changed.push("user_data");
+    }
+    if let Some(tags) = &patch.tags {
+        next.spec.tags = tags.clone();
+        changed.push("tags");
+    }
+    if let Some(fallback) = patch.fallback_to_on_demand {
+        next.spec.fallback_to_on_demand = fallback;
+        changed.push("fallback_to_on_demand");
+    }
+    if let Some(key) = &patch.key_name {
+        next.spec.key_name = Some(key.clone()).filter(|k| !k.is_empty());
+        changed.push("key_name");
+    }
+    if let Some(profile) = &patch.iam_instance_profile {
+        next.spec.iam_instance_profile = Some(profile.clone()).filter(|p| !p.is_empty());
+        changed.push("iam_instance_profile");
+    }
+    next.record_by(now, format!("spec changed ({}); takes effect at the next launch", changed.join(", ")), by);
+    Ok(next)
+}

@@ -1,0 +1,226 @@
+//! Launching a node's generation on its ENI: the network first (at the first launch),
+//! then the candidates in order, retrying what is worth retrying until the deadline.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::Utc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Outcome, Tether, TetherError};
+use crate::error::{AwsError, ErrorClass};
+use crate::events::{InstanceEvent, InstanceState};
+use crate::lifecycle;
+use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec};
+use crate::ports::{EniRequest, LaunchRequest, LaunchedInstance};
+
+impl Tether {
+    /// Launches the node's current generation on its ENI, creating the ENI and
+    /// associating the EIP first if this is the first launch.
+    pub(super) async fn launch(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
+        let (node, eni, fresh_eni) = match self.ensure_network(node, deadline).await? {
+            Ok(ready) => ready,
+            Err(outcome) => return Ok(outcome),
+        };
+        let client_token = node.id.client_token(node.generation);
+        let started = Instant::now();
+        let mut tried = Vec::new();
+        let mut last_capacity_error = None;
+        for (instance_type, market) in candidates(&node.spec) {
+            let request = LaunchRequest {
+                node_id: &node.id,
+                generation: node.generation,
+                spec: &node.spec,
+                eni_id: &eni.id,
+                instance_type,
+                market,
+                client_token: client_token.clone(),
+            };
+            let launched = self.with_retries(deadline, fresh_eni, || self.instances.launch(&request)).await;
+            let launched = match launched {
+                // The token already launched an instance with another candidate (an earlier
+                // attempt fell back, then died before recording it): adopt that instance.
+                Err(e) if e.code_is("IdempotentParameterMismatch") => match self.instances.find_launched(&client_token).await? {
+                    Some(earlier) => Ok(earlier),
+                    // Not visible yet (DescribeInstances is eventually consistent): try again later.
+                    None => Err(AwsError { class: ErrorClass::Transient, ..e }),
+                },
+                other => other,
+            };
+            match launched {
+                Ok(instance) => return self.record_launch(&node, instance, deadline).await,
+                Err(e) if e.class == ErrorClass::NoCapacity => {
+                    warn!(node_id = %node.id, instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
+                    tried.push(format!("{instance_type}/{}", market.as_str()));
+                    last_capacity_error = Some(e);
+                }
+                Err(e) if e.class == ErrorClass::EniInUse => {
+                    return Err(TetherError::EniStillAttached {
+                        node_id: node.id.clone(),
+                        eni_id: eni.id.clone(),
+                        waited: started.elapsed(),
+                        source: Box::new(e),
+                    })
+                }
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
+            }
+        }
+        let source = Box::new(last_capacity_error.unwrap_or_else(|| {
+            AwsError::from_code("EC2", "RunInstances", None, Some("no instance type to try"), None)
+        }));
+        let err = TetherError::NoCapacity { node_id: node.id.clone(), tried: tried.join(", "), source };
+        let mut next = node.clone();
+        next.last_error = Some(err.to_string());
+        next.record(Utc::now(), format!("no capacity: tried {}", tried.join(", ")));
+        self.store.save(&next).await?;
+        Err(err)
+    }
+
+    /// Records the generation's instance. One that is already gone (a retried launch whose
+    /// instance was reclaimed before it was recorded) is handled like its termination.
+    async fn record_launch(&self, node: &Node, instance: LaunchedInstance, deadline: Instant) -> Result<Outcome, TetherError> {
+        let next = lifecycle::launched(node, instance.id.clone(), instance.instance_type.clone(), instance.market, Utc::now());
+        let saved = self.store.save(&next).await?;
+        if instance.gone {
+            warn!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, "the generation's instance is already gone; launching the next");
+            let terminated = InstanceEvent::StateChange { instance_id: instance.id, state: InstanceState::Terminated };
+            let decide = move |n: &Node| lifecycle::on_instance_event(n, &terminated, Utc::now());
+            return Box::pin(self.decide_and_act(saved, deadline, decide)).await;
+        }
+        info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
+        Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id })
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the deadline nears, with jittered
+    /// exponential backoff. Retried: throttling and server faults, the ENI still attached to
+    /// an instance, and (just after creating the ENI) EC2 not knowing the ENI yet.
+    pub(super) async fn with_retries<T, F, Fut>(&self, deadline: Instant, fresh_eni: bool, call: F) -> Result<T, AwsError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AwsError>>,
+    {
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.settings.deadline_margin);
+        let backoff = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(self.settings.retry_min_delay)
+            .with_max_delay(self.settings.retry_max_delay)
+            .without_max_times()
+            .with_total_delay(Some(budget));
+        call.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e: &AwsError| {
+                matches!(e.class, ErrorClass::EniInUse | ErrorClass::Transient)
+                    || (fresh_eni && e.code_is("InvalidNetworkInterfaceID.NotFound"))
+            })
+            .notify(|e: &AwsError, wait: Duration| {
+                info!(operation = e.operation, code = e.code.as_deref(), ?wait, "not possible yet; retrying")
+            })
+            .await
+    }
+
+    /// The node's ENI, with the Elastic IP on it. At the first launch the ENI is found (an
+    /// earlier attempt may have made it) or created, and recorded on the node before
+    /// anything runs on it; the third value then says EC2 may not know it everywhere yet.
+    /// `Err(outcome)`: the node went to ERROR.
+    async fn ensure_network(&self, mut node: Node, deadline: Instant) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
+        let first_launch = node.generation == 1;
+        let eni = match node.eni.clone() {
+            Some(eni) if !first_launch => return Ok(Ok((node, eni, false))),
+            Some(eni) => eni,
+            None => {
+                let eni = match self.network.find_node_eni(&node.id).await? {
+                    Some(eni) => eni,
+                    None => {
+                        let request = EniRequest {
+                            node_id: node.id.clone(),
+                            subnet_id: node.spec.subnet_id.clone(),
+                            security_group_ids: node.spec.security_group_ids.clone(),
+                            private_ip: node.persistence.private_ip,
+                        };
+                        match self.network.create_eni(&request).await {
+                            Ok(eni) => eni,
+                            Err(e) if e.is_retryable() => return Err(e.into()),
+                            Err(e) => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
+                        }
+                    }
+                };
+                info!(node_id = %node.id, eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
+                node.eni = Some(eni.clone());
+                node.record(Utc::now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
+                node = self.store.save(&node).await?;
+                eni
+            }
+        };
+        let wanted = match (&node.persistence.elastic_ip_allocation_id, node.persistence.allocate_elastic_ip) {
+            (Some(allocation_id), _) => Some((allocation_id.clone(), false)),
+            (None, true) => Some((self.network.allocate_eip(&node.id).await?.0, true)),
+            (None, false) => None,
+        };
+        if let Some((allocation_id, allocated_by_tether)) = wanted {
+            let associated = self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id)).await;
+            match associated {
+                Ok(public_ip) => {
+                    info!(node_id = %node.id, allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI");
+                    let record = ElasticIpRecord { allocation_id, public_ip, allocated_by_tether };
+                    if node.elastic_ip.as_ref() != Some(&record) {
+                        node.elastic_ip = Some(record);
+                        node = self.store.save(&node).await?;
+                    }
+                }
+                Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) => {
+                    let reason = format!("associating Elastic IP {allocation_id} failed: {e}");
+                    return self.fail(&node, reason).await.map(Err);
+                }
+            }
+        }
+        Ok(Ok((node, eni, true)))
+    }
+
+    /// Puts the node in ERROR with `reason`; the request itself succeeded in deciding that.
+    pub(super) async fn fail(&self, node: &Node, reason: String) -> Result<Outcome, TetherError> {
+        warn!(node_id = %node.id, generation = node.generation, reason, "node in ERROR");
+        let saved = self.store.save(&lifecycle::failed(node, reason.clone(), Utc::now())).await?;
+        Ok(Outcome::Failed { node_id: saved.id, reason })
+    }
+}
+
+/// The launch candidates in order: each instance type on spot, then each on
+/// on-demand if the node allows it. All in the ENI's AZ: the ENI cannot move.
+fn candidates(spec: &NodeSpec) -> impl Iterator<Item = (&str, Market)> {
+    let spot = spec.instance_types.iter().map(|t| (t.as_str(), Market::Spot));
+    let on_demand = spec
+        .instance_types
+        .iter()
+        .filter(|_| spec.fallback_to_on_demand)
+        .map(|t| (t.as_str(), Market::OnDemand));
+    spot.chain(on_demand)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_spec as spec;
+
+    #[test]
+    fn candidates_are_spot_in_order_then_on_demand() {
+        let two_types = spec(&["m5.large", "m6i.large"], true);
+        let with = candidates(&two_types).collect::<Vec<_>>();
+        assert_eq!(
+            with,
+            vec![
+                ("m5.large", Market::Spot),
+                ("m6i.large", Market::Spot),
+                ("m5.large", Market::OnDemand),
+                ("m6i.large", Market::OnDemand)
+            ]
+        );
+        let spot_only = spec(&["m5.large"], false);
+        let without = candidates(&spot_only).collect::<Vec<_>>();
+        assert_eq!(without, vec![("m5.large", Market::Spot)]);
+    }
+}

@@ -1,0 +1,236 @@
+//! Creating, importing and deallocating nodes, with the checks a user expects before
+//! anything is created in EC2.
+
+use std::net::Ipv4Addr;
+
+use chrono::Utc;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tracing::info;
+
+use super::{Outcome, Tether, TetherError};
+use crate::error::ErrorClass;
+use crate::lifecycle;
+use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeSpec, NodeState, Persistence};
+
+/// What importing an existing instance takes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub instance_id: String,
+    /// Replacement candidates, in order; default: the instance's own type.
+    #[serde(default)]
+    pub instance_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub fallback_to_on_demand: Option<bool>,
+}
+
+impl Tether {
+    /// Creates a paused node after checking its subnet, private IP, Elastic IP and
+    /// instance types against EC2. Nothing exists in EC2 until `resume`.
+    pub async fn create_node(&self, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
+        check_shapes(&spec, &persistence)?;
+        let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
+            TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
+        })?;
+        if let Some(ip) = persistence.private_ip {
+            check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;
+            if self.network.private_ip_in_use(&spec.subnet_id, ip).await? {
+                return Err(TetherError::invalid(
+                    "persistence.private_ip",
+                    format!("{ip} is already in use in {}; choose a free address, or omit private_ip for a random one", spec.subnet_id),
+                ));
+            }
+        }
+        if let Some(allocation_id) = &persistence.elastic_ip_allocation_id {
+            let field = "persistence.elastic_ip_allocation_id";
+            let eip = self.network.describe_eip(allocation_id).await?.ok_or_else(|| {
+                TetherError::invalid(field, format!("Elastic IP allocation {allocation_id} does not exist in this Region"))
+            })?;
+            if eip.association_id.is_some() {
+                let holder = eip.instance_id.or(eip.network_interface_id).unwrap_or_else(|| "another resource".into());
+                return Err(TetherError::invalid(
+                    field,
+                    format!("Elastic IP {} ({allocation_id}) is associated with {holder}; disassociate it or choose another", eip.public_ip),
+                ));
+            }
+        }
+        self.check_instance_types(&spec.instance_types, "spec.instance_types").await?;
+        let mut node = Node::new(spec, persistence, Utc::now());
+        if let Some(who) = by {
+            node.history.clear();
+            node.record_by(node.created_at, "created", Some(who));
+        }
+        self.store.create(&node).await?;
+        info!(node_id = %node.id, "node created");
+        Ok(node)
+    }
+
+    pub(super) async fn check_instance_types(&self, instance_types: &[String], field: &str) -> Result<(), TetherError> {
+        let unknown = self.instances.unknown_instance_types(instance_types).await?;
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(TetherError::invalid(field, format!("not offered in this Region: {}", unknown.join(", "))))
+        }
+    }
+
+    /// Adopts a running instance as a running node: its primary ENI becomes the node's
+    /// (DeleteOnTermination turned off), its private IP and any Elastic IP are kept.
+    pub async fn import_instance(&self, request: &ImportRequest, by: Option<&str>) -> Result<Node, TetherError> {
+        let instance_id = request.instance_id.as_str();
+        let found = self.instances.importable(instance_id).await?.ok_or_else(|| {
+            TetherError::invalid("instance_id", format!("instance {instance_id} does not exist in this Region or has no primary network interface"))
+        })?;
+        if !matches!(found.summary.state.as_str(), "running" | "pending") {
+            return Err(TetherError::Conflict(format!(
+                "instance {instance_id} is {}; only a running instance can be imported",
+                found.summary.state
+            )));
+        }
+        if let Some(node_id) = &found.node_tag {
+            return Err(TetherError::Conflict(format!("instance {instance_id} is already managed by node {node_id}")));
+        }
+        let mut spec = found.spec.clone();
+        if let Some(types) = &request.instance_types {
+            if types.is_empty() {
+                return Err(TetherError::invalid("instance_types", "list at least one instance type, or omit it to keep the instance's own"));
+            }
+            self.check_instance_types(types, "instance_types").await?;
+            spec.instance_types = types.clone();
+        }
+        if let Some(fallback) = request.fallback_to_on_demand {
+            spec.fallback_to_on_demand = fallback;
+        }
+        let eip = self.network.eip_on_eni(&found.eni.id).await?;
+        let persistence = Persistence {
+            private_ip: Some(found.eni.private_ip),
+            elastic_ip_allocation_id: eip.as_ref().map(|e| e.allocation_id.clone()),
+            allocate_elastic_ip: false,
+        };
+        let now = Utc::now();
+        let mut node = Node::new(spec, persistence, now);
+        node.history.clear();
+        node.state = NodeState::Running;
+        node.generation = 1;
+        node.eni = Some(found.eni.clone());
+        node.elastic_ip = eip.map(|e| ElasticIpRecord { allocation_id: e.allocation_id, public_ip: e.public_ip, allocated_by_tether: false });
+        node.instance = Some(InstanceRecord {
+            id: instance_id.to_owned(),
+            generation: 1,
+            instance_type: found.summary.instance_type.clone(),
+            market: found.summary.market,
+            launched_at: now,
+        });
+        node.record_by(now, format!("imported instance {instance_id} with ENI {} ({})", found.eni.id, found.eni.private_ip), by);
+        // The ENI must outlive the instance before Tether promises anything about it.
+        self.instances.adopt(&node.id, &found).await?;
+        self.store.create(&node).await?;
+        info!(node_id = %node.id, instance_id, eni_id = found.eni.id, "instance imported");
+        Ok(node)
+    }
+
+    /// After the instance is gone: the Elastic IP is disassociated (and released if Tether
+    /// allocated it), the ENI deleted, unless the ENI is kept (with its Elastic IP).
+    pub(super) async fn release_network(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
+        if !node.keep_eni {
+            if let Some(eip) = &node.elastic_ip {
+                self.network.disassociate_eip(&eip.allocation_id).await?;
+            }
+            if let Some(eni) = &node.eni {
+                // The ENI is released only once the old instance has terminated.
+                let deleted = self.with_retries(deadline, false, || self.network.delete_eni(&eni.id)).await;
+                match deleted {
+                    Err(e) if e.class == ErrorClass::EniInUse => {
+                        return Err(TetherError::EniStillAttached {
+                            node_id: node.id.clone(),
+                            eni_id: eni.id.clone(),
+                            waited: std::time::Duration::ZERO,
+                            source: Box::new(e),
+                        })
+                    }
+                    other => other?,
+                }
+            }
+            if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
+                self.network.release_eip(&eip.allocation_id).await?;
+            }
+        }
+        let saved = self.store.save(&lifecycle::deallocated(&node, Utc::now())).await?;
+        info!(node_id = %saved.id, keep_eni = node.keep_eni, "deallocated");
+        Ok(Outcome::Recorded { node_id: saved.id, state: saved.state })
+    }
+}
+
+/// Checks that need no AWS call: the shapes of ids, and the choices that exclude each other.
+fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), TetherError> {
+    if !spec.subnet_id.starts_with("subnet-") {
+        return Err(TetherError::invalid("spec.subnet_id", "must be a subnet id like subnet-0123456789abcdef0"));
+    }
+    if !spec.image_id.starts_with("ami-") {
+        return Err(TetherError::invalid("spec.image_id", "must be an AMI id like ami-0123456789abcdef0"));
+    }
+    if spec.instance_types.is_empty() || spec.instance_types.iter().any(|t| t.trim().is_empty()) {
+        return Err(TetherError::invalid("spec.instance_types", "list at least one instance type, in order of preference"));
+    }
+    if let Some(sg) = spec.security_group_ids.iter().find(|g| !g.starts_with("sg-")) {
+        return Err(TetherError::invalid("spec.security_group_ids", format!("`{sg}` is not a security group id like sg-0123")));
+    }
+    if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-")) {
+        return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
+    }
+    if persistence.elastic_ip_allocation_id.is_some() && persistence.allocate_elastic_ip {
+        return Err(TetherError::invalid(
+            "persistence.allocate_elastic_ip",
+            "give either elastic_ip_allocation_id (your Elastic IP) or allocate_elastic_ip (Tether's), not both",
+        ));
+    }
+    Ok(())
+}
+
+/// A requested private IP must lie in the subnet and not be one of the 5 addresses AWS
+/// reserves in every subnet: the network address, the next three, and the last.
+pub(crate) fn check_private_ip(cidr: Ipv4Net, ip: Ipv4Addr) -> Result<(), String> {
+    if !cidr.contains(&ip) {
+        return Err(format!("{ip} is outside the subnet's range {cidr}; choose an address inside it, or omit private_ip for a random one"));
+    }
+    let network = u32::from(cidr.network());
+    let offset = u32::from(ip) - network;
+    if offset <= 3 || ip == cidr.broadcast() {
+        return Err(format!(
+            "{ip} is one of the 5 addresses AWS reserves in {cidr} (the first four and the last); choose another"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_spec;
+
+    #[test]
+    fn private_ip_must_be_inside_and_not_reserved() {
+        let cidr: Ipv4Net = "10.0.1.0/24".parse().expect("cidr");
+        for host in [0u8, 1, 2, 3, 255] {
+            let err = check_private_ip(cidr, Ipv4Addr::new(10, 0, 1, host)).expect_err("reserved");
+            assert!(err.contains("reserves"), "{err}");
+        }
+        assert!(check_private_ip(cidr, Ipv4Addr::new(10, 0, 2, 9)).expect_err("outside").contains("outside"));
+        assert!(check_private_ip(cidr, Ipv4Addr::new(10, 0, 1, 4)).is_ok());
+        assert!(check_private_ip(cidr, Ipv4Addr::new(10, 0, 1, 254)).is_ok());
+    }
+
+    #[test]
+    fn shapes_are_checked_and_the_field_named() {
+        let err = check_shapes(&test_spec(&[], true), &Persistence::default()).expect_err("no types");
+        assert!(err.to_string().starts_with("spec.instance_types"), "{err}");
+        let bad_eip = Persistence { elastic_ip_allocation_id: Some("1.2.3.4".into()), ..Persistence::default() };
+        let err = check_shapes(&test_spec(&["m5.large"], true), &bad_eip).expect_err("bad eip");
+        assert!(err.to_string().starts_with("persistence.elastic_ip_allocation_id"), "{err}");
+        let both = Persistence { elastic_ip_allocation_id: Some("eipalloc-1".into()), allocate_elastic_ip: true, ..Persistence::default() };
+        assert!(check_shapes(&test_spec(&["m5.large"], true), &both).is_err());
+        assert!(check_shapes(&test_spec(&["m5.large"], true), &Persistence::default()).is_ok());
+    }
+}

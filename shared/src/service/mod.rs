@@ -1,0 +1,255 @@
+//! The service: reads a node, asks the lifecycle what to do, and does it through the
+//! ports. Every node write is conditional; a lost race is re-read and re-decided.
+
+mod launch;
+mod manage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::time::Instant;
+use tracing::{debug, info, Instrument};
+
+use crate::error::{AwsError, ErrorClass};
+use crate::events::InstanceEvent;
+use crate::lifecycle::{self, Action, NodePatch, PatchError, Step};
+use crate::model::{Node, NodeId, NodeState};
+use crate::ports::{Instances, Network, NodeStore};
+
+pub use manage::ImportRequest;
+
+/// How often one request re-reads and re-decides after losing a race on a node.
+const MAX_CONFLICTS: usize = 8;
+
+/// Errors of the service layer. `is_retryable` tells a handler whether to let Lambda
+/// retry the event (error) or to acknowledge it (logged, success).
+#[derive(Debug, thiserror::Error)]
+pub enum TetherError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("ENI {eni_id} of node {node_id} is still attached to the previous instance after waiting {waited:?}: {source}")]
+    EniStillAttached { node_id: NodeId, eni_id: String, waited: Duration, source: Box<AwsError> },
+    #[error("no capacity for node {node_id}: tried {tried}; last error: {source}")]
+    NoCapacity { node_id: NodeId, tried: String, source: Box<AwsError> },
+    #[error("node {node_id} kept changing under this request ({MAX_CONFLICTS} conflicting writes)")]
+    Contended { node_id: NodeId },
+    #[error("node {0} not found")]
+    NodeNotFound(NodeId),
+    /// A request names something invalid: `field` says what, `reason` how to fix it.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The request does not fit the node's state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl TetherError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TetherError::Aws(e) => e.is_retryable(),
+            TetherError::EniStillAttached { .. } | TetherError::NoCapacity { .. } | TetherError::Contended { .. } => true,
+            TetherError::NodeNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) => false,
+        }
+    }
+
+    /// AWS's error code behind this error, if one is.
+    pub fn aws_code(&self) -> Option<&str> {
+        match self {
+            TetherError::Aws(e) => e.code.as_deref(),
+            TetherError::EniStillAttached { source: e, .. } | TetherError::NoCapacity { source: e, .. } => e.code.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TetherError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<PatchError> for TetherError {
+    fn from(e: PatchError) -> Self {
+        TetherError::Invalid { field: e.field.to_owned(), reason: e.reason }
+    }
+}
+
+/// What a request did, returned to the caller and logged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Ignored { reason: String },
+    Recorded { node_id: NodeId, state: NodeState },
+    Launched { node_id: NodeId, generation: u64, instance_id: String },
+    /// The node went to ERROR; `reason` says why (AWS's code included).
+    Failed { node_id: NodeId, reason: String },
+    Refused { reason: String },
+}
+
+/// Tunables, read once from the environment (see `config`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// First wait before retrying a launch on an ENI that is still in use.
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Time kept back from the invocation's deadline to record the outcome.
+    pub deadline_margin: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retry_min_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(5),
+            deadline_margin: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The ports a `Tether` works through.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn NodeStore>,
+    pub network: Arc<dyn Network>,
+    pub instances: Arc<dyn Instances>,
+}
+
+#[derive(Clone)]
+pub struct Tether {
+    store: Arc<dyn NodeStore>,
+    network: Arc<dyn Network>,
+    instances: Arc<dyn Instances>,
+    settings: Settings,
+}
+
+impl Tether {
+    pub fn new(ports: Ports, settings: Settings) -> Self {
+        Tether { store: ports.store, network: ports.network, instances: ports.instances, settings }
+    }
+
+    pub async fn node(&self, id: &NodeId) -> Result<Node, TetherError> {
+        self.store.get(id).await?.ok_or_else(|| TetherError::NodeNotFound(id.clone()))
+    }
+
+    /// One page of nodes; pass the returned id to get the next page.
+    pub async fn nodes(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), TetherError> {
+        Ok(self.store.list(limit, start_after).await?)
+    }
+
+    /// Resumes a node: at the first resume its ENI is created and the Elastic IP
+    /// associated; then an instance is launched on the ENI.
+    pub async fn resume(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "resume", |node| lifecycle::on_resume(node, Utc::now(), by)).await
+    }
+
+    /// Pauses a node: its instance is terminated, its ENI and Elastic IP kept.
+    pub async fn pause(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "pause", |node| lifecycle::on_pause(node, Utc::now(), by)).await
+    }
+
+    /// Replaces the node's instance by a new one on the same ENI.
+    pub async fn recycle(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "recycle", |node| lifecycle::on_recycle(node, Utc::now(), by)).await
+    }
+
+    /// Terminates the instance and deletes the ENI (unless `keep_eni`); releases the
+    /// Elastic IP if Tether allocated it, else disassociates it.
+    pub async fn deallocate(&self, id: &NodeId, keep_eni: bool, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "deallocate", |node| lifecycle::on_deallocate(node, keep_eni, Utc::now(), by)).await
+    }
+
+    /// Changes the node's launch settings; they take effect at the next launch.
+    pub async fn patch(&self, id: &NodeId, patch: &NodePatch, by: Option<&str>) -> Result<Node, TetherError> {
+        if let Some(types) = &patch.instance_types {
+            self.check_instance_types(types, "instance_types").await?;
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let node = self.node(id).await?;
+            match self.store.save(&lifecycle::patched(&node, patch, Utc::now(), by)?).await {
+                Err(e) if e.class == ErrorClass::Conflict => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(TetherError::Contended { node_id: id.clone() })
+    }
+
+    async fn user_action(
+        &self,
+        id: &NodeId,
+        deadline: Instant,
+        name: &'static str,
+        decide: impl Fn(&Node) -> Step,
+    ) -> Result<Outcome, TetherError> {
+        let node = self.node(id).await?;
+        let span = tracing::info_span!("action", action = name, node_id = %id, generation = node.generation);
+        self.decide_and_act(node, deadline, decide).instrument(span).await
+    }
+
+    /// Handles an EC2 event about an instance.
+    pub async fn handle_instance_event(&self, event: &InstanceEvent, deadline: Instant) -> Result<Outcome, TetherError> {
+        let instance_id = event.instance_id();
+        let Some(node) = self.store.find_by_instance(instance_id).await? else {
+            debug!(instance_id, "no node has this instance as its current one; ignored");
+            return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
+        };
+        let span = tracing::info_span!("event", node_id = %node.id, instance_id, generation = node.generation);
+        self.decide_and_act(node, deadline, |node| lifecycle::on_instance_event(node, event, Utc::now()))
+            .instrument(span)
+            .await
+    }
+
+    /// Runs the lifecycle's step; on a lost race re-reads the node and decides again.
+    async fn decide_and_act(
+        &self,
+        mut node: Node,
+        deadline: Instant,
+        decide: impl Fn(&Node) -> Step,
+    ) -> Result<Outcome, TetherError> {
+        for _ in 0..MAX_CONFLICTS {
+            match self.act(&node, decide(&node), deadline).await {
+                Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
+                    debug!(node_id = %node.id, "node changed meanwhile; re-reading");
+                    node = self.node(&node.id).await?;
+                }
+                other => return other,
+            }
+        }
+        Err(TetherError::Contended { node_id: node.id })
+    }
+
+    async fn act(&self, node: &Node, step: Step, deadline: Instant) -> Result<Outcome, TetherError> {
+        match step {
+            Step::Ignore(reason) => {
+                debug!(node_id = %node.id, state = ?node.state, reason, "ignored");
+                Ok(Outcome::Ignored { reason: reason.to_owned() })
+            }
+            Step::Refuse(reason) => Ok(Outcome::Refused { reason }),
+            Step::Apply { next, actions } => {
+                let saved = self.store.save(&next).await?;
+                info!(node_id = %saved.id, state = ?saved.state, generation = saved.generation, what = last_history(&saved), "recorded");
+                self.perform(saved, actions, deadline).await
+            }
+            Step::Continue(actions) => self.perform(node.clone(), actions, deadline).await,
+        }
+    }
+
+    /// Performs a step's actions in order; the last one's outcome is the step's.
+    async fn perform(&self, node: Node, actions: Vec<Action>, deadline: Instant) -> Result<Outcome, TetherError> {
+        let mut outcome = Outcome::Recorded { node_id: node.id.clone(), state: node.state };
+        for action in actions {
+            match action {
+                Action::Terminate(instance_id) => {
+                    self.instances.terminate(&instance_id).await?;
+                    info!(node_id = %node.id, instance_id, "instance terminated");
+                }
+                Action::Launch => outcome = self.launch(node.clone(), deadline).await?,
+                Action::ReleaseNetwork => outcome = self.release_network(node.clone(), deadline).await?,
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn last_history(node: &Node) -> &str {
+    node.history.last().map(|h| h.what.as_str()).unwrap_or_default()
+}
