@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_config::SdkConfig;
+pub use aws_config::SdkConfig;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud};
+use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud, idempotency::DynamoIdempotencyStore};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
 use crate::service::{Ports, Tether, TetherError};
@@ -41,11 +41,20 @@ pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     Tether::new(Ports { store: Arc::new(store), network: ec2.clone(), instances: ec2 }, config.settings.clone())
 }
 
-/// Reads the config and loads AWS settings the standard way (env, profile, role).
+/// The idempotency-key store in the same table.
+pub fn idempotency_from_sdk(sdk: &SdkConfig, config: &Config) -> DynamoIdempotencyStore {
+    DynamoIdempotencyStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone())
+}
+
+/// AWS settings the standard way (environment, profile, role; `AWS_ENDPOINT_URL` too).
+pub async fn load_sdk() -> SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Reads the config and builds the service on AWS clients.
 pub async fn tether_from_env() -> Result<Tether, lambda_runtime::Error> {
     let config = Config::from_env()?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    Ok(tether_from_sdk(&sdk, &config))
+    Ok(tether_from_sdk(&load_sdk().await, &config))
 }
 
 /// The invocation's deadline as a monotonic instant.

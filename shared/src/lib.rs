@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod ports;
 pub mod service;
+pub mod views;
 
 pub use error::{AwsError, ErrorClass};
 pub use model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};

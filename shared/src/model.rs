@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How many history entries a node keeps; older ones are dropped first.
@@ -13,7 +14,7 @@ pub const HISTORY_LIMIT: usize = 50;
 
 /// A node's id: `tn-` followed by 32 hex digits. Short enough that a RunInstances
 /// ClientToken derived from it stays well under EC2's 64-character limit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct NodeId(String);
 
@@ -48,7 +49,7 @@ impl fmt::Display for NodeId {
 
 /// What every instance of the node is launched with. Subnet and security groups
 /// go on the ENI (created once); the rest is read at each launch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     pub subnet_id: String,
@@ -77,7 +78,7 @@ fn default_true() -> bool {
 }
 
 /// The network identity the node keeps for life.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
     /// `None`: EC2 picks one from the subnet at the first resume, and it is kept from then on.
@@ -91,7 +92,7 @@ pub struct Persistence {
     pub allocate_elastic_ip: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// No instance, none wanted. The ENI (if created yet) and the EIP are kept.
@@ -115,7 +116,7 @@ pub enum NodeState {
     Deallocated,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {
     Spot,
@@ -175,7 +176,7 @@ pub struct InterruptionRecord {
     pub noticed_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     pub generation: u64,

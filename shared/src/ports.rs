@@ -149,3 +149,26 @@ pub trait Instances: Send + Sync {
     /// and it and the ENI are tagged with the node id.
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
 }
+
+/// The outcome of claiming an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// First use (or an earlier claim went stale): go ahead, then `complete` or `release`.
+    New,
+    /// The same request completed before: answer with what it answered.
+    Replay { status: u16, body: String },
+    /// The same request is being processed right now.
+    InProgress,
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+/// Remembers requests by idempotency key, so that a retried request is answered once.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, AwsError>;
+    /// Stores the answer to replay for later uses of the key.
+    async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError>;
+    /// Forgets the key (the request failed in a way worth retrying).
+    async fn release(&self, key: &str) -> Result<(), AwsError>;
+}

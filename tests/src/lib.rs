@@ -3,6 +3,7 @@
 //! an Elastic IP, a DynamoDB table) plus a `Tether` wired to them.
 
 pub mod events;
+pub mod local_api;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -115,6 +116,8 @@ pub struct Fixture {
     /// Tether's EC2 adapter on an uncounted client: how tests and the demo interrupt and observe.
     pub cloud: Ec2Cloud,
     pub tether: Tether,
+    /// The management API on the same service, as the `api` function runs it.
+    pub api: Arc<tether_api::Api>,
     pub vpc_id: String,
     /// A /24 in `<REGION>a`: 10.<n>.1.0/24.
     pub subnet_id: String,
@@ -186,6 +189,8 @@ impl Fixture {
             instances: counted_cloud,
         };
         let tether = Tether::new(ports, settings);
+        let idempotency = tether::aws::idempotency::DynamoIdempotencyStore::new(dynamodb.clone(), table_name.clone());
+        let api = Arc::new(tether_api::Api::new(tether.clone(), Arc::new(idempotency), API_ACTION_BUDGET));
         let cloud = Ec2Cloud::new(ec2.clone());
         Ok(Fixture {
             calls,
@@ -194,6 +199,7 @@ impl Fixture {
             store,
             cloud,
             tether,
+            api,
             vpc_id,
             subnet_id,
             subnet_cidr,
@@ -353,6 +359,9 @@ pub fn on_eni(eni_id: &str) -> aws_sdk_ec2::types::InstanceNetworkInterfaceSpeci
         .delete_on_termination(false)
         .build()
 }
+
+/// How long the API's long actions may work before answering 202, in tests and locally.
+pub const API_ACTION_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Short retry delays: tests wait for the emulator, not for AWS.
 pub fn fast_settings() -> Settings {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{begin_launch, Action, Step};
@@ -86,7 +87,7 @@ fn gone(node: &Node) -> String {
 }
 
 /// The spec fields a user may change; they take effect at the next launch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
     pub image_id: Option<String>,

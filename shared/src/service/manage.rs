@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use chrono::Utc;
 use ipnet::Ipv4Net;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::info;
@@ -15,7 +16,7 @@ use crate::lifecycle;
 use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeSpec, NodeState, Persistence};
 
 /// What importing an existing instance takes.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     pub instance_id: String,
