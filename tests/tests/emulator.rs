@@ -3,5 +3,6 @@
 
 mod emulator {
     pub mod rules;
+    pub mod api;
     pub mod scenarios;
 }

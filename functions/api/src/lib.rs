@@ -161,7 +161,7 @@ impl Api {
             (Operation::CreateNode, _) => {
                 let request: CreateNode = match parse(call.body, call.route) {
                     Ok(r) => r,
-                    Err(answer) => return answer,
+                    Err(answer) => return *answer,
                 };
                 let node = match self.tether.create_node(request.spec, request.persistence, by).await {
                     Ok(node) => node,
@@ -177,7 +177,7 @@ impl Api {
             (Operation::ImportNode, _) => {
                 let request: ImportRequest = match parse(call.body, call.route) {
                     Ok(r) => r,
-                    Err(answer) => return answer,
+                    Err(answer) => return *answer,
                 };
                 match self.tether.import_instance(&request, by).await {
                     Ok(node) => self.created(&node.id).await,
@@ -188,7 +188,7 @@ impl Api {
             (Operation::PatchNode, Some(id)) => {
                 let patch: NodePatch = match parse(call.body, call.route) {
                     Ok(p) => p,
-                    Err(answer) => return answer,
+                    Err(answer) => return *answer,
                 };
                 match self.tether.patch(&id, &patch, by).await {
                     Ok(node) => json(StatusCode::OK, &NodeView::from(&node)),
@@ -205,7 +205,7 @@ impl Api {
             (Operation::DeallocateNode, Some(id)) => {
                 let options: Deallocate = match parse(call.body, call.route) {
                     Ok(o) => o,
-                    Err(answer) => return answer,
+                    Err(answer) => return *answer,
                 };
                 self.after(&id, self.tether.deallocate(&id, options.keep_eni, deadline, by).await).await
             }
@@ -305,11 +305,11 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// A JSON body into `T`, or a 400 problem naming the field at fault.
-fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Answer> {
+fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Box<Answer>> {
     let required = route.body.is_some_and(|(_, required)| required);
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         if required {
-            return Err(problem(StatusCode::BAD_REQUEST, "invalid-request", "a JSON request body is required", None));
+            return Err(Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", "a JSON request body is required", None)));
         }
         &b"{}"[..]
     } else {
@@ -318,11 +318,8 @@ fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Answer> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let message = e.inner().to_string();
-        let mut field = e.path().to_string();
-        if let Some(name) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
-            field = if field == "." { name.to_owned() } else { format!("{field}.{name}") };
-        }
-        let field = Some(field).filter(|f| f != ".");
-        problem(StatusCode::BAD_REQUEST, "invalid-request", message, field.as_deref())
+        // The path names the field at fault, an unknown one included (e.g. `spec.color`).
+        let field = Some(e.path().to_string()).filter(|f| f != ".");
+        Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", message, field.as_deref()))
     })
 }
