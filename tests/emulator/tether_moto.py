@@ -330,9 +330,14 @@ def patch_eni_in_use() -> None:
     fails with the same code. A launch on a free ENI boots the instance in the
     ENI's subnet, VPC and Availability Zone.
 
+    DeleteNetworkInterface of an ENI attached to a live instance fails with the
+    same code ("The network interface 'eni-...' is currently in use."): an ENI can
+    only be deleted once its instance has released it.
+
     moto 5.2.5: silently re-attaches the ENI to the new instance (the old
-    instance keeps listing it too), and places the instance in the requested
-    Placement.AvailabilityZone or in <region>a, not in the ENI's AZ.
+    instance keeps listing it too), places the instance in the requested
+    Placement.AvailabilityZone or in <region>a, not in the ENI's AZ, and deletes
+    attached ENIs.
     """
 
     def in_use_error(eni: Any) -> EC2ClientError:
@@ -356,6 +361,17 @@ def patch_eni_in_use() -> None:
 
     _launch_checks.append(check_launch)
     _attach_checks.append(check_attach)
+
+    original_delete = EC2Backend.delete_network_interface
+
+    @locked
+    def delete_network_interface(self: Any, eni_id: str) -> None:
+        eni = self.enis.get(eni_id)
+        if eni is not None and attached_to_live_instance(eni):
+            raise ec2_error("InvalidNetworkInterface.InUse", f"The network interface '{eni_id}' is currently in use.")
+        original_delete(self, eni_id)
+
+    EC2Backend.delete_network_interface = delete_network_interface
 
 
 # --------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use lambda_http::http::{Method, Request, StatusCode};
-use tether::ports::Instances;
+use tether::ports::{Instances, NodeStore};
 use serde_json::{json, Value};
 use tether_tests::local_api::{as_lambda_request, ACCESS_KEY_ID};
 use tether_tests::{Fixture, SetupError};
@@ -313,5 +313,33 @@ async fn requests_without_an_iam_identity_are_refused() -> Result<(), SetupError
     let request = as_lambda_request(Request::builder().method(Method::GET).uri("/nodes"), b"", None)?;
     let response = fx.api.handle(request).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deallocation_waits_for_the_eni_and_finishes_on_the_termination_event() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (_, node) = call(&fx, Method::POST, "/nodes", Some(create_body(&fx, json!({}), true))).await?;
+    let id = tether::NodeId::parse(node["id"].as_str().ok_or("no id")?).ok_or("bad id")?;
+    let instance_id = node["instance_id"].as_str().ok_or("no instance")?.to_owned();
+    let eni_id = node["eni_id"].as_str().ok_or("no ENI")?.to_owned();
+    // As on AWS, the terminated instance holds its ENI a while: stage the deallocation as
+    // recorded while the instance still runs, then deliver the termination event early.
+    let running = fx.tether.node(&id).await?;
+    let tether::lifecycle::Step::Apply { next, .. } = tether::lifecycle::on_deallocate(&running, false, chrono::Utc::now(), None) else {
+        return Err("deallocate did not apply".into());
+    };
+    fx.store.save(&next).await?;
+    let terminated = tether::events::InstanceEvent::StateChange { instance_id: instance_id.clone(), state: tether::events::InstanceState::Terminated };
+    let short = tokio::time::Instant::now() + std::time::Duration::from_millis(600);
+    let err = fx.tether.handle_instance_event(&terminated, short).await.expect_err("the ENI is still attached");
+    assert!(err.is_retryable() && err.aws_code() == Some("InvalidNetworkInterface.InUse"), "{err}");
+    assert_eq!(fx.tether.node(&id).await?.state, tether::NodeState::Deallocating, "not given up");
+    fx.eni(&eni_id).await?;
+
+    fx.interrupt(&instance_id).await?;
+    fx.tether.handle_instance_event(&terminated, tokio::time::Instant::now() + std::time::Duration::from_secs(30)).await?;
+    assert_eq!(fx.tether.node(&id).await?.state, tether::NodeState::Deallocated);
+    assert!(fx.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await.is_err(), "ENI deleted");
     Ok(())
 }

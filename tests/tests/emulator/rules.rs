@@ -66,6 +66,8 @@ async fn launching_on_an_eni_in_use_fails_and_launches_nothing() -> Result<(), S
     let second = launch_on_eni(&fx, &eni).await.expect_err("second launch on an in-use ENI must fail");
     assert_eq!(code(&second), "InvalidNetworkInterface.InUse");
     assert_eq!(fx.instances_in_vpc().await?, vec![first.clone()], "only the first instance exists");
+    let delete = fx.ec2.delete_network_interface().network_interface_id(&eni).send().await;
+    assert_eq!(delete.map_err(|e| e.code().map(str::to_owned)).err().flatten().as_deref(), Some("InvalidNetworkInterface.InUse"), "an attached ENI cannot be deleted");
 
     // Once the first is gone, the ENI is free again and the next launch boots on it.
     fx.interrupt(&first).await?;
