@@ -4,5 +4,6 @@
 mod emulator {
     pub mod rules;
     pub mod api;
+    pub mod cli;
     pub mod scenarios;
 }

@@ -1,0 +1,673 @@
+//! `tether`: the operators' command-line client of Tether's management API.
+//!
+//! Requests are SigV4-signed for API Gateway (service `execute-api`) with credentials from
+//! the standard AWS chain. The library runs one command line in-process ([`run`]), so the
+//! tests drive it against the local API exactly as the binary does.
+
+mod http;
+mod output;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+use clap::{Args, Parser, Subcommand};
+use hyper::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tether::model::{NodeSpec, Persistence};
+use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, NodeView, Problem};
+use tether::{ImportRequest, NodeState};
+use tokio::time::Instant;
+
+pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
+
+/// The environment variable naming the API's URL when `--endpoint` is not given.
+pub const API_URL_VARIABLE: &str = "TETHER_API_URL";
+/// The Region used when neither `--region` nor the AWS configuration names one.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// `tether`: manage Tether's stateful nodes through the management API.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Manage Tether's stateful nodes through the management API (requests are SigV4-signed)",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The API's URL, e.g. https://abc123.execute-api.eu-west-1.amazonaws.com [env: TETHER_API_URL]
+    #[arg(long, global = true, value_name = "URL", help_heading = "Global options")]
+    pub endpoint: Option<String>,
+    /// The Region the requests are signed for (default: the AWS configuration's, else us-east-1)
+    #[arg(long, global = true, value_name = "REGION", help_heading = "Global options")]
+    pub region: Option<String>,
+    /// The named profile of the AWS configuration files to take credentials and Region from
+    #[arg(long, global = true, value_name = "NAME", help_heading = "Global options")]
+    pub profile: Option<String>,
+    /// Print the API's JSON answers instead of tables
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stateful nodes: list, show, create, and their lifecycle actions
+    #[command(subcommand, alias = "node")]
+    Nodes(NodesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List nodes (one page unless --all)
+    List {
+        /// Nodes per page, 1 to 100 (the API's default: 25)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: Option<u32>,
+        /// Follow `next_token` until the last page
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one node: state, instance, network identity, spec
+    Show {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+    },
+    /// What happened to a node, and who asked
+    History {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+    },
+    /// Create a node (paused unless --resume)
+    Create(Box<CreateArgs>),
+    /// Terminate the node's instance; keep its ENI and Elastic IP
+    Pause {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Launch an instance on the node's ENI (the ENI is created at the first resume)
+    Resume {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Replace the node's instance by a new one on the same ENI
+    Recycle {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Terminate the instance, delete the ENI, release (Tether's) or disassociate (yours) the Elastic IP
+    Deallocate {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        /// Keep the ENI and the Elastic IP on it: the private IP stays reserved
+        #[arg(long)]
+        keep_eni: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Adopt a running instance as a node, keeping its private IP and Elastic IP
+    Import {
+        #[arg(value_name = "INSTANCE_ID")]
+        instance_id: String,
+        /// Replacement candidates, in order (repeat the flag; default: the instance's own type)
+        #[arg(long = "instance-type", value_name = "TYPE")]
+        instance_types: Vec<String>,
+        /// Never fall back to on-demand when no spot capacity is left
+        #[arg(long)]
+        no_on_demand_fallback: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The subnet of the node's ENI (fixes its Availability Zone for life)
+    #[arg(long, value_name = "SUBNET_ID")]
+    pub subnet: String,
+    /// The AMI every instance of the node boots
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: String,
+    /// Instance types in order of preference, spot first (repeat the flag)
+    #[arg(long = "instance-type", value_name = "TYPE", required = true)]
+    pub instance_types: Vec<String>,
+    /// Security groups of the ENI (repeat the flag)
+    #[arg(long = "security-group", value_name = "SG_ID")]
+    pub security_groups: Vec<String>,
+    /// The EC2 key pair of the instances
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN
+    #[arg(long, value_name = "NAME_OR_ARN")]
+    pub instance_profile: Option<String>,
+    /// A file whose text is the instances' user data
+    #[arg(long, value_name = "FILE")]
+    pub user_data_file: Option<PathBuf>,
+    /// A tag of the node's instances (repeat the flag)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Never fall back to on-demand when no spot capacity is left
+    #[arg(long)]
+    pub no_on_demand_fallback: bool,
+    /// The node's private IP for life (default: EC2 picks one at the first resume)
+    #[arg(long, value_name = "IP")]
+    pub private_ip: Option<Ipv4Addr>,
+    /// Your Elastic IP allocation to keep on the node (disassociated, never released, at deallocation)
+    #[arg(long, value_name = "ALLOCATION_ID", conflicts_with = "allocate_elastic_ip")]
+    pub elastic_ip: Option<String>,
+    /// Let Tether allocate an Elastic IP at the first resume (released at deallocation)
+    #[arg(long)]
+    pub allocate_elastic_ip: bool,
+    /// Resume the node right away: create its ENI and launch its first instance
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub post: PostArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until the node is settled (running, paused, deallocated or error), showing progress
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    /// The request's Idempotency-Key (default: a new UUID); reuse it to repeat a request safely
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
+/// What the process environment contributes. Tests build one by hand, so that parallel
+/// tests need no process-wide variables.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    /// `TETHER_API_URL`.
+    pub api_url: Option<String>,
+    /// The Region when `--region` is not given; `None`: the AWS configuration's, else us-east-1.
+    pub region: Option<String>,
+    /// Credentials to sign with; `None`: the standard AWS chain (environment variables,
+    /// profiles, web identity, ECS and EC2 instance metadata).
+    pub credentials: Option<Credentials>,
+    /// How often `--wait` asks for the node.
+    pub poll_interval: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Environment {
+    /// The real process's environment: `TETHER_API_URL`; credentials and Region from the AWS chain.
+    pub fn from_process() -> Environment {
+        Environment { api_url: std::env::var(API_URL_VARIABLE).ok().filter(|u| !u.trim().is_empty()), ..Environment::default() }
+    }
+}
+
+impl Default for Environment {
+    fn default() -> Self {
+        Environment {
+            api_url: None,
+            region: None,
+            credentials: None,
+            poll_interval: Duration::from_secs(2),
+            retry: RetryPolicy { attempts: 4, base_delay: Duration::from_millis(500) },
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line or configuration cannot work (exit code 2).
+    Usage(String),
+    /// Local set-up failed: credentials, certificates, files.
+    Config(String),
+    /// The API could not be reached, or did not answer.
+    Transport(String),
+    /// The API answered with an error.
+    Api { status: StatusCode, problem: Option<Box<Problem>>, body: bytes::Bytes },
+    /// The command ran but did not reach its goal (a wait timed out, the node went to error).
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One command line's result, as captured by [`run_captured`].
+#[derive(Clone, Debug)]
+pub struct Captured {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs one command line (`args` includes the program name); returns the exit code:
+/// 0 done, 1 failed, 2 usage error.
+pub async fn run<I, T>(args: I, env: &Environment, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = e.render().to_string();
+            let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
+            return e.exit_code();
+        }
+    };
+    let json = cli.json;
+    match execute(cli, env, out, err).await {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&e, json, out, err);
+            e.exit_code()
+        }
+    }
+}
+
+/// [`run`] with its output captured.
+pub async fn run_captured<I, T>(args: I, env: &Environment) -> Captured
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run(args, env, &mut out, &mut err).await;
+    Captured { code, stdout: String::from_utf8_lossy(&out).into_owned(), stderr: String::from_utf8_lossy(&err).into_owned() }
+}
+
+fn report(e: &CliError, json: bool, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) {
+    match e {
+        CliError::Usage(why) | CliError::Config(why) | CliError::Transport(why) | CliError::Failed(why) => {
+            let _ = writeln!(err, "error: {why}");
+        }
+        CliError::Api { status, problem: Some(problem), body } => {
+            if json {
+                let _ = writeln!(out, "{}", output::pretty(body));
+            }
+            let detail = if problem.detail.is_empty() { &problem.title } else { &problem.detail };
+            let _ = writeln!(err, "error: {detail}");
+            if let Some(field) = &problem.field {
+                let _ = writeln!(err, "field: {field}");
+            }
+            if let Some(code) = &problem.aws_code {
+                let _ = writeln!(err, "aws code: {code}");
+            }
+            if *status == StatusCode::FORBIDDEN {
+                let _ = writeln!(err, "hint: {FORBIDDEN_HINT}");
+            }
+        }
+        CliError::Api { status, problem: None, body } => {
+            // API Gateway's own answers are `{"message": "..."}`.
+            let message = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
+            let reason = status.canonical_reason().unwrap_or("");
+            let _ = writeln!(err, "error: HTTP {} {reason}: {}", status.as_u16(), message.trim());
+            if *status == StatusCode::FORBIDDEN {
+                let _ = writeln!(err, "hint: {FORBIDDEN_HINT}");
+            }
+        }
+    }
+}
+
+const FORBIDDEN_HINT: &str = "the API did not accept the request's signature or identity: check the credentials \
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile), that --region is the API's Region, \
+and that the identity may call execute-api:Invoke on this API";
+
+/// The client, once the endpoint, Region and credentials are known.
+struct Session<'a> {
+    client: http::ApiClient,
+    env: &'a Environment,
+    json: bool,
+}
+
+async fn execute(cli: Cli, env: &Environment, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
+    let Cli { endpoint, region: region_flag, profile, json, command: Command::Nodes(command) } = cli;
+    // Everything local is checked before credentials are looked up.
+    let request = plan(&command)?;
+    let raw_endpoint = endpoint.or_else(|| env.api_url.clone()).ok_or_else(|| {
+        CliError::Usage(format!("no API endpoint: pass --endpoint URL or set {API_URL_VARIABLE}"))
+    })?;
+    let endpoint = Endpoint::parse(&raw_endpoint).map_err(|why| CliError::Usage(format!("--endpoint / {API_URL_VARIABLE}: {why}")))?;
+    let region = region(region_flag, profile.as_deref(), env).await;
+    let credentials = credentials(profile.as_deref(), env, &region).await?;
+    let client = http::ApiClient::new(endpoint, region, credentials, env.retry)?;
+    let session = Session { client, env, json };
+    session.perform(command, request, out, err).await
+}
+
+async fn region(flag: Option<String>, profile: Option<&str>, env: &Environment) -> String {
+    if let Some(region) = flag.or_else(|| env.region.clone()) {
+        return region;
+    }
+    let mut chain = aws_config::default_provider::region::DefaultRegionChain::builder();
+    if let Some(profile) = profile {
+        chain = chain.profile_name(profile);
+    }
+    match chain.build().region().await {
+        Some(region) => region.to_string(),
+        None => DEFAULT_REGION.to_owned(),
+    }
+}
+
+async fn credentials(profile: Option<&str>, env: &Environment, region: &str) -> Result<Credentials, CliError> {
+    if let Some(credentials) = &env.credentials {
+        return Ok(credentials.clone());
+    }
+    let mut chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .region(aws_config::Region::new(region.to_owned()));
+    if let Some(profile) = profile {
+        chain = chain.profile_name(profile);
+    }
+    chain.build().await.provide_credentials().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why.push_str(": ");
+            why.push_str(&s.to_string());
+            source = s.source();
+        }
+        CliError::Config(format!(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use a profile \
+             (AWS_PROFILE or --profile) with static keys or a role; SSO and credential_process profiles \
+             are not supported by this build ({why})"
+        ))
+    })
+}
+
+/// The first request of a command, built from the command line alone.
+struct Planned {
+    method: Method,
+    path: String,
+    body: Option<Vec<u8>>,
+    /// POSTs carry an Idempotency-Key.
+    idempotency_key: Option<String>,
+    /// `--wait`: how long.
+    wait: Option<Duration>,
+}
+
+fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
+    let get = |path: String| Planned { method: Method::GET, path, body: None, idempotency_key: None, wait: None };
+    let post = |path: String, body: Option<Vec<u8>>, post: &PostArgs, wait: Option<&WaitArgs>| Planned {
+        method: Method::POST,
+        path,
+        body,
+        idempotency_key: Some(post.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
+        wait: wait.filter(|w| w.wait).map(|w| Duration::from_secs(w.timeout)),
+    };
+    let node_path = |id: &str, action: &str| format!("/nodes/{}{action}", http::encode(id));
+    Ok(match command {
+        NodesCommand::List { limit, .. } => get(list_path(*limit, None)),
+        NodesCommand::Show { id } => get(node_path(id, "")),
+        NodesCommand::History { id } => get(node_path(id, "/history")),
+        NodesCommand::Pause { id, post: p } => post(node_path(id, "/pause"), None, p, None),
+        NodesCommand::Resume { id, wait, post: p } => post(node_path(id, "/resume"), None, p, Some(wait)),
+        NodesCommand::Recycle { id, wait, post: p } => post(node_path(id, "/recycle"), None, p, Some(wait)),
+        NodesCommand::Deallocate { id, keep_eni, wait, post: p } => {
+            let body = to_json(&Deallocate { keep_eni: *keep_eni })?;
+            post(node_path(id, "/deallocate"), Some(body), p, Some(wait))
+        }
+        NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, wait, post: p } => {
+            let mut body = serde_json::json!({ "instance_id": instance_id });
+            if !instance_types.is_empty() {
+                body["instance_types"] = serde_json::json!(instance_types);
+            }
+            if *no_on_demand_fallback {
+                body["fallback_to_on_demand"] = Value::Bool(false);
+            }
+            // The body must be the API's ImportRequest (which the API only deserializes).
+            serde_json::from_value::<ImportRequest>(body.clone())
+                .map_err(|e| CliError::Usage(format!("cannot build the import request: {e}")))?;
+            post("/nodes/import".to_owned(), Some(to_json(&body)?), p, Some(wait))
+        }
+        NodesCommand::Create(args) => {
+            let user_data = match &args.user_data_file {
+                None => None,
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                    CliError::Usage(format!("--user-data-file {}: {e} (user data must be a UTF-8 text file)", path.display()))
+                })?),
+            };
+            let request = CreateNode {
+                spec: NodeSpec {
+                    subnet_id: args.subnet.clone(),
+                    image_id: args.image.clone(),
+                    instance_types: args.instance_types.clone(),
+                    security_group_ids: args.security_groups.clone(),
+                    key_name: args.key_name.clone(),
+                    iam_instance_profile: args.instance_profile.clone(),
+                    user_data,
+                    tags: args.tags.iter().cloned().collect(),
+                    fallback_to_on_demand: !args.no_on_demand_fallback,
+                },
+                persistence: Persistence {
+                    private_ip: args.private_ip,
+                    elastic_ip_allocation_id: args.elastic_ip.clone(),
+                    allocate_elastic_ip: args.allocate_elastic_ip,
+                },
+                resume: args.resume,
+            };
+            post("/nodes".to_owned(), Some(to_json(&request)?), &args.post, Some(&args.wait))
+        }
+    })
+}
+
+fn list_path(limit: Option<u32>, next_token: Option<&str>) -> String {
+    let mut query = Vec::new();
+    if let Some(limit) = limit {
+        query.push(format!("limit={limit}"));
+    }
+    if let Some(token) = next_token {
+        query.push(format!("next_token={}", http::encode(token)));
+    }
+    if query.is_empty() {
+        "/nodes".to_owned()
+    } else {
+        format!("/nodes?{}", query.join("&"))
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CliError> {
+    serde_json::to_vec(value).map_err(|e| CliError::Config(format!("cannot write the request body: {e}")))
+}
+
+/// A node state the node leaves by itself: a launch or deallocation going on, or an
+/// interrupted instance about to be replaced.
+fn transitional(state: NodeState) -> bool {
+    matches!(state, NodeState::Launching | NodeState::Deallocating | NodeState::Recovering)
+}
+
+impl Session<'_> {
+    async fn perform(&self, command: NodesCommand, request: Planned, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
+        match command {
+            NodesCommand::List { limit, all } => {
+                let (mut page, raw): (NodeList, _) = self.call_raw(&request, err).await?;
+                let mut raw = Some(raw);
+                let mut seen = std::collections::HashSet::new();
+                while let Some(token) = page.next_token.clone().filter(|_| all) {
+                    if !seen.insert(token.clone()) {
+                        return Err(CliError::Failed(format!("the API returned next_token {token} twice; stopping")));
+                    }
+                    let next = Planned { path: list_path(limit, Some(&token)), ..request.clone_get() };
+                    let more: NodeList = self.call(&next, err).await?;
+                    page.nodes.extend(more.nodes);
+                    page.next_token = more.next_token;
+                    raw = None;
+                }
+                if self.json {
+                    // One page: the API's answer as is; several: the pages joined.
+                    let text = raw.map(|r| output::pretty(&r)).unwrap_or_else(|| output::json(&page));
+                    let _ = writeln!(out, "{text}");
+                } else {
+                    let _ = write!(out, "{}", output::node_table(&page.nodes));
+                    if let Some(token) = &page.next_token {
+                        let _ = writeln!(err, "more nodes after {token}: use --all to list every page");
+                    }
+                }
+                Ok(())
+            }
+            NodesCommand::History { .. } => {
+                let (history, raw): (NodeHistory, _) = self.call_raw(&request, err).await?;
+                let text = if self.json { output::pretty(&raw) + "\n" } else { output::history_table(&history) };
+                let _ = write!(out, "{text}");
+                Ok(())
+            }
+            _ => {
+                let shown = self.call_raw(&request, err).await?;
+                let (node, raw) = match request.wait {
+                    Some(timeout) => self.wait(shown, timeout, out, err).await?,
+                    None => shown,
+                };
+                self.print_node(&node, &raw, out);
+                Ok(())
+            }
+        }
+    }
+
+    fn print_node(&self, node: &NodeView, raw: &[u8], out: &mut (dyn Write + Send)) {
+        let text = if self.json { output::pretty(raw) + "\n" } else { output::node_block(node) };
+        let _ = write!(out, "{text}");
+    }
+
+    /// Sends `request` and reads its JSON answer.
+    async fn call<T: DeserializeOwned>(&self, request: &Planned, err: &mut (dyn Write + Send)) -> Result<T, CliError> {
+        Ok(self.call_raw(request, err).await?.0)
+    }
+
+    /// Sends `request`; its JSON answer, read and as sent.
+    async fn call_raw<T: DeserializeOwned>(&self, request: &Planned, err: &mut (dyn Write + Send)) -> Result<(T, bytes::Bytes), CliError> {
+        let answer = self
+            .client
+            .send(request.method.clone(), &request.path, request.body.clone(), request.idempotency_key.as_deref(), err)
+            .await?;
+        if !answer.status.is_success() {
+            let problem = serde_json::from_slice::<Problem>(&answer.body).ok().map(Box::new);
+            return Err(CliError::Api { status: answer.status, problem, body: answer.body });
+        }
+        let value = serde_json::from_slice(&answer.body).map_err(|e| {
+            let text: String = String::from_utf8_lossy(&answer.body).chars().take(300).collect();
+            CliError::Transport(format!("the API's answer to {} {} is not what this CLI expects ({e}): {text}", request.method, request.path))
+        })?;
+        Ok((value, answer.body))
+    }
+
+    /// Polls the node until it is settled or `timeout` passes; one progress line per state.
+    async fn wait(
+        &self,
+        shown: (NodeView, bytes::Bytes),
+        timeout: Duration,
+        out: &mut (dyn Write + Send),
+        err: &mut (dyn Write + Send),
+    ) -> Result<(NodeView, bytes::Bytes), CliError> {
+        let (mut node, mut raw) = shown;
+        let start = Instant::now();
+        let id = node.id.to_string();
+        let mut shown = None;
+        let show = |node: &NodeView, shown: &mut Option<(NodeState, u64)>, err: &mut (dyn Write + Send)| {
+            let now = (node.state, node.generation);
+            if *shown != Some(now) {
+                let _ = writeln!(err, "[{:>6.1}s] {} {}", start.elapsed().as_secs_f64(), node.id, describe(node));
+                *shown = Some(now);
+            }
+        };
+        if transitional(node.state) {
+            show(&node, &mut shown, err);
+        }
+        let poll = Planned {
+            method: Method::GET,
+            path: format!("/nodes/{}", http::encode(&id)),
+            body: None,
+            idempotency_key: None,
+            wait: None,
+        };
+        while transitional(node.state) {
+            let elapsed = start.elapsed();
+            if elapsed >= timeout {
+                self.print_node(&node, &raw, out);
+                let mut why = format!(
+                    "timed out after {}s waiting for node {id}: it is still {} (generation {})",
+                    timeout.as_secs(),
+                    output::state_name(node.state),
+                    node.generation
+                );
+                if let Some(last) = &node.last_error {
+                    why.push_str(&format!("\nlast error: {last}"));
+                }
+                why.push_str(&format!("\nfollow it with `tether nodes show {id}`"));
+                return Err(CliError::Failed(why));
+            }
+            tokio::time::sleep(self.env.poll_interval.min(timeout - elapsed)).await;
+            (node, raw) = self.call_raw(&poll, err).await?;
+            show(&node, &mut shown, err);
+        }
+        if node.state == NodeState::Error {
+            self.print_node(&node, &raw, out);
+            return Err(CliError::Failed(format!(
+                "node {id} ended in state error\nlast error: {}",
+                node.last_error.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
+        Ok((node, raw))
+    }
+}
+
+impl Planned {
+    fn clone_get(&self) -> Planned {
+        Planned { method: self.method.clone(), path: self.path.clone(), body: None, idempotency_key: None, wait: None }
+    }
+}
+
+/// `launching generation 2`, `running i-0abc (m5.large, spot)`, …
+fn describe(node: &NodeView) -> String {
+    let state = output::state_name(node.state);
+    match node.state {
+        NodeState::Launching => format!("{state} generation {}", node.generation),
+        NodeState::Running => format!(
+            "{state} {} ({}, {})",
+            node.instance_id.as_deref().unwrap_or("-"),
+            node.instance_type.as_deref().unwrap_or("-"),
+            node.market.map(|m| m.as_str()).unwrap_or("-")
+        ),
+        NodeState::Error => format!("{state}: {}", node.last_error.as_deref().unwrap_or("no reason recorded")),
+        _ => state,
+    }
+}

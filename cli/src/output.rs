@@ -1,0 +1,187 @@
+//! Human output: tables and key/value blocks.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tether::views::{NodeHistory, NodeView};
+use tether::NodeState;
+
+/// A node state as the API spells it (`running`, `launching`, …).
+pub fn state_name(state: NodeState) -> String {
+    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{state:?}"))
+}
+
+/// The value as pretty JSON, as the API sent it.
+pub fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot print JSON: {e}\"}}"))
+}
+
+fn time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or("-").to_owned()
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut text = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        text.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+pub fn node_table(nodes: &[NodeView]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                state_name(n.state),
+                n.generation.to_string(),
+                or_dash(n.instance_id.as_deref()),
+                or_dash(n.instance_type.as_deref()),
+                or_dash(n.market.map(|m| m.as_str())),
+                or_dash(n.private_ip.as_deref()),
+                or_dash(n.public_ip.as_deref()),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "GEN", "INSTANCE", "TYPE", "MARKET", "PRIVATE IP", "PUBLIC IP"], &rows)
+}
+
+/// One node, one `key  value` line per field.
+pub fn node_block(n: &NodeView) -> String {
+    let spec = &n.spec;
+    let tags = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+    let elastic_ip = match (&n.persistence.elastic_ip_allocation_id, n.persistence.allocate_elastic_ip) {
+        (Some(id), _) => format!("{id} (the user's)"),
+        (None, true) => "allocated by Tether".to_owned(),
+        (None, false) => "none".to_owned(),
+    };
+    let fields: Vec<(&str, String)> = vec![
+        ("id", n.id.to_string()),
+        ("state", state_name(n.state)),
+        ("generation", n.generation.to_string()),
+        ("instance", or_dash(n.instance_id.as_deref())),
+        ("instance type", or_dash(n.instance_type.as_deref())),
+        ("market", or_dash(n.market.map(|m| m.as_str()))),
+        ("launched at", or_dash(n.launched_at.as_ref().map(time).as_deref())),
+        ("private IP", or_dash(n.private_ip.as_deref())),
+        ("public IP", or_dash(n.public_ip.as_deref())),
+        ("ENI", or_dash(n.eni_id.as_deref())),
+        ("MAC address", or_dash(n.mac_address.as_deref())),
+        ("availability zone", or_dash(n.availability_zone.as_deref())),
+        ("elastic IP", or_dash(n.elastic_ip_allocation_id.as_deref())),
+        ("last error", or_dash(n.last_error.as_deref())),
+        ("subnet", spec.subnet_id.clone()),
+        ("image", spec.image_id.clone()),
+        ("instance types", spec.instance_types.join(", ")),
+        ("on-demand fallback", if spec.fallback_to_on_demand { "yes" } else { "no" }.to_owned()),
+        ("security groups", or_dash(Some(&spec.security_group_ids.join(", ")))),
+        ("key name", or_dash(spec.key_name.as_deref())),
+        ("instance profile", or_dash(spec.iam_instance_profile.as_deref())),
+        ("user data", spec.user_data.as_ref().map(|u| format!("{} bytes", u.len())).unwrap_or_else(|| "-".into())),
+        ("tags", or_dash(Some(&tags))),
+        ("chosen private IP", n.persistence.private_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "any (EC2 picks)".into())),
+        ("chosen elastic IP", elastic_ip),
+        ("created at", time(&n.created_at)),
+        ("updated at", time(&n.updated_at)),
+        ("version", n.version.to_string()),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    fields.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+}
+
+pub fn history_table(history: &NodeHistory) -> String {
+    let rows: Vec<Vec<String>> = history
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                time(&e.at),
+                e.generation.to_string(),
+                or_dash(e.instance_id.as_deref()),
+                e.what.clone(),
+                or_dash(e.by.as_deref()),
+            ]
+        })
+        .collect();
+    table(&["TIME", "GEN", "INSTANCE", "WHAT", "BY"], &rows)
+}
+
+/// JSON text re-indented as serde_json's pretty printer would, keeping the key order and
+/// every value exactly as sent (the API's answer "as is").
+pub fn pretty(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push('"');
+                while let Some(s) = chars.next() {
+                    out.push(s);
+                    match s {
+                        '\\' => out.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                if chars.peek().is_some_and(|n| matches!(n, '}' | ']')) {
+                    out.extend(chars.next());
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(',');
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}

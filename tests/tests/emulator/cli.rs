@@ -1,0 +1,435 @@
+//! The `tether` CLI, run in-process against the local API (the `api` function behind a
+//! front that checks SigV4 as API Gateway does), on the emulator.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use tether::ports::NodeStore;
+use tether::views::{NodeHistory, NodeList, NodeView, Problem};
+use tether::NodeState;
+use tether_cli::{Captured, Environment, RetryPolicy};
+use tether_tests::local_api::{LocalApi, ACCESS_KEY_ID, ACCOUNT_ID, SECRET_ACCESS_KEY};
+use tether_tests::{Fixture, SetupError};
+
+/// The caller the local front reports for the test credentials.
+fn caller() -> String {
+    format!("arn:aws:iam::{ACCOUNT_ID}:user/{ACCESS_KEY_ID}")
+}
+
+/// The CLI's environment for a test: endpoint as if from TETHER_API_URL, fixed credentials
+/// (no process-wide variables: tests run in parallel), quick polls and retries.
+fn environment(url: &str, secret: &str) -> Environment {
+    Environment {
+        api_url: Some(url.to_owned()),
+        region: Some("us-east-1".to_owned()),
+        credentials: Some(Credentials::new(ACCESS_KEY_ID, secret, None, None, "cli-tests")),
+        poll_interval: Duration::from_millis(50),
+        retry: RetryPolicy { attempts: 3, base_delay: Duration::from_millis(10) },
+    }
+}
+
+async fn tether(env: &Environment, args: &[&str]) -> Captured {
+    tether_cli::run_captured(std::iter::once("tether").chain(args.iter().copied()), env).await
+}
+
+/// Runs a command with `--json` that must succeed; its answer.
+async fn tether_json(env: &Environment, args: &[&str]) -> Result<serde_json::Value, SetupError> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = tether(env, &all).await;
+    assert_eq!(out.code, 0, "tether {}: {out:?}", all.join(" "));
+    Ok(serde_json::from_str(&out.stdout).map_err(|e| format!("tether {}: {e}: {}", all.join(" "), out.stdout))?)
+}
+
+/// A value of the human key/value block of one node (`private IP   10.0.1.90`).
+fn field<'a>(block: &'a str, key: &str) -> Option<&'a str> {
+    block.lines().find_map(|line| line.strip_prefix(key).filter(|rest| rest.starts_with("  ")).map(str::trim))
+}
+
+/// The `[ 0.3s] tn-… launching generation 1` progress line's node id.
+fn node_in_progress(stderr: &str) -> Option<String> {
+    stderr.split_whitespace().find(|w| w.starts_with("tn-")).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_node_goes_through_its_lifecycle_with_the_cli() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+
+    // Every request below is signed by the CLI and checked by the front: this one too.
+    let created = tether(
+        &env,
+        &[
+            "nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id,
+            "--instance-type", "m5.large", "--instance-type", "m6i.large",
+            "--security-group", &fx.security_group_id, "--tag", "team=data",
+            "--private-ip", "10.0.1.90", "--elastic-ip", &allocation_id, "--resume", "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let block = &created.stdout;
+    assert_eq!(field(block, "state"), Some("running"), "{block}");
+    assert_eq!(field(block, "private IP"), Some("10.0.1.90"), "{block}");
+    assert_eq!(field(block, "public IP"), Some(public_ip.as_str()), "{block}");
+    assert_eq!(field(block, "generation"), Some("1"));
+    let id = field(block, "id").ok_or("no id in the block")?.to_owned();
+    let first = field(block, "instance").ok_or("no instance")?.to_owned();
+    let instance = fx.instance(&first).await?;
+    assert_eq!(instance.private_ip_address(), Some("10.0.1.90"), "EC2 agrees");
+    assert_eq!(instance.public_ip_address(), Some(public_ip.as_str()));
+
+    let shown = tether(&env, &["nodes", "show", &id]).await;
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert_eq!(field(&shown.stdout, "instance types"), Some("m5.large, m6i.large"), "ordered as given");
+    assert_eq!(field(&shown.stdout, "tags"), Some("team=data"));
+    assert_eq!(field(&shown.stdout, "elastic IP"), Some(allocation_id.as_str()));
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    assert_eq!(node.id.as_str(), id);
+    assert_eq!(node.instance_id.as_deref(), Some(first.as_str()));
+    assert_eq!(node.spec.instance_types, ["m5.large", "m6i.large"]);
+    assert_eq!(node.persistence.private_ip.map(|ip| ip.to_string()).as_deref(), Some("10.0.1.90"));
+    let eni_id = node.eni_id.clone().ok_or("no ENI")?;
+
+    let listed = tether(&env, &["nodes", "list"]).await;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let header = listed.stdout.lines().next().ok_or("no table")?;
+    for column in ["ID", "STATE", "GEN", "INSTANCE", "TYPE", "MARKET", "PRIVATE IP", "PUBLIC IP"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row: Vec<&str> = listed.stdout.lines().nth(1).ok_or("no row")?.split_whitespace().collect();
+    assert_eq!(row, [id.as_str(), "running", "1", first.as_str(), "m5.large", "spot", "10.0.1.90", public_ip.as_str()]);
+
+    let paused = tether(&env, &["nodes", "pause", &id]).await;
+    assert_eq!((paused.code, field(&paused.stdout, "state")), (0, Some("paused")), "{paused:?}");
+    assert_eq!(field(&paused.stdout, "instance"), Some("-"));
+    assert_eq!(fx.instance(&first).await?.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("terminated"));
+
+    let resumed = tether(&env, &["nodes", "resume", &id, "--wait"]).await;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!((field(&resumed.stdout, "state"), field(&resumed.stdout, "generation")), (Some("running"), Some("2")));
+    assert_eq!(field(&resumed.stdout, "private IP"), Some("10.0.1.90"));
+    assert_eq!(field(&resumed.stdout, "public IP"), Some(public_ip.as_str()));
+    let second = field(&resumed.stdout, "instance").ok_or("no instance")?.to_owned();
+    assert_ne!(second, first);
+
+    let recycled: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "recycle", &id, "--wait"]).await?)?;
+    assert_eq!((recycled.state, recycled.generation), (NodeState::Running, 3));
+    assert_ne!(recycled.instance_id.as_deref(), Some(second.as_str()));
+    assert_eq!(recycled.eni_id.as_deref(), Some(eni_id.as_str()), "same ENI");
+
+    // The history names each action and who asked for it.
+    let history = tether(&env, &["nodes", "history", &id]).await;
+    assert_eq!(history.code, 0, "{history:?}");
+    for action in ["created", "resume requested", "pause requested", "recycle requested"] {
+        let line = history.stdout.lines().find(|l| l.contains(action)).ok_or(format!("no `{action}` in {}", history.stdout))?;
+        assert!(line.trim_end().ends_with(&caller()), "{line}");
+    }
+    let entries: NodeHistory = serde_json::from_value(tether_json(&env, &["nodes", "history", &id]).await?)?;
+    assert!(entries.entries.iter().filter(|e| e.by.as_deref() == Some(caller().as_str())).count() >= 5, "{entries:?}");
+
+    let gone = tether(&env, &["nodes", "deallocate", &id, "--wait"]).await;
+    assert_eq!((gone.code, field(&gone.stdout, "state")), (0, Some("deallocated")), "{gone:?}");
+    assert!(fx.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await.is_err(), "ENI deleted");
+    let eip = fx.ec2.describe_addresses().allocation_ids(&allocation_id).send().await?;
+    assert_eq!(eip.addresses().first().ok_or("the user's Elastic IP must remain")?.association_id(), None);
+
+    let refused = tether(&env, &["nodes", "resume", &id]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.starts_with("error: ") && refused.stderr.contains("deallocated"), "{}", refused.stderr);
+    Ok(())
+}
+
+#[tokio::test]
+async fn problems_print_error_and_field_and_exit_1() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let outside = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--private-ip", "10.9.9.9"];
+
+    let refused = tether(&env, &outside).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let lines: Vec<&str> = refused.stderr.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("error: ") && l.contains("10.9.9.9")), "{lines:?}");
+    assert!(lines.contains(&"field: persistence.private_ip"), "{lines:?}");
+    assert!(refused.stdout.is_empty(), "nothing on stdout without --json: {}", refused.stdout);
+
+    let mut json_args = outside.to_vec();
+    json_args.push("--json");
+    let as_json = tether(&env, &json_args).await;
+    assert_eq!(as_json.code, 1);
+    let problem: Problem = serde_json::from_str(&as_json.stdout)?;
+    assert_eq!((problem.status, problem.field.as_deref()), (422, Some("persistence.private_ip")));
+
+    let missing = tether(&env, &["nodes", "show", "tn-00000000000000000000000000000000"]).await;
+    assert_eq!(missing.code, 1);
+    assert_eq!(missing.stderr.trim_end(), "error: node tn-00000000000000000000000000000000 not found");
+
+    // Usage errors are clap's (exit 2), and a missing endpoint names both ways to give one.
+    let usage = tether(&env, &["nodes", "create", "--image", &fx.image_id, "--instance-type", "m5.large"]).await;
+    assert_eq!(usage.code, 2, "{usage:?}");
+    assert!(usage.stderr.contains("--subnet"), "{}", usage.stderr);
+    let nowhere = Environment { api_url: None, ..env.clone() };
+    let no_endpoint = tether(&nowhere, &["nodes", "list"]).await;
+    assert_eq!(no_endpoint.code, 2);
+    assert!(no_endpoint.stderr.contains("--endpoint") && no_endpoint.stderr.contains("TETHER_API_URL"), "{}", no_endpoint.stderr);
+    let flagged = tether(&nowhere, &["--endpoint", &api.url, "nodes", "list"]).await;
+    assert_eq!(flagged.code, 0, "--endpoint works without TETHER_API_URL: {flagged:?}");
+
+    // The Idempotency-Key is sent: the same key replays the first answer, and reusing it
+    // for another request is refused with the field named.
+    let create = |ip: &'static str| {
+        vec!["nodes", "create", "--subnet", fx.subnet_id.as_str(), "--image", fx.image_id.as_str(), "--instance-type", "m5.large", "--private-ip", ip, "--idempotency-key", "cli-test-key-1"]
+    };
+    let once: NodeView = serde_json::from_value(tether_json(&env, &create("10.0.1.20")).await?)?;
+    let again: NodeView = serde_json::from_value(tether_json(&env, &create("10.0.1.20")).await?)?;
+    assert_eq!(once.id, again.id, "replayed, not created twice");
+    let reused = tether(&env, &create("10.0.1.21")).await;
+    assert_eq!(reused.code, 1, "{reused:?}");
+    assert!(reused.stderr.lines().any(|l| l == "field: Idempotency-Key"), "{}", reused.stderr);
+    let all: NodeList = serde_json::from_value(tether_json(&env, &["nodes", "list"]).await?)?;
+    assert_eq!(all.nodes.len(), 1, "{all:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_region_gets_a_clear_403() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let wrong = environment(&api.url, "not-the-secret");
+    let create = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large"];
+
+    let refused = tether(&wrong, &create).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    let first = refused.stderr.lines().next().ok_or("no error line")?;
+    assert!(first.starts_with("error: HTTP 403") && first.contains("signature"), "{first}");
+    assert!(refused.stderr.contains("hint: ") && refused.stderr.contains("--region"), "{}", refused.stderr);
+
+    // The Region is part of the signature.
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let elsewhere = tether(&env, &["--region", "eu-west-1", "nodes", "list"]).await;
+    assert_eq!(elsewhere.code, 1, "{elsewhere:?}");
+    assert!(elsewhere.stderr.contains("HTTP 403") && elsewhere.stderr.contains("us-east-1/execute-api"), "{}", elsewhere.stderr);
+
+    // Nothing was created; the right secret is accepted.
+    let listed: NodeList = serde_json::from_value(tether_json(&env, &["nodes", "list"]).await?)?;
+    assert!(listed.nodes.is_empty(), "{listed:?}");
+    Ok(())
+}
+
+/// Where a concurrently running command writes, readable while it runs.
+#[derive(Clone, Default)]
+struct LiveOutput(Arc<Mutex<Vec<u8>>>);
+
+impl LiveOutput {
+    fn text(&self) -> String {
+        self.0.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Waits (at most a minute) until the text contains `marker`.
+    async fn wait_for(&self, marker: &str) -> Result<String, SetupError> {
+        for _ in 0..1200 {
+            let text = self.text();
+            if text.contains(marker) {
+                return Ok(text);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("`{marker}` never appeared in: {}", self.text()).into())
+    }
+}
+
+impl Write for LiveOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn wait_follows_a_launch_and_reports_timeouts_and_errors() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    // The emulator has no capacity at all for this type: the node stays `launching`.
+    let stuck = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "u-6tb1.112xlarge", "--resume", "--wait"];
+
+    let mut args = stuck.to_vec();
+    args.extend(["--timeout", "1"]);
+    let timed_out = tether(&env, &args).await;
+    assert_eq!(timed_out.code, 1, "{timed_out:?}");
+    assert!(timed_out.stderr.contains("launching generation 1"), "progress shown: {}", timed_out.stderr);
+    assert!(timed_out.stderr.contains("error: timed out after 1s") && timed_out.stderr.contains("still launching"), "{}", timed_out.stderr);
+    assert!(timed_out.stderr.contains("InsufficientInstanceCapacity"), "the last error is shown: {}", timed_out.stderr);
+
+    // Launching → running: the waiter polls while an operator fixes the types and resumes.
+    let mut args = stuck.to_vec();
+    args.extend(["--timeout", "120"]);
+    let argv: Vec<&str> = std::iter::once("tether").chain(args.iter().copied()).collect();
+    let (mut out, err) = (Vec::new(), LiveOutput::default());
+    let mut err_writer = err.clone();
+    let waiter = tether_cli::run(argv.clone(), &env, &mut out, &mut err_writer);
+    let operator = async {
+        let progress = err.wait_for("launching generation 1").await?;
+        let id = tether::NodeId::parse(&node_in_progress(&progress).ok_or("no node id in the progress")?).ok_or("bad node id")?;
+        let patch = tether::lifecycle::NodePatch { instance_types: Some(vec!["m5.large".into()]), ..Default::default() };
+        fx.tether.patch(&id, &patch, None).await?;
+        let resumed = tether(&env, &["nodes", "resume", id.as_str()]).await;
+        assert_eq!(resumed.code, 0, "{resumed:?}");
+        Ok::<_, SetupError>(id)
+    };
+    let (code, id) = tokio::join!(waiter, operator);
+    let id = id?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out).into_owned(), err.text());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per state: {stderr}");
+    assert!(lines[0].contains(&format!("{id} launching generation 1")), "{stderr}");
+    assert!(lines[1].contains(&format!("{id} running i-")) && lines[1].contains("m5.large"), "{stderr}");
+    assert_eq!((field(&stdout, "state"), field(&stdout, "instance type")), (Some("running"), Some("m5.large")), "{stdout}");
+
+    // Launching → error: the waiter stops, shows the node and its last error, exits 1.
+    let (mut out, err) = (Vec::new(), LiveOutput::default());
+    let mut err_writer = err.clone();
+    let waiter = tether_cli::run(argv, &env, &mut out, &mut err_writer);
+    let breaker = async {
+        let progress = err.wait_for("launching generation 1").await?;
+        let id = tether::NodeId::parse(&node_in_progress(&progress).ok_or("no node id in the progress")?).ok_or("bad node id")?;
+        let node = fx.store.get(&id).await?.ok_or("node not stored")?;
+        fx.store.save(&tether::lifecycle::failed(&node, "staged: the image is gone".into(), chrono::Utc::now())).await?;
+        Ok::<_, SetupError>(id)
+    };
+    let (code, id) = tokio::join!(waiter, breaker);
+    let id = id?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out).into_owned(), err.text());
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("{id} error: staged: the image is gone")), "progress shows the error: {stderr}");
+    assert!(stderr.contains(&format!("error: node {id} ended in state error\nlast error: staged: the image is gone")), "{stderr}");
+    assert_eq!(field(&stdout, "state"), Some("error"), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn import_and_paged_listing() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let launched = fx.run_one().subnet_id(&fx.subnet_id).private_ip_address("10.0.1.80").send().await?;
+    let instance_id = launched.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+
+    let imported = tether(&env, &["nodes", "import", &instance_id, "--instance-type", "m5.large", "--instance-type", "m6i.large", "--wait"]).await;
+    assert_eq!(imported.code, 0, "{imported:?}");
+    assert_eq!(field(&imported.stdout, "state"), Some("running"));
+    assert_eq!(field(&imported.stdout, "instance"), Some(instance_id.as_str()));
+    assert_eq!(field(&imported.stdout, "private IP"), Some("10.0.1.80"));
+    assert_eq!(field(&imported.stdout, "instance types"), Some("m5.large, m6i.large"));
+    let twice = tether(&env, &["nodes", "import", &instance_id]).await;
+    assert_eq!(twice.code, 1, "already managed: {twice:?}");
+    assert!(twice.stderr.starts_with("error: "), "{}", twice.stderr);
+
+    for ip in ["10.0.1.81", "10.0.1.82"] {
+        let c = tether(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--private-ip", ip]).await;
+        assert_eq!(c.code, 0, "{c:?}");
+    }
+    let page = tether(&env, &["nodes", "list", "--limit", "1"]).await;
+    assert_eq!(page.code, 0, "{page:?}");
+    assert_eq!(page.stdout.lines().count(), 2, "header and one row: {}", page.stdout);
+    assert!(page.stderr.contains("--all"), "says there is more: {}", page.stderr);
+    let every: NodeList = serde_json::from_value(tether_json(&env, &["nodes", "list", "--limit", "1", "--all"]).await?)?;
+    assert_eq!(every.nodes.len(), 3, "{every:?}");
+    assert_eq!(every.next_token, None);
+    let mut ids: Vec<&str> = every.nodes.iter().map(|n| n.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "no node twice");
+    Ok(())
+}
+
+/// One request the fake API saw: path, Idempotency-Key, whether it was SigV4-signed.
+#[derive(Clone, Debug)]
+struct Seen {
+    uri: String,
+    key: Option<String>,
+    signed: bool,
+}
+
+/// The CLI's retries: 503 (with Retry-After) is retried with the same Idempotency-Key and
+/// a fresh signature, until the answer is good.
+#[tokio::test]
+async fn a_503_is_retried_with_the_same_idempotency_key() -> Result<(), SetupError> {
+    use http_body_util::Full;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let entry = Seen {
+                        uri: request.uri().to_string(),
+                        key: header("idempotency-key"),
+                        signed: header("authorization").is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 ")),
+                    };
+                    let count = log
+                        .lock()
+                        .map(|mut l| {
+                            l.push(entry);
+                            l.len()
+                        })
+                        .unwrap_or(0);
+                    async move {
+                        let mut response = if count <= 3 {
+                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{\"message\":\"busy\"}")));
+                            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("0"));
+                            r
+                        } else {
+                            hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{\"node_id\":\"tn-00000000000000000000000000000001\",\"entries\":[]}")))
+                        };
+                        response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    let env = Environment { retry: RetryPolicy { attempts: 4, base_delay: Duration::from_millis(10) }, ..environment(&url, SECRET_ACCESS_KEY) };
+
+    // Three 503s, then an answer: a fourth try is allowed.
+    let history = tether(&env, &["nodes", "history", "tn-00000000000000000000000000000001"]).await;
+    assert_eq!(history.code, 0, "{history:?}");
+    assert!(history.stdout.starts_with("TIME"), "{}", history.stdout);
+    assert_eq!(history.stderr.matches("retrying").count(), 3, "{}", history.stderr);
+
+    // Too many 503s: the last one is the error.
+    if let Ok(mut l) = seen.lock() {
+        l.clear();
+    }
+    let few = Environment { retry: RetryPolicy { attempts: 2, base_delay: Duration::from_millis(10) }, ..env.clone() };
+    let paused = tether(&few, &["nodes", "pause", "tn-00000000000000000000000000000001"]).await;
+    assert_eq!(paused.code, 1, "{paused:?}");
+    assert!(paused.stderr.contains("error: HTTP 503 Service Unavailable: busy"), "{}", paused.stderr);
+    let requests = seen.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests.iter().all(|r| r.uri == "/nodes/tn-00000000000000000000000000000001/pause" && r.signed), "{requests:?}");
+    let key = requests[0].key.clone().ok_or("no Idempotency-Key")?;
+    assert_eq!(uuid::Uuid::parse_str(&key).map(|u| u.get_version_num()).ok(), Some(4), "a fresh UUID: {key}");
+    assert!(requests.iter().all(|r| r.key.as_deref() == Some(key.as_str())), "the same key on every try: {requests:?}");
+    server.abort();
+    Ok(())
+}
