@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 EMULATOR := $(VENV)/.tether-emulator
 
-.PHONY: demo test emulator clean
+.PHONY: demo test emulator fuzz clean
 
 demo: $(EMULATOR)
 	cargo run --quiet -p tether-tests --bin tether-demo
@@ -15,7 +15,13 @@ demo: $(EMULATOR)
 test: $(EMULATOR)
 	cargo build --workspace --bins
 	tests/emulator/prove-rules.sh
+	PYTHON=$(PYTHON) tests/fuzz/run.sh
 	cargo test --workspace
+
+# schemathesis (pinned, in .venv-fuzz) against the API served locally: 0 server errors allowed.
+fuzz: $(EMULATOR)
+	cargo build -p tether-tests --bins
+	PYTHON=$(PYTHON) tests/fuzz/run.sh
 
 emulator: $(EMULATOR)
 
@@ -26,4 +32,4 @@ $(EMULATOR): tests/emulator/requirements.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) .venv-fuzz target

@@ -16,6 +16,9 @@ use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Marke
 pub enum Action {
     /// Terminate this instance (idempotent: a terminated one stays terminated).
     Terminate(String),
+    /// Terminate what the current generation's launch started, if it started anything
+    /// (found by the generation's ClientToken): a launch under way is being called off.
+    TerminateLaunched,
     /// Launch the node's current generation on its ENI (creating the ENI and
     /// associating the Elastic IP first at the first launch).
     Launch,

@@ -32,7 +32,16 @@ pub fn document() -> Value {
         let item = paths.entry(route.path).or_insert_with(|| json!({}));
         item[route.method.as_str().to_lowercase()] = operation(route);
     }
-    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    schemas.insert(
+        "GatewayMessage".into(),
+        json!({
+            "description": "API Gateway's own refusal, before the function runs",
+            "type": "object",
+            "properties": {"message": {"type": "string"}},
+            "required": ["message"],
+        }),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -91,10 +100,13 @@ fn operation(route: &Route) -> Value {
         );
     }
     for status in route.errors.iter().chain(COMMON_ERRORS) {
-        responses.insert(
-            status.to_string(),
-            json!({"description": error_description(*status), "content": {"application/problem+json": {"schema": schema_ref("Problem")}}}),
-        );
+        let mut content = json!({"application/problem+json": {"schema": schema_ref("Problem")}});
+        // API Gateway itself refuses a bad signature (403) or an oversized payload (413)
+        // before the function runs, with its own `{"message": ...}` body.
+        if matches!(status, 403 | 413) {
+            content["application/json"] = json!({"schema": schema_ref("GatewayMessage")});
+        }
+        responses.insert(status.to_string(), json!({"description": error_description(*status), "content": content}));
     }
     let mut op = json!({
         "operationId": route.operation_id,
@@ -119,10 +131,10 @@ fn success_description(status: u16) -> &'static str {
 fn error_description(status: u16) -> &'static str {
     match status {
         400 => "The request is malformed (the problem names the field)",
-        403 => "Not authenticated by API Gateway's IAM authorizer",
+        403 => "Not authenticated: a missing or wrong SigV4 signature (API Gateway), or no IAM identity reached the function",
         404 => "No such node",
         409 => "The action does not fit the node's state, or the Idempotency-Key is in use",
-        413 => "The body is larger than 64 KiB",
+        413 => "The body is larger than 64 KiB (the function) or than API Gateway accepts",
         422 => "A field is invalid for AWS (the problem names the field and the fix)",
         503 => "AWS throttled or faulted; retry after the Retry-After seconds",
         _ => "Error",

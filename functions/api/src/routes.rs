@@ -40,7 +40,7 @@ pub struct Route {
 /// Errors every route can answer: not authenticated by API Gateway, throttled by AWS.
 pub const COMMON_ERRORS: &[u16] = &[403, 503];
 
-const NODE_ACTION_ERRORS: &[u16] = &[404, 409, 422];
+const NODE_ACTION_ERRORS: &[u16] = &[400, 404, 409, 422];
 
 pub const ROUTES: &[Route] = &[
     Route {
@@ -195,7 +195,8 @@ pub fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Optio
     }
 }
 
-/// `Some(id)` if `path` fits `template` (`Some(None)` for templates without `{id}`).
+/// `Some(id)` if `path` fits `template` (`Some(None)` for templates without `{id}`). An
+/// `{id}` segment takes only what looks like a node id, so `/nodes/import` is never a node.
 fn matches<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let (mut t, mut p) = (template.split('/'), path.split('/'));
@@ -203,7 +204,7 @@ fn matches<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
     loop {
         match (t.next(), p.next()) {
             (None, None) => return Some(id),
-            (Some("{id}"), Some(segment)) if !segment.is_empty() => id = Some(segment),
+            (Some("{id}"), Some(segment)) if segment.starts_with("tn-") => id = Some(segment),
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }

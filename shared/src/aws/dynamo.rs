@@ -169,7 +169,15 @@ impl NodeStore for DynamoNodeStore {
                 .await
                 .map_err(|e| aws_error("DynamoDB", "Scan", e))?;
             for item in out.items.unwrap_or_default() {
-                nodes.push(from_item("Scan", item)?);
+                let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
+                match from_item("Scan", item) {
+                    Ok(node) => nodes.push(node),
+                    // One damaged record must not hide every other node: name it and go on.
+                    Err(e) => {
+                        tracing::error!(pk = key, error = %e, "unreadable node record skipped");
+                        continue;
+                    }
+                }
                 if nodes.len() == limit {
                     // The scan can go on from the last node returned, whatever page it was on.
                     let last = nodes.last().map(|n| n.id.clone());

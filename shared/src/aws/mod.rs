@@ -16,7 +16,13 @@ where
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
     match &err {
-        SdkError::ServiceError(_) => AwsError::from_code(service, operation, err.code(), err.message(), status),
+        SdkError::ServiceError(_) if err.code().is_some() => {
+            AwsError::from_code(service, operation, err.code(), err.message(), status)
+        }
+        // An error answer without a code (unparseable): keep all the SDK can say about it.
+        SdkError::ServiceError(_) => {
+            AwsError::from_code(service, operation, None, Some(&DisplayErrorContext(&err).to_string()), status)
+        }
         // A request the SDK could not even build is a bug or bad input, not a passing fault.
         SdkError::ConstructionFailure(_) => AwsError {
             service,

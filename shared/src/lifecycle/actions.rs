@@ -24,20 +24,31 @@ pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
     }
 }
 
-/// Pause: the instance is terminated; the ENI and the Elastic IP stay.
+/// Pause: the instance is terminated; the ENI and the Elastic IP stay. A launch under way
+/// is called off (what it launched, if anything, is terminated too).
 pub fn on_pause(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
     match node.state {
-        NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error => {
+        NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error | NodeState::Launching => {
             let mut next = node.clone();
             next.state = NodeState::Paused;
             next.interruption = None;
             next.record_by(now, "pause requested; instance terminated, ENI and Elastic IP kept", by);
-            Step::Apply { next, actions: node.instance_id().map(|i| Action::Terminate(i.to_owned())).into_iter().collect() }
+            Step::Apply { next, actions: stop_everything(node) }
         }
         NodeState::Paused => Step::Ignore("node already paused"),
-        NodeState::Launching => Step::Refuse(busy(node)),
         NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
     }
+}
+
+/// The actions that leave the node without an instance: terminate the current one, and
+/// while launching, what the launch started.
+fn stop_everything(node: &Node) -> Vec<Action> {
+    let current = match node.state {
+        NodeState::Paused => None,
+        _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
+    };
+    let launched = (node.state == NodeState::Launching).then_some(Action::TerminateLaunched);
+    current.into_iter().chain(launched).collect()
 }
 
 /// Recycle: pause then resume as one action: the instance is replaced by a new one on the
@@ -57,11 +68,11 @@ pub fn on_recycle(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
     }
 }
 
-/// Deallocate: the instance is terminated, then the ENI deleted (unless `keep_eni`) and the
-/// Elastic IP released if Tether allocated it, else disassociated.
+/// Deallocate: the instance is terminated (and a launch under way called off), then the ENI
+/// deleted (unless `keep_eni`) and the Elastic IP released if Tether allocated it, else
+/// disassociated.
 pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option<&str>) -> Step {
     match node.state {
-        NodeState::Launching => Step::Refuse(busy(node)),
         NodeState::Deallocating => Step::Continue(vec![Action::ReleaseNetwork]),
         NodeState::Deallocated => Step::Ignore("node already deallocated"),
         _ => {
@@ -69,11 +80,7 @@ pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option
             next.state = NodeState::Deallocating;
             next.keep_eni = keep_eni;
             next.record_by(now, if keep_eni { "deallocate requested (keep ENI)" } else { "deallocate requested" }, by);
-            let terminate = match node.state {
-                NodeState::Paused => None,
-                _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
-            };
-            Step::Apply { next, actions: terminate.into_iter().chain([Action::ReleaseNetwork]).collect() }
+            Step::Apply { next, actions: stop_everything(node).into_iter().chain([Action::ReleaseNetwork]).collect() }
         }
     }
 }

@@ -196,7 +196,7 @@ fn user_actions_in_every_state() {
         };
         assert_eq!(kind(&on_resume(&node, Utc::now(), by)).0, resume, "resume in {state:?}");
         let pause = match state {
-            N::Running | N::Recovering | N::Stopped | N::Error => "record",
+            N::Running | N::Recovering | N::Stopped | N::Error | N::Launching => "record",
             N::Paused => "ignore",
             _ => "refuse",
         };
@@ -207,7 +207,6 @@ fn user_actions_in_every_state() {
         };
         assert_eq!(kind(&on_recycle(&node, Utc::now(), by)).0, recycle, "recycle in {state:?}");
         let deallocate = match state {
-            N::Launching => "refuse",
             N::Deallocating => "continue",
             N::Deallocated => "ignore",
             _ => "record",
@@ -236,6 +235,16 @@ fn pause_recycle_and_deallocate_terminate_the_current_instance_first() {
     let paused = node_in(NodeState::Paused);
     assert_eq!(actions(on_recycle(&paused, Utc::now(), None)), vec![Action::Launch]);
     assert_eq!(actions(on_deallocate(&paused, false, Utc::now(), None)), vec![Action::ReleaseNetwork]);
+    // A launch under way is called off: what it started is terminated too.
+    let launching = node_in(NodeState::Launching);
+    assert_eq!(
+        actions(on_pause(&launching, Utc::now(), None)),
+        vec![Action::Terminate(CURRENT.into()), Action::TerminateLaunched]
+    );
+    assert_eq!(
+        actions(on_deallocate(&launching, false, Utc::now(), None)),
+        vec![Action::Terminate(CURRENT.into()), Action::TerminateLaunched, Action::ReleaseNetwork]
+    );
 }
 
 #[test]

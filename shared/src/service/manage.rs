@@ -81,6 +81,9 @@ impl Tether {
     /// (DeleteOnTermination turned off), its private IP and any Elastic IP are kept.
     pub async fn import_instance(&self, request: &ImportRequest, by: Option<&str>) -> Result<Node, TetherError> {
         let instance_id = request.instance_id.as_str();
+        if !instance_id.starts_with("i-") || check_name("instance_id", instance_id).is_err() {
+            return Err(TetherError::invalid("instance_id", "must be an instance id like i-0123456789abcdef0"));
+        }
         let found = self.instances.importable(instance_id).await?.ok_or_else(|| {
             TetherError::invalid("instance_id", format!("instance {instance_id} does not exist in this Region or has no primary network interface"))
         })?;
@@ -97,6 +100,9 @@ impl Tether {
         if let Some(types) = &request.instance_types {
             if types.is_empty() {
                 return Err(TetherError::invalid("instance_types", "list at least one instance type, or omit it to keep the instance's own"));
+            }
+            for instance_type in types {
+                check_name("instance_types", instance_type)?;
             }
             self.check_instance_types(types, "instance_types").await?;
             spec.instance_types = types.clone();
@@ -164,7 +170,34 @@ impl Tether {
     }
 }
 
-/// Checks that need no AWS call: the shapes of ids, and the choices that exclude each other.
+/// An AWS name (instance type, key pair, instance profile, instance id): 1 to 255 visible
+/// ASCII characters. Anything else is refused here rather than sent to AWS.
+pub(crate) fn check_name(field: &str, value: &str) -> Result<(), TetherError> {
+    if value.is_empty() || value.len() > 255 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(TetherError::invalid(field, format!("`{}` is not a valid name: use 1 to 255 visible ASCII characters", value.escape_debug())));
+    }
+    Ok(())
+}
+
+/// EC2 tags: keys of 1 to 128 and values of up to 256 characters, no control characters;
+/// `aws:` is AWS's prefix and `tether:` Tether's own.
+pub(crate) fn check_tags(field: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<(), TetherError> {
+    for (key, value) in tags {
+        let clean = |s: &str| !s.chars().any(char::is_control);
+        if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 || !clean(key) || !clean(value) {
+            return Err(TetherError::invalid(
+                format!("{field}.{}", key.escape_debug()),
+                "tag keys have 1 to 128 characters and values up to 256, without control characters",
+            ));
+        }
+        if key.to_ascii_lowercase().starts_with("aws:") || key.starts_with("tether:") {
+            return Err(TetherError::invalid(format!("{field}.{key}"), "the prefixes `aws:` and `tether:` are reserved; choose another key"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that need no AWS call: the shapes of ids and names, and the choices that exclude each other.
 fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), TetherError> {
     if !spec.subnet_id.starts_with("subnet-") {
         return Err(TetherError::invalid("spec.subnet_id", "must be a subnet id like subnet-0123456789abcdef0"));
@@ -175,10 +208,22 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     if spec.instance_types.is_empty() || spec.instance_types.iter().any(|t| t.trim().is_empty()) {
         return Err(TetherError::invalid("spec.instance_types", "list at least one instance type, in order of preference"));
     }
-    if let Some(sg) = spec.security_group_ids.iter().find(|g| !g.starts_with("sg-")) {
-        return Err(TetherError::invalid("spec.security_group_ids", format!("`{sg}` is not a security group id like sg-0123")));
+    for instance_type in &spec.instance_types {
+        check_name("spec.instance_types", instance_type)?;
     }
-    if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-")) {
+    if let Some(sg) = spec.security_group_ids.iter().find(|g| !g.starts_with("sg-") || check_name("", g).is_err()) {
+        return Err(TetherError::invalid("spec.security_group_ids", format!("`{}` is not a security group id like sg-0123", sg.escape_debug())));
+    }
+    check_name("spec.subnet_id", &spec.subnet_id)?;
+    check_name("spec.image_id", &spec.image_id)?;
+    if let Some(key) = &spec.key_name {
+        check_name("spec.key_name", key)?;
+    }
+    if let Some(profile) = &spec.iam_instance_profile {
+        check_name("spec.iam_instance_profile", profile)?;
+    }
+    check_tags("spec.tags", &spec.tags)?;
+    if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }
     if persistence.elastic_ip_allocation_id.is_some() && persistence.allocate_elastic_ip {

@@ -70,7 +70,11 @@ impl TetherError {
 
 impl From<PatchError> for TetherError {
     fn from(e: PatchError) -> Self {
-        TetherError::Invalid { field: e.field.to_owned(), reason: e.reason }
+        match e.field {
+            // The node's state, not the request, is at odds: as for actions, a conflict.
+            "state" => TetherError::Conflict(e.reason),
+            field => TetherError::Invalid { field: field.to_owned(), reason: e.reason },
+        }
     }
 }
 
@@ -160,7 +164,18 @@ impl Tether {
 
     /// Changes the node's launch settings; they take effect at the next launch.
     pub async fn patch(&self, id: &NodeId, patch: &NodePatch, by: Option<&str>) -> Result<Node, TetherError> {
+        for (field, value) in [("key_name", &patch.key_name), ("iam_instance_profile", &patch.iam_instance_profile), ("image_id", &patch.image_id)] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                manage::check_name(field, value)?;
+            }
+        }
+        if let Some(tags) = &patch.tags {
+            manage::check_tags("tags", tags)?;
+        }
         if let Some(types) = &patch.instance_types {
+            for instance_type in types {
+                manage::check_name("instance_types", instance_type)?;
+            }
             self.check_instance_types(types, "instance_types").await?;
         }
         for _ in 0..MAX_CONFLICTS {
@@ -241,6 +256,13 @@ impl Tether {
                 Action::Terminate(instance_id) => {
                     self.instances.terminate(&instance_id).await?;
                     info!(node_id = %node.id, instance_id, "instance terminated");
+                }
+                Action::TerminateLaunched => {
+                    let token = node.id.client_token(node.generation);
+                    if let Some(launched) = self.instances.find_launched(&token).await?.filter(|i| !i.gone) {
+                        self.instances.terminate(&launched.id).await?;
+                        info!(node_id = %node.id, instance_id = launched.id, "launch called off; its instance terminated");
+                    }
                 }
                 Action::Launch => outcome = self.launch(node.clone(), deadline).await?,
                 Action::ReleaseNetwork => outcome = self.release_network(node.clone(), deadline).await?,

@@ -343,3 +343,55 @@ async fn a_deallocation_waits_for_the_eni_and_finishes_on_the_termination_event(
     assert!(fx.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await.is_err(), "ENI deleted");
     Ok(())
 }
+
+#[tokio::test]
+async fn names_aws_would_choke_on_are_refused_before_any_aws_call() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let mut body = create_body(&fx, json!({}), true);
+    body["spec"]["tags"] = json!({"a": "\u{e}"});
+    let (status, problem) = call(&fx, Method::POST, "/nodes", Some(body.clone())).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("spec.tags.a")), "{problem}");
+    body["spec"]["tags"] = json!({"tether:node-id": "mine"});
+    let (status, _) = call(&fx, Method::POST, "/nodes", Some(body.clone())).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "Tether's own tag prefix is reserved");
+    body["spec"]["tags"] = json!({});
+    body["spec"]["instance_types"] = json!(["\u{12}"]);
+    let (status, problem) = call(&fx, Method::POST, "/nodes", Some(body)).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("spec.instance_types")), "{problem}");
+    let (status, problem) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": "\u{12}"}))).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("instance_id")), "{problem}");
+    let (_, list) = call(&fx, Method::GET, "/nodes", None).await?;
+    assert_eq!(list["nodes"], json!([]), "nothing was created");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_launch_that_cannot_finish_can_be_called_off() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // No capacity anywhere for this type in the emulator, and no on-demand fallback.
+    let mut body = create_body(&fx, json!({}), true);
+    body["spec"]["instance_types"] = json!(["u-6tb1.112xlarge"]);
+    body["spec"]["fallback_to_on_demand"] = json!(false);
+    let (status, node) = call(&fx, Method::POST, "/nodes", Some(body)).await?;
+    assert_eq!((status, node["state"].as_str()), (StatusCode::CREATED, Some("launching")), "{node}");
+    assert!(node["last_error"].as_str().is_some_and(|e| e.contains("InsufficientInstanceCapacity")), "{node}");
+    let id = node["id"].as_str().ok_or("no id")?.to_owned();
+    let (status, paused) = call(&fx, Method::POST, &format!("/nodes/{id}/pause"), None).await?;
+    assert_eq!((status, paused["state"].as_str()), (StatusCode::OK, Some("paused")), "{paused}");
+    let (status, gone) = call(&fx, Method::DELETE, &format!("/nodes/{id}"), None).await?;
+    assert_eq!((status, gone["state"].as_str()), (StatusCode::OK, Some("deallocated")), "{gone}");
+    let (status, problem) = call(&fx, Method::PATCH, &format!("/nodes/{id}"), Some(json!({"instance_types": ["m5.large"]}))).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "changing a deallocated node does not fit its state: {problem}");
+    assert_eq!(fx.instances_in_vpc().await?, Vec::<String>::new(), "nothing left running");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_literal_path_is_never_taken_for_a_node_id() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let request = as_lambda_request(Request::builder().method(Method::PATCH).uri("/nodes/import"), b"{}", Some(ACCESS_KEY_ID))?;
+    let response = fx.api.handle(request).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    Ok(())
+}
