@@ -47,12 +47,19 @@ fn missing(operation: &'static str, what: &str) -> AwsError {
     }
 }
 
+/// A lookup's answer: `None` when EC2 says the thing does not exist, or that its id cannot
+/// be one (`*.Malformed`), rather than an error.
+fn absent_if_unknown<T>(result: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if e.class == ErrorClass::NotFound || e.code.as_deref().is_some_and(|c| c.ends_with(".Malformed")) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Treats "it is already gone" as done, for deletes that must be idempotent.
 fn gone_is_done(result: Result<(), AwsError>) -> Result<(), AwsError> {
-    match result {
-        Err(e) if e.class == ErrorClass::NotFound => Ok(()),
-        other => other,
-    }
+    absent_if_unknown(result).map(drop)
 }
 
 fn eni_record(operation: &'static str, eni: &NetworkInterface) -> Result<EniRecord, AwsError> {

@@ -9,9 +9,9 @@ use aws_sdk_ec2::types::{
 use aws_smithy_types::base64;
 use aws_smithy_types::retry::RetryConfig;
 
-use super::{gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+use super::{absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
-use crate::error::{AwsError, ErrorClass};
+use crate::error::AwsError;
 use crate::model::{EniRecord, Market, NodeId, NodeSpec};
 use crate::ports::{ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
@@ -47,13 +47,14 @@ fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
 
 impl Ec2Cloud {
     async fn instance(&self, instance_id: &str) -> Result<Option<Instance>, AwsError> {
-        match self.client.describe_instances().instance_ids(instance_id).send().await {
-            Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).next().cloned()),
-            Err(e) => {
-                let e = aws_error("EC2", "DescribeInstances", e);
-                if e.class == ErrorClass::NotFound || e.code_is("InvalidInstanceID.Malformed") { Ok(None) } else { Err(e) }
-            }
-        }
+        let described = self
+            .client
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeInstances", e));
+        Ok(absent_if_unknown(described)?.and_then(|out| out.reservations().iter().flat_map(|r| r.instances()).next().cloned()))
     }
 }
 

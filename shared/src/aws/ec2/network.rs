@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType};
 
-use super::{eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
+use super::{absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, NodeId};
@@ -163,13 +163,14 @@ impl Network for Ec2Cloud {
     }
 
     async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
-        match self.client.describe_addresses().allocation_ids(allocation_id).send().await {
-            Ok(out) => Ok(out.addresses().first().and_then(eip_info)),
-            Err(e) => {
-                let e = aws_error("EC2", "DescribeAddresses", e);
-                if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) }
-            }
-        }
+        let described = self
+            .client
+            .describe_addresses()
+            .allocation_ids(allocation_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeAddresses", e));
+        Ok(absent_if_unknown(described)?.and_then(|out| out.addresses().first().and_then(eip_info)))
     }
 
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
@@ -178,13 +179,14 @@ impl Network for Ec2Cloud {
     }
 
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError> {
-        let out = match self.client.describe_subnets().subnet_ids(subnet_id).send().await {
-            Ok(out) => out,
-            Err(e) => {
-                let e = aws_error("EC2", "DescribeSubnets", e);
-                return if e.class == ErrorClass::NotFound { Ok(None) } else { Err(e) };
-            }
-        };
+        let described = self
+            .client
+            .describe_subnets()
+            .subnet_ids(subnet_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeSubnets", e));
+        let Some(out) = absent_if_unknown(described)? else { return Ok(None) };
         let Some(subnet) = out.subnets().first() else { return Ok(None) };
         let cidr = subnet
             .cidr_block()
