@@ -448,16 +448,11 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             post(node_path(id, "/deallocate"), Some(body), p, Some(wait))
         }
         NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, wait, post: p } => {
-            let mut body = serde_json::json!({ "instance_id": instance_id });
-            if !instance_types.is_empty() {
-                body["instance_types"] = serde_json::json!(instance_types);
-            }
-            if *no_on_demand_fallback {
-                body["fallback_to_on_demand"] = Value::Bool(false);
-            }
-            // The body must be the API's ImportRequest (which the API only deserializes).
-            serde_json::from_value::<ImportRequest>(body.clone())
-                .map_err(|e| CliError::Usage(format!("cannot build the import request: {e}")))?;
+            let body = ImportRequest {
+                instance_id: instance_id.clone(),
+                instance_types: Some(instance_types.clone()).filter(|t| !t.is_empty()),
+                fallback_to_on_demand: no_on_demand_fallback.then_some(false),
+            };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, Some(wait))
         }
         NodesCommand::Create(args) => {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use chrono::Utc;
 use ipnet::Ipv4Net;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::info;
 
@@ -16,14 +16,14 @@ use crate::lifecycle;
 use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeSpec, NodeState, Persistence};
 
 /// What importing an existing instance takes.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     pub instance_id: String,
     /// Replacement candidates, in order; default: the instance's own type.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_types: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_to_on_demand: Option<bool>,
 }
 
