@@ -179,9 +179,10 @@ pub fn deallocated(node: &Node, now: DateTime<Utc>) -> Node {
     let mut next = node.clone();
     next.state = NodeState::Deallocated;
     if !node.keep_eni {
+        // A kept ENI keeps its Elastic IP (and its record, so an operator can find it).
         next.eni = None;
+        next.elastic_ip = None;
     }
-    next.elastic_ip = None;
     next.record(now, if node.keep_eni { "deallocated; ENI kept" } else { "deallocated" });
     next
 }

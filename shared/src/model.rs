@@ -23,6 +23,15 @@ impl NodeId {
         NodeId(format!("tn-{}", uuid::Uuid::new_v4().simple()))
     }
 
+    /// The id of the node an imported instance becomes: the same instance always gives
+    /// the same node id (the first 32 hex digits of the instance id's SHA-256).
+    pub fn for_instance(instance_id: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(instance_id.as_bytes());
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        NodeId(format!("tn-{hex}"))
+    }
+
     /// Accepts an id read from outside (a table item, a request path).
     pub fn parse(raw: &str) -> Option<Self> {
         let hex = raw.strip_prefix("tn-")?;
@@ -294,6 +303,14 @@ mod tests {
         let token = id.client_token(u64::MAX);
         assert!(token.len() <= 64, "{token} is {} chars", token.len());
         assert_ne!(id.client_token(1), id.client_token(2));
+    }
+
+    #[test]
+    fn an_imported_instance_always_maps_to_the_same_valid_node_id() {
+        let id = NodeId::for_instance("i-0123456789abcdef0");
+        assert_eq!(id, NodeId::for_instance("i-0123456789abcdef0"));
+        assert_ne!(id, NodeId::for_instance("i-0123456789abcdef1"));
+        assert_eq!(NodeId::parse(id.as_str()), Some(id));
     }
 
     #[test]

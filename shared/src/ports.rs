@@ -69,8 +69,9 @@ pub trait Network: Send + Sync {
     /// The Elastic IP Tether allocated for this node earlier, or a new one (tagged with the
     /// node id): (allocation id, public IP).
     async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError>;
-    /// Disassociates the Elastic IP if it is associated.
-    async fn disassociate_eip(&self, allocation_id: &str) -> Result<(), AwsError>;
+    /// Disassociates the Elastic IP if it is associated with this ENI (and only then: a
+    /// user's Elastic IP moved elsewhere since is left alone).
+    async fn disassociate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError>;
     /// Releases an Elastic IP; one that no longer exists counts as released.
     async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError>;
     async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;

@@ -37,8 +37,9 @@ pub struct Route {
     pub errors: &'static [u16],
 }
 
-/// Errors every route can answer: not authenticated by API Gateway, throttled by AWS.
-pub const COMMON_ERRORS: &[u16] = &[403, 503];
+/// Errors every route can answer: not authenticated, a body too large (checked on every
+/// route), AWS throttled or faulted.
+pub const COMMON_ERRORS: &[u16] = &[403, 413, 503];
 
 const NODE_ACTION_ERRORS: &[u16] = &[400, 404, 409, 422];
 
@@ -66,7 +67,7 @@ pub const ROUTES: &[Route] = &[
         body: Some(("CreateNode", true)),
         query: &[],
         success: &[(201, "NodeView")],
-        errors: &[400, 409, 413, 422],
+        errors: &[400, 409, 422],
     },
     Route {
         method: Method::POST,
@@ -77,7 +78,7 @@ pub const ROUTES: &[Route] = &[
         body: Some(("ImportRequest", true)),
         query: &[],
         success: &[(201, "NodeView")],
-        errors: &[400, 409, 413, 422],
+        errors: &[400, 409, 422],
     },
     Route {
         method: Method::GET,
@@ -99,7 +100,7 @@ pub const ROUTES: &[Route] = &[
         body: Some(("NodePatch", true)),
         query: &[],
         success: &[(200, "NodeView")],
-        errors: &[400, 404, 409, 413, 422],
+        errors: &[400, 404, 409, 422],
     },
     Route {
         method: Method::DELETE,
@@ -165,7 +166,7 @@ pub const ROUTES: &[Route] = &[
         body: Some(("Deallocate", false)),
         query: &[],
         success: &[(200, "NodeView"), (202, "NodeView")],
-        errors: &[400, 404, 409, 413, 422],
+        errors: &[400, 404, 409, 422],
     },
 ];
 

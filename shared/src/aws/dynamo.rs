@@ -19,6 +19,8 @@ use crate::ports::NodeStore;
 pub const PARTITION_KEY: &str = "pk";
 pub const INSTANCE_INDEX: &str = "by-instance";
 pub const INSTANCE_ATTRIBUTE: &str = "instance_id";
+/// Items a listing reads per Scan call.
+const SCAN_PAGE: i32 = 1000;
 
 #[derive(Clone, Debug)]
 pub struct DynamoNodeStore {
@@ -164,7 +166,9 @@ impl NodeStore for DynamoNodeStore {
                 .expression_attribute_names("#pk", PARTITION_KEY)
                 .expression_attribute_values(":node", AttributeValue::S("node#".into()))
                 .set_exclusive_start_key(start.take())
-                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+                // Limit counts items read before the filter: idempotency-key items share the
+                // table, so read generously rather than page after near-empty page.
+                .limit(SCAN_PAGE)
                 .send()
                 .await
                 .map_err(|e| aws_error("DynamoDB", "Scan", e))?;

@@ -13,7 +13,9 @@ use crate::model::{Node, NodeState};
 pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
     match node.state {
         NodeState::Paused => Step::Apply { next: begin_launch(node, now, "resume requested", by), actions: vec![Action::Launch] },
-        NodeState::Launching => Step::Continue(vec![Action::Launch]),
+        // The launch under way goes on; the instance it replaces is terminated again in case
+        // an earlier attempt failed to (terminating is idempotent).
+        NodeState::Launching => Step::Continue(replaced(node).into_iter().chain([Action::Launch]).collect()),
         NodeState::Running | NodeState::Recovering | NodeState::Stopped => Step::Ignore("node already has an instance"),
         NodeState::Error => Step::Refuse(format!(
             "node {} is in ERROR ({}); recycle it once the cause is fixed, or deallocate it",
@@ -35,9 +37,18 @@ pub fn on_pause(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
             next.record_by(now, "pause requested; instance terminated, ENI and Elastic IP kept", by);
             Step::Apply { next, actions: stop_everything(node) }
         }
-        NodeState::Paused => Step::Ignore("node already paused"),
+        // Paused again: terminate once more, in case the first pause's terminate failed.
+        NodeState::Paused => match replaced(node) {
+            Some(terminate) => Step::Continue(vec![terminate]),
+            None => Step::Ignore("node already paused"),
+        },
         NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
     }
+}
+
+/// Terminating the instance the node names (its current one, or the one a launch replaces).
+fn replaced(node: &Node) -> Option<Action> {
+    node.instance_id().map(|i| Action::Terminate(i.to_owned()))
 }
 
 /// The actions that leave the node without an instance: terminate the current one, and
@@ -45,7 +56,7 @@ pub fn on_pause(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
 fn stop_everything(node: &Node) -> Vec<Action> {
     let current = match node.state {
         NodeState::Paused => None,
-        _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
+        _ => replaced(node),
     };
     let launched = (node.state == NodeState::Launching).then_some(Action::TerminateLaunched);
     current.into_iter().chain(launched).collect()
@@ -57,13 +68,10 @@ pub fn on_recycle(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
     match node.state {
         NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error | NodeState::Paused => {
             let next = begin_launch(node, now, "recycle requested", by);
-            let terminate = match node.state {
-                NodeState::Paused => None,
-                _ => node.instance_id().map(|i| Action::Terminate(i.to_owned())),
-            };
-            Step::Apply { next, actions: terminate.into_iter().chain([Action::Launch]).collect() }
+            Step::Apply { next, actions: stop_everything(node).into_iter().chain([Action::Launch]).collect() }
         }
-        NodeState::Launching => Step::Refuse(busy(node)),
+        // A recycle (or recovery) under way: carry it on, as a resume would.
+        NodeState::Launching => on_resume(node, now, by),
         NodeState::Deallocating | NodeState::Deallocated => Step::Refuse(gone(node)),
     }
 }
@@ -73,7 +81,8 @@ pub fn on_recycle(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
 /// disassociated.
 pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option<&str>) -> Step {
     match node.state {
-        NodeState::Deallocating => Step::Continue(vec![Action::ReleaseNetwork]),
+        // Carried on: terminate again (in case that failed before), then release.
+        NodeState::Deallocating => Step::Continue(replaced(node).into_iter().chain([Action::ReleaseNetwork]).collect()),
         NodeState::Deallocated => Step::Ignore("node already deallocated"),
         _ => {
             let mut next = node.clone();
@@ -83,10 +92,6 @@ pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option
             Step::Apply { next, actions: stop_everything(node).into_iter().chain([Action::ReleaseNetwork]).collect() }
         }
     }
-}
-
-fn busy(node: &Node) -> String {
-    format!("node {} is launching generation {}; try again once it is running", node.id, node.generation)
 }
 
 fn gone(node: &Node) -> String {

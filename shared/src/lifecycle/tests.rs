@@ -197,12 +197,14 @@ fn user_actions_in_every_state() {
         assert_eq!(kind(&on_resume(&node, Utc::now(), by)).0, resume, "resume in {state:?}");
         let pause = match state {
             N::Running | N::Recovering | N::Stopped | N::Error | N::Launching => "record",
-            N::Paused => "ignore",
+            // The node names an instance: terminate it again, in case that failed before.
+            N::Paused => "continue",
             _ => "refuse",
         };
         assert_eq!(kind(&on_pause(&node, Utc::now(), by)).0, pause, "pause in {state:?}");
         let recycle = match state {
-            N::Launching | N::Deallocating | N::Deallocated => "refuse",
+            N::Launching => "continue",
+            N::Deallocating | N::Deallocated => "refuse",
             _ => "launch",
         };
         assert_eq!(kind(&on_recycle(&node, Utc::now(), by)).0, recycle, "recycle in {state:?}");

@@ -128,8 +128,11 @@ impl Tether {
     /// `Err(outcome)`: the node went to ERROR.
     async fn ensure_network(&self, mut node: Node, deadline: Instant) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
         let first_launch = node.generation == 1;
+        let wants_eip = node.persistence.elastic_ip_allocation_id.is_some() || node.persistence.allocate_elastic_ip;
+        // The Elastic IP is associated until it is on record (a first attempt may have failed).
+        let eip_pending = wants_eip && node.elastic_ip.is_none();
         let eni = match node.eni.clone() {
-            Some(eni) if !first_launch => return Ok(Ok((node, eni, false))),
+            Some(eni) if !first_launch && !eip_pending => return Ok(Ok((node, eni, false))),
             Some(eni) => eni,
             None => {
                 let eni = match self.network.find_node_eni(&node.id).await? {

@@ -13,7 +13,7 @@ use tracing::info;
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeSpec, NodeState, Persistence};
+use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -93,8 +93,14 @@ impl Tether {
                 found.summary.state
             )));
         }
-        if let Some(node_id) = &found.node_tag {
-            return Err(TetherError::Conflict(format!("instance {instance_id} is already managed by node {node_id}")));
+        // One node per instance: its id is derived from the instance id, so a retried or
+        // concurrent import meets the same (conditional) record instead of making a second.
+        let node_id = NodeId::for_instance(instance_id);
+        if let Some(existing) = self.store.get(&node_id).await? {
+            return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", existing.id)));
+        }
+        if let Some(other) = found.node_tag.as_deref().filter(|tag| *tag != node_id.as_str()) {
+            return Err(TetherError::Conflict(format!("instance {instance_id} is already managed by node {other}")));
         }
         let mut spec = found.spec.clone();
         if let Some(types) = &request.instance_types {
@@ -118,6 +124,7 @@ impl Tether {
         };
         let now = Utc::now();
         let mut node = Node::new(spec, persistence, now);
+        node.id = node_id;
         node.history.clear();
         node.state = NodeState::Running;
         node.generation = 1;
@@ -133,7 +140,12 @@ impl Tether {
         node.record_by(now, format!("imported instance {instance_id} with ENI {} ({})", found.eni.id, found.eni.private_ip), by);
         // The ENI must outlive the instance before Tether promises anything about it.
         self.instances.adopt(&node.id, &found).await?;
-        self.store.create(&node).await?;
+        match self.store.create(&node).await {
+            Err(e) if e.class == ErrorClass::Conflict => {
+                return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", node.id)))
+            }
+            other => other?,
+        }
         info!(node_id = %node.id, instance_id, eni_id = found.eni.id, "instance imported");
         Ok(node)
     }
@@ -142,18 +154,19 @@ impl Tether {
     /// allocated it), the ENI deleted, unless the ENI is kept (with its Elastic IP).
     pub(super) async fn release_network(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
         if !node.keep_eni {
-            if let Some(eip) = &node.elastic_ip {
-                self.network.disassociate_eip(&eip.allocation_id).await?;
+            if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
+                self.network.disassociate_eip(&eip.allocation_id, &eni.id).await?;
             }
             if let Some(eni) = &node.eni {
                 // The ENI is released only once the old instance has terminated.
+                let started = Instant::now();
                 let deleted = self.with_retries(deadline, false, || self.network.delete_eni(&eni.id)).await;
                 match deleted {
                     Err(e) if e.class == ErrorClass::EniInUse => {
                         return Err(TetherError::EniStillAttached {
                             node_id: node.id.clone(),
                             eni_id: eni.id.clone(),
-                            waited: std::time::Duration::ZERO,
+                            waited: started.elapsed(),
                             source: Box::new(e),
                         })
                     }

@@ -396,6 +396,8 @@ async fn a_launch_that_cannot_finish_can_be_called_off() -> Result<(), SetupErro
     assert_eq!((status, node["state"].as_str()), (StatusCode::CREATED, Some("launching")), "{node}");
     assert!(node["last_error"].as_str().is_some_and(|e| e.contains("InsufficientInstanceCapacity")), "{node}");
     let id = node["id"].as_str().ok_or("no id")?.to_owned();
+    let (status, again) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
+    assert_eq!((status, again["state"].as_str()), (StatusCode::ACCEPTED, Some("launching")), "still no capacity: {again}");
     let (status, paused) = call(&fx, Method::POST, &format!("/nodes/{id}/pause"), None).await?;
     assert_eq!((status, paused["state"].as_str()), (StatusCode::OK, Some("paused")), "{paused}");
     let (status, gone) = call(&fx, Method::DELETE, &format!("/nodes/{id}"), None).await?;
@@ -413,5 +415,72 @@ async fn a_literal_path_is_never_taken_for_a_node_id() -> Result<(), SetupError>
     let response = fx.api.handle(request).await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_remaining_refusals() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let unknown = "tn-00000000000000000000000000000000";
+    for (method, path, body) in [
+        (Method::PATCH, format!("/nodes/{unknown}"), Some(json!({"tags": {}}))),
+        (Method::GET, format!("/nodes/{unknown}/history"), None),
+        (Method::POST, format!("/nodes/{unknown}/resume"), None),
+        (Method::POST, format!("/nodes/{unknown}/deallocate"), None),
+    ] {
+        let (status, problem) = call(&fx, method.clone(), &path, body).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {problem}");
+    }
+    // Import: an instance that does not exist, and one that is stopped.
+    let (status, problem) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": "i-0123456789abcdef0"}))).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("instance_id")), "{problem}");
+    let launched = fx.run_one().subnet_id(&fx.subnet_id).send().await?;
+    let stopped = launched.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    fx.ec2.stop_instances().instance_ids(&stopped).send().await?;
+    let (status, problem) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": stopped}))).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("stopped")), "{problem}");
+
+    // PATCH of the private IP is refused, with the reason.
+    let (_, node) = call(&fx, Method::POST, "/nodes", Some(create_body(&fx, json!({"private_ip": "10.0.1.40"}), false))).await?;
+    let id = node["id"].as_str().ok_or("no id")?.to_owned();
+    let (status, problem) = call(&fx, Method::PATCH, &format!("/nodes/{id}"), Some(json!({"private_ip": "10.0.1.41"}))).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("private_ip")), "{problem}");
+
+    // Idempotency-Key: malformed (400), reused for another request (422).
+    let (status, problem) = call_with(&fx, Method::POST, &format!("/nodes/{id}/pause"), None, &[("Idempotency-Key", "a b")]).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("Idempotency-Key")), "{problem}");
+    let key = [("Idempotency-Key", "k-1")];
+    call_with(&fx, Method::POST, &format!("/nodes/{id}/pause"), None, &key).await?;
+    let (status, problem) = call_with(&fx, Method::POST, &format!("/nodes/{id}/resume"), None, &key).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("Idempotency-Key")), "{problem}");
+
+    // Resume of a node in ERROR is refused with the reason and the way out.
+    let mut broken = fx.tether.node(&tether::NodeId::parse(&id).ok_or("bad id")?).await?;
+    broken = tether::lifecycle::failed(&broken, "ENI eni-0 was deleted outside Tether".into(), chrono::Utc::now());
+    fx.store.save(&broken).await?;
+    let (status, problem) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("ERROR") && d.contains("recycle")), "{problem}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resume_carries_on_a_recycle_whose_terminate_never_happened() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (_, node) = call(&fx, Method::POST, "/nodes", Some(create_body(&fx, json!({}), true))).await?;
+    let id = tether::NodeId::parse(node["id"].as_str().ok_or("no id")?).ok_or("bad id")?;
+    let first = node["instance_id"].as_str().ok_or("no instance")?.to_owned();
+    // A recycle recorded its new generation, then died before terminating the old instance.
+    let running = fx.tether.node(&id).await?;
+    let tether::lifecycle::Step::Apply { next, .. } = tether::lifecycle::on_recycle(&running, chrono::Utc::now(), None) else {
+        return Err("recycle did not apply".into());
+    };
+    fx.store.save(&next).await?;
+    let (status, resumed) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
+    assert_eq!((status, resumed["state"].as_str()), (StatusCode::OK, Some("running")), "{resumed}");
+    assert_eq!(resumed["generation"], 2);
+    assert_eq!(fx.cloud.describe_instance(&first).await?.map(|i| i.state), Some("terminated".into()), "the old one terminated at last");
+    assert_eq!(fx.instances_in_vpc().await?.len(), 1, "one instance runs the node");
     Ok(())
 }

@@ -135,8 +135,9 @@ impl Network for Ec2Cloud {
         ))
     }
 
-    async fn disassociate_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
-        let Some(association_id) = self.describe_eip(allocation_id).await?.and_then(|a| a.association_id) else {
+    async fn disassociate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError> {
+        let on_this_eni = self.describe_eip(allocation_id).await?.filter(|a| a.network_interface_id.as_deref() == Some(eni_id));
+        let Some(association_id) = on_this_eni.and_then(|a| a.association_id) else {
             return Ok(());
         };
         let disassociated = self
