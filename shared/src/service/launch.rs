@@ -55,14 +55,7 @@ impl Tether {
                     tried.push(format!("{instance_type}/{}", market.as_str()));
                     last_capacity_error = Some(e);
                 }
-                Err(e) if e.class == ErrorClass::EniInUse => {
-                    return Err(TetherError::EniStillAttached {
-                        node_id: node.id.clone(),
-                        eni_id: eni.id.clone(),
-                        waited: started.elapsed(),
-                        source: Box::new(e),
-                    })
-                }
+                Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, started, e)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
             }

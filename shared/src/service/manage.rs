@@ -162,14 +162,7 @@ impl Tether {
                 let started = Instant::now();
                 let deleted = self.with_retries(deadline, false, || self.network.delete_eni(&eni.id)).await;
                 match deleted {
-                    Err(e) if e.class == ErrorClass::EniInUse => {
-                        return Err(TetherError::EniStillAttached {
-                            node_id: node.id.clone(),
-                            eni_id: eni.id.clone(),
-                            waited: started.elapsed(),
-                            source: Box::new(e),
-                        })
-                    }
+                    Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, started, e)),
                     other => other?,
                 }
             }

@@ -63,6 +63,16 @@ impl TetherError {
         }
     }
 
+    /// The node's ENI is still attached to an instance after retrying since `started`.
+    pub(crate) fn eni_still_attached(node: &Node, eni_id: &str, started: Instant, source: AwsError) -> Self {
+        TetherError::EniStillAttached {
+            node_id: node.id.clone(),
+            eni_id: eni_id.to_owned(),
+            waited: started.elapsed(),
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         TetherError::Invalid { field: field.into(), reason: reason.into() }
     }
