@@ -7,6 +7,8 @@ pub mod aws;
 pub mod config;
 pub mod error;
 pub mod events;
+#[cfg(feature = "fakes")]
+pub mod fake;
 pub mod lambda;
 pub mod lifecycle;
 pub mod model;

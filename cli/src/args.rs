@@ -1,0 +1,187 @@
+//! The command line: what `tether` accepts (clap).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `tether`: manage Tether's stateful nodes through the management API.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "Manage Tether's stateful nodes through the management API (requests are SigV4-signed)",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The API's URL, e.g. https://abc123.execute-api.eu-west-1.amazonaws.com [env: TETHER_API_URL]
+    #[arg(long, global = true, value_name = "URL", help_heading = "Global options")]
+    pub endpoint: Option<String>,
+    /// The Region the requests are signed for (default: the AWS configuration's, else us-east-1)
+    #[arg(long, global = true, value_name = "REGION", help_heading = "Global options")]
+    pub region: Option<String>,
+    /// The named profile of the AWS configuration files to take credentials and Region from
+    #[arg(long, global = true, value_name = "NAME", help_heading = "Global options")]
+    pub profile: Option<String>,
+    /// Print the API's JSON answers instead of tables
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stateful nodes: list, show, create, and their lifecycle actions
+    #[command(subcommand, alias = "node")]
+    Nodes(NodesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List nodes (one page unless --all)
+    List {
+        /// Nodes per page, 1 to 100 (the API's default: 25)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: Option<u32>,
+        /// Follow `next_token` until the last page
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one node: state, instance, network identity, spec
+    Show {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+    },
+    /// What happened to a node, and who asked
+    History {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+    },
+    /// Create a node (paused unless --resume)
+    Create(Box<CreateArgs>),
+    /// Terminate the node's instance; keep its ENI and Elastic IP
+    Pause {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Launch an instance on the node's ENI (the ENI is created at the first resume)
+    Resume {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Replace the node's instance by a new one on the same ENI
+    Recycle {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Terminate the instance, delete the ENI, release (Tether's) or disassociate (yours) the Elastic IP
+    Deallocate {
+        #[arg(value_name = "NODE_ID")]
+        id: String,
+        /// Keep the ENI and the Elastic IP on it: the private IP stays reserved
+        #[arg(long)]
+        keep_eni: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+    /// Adopt a running instance as a node, keeping its private IP and Elastic IP
+    Import {
+        #[arg(value_name = "INSTANCE_ID")]
+        instance_id: String,
+        /// Replacement candidates, in order (repeat the flag; default: the instance's own type)
+        #[arg(long = "instance-type", value_name = "TYPE")]
+        instance_types: Vec<String>,
+        /// Never fall back to on-demand when no spot capacity is left
+        #[arg(long)]
+        no_on_demand_fallback: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        post: PostArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The subnet of the node's ENI (fixes its Availability Zone for life)
+    #[arg(long, value_name = "SUBNET_ID")]
+    pub subnet: String,
+    /// The AMI every instance of the node boots
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: String,
+    /// Instance types in order of preference, spot first (repeat the flag)
+    #[arg(long = "instance-type", value_name = "TYPE", required = true)]
+    pub instance_types: Vec<String>,
+    /// Security groups of the ENI (repeat the flag)
+    #[arg(long = "security-group", value_name = "SG_ID")]
+    pub security_groups: Vec<String>,
+    /// The EC2 key pair of the instances
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN
+    #[arg(long, value_name = "NAME_OR_ARN")]
+    pub instance_profile: Option<String>,
+    /// A file whose text is the instances' user data
+    #[arg(long, value_name = "FILE")]
+    pub user_data_file: Option<PathBuf>,
+    /// A tag of the node's instances (repeat the flag)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Never fall back to on-demand when no spot capacity is left
+    #[arg(long)]
+    pub no_on_demand_fallback: bool,
+    /// The node's private IP for life (default: EC2 picks one at the first resume)
+    #[arg(long, value_name = "IP")]
+    pub private_ip: Option<Ipv4Addr>,
+    /// Your Elastic IP allocation to keep on the node (disassociated, never released, at deallocation)
+    #[arg(long, value_name = "ALLOCATION_ID", conflicts_with = "allocate_elastic_ip")]
+    pub elastic_ip: Option<String>,
+    /// Let Tether allocate an Elastic IP at the first resume (released at deallocation)
+    #[arg(long)]
+    pub allocate_elastic_ip: bool,
+    /// Resume the node right away: create its ENI and launch its first instance
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub post: PostArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Wait until the node is settled (running, paused, deallocated or error), showing progress
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PostArgs {
+    /// The request's Idempotency-Key (default: a new UUID); reuse it to repeat a request safely
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+

@@ -1,0 +1,277 @@
+//! `FakeStore` and `FakeIdempotency`: the DynamoDB table in memory, with the adapters'
+//! conditional writes, and injectable faults per DynamoDB operation name.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::faults::{aws, with_fault, Fault, Faults, When};
+use crate::error::AwsError;
+use crate::model::{Node, NodeId};
+use crate::ports::{Claim, IdempotencyStore, NodeStore};
+
+const DYNAMODB: &str = "DynamoDB";
+
+fn condition_failed(operation: &'static str) -> AwsError {
+    aws(DYNAMODB, operation, "ConditionalCheckFailedException", "The conditional request failed")
+}
+
+#[derive(Default)]
+struct Table {
+    nodes: BTreeMap<NodeId, Node>,
+    /// The `by-instance` index: instance id → nodes whose current instance it is.
+    by_instance: HashMap<String, BTreeSet<NodeId>>,
+    faults: Faults,
+    calls: BTreeMap<&'static str, u64>,
+}
+
+impl Table {
+    fn put(&mut self, node: Node) {
+        if let Some(old) = self.nodes.get(&node.id).and_then(|n| n.instance_id().map(str::to_owned)) {
+            if let Some(ids) = self.by_instance.get_mut(&old) {
+                ids.remove(&node.id);
+                if ids.is_empty() {
+                    self.by_instance.remove(&old);
+                }
+            }
+        }
+        if let Some(instance_id) = node.instance_id() {
+            self.by_instance.entry(instance_id.to_owned()).or_default().insert(node.id.clone());
+        }
+        self.nodes.insert(node.id.clone(), node);
+    }
+}
+
+/// The node table in memory: `create` and `save` are conditional as in `DynamoNodeStore`;
+/// `find_by_instance` reads an index kept up to date on every write; `list` pages in id
+/// order (the adapter's Scan order is the table's hash order: callers may not rely on any).
+#[derive(Default)]
+pub struct FakeStore {
+    table: Mutex<Table>,
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        FakeStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut Table) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        let mut table = self.lock();
+        *table.calls.entry(operation).or_default() += 1;
+        let fault = table.faults.take(operation);
+        with_fault(fault, DYNAMODB, operation, || f(&mut table))
+    }
+
+    /// The next call of `operation` (`PutItem`, `GetItem`, `Query`, `Scan`) fails with `code`.
+    pub fn fail_next(&self, operation: &str, code: &str) {
+        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::Before });
+    }
+
+    /// The next call of `operation` takes effect, then fails with `code`.
+    pub fn fail_next_after(&self, operation: &str, code: &str) {
+        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::After });
+    }
+
+    pub fn inject(&self, operation: &str, fault: Fault) {
+        self.lock().faults.push(operation, fault);
+    }
+
+    /// Every node record, by id (no faults, not counted).
+    pub fn nodes(&self) -> Vec<Node> {
+        self.lock().nodes.values().cloned().collect()
+    }
+
+    pub fn call_count(&self, operation: &str) -> u64 {
+        self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl NodeStore for FakeStore {
+    async fn create(&self, node: &Node) -> Result<(), AwsError> {
+        self.call("PutItem", |t| {
+            if t.nodes.contains_key(&node.id) {
+                return Err(condition_failed("PutItem"));
+            }
+            t.put(node.clone());
+            Ok(())
+        })
+    }
+
+    async fn get(&self, id: &NodeId) -> Result<Option<Node>, AwsError> {
+        self.call("GetItem", |t| Ok(t.nodes.get(id).cloned()))
+    }
+
+    async fn find_by_instance(&self, instance_id: &str) -> Result<Option<Node>, AwsError> {
+        self.call("Query", |t| {
+            let nodes = t.by_instance.get(instance_id).into_iter().flatten().filter_map(|id| t.nodes.get(id));
+            Ok(nodes.max_by_key(|n| n.generation).cloned())
+        })
+    }
+
+    async fn save(&self, node: &Node) -> Result<Node, AwsError> {
+        self.call("PutItem", |t| {
+            // `#v = :v`: an absent item has no version, so the condition fails too.
+            if t.nodes.get(&node.id).map(|n| n.version) != Some(node.version) {
+                return Err(condition_failed("PutItem"));
+            }
+            let mut next = node.clone();
+            next.version += 1;
+            t.put(next.clone());
+            Ok(next)
+        })
+    }
+
+    async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
+        self.call("Scan", |t| {
+            let after = |n: &&Node| start_after.is_none_or(|s| n.id > *s);
+            let rest = t.nodes.values().filter(after);
+            // As the adapter: a full page names its last id (even when nothing follows);
+            // `limit` 0 never fills, so it returns everything.
+            if limit == 0 {
+                return Ok((rest.cloned().collect(), None));
+            }
+            let page: Vec<Node> = rest.take(limit).cloned().collect();
+            let next = (page.len() == limit).then(|| page.last().map(|n| n.id.clone())).flatten();
+            Ok((page, next))
+        })
+    }
+}
+
+/// How long an answer is replayed, and when an unfinished claim may be taken over: the
+/// adapter's figures.
+const KEEP_FOR: i64 = 24 * 3600;
+const STALE_AFTER: i64 = 60;
+
+#[derive(Clone, Debug, Default)]
+struct IdemItem {
+    fingerprint: Option<String>,
+    state: Option<String>,
+    claimed_at: Option<i64>,
+    expires_at: Option<i64>,
+    status: Option<u16>,
+    body: Option<String>,
+}
+
+struct IdemTable {
+    items: HashMap<String, IdemItem>,
+    now: i64,
+    faults: Faults,
+}
+
+/// Idempotency records as `DynamoIdempotencyStore` keeps them, on a virtual clock (seconds;
+/// starts at 2023-11-14T22:13:20Z).
+pub struct FakeIdempotency {
+    table: Mutex<IdemTable>,
+}
+
+impl Default for FakeIdempotency {
+    fn default() -> Self {
+        FakeIdempotency { table: Mutex::new(IdemTable { items: HashMap::new(), now: 1_700_000_000, faults: Faults::default() }) }
+    }
+}
+
+impl FakeIdempotency {
+    pub fn new() -> Self {
+        FakeIdempotency::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IdemTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut IdemTable) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        let mut table = self.lock();
+        let fault = table.faults.take(operation);
+        with_fault(fault, DYNAMODB, operation, || f(&mut table))
+    }
+
+    pub fn advance_clock(&self, by: Duration) {
+        self.lock().now += i64::try_from(by.as_secs()).unwrap_or(i64::MAX / 2);
+    }
+
+    /// The next call of `operation` (`PutItem`, `GetItem`, `UpdateItem`, `DeleteItem`) fails.
+    pub fn fail_next(&self, operation: &str, code: &str) {
+        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::Before });
+    }
+
+    pub fn fail_next_after(&self, operation: &str, code: &str) {
+        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::After });
+    }
+
+    /// Keys on record (TTL never deletes anything here: correctness must not depend on it).
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock().items.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for FakeIdempotency {
+    async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, AwsError> {
+        let put = self.call("PutItem", |t| {
+            let now = t.now;
+            let free = match t.items.get(key) {
+                None => true,
+                // A missing attribute makes its comparison false, as in DynamoDB.
+                Some(item) => {
+                    item.expires_at.is_some_and(|e| e < now)
+                        || (item.state.as_deref() == Some("in_progress") && item.claimed_at.is_some_and(|c| c < now - STALE_AFTER))
+                }
+            };
+            if !free {
+                return Err(condition_failed("PutItem"));
+            }
+            let item = IdemItem {
+                fingerprint: Some(fingerprint.to_owned()),
+                state: Some("in_progress".to_owned()),
+                claimed_at: Some(now),
+                expires_at: Some(now + KEEP_FOR),
+                status: None,
+                body: None,
+            };
+            t.items.insert(key.to_owned(), item);
+            Ok(())
+        });
+        match put {
+            Ok(()) => return Ok(Claim::New),
+            Err(e) if e.class == crate::error::ErrorClass::Conflict => {}
+            Err(e) => return Err(e),
+        }
+        self.call("GetItem", |t| {
+            let Some(item) = t.items.get(key) else { return Ok(Claim::InProgress) };
+            if item.fingerprint.as_deref() != Some(fingerprint) {
+                return Ok(Claim::Mismatch);
+            }
+            match (item.state.as_deref(), item.status, &item.body) {
+                (Some("done"), Some(status), Some(body)) => Ok(Claim::Replay { status, body: body.clone() }),
+                _ => Ok(Claim::InProgress),
+            }
+        })
+    }
+
+    async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError> {
+        // UpdateItem without a condition: creates the item if it is gone (released meanwhile).
+        self.call("UpdateItem", |t| {
+            let item = t.items.entry(key.to_owned()).or_default();
+            item.state = Some("done".to_owned());
+            item.status = Some(status);
+            item.body = Some(body.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn release(&self, key: &str) -> Result<(), AwsError> {
+        self.call("DeleteItem", |t| {
+            t.items.remove(key);
+            Ok(())
+        })
+    }
+}
