@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use crate::error::AwsError;
+use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, Market, Node, NodeId, NodeSpec};
 
 /// Where nodes live. Every write is conditional on the version the caller read.
@@ -52,6 +52,37 @@ pub struct ElasticIpInfo {
     pub association_id: Option<String>,
     /// The instance it (or its ENI) is associated with, if any.
     pub instance_id: Option<String>,
+}
+
+impl ElasticIpInfo {
+    /// Whether AssociateAddress is needed to put this Elastic IP on `eni_id`: `Ok(false)`
+    /// when it is there already, `Ok(true)` when it is free; an error naming the holder
+    /// when anything else has it (Tether does not take an Elastic IP away).
+    pub fn needs_association(&self, eni_id: &str) -> Result<bool, AwsError> {
+        if self.network_interface_id.as_deref() == Some(eni_id) {
+            return Ok(false);
+        }
+        let Some(_) = &self.association_id else { return Ok(true) };
+        let holder = self.instance_id.as_deref().or(self.network_interface_id.as_deref()).unwrap_or("another resource");
+        Err(AwsError {
+            service: "EC2",
+            operation: "AssociateAddress",
+            code: Some("Resource.AlreadyAssociated".into()),
+            message: format!("Elastic IP {} is associated with {holder}; disassociate it or choose another", self.allocation_id),
+            class: ErrorClass::Permanent,
+        })
+    }
+}
+
+/// The error for an Elastic IP allocation that does not exist.
+pub fn eip_not_found(allocation_id: &str) -> AwsError {
+    AwsError::from_code(
+        "EC2",
+        "DescribeAddresses",
+        Some("InvalidAllocationID.NotFound"),
+        Some(&format!("Elastic IP allocation {allocation_id} does not exist")),
+        None,
+    )
 }
 
 /// The ENI, Elastic IP and subnet calls Tether makes.

@@ -10,15 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use super::faults::{aws, Fault, Faults, When};
+use super::faults::{aws, Fault, FaultInjection, Faults, When};
 use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
-use crate::ports::{
-    ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
-    SubnetInfo,
-};
+use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
+    SubnetInfo,};
 
 const EC2: &str = "EC2";
 
@@ -721,22 +719,6 @@ impl FakeEc2 {
 
     // ---- faults ----
 
-    /// The next call of `operation` (an EC2 API name: `RunInstances`, `AssociateAddress`,
-    /// `DescribeAddresses`, ...) fails with `code`, doing nothing. Faults queue in order.
-    pub fn fail_next(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::Before });
-    }
-
-    /// The next call of `operation` takes effect, then fails with `code`.
-    pub fn fail_next_after(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::After });
-    }
-
-    /// Queues any fault, including "no response" (`code: None`).
-    pub fn inject(&self, operation: &str, fault: Fault) {
-        self.lock().faults.push(operation, fault);
-    }
-
     /// Faults queued and not yet taken.
     pub fn pending_faults(&self) -> usize {
         self.lock().faults.pending()
@@ -884,6 +866,13 @@ impl FakeEc2 {
     }
 }
 
+/// Faults by EC2 API name: `RunInstances`, `AssociateAddress`, `DescribeAddresses`, ...
+impl FaultInjection for FakeEc2 {
+    fn inject(&self, operation: &str, fault: Fault) {
+        self.lock().faults.push(operation, fault);
+    }
+}
+
 #[async_trait]
 impl Network for FakeEc2 {
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
@@ -901,28 +890,9 @@ impl Network for FakeEc2 {
     }
 
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
-        let address = self.describe_eip(allocation_id).await?.ok_or_else(|| {
-            AwsError::from_code(
-                "EC2",
-                "DescribeAddresses",
-                Some("InvalidAllocationID.NotFound"),
-                Some(&format!("Elastic IP allocation {allocation_id} does not exist")),
-                None,
-            )
-        })?;
-        match address.network_interface_id.as_deref() {
-            Some(current) if current == eni_id => return Ok(address.public_ip),
-            _ if address.association_id.is_some() => {
-                let holder = address.instance_id.or(address.network_interface_id).unwrap_or_else(|| "another resource".into());
-                return Err(AwsError {
-                    service: "EC2",
-                    operation: "AssociateAddress",
-                    code: Some("Resource.AlreadyAssociated".into()),
-                    message: format!("Elastic IP {allocation_id} is associated with {holder}; disassociate it or choose another"),
-                    class: ErrorClass::Permanent,
-                });
-            }
-            _ => {}
+        let address = self.describe_eip(allocation_id).await?.ok_or_else(|| eip_not_found(allocation_id))?;
+        if !address.needs_association(eni_id)? {
+            return Ok(address.public_ip);
         }
         self.call("AssociateAddress", |s| s.associate_address(allocation_id, eni_id, false))?;
         Ok(address.public_ip)

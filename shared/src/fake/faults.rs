@@ -22,6 +22,24 @@ pub struct Fault {
     pub when: When,
 }
 
+/// Injecting faults into a fake: each fake says how to queue one (`inject`); the
+/// common cases come with it.
+pub trait FaultInjection {
+    /// Queues any fault for the next call of `operation` (an AWS API name such as
+    /// `RunInstances` or `PutItem`), including "no response" (`code: None`).
+    fn inject(&self, operation: &str, fault: Fault);
+
+    /// The next call of `operation` fails with `code`, doing nothing. Faults queue in order.
+    fn fail_next(&self, operation: &str, code: &str) {
+        self.inject(operation, Fault { code: Some(code.to_owned()), when: When::Before });
+    }
+
+    /// The next call of `operation` takes effect, then fails with `code`.
+    fn fail_next_after(&self, operation: &str, code: &str) {
+        self.inject(operation, Fault { code: Some(code.to_owned()), when: When::After });
+    }
+}
+
 /// HTTP status AWS answers a code with (only used by `from_code` to break ties for codes
 /// it does not know).
 fn status_of(code: &str) -> u16 {

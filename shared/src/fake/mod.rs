@@ -16,7 +16,7 @@ mod faults;
 mod store;
 
 pub use ec2::{EniView, EipView, FakeEc2, InstanceView, KNOWN_INSTANCE_TYPES};
-pub use faults::{Fault, When};
+pub use faults::{Fault, FaultInjection, When};
 pub use store::{FakeIdempotency, FakeStore};
 
 #[cfg(test)]

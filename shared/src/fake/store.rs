@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::faults::{aws, with_fault, Fault, Faults, When};
+use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::model::{Node, NodeId};
 use crate::ports::{Claim, IdempotencyStore, NodeStore};
@@ -66,20 +66,6 @@ impl FakeStore {
         *table.calls.entry(operation).or_default() += 1;
         let fault = table.faults.take(operation);
         with_fault(fault, DYNAMODB, operation, || f(&mut table))
-    }
-
-    /// The next call of `operation` (`PutItem`, `GetItem`, `Query`, `Scan`) fails with `code`.
-    pub fn fail_next(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::Before });
-    }
-
-    /// The next call of `operation` takes effect, then fails with `code`.
-    pub fn fail_next_after(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::After });
-    }
-
-    pub fn inject(&self, operation: &str, fault: Fault) {
-        self.lock().faults.push(operation, fault);
     }
 
     /// Every node record, by id (no faults, not counted).
@@ -196,15 +182,6 @@ impl FakeIdempotency {
         self.lock().now += i64::try_from(by.as_secs()).unwrap_or(i64::MAX / 2);
     }
 
-    /// The next call of `operation` (`PutItem`, `GetItem`, `UpdateItem`, `DeleteItem`) fails.
-    pub fn fail_next(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::Before });
-    }
-
-    pub fn fail_next_after(&self, operation: &str, code: &str) {
-        self.lock().faults.push(operation, Fault { code: Some(code.to_owned()), when: When::After });
-    }
-
     /// Keys on record (TTL never deletes anything here: correctness must not depend on it).
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.lock().items.keys().cloned().collect();
@@ -273,5 +250,19 @@ impl IdempotencyStore for FakeIdempotency {
             t.items.remove(key);
             Ok(())
         })
+    }
+}
+
+/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `Query`, `Scan`.
+impl FaultInjection for FakeStore {
+    fn inject(&self, operation: &str, fault: Fault) {
+        self.lock().faults.push(operation, fault);
+    }
+}
+
+/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `UpdateItem`, `DeleteItem`.
+impl FaultInjection for FakeIdempotency {
+    fn inject(&self, operation: &str, fault: Fault) {
+        self.lock().faults.push(operation, fault);
     }
 }

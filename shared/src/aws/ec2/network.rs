@@ -7,9 +7,9 @@ use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType};
 
 use super::{absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
-use crate::error::{AwsError, ErrorClass};
+use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
-use crate::ports::{ElasticIpInfo, EniRequest, Network, SubnetInfo};
+use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetInfo};
 
 fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
     Some(ElasticIpInfo {
@@ -84,23 +84,9 @@ impl Network for Ec2Cloud {
     }
 
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
-        let address = self
-            .describe_eip(allocation_id)
-            .await?
-            .ok_or_else(|| AwsError::from_code("EC2", "DescribeAddresses", Some("InvalidAllocationID.NotFound"), Some(&format!("Elastic IP allocation {allocation_id} does not exist")), None))?;
-        match address.network_interface_id.as_deref() {
-            Some(current) if current == eni_id => return Ok(address.public_ip),
-            _ if address.association_id.is_some() => {
-                let holder = address.instance_id.or(address.network_interface_id).unwrap_or_else(|| "another resource".into());
-                return Err(AwsError {
-                    service: "EC2",
-                    operation: "AssociateAddress",
-                    code: Some("Resource.AlreadyAssociated".into()),
-                    message: format!("Elastic IP {allocation_id} is associated with {holder}; disassociate it or choose another"),
-                    class: ErrorClass::Permanent,
-                });
-            }
-            _ => {}
+        let address = self.describe_eip(allocation_id).await?.ok_or_else(|| eip_not_found(allocation_id))?;
+        if !address.needs_association(eni_id)? {
+            return Ok(address.public_ip);
         }
         self.client
             .associate_address()
