@@ -2,12 +2,12 @@
 //! and the translation of an EventBridge invocation into a service call and back.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use aws_config::SdkConfig;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
 use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud, idempotency::DynamoIdempotencyStore};
@@ -57,13 +57,13 @@ pub async fn tether_from_env() -> Result<Tether, lambda_runtime::Error> {
     Ok(tether_from_sdk(&load_sdk().await, &config))
 }
 
-/// The invocation's deadline as a monotonic instant.
-pub fn deadline(context: &lambda_runtime::Context) -> Instant {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    match context.deadline.checked_sub(now_ms) {
-        Some(left) if context.deadline > 0 => Instant::now() + Duration::from_millis(left),
-        _ => Instant::now() + DEFAULT_BUDGET,
-    }
+/// The invocation's deadline (Lambda gives it in milliseconds since the epoch).
+pub fn deadline(context: &lambda_runtime::Context) -> DateTime<Utc> {
+    i64::try_from(context.deadline)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(|| Utc::now() + DEFAULT_BUDGET)
 }
 
 /// Handles one EventBridge event of the `detail_types` this function serves.

@@ -1,8 +1,12 @@
 //! The narrow interfaces the domain needs from AWS. Adapters in `aws/` implement them.
 
+use std::future::Future;
 use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
 
 use crate::error::{AwsError, ErrorClass};
@@ -203,4 +207,25 @@ pub trait IdempotencyStore: Send + Sync {
     async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError>;
     /// Forgets the key (the request failed in a way worth retrying).
     async fn release(&self, key: &str) -> Result<(), AwsError>;
+}
+
+/// Time as the service sees it: the wall clock and sleeping between retries. Lambda runs
+/// on the system's; the chaos test on a virtual one it moves itself.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The system clock and tokio's timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }

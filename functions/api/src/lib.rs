@@ -19,7 +19,6 @@ use tether::lifecycle::NodePatch;
 use tether::ports::{Claim, IdempotencyStore};
 use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, NodeView};
 use tether::{ImportRequest, NodeId, NodeState, Outcome, Tether, TetherError};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use problem::{from_error, json, problem, respond};
@@ -155,7 +154,7 @@ impl Api {
             Some(Some(id)) => Some(id),
             None => None,
         };
-        let deadline = Instant::now() + self.action_budget;
+        let deadline = self.tether.deadline_in(self.action_budget);
         match (call.route.operation, node_id) {
             (Operation::ListNodes, _) => self.list(call.query).await,
             (Operation::CreateNode, _) => {

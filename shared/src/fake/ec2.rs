@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
+use super::clock::yield_now;
 use super::faults::{aws, Fault, FaultInjection, Faults, When};
 use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
@@ -876,20 +877,24 @@ impl FaultInjection for FakeEc2 {
 #[async_trait]
 impl Network for FakeEc2 {
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
+        yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| {
             Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str())).map(Eni::record))
         })
     }
 
     async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
+        yield_now().await;
         self.call("CreateNetworkInterface", |s| s.create_network_interface(request))
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
         gone_is_done(self.call("DeleteNetworkInterface", |s| s.delete_network_interface(eni_id)))
     }
 
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
+        yield_now().await;
         let address = self.describe_eip(allocation_id).await?.ok_or_else(|| eip_not_found(allocation_id))?;
         if !address.needs_association(eni_id)? {
             return Ok(address.public_ip);
@@ -899,6 +904,7 @@ impl Network for FakeEc2 {
     }
 
     async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError> {
+        yield_now().await;
         let earlier = self.call("DescribeAddresses", |s| {
             Ok(s.eips
                 .iter()
@@ -912,28 +918,34 @@ impl Network for FakeEc2 {
     }
 
     async fn disassociate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
         let on_this_eni = self.describe_eip(allocation_id).await?.filter(|a| a.network_interface_id.as_deref() == Some(eni_id));
         let Some(association_id) = on_this_eni.and_then(|a| a.association_id) else { return Ok(()) };
         gone_is_done(self.call("DisassociateAddress", |s| s.disassociate_address(&association_id)))
     }
 
     async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
         gone_is_done(self.call("ReleaseAddress", |s| s.release_address(allocation_id)))
     }
 
     async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        yield_now().await;
         absent_if_unknown(self.call("DescribeAddresses", |s| s.describe_address(allocation_id)))
     }
 
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        yield_now().await;
         self.call("DescribeAddresses", |s| Ok(s.eip_on(eni_id).map(|(id, e)| s.eip_info(id, e))))
     }
 
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError> {
+        yield_now().await;
         absent_if_unknown(self.call("DescribeSubnets", |s| s.describe_subnet(subnet_id)))
     }
 
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError> {
+        yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip)))
     }
 }
@@ -941,23 +953,28 @@ impl Network for FakeEc2 {
 #[async_trait]
 impl Instances for FakeEc2 {
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
+        yield_now().await;
         let params = launch_params(request);
         self.call("RunInstances", |s| s.run_instances(params, &request.client_token))
     }
 
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
+        yield_now().await;
         self.call("DescribeInstances", |s| Ok(s.launch_tokens.get(client_token).map(|(_, id)| s.launched(id))))
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
         gone_is_done(self.call("TerminateInstances", |s| s.terminate_instances(instance_id)))
     }
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
+        yield_now().await;
         absent_if_unknown(self.call("DescribeInstances", |s| s.summary(instance_id)))
     }
 
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
+        yield_now().await;
         let mut unknown = Vec::new();
         for instance_type in instance_types {
             // One DescribeInstanceTypes per type, as the adapter does; an unknown type is an
@@ -974,6 +991,7 @@ impl Instances for FakeEc2 {
     }
 
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {
+        yield_now().await;
         let found = absent_if_unknown(self.call("DescribeInstances", |s| {
             let summary = s.summary(instance_id)?;
             let instance = &s.instances[instance_id];
@@ -998,6 +1016,7 @@ impl Instances for FakeEc2 {
     }
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
+        yield_now().await;
         self.call("ModifyNetworkInterfaceAttribute", |s| {
             let op = "ModifyNetworkInterfaceAttribute";
             let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;

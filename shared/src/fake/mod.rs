@@ -11,10 +11,12 @@
 //!
 //! Built only with the `fakes` feature: `cargo test -p tether --features fakes`.
 
+mod clock;
 mod ec2;
 mod faults;
 mod store;
 
+pub use clock::FakeClock;
 pub use ec2::{EniView, EipView, FakeEc2, InstanceView, KNOWN_INSTANCE_TYPES};
 pub use faults::{Fault, FaultInjection, When};
 pub use store::{FakeIdempotency, FakeStore};

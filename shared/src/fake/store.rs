@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::clock::yield_now;
 use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::model::{Node, NodeId};
@@ -81,6 +82,7 @@ impl FakeStore {
 #[async_trait]
 impl NodeStore for FakeStore {
     async fn create(&self, node: &Node) -> Result<(), AwsError> {
+        yield_now().await;
         self.call("PutItem", |t| {
             if t.nodes.contains_key(&node.id) {
                 return Err(condition_failed("PutItem"));
@@ -91,10 +93,12 @@ impl NodeStore for FakeStore {
     }
 
     async fn get(&self, id: &NodeId) -> Result<Option<Node>, AwsError> {
+        yield_now().await;
         self.call("GetItem", |t| Ok(t.nodes.get(id).cloned()))
     }
 
     async fn find_by_instance(&self, instance_id: &str) -> Result<Option<Node>, AwsError> {
+        yield_now().await;
         self.call("Query", |t| {
             let nodes = t.by_instance.get(instance_id).into_iter().flatten().filter_map(|id| t.nodes.get(id));
             Ok(nodes.max_by_key(|n| n.generation).cloned())
@@ -102,6 +106,7 @@ impl NodeStore for FakeStore {
     }
 
     async fn save(&self, node: &Node) -> Result<Node, AwsError> {
+        yield_now().await;
         self.call("PutItem", |t| {
             // `#v = :v`: an absent item has no version, so the condition fails too.
             if t.nodes.get(&node.id).map(|n| n.version) != Some(node.version) {
@@ -115,6 +120,7 @@ impl NodeStore for FakeStore {
     }
 
     async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
+        yield_now().await;
         self.call("Scan", |t| {
             let after = |n: &&Node| start_after.is_none_or(|s| n.id > *s);
             let rest = t.nodes.values().filter(after);
@@ -193,6 +199,7 @@ impl FakeIdempotency {
 #[async_trait]
 impl IdempotencyStore for FakeIdempotency {
     async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, AwsError> {
+        yield_now().await;
         let put = self.call("PutItem", |t| {
             let now = t.now;
             let free = match t.items.get(key) {
@@ -235,6 +242,7 @@ impl IdempotencyStore for FakeIdempotency {
     }
 
     async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError> {
+        yield_now().await;
         // UpdateItem without a condition: creates the item if it is gone (released meanwhile).
         self.call("UpdateItem", |t| {
             let item = t.items.entry(key.to_owned()).or_default();
@@ -246,6 +254,7 @@ impl IdempotencyStore for FakeIdempotency {
     }
 
     async fn release(&self, key: &str) -> Result<(), AwsError> {
+        yield_now().await;
         self.call("DeleteItem", |t| {
             t.items.remove(key);
             Ok(())

@@ -513,7 +513,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
         Ports { store: store.clone(), network: ec2.clone(), instances: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = chrono::Utc::now() + Duration::from_secs(30);
     let spec = NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) };
     let persistence = Persistence { private_ip: Some(Ipv4Addr::new(10, 0, 1, 50)), allocate_elastic_ip: true, ..Persistence::default() };
     let created = tether.create_node(spec, persistence, None).await.unwrap();

@@ -1,11 +1,13 @@
 //! Launching a node's generation on its ENI: the network first (at the first launch),
 //! then the candidates in order, retrying what is worth retrying until the deadline.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::Utc;
-use tokio::time::Instant;
+use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::{Outcome, Tether, TetherError};
@@ -13,18 +15,18 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::lifecycle;
 use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec};
-use crate::ports::{EniRequest, LaunchRequest, LaunchedInstance};
+use crate::ports::{Clock, EniRequest, LaunchRequest, LaunchedInstance};
 
 impl Tether {
     /// Launches the node's current generation on its ENI, creating the ENI and
     /// associating the EIP first if this is the first launch.
-    pub(super) async fn launch(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
+    pub(super) async fn launch(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let (node, eni, fresh_eni) = match self.ensure_network(node, deadline).await? {
             Ok(ready) => ready,
             Err(outcome) => return Ok(outcome),
         };
         let client_token = node.id.client_token(node.generation);
-        let started = Instant::now();
+        let started = self.clock.now();
         let mut tried = Vec::new();
         let mut last_capacity_error = None;
         for (instance_type, market) in candidates(&node.spec) {
@@ -55,7 +57,7 @@ impl Tether {
                     tried.push(format!("{instance_type}/{}", market.as_str()));
                     last_capacity_error = Some(e);
                 }
-                Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, started, e)),
+                Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, self.waited_since(started), e)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
             }
@@ -66,20 +68,20 @@ impl Tether {
         let err = TetherError::NoCapacity { node_id: node.id.clone(), tried: tried.join(", "), source };
         let mut next = node.clone();
         next.last_error = Some(err.to_string());
-        next.record(Utc::now(), format!("no capacity: tried {}", tried.join(", ")));
+        next.record(self.clock.now(), format!("no capacity: tried {}", tried.join(", ")));
         self.store.save(&next).await?;
         Err(err)
     }
 
     /// Records the generation's instance. One that is already gone (a retried launch whose
     /// instance was reclaimed before it was recorded) is handled like its termination.
-    async fn record_launch(&self, node: &Node, instance: LaunchedInstance, deadline: Instant) -> Result<Outcome, TetherError> {
-        let next = lifecycle::launched(node, instance.id.clone(), instance.instance_type.clone(), instance.market, Utc::now());
+    async fn record_launch(&self, node: &Node, instance: LaunchedInstance, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+        let next = lifecycle::launched(node, instance.id.clone(), instance.instance_type.clone(), instance.market, self.clock.now());
         let saved = self.store.save(&next).await?;
         if instance.gone {
             warn!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, "the generation's instance is already gone; launching the next");
             let terminated = InstanceEvent::StateChange { instance_id: instance.id, state: InstanceState::Terminated };
-            let decide = move |n: &Node| lifecycle::on_instance_event(n, &terminated, Utc::now());
+            let decide = move |n: &Node, now| lifecycle::on_instance_event(n, &terminated, now);
             return Box::pin(self.decide_and_act(saved, deadline, decide)).await;
         }
         info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
@@ -89,14 +91,12 @@ impl Tether {
     /// Runs `call` until it succeeds, fails for good, or the deadline nears, with jittered
     /// exponential backoff. Retried: throttling and server faults, the ENI still attached to
     /// an instance, and (just after creating the ENI) EC2 not knowing the ENI yet.
-    pub(super) async fn with_retries<T, F, Fut>(&self, deadline: Instant, fresh_eni: bool, call: F) -> Result<T, AwsError>
+    pub(super) async fn with_retries<T, F, Fut>(&self, deadline: DateTime<Utc>, fresh_eni: bool, call: F) -> Result<T, AwsError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, AwsError>>,
     {
-        let budget = deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(self.settings.deadline_margin);
+        let budget = (deadline - self.clock.now()).to_std().unwrap_or_default().saturating_sub(self.settings.deadline_margin);
         let backoff = ExponentialBuilder::new()
             .with_jitter()
             .with_min_delay(self.settings.retry_min_delay)
@@ -104,7 +104,7 @@ impl Tether {
             .without_max_times()
             .with_total_delay(Some(budget));
         call.retry(backoff)
-            .sleep(tokio::time::sleep)
+            .sleep(ClockSleeper(self.clock.clone()))
             .when(|e: &AwsError| {
                 matches!(e.class, ErrorClass::EniInUse | ErrorClass::Transient)
                     || (fresh_eni && e.code_is("InvalidNetworkInterfaceID.NotFound"))
@@ -119,7 +119,7 @@ impl Tether {
     /// earlier attempt may have made it) or created, and recorded on the node before
     /// anything runs on it; the third value then says EC2 may not know it everywhere yet.
     /// `Err(outcome)`: the node went to ERROR.
-    async fn ensure_network(&self, mut node: Node, deadline: Instant) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
+    async fn ensure_network(&self, mut node: Node, deadline: DateTime<Utc>) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
         let first_launch = node.generation == 1;
         let wants_eip = node.persistence.elastic_ip_allocation_id.is_some() || node.persistence.allocate_elastic_ip;
         // The Elastic IP is associated until it is on record (a first attempt may have failed).
@@ -146,7 +146,7 @@ impl Tether {
                 };
                 info!(node_id = %node.id, eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
                 node.eni = Some(eni.clone());
-                node.record(Utc::now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
+                node.record(self.clock.now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
                 node = self.store.save(&node).await?;
                 eni
             }
@@ -177,11 +177,27 @@ impl Tether {
         Ok(Ok((node, eni, true)))
     }
 
+    /// How long since `started`, on the service's clock.
+    pub(super) fn waited_since(&self, started: DateTime<Utc>) -> Duration {
+        (self.clock.now() - started).to_std().unwrap_or_default()
+    }
+
     /// Puts the node in ERROR with `reason`; the request itself succeeded in deciding that.
     pub(super) async fn fail(&self, node: &Node, reason: String) -> Result<Outcome, TetherError> {
         warn!(node_id = %node.id, generation = node.generation, reason, "node in ERROR");
-        let saved = self.store.save(&lifecycle::failed(node, reason.clone(), Utc::now())).await?;
+        let saved = self.store.save(&lifecycle::failed(node, reason.clone(), self.clock.now())).await?;
         Ok(Outcome::Failed { node_id: saved.id, reason })
+    }
+}
+
+/// Backoff sleeps on the service's clock.
+struct ClockSleeper(Arc<dyn Clock>);
+
+impl backon::Sleeper for ClockSleeper {
+    type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn sleep(&self, duration: Duration) -> Self::Sleep {
+        self.0.sleep(duration)
     }
 }
 

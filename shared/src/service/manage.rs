@@ -3,11 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 use tracing::info;
 
 use super::{Outcome, Tether, TetherError};
@@ -58,7 +57,7 @@ impl Tether {
             }
         }
         self.check_instance_types(&spec.instance_types, "spec.instance_types").await?;
-        let mut node = Node::new(spec, persistence, Utc::now());
+        let mut node = Node::new(spec, persistence, self.clock.now());
         if let Some(who) = by {
             node.history.clear();
             node.record_by(node.created_at, "created", Some(who));
@@ -122,7 +121,7 @@ impl Tether {
             elastic_ip_allocation_id: eip.as_ref().map(|e| e.allocation_id.clone()),
             allocate_elastic_ip: false,
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut node = Node::new(spec, persistence, now);
         node.id = node_id;
         node.history.clear();
@@ -152,17 +151,17 @@ impl Tether {
 
     /// After the instance is gone: the Elastic IP is disassociated (and released if Tether
     /// allocated it), the ENI deleted, unless the ENI is kept (with its Elastic IP).
-    pub(super) async fn release_network(&self, node: Node, deadline: Instant) -> Result<Outcome, TetherError> {
+    pub(super) async fn release_network(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         if !node.keep_eni {
             if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
                 self.network.disassociate_eip(&eip.allocation_id, &eni.id).await?;
             }
             if let Some(eni) = &node.eni {
                 // The ENI is released only once the old instance has terminated.
-                let started = Instant::now();
+                let started = self.clock.now();
                 let deleted = self.with_retries(deadline, false, || self.network.delete_eni(&eni.id)).await;
                 match deleted {
-                    Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, started, e)),
+                    Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, self.waited_since(started), e)),
                     other => other?,
                 }
             }
@@ -170,7 +169,7 @@ impl Tether {
                 self.network.release_eip(&eip.allocation_id).await?;
             }
         }
-        let saved = self.store.save(&lifecycle::deallocated(&node, Utc::now())).await?;
+        let saved = self.store.save(&lifecycle::deallocated(&node, self.clock.now())).await?;
         info!(node_id = %saved.id, keep_eni = node.keep_eni, "deallocated");
         Ok(Outcome::Recorded { node_id: saved.id, state: saved.state })
     }

@@ -7,16 +7,15 @@ mod manage;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::time::Instant;
 use tracing::{debug, info, Instrument};
 
 use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, NodePatch, PatchError, Step};
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Instances, Network, NodeStore};
+use crate::ports::{Clock, Instances, Network, NodeStore, SystemClock};
 
 pub use manage::ImportRequest;
 
@@ -64,11 +63,11 @@ impl TetherError {
     }
 
     /// The node's ENI is still attached to an instance after retrying since `started`.
-    pub(crate) fn eni_still_attached(node: &Node, eni_id: &str, started: Instant, source: AwsError) -> Self {
+    pub(crate) fn eni_still_attached(node: &Node, eni_id: &str, waited: Duration, source: AwsError) -> Self {
         TetherError::EniStillAttached {
             node_id: node.id.clone(),
             eni_id: eni_id.to_owned(),
-            waited: started.elapsed(),
+            waited,
             source: Box::new(source),
         }
     }
@@ -133,12 +132,24 @@ pub struct Tether {
     store: Arc<dyn NodeStore>,
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
+    clock: Arc<dyn Clock>,
     settings: Settings,
 }
 
 impl Tether {
     pub fn new(ports: Ports, settings: Settings) -> Self {
-        Tether { store: ports.store, network: ports.network, instances: ports.instances, settings }
+        Tether { store: ports.store, network: ports.network, instances: ports.instances, clock: Arc::new(SystemClock), settings }
+    }
+
+    /// The same service on another clock (the chaos test's virtual one).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The deadline `budget` from now, on the service's clock.
+    pub fn deadline_in(&self, budget: Duration) -> DateTime<Utc> {
+        self.clock.now() + budget
     }
 
     pub async fn node(&self, id: &NodeId) -> Result<Node, TetherError> {
@@ -152,24 +163,24 @@ impl Tether {
 
     /// Resumes a node: at the first resume its ENI is created and the Elastic IP
     /// associated; then an instance is launched on the ENI.
-    pub async fn resume(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "resume", |node| lifecycle::on_resume(node, Utc::now(), by)).await
+    pub async fn resume(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "resume", |node, now| lifecycle::on_resume(node, now, by)).await
     }
 
     /// Pauses a node: its instance is terminated, its ENI and Elastic IP kept.
-    pub async fn pause(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "pause", |node| lifecycle::on_pause(node, Utc::now(), by)).await
+    pub async fn pause(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "pause", |node, now| lifecycle::on_pause(node, now, by)).await
     }
 
     /// Replaces the node's instance by a new one on the same ENI.
-    pub async fn recycle(&self, id: &NodeId, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "recycle", |node| lifecycle::on_recycle(node, Utc::now(), by)).await
+    pub async fn recycle(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "recycle", |node, now| lifecycle::on_recycle(node, now, by)).await
     }
 
     /// Terminates the instance and deletes the ENI (unless `keep_eni`); releases the
     /// Elastic IP if Tether allocated it, else disassociates it.
-    pub async fn deallocate(&self, id: &NodeId, keep_eni: bool, deadline: Instant, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "deallocate", |node| lifecycle::on_deallocate(node, keep_eni, Utc::now(), by)).await
+    pub async fn deallocate(&self, id: &NodeId, keep_eni: bool, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.user_action(id, deadline, "deallocate", |node, now| lifecycle::on_deallocate(node, keep_eni, now, by)).await
     }
 
     /// Changes the node's launch settings; they take effect at the next launch.
@@ -190,7 +201,7 @@ impl Tether {
         }
         for _ in 0..MAX_CONFLICTS {
             let node = self.node(id).await?;
-            match self.store.save(&lifecycle::patched(&node, patch, Utc::now(), by)?).await {
+            match self.store.save(&lifecycle::patched(&node, patch, self.clock.now(), by)?).await {
                 Err(e) if e.class == ErrorClass::Conflict => continue,
                 other => return Ok(other?),
             }
@@ -201,9 +212,9 @@ impl Tether {
     async fn user_action(
         &self,
         id: &NodeId,
-        deadline: Instant,
+        deadline: DateTime<Utc>,
         name: &'static str,
-        decide: impl Fn(&Node) -> Step,
+        decide: impl Fn(&Node, DateTime<Utc>) -> Step,
     ) -> Result<Outcome, TetherError> {
         let node = self.node(id).await?;
         let span = tracing::info_span!("action", action = name, node_id = %id, generation = node.generation);
@@ -211,14 +222,14 @@ impl Tether {
     }
 
     /// Handles an EC2 event about an instance.
-    pub async fn handle_instance_event(&self, event: &InstanceEvent, deadline: Instant) -> Result<Outcome, TetherError> {
+    pub async fn handle_instance_event(&self, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
         let Some(node) = self.store.find_by_instance(instance_id).await? else {
             debug!(instance_id, "no node has this instance as its current one; ignored");
             return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
         };
         let span = tracing::info_span!("event", node_id = %node.id, instance_id, generation = node.generation);
-        self.decide_and_act(node, deadline, |node| lifecycle::on_instance_event(node, event, Utc::now()))
+        self.decide_and_act(node, deadline, |node, now| lifecycle::on_instance_event(node, event, now))
             .instrument(span)
             .await
     }
@@ -227,11 +238,11 @@ impl Tether {
     async fn decide_and_act(
         &self,
         mut node: Node,
-        deadline: Instant,
-        decide: impl Fn(&Node) -> Step,
+        deadline: DateTime<Utc>,
+        decide: impl Fn(&Node, DateTime<Utc>) -> Step,
     ) -> Result<Outcome, TetherError> {
         for _ in 0..MAX_CONFLICTS {
-            match self.act(&node, decide(&node), deadline).await {
+            match self.act(&node, decide(&node, self.clock.now()), deadline).await {
                 Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                     debug!(node_id = %node.id, "node changed meanwhile; re-reading");
                     node = self.node(&node.id).await?;
@@ -242,7 +253,7 @@ impl Tether {
         Err(TetherError::Contended { node_id: node.id })
     }
 
-    async fn act(&self, node: &Node, step: Step, deadline: Instant) -> Result<Outcome, TetherError> {
+    async fn act(&self, node: &Node, step: Step, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         match step {
             Step::Ignore(reason) => {
                 debug!(node_id = %node.id, state = ?node.state, reason, "ignored");
@@ -259,7 +270,7 @@ impl Tether {
     }
 
     /// Performs a step's actions in order; the last one's outcome is the step's.
-    async fn perform(&self, node: Node, actions: Vec<Action>, deadline: Instant) -> Result<Outcome, TetherError> {
+    async fn perform(&self, node: Node, actions: Vec<Action>, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let mut outcome = Outcome::Recorded { node_id: node.id.clone(), state: node.state };
         for action in actions {
             match action {

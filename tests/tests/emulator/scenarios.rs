@@ -29,7 +29,7 @@ fn outcome(value: &Value) -> &str {
 /// Creates a node (chosen IP, optional EIP) and resumes it; returns it running.
 async fn running_node(fx: &Fixture, persistence: Persistence) -> Result<Node, SetupError> {
     let node = fx.tether.create_node(fx.spec(&["m5.large", "m6i.large"]), persistence, None).await?;
-    let outcome = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET, None).await?;
+    let outcome = fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     assert!(matches!(outcome, tether::Outcome::Launched { generation: 1, .. }), "{outcome:?}");
     Ok(fx.tether.node(&node.id).await?)
 }
@@ -328,7 +328,7 @@ async fn a_launch_without_capacity_falls_back_to_the_next_type_then_on_demand() 
     let fx = Fixture::new().await?;
     // The emulator has no spot capacity for p5.48xlarge (tests/emulator/README.md).
     let next_type = fx.tether.create_node(fx.spec(&["p5.48xlarge", "m5.large"]), Persistence::default(), None).await?;
-    let outcome = fx.tether.resume(&next_type.id, tokio::time::Instant::now() + BUDGET, None).await?;
+    let outcome = fx.tether.resume(&next_type.id, fx.tether.deadline_in(BUDGET), None).await?;
     assert!(matches!(outcome, tether::Outcome::Launched { .. }), "{outcome:?}");
     let node = fx.tether.node(&next_type.id).await?;
     let instance = node.instance.as_ref().ok_or("no instance")?;
@@ -336,7 +336,7 @@ async fn a_launch_without_capacity_falls_back_to_the_next_type_then_on_demand() 
     assert_identity_kept(&fx, &node, None).await?;
 
     let on_demand = fx.tether.create_node(fx.spec(&["p5.48xlarge"]), Persistence::default(), None).await?;
-    fx.tether.resume(&on_demand.id, tokio::time::Instant::now() + BUDGET, None).await?;
+    fx.tether.resume(&on_demand.id, fx.tether.deadline_in(BUDGET), None).await?;
     let node = fx.tether.node(&on_demand.id).await?;
     let instance = node.instance.as_ref().ok_or("no instance")?;
     assert_eq!((instance.instance_type.as_str(), instance.market), ("p5.48xlarge", tether::Market::OnDemand));
@@ -353,7 +353,7 @@ async fn no_capacity_anywhere_keeps_the_node_launching_for_a_retry() -> Result<(
     let mut spec = fx.spec(&["u-6tb1.112xlarge", "p5.48xlarge"]);
     spec.fallback_to_on_demand = false;
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
-    let err = fx.tether.resume(&node.id, tokio::time::Instant::now() + BUDGET, None).await.expect_err("no capacity");
+    let err = fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await.expect_err("no capacity");
     assert!(err.is_retryable(), "{err}");
     assert_eq!(err.aws_code(), Some("InsufficientInstanceCapacity"));
     assert!(err.to_string().contains("u-6tb1.112xlarge/spot, p5.48xlarge/spot"), "{err}");
