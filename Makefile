@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 EMULATOR := $(VENV)/.tether-emulator
 
-.PHONY: demo test emulator fuzz clean
+.PHONY: demo test emulator fuzz chaos clean
 
 demo: $(EMULATOR)
 	cargo run --quiet -p tether-tests --bin tether-demo
@@ -22,6 +22,11 @@ test: $(EMULATOR)
 fuzz: $(EMULATOR)
 	cargo build -p tether-tests --bins
 	PYTHON=$(PYTHON) tests/fuzz/run.sh
+
+# One chaos scenario, replayed with its moves and logs: make chaos SEED=<seed>
+# (or a longer run: make chaos CHAOS_SCENARIOS=100000).
+chaos:
+	CHAOS_SEED=$(SEED) cargo test --workspace --lib chaos -- --nocapture
 
 emulator: $(EMULATOR)
 

@@ -3,10 +3,12 @@
 //! service performs what a step asks for.
 
 mod actions;
+mod reconcile;
 
 use chrono::{DateTime, Utc};
 
 pub use actions::{on_deallocate, on_pause, on_recycle, on_resume, patched, NodePatch, PatchError};
+pub use reconcile::{on_reconcile, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};
@@ -22,6 +24,8 @@ pub enum Action {
     /// Launch the node's current generation on its ENI (creating the ENI and
     /// associating the Elastic IP first at the first launch).
     Launch,
+    /// Put the Elastic IP on record back on the node's ENI (found disassociated).
+    AssociateElasticIp,
     /// Once the instance is gone: delete the ENI unless kept, release or disassociate
     /// the Elastic IP, and mark the node deallocated.
     ReleaseNetwork,

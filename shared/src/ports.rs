@@ -113,8 +113,23 @@ pub trait Network: Send + Sync {
     /// The Elastic IP associated with an ENI, if any.
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError>;
+    /// Every ENI carrying a `tether:node-id` tag (the reconciler looks for leftovers).
+    async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError>;
+    /// Every Elastic IP carrying a `tether:node-id` tag (the ones Tether allocated).
+    async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError>;
     /// Whether any ENI in the subnet holds this private IP.
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
+}
+
+/// A resource with the node id and generation Tether tagged it with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tagged<T> {
+    pub node_id: NodeId,
+    /// The `tether:generation` tag (instances only).
+    pub generation: Option<u64>,
+    /// For an ENI: whether it is attached to an instance.
+    pub attached: bool,
+    pub resource: T,
 }
 
 /// One launch attempt: one instance on the node's ENI at device index 0.
@@ -177,6 +192,8 @@ pub trait Instances: Send + Sync {
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
     /// What EC2 reports about an instance now; `None` if EC2 does not know it.
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
+    /// Every instance not terminated or shutting down that carries a `tether:node-id` tag.
+    async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError>;
     /// Of these instance types, the ones this Region does not offer.
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError>;
     /// A running instance with its primary ENI, as import needs it; `None` if unknown.

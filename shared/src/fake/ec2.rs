@@ -16,7 +16,7 @@ use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
-use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
+use crate::ports::{eip_not_found, Tagged, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
     SubnetInfo,};
 
 const EC2: &str = "EC2";
@@ -876,6 +876,32 @@ impl FaultInjection for FakeEc2 {
 
 #[async_trait]
 impl Network for FakeEc2 {
+    async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeNetworkInterfaces", |s| {
+            Ok(s.enis
+                .values()
+                .filter_map(|e| {
+                    let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    Some(Tagged { node_id, generation: None, attached: e.attachment.is_some(), resource: e.record() })
+                })
+                .collect())
+        })
+    }
+
+    async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeAddresses", |s| {
+            Ok(s.eips
+                .iter()
+                .filter_map(|(id, e)| {
+                    let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    Some(Tagged { node_id, generation: None, attached: e.association_id.is_some(), resource: s.eip_info(id, e) })
+                })
+                .collect())
+        })
+    }
+
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
         yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| {
@@ -952,6 +978,20 @@ impl Network for FakeEc2 {
 
 #[async_trait]
 impl Instances for FakeEc2 {
+    async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeInstances", |s| {
+            let live = s.instances.iter().filter(|(_, i)| matches!(i.life, Life::Pending | Life::Running));
+            Ok(live
+                .filter_map(|(id, i)| {
+                    let node_id = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+                    Some(Tagged { node_id, generation, attached: true, resource: s.summary(id).ok()? })
+                })
+                .collect())
+        })
+    }
+
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         yield_now().await;
         let params = launch_params(request);

@@ -11,6 +11,7 @@
 //!
 //! Built only with the `fakes` feature: `cargo test -p tether --features fakes`.
 
+pub mod chaos;
 mod clock;
 mod ec2;
 mod faults;

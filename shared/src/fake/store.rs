@@ -74,6 +74,10 @@ impl FakeStore {
         self.lock().nodes.values().cloned().collect()
     }
 
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
     pub fn call_count(&self, operation: &str) -> u64 {
         self.lock().calls.get(operation).copied().unwrap_or(0)
     }

@@ -97,8 +97,11 @@ impl Tether {
         Fut: std::future::Future<Output = Result<T, AwsError>>,
     {
         let budget = (deadline - self.clock.now()).to_std().unwrap_or_default().saturating_sub(self.settings.deadline_margin);
-        let backoff = ExponentialBuilder::new()
-            .with_jitter()
+        let mut backoff = ExponentialBuilder::new().with_jitter();
+        if let Some(seed) = self.settings.jitter_seed {
+            backoff = backoff.with_jitter_seed(seed);
+        }
+        let backoff = backoff
             .with_min_delay(self.settings.retry_min_delay)
             .with_max_delay(self.settings.retry_max_delay)
             .without_max_times()
@@ -151,22 +154,33 @@ impl Tether {
                 eni
             }
         };
-        let wanted = match (&node.persistence.elastic_ip_allocation_id, node.persistence.allocate_elastic_ip) {
-            (Some(allocation_id), _) => Some((allocation_id.clone(), false)),
-            (None, true) => Some((self.network.allocate_eip(&node.id).await?.0, true)),
-            (None, false) => None,
-        };
-        if let Some((allocation_id, allocated_by_tether)) = wanted {
-            let associated = self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id)).await;
-            match associated {
-                Ok(public_ip) => {
-                    info!(node_id = %node.id, allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI");
-                    let record = ElasticIpRecord { allocation_id, public_ip, allocated_by_tether };
-                    if node.elastic_ip.as_ref() != Some(&record) {
-                        node.elastic_ip = Some(record);
-                        node = self.store.save(&node).await?;
+        // The Elastic IP is on record before it is associated: a request that loses a race
+        // (or dies) here leaves at most a free, tagged Elastic IP, which the reconciler releases.
+        if node.elastic_ip.is_none() {
+            let record = match (&node.persistence.elastic_ip_allocation_id, node.persistence.allocate_elastic_ip) {
+                (Some(allocation_id), _) => match self.network.describe_eip(allocation_id).await? {
+                    Some(info) => Some(ElasticIpRecord { allocation_id: allocation_id.clone(), public_ip: info.public_ip, allocated_by_tether: false }),
+                    None => {
+                        let reason = format!("Elastic IP {allocation_id} no longer exists; deallocate this node, or create one with another Elastic IP");
+                        return self.fail(&node, reason).await.map(Err);
                     }
+                },
+                (None, true) => {
+                    let (allocation_id, public_ip) = self.network.allocate_eip(&node.id).await?;
+                    Some(ElasticIpRecord { allocation_id, public_ip, allocated_by_tether: true })
                 }
+                (None, false) => None,
+            };
+            if let Some(record) = record {
+                node.record(self.clock.now(), format!("Elastic IP {} ({}) for the ENI", record.allocation_id, record.public_ip));
+                node.elastic_ip = Some(record);
+                node = self.store.save(&node).await?;
+            }
+        }
+        if let Some(eip) = node.elastic_ip.clone() {
+            let allocation_id = eip.allocation_id;
+            match self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id)).await {
+                Ok(public_ip) => info!(node_id = %node.id, allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI"),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     let reason = format!("associating Elastic IP {allocation_id} failed: {e}");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
@@ -152,6 +152,7 @@ impl Tether {
     /// After the instance is gone: the Elastic IP is disassociated (and released if Tether
     /// allocated it), the ENI deleted, unless the ENI is kept (with its Elastic IP).
     pub(super) async fn release_network(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+        let mut note = None;
         if !node.keep_eni {
             if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
                 self.network.disassociate_eip(&eip.allocation_id, &eni.id).await?;
@@ -166,8 +167,20 @@ impl Tether {
                 }
             }
             if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
-                self.network.release_eip(&eip.allocation_id).await?;
+                // Someone associated it with something else meanwhile: theirs now, not released.
+                match self.network.describe_eip(&eip.allocation_id).await? {
+                    Some(info) if info.association_id.is_some() => {
+                        let holder = info.instance_id.or(info.network_interface_id).unwrap_or_else(|| "another resource".into());
+                        warn!(node_id = %node.id, allocation_id = eip.allocation_id, holder, "Elastic IP held elsewhere; not released");
+                        note = Some(format!("Elastic IP {} not released: associated with {holder} outside Tether", eip.allocation_id));
+                    }
+                    _ => self.network.release_eip(&eip.allocation_id).await?,
+                }
             }
+        }
+        let mut node = node;
+        if let Some(note) = note {
+            node.record(self.clock.now(), note);
         }
         let saved = self.store.save(&lifecycle::deallocated(&node, self.clock.now())).await?;
         info!(node_id = %saved.id, keep_eni = node.keep_eni, "deallocated");

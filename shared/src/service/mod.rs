@@ -3,6 +3,7 @@
 
 mod launch;
 mod manage;
+mod reconcile;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::model::{Node, NodeId, NodeState};
 use crate::ports::{Clock, Instances, Network, NodeStore, SystemClock};
 
 pub use manage::ImportRequest;
+pub use reconcile::ReconcileReport;
 
 /// How often one request re-reads and re-decides after losing a race on a node.
 const MAX_CONFLICTS: usize = 8;
@@ -107,6 +109,13 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// Time kept back from the invocation's deadline to record the outcome.
     pub deadline_margin: Duration,
+    /// A node launching or being deallocated with no progress for this long is carried
+    /// on by the reconciler (its events were lost, or its invocations died).
+    pub stuck_after: Duration,
+    /// How many nodes one reconciler run checks at most.
+    pub reconcile_max_nodes: usize,
+    /// Seeds the retries' jitter (the chaos test replays a seed exactly); `None`: random.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Default for Settings {
@@ -115,6 +124,9 @@ impl Default for Settings {
             retry_min_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(3),
+            stuck_after: Duration::from_secs(300),
+            reconcile_max_nodes: 1000,
+            jitter_seed: None,
         }
     }
 }
@@ -234,6 +246,13 @@ impl Tether {
             .await
     }
 
+    /// Handles one delivery of an EventBridge event (`event_id` is EventBridge's id, the
+    /// same on every delivery of one event).
+    pub async fn handle_event(&self, event_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+        let span = tracing::info_span!("delivery", event_id);
+        self.handle_instance_event(event, deadline).instrument(span).await
+    }
+
     /// Runs the lifecycle's step; on a lost race re-reads the node and decides again.
     async fn decide_and_act(
         &self,
@@ -283,6 +302,12 @@ impl Tether {
                     if let Some(launched) = self.instances.find_launched(&token).await?.filter(|i| !i.gone) {
                         self.instances.terminate(&launched.id).await?;
                         info!(node_id = %node.id, instance_id = launched.id, "launch called off; its instance terminated");
+                    }
+                }
+                Action::AssociateElasticIp => {
+                    if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
+                        self.network.associate_eip(&eip.allocation_id, &eni.id).await?;
+                        info!(node_id = %node.id, allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
                     }
                 }
                 Action::Launch => outcome = self.launch(node.clone(), deadline).await?,

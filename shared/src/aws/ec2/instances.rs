@@ -9,11 +9,14 @@ use aws_sdk_ec2::types::{
 use aws_smithy_types::base64;
 use aws_smithy_types::retry::RetryConfig;
 
-use super::{absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, Market, NodeId, NodeSpec};
-use crate::ports::{ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
+use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
+
+/// The states of an instance that still exists (or will run again).
+const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
 fn launched_instance(operation: &'static str, instance: &Instance) -> Result<LaunchedInstance, AwsError> {
     Ok(LaunchedInstance {
@@ -60,6 +63,26 @@ impl Ec2Cloud {
 
 #[async_trait]
 impl Instances for Ec2Cloud {
+    async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name("tag-key").values(TAG_NODE_ID).build())
+            .filters(Filter::builder().name("instance-state-name").set_values(Some(LIVE_STATES.map(String::from).to_vec())).build())
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let (Some(id), Some(node_id)) = (instance.instance_id(), tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)) else { continue };
+                let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
+                found.push(Tagged { node_id, generation, attached: true, resource: summary(id, instance) });
+            }
+        }
+        Ok(found)
+    }
+
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         let spec = request.spec;
         let mut instance_tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| tag(k, v)).collect();

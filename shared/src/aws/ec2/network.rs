@@ -5,11 +5,11 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType};
 
-use super::{absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
+use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
-use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetInfo};
+use crate::ports::{eip_not_found, Tagged, ElasticIpInfo, EniRequest, Network, SubnetInfo};
 
 fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
     Some(ElasticIpInfo {
@@ -36,6 +36,43 @@ impl Ec2Cloud {
 
 #[async_trait]
 impl Network for Ec2Cloud {
+    async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError> {
+        let mut pages = self
+            .client
+            .describe_network_interfaces()
+            .filters(Filter::builder().name("tag-key").values(TAG_NODE_ID).build())
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+            for eni in page.network_interfaces() {
+                let Some(node_id) = tag_value(eni.tag_set(), TAG_NODE_ID).and_then(NodeId::parse) else { continue };
+                let attached = eni.attachment().and_then(|a| a.instance_id()).is_some();
+                found.push(Tagged { node_id, generation: None, attached, resource: eni_record("DescribeNetworkInterfaces", eni)? });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError> {
+        let out = self
+            .client
+            .describe_addresses()
+            .filters(Filter::builder().name("tag-key").values(TAG_NODE_ID).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeAddresses", e))?;
+        Ok(out
+            .addresses()
+            .iter()
+            .filter_map(|a| {
+                let node_id = tag_value(a.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
+                Some(Tagged { node_id, generation: None, attached: a.association_id().is_some(), resource: eip_info(a)? })
+            })
+            .collect())
+    }
+
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
         let out = self
             .client

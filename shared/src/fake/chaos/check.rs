@@ -1,0 +1,139 @@
+//! The invariants a settled world must hold, read from the fakes' own state (what EC2 and
+//! DynamoDB hold), never from what the service says it did.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fake::{EipView, EniView, InstanceView};
+use crate::model::{Node, NodeId, NodeState};
+
+/// Everything wrong with the world; empty when every invariant holds.
+pub fn violations(created: &[NodeId], nodes: &[Node], instances: &[InstanceView], enis: &[EniView], eips: &[EipView], drifted: &BTreeSet<NodeId>) -> Vec<String> {
+    let mut found = Vec::new();
+    let by_id: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    for id in created {
+        if !by_id.contains_key(id.as_str()) {
+            found.push(format!("node {id} record lost"));
+        }
+    }
+    // Exactly once: one instance per (node, generation), ever.
+    let mut per_generation: BTreeMap<(&str, u64), Vec<&str>> = BTreeMap::new();
+    for i in instances {
+        if let (Some(node), Some(generation)) = (&i.node_id, i.generation) {
+            per_generation.entry((node.as_str(), generation)).or_default().push(&i.id);
+        }
+    }
+    for ((node, generation), ids) in per_generation.iter().filter(|(_, ids)| ids.len() > 1) {
+        found.push(format!("node {node} generation {generation} was launched {} times: {ids:?}", ids.len()));
+    }
+    // No orphans: every live instance is the current one of a node that should have one.
+    for i in instances.iter().filter(|i| i.is_live()) {
+        let owner = i.node_id.as_deref().and_then(|id| by_id.get(id));
+        let owned = owner.is_some_and(|n| {
+            matches!(n.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error) && n.instance_id() == Some(i.id.as_str())
+        });
+        if !owned {
+            let state = owner.map(|n| format!("{:?} at generation {} naming {:?}", n.state, n.generation, n.instance_id()));
+            found.push(format!("orphan instance {} (node {:?}, generation {:?}; node is {state:?})", i.id, i.node_id, i.generation));
+        }
+    }
+    for node in nodes {
+        check_node(node, instances, enis, eips, drifted.contains(&node.id), &mut found);
+    }
+    // No leaks: every ENI and Elastic IP Tether made belongs to a node that keeps it.
+    for eni in enis {
+        let Some(node) = eni.node_id.as_deref().and_then(|id| by_id.get(id)) else { continue };
+        let recorded = node.eni.as_ref().map(|e| e.id.as_str());
+        let kept = match node.state {
+            NodeState::Deallocated => recorded == Some(eni.id.as_str()),
+            _ => recorded.is_none() || recorded == Some(eni.id.as_str()),
+        };
+        if !kept {
+            found.push(format!("leaked ENI {} of node {} ({:?}, records {recorded:?})", eni.id, node.id, node.state));
+        }
+    }
+    for eip in eips {
+        let Some(node) = eip.node_id.as_deref().and_then(|id| by_id.get(id)) else { continue };
+        let recorded = node.elastic_ip.as_ref().map(|e| e.allocation_id.as_str());
+        let id = eip.info.allocation_id.as_str();
+        // Someone else's ENI holds it (a drift): Tether does not take it back.
+        let held_elsewhere = eip.info.network_interface_id.as_ref().is_some_and(|e| enis.iter().any(|v| v.id == *e && v.node_id.is_none()));
+        let kept = match node.state {
+            NodeState::Deallocated => recorded == Some(id) || held_elsewhere,
+            _ => recorded.is_none() || recorded == Some(id),
+        };
+        if !kept {
+            found.push(format!("leaked Elastic IP {id} of node {} ({:?}, records {recorded:?})", node.id, node.state));
+        }
+    }
+    found
+}
+
+fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &[EipView], drifted: bool, found: &mut Vec<String>) {
+    let id = &node.id;
+    let live: Vec<&InstanceView> = instances.iter().filter(|i| i.is_live() && i.node_id.as_deref() == Some(id.as_str())).collect();
+    let eni = node.eni.as_ref().and_then(|recorded| enis.iter().find(|e| e.id == recorded.id));
+    match node.state {
+        NodeState::Launching | NodeState::Recovering | NodeState::Deallocating => {
+            found.push(format!("node {id} stuck in {:?} (last: {:?})", node.state, node.history.last().map(|h| &h.what)));
+        }
+        // The address the user chose was taken by another ENI before the first resume: AWS
+        // refuses it, and so does Tether, saying so.
+        NodeState::Error if chosen_ip_taken(node, enis) => {}
+        NodeState::Error if !drifted => found.push(format!("node {id} in ERROR without a hand-made cause: {:?}", node.last_error)),
+        NodeState::Error | NodeState::Stopped => {}
+        NodeState::Running => {
+            let [instance] = live.as_slice() else {
+                found.push(format!("running node {id} has {} live instances", live.len()));
+                return;
+            };
+            if node.instance_id() != Some(instance.id.as_str()) {
+                found.push(format!("running node {id} records {:?} but {} runs it", node.instance_id(), instance.id));
+            }
+            let Some(eni) = eni else {
+                found.push(format!("running node {id} has no ENI in EC2 (records {:?})", node.eni.as_ref().map(|e| &e.id)));
+                return;
+            };
+            if eni.instance_id.as_deref() != Some(instance.id.as_str()) || instance.primary_eni_id.as_deref() != Some(eni.id.as_str()) {
+                found.push(format!("node {id}: {} is not on its ENI {} at device 0", instance.id, eni.id));
+            }
+            if instance.private_ip != Some(eni.private_ip) || node.persistence.private_ip.is_some_and(|ip| ip != eni.private_ip) {
+                found.push(format!("node {id}: private IP {:?}, wanted {} ({:?} chosen)", instance.private_ip, eni.private_ip, node.persistence.private_ip));
+            }
+            let wants_eip = node.persistence.elastic_ip_allocation_id.is_some() || node.persistence.allocate_elastic_ip;
+            match &node.elastic_ip {
+                None if wants_eip => found.push(format!("running node {id} has no Elastic IP on record")),
+                None => {}
+                Some(record) => {
+                    let on_eni = eips.iter().any(|e| e.info.allocation_id == record.allocation_id && e.info.network_interface_id.as_deref() == Some(eni.id.as_str()));
+                    if !on_eni || instance.public_ip.as_deref() != Some(record.public_ip.as_str()) {
+                        found.push(format!("running node {id}: Elastic IP {} is not on its ENI {}", record.allocation_id, eni.id));
+                    }
+                }
+            }
+        }
+        NodeState::Paused => {
+            if drifted {
+                return;
+            }
+            if let (Some(recorded), None) = (&node.eni, eni) {
+                found.push(format!("paused node {id} lost its ENI {}", recorded.id));
+            }
+            if let (Some(record), Some(eni)) = (&node.elastic_ip, eni) {
+                if !eips.iter().any(|e| e.info.allocation_id == record.allocation_id && e.info.network_interface_id.as_deref() == Some(eni.id.as_str())) {
+                    found.push(format!("paused node {id}: Elastic IP {} is not on its ENI {}", record.allocation_id, eni.id));
+                }
+            }
+        }
+        NodeState::Deallocated => {
+            if node.keep_eni && node.eni.is_some() && eni.is_none() && !drifted {
+                found.push(format!("deallocated node {id} was to keep its ENI, which is gone"));
+            }
+        }
+    }
+}
+
+fn chosen_ip_taken(node: &Node, enis: &[EniView]) -> bool {
+    let Some(ip) = node.persistence.private_ip else { return false };
+    node.last_error.as_deref().is_some_and(|e| e.contains("InvalidIPAddress.InUse"))
+        && enis.iter().any(|e| e.private_ip == ip && e.node_id.as_deref() != Some(node.id.as_str()))
+}

@@ -1,0 +1,486 @@
+//! One scenario's world: fake EC2 and DynamoDB, the service on a virtual clock, the
+//! EventBridge bus, the invocations in flight, and the random moves of the chaos phase.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::executor::{block_on, Delivery, Finished, Invocation, Origin, UserAction};
+use crate::fake::{Fault, FakeClock, FakeEc2, FakeStore, FaultInjection, When};
+use crate::model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
+use crate::ports::NodeStore;
+use crate::service::{Ports, Settings, Tether};
+
+pub const SUBNET: &str = "subnet-chaos";
+const INSTANCE_TYPES: &[&str] = &["m5.large", "m6i.large", "c5.large"];
+/// A Lambda function's timeout, as the invocations' deadline.
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The EC2 operations faults are injected into.
+const EC2_OPERATIONS: &[&str] = &[
+    "RunInstances",
+    "TerminateInstances",
+    "DescribeInstances",
+    "CreateNetworkInterface",
+    "DeleteNetworkInterface",
+    "DescribeNetworkInterfaces",
+    "AssociateAddress",
+    "DisassociateAddress",
+    "AllocateAddress",
+    "ReleaseAddress",
+    "DescribeAddresses",
+];
+/// Settling: rounds of one virtual minute each; the world has settled when nothing changed
+/// for longer than the reconciler's `stuck_after` (5 minutes), so that stalled work is seen.
+const SETTLE_ROUNDS: usize = 60;
+const QUIET_ROUNDS: usize = 7;
+const DYNAMODB_OPERATIONS: &[&str] = &["GetItem", "PutItem", "Query", "Scan"];
+
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    Poll,
+    Crash,
+    Deliver,
+    Drop,
+    Ec2Progress,
+    Warn,
+    Reclaim,
+    User,
+    Reconcile,
+    Fault,
+    Capacity,
+    Drift,
+    Time,
+}
+
+const MOVES: &[(Move, u32)] = &[
+    (Move::Poll, 60),
+    (Move::Crash, 3),
+    (Move::Deliver, 20),
+    (Move::Drop, 1),
+    (Move::Ec2Progress, 10),
+    (Move::Warn, 3),
+    (Move::Reclaim, 3),
+    (Move::User, 5),
+    (Move::Reconcile, 2),
+    (Move::Fault, 3),
+    (Move::Capacity, 2),
+    (Move::Drift, 1),
+    (Move::Time, 8),
+];
+
+pub struct World {
+    pub seed: u64,
+    rng: fastrand::Rng,
+    clock: FakeClock,
+    pub ec2: Arc<FakeEc2>,
+    pub store: Arc<FakeStore>,
+    tether: Tether,
+    pub created: Vec<NodeId>,
+    bus: Vec<Delivery>,
+    running: Vec<Invocation>,
+    /// Instances warned of an interruption, reclaimed later.
+    doomed: Vec<String>,
+    /// Nodes a hand-made drift may rightly have put in ERROR.
+    pub drifted: BTreeSet<NodeId>,
+    seen_generations: BTreeMap<NodeId, u64>,
+    events_emitted: u64,
+    /// What happened, for a failing seed's report.
+    pub log: Vec<String>,
+}
+
+impl World {
+    pub fn new(seed: u64, nodes: usize) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let start = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let clock = FakeClock::starting_at(start);
+        let ec2 = Arc::new(FakeEc2::new(seed));
+        ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().expect("a valid CIDR"), "us-east-1a");
+        let store = Arc::new(FakeStore::new());
+        let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
+        let ports = Ports { store: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+        let tether = Tether::new(ports, settings).with_clock(Arc::new(clock.clone()));
+        let mut world = World {
+            seed,
+            rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
+            clock,
+            ec2,
+            store,
+            tether,
+            created: Vec::new(),
+            bus: Vec::new(),
+            running: Vec::new(),
+            doomed: Vec::new(),
+            drifted: BTreeSet::new(),
+            seen_generations: BTreeMap::new(),
+            events_emitted: 0,
+            log: Vec::new(),
+        };
+        for n in 0..nodes {
+            world.create_node(n, &mut rng);
+        }
+        world
+    }
+
+    fn create_node(&mut self, n: usize, rng: &mut fastrand::Rng) {
+        let mut types: Vec<String> = INSTANCE_TYPES.iter().map(|t| (*t).to_owned()).collect();
+        rng.shuffle(&mut types);
+        types.truncate(rng.usize(1..=INSTANCE_TYPES.len()));
+        let spec = NodeSpec {
+            subnet_id: SUBNET.into(),
+            image_id: "ami-chaos".into(),
+            instance_types: types,
+            security_group_ids: vec!["sg-chaos".into()],
+            key_name: None,
+            iam_instance_profile: None,
+            user_data: None,
+            tags: BTreeMap::new(),
+            fallback_to_on_demand: rng.u8(0..4) > 0,
+        };
+        let private_ip = rng.bool().then(|| Ipv4Addr::new(10, 0, 1, 10 + n as u8));
+        let persistence = match rng.u8(0..3) {
+            0 => Persistence { private_ip, ..Persistence::default() },
+            1 => {
+                let (allocation_id, _) = self.ec2.hand_allocate_eip().expect("no Elastic IP limit is set");
+                Persistence { private_ip, elastic_ip_allocation_id: Some(allocation_id), allocate_elastic_ip: false }
+            }
+            _ => Persistence { private_ip, elastic_ip_allocation_id: None, allocate_elastic_ip: true },
+        };
+        let mut node = Node::new(spec, persistence, self.clock_now());
+        node.id = NodeId::parse(&format!("tn-{:016x}{:016x}", self.seed, n)).expect("a valid node id");
+        block_on(self.store.create(&node)).expect("no fault is injected during set-up");
+        self.log.push(format!("created {} {:?}", node.id, node.persistence));
+        self.created.push(node.id.clone());
+        // Most nodes are resumed at once; the others wait for a user's resume.
+        if rng.u8(0..4) > 0 {
+            self.start_user(node.id, UserAction::Resume);
+        }
+    }
+
+    fn clock_now(&self) -> DateTime<Utc> {
+        crate::ports::Clock::now(&self.clock)
+    }
+
+    // ---- invocations ----
+
+    fn start(&mut self, origin: Origin) {
+        let tether = self.tether.clone();
+        let deadline = tether.deadline_in(FUNCTION_TIMEOUT);
+        let job: super::executor::Job = match origin.clone() {
+            Origin::Event(delivery) => Box::pin(async move {
+                let id = delivery.id.clone();
+                Finished::of(tether.handle_event(&id, &delivery.event, deadline).await)
+            }),
+            Origin::User { node_id, action } => Box::pin(async move {
+                let result = match action {
+                    UserAction::Resume => tether.resume(&node_id, deadline, Some("chaos")).await,
+                    UserAction::Pause => tether.pause(&node_id, deadline, Some("chaos")).await,
+                    UserAction::Recycle => tether.recycle(&node_id, deadline, Some("chaos")).await,
+                    UserAction::Deallocate { keep_eni } => tether.deallocate(&node_id, keep_eni, deadline, Some("chaos")).await,
+                };
+                Finished::of(result)
+            }),
+            Origin::Reconciler => Box::pin(async move { Finished::of(tether.reconcile(None, deadline).await) }),
+        };
+        self.running.push(Invocation { origin, job });
+    }
+
+    fn start_user(&mut self, node_id: NodeId, action: UserAction) {
+        self.log.push(format!("user {action:?} {node_id}"));
+        self.start(Origin::User { node_id, action });
+    }
+
+    /// What Lambda (or the user) does after an invocation ended in error or died.
+    fn after_failure(&mut self, origin: Origin, why: &str) {
+        match origin {
+            Origin::Event(mut delivery) if delivery.attempt < 2 => {
+                delivery.attempt += 1;
+                self.log.push(format!("event {} retried ({why})", delivery.id));
+                self.bus.push(delivery);
+            }
+            Origin::Event(delivery) => self.log.push(format!("event {} dropped after 3 attempts ({why})", delivery.id)),
+            Origin::User { node_id, action } if self.rng.bool() => {
+                self.log.push(format!("user retries {action:?} {node_id} ({why})"));
+                self.start(Origin::User { node_id, action });
+            }
+            Origin::User { .. } | Origin::Reconciler => {}
+        }
+    }
+
+    fn poll(&mut self, index: usize) -> bool {
+        let Some(finished) = self.running[index].poll_once() else { return false };
+        let invocation = self.running.swap_remove(index);
+        match finished {
+            Finished::Retry(why) => self.after_failure(invocation.origin, &why),
+            Finished::Done | Finished::Failed(_) => {}
+        }
+        true
+    }
+
+    // ---- the world moving on ----
+
+    fn pass_time(&mut self, by: Duration) {
+        self.clock.advance(by);
+        self.ec2.advance_clock(by);
+    }
+
+    /// EC2's events go on the bus, each with its own id.
+    fn collect_events(&mut self) {
+        for event in self.ec2.take_events() {
+            self.events_emitted += 1;
+            self.bus.push(Delivery { id: format!("ev-{}", self.events_emitted), event, attempt: 0 });
+        }
+    }
+
+    fn live_instances(&self) -> Vec<String> {
+        self.ec2.instances().into_iter().filter(|i| i.is_live() && i.node_id.is_some()).map(|i| i.id).collect()
+    }
+
+    fn any_node(&mut self) -> NodeId {
+        self.created[self.rng.usize(..self.created.len())].clone()
+    }
+
+    /// One random move of the chaos phase.
+    pub fn chaos_step(&mut self) {
+        let available = |m: Move, w: &World| match m {
+            Move::Poll | Move::Crash => !w.running.is_empty(),
+            Move::Deliver | Move::Drop => !w.bus.is_empty(),
+            Move::Reclaim => !w.doomed.is_empty(),
+            _ => true,
+        };
+        let total: u32 = MOVES.iter().filter(|(m, _)| available(*m, self)).map(|(_, w)| w).sum();
+        let mut pick = self.rng.u32(0..total);
+        let chosen = MOVES
+            .iter()
+            .filter(|(m, _)| available(*m, self))
+            .find(|(_, w)| {
+                let hit = pick < *w;
+                pick = pick.saturating_sub(*w);
+                hit
+            })
+            .map(|(m, _)| *m)
+            .unwrap_or(Move::Time);
+        self.apply(chosen);
+        self.collect_events();
+    }
+
+    fn apply(&mut self, chosen: Move) {
+        match chosen {
+            Move::Poll => {
+                let index = self.rng.usize(..self.running.len());
+                self.poll(index);
+            }
+            Move::Crash => {
+                let index = self.rng.usize(..self.running.len());
+                let invocation = self.running.swap_remove(index);
+                self.log.push(format!("crash {:?}", invocation.origin));
+                self.after_failure(invocation.origin, "crashed");
+            }
+            Move::Deliver => {
+                let index = self.rng.usize(..self.bus.len());
+                // EventBridge may deliver the same event twice.
+                let delivery = if self.rng.u8(0..5) == 0 { self.bus[index].clone() } else { self.bus.swap_remove(index) };
+                self.log.push(format!("deliver {} {:?}", delivery.id, delivery.event));
+                self.start(Origin::Event(delivery));
+            }
+            Move::Drop => {
+                let index = self.rng.usize(..self.bus.len());
+                let delivery = self.bus.swap_remove(index);
+                self.log.push(format!("drop {} {:?}", delivery.id, delivery.event));
+            }
+            Move::Ec2Progress => {
+                let instances = self.ec2.instances();
+                if !instances.is_empty() {
+                    let id = instances[self.rng.usize(..instances.len())].id.clone();
+                    if self.ec2.advance_instance(&id) {
+                        self.log.push(format!("ec2 progresses {id}"));
+                    }
+                }
+            }
+            Move::Warn => {
+                let live = self.live_instances();
+                if !live.is_empty() {
+                    let id = live[self.rng.usize(..live.len())].clone();
+                    self.log.push(format!("spot warning for {id}"));
+                    self.ec2.warn_interruption(&id);
+                    self.doomed.push(id);
+                }
+            }
+            Move::Reclaim => {
+                let id = self.doomed.swap_remove(self.rng.usize(..self.doomed.len()));
+                self.log.push(format!("spot reclaims {id}"));
+                self.ec2.reclaim(&id);
+            }
+            Move::User => {
+                let node_id = self.any_node();
+                let action = match self.rng.u8(0..10) {
+                    0..=2 => UserAction::Resume,
+                    3..=5 => UserAction::Pause,
+                    6..=8 => UserAction::Recycle,
+                    _ => UserAction::Deallocate { keep_eni: self.rng.bool() },
+                };
+                self.start_user(node_id, action);
+            }
+            Move::Reconcile => {
+                self.log.push("reconciler runs".into());
+                self.start(Origin::Reconciler);
+            }
+            Move::Fault => self.inject_fault(),
+            Move::Capacity => {
+                let instance_type = INSTANCE_TYPES[self.rng.usize(..INSTANCE_TYPES.len())];
+                let market = if self.rng.u8(0..3) == 0 { Market::OnDemand } else { Market::Spot };
+                let out = self.rng.bool();
+                self.log.push(format!("capacity {instance_type} {market:?} out={out}"));
+                self.ec2.set_out_of_capacity(instance_type, market, out);
+            }
+            Move::Drift => self.drift(),
+            Move::Time => {
+                let by = Duration::from_millis(self.rng.u64(100..15_000));
+                self.pass_time(by);
+            }
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        let when = if self.rng.bool() { When::Before } else { When::After };
+        if self.rng.u8(0..3) == 0 {
+            let operation = DYNAMODB_OPERATIONS[self.rng.usize(..DYNAMODB_OPERATIONS.len())];
+            let code = ["ProvisionedThroughputExceededException", "InternalServerError"][self.rng.usize(..2)];
+            let code = self.rng.bool().then(|| code.to_owned());
+            self.log.push(format!("fault {operation} {code:?} {when:?}"));
+            self.store.inject(operation, Fault { code, when });
+        } else {
+            let operation = EC2_OPERATIONS[self.rng.usize(..EC2_OPERATIONS.len())];
+            let code = ["RequestLimitExceeded", "InternalError"][self.rng.usize(..2)];
+            let code = self.rng.bool().then(|| code.to_owned());
+            self.log.push(format!("fault {operation} {code:?} {when:?}"));
+            self.ec2.inject(operation, Fault { code, when });
+        }
+    }
+
+    /// Someone changes the node's network by hand.
+    fn drift(&mut self) {
+        let node_id = self.any_node();
+        let Some(node) = self.store.nodes().into_iter().find(|n| n.id == node_id) else { return };
+        match self.rng.u8(0..4) {
+            0 => {
+                if let Some(eip) = &node.elastic_ip {
+                    self.log.push(format!("drift: {} disassociated from {node_id}", eip.allocation_id));
+                    self.ec2.hand_disassociate_eip(&eip.allocation_id);
+                }
+            }
+            1 => {
+                if let Some(eip) = &node.elastic_ip {
+                    let Ok(foreign) = self.ec2.hand_create_eni(SUBNET) else { return };
+                    if self.ec2.hand_associate_eip(&eip.allocation_id, &foreign).is_ok() {
+                        self.log.push(format!("drift: {} of {node_id} moved to {foreign}", eip.allocation_id));
+                        self.drifted.insert(node_id);
+                    }
+                }
+            }
+            2 => {
+                if let Some(eni) = &node.eni {
+                    if self.ec2.hand_delete_eni(&eni.id).is_ok() {
+                        self.log.push(format!("drift: ENI {} of {node_id} deleted", eni.id));
+                        self.drifted.insert(node_id);
+                    }
+                }
+            }
+            _ => {
+                if let Some(instance_id) = node.instance_id() {
+                    self.log.push(format!("drift: {instance_id} of {node_id} terminated by hand"));
+                    self.ec2.reclaim(instance_id);
+                }
+            }
+        }
+    }
+
+    /// Generations only grow; a violation names the node.
+    pub fn check_generations(&mut self) -> Result<(), String> {
+        for node in self.store.nodes() {
+            let seen = self.seen_generations.entry(node.id.clone()).or_insert(node.generation);
+            if node.generation < *seen {
+                return Err(format!("generation of {} went back from {seen} to {}", node.id, node.generation));
+            }
+            *seen = node.generation;
+        }
+        Ok(())
+    }
+
+    // ---- settling ----
+
+    /// Chaos stops (faults cleared, capacity back); events are delivered, EC2 finishes
+    /// what it started, and the reconciler runs each virtual minute, until nothing changes.
+    pub fn settle(&mut self) -> Result<(), String> {
+        self.ec2.clear_faults();
+        self.store.clear_faults();
+        for instance_type in INSTANCE_TYPES {
+            for market in [Market::Spot, Market::OnDemand] {
+                self.ec2.set_out_of_capacity(instance_type, market, false);
+            }
+        }
+        for id in std::mem::take(&mut self.doomed) {
+            self.ec2.reclaim(&id);
+        }
+        self.log.push("---- settling ----".into());
+        let mut last = String::new();
+        let mut unchanged = 0;
+        for _ in 0..SETTLE_ROUNDS {
+            while !self.bus.is_empty() {
+                let delivery = self.bus.swap_remove(self.rng.usize(..self.bus.len()));
+                self.start(Origin::Event(delivery));
+            }
+            self.run_all()?;
+            self.ec2.advance();
+            self.collect_events();
+            self.pass_time(Duration::from_secs(60));
+            self.start(Origin::Reconciler);
+            self.run_all()?;
+            self.collect_events();
+            self.check_generations()?;
+            let now = self.fingerprint();
+            if self.bus.is_empty() && now == last {
+                unchanged += 1;
+                if unchanged == QUIET_ROUNDS {
+                    return Ok(());
+                }
+            } else {
+                unchanged = 0;
+            }
+            last = now;
+        }
+        Err("the world never settled: something keeps changing after chaos stopped".into())
+    }
+
+    /// Polls every invocation in flight until all have ended, moving the clock on when
+    /// all of them wait.
+    fn run_all(&mut self) -> Result<(), String> {
+        for _ in 0..20_000 {
+            if self.running.is_empty() {
+                return Ok(());
+            }
+            let mut progressed = false;
+            let mut index = self.running.len();
+            while index > 0 {
+                index -= 1;
+                progressed |= self.poll(index);
+            }
+            if !progressed {
+                self.pass_time(Duration::from_millis(500));
+                self.ec2.advance();
+            }
+            self.collect_events();
+        }
+        Err(format!("{} invocation(s) never finished", self.running.len()))
+    }
+
+    fn fingerprint(&self) -> String {
+        let nodes: Vec<(String, u64, NodeState)> = self.store.nodes().into_iter().map(|n| (n.id.to_string(), n.version, n.state)).collect();
+        let instances: Vec<(String, String)> = self.ec2.instances().into_iter().map(|i| (i.id, i.state)).collect();
+        let enis: Vec<(String, Option<String>)> = self.ec2.enis().into_iter().map(|e| (e.id, e.instance_id)).collect();
+        let eips: Vec<(String, Option<String>)> = self.ec2.eips().into_iter().map(|e| (e.info.allocation_id, e.info.network_interface_id)).collect();
+        format!("{nodes:?}{instances:?}{enis:?}{eips:?}")
+    }
+}

@@ -1,0 +1,97 @@
+//! What the reconciler does about one node, given what it found in EC2: recover a node
+//! whose instance is gone without an event, carry on work that stalled, and heal or
+//! report drift (never fighting a person over an Elastic IP).
+
+use chrono::{DateTime, Utc};
+
+use super::{failed, on_instance_event, Action, Step};
+use crate::events::{InstanceEvent, InstanceState};
+use crate::model::{Node, NodeState};
+
+/// What the reconciler found in EC2 about a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// EC2's state of the node's current instance; `None` when EC2 does not know it
+    /// (any more) or the node names none.
+    pub instance: Option<InstanceState>,
+    /// Whether the ENI on record still exists.
+    pub eni_exists: bool,
+    /// Where the Elastic IP on record is; `None` when the node has none on record.
+    pub elastic_ip: Option<ElasticIpFound>,
+    /// Nothing was recorded on the node for the reconciler's `stuck_after`.
+    pub stuck: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElasticIpFound {
+    /// On the node's ENI, as it should be.
+    OnEni,
+    /// Associated with nothing.
+    Free,
+    /// Associated with something else (named).
+    Elsewhere(String),
+    /// Released.
+    Missing,
+}
+
+/// The reconciler's step for one node.
+pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
+    match node.state {
+        NodeState::Deallocated | NodeState::Error => Step::Ignore("nothing to reconcile"),
+        NodeState::Deallocating | NodeState::Launching if !seen.stuck => Step::Ignore("work under way"),
+        // Stalled (its events lost, its invocations dead): carried on as a retried action would.
+        NodeState::Deallocating => super::on_deallocate(node, node.keep_eni, now, None),
+        NodeState::Launching => super::on_resume(node, now, None),
+        NodeState::Paused => network_drift(node, seen, now),
+        NodeState::Running | NodeState::Recovering | NodeState::Stopped => {
+            let Some(instance_id) = node.instance_id() else { return network_drift(node, seen, now) };
+            // A state change whose event was lost is handled as that event.
+            let state = seen.instance.unwrap_or(InstanceState::Terminated);
+            let lost_event = match (node.state, state) {
+                (_, InstanceState::Terminated) => true,
+                (NodeState::Running, InstanceState::ShuttingDown | InstanceState::Stopped) => true,
+                (NodeState::Stopped, InstanceState::Pending | InstanceState::Running) => true,
+                _ => false,
+            };
+            if lost_event {
+                let event = InstanceEvent::StateChange { instance_id: instance_id.to_owned(), state };
+                return on_instance_event(node, &event, now);
+            }
+            network_drift(node, seen, now)
+        }
+    }
+}
+
+/// The ENI or the Elastic IP changed outside Tether.
+fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
+    if let (Some(eni), false) = (&node.eni, seen.eni_exists) {
+        let reason = format!(
+            "ENI {} ({}) was deleted outside Tether: the node's private IP and MAC cannot be kept; deallocate this node and create a new one",
+            eni.id, eni.private_ip
+        );
+        return Step::Apply { next: failed(node, reason, now), actions: Vec::new() };
+    }
+    let (Some(eip), Some(found)) = (&node.elastic_ip, &seen.elastic_ip) else { return Step::Ignore("network as recorded") };
+    match found {
+        ElasticIpFound::OnEni => Step::Ignore("network as recorded"),
+        ElasticIpFound::Free => {
+            let mut next = node.clone();
+            next.record(now, format!("drift: Elastic IP {} ({}) found disassociated; associated again", eip.allocation_id, eip.public_ip));
+            Step::Apply { next, actions: vec![Action::AssociateElasticIp] }
+        }
+        ElasticIpFound::Elsewhere(holder) => {
+            let reason = format!(
+                "Elastic IP {} ({}) was associated with {holder} outside Tether; Tether does not take it back: disassociate it and recycle the node, or deallocate the node",
+                eip.allocation_id, eip.public_ip
+            );
+            Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
+        }
+        ElasticIpFound::Missing => {
+            let reason = format!(
+                "Elastic IP {} ({}) was released outside Tether; the node's public IP is lost: deallocate this node and create a new one",
+                eip.allocation_id, eip.public_ip
+            );
+            Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The reconciler: run on a schedule, it catches what events missed. It pages through the
+//! nodes (bounded in nodes and time), observes each in EC2 and lets the lifecycle decide
+//! (`on_reconcile`); then it sweeps what no node owns: instances of a generation no node
+//! wants, ENIs and Elastic IPs left by a request that died half-way.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tracing::{info, warn, Instrument};
+
+use super::{Outcome, Tether, TetherError};
+use crate::error::ErrorClass;
+use crate::events::InstanceState;
+use crate::lifecycle::{self, ElasticIpFound, Observed, Step};
+use crate::model::{Node, NodeId, NodeState};
+
+/// Nodes read per page.
+const PAGE_SIZE: usize = 100;
+
+/// What one run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub nodes_checked: usize,
+    /// What was done, per node.
+    pub repaired: Vec<String>,
+    /// Nodes whose check failed (retried at the next run).
+    pub failed: Vec<String>,
+    /// Every node was checked (the run was not cut short by its bounds).
+    pub complete: bool,
+}
+
+impl Tether {
+    /// One reconciler run, from the first node (or after `start_after`) until every node is
+    /// checked, `reconcile_max_nodes` are, or the deadline nears; then the sweep.
+    pub async fn reconcile(&self, start_after: Option<&NodeId>, deadline: DateTime<Utc>) -> Result<ReconcileReport, TetherError> {
+        let mut report = ReconcileReport::default();
+        let mut cursor = start_after.cloned();
+        let mut nodes = BTreeMap::new();
+        let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
+        'pages: loop {
+            let (page, next) = self.store.list(PAGE_SIZE, cursor.as_ref()).await?;
+            for node in page {
+                if report.nodes_checked >= self.settings.reconcile_max_nodes || out_of_time(self) {
+                    break 'pages;
+                }
+                report.nodes_checked += 1;
+                let span = tracing::info_span!("reconcile", node_id = %node.id, instance_id = node.instance_id(), generation = node.generation);
+                match self.reconcile_node(&node, deadline).instrument(span).await {
+                    Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(node_id = %node.id, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
+                        report.failed.push(format!("{}: {e}", node.id));
+                    }
+                }
+                nodes.insert(node.id.clone(), node);
+            }
+            match next {
+                Some(last) => cursor = Some(last),
+                None => {
+                    report.complete = true;
+                    break;
+                }
+            }
+        }
+        // The sweep decides on fresh reads of the nodes it concerns, never on the page.
+        if report.complete && !out_of_time(self) {
+            if let Err(e) = self.sweep(&mut report).await {
+                warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
+                report.failed.push(format!("sweep: {e}"));
+            }
+        }
+        info!(checked = report.nodes_checked, repaired = report.repaired.len(), failed = report.failed.len(), complete = report.complete, "reconciled");
+        Ok(report)
+    }
+
+    /// Observes one node and does what the lifecycle decides; `Some(what)` when it acted.
+    /// Writes are conditional on the version listed: a node that moved on meanwhile is left
+    /// to whoever moved it (its observations are stale).
+    async fn reconcile_node(&self, node: &Node, deadline: DateTime<Utc>) -> Result<Option<String>, TetherError> {
+        let seen = self.observe(node).await?;
+        let step = lifecycle::on_reconcile(node, &seen, self.clock.now());
+        if let Step::Ignore(_) = step {
+            return Ok(None);
+        }
+        match self.act(node, step, deadline).await {
+            Ok(Outcome::Ignored { .. }) => Ok(None),
+            Ok(outcome) => Ok(Some(format!("{outcome:?}"))),
+            Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What EC2 says about the node, reading only what its state needs.
+    async fn observe(&self, node: &Node) -> Result<Observed, TetherError> {
+        let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
+        let mut seen = Observed { instance: None, eni_exists: true, elastic_ip: None, stuck };
+        let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
+        if !watched {
+            return Ok(seen);
+        }
+        if let (Some(instance_id), false) = (node.instance_id(), node.state == NodeState::Paused) {
+            let summary = self.instances.describe_instance(instance_id).await?;
+            seen.instance = summary.map(|s| instance_state(&s.state));
+        }
+        let attached = matches!(seen.instance, Some(InstanceState::Pending | InstanceState::Running | InstanceState::Stopping | InstanceState::Stopped));
+        if let (Some(eni), false) = (&node.eni, attached) {
+            // An attached ENI cannot be deleted; a detached one may have been.
+            seen.eni_exists = self.network.find_node_eni(&node.id).await?.is_some_and(|found| found.id == eni.id);
+        }
+        if let Some(eip) = &node.elastic_ip {
+            let eni_id = node.eni.as_ref().map(|e| e.id.as_str());
+            seen.elastic_ip = Some(match self.network.describe_eip(&eip.allocation_id).await? {
+                None => ElasticIpFound::Missing,
+                Some(info) if info.network_interface_id.is_some() && info.network_interface_id.as_deref() == eni_id => ElasticIpFound::OnEni,
+                Some(info) if info.association_id.is_none() => ElasticIpFound::Free,
+                Some(info) => ElasticIpFound::Elsewhere(
+                    info.instance_id.or(info.network_interface_id).unwrap_or_else(|| "another resource".into()),
+                ),
+            });
+        }
+        Ok(seen)
+    }
+
+    /// Terminates instances no node wants, deletes detached ENIs and releases free Elastic
+    /// IPs of nodes that no longer record them. An ENI or Elastic IP a node does not record
+    /// yet may be its first launch's, under way: it is left alone until recorded otherwise.
+    async fn sweep(&self, report: &mut ReconcileReport) -> Result<(), TetherError> {
+        for tagged in self.instances.node_instances().await? {
+            let node = self.store.get(&tagged.node_id).await?;
+            let wanted = node.as_ref().is_some_and(|n| match n.state {
+                NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error => n.instance_id() == Some(tagged.resource.id.as_str()),
+                // The generation being launched: its launch (or the reconciler) records it.
+                NodeState::Launching => tagged.generation == Some(n.generation),
+                NodeState::Paused | NodeState::Deallocating | NodeState::Deallocated => false,
+            });
+            if !wanted {
+                self.instances.terminate(&tagged.resource.id).await?;
+                let state = node.map(|n| format!("{:?} at generation {}", n.state, n.generation));
+                warn!(node_id = %tagged.node_id, instance_id = tagged.resource.id, generation = tagged.generation, ?state, "instance no node wants; terminated");
+                report.repaired.push(format!("{}: terminated unwanted instance {} (node {state:?})", tagged.node_id, tagged.resource.id));
+            }
+        }
+        for tagged in self.network.node_enis().await?.into_iter().filter(|t| !t.attached) {
+            let node = self.store.get(&tagged.node_id).await?;
+            if leftover(node.as_ref(), |n| n.eni.as_ref().map(|e| e.id.as_str()), &tagged.resource.id) {
+                self.network.delete_eni(&tagged.resource.id).await?;
+                warn!(node_id = %tagged.node_id, eni_id = tagged.resource.id, "ENI no node records; deleted");
+                report.repaired.push(format!("{}: deleted leftover ENI {}", tagged.node_id, tagged.resource.id));
+            }
+        }
+        for tagged in self.network.node_eips().await?.into_iter().filter(|t| !t.attached) {
+            let node = self.store.get(&tagged.node_id).await?;
+            let id = tagged.resource.allocation_id.as_str();
+            if leftover(node.as_ref(), |n| n.elastic_ip.as_ref().map(|e| e.allocation_id.as_str()), id) {
+                self.network.release_eip(id).await?;
+                warn!(node_id = %tagged.node_id, allocation_id = id, "Elastic IP no node records; released");
+                report.repaired.push(format!("{}: released leftover Elastic IP {id}", tagged.node_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a detached resource tagged for `node` is left over: its node is gone, or
+/// deallocated without keeping it, or records another one.
+fn leftover(node: Option<&Node>, recorded: impl Fn(&Node) -> Option<&str>, id: &str) -> bool {
+    let Some(node) = node else { return true };
+    match (node.state, recorded(node)) {
+        (NodeState::Deallocated, kept) => kept != Some(id),
+        (NodeState::Deallocating, _) => false,
+        (_, Some(other)) => other != id,
+        (_, None) => false,
+    }
+}
+
+fn instance_state(name: &str) -> InstanceState {
+    match name {
+        "pending" => InstanceState::Pending,
+        "running" => InstanceState::Running,
+        "shutting-down" => InstanceState::ShuttingDown,
+        "stopping" => InstanceState::Stopping,
+        "stopped" => InstanceState::Stopped,
+        _ => InstanceState::Terminated,
+    }
+}
