@@ -192,6 +192,8 @@ pub trait Instances: Send + Sync {
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError>;
     /// What EC2 reports about an instance now; `None` if EC2 does not know it.
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError>;
+    /// The instance (not yet terminated) the ENI is attached to, with its Tether tags.
+    async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError>;
     /// Every instance not terminated or shutting down that carries a `tether:node-id` tag.
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError>;
     /// Of these instance types, the ones this Region does not offer.

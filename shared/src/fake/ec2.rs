@@ -978,6 +978,18 @@ impl Network for FakeEc2 {
 
 #[async_trait]
 impl Instances for FakeEc2 {
+    async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeInstances", |s| {
+            let holder = s.instances.iter().find(|(_, i)| i.life != Life::Terminated && i.primary_eni.as_deref() == Some(eni_id));
+            Ok(holder.and_then(|(id, i)| {
+                let node_id = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+                Some(Tagged { node_id, generation, attached: true, resource: s.summary(id).ok()? })
+            }))
+        })
+    }
+
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
         yield_now().await;
         self.call("DescribeInstances", |s| {

@@ -14,7 +14,7 @@ use super::{Outcome, Tether, TetherError};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::lifecycle;
-use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec};
+use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec, NodeState};
 use crate::ports::{Clock, EniRequest, LaunchRequest, LaunchedInstance};
 
 impl Tether {
@@ -39,7 +39,7 @@ impl Tether {
                 market,
                 client_token: client_token.clone(),
             };
-            let launched = self.with_retries(deadline, fresh_eni, || self.instances.launch(&request)).await;
+            let launched = self.with_retries(deadline, fresh_eni, || self.launch_on_eni(&node, &request)).await;
             let launched = match launched {
                 // The token already launched an instance with another candidate (an earlier
                 // attempt fell back, then died before recording it): adopt that instance.
@@ -73,11 +73,63 @@ impl Tether {
         Err(err)
     }
 
+    /// One RunInstances. When the ENI is in use, whoever holds it is looked at: this
+    /// generation's instance (launched by a request that died before recording it) is
+    /// adopted; an older generation's, which the node is replacing, is terminated (again);
+    /// a newer generation's means the node moved on, and this request re-reads it.
+    async fn launch_on_eni(&self, node: &Node, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
+        let in_use = match self.instances.launch(request).await {
+            Err(e) if e.class == ErrorClass::EniInUse => e,
+            other => return other,
+        };
+        let Some(holder) = self.instances.instance_on_eni(request.eni_id).await?.filter(|h| h.node_id == node.id) else { return Err(in_use) };
+        let summary = holder.resource;
+        match holder.generation {
+            Some(g) if g == node.generation => {
+                info!(node_id = %node.id, instance_id = summary.id, generation = g, "this generation's instance already holds the ENI; adopted");
+                let gone = matches!(summary.state.as_str(), "shutting-down" | "terminated");
+                Ok(LaunchedInstance { id: summary.id, instance_type: summary.instance_type, market: summary.market, gone })
+            }
+            Some(g) if g > node.generation => Err(AwsError {
+                class: ErrorClass::Conflict,
+                message: format!("generation {g} of node {} holds its ENI: this request's generation {} is stale", node.id, node.generation),
+                ..in_use
+            }),
+            _ => {
+                if !matches!(summary.state.as_str(), "shutting-down" | "terminated") {
+                    self.instances.terminate(&summary.id).await?;
+                    info!(node_id = %node.id, instance_id = summary.id, generation = holder.generation, "an older generation held the ENI; terminated");
+                }
+                Err(in_use)
+            }
+        }
+    }
+
     /// Records the generation's instance. One that is already gone (a retried launch whose
     /// instance was reclaimed before it was recorded) is handled like its termination.
     async fn record_launch(&self, node: &Node, instance: LaunchedInstance, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
-        let next = lifecycle::launched(node, instance.id.clone(), instance.instance_type.clone(), instance.market, self.clock.now());
-        let saved = self.store.save(&next).await?;
+        let mut node = node.clone();
+        let mut attempts = 0;
+        let saved = loop {
+            let next = lifecycle::launched(&node, instance.id.clone(), instance.instance_type.clone(), instance.market, self.clock.now());
+            match self.store.save(&next).await {
+                Ok(saved) => break saved,
+                Err(e) if e.class == ErrorClass::Conflict && attempts < super::MAX_CONFLICTS => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+            let current = self.node(&node.id).await?;
+            if current.state == NodeState::Launching && current.generation == node.generation {
+                node = current;
+                continue;
+            }
+            // The node moved on (paused, recycled, deallocated) while this request launched:
+            // what it launched is nobody's now, unless someone recorded it already.
+            if current.instance_id() != Some(instance.id.as_str()) && !instance.gone {
+                self.instances.terminate(&instance.id).await?;
+                warn!(node_id = %node.id, instance_id = instance.id, generation = node.generation, state = ?current.state, "node moved on during the launch; its instance terminated");
+            }
+            return Ok(Outcome::Ignored { reason: format!("node {} moved on during the launch of generation {}", node.id, node.generation) });
+        };
         if instance.gone {
             warn!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, "the generation's instance is already gone; launching the next");
             let terminated = InstanceEvent::StateChange { instance_id: instance.id, state: InstanceState::Terminated };

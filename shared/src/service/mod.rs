@@ -22,7 +22,7 @@ pub use manage::ImportRequest;
 pub use reconcile::ReconcileReport;
 
 /// How often one request re-reads and re-decides after losing a race on a node.
-const MAX_CONFLICTS: usize = 8;
+pub(crate) const MAX_CONFLICTS: usize = 8;
 
 /// Errors of the service layer. `is_retryable` tells a handler whether to let Lambda
 /// retry the event (error) or to acknowledge it (logged, success).

@@ -17,6 +17,9 @@ use crate::model::{Node, NodeId, NodeState};
 
 /// Nodes read per page.
 const PAGE_SIZE: usize = 100;
+/// The longest one node's repair may take: what is not possible yet (an ENI still
+/// attached, no capacity) waits for the next run instead of starving the other nodes.
+const NODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What one run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -38,6 +41,11 @@ impl Tether {
         let mut cursor = start_after.cloned();
         let mut nodes = BTreeMap::new();
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
+        // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
+        if let Err(e) = self.sweep(&mut report).await {
+            warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
+            report.failed.push(format!("sweep: {e}"));
+        }
         'pages: loop {
             let (page, next) = self.store.list(PAGE_SIZE, cursor.as_ref()).await?;
             for node in page {
@@ -46,7 +54,8 @@ impl Tether {
                 }
                 report.nodes_checked += 1;
                 let span = tracing::info_span!("reconcile", node_id = %node.id, instance_id = node.instance_id(), generation = node.generation);
-                match self.reconcile_node(&node, deadline).instrument(span).await {
+                let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
+                match self.reconcile_node(&node, node_deadline).instrument(span).await {
                     Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
                     Ok(None) => {}
                     Err(e) => {
@@ -62,13 +71,6 @@ impl Tether {
                     report.complete = true;
                     break;
                 }
-            }
-        }
-        // The sweep decides on fresh reads of the nodes it concerns, never on the page.
-        if report.complete && !out_of_time(self) {
-            if let Err(e) = self.sweep(&mut report).await {
-                warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
-                report.failed.push(format!("sweep: {e}"));
             }
         }
         info!(checked = report.nodes_checked, repaired = report.repaired.len(), failed = report.failed.len(), complete = report.complete, "reconciled");

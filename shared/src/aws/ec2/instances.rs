@@ -63,6 +63,26 @@ impl Ec2Cloud {
 
 #[async_trait]
 impl Instances for Ec2Cloud {
+    async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
+        let out = self
+            .client
+            .describe_instances()
+            .filters(Filter::builder().name("network-interface.network-interface-id").values(eni_id).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
+        let holder = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| !matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated)));
+        Ok(holder.and_then(|instance| {
+            let node_id = tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
+            let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
+            Some(Tagged { node_id, generation, attached: true, resource: summary(instance.instance_id()?, instance) })
+        }))
+    }
+
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
         let mut pages = self
             .client

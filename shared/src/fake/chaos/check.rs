@@ -76,9 +76,6 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
         NodeState::Launching | NodeState::Recovering | NodeState::Deallocating => {
             found.push(format!("node {id} stuck in {:?} (last: {:?})", node.state, node.history.last().map(|h| &h.what)));
         }
-        // The address the user chose was taken by another ENI before the first resume: AWS
-        // refuses it, and so does Tether, saying so.
-        NodeState::Error if chosen_ip_taken(node, enis) => {}
         NodeState::Error if !drifted => found.push(format!("node {id} in ERROR without a hand-made cause: {:?}", node.last_error)),
         NodeState::Error | NodeState::Stopped => {}
         NodeState::Running => {
@@ -132,8 +129,3 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
     }
 }
 
-fn chosen_ip_taken(node: &Node, enis: &[EniView]) -> bool {
-    let Some(ip) = node.persistence.private_ip else { return false };
-    node.last_error.as_deref().is_some_and(|e| e.contains("InvalidIPAddress.InUse"))
-        && enis.iter().any(|e| e.private_ip == ip && e.node_id.as_deref() != Some(node.id.as_str()))
-}

@@ -83,7 +83,8 @@ pub struct World {
     running: Vec<Invocation>,
     /// Instances warned of an interruption, reclaimed later.
     doomed: Vec<String>,
-    /// Nodes a hand-made drift may rightly have put in ERROR.
+    /// Nodes a hand-made drift (or their chosen private IP taken by another ENI) may rightly
+    /// have put in ERROR.
     pub drifted: BTreeSet<NodeId>,
     seen_generations: BTreeMap<NodeId, u64>,
     events_emitted: u64,
@@ -397,9 +398,16 @@ impl World {
         }
     }
 
-    /// Generations only grow; a violation names the node.
+    /// Generations only grow (a violation names the node). Also notes the nodes whose
+    /// chosen private IP another ENI holds: their first resume rightly fails.
     pub fn check_generations(&mut self) -> Result<(), String> {
+        let enis = self.ec2.enis();
         for node in self.store.nodes() {
+            if let Some(ip) = node.persistence.private_ip {
+                if enis.iter().any(|e| e.private_ip == ip && e.node_id.as_deref() != Some(node.id.as_str())) {
+                    self.drifted.insert(node.id.clone());
+                }
+            }
             let seen = self.seen_generations.entry(node.id.clone()).or_insert(node.generation);
             if node.generation < *seen {
                 return Err(format!("generation of {} went back from {seen} to {}", node.id, node.generation));
