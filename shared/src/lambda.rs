@@ -90,7 +90,7 @@ pub async fn handle_eventbridge(
         }
     };
     let event_id = received.id.as_deref().unwrap_or("none");
-    match tether.handle_instance_event(&received.event, deadline).await {
+    match tether.handle_event(event_id, &received.event, deadline).await {
         Ok(outcome) => {
             info!(event_id, detail_type, instance_id = received.event.instance_id(), ?outcome, "handled");
             Ok(json!(outcome))

@@ -8,7 +8,7 @@ mod reconcile;
 use chrono::{DateTime, Utc};
 
 pub use actions::{on_deallocate, on_pause, on_recycle, on_resume, patched, NodePatch, PatchError};
-pub use reconcile::{on_reconcile, ElasticIpFound, Observed};
+pub use reconcile::{eni_deleted, on_reconcile, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};

@@ -313,6 +313,12 @@ impl Fixture {
         Ok(self.cloud.terminate(instance_id).await?)
     }
 
+    /// What EC2 says about one Elastic IP.
+    pub async fn cloud_eip(&self, allocation_id: &str) -> Result<aws_sdk_ec2::types::Address, SetupError> {
+        let out = self.ec2.describe_addresses().allocation_ids(allocation_id).send().await?;
+        out.addresses().first().cloned().ok_or_else(|| format!("Elastic IP {allocation_id} not found").into())
+    }
+
     pub fn subnet_ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 1, host)
     }
@@ -369,6 +375,7 @@ pub fn fast_settings() -> Settings {
         retry_min_delay: std::time::Duration::from_millis(50),
         retry_max_delay: std::time::Duration::from_millis(400),
         deadline_margin: std::time::Duration::from_millis(200),
+        ..Settings::default()
     }
 }
 

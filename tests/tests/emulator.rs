@@ -6,4 +6,5 @@ mod emulator {
     pub mod api;
     pub mod cli;
     pub mod scenarios;
+    pub mod reconciler;
 }

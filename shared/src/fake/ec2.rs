@@ -980,13 +980,18 @@ impl Network for FakeEc2 {
 impl Instances for FakeEc2 {
     async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
         yield_now().await;
+        // As the adapter: the ENI's attachment, then that instance.
+        let holder = absent_if_unknown(self.call("DescribeNetworkInterfaces", |s| {
+            let eni = s.enis.get(eni_id).ok_or_else(|| not_found_eni("DescribeNetworkInterfaces", eni_id))?;
+            Ok(eni.attachment.as_ref().map(|a| a.instance_id.clone()))
+        }))?
+        .flatten();
+        let Some(holder) = holder else { return Ok(None) };
         self.call("DescribeInstances", |s| {
-            let holder = s.instances.iter().find(|(_, i)| i.life != Life::Terminated && i.primary_eni.as_deref() == Some(eni_id));
-            Ok(holder.and_then(|(id, i)| {
-                let node_id = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
-                let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
-                Some(Tagged { node_id, generation, attached: true, resource: s.summary(id).ok()? })
-            }))
+            let Some(i) = s.instances.get(&holder) else { return Ok(None) };
+            let Some(node_id) = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t)) else { return Ok(None) };
+            let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+            Ok(Some(Tagged { node_id, generation, attached: true, resource: s.summary(&holder)? }))
         })
     }
 

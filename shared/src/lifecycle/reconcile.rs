@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{failed, on_instance_event, Action, Step};
 use crate::events::{InstanceEvent, InstanceState};
-use crate::model::{Node, NodeState};
+use crate::model::{EniRecord, Node, NodeState};
 
 /// What the reconciler found in EC2 about a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,11 +65,7 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
 /// The ENI or the Elastic IP changed outside Tether.
 fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
     if let (Some(eni), false) = (&node.eni, seen.eni_exists) {
-        let reason = format!(
-            "ENI {} ({}) was deleted outside Tether: the node's private IP and MAC cannot be kept; deallocate this node and create a new one",
-            eni.id, eni.private_ip
-        );
-        return Step::Apply { next: failed(node, reason, now), actions: Vec::new() };
+        return Step::Apply { next: failed(node, eni_deleted(eni), now), actions: Vec::new() };
     }
     let (Some(eip), Some(found)) = (&node.elastic_ip, &seen.elastic_ip) else { return Step::Ignore("network as recorded") };
     match found {
@@ -94,4 +90,12 @@ fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
             Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
         }
     }
+}
+
+/// The ERROR reason for a node whose ENI is gone.
+pub fn eni_deleted(eni: &EniRecord) -> String {
+    format!(
+        "ENI {} ({}) was deleted outside Tether: the node's private IP and MAC cannot be kept; deallocate this node and create a new one",
+        eni.id, eni.private_ip
+    )
 }

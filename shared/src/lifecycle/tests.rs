@@ -296,3 +296,72 @@ fn launched_and_failed_finish_a_launch() {
     assert_eq!(broken.state, NodeState::Error);
     assert_eq!(broken.last_error.as_deref(), Some("ENI eni-1 was deleted outside Tether"));
 }
+
+fn observed(instance: Option<InstanceState>, eni_exists: bool, elastic_ip: Option<ElasticIpFound>, stuck: bool) -> Observed {
+    Observed { instance, eni_exists, elastic_ip, stuck }
+}
+
+fn with_network(state: NodeState) -> Node {
+    let mut node = node_in(state);
+    node.eni = Some(crate::model::EniRecord {
+        id: "eni-1".into(),
+        private_ip: "10.0.1.10".parse().expect("an IP"),
+        mac_address: "02:00:00:00:00:01".into(),
+        availability_zone: "us-east-1a".into(),
+    });
+    node.elastic_ip = Some(crate::model::ElasticIpRecord { allocation_id: "eipalloc-1".into(), public_ip: "198.18.0.1".into(), allocated_by_tether: false });
+    node
+}
+
+#[test]
+fn the_reconciler_handles_a_lost_event_as_that_event() {
+    use InstanceState as I;
+    let fine = Some(ElasticIpFound::OnEni);
+    let running = with_network(NodeState::Running);
+    for gone in [None, Some(I::Terminated)] {
+        let step = on_reconcile(&running, &observed(gone, true, fine.clone(), false), Utc::now());
+        assert_eq!(kind(&step), ("launch", Some(NodeState::Launching)), "{gone:?}");
+    }
+    let step = on_reconcile(&running, &observed(Some(I::ShuttingDown), true, fine.clone(), false), Utc::now());
+    assert_eq!(kind(&step), ("record", Some(NodeState::Recovering)));
+    let stopped = with_network(NodeState::Stopped);
+    let step = on_reconcile(&stopped, &observed(Some(I::Running), true, fine.clone(), false), Utc::now());
+    assert_eq!(kind(&step), ("record", Some(NodeState::Running)));
+    assert_eq!(kind(&on_reconcile(&running, &observed(Some(I::Running), true, fine, false), Utc::now())).0, "ignore");
+}
+
+#[test]
+fn the_reconciler_carries_on_only_stalled_work() {
+    let launching = with_network(NodeState::Launching);
+    assert_eq!(kind(&on_reconcile(&launching, &observed(None, true, None, false), Utc::now())).0, "ignore");
+    let Step::Continue(actions) = on_reconcile(&launching, &observed(None, true, None, true), Utc::now()) else { panic!("stalled launch not carried on") };
+    assert_eq!(actions.last(), Some(&Action::Launch));
+    let deallocating = with_network(NodeState::Deallocating);
+    let Step::Continue(actions) = on_reconcile(&deallocating, &observed(None, true, None, true), Utc::now()) else { panic!("stalled deallocation not carried on") };
+    assert_eq!(actions.last(), Some(&Action::ReleaseNetwork));
+    for state in [NodeState::Error, NodeState::Deallocated] {
+        let seen = observed(None, false, Some(ElasticIpFound::Missing), true);
+        assert_eq!(kind(&on_reconcile(&with_network(state), &seen, Utc::now())).0, "ignore", "{state:?}");
+    }
+}
+
+#[test]
+fn the_reconciler_heals_a_free_elastic_ip_and_reports_what_it_must_not_fight() {
+    for state in [NodeState::Running, NodeState::Paused] {
+        let node = with_network(state);
+        let alive = (state == NodeState::Running).then_some(InstanceState::Running);
+        let step = on_reconcile(&node, &observed(alive, true, Some(ElasticIpFound::Free), false), Utc::now());
+        let Step::Apply { next, actions } = step else { panic!("free Elastic IP not healed in {state:?}") };
+        assert_eq!((next.state, actions), (state, vec![Action::AssociateElasticIp]));
+        let elsewhere = observed(alive, true, Some(ElasticIpFound::Elsewhere("i-someone".into())), false);
+        let failed = written(&on_reconcile(&node, &elsewhere, Utc::now())).cloned().expect("a record");
+        let reason = failed.last_error.unwrap_or_default();
+        assert_eq!(failed.state, NodeState::Error);
+        assert!(reason.contains("eipalloc-1") && reason.contains("i-someone"), "{reason}");
+        let missing = written(&on_reconcile(&node, &observed(alive, true, Some(ElasticIpFound::Missing), false), Utc::now())).cloned().expect("a record");
+        assert_eq!(missing.state, NodeState::Error);
+    }
+    let paused = with_network(NodeState::Paused);
+    let no_eni = written(&on_reconcile(&paused, &observed(None, false, Some(ElasticIpFound::Free), false), Utc::now())).cloned().expect("a record");
+    assert!(no_eni.last_error.unwrap_or_default().contains("eni-1 (10.0.1.10) was deleted outside Tether"));
+}

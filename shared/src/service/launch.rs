@@ -59,6 +59,7 @@ impl Tether {
                 }
                 Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, self.waited_since(started), e)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
+                Err(e) if e.code_is("InvalidNetworkInterfaceID.NotFound") => return self.fail(&node, lifecycle::eni_deleted(&eni)).await,
                 Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
             }
         }
@@ -75,7 +76,7 @@ impl Tether {
 
     /// One RunInstances. When the ENI is in use, whoever holds it is looked at: this
     /// generation's instance (launched by a request that died before recording it) is
-    /// adopted; an older generation's, which the node is replacing, is terminated (again);
+    /// adopted; an older generation's that the node does not record is terminated;
     /// a newer generation's means the node moved on, and this request re-reads it.
     async fn launch_on_eni(&self, node: &Node, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         let in_use = match self.instances.launch(request).await {
@@ -95,6 +96,10 @@ impl Tether {
                 message: format!("generation {g} of node {} holds its ENI: this request's generation {} is stale", node.id, node.generation),
                 ..in_use
             }),
+            // The instance the node records is being replaced by the lifecycle's own actions
+            // (a recycle's terminate, or EC2's interruption): wait for it. Any other older one
+            // is a leftover (launched, then the node moved on before recording it).
+            _ if node.instance_id() == Some(summary.id.as_str()) => Err(in_use),
             _ => {
                 if !matches!(summary.state.as_str(), "shutting-down" | "terminated") {
                     self.instances.terminate(&summary.id).await?;

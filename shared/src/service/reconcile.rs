@@ -131,7 +131,8 @@ impl Tether {
     async fn sweep(&self, report: &mut ReconcileReport) -> Result<(), TetherError> {
         for tagged in self.instances.node_instances().await? {
             let node = self.store.get(&tagged.node_id).await?;
-            let wanted = node.as_ref().is_some_and(|n| match n.state {
+            // A node this table does not know is another deployment's: never touched.
+            let wanted = node.as_ref().is_none_or(|n| match n.state {
                 NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error => n.instance_id() == Some(tagged.resource.id.as_str()),
                 // The generation being launched: its launch (or the reconciler) records it.
                 NodeState::Launching => tagged.generation == Some(n.generation),
@@ -165,10 +166,11 @@ impl Tether {
     }
 }
 
-/// Whether a detached resource tagged for `node` is left over: its node is gone, or
-/// deallocated without keeping it, or records another one.
+/// Whether a detached resource tagged for `node` is left over: its node is deallocated
+/// without keeping it, or records another one. A node this table does not know is another
+/// deployment's (node ids are random): its resources are never touched.
 fn leftover(node: Option<&Node>, recorded: impl Fn(&Node) -> Option<&str>, id: &str) -> bool {
-    let Some(node) = node else { return true };
+    let Some(node) = node else { return false };
     match (node.state, recorded(node)) {
         (NodeState::Deallocated, kept) => kept != Some(id),
         (NodeState::Deallocating, _) => false,

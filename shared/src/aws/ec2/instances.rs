@@ -64,22 +64,20 @@ impl Ec2Cloud {
 #[async_trait]
 impl Instances for Ec2Cloud {
     async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
-        let out = self
+        let described = self
             .client
-            .describe_instances()
-            .filters(Filter::builder().name("network-interface.network-interface-id").values(eni_id).build())
+            .describe_network_interfaces()
+            .network_interface_ids(eni_id)
             .send()
             .await
-            .map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
-        let holder = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| !matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated)));
-        Ok(holder.and_then(|instance| {
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e));
+        let holder_id = absent_if_unknown(described)?
+            .and_then(|out| out.network_interfaces().first().and_then(|n| n.attachment()).and_then(|a| a.instance_id()).map(str::to_owned));
+        let Some(holder_id) = holder_id else { return Ok(None) };
+        Ok(self.instance(&holder_id).await?.and_then(|instance| {
             let node_id = tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
             let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
-            Some(Tagged { node_id, generation, attached: true, resource: summary(instance.instance_id()?, instance) })
+            Some(Tagged { node_id, generation, attached: true, resource: summary(&holder_id, &instance) })
         }))
     }
 

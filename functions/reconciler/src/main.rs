@@ -1,0 +1,9 @@
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tether::lambda::init_tracing();
+    let tether = tether::lambda::tether_from_env().await?;
+    run(service_fn(|event: LambdaEvent<Value>| tether_reconciler::handler(&tether, event))).await
+}

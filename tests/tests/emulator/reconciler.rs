@@ -1,0 +1,104 @@
+//! The reconciler function against the emulator: what events missed is caught on the next
+//! run (a lost termination, a launch that died before recording its instance, drift).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tether::ports::NodeStore;
+use tether::{Node, NodeState, Persistence};
+use tether_tests::events::invocation;
+use tether_tests::{Fixture, SetupError};
+
+const BUDGET: Duration = Duration::from_secs(30);
+
+async fn reconcile(fx: &Fixture) -> Result<Value, tether::TetherError> {
+    tether_reconciler::handler(&fx.tether, invocation(json!({"detail-type": "Scheduled Event", "source": "aws.events"}), BUDGET)).await
+}
+
+async fn running_node(fx: &Fixture, persistence: Persistence) -> Result<Node, SetupError> {
+    let node = fx.tether.create_node(fx.spec(&["m5.large"]), persistence, None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    Ok(fx.tether.node(&node.id).await?)
+}
+
+#[tokio::test]
+async fn a_termination_whose_events_were_lost_is_recovered_by_the_next_run() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+    let node = running_node(&fx, Persistence { elastic_ip_allocation_id: Some(allocation_id), ..Persistence::default() }).await?;
+    let first = node.instance_id().ok_or("no instance")?.to_owned();
+    fx.interrupt(&first).await?;
+    // No event is delivered: only the reconciler can notice.
+    let report = reconcile(&fx).await?;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!((after.state, after.generation), (NodeState::Running, 2), "{report}");
+    let second = after.instance_id().ok_or("no instance")?;
+    assert_ne!(second, first);
+    let instance = fx.instance(second).await?;
+    let eni = node.eni.as_ref().ok_or("no ENI")?;
+    assert_eq!(instance.private_ip_address(), Some(eni.private_ip.to_string().as_str()), "same private IP");
+    assert_eq!(instance.public_ip_address(), Some(public_ip.as_str()), "same Elastic IP");
+    // A second run finds nothing to do.
+    let again = reconcile(&fx).await?;
+    assert_eq!(again["repaired"], json!([]), "{again}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_elastic_ip_disassociated_by_hand_is_associated_again() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence { allocate_elastic_ip: true, ..Persistence::default() }).await?;
+    let eip = node.elastic_ip.clone().ok_or("no Elastic IP")?;
+    let association = fx.cloud_eip(&eip.allocation_id).await?.association_id().ok_or("not associated")?.to_owned();
+    fx.ec2.disassociate_address().association_id(association).send().await?;
+    let report = reconcile(&fx).await?;
+    let on_eni = fx.cloud_eip(&eip.allocation_id).await?.network_interface_id().map(str::to_owned);
+    assert_eq!(on_eni.as_deref(), node.eni.as_ref().map(|e| e.id.as_str()), "{report}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Running);
+    assert!(after.history.iter().any(|h| h.what.contains("found disassociated")), "drift is in the history");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_elastic_ip_taken_by_something_else_puts_the_node_in_error_naming_both() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (allocation_id, _) = fx.allocate_eip().await?;
+    let node = running_node(&fx, Persistence { elastic_ip_allocation_id: Some(allocation_id.clone()), ..Persistence::default() }).await?;
+    let other = fx.ec2.create_network_interface().subnet_id(&fx.subnet_id).send().await?;
+    let other_id = other.network_interface().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
+    fx.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&other_id).allow_reassociation(true).send().await?;
+    reconcile(&fx).await?;
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Error);
+    let reason = after.last_error.unwrap_or_default();
+    assert!(reason.contains(&allocation_id) && reason.contains(&other_id), "{reason}");
+    // No fight: the Elastic IP stays where the person put it.
+    assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(other_id.as_str()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_instance_of_a_paused_node_is_terminated_and_a_stalled_launch_carried_on() -> Result<(), SetupError> {
+    let fx = Fixture::with_settings(tether::Settings { stuck_after: Duration::ZERO, ..tether_tests::fast_settings() }).await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = node.instance_id().ok_or("no instance")?.to_owned();
+    // A pause whose terminate never happened (the invocation died after recording it).
+    let mut paused = node.clone();
+    paused.state = NodeState::Paused;
+    let paused = fx.store.save(&paused).await?;
+    let report = reconcile(&fx).await?;
+    assert!(fx.live_instances(&node.id).await?.is_empty(), "unwanted instance terminated: {report}");
+    // A resume that died right after recording `launching`.
+    let mut launching = paused.clone();
+    launching.state = NodeState::Launching;
+    launching.generation += 1;
+    fx.store.save(&launching).await?;
+    let report = reconcile(&fx).await?;
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!((after.state, after.generation), (NodeState::Running, 2), "{report}");
+    assert_ne!(after.instance_id(), Some(first.as_str()));
+    assert_eq!(fx.live_instances(&node.id).await?.len(), 1);
+    Ok(())
+}
