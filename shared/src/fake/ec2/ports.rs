@@ -1,0 +1,233 @@
+//! `Network` and `Instances` on the fake: each port method makes the same EC2 calls, in the
+//! same order, as the AWS adapter.
+
+use super::*;
+
+#[async_trait]
+impl Network for FakeEc2 {
+    async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeNetworkInterfaces", |s| {
+            Ok(s.enis
+                .values()
+                .filter_map(|e| {
+                    let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    Some(Tagged { node_id, generation: None, attached: e.attachment.is_some(), resource: e.record() })
+                })
+                .collect())
+        })
+    }
+
+    async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeAddresses", |s| {
+            Ok(s.eips
+                .iter()
+                .filter_map(|(id, e)| {
+                    let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    Some(Tagged { node_id, generation: None, attached: e.association_id.is_some(), resource: s.eip_info(id, e) })
+                })
+                .collect())
+        })
+    }
+
+    async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
+        yield_now().await;
+        self.call("DescribeNetworkInterfaces", |s| {
+            Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str())).map(Eni::record))
+        })
+    }
+
+    async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
+        yield_now().await;
+        self.call("CreateNetworkInterface", |s| s.create_network_interface(request))
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        gone_is_done(self.call("DeleteNetworkInterface", |s| s.delete_network_interface(eni_id)))
+    }
+
+    async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
+        yield_now().await;
+        let address = self.describe_eip(allocation_id).await?.ok_or_else(|| eip_not_found(allocation_id))?;
+        if !address.needs_association(eni_id)? {
+            return Ok(address.public_ip);
+        }
+        self.call("AssociateAddress", |s| s.associate_address(allocation_id, eni_id, false))?;
+        Ok(address.public_ip)
+    }
+
+    async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError> {
+        yield_now().await;
+        let earlier = self.call("DescribeAddresses", |s| {
+            Ok(s.eips
+                .iter()
+                .find(|(_, e)| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str()))
+                .map(|(id, e)| (id.clone(), e.public_ip.clone())))
+        })?;
+        if let Some(earlier) = earlier {
+            return Ok(earlier);
+        }
+        self.call("AllocateAddress", |s| s.allocate_address(Some(node_id)))
+    }
+
+    async fn disassociate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        let on_this_eni = self.describe_eip(allocation_id).await?.filter(|a| a.network_interface_id.as_deref() == Some(eni_id));
+        let Some(association_id) = on_this_eni.and_then(|a| a.association_id) else { return Ok(()) };
+        gone_is_done(self.call("DisassociateAddress", |s| s.disassociate_address(&association_id)))
+    }
+
+    async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        gone_is_done(self.call("ReleaseAddress", |s| s.release_address(allocation_id)))
+    }
+
+    async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        yield_now().await;
+        absent_if_unknown(self.call("DescribeAddresses", |s| s.describe_address(allocation_id)))
+    }
+
+    async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
+        yield_now().await;
+        self.call("DescribeAddresses", |s| Ok(s.eip_on(eni_id).map(|(id, e)| s.eip_info(id, e))))
+    }
+
+    async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError> {
+        yield_now().await;
+        absent_if_unknown(self.call("DescribeSubnets", |s| s.describe_subnet(subnet_id)))
+    }
+
+    async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError> {
+        yield_now().await;
+        self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip)))
+    }
+}
+
+#[async_trait]
+impl Instances for FakeEc2 {
+    async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
+        yield_now().await;
+        // As the adapter: the ENI's attachment, then that instance.
+        let holder = absent_if_unknown(self.call("DescribeNetworkInterfaces", |s| {
+            let eni = s.enis.get(eni_id).ok_or_else(|| not_found_eni("DescribeNetworkInterfaces", eni_id))?;
+            Ok(eni.attachment.as_ref().map(|a| a.instance_id.clone()))
+        }))?
+        .flatten();
+        let Some(holder) = holder else { return Ok(None) };
+        self.call("DescribeInstances", |s| {
+            let Some(i) = s.instances.get(&holder) else { return Ok(None) };
+            let Some(node_id) = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t)) else { return Ok(None) };
+            let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+            Ok(Some(Tagged { node_id, generation, attached: true, resource: s.summary(&holder)? }))
+        })
+    }
+
+    async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
+        yield_now().await;
+        self.call("DescribeInstances", |s| {
+            let live = s.instances.iter().filter(|(_, i)| matches!(i.life, Life::Pending | Life::Running));
+            Ok(live
+                .filter_map(|(id, i)| {
+                    let node_id = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+                    let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+                    Some(Tagged { node_id, generation, attached: true, resource: s.summary(id).ok()? })
+                })
+                .collect())
+        })
+    }
+
+    async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
+        yield_now().await;
+        let params = launch_params(request);
+        self.call("RunInstances", |s| s.run_instances(params, &request.client_token))
+    }
+
+    async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
+        yield_now().await;
+        self.call("DescribeInstances", |s| Ok(s.launch_tokens.get(client_token).map(|(_, id)| s.launched(id))))
+    }
+
+    async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        gone_is_done(self.call("TerminateInstances", |s| s.terminate_instances(instance_id)))
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
+        yield_now().await;
+        absent_if_unknown(self.call("DescribeInstances", |s| s.summary(instance_id)))
+    }
+
+    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
+        yield_now().await;
+        let mut unknown = Vec::new();
+        for instance_type in instance_types {
+            // One DescribeInstanceTypes per type, as the adapter does; an unknown type is an
+            // `InvalidInstanceType` error there, which the adapter counts as unknown.
+            let known = self.call("DescribeInstanceTypes", |s| Ok(s.is_known_type(instance_type)));
+            match known {
+                Ok(true) => {}
+                Ok(false) => unknown.push(instance_type.clone()),
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(_) => unknown.push(instance_type.clone()),
+            }
+        }
+        Ok(unknown)
+    }
+
+    async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {
+        yield_now().await;
+        let found = absent_if_unknown(self.call("DescribeInstances", |s| {
+            let summary = s.summary(instance_id)?;
+            let instance = &s.instances[instance_id];
+            let Some(eni) = instance.primary_eni.as_ref().and_then(|e| s.enis.get(e)) else { return Ok(None) };
+            let attachment_id = eni.attachment.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+            let spec = NodeSpec {
+                subnet_id: instance.subnet_id.clone(),
+                image_id: instance.image_id.clone(),
+                instance_types: vec![instance.instance_type.clone()],
+                security_group_ids: eni.security_groups.clone(),
+                key_name: instance.key_name.clone(),
+                iam_instance_profile: instance.iam_instance_profile.clone(),
+                user_data: None,
+                tags: instance.tags.iter().filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("tether:")).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                fallback_to_on_demand: true,
+            };
+            let mut record = eni.record();
+            record.availability_zone = instance.az.clone();
+            Ok(Some(ImportableInstance { summary, spec, eni: record, attachment_id, node_tag: instance.tags.get(TAG_NODE_ID).cloned() }))
+        }))?;
+        Ok(found.flatten())
+    }
+
+    async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
+        yield_now().await;
+        self.call("ModifyNetworkInterfaceAttribute", |s| {
+            let op = "ModifyNetworkInterfaceAttribute";
+            let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;
+            match eni.attachment.as_mut().filter(|a| a.id == instance.attachment_id) {
+                Some(attachment) => {
+                    attachment.delete_on_termination = false;
+                    Ok(())
+                }
+                None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{}' does not exist", instance.attachment_id))),
+            }
+        })?;
+        self.call("CreateTags", |s| {
+            let tags = [(TAG_NODE_ID, node_id.to_string()), (TAG_MANAGED, "true".to_owned())];
+            // CreateTags checks every resource before tagging any.
+            if !s.instances.contains_key(&instance.summary.id) {
+                return Err(aws(EC2, "CreateTags", "InvalidInstanceID.NotFound", format!("The instance ID '{}' does not exist", instance.summary.id)));
+            }
+            if !s.enis.contains_key(&instance.eni.id) {
+                return Err(not_found_eni("CreateTags", &instance.eni.id));
+            }
+            for (k, v) in &tags {
+                s.instances.get_mut(&instance.summary.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
+                s.enis.get_mut(&instance.eni.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,356 @@
+//! The EC2 API calls themselves, on the fake's state: each checks what AWS checks and
+//! answers with AWS's error codes.
+
+use super::*;
+
+impl State {
+    pub(super) fn next_id(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}-{:017x}", self.counter)
+    }
+
+    pub(super) fn throttle(&mut self, operation: &'static str) -> Result<(), AwsError> {
+        if !self.throttling {
+            return Ok(());
+        }
+        let class = match operation {
+            "RunInstances" => 0,
+            op if op.starts_with("Describe") => 2,
+            _ => 1,
+        };
+        if self.buckets[class].take(self.clock_ms) {
+            Ok(())
+        } else {
+            Err(aws(EC2, operation, "RequestLimitExceeded", "Request limit exceeded."))
+        }
+    }
+
+    pub(super) fn is_known_type(&self, instance_type: &str) -> bool {
+        KNOWN_INSTANCE_TYPES.contains(&instance_type) || self.extra_types.contains(instance_type)
+    }
+
+    pub(super) fn eip_info(&self, allocation_id: &str, eip: &Eip) -> ElasticIpInfo {
+        let instance_id = eip
+            .eni
+            .as_ref()
+            .and_then(|e| self.enis.get(e))
+            .and_then(|e| e.attachment.as_ref())
+            .map(|a| a.instance_id.clone());
+        ElasticIpInfo {
+            allocation_id: allocation_id.to_owned(),
+            public_ip: eip.public_ip.clone(),
+            network_interface_id: eip.eni.clone(),
+            association_id: eip.association_id.clone(),
+            instance_id,
+        }
+    }
+
+    pub(super) fn eip_on(&self, eni_id: &str) -> Option<(&String, &Eip)> {
+        self.eips.iter().find(|(_, e)| e.eni.as_deref() == Some(eni_id))
+    }
+
+    pub(super) fn ip_taken(&self, subnet_id: &str, ip: Ipv4Addr) -> bool {
+        self.enis.values().any(|e| e.subnet_id == subnet_id && e.private_ip == ip)
+    }
+
+    /// The private IP a new ENI gets: the requested one if the rules allow it, else a
+    /// random free one that is never one of the 5 reserved.
+    pub(super) fn private_ip_for(&mut self, operation: &'static str, subnet_id: &str, cidr: Ipv4Net, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, AwsError> {
+        let network = u32::from(cidr.network());
+        let broadcast = u32::from(cidr.broadcast());
+        if let Some(ip) = wanted {
+            if !cidr.contains(&ip) {
+                return Err(aws(EC2, operation, "InvalidParameterValue", "Address does not fall within the subnet's address range"));
+            }
+            let n = u32::from(ip);
+            if n - network <= 3 || n == broadcast {
+                return Err(aws(EC2, operation, "InvalidParameterValue", "Address is in subnet's reserved address range"));
+            }
+            if self.ip_taken(subnet_id, ip) {
+                return Err(aws(EC2, operation, "InvalidIPAddress.InUse", "The specified address is already in use."));
+            }
+            return Ok(ip);
+        }
+        let full = || {
+            aws(EC2, operation, "InsufficientFreeAddressesInSubnet", "The specified subnet does not have enough free addresses to satisfy the request.")
+        };
+        // Usable: network+4 ..= broadcast-1.
+        let (first, last) = (network + 4, broadcast.checked_sub(1).ok_or_else(full)?);
+        if first > last {
+            return Err(full());
+        }
+        let start = self.rng.u32(first..=last);
+        let size = last - first + 1;
+        (0..size)
+            .map(|i| Ipv4Addr::from(first + (start - first + i) % size))
+            .find(|ip| !self.ip_taken(subnet_id, *ip))
+            .ok_or_else(full)
+    }
+
+    pub(super) fn new_eni(&mut self, subnet_id: &str, private_ip: Ipv4Addr, security_groups: Vec<String>, tags: BTreeMap<String, String>) -> EniRecord {
+        let id = self.next_id("eni");
+        let c = self.counter;
+        let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", (c >> 24) & 0xff, (c >> 16) & 0xff, (c >> 8) & 0xff, c & 0xff);
+        let az = self.subnets[subnet_id].az.clone();
+        let eni = Eni { id: id.clone(), subnet_id: subnet_id.to_owned(), private_ip, mac, az, security_groups, tags, attachment: None };
+        let record = eni.record();
+        self.enis.insert(id, eni);
+        record
+    }
+
+    pub(super) fn set_life(&mut self, instance_id: &str, life: Life) {
+        if let Some(instance) = self.instances.get_mut(instance_id) {
+            instance.life = life;
+            self.events.push(InstanceEvent::StateChange { instance_id: instance_id.to_owned(), state: life.event_state() });
+        }
+    }
+
+    // ---- the AWS calls ----
+
+    pub(super) fn describe_subnet(&self, subnet_id: &str) -> Result<SubnetInfo, AwsError> {
+        let s = self.subnets.get(subnet_id).ok_or_else(|| {
+            aws(EC2, "DescribeSubnets", "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet_id}' does not exist"))
+        })?;
+        Ok(SubnetInfo { cidr: s.cidr, availability_zone: s.az.clone(), vpc_id: s.vpc_id.clone() })
+    }
+
+    pub(super) fn create_network_interface(&mut self, request: &EniRequest) -> Result<EniRecord, AwsError> {
+        let op = "CreateNetworkInterface";
+        let token = format!("{}-eni", request.node_id);
+        if let Some((earlier, record)) = self.eni_tokens.get(&token) {
+            if earlier != request {
+                return Err(idempotent_mismatch(op));
+            }
+            return Ok(record.clone());
+        }
+        let subnet = self.subnets.get(&request.subnet_id).cloned().ok_or_else(|| {
+            aws(EC2, op, "InvalidSubnetID.NotFound", format!("The subnet ID '{}' does not exist", request.subnet_id))
+        })?;
+        let ip = self.private_ip_for(op, &request.subnet_id, subnet.cidr, request.private_ip)?;
+        let tags = BTreeMap::from([(TAG_NODE_ID.to_owned(), request.node_id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]);
+        let record = self.new_eni(&request.subnet_id, ip, request.security_group_ids.clone(), tags);
+        self.eni_tokens.insert(token, (request.clone(), record.clone()));
+        Ok(record)
+    }
+
+    pub(super) fn delete_network_interface(&mut self, eni_id: &str) -> Result<(), AwsError> {
+        let op = "DeleteNetworkInterface";
+        let eni = self.enis.get(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+        if eni.attachment.is_some() {
+            return Err(aws(EC2, op, "InvalidNetworkInterface.InUse", format!("The network interface '{eni_id}' is currently in use.")));
+        }
+        self.remove_eni(eni_id);
+        Ok(())
+    }
+
+    /// Deletes the ENI; an Elastic IP on it is disassociated (and kept).
+    pub(super) fn remove_eni(&mut self, eni_id: &str) {
+        self.enis.remove(eni_id);
+        for eip in self.eips.values_mut().filter(|e| e.eni.as_deref() == Some(eni_id)) {
+            eip.eni = None;
+            eip.association_id = None;
+        }
+    }
+
+    pub(super) fn describe_address(&self, allocation_id: &str) -> Result<ElasticIpInfo, AwsError> {
+        let eip = self.eips.get(allocation_id).ok_or_else(|| not_found_allocation("DescribeAddresses", allocation_id))?;
+        Ok(self.eip_info(allocation_id, eip))
+    }
+
+    pub(super) fn associate_address(&mut self, allocation_id: &str, eni_id: &str, allow_reassociation: bool) -> Result<(), AwsError> {
+        let op = "AssociateAddress";
+        let eip = self.eips.get(allocation_id).ok_or_else(|| not_found_allocation(op, allocation_id))?;
+        if !self.enis.contains_key(eni_id) {
+            return Err(not_found_eni(op, eni_id));
+        }
+        if eip.eni.as_deref() == Some(eni_id) {
+            return Ok(());
+        }
+        if !allow_reassociation {
+            if let Some(association) = &eip.association_id {
+                return Err(aws(EC2, op, "Resource.AlreadyAssociated", format!("resource {allocation_id} is already associated with associate-id {association}")));
+            }
+            if let Some((other, _)) = self.eip_on(eni_id) {
+                return Err(aws(EC2, op, "Resource.AlreadyAssociated", format!("the private IP of {eni_id} is already associated with {other}")));
+            }
+        }
+        // Reassociation moves it; an ENI's primary private IP holds one Elastic IP.
+        for other in self.eips.values_mut().filter(|e| e.eni.as_deref() == Some(eni_id)) {
+            other.eni = None;
+            other.association_id = None;
+        }
+        let association_id = self.next_id("eipassoc");
+        let eip = self.eips.get_mut(allocation_id).expect("checked above");
+        eip.eni = Some(eni_id.to_owned());
+        eip.association_id = Some(association_id);
+        Ok(())
+    }
+
+    pub(super) fn allocate_address(&mut self, node_id: Option<&NodeId>) -> Result<(String, String), AwsError> {
+        if self.eip_limit.is_some_and(|limit| self.eips.len() >= limit) {
+            return Err(aws(EC2, "AllocateAddress", "AddressLimitExceeded", "The maximum number of addresses has been reached."));
+        }
+        let allocation_id = self.next_id("eipalloc");
+        self.public_ips += 1;
+        let public_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + self.public_ips).to_string();
+        let tags = match node_id {
+            Some(id) => BTreeMap::from([(TAG_NODE_ID.to_owned(), id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]),
+            None => BTreeMap::new(),
+        };
+        self.eips.insert(allocation_id.clone(), Eip { public_ip: public_ip.clone(), eni: None, association_id: None, tags });
+        Ok((allocation_id, public_ip))
+    }
+
+    pub(super) fn disassociate_address(&mut self, association_id: &str) -> Result<(), AwsError> {
+        let eip = self.eips.values_mut().find(|e| e.association_id.as_deref() == Some(association_id)).ok_or_else(|| {
+            aws(EC2, "DisassociateAddress", "InvalidAssociationID.NotFound", format!("The association ID '{association_id}' does not exist"))
+        })?;
+        eip.eni = None;
+        eip.association_id = None;
+        Ok(())
+    }
+
+    pub(super) fn release_address(&mut self, allocation_id: &str) -> Result<(), AwsError> {
+        let op = "ReleaseAddress";
+        let eip = self.eips.get(allocation_id).ok_or_else(|| not_found_allocation(op, allocation_id))?;
+        // In a VPC an associated address must be disassociated first.
+        if eip.association_id.is_some() {
+            return Err(aws(EC2, op, "InvalidIPAddress.InUse", format!("Address {} is in use.", eip.public_ip)));
+        }
+        self.eips.remove(allocation_id);
+        Ok(())
+    }
+
+    pub(super) fn run_instances(&mut self, params: LaunchParams, client_token: &str) -> Result<LaunchedInstance, AwsError> {
+        let op = "RunInstances";
+        if client_token.len() > 64 || !client_token.is_ascii() {
+            return Err(aws(EC2, op, "InvalidParameterValue", "Client token must be at most 64 ASCII characters."));
+        }
+        // A known token is answered first, before any other check (even an ENI now in use).
+        if let Some((earlier, instance_id)) = self.launch_tokens.get(client_token) {
+            if *earlier != params {
+                return Err(idempotent_mismatch(op));
+            }
+            return Ok(self.launched(instance_id));
+        }
+        let eni = self.enis.get(&params.eni_id).ok_or_else(|| not_found_eni(op, &params.eni_id))?;
+        if eni.attachment.is_some() {
+            return Err(aws(EC2, op, "InvalidNetworkInterface.InUse", format!("Interface: [{}] in use.", params.eni_id)));
+        }
+        if !self.is_known_type(&params.instance_type) {
+            return Err(aws(EC2, op, "InvalidParameterValue", format!("Invalid value '{}' for InstanceType.", params.instance_type)));
+        }
+        if self.out_of_capacity.contains(&(params.instance_type.clone(), params.market.as_str())) {
+            return Err(aws(
+                EC2,
+                op,
+                "InsufficientInstanceCapacity",
+                format!(
+                    "We currently do not have sufficient {} capacity in the Availability Zone you requested ({}). Our system will be working on provisioning additional capacity.",
+                    params.instance_type, eni.az
+                ),
+            ));
+        }
+        let (subnet_id, az, private_ip) = (eni.subnet_id.clone(), eni.az.clone(), eni.private_ip);
+        let instance_id = self.next_id("i");
+        let attachment_id = self.next_id("eni-attach");
+        let eni = self.enis.get_mut(&params.eni_id).expect("checked above");
+        eni.attachment = Some(Attachment { id: attachment_id, instance_id: instance_id.clone(), delete_on_termination: false });
+        self.instances.insert(
+            instance_id.clone(),
+            Instance {
+                life: Life::Pending,
+                instance_type: params.instance_type.clone(),
+                market: params.market,
+                image_id: params.image_id.clone(),
+                key_name: params.key_name.clone(),
+                iam_instance_profile: params.iam_instance_profile.clone(),
+                tags: params.tags.clone(),
+                subnet_id,
+                az,
+                primary_eni: Some(params.eni_id.clone()),
+                private_ip,
+                client_token: Some(client_token.to_owned()),
+            },
+        );
+        self.events.push(InstanceEvent::StateChange { instance_id: instance_id.clone(), state: InstanceState::Pending });
+        self.launch_tokens.insert(client_token.to_owned(), (params, instance_id.clone()));
+        Ok(self.launched(&instance_id))
+    }
+
+    pub(super) fn launched(&self, instance_id: &str) -> LaunchedInstance {
+        let instance = &self.instances[instance_id];
+        LaunchedInstance {
+            id: instance_id.to_owned(),
+            instance_type: instance.instance_type.clone(),
+            market: instance.market,
+            gone: matches!(instance.life, Life::ShuttingDown | Life::Terminated),
+        }
+    }
+
+    pub(super) fn terminate_instances(&mut self, instance_id: &str) -> Result<(), AwsError> {
+        let instance = self.instances.get(instance_id).ok_or_else(|| {
+            aws(EC2, "TerminateInstances", "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
+        })?;
+        if matches!(instance.life, Life::Pending | Life::Running) {
+            self.set_life(instance_id, Life::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// One step of one instance's own progress: pending → running, shutting-down →
+    /// terminated (its ENIs released). Returns whether anything changed.
+    pub(super) fn step(&mut self, instance_id: &str) -> bool {
+        let Some(instance) = self.instances.get(instance_id) else { return false };
+        match instance.life {
+            Life::Pending => self.set_life(instance_id, Life::Running),
+            Life::ShuttingDown => {
+                let eni_id = instance.primary_eni.clone();
+                if let Some(eni_id) = eni_id {
+                    let delete = self.enis.get_mut(&eni_id).and_then(|e| e.attachment.take()).is_some_and(|a| a.delete_on_termination);
+                    if delete {
+                        self.remove_eni(&eni_id);
+                    }
+                }
+                if let Some(instance) = self.instances.get_mut(instance_id) {
+                    instance.primary_eni = None;
+                }
+                self.set_life(instance_id, Life::Terminated);
+            }
+            Life::Running | Life::Terminated => return false,
+        }
+        true
+    }
+
+    pub(super) fn summary(&self, instance_id: &str) -> Result<InstanceSummary, AwsError> {
+        let instance = self.instances.get(instance_id).ok_or_else(|| {
+            aws(EC2, "DescribeInstances", "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
+        })?;
+        let view = self.view(instance_id, instance);
+        Ok(InstanceSummary {
+            id: view.id,
+            state: view.state,
+            instance_type: view.instance_type,
+            market: view.market,
+            private_ip: view.private_ip.map(|ip| ip.to_string()),
+            public_ip: view.public_ip,
+            primary_eni_id: view.primary_eni_id,
+        })
+    }
+
+    pub(super) fn view(&self, id: &str, instance: &Instance) -> InstanceView {
+        let attached = instance.life != Life::Terminated;
+        InstanceView {
+            id: id.to_owned(),
+            state: instance.life.as_str().to_owned(),
+            instance_type: instance.instance_type.clone(),
+            market: instance.market,
+            primary_eni_id: instance.primary_eni.clone(),
+            private_ip: attached.then_some(instance.private_ip),
+            public_ip: instance.primary_eni.as_deref().and_then(|e| self.eip_on(e)).map(|(_, eip)| eip.public_ip.clone()),
+            node_id: instance.tags.get(TAG_NODE_ID).cloned(),
+            generation: instance.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok()),
+            client_token: instance.client_token.clone(),
+        }
+    }
+}
