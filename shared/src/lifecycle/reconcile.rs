@@ -47,12 +47,12 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
             let Some(instance_id) = node.instance_id() else { return network_drift(node, seen, now) };
             // A state change whose event was lost is handled as that event.
             let state = seen.instance.unwrap_or(InstanceState::Terminated);
-            let lost_event = match (node.state, state) {
-                (_, InstanceState::Terminated) => true,
-                (NodeState::Running, InstanceState::ShuttingDown | InstanceState::Stopped) => true,
-                (NodeState::Stopped, InstanceState::Pending | InstanceState::Running) => true,
-                _ => false,
-            };
+            let lost_event = matches!(
+                (node.state, state),
+                (_, InstanceState::Terminated)
+                    | (NodeState::Running, InstanceState::ShuttingDown | InstanceState::Stopped)
+                    | (NodeState::Stopped, InstanceState::Pending | InstanceState::Running)
+            );
             if lost_event {
                 let event = InstanceEvent::StateChange { instance_id: instance_id.to_owned(), state };
                 return on_instance_event(node, &event, now);
