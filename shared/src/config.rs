@@ -30,13 +30,18 @@ impl Config {
             .filter(|t| !t.is_empty())
             .ok_or(ConfigError::Missing("TETHER_TABLE_NAME", "the name of Tether's DynamoDB table"))?;
         let mut settings = Settings::default();
-        if let Some(raw) = lookup("TETHER_RETRY_MAX_DELAY_MS") {
-            let ms = raw.parse::<u64>().ok().filter(|ms| *ms > 0).ok_or(ConfigError::Invalid {
-                name: "TETHER_RETRY_MAX_DELAY_MS",
-                value: raw.clone(),
-                expected: "expected a positive number of milliseconds",
-            })?;
+        let positive = |name: &'static str, expected: &'static str| -> Result<Option<u64>, ConfigError> {
+            let Some(raw) = lookup(name) else { return Ok(None) };
+            raw.parse::<u64>().ok().filter(|n| *n > 0).map(Some).ok_or(ConfigError::Invalid { name, value: raw.clone(), expected })
+        };
+        if let Some(ms) = positive("TETHER_RETRY_MAX_DELAY_MS", "expected a positive number of milliseconds")? {
             settings.retry_max_delay = Duration::from_millis(ms);
+        }
+        if let Some(seconds) = positive("TETHER_STUCK_AFTER_SECONDS", "expected a positive number of seconds")? {
+            settings.stuck_after = Duration::from_secs(seconds);
+        }
+        if let Some(nodes) = positive("TETHER_RECONCILE_MAX_NODES", "expected a positive number of nodes")? {
+            settings.reconcile_max_nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
         }
         Ok(Config { table_name, settings })
     }
@@ -67,5 +72,15 @@ mod tests {
         let err = Config::from_lookup(lookup(&[("TETHER_TABLE_NAME", "t"), ("TETHER_RETRY_MAX_DELAY_MS", "soon")]))
             .expect_err("invalid");
         assert!(err.to_string().contains("TETHER_RETRY_MAX_DELAY_MS"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_reconciler_bounds() {
+        let config = Config::from_lookup(lookup(&[("TETHER_TABLE_NAME", "t"), ("TETHER_STUCK_AFTER_SECONDS", "120"), ("TETHER_RECONCILE_MAX_NODES", "50")]))
+            .expect("valid");
+        assert_eq!(config.settings.stuck_after, Duration::from_secs(120));
+        assert_eq!(config.settings.reconcile_max_nodes, 50);
+        let err = Config::from_lookup(lookup(&[("TETHER_TABLE_NAME", "t"), ("TETHER_RECONCILE_MAX_NODES", "0")])).expect_err("zero");
+        assert!(err.to_string().contains("TETHER_RECONCILE_MAX_NODES"), "{err}");
     }
 }
