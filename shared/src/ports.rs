@@ -59,6 +59,11 @@ pub struct ElasticIpInfo {
 }
 
 impl ElasticIpInfo {
+    /// What holds it, as an operator would look for it: the instance, else the ENI.
+    pub fn holder(&self) -> &str {
+        self.instance_id.as_deref().or(self.network_interface_id.as_deref()).unwrap_or("another resource")
+    }
+
     /// Whether AssociateAddress is needed to put this Elastic IP on `eni_id`: `Ok(false)`
     /// when it is there already, `Ok(true)` when it is free; an error naming the holder
     /// when anything else has it (Tether does not take an Elastic IP away).
@@ -67,7 +72,7 @@ impl ElasticIpInfo {
             return Ok(false);
         }
         let Some(_) = &self.association_id else { return Ok(true) };
-        let holder = self.instance_id.as_deref().or(self.network_interface_id.as_deref()).unwrap_or("another resource");
+        let holder = self.holder();
         Err(AwsError {
             service: "EC2",
             operation: "AssociateAddress",
@@ -127,7 +132,8 @@ pub struct Tagged<T> {
     pub node_id: NodeId,
     /// The `tether:generation` tag (instances only).
     pub generation: Option<u64>,
-    /// For an ENI: whether it is attached to an instance.
+    /// An ENI attached to an instance, an Elastic IP associated with anything; always
+    /// true for an instance.
     pub attached: bool,
     pub resource: T,
 }

@@ -36,12 +36,12 @@ fn tags_for(resource: ResourceType, tags: impl IntoIterator<Item = Tag>) -> TagS
     TagSpecification::builder().resource_type(resource).set_tags(Some(tags.into_iter().collect())).build()
 }
 
-/// An answer that lacks a field EC2 always sends.
 /// The value of tag `key`, if the resource has it.
 fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
     tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
 }
 
+/// An answer that lacks a field EC2 always sends.
 fn missing(operation: &'static str, what: &str) -> AwsError {
     AwsError {
         service: "EC2",

@@ -182,7 +182,8 @@ impl Tether {
     async fn ensure_network(&self, mut node: Node, deadline: DateTime<Utc>) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
         let first_launch = node.generation == 1;
         let wants_eip = node.persistence.elastic_ip_allocation_id.is_some() || node.persistence.allocate_elastic_ip;
-        // The Elastic IP is associated until it is on record (a first attempt may have failed).
+        // An Elastic IP not on record yet is still to be chosen and associated (a first
+        // attempt may have died before that).
         let eip_pending = wants_eip && node.elastic_ip.is_none();
         let eni = match node.eni.clone() {
             Some(eni) if !first_launch && !eip_pending => return Ok(Ok((node, eni, false))),

@@ -49,7 +49,7 @@ impl Tether {
                 TetherError::invalid(field, format!("Elastic IP allocation {allocation_id} does not exist in this Region"))
             })?;
             if eip.association_id.is_some() {
-                let holder = eip.instance_id.or(eip.network_interface_id).unwrap_or_else(|| "another resource".into());
+                let holder = eip.holder();
                 return Err(TetherError::invalid(
                     field,
                     format!("Elastic IP {} ({allocation_id}) is associated with {holder}; disassociate it or choose another", eip.public_ip),
@@ -170,7 +170,7 @@ impl Tether {
                 // Someone associated it with something else meanwhile: theirs now, not released.
                 match self.network.describe_eip(&eip.allocation_id).await? {
                     Some(info) if info.association_id.is_some() => {
-                        let holder = info.instance_id.or(info.network_interface_id).unwrap_or_else(|| "another resource".into());
+                        let holder = info.holder();
                         warn!(node_id = %node.id, allocation_id = eip.allocation_id, holder, "Elastic IP held elsewhere; not released");
                         note = Some(format!("Elastic IP {} not released: associated with {holder} outside Tether", eip.allocation_id));
                     }

@@ -3,8 +3,6 @@
 //! (`on_reconcile`); then it sweeps what no node owns: instances of a generation no node
 //! wants, ENIs and Elastic IPs left by a request that died half-way.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info, warn, Instrument};
@@ -35,11 +33,10 @@ pub struct ReconcileReport {
 
 impl Tether {
     /// One reconciler run, from the first node (or after `start_after`) until every node is
-    /// checked, `reconcile_max_nodes` are, or the deadline nears; then the sweep.
+    /// checked, `reconcile_max_nodes` are, or the deadline nears; the sweep first.
     pub async fn reconcile(&self, start_after: Option<&NodeId>, deadline: DateTime<Utc>) -> Result<ReconcileReport, TetherError> {
         let mut report = ReconcileReport::default();
         let mut cursor = start_after.cloned();
-        let mut nodes = BTreeMap::new();
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
         // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
         if let Err(e) = self.sweep(&mut report).await {
@@ -63,7 +60,6 @@ impl Tether {
                         report.failed.push(format!("{}: {e}", node.id));
                     }
                 }
-                nodes.insert(node.id.clone(), node);
             }
             match next {
                 Some(last) => cursor = Some(last),
@@ -117,9 +113,7 @@ impl Tether {
                 None => ElasticIpFound::Missing,
                 Some(info) if info.network_interface_id.is_some() && info.network_interface_id.as_deref() == eni_id => ElasticIpFound::OnEni,
                 Some(info) if info.association_id.is_none() => ElasticIpFound::Free,
-                Some(info) => ElasticIpFound::Elsewhere(
-                    info.instance_id.or(info.network_interface_id).unwrap_or_else(|| "another resource".into()),
-                ),
+                Some(info) => ElasticIpFound::Elsewhere(info.holder().to_owned()),
             });
         }
         Ok(seen)

@@ -30,6 +30,13 @@ fn launched_instance(operation: &'static str, instance: &Instance) -> Result<Lau
     })
 }
 
+/// An instance with Tether's tags; `None` for one without a node id (not Tether's).
+fn tagged(instance: &Instance) -> Option<Tagged<InstanceSummary>> {
+    let node_id = tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
+    let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
+    Some(Tagged { node_id, generation, attached: true, resource: summary(instance.instance_id()?, instance) })
+}
+
 fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
     let primary_eni_id = instance
         .network_interfaces()
@@ -74,11 +81,7 @@ impl Instances for Ec2Cloud {
         let holder_id = absent_if_unknown(described)?
             .and_then(|out| out.network_interfaces().first().and_then(|n| n.attachment()).and_then(|a| a.instance_id()).map(str::to_owned));
         let Some(holder_id) = holder_id else { return Ok(None) };
-        Ok(self.instance(&holder_id).await?.and_then(|instance| {
-            let node_id = tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
-            let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
-            Some(Tagged { node_id, generation, attached: true, resource: summary(&holder_id, &instance) })
-        }))
+        Ok(self.instance(&holder_id).await?.as_ref().and_then(tagged))
     }
 
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
@@ -92,11 +95,7 @@ impl Instances for Ec2Cloud {
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws_error("EC2", "DescribeInstances", e))?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let (Some(id), Some(node_id)) = (instance.instance_id(), tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)) else { continue };
-                let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
-                found.push(Tagged { node_id, generation, attached: true, resource: summary(id, instance) });
-            }
+            found.extend(page.reservations().iter().flat_map(|r| r.instances()).filter_map(tagged));
         }
         Ok(found)
     }

@@ -398,9 +398,9 @@ impl World {
         }
     }
 
-    /// Generations only grow (a violation names the node). Also notes the nodes whose
-    /// chosen private IP another ENI holds: their first resume rightly fails.
-    pub fn check_generations(&mut self) -> Result<(), String> {
+    /// Checked after every move: generations only grow (a violation names the node). Also
+    /// notes the nodes whose chosen private IP another ENI holds: their first resume rightly fails.
+    pub fn after_move(&mut self) -> Result<(), String> {
         let enis = self.ec2.enis();
         for node in self.store.nodes() {
             if let Some(ip) = node.persistence.private_ip {
@@ -447,7 +447,7 @@ impl World {
             self.start(Origin::Reconciler);
             self.run_all()?;
             self.collect_events();
-            self.check_generations()?;
+            self.after_move()?;
             let now = self.fingerprint();
             if self.bus.is_empty() && now == last {
                 unchanged += 1;

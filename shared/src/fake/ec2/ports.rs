@@ -116,25 +116,14 @@ impl Instances for FakeEc2 {
         }))?
         .flatten();
         let Some(holder) = holder else { return Ok(None) };
-        self.call("DescribeInstances", |s| {
-            let Some(i) = s.instances.get(&holder) else { return Ok(None) };
-            let Some(node_id) = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t)) else { return Ok(None) };
-            let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
-            Ok(Some(Tagged { node_id, generation, attached: true, resource: s.summary(&holder)? }))
-        })
+        self.call("DescribeInstances", |s| Ok(s.tagged(&holder)))
     }
 
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
         yield_now().await;
         self.call("DescribeInstances", |s| {
             let live = s.instances.iter().filter(|(_, i)| matches!(i.life, Life::Pending | Life::Running));
-            Ok(live
-                .filter_map(|(id, i)| {
-                    let node_id = i.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
-                    let generation = i.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
-                    Some(Tagged { node_id, generation, attached: true, resource: s.summary(id).ok()? })
-                })
-                .collect())
+            Ok(live.filter_map(|(id, _)| s.tagged(id)).collect())
         })
     }
 

@@ -338,6 +338,14 @@ impl State {
         })
     }
 
+    /// The instance with Tether's tags, as the adapter reads them; `None` without a node id.
+    pub(super) fn tagged(&self, instance_id: &str) -> Option<Tagged<InstanceSummary>> {
+        let instance = self.instances.get(instance_id)?;
+        let node_id = instance.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
+        let generation = instance.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
+        Some(Tagged { node_id, generation, attached: true, resource: self.summary(instance_id).ok()? })
+    }
+
     pub(super) fn view(&self, id: &str, instance: &Instance) -> InstanceView {
         let attached = instance.life != Life::Terminated;
         InstanceView {
