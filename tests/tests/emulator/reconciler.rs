@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tether::ports::NodeStore;
+use tether::ports::{Network, NodeStore};
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::invocation;
 use tether_tests::{Fixture, SetupError};
@@ -100,5 +100,31 @@ async fn an_instance_of_a_paused_node_is_terminated_and_a_stalled_launch_carried
     assert_eq!((after.state, after.generation), (NodeState::Running, 2), "{report}");
     assert_ne!(after.instance_id(), Some(first.as_str()));
     assert_eq!(fx.live_instances(&node.id).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_eni_and_elastic_ip_left_by_a_deallocation_that_died_are_removed() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence { allocate_elastic_ip: true, ..Persistence::default() }).await?;
+    fx.tether.pause(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let paused = fx.tether.node(&node.id).await?;
+    let eni_id = paused.eni.as_ref().ok_or("no ENI")?.id.clone();
+    let allocation_id = paused.elastic_ip.as_ref().ok_or("no Elastic IP")?.allocation_id.clone();
+    // What a cut-short deallocation can leave: the Elastic IP disassociated (its first
+    // step), the ENI and the Elastic IP still there, the record no longer naming them.
+    fx.cloud.disassociate_eip(&allocation_id, &eni_id).await?;
+    let mut deallocated = paused.clone();
+    deallocated.state = NodeState::Deallocated;
+    deallocated.eni = None;
+    deallocated.elastic_ip = None;
+    fx.store.save(&deallocated).await?;
+    let first = reconcile(&fx).await?;
+    let second = reconcile(&fx).await?;
+    assert_eq!(second["repaired"], json!([]), "one run removes both: {first} {second}");
+    let enis = fx.ec2.describe_network_interfaces().filters(aws_sdk_ec2::types::Filter::builder().name("network-interface-id").values(&eni_id).build()).send().await?;
+    assert!(enis.network_interfaces().is_empty(), "leftover ENI deleted: {first} {second}");
+    let eips = fx.ec2.describe_addresses().filters(aws_sdk_ec2::types::Filter::builder().name("allocation-id").values(&allocation_id).build()).send().await?;
+    assert!(eips.addresses().is_empty(), "leftover Elastic IP released: {first} {second}");
     Ok(())
 }
