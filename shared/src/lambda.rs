@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use chrono::{DateTime, Utc};
 use tracing::{error, info, warn};
 
-use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud, idempotency::DynamoIdempotencyStore};
+use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
 use crate::service::{Ports, Tether, TetherError};
@@ -36,9 +36,12 @@ pub fn init_tracing() {
 
 /// Builds the service on AWS clients from an SDK config (endpoint, region, credentials).
 pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
-    let store = DynamoNodeStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone());
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let store = DynamoNodeStore::new(dynamodb.clone(), config.table_name.clone());
+    let events = DynamoEventClaims::new(dynamodb, config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk)));
-    Tether::new(Ports { store: Arc::new(store), network: ec2.clone(), instances: ec2 }, config.settings.clone())
+    let ports = Ports { store: Arc::new(store), events: Arc::new(events), network: ec2.clone(), instances: ec2 };
+    Tether::new(ports, config.settings.clone())
 }
 
 /// The idempotency-key store in the same table.
@@ -89,8 +92,10 @@ pub async fn handle_eventbridge(
             return Ok(json!({"outcome": "rejected", "reason": reason.to_string()}));
         }
     };
-    let event_id = received.id.as_deref().unwrap_or("none");
-    match tether.handle_event(event_id, &received.event, deadline).await {
+    let invocation_id = event.context.request_id.as_str();
+    // EventBridge always sets an id; a hand-made payload without one is its own event.
+    let event_id = received.id.as_deref().unwrap_or(invocation_id);
+    match tether.handle_event(event_id, invocation_id, &received.event, deadline).await {
         Ok(outcome) => {
             info!(event_id, detail_type, instance_id = received.event.instance_id(), ?outcome, "handled");
             Ok(json!(outcome))
@@ -118,6 +123,7 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::NoCapacity { .. } => "Tether.NoCapacity",
                 TetherError::Contended { .. } => "Tether.Contended",
                 TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
+                TetherError::EventInProgress { .. } => "Tether.EventInProgress",
                 TetherError::Invalid { .. } => "Tether.Invalid",
                 TetherError::Conflict(_) => "Tether.Conflict",
             }

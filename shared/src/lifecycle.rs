@@ -53,6 +53,21 @@ impl Step {
     }
 }
 
+/// Reacts to one delivery of EventBridge event `event_id`. EventBridge delivers at least
+/// once: a transition this event already applied (its id is on the record) is not applied
+/// again, however late the duplicate comes; work it started and that is still under way
+/// (a launch, a release) is carried on, as Lambda's retry after a crash needs.
+pub fn on_delivered_event(node: &Node, event_id: &str, event: &InstanceEvent, now: DateTime<Utc>) -> Step {
+    match on_instance_event(node, event, now) {
+        Step::Apply { .. } if node.applied(event_id) => Step::Ignore("this event was applied already (a duplicate delivery)"),
+        Step::Apply { mut next, actions } => {
+            next.note_applied(event_id);
+            Step::Apply { next, actions }
+        }
+        other => other,
+    }
+}
+
 /// Reacts to an EC2 event about `event.instance_id()`.
 pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>) -> Step {
     use InstanceEvent::{InterruptionWarning, RebalanceRecommendation, StateChange};

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 /// How many history entries a node keeps; older ones are dropped first.
 pub const HISTORY_LIMIT: usize = 50;
+/// How many applied EventBridge event ids a node remembers. An instance emits about eight
+/// events in its life; a duplicate arrives within minutes, not after this many more.
+pub const APPLIED_EVENTS_LIMIT: usize = 32;
 
 /// A node's id: `tn-` followed by 32 hex digits. Short enough that a RunInstances
 /// ClientToken derived from it stays well under EC2's 64-character limit.
@@ -222,6 +225,10 @@ pub struct Node {
     pub last_error: Option<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The EventBridge events whose transition this record applied (newest last), written
+    /// with the transition itself: a later delivery of one of them is not applied again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_events: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -243,11 +250,26 @@ impl Node {
             interruption: None,
             last_error: None,
             history: Vec::new(),
+            applied_events: Vec::new(),
             created_at: now,
             updated_at: now,
         };
         node.record(now, "created");
         node
+    }
+
+    /// Whether this record applied EventBridge event `event_id`.
+    pub fn applied(&self, event_id: &str) -> bool {
+        self.applied_events.iter().any(|e| e == event_id)
+    }
+
+    /// Notes that this record applies event `event_id`, keeping the newest `APPLIED_EVENTS_LIMIT`.
+    pub fn note_applied(&mut self, event_id: &str) {
+        self.applied_events.push(event_id.to_owned());
+        if self.applied_events.len() > APPLIED_EVENTS_LIMIT {
+            let excess = self.applied_events.len() - APPLIED_EVENTS_LIMIT;
+            self.applied_events.drain(..excess);
+        }
     }
 
     pub fn instance_id(&self) -> Option<&str> {

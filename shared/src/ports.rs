@@ -211,6 +211,28 @@ pub trait Instances: Send + Sync {
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
 }
 
+/// Whether an invocation may handle an EventBridge event now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventClaim {
+    /// This invocation handles it (nobody else, or an earlier claim whose invocation's
+    /// deadline has passed: that invocation is dead).
+    Claimed,
+    /// Another invocation, still alive, is handling it.
+    HeldElsewhere,
+}
+
+/// One invocation at a time per EventBridge event: a claim record per event id, held until
+/// the claiming invocation's deadline (Lambda has stopped it by then). The record expires
+/// by time, checked in the claim's own condition; TTL only cleans up.
+#[async_trait]
+pub trait EventClaims: Send + Sync {
+    /// Claims `event_id` for invocation `invocation_id` until `until`.
+    async fn claim(&self, event_id: &str, invocation_id: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<EventClaim, AwsError>;
+    /// Gives the claim up, if it is still `invocation_id`'s (the invocation failed and
+    /// Lambda will retry the event).
+    async fn release(&self, event_id: &str, invocation_id: &str) -> Result<(), AwsError>;
+}
+
 /// The outcome of claiming an idempotency key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {

@@ -184,7 +184,8 @@ impl Fixture {
         );
         let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2));
         let ports = Ports {
-            store: Arc::new(DynamoNodeStore::new(counted_dynamodb, table_name.clone())),
+            store: Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone())),
+            events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb, table_name.clone())),
             network: counted_cloud.clone(),
             instances: counted_cloud,
         };

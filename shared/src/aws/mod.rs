@@ -2,6 +2,7 @@
 
 pub mod dynamo;
 pub mod ec2;
+pub mod event_claims;
 pub mod idempotency;
 
 use aws_sdk_ec2::config::http::HttpResponse;

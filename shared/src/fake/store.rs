@@ -6,12 +6,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::clock::yield_now;
 use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::model::{Node, NodeId};
-use crate::ports::{Claim, IdempotencyStore, NodeStore};
+use crate::ports::{Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore};
 
 const DYNAMODB: &str = "DynamoDB";
 
@@ -24,6 +25,8 @@ struct Table {
     nodes: BTreeMap<NodeId, Node>,
     /// The `by-instance` index: instance id → nodes whose current instance it is.
     by_instance: HashMap<String, BTreeSet<NodeId>>,
+    /// Event claims (`pk = event#<id>` in the adapter): event id → (invocation id, until).
+    event_claims: HashMap<String, (String, DateTime<Utc>)>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
 }
@@ -136,6 +139,37 @@ impl NodeStore for FakeStore {
             let page: Vec<Node> = rest.take(limit).cloned().collect();
             let next = (page.len() == limit).then(|| page.last().map(|n| n.id.clone())).flatten();
             Ok((page, next))
+        })
+    }
+}
+
+/// Event claims live in the node table, as the adapter keeps them.
+#[async_trait]
+impl EventClaims for FakeStore {
+    async fn claim(&self, event_id: &str, invocation_id: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<EventClaim, AwsError> {
+        yield_now().await;
+        let put = self.call("PutItem", |t| {
+            if t.event_claims.get(event_id).is_some_and(|(_, held_until)| *held_until >= now) {
+                return Err(condition_failed("PutItem"));
+            }
+            t.event_claims.insert(event_id.to_owned(), (invocation_id.to_owned(), until));
+            Ok(())
+        });
+        match put {
+            Ok(()) => Ok(EventClaim::Claimed),
+            Err(e) if e.class == crate::error::ErrorClass::Conflict => Ok(EventClaim::HeldElsewhere),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, event_id: &str, invocation_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        self.call("DeleteItem", |t| {
+            // Conditional on the owner; a failed condition means someone else holds it now.
+            if t.event_claims.get(event_id).is_some_and(|(owner, _)| owner == invocation_id) {
+                t.event_claims.remove(event_id);
+            }
+            Ok(())
         })
     }
 }
@@ -266,7 +300,7 @@ impl IdempotencyStore for FakeIdempotency {
     }
 }
 
-/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `Query`, `Scan`.
+/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `Query`, `Scan`, `DeleteItem`.
 impl FaultInjection for FakeStore {
     fn inject(&self, operation: &str, fault: Fault) {
         self.lock().faults.push(operation, fault);

@@ -510,7 +510,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
     let tether = Tether::new(
-        Ports { store: store.clone(), network: ec2.clone(), instances: ec2.clone() },
+        Ports { store: store.clone(), events: store.clone(), network: ec2.clone(), instances: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
@@ -526,7 +526,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     ec2.terminate(&first).await.unwrap();
     ec2.advance();
     let event = InstanceEvent::StateChange { instance_id: first.clone(), state: InstanceState::Terminated };
-    let outcome = tether.handle_instance_event(&event, deadline).await.unwrap();
+    let outcome = tether.handle_event("ev-1", "invocation-1", &event, deadline).await.unwrap();
     let Outcome::Launched { generation: 2, instance_id: second, .. } = outcome else { panic!("no replacement: {outcome:?}") };
 
     let node = tether.node(&created.id).await.unwrap();

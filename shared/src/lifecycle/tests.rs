@@ -138,6 +138,49 @@ fn the_same_event_twice_changes_nothing_the_second_time() {
     }
 }
 
+/// A stop interruption runs its course (warning, stopped, running again); then the
+/// warning's event is delivered once more: it must not be recorded a second time.
+#[test]
+fn a_late_duplicate_of_an_applied_event_is_not_applied_again() {
+    let warning = InstanceEvent::InterruptionWarning { instance_id: CURRENT.into(), action: InterruptionAction::Stop };
+    let stopped = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Stopped };
+    let running = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Running };
+    let mut node = node_in(NodeState::Running);
+    for (id, event) in [("ev-1", &warning), ("ev-2", &stopped), ("ev-3", &running)] {
+        node = written(&on_delivered_event(&node, id, event, Utc::now())).expect("applied").clone();
+    }
+    assert_eq!(node.state, NodeState::Running);
+    assert_eq!(node.applied_events, ["ev-1", "ev-2", "ev-3"]);
+    // Without its id the same warning would be recorded again: the state machine alone
+    // cannot tell a duplicate from a new interruption of the restarted instance.
+    assert!(written(&on_instance_event(&node, &warning, Utc::now())).is_some());
+    for (id, event) in [("ev-1", &warning), ("ev-2", &stopped)] {
+        let again = on_delivered_event(&node, id, event, Utc::now());
+        assert!(matches!(again, Step::Ignore(_)), "{id} delivered again gave {again:?}");
+    }
+}
+
+/// A launch the event started and a crash cut short is carried on by Lambda's retry.
+#[test]
+fn a_retried_event_carries_on_the_work_it_started() {
+    let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
+    let step = on_delivered_event(&node_in(NodeState::Running), "ev-9", &terminated, Utc::now());
+    let launching = written(&step).expect("applied").clone();
+    assert!(launching.applied("ev-9"));
+    let retried = on_delivered_event(&launching, "ev-9", &terminated, Utc::now());
+    assert_eq!(retried, Step::Continue(vec![Action::Launch]));
+}
+
+#[test]
+fn a_node_remembers_only_its_newest_applied_events() {
+    let mut node = node_in(NodeState::Running);
+    for i in 0..(crate::model::APPLIED_EVENTS_LIMIT + 5) {
+        node.note_applied(&format!("ev-{i}"));
+    }
+    assert_eq!(node.applied_events.len(), crate::model::APPLIED_EVENTS_LIMIT);
+    assert!(!node.applied("ev-4") && node.applied("ev-5"));
+}
+
 #[test]
 fn warning_then_termination_and_termination_alone_both_launch_once() {
     let running = node_in(NodeState::Running);

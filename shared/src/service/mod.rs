@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, NodePatch, PatchError, Step};
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, Instances, Network, NodeStore, SystemClock};
+use crate::ports::{Clock, EventClaim, EventClaims, Instances, Network, NodeStore, SystemClock};
 
 pub use manage::ImportRequest;
 pub use reconcile::ReconcileReport;
@@ -38,6 +38,9 @@ pub enum TetherError {
     Contended { node_id: NodeId },
     #[error("node {0} not found")]
     NodeNotFound(NodeId),
+    /// Another invocation, still within its deadline, is handling this EventBridge event.
+    #[error("event {event_id} is being handled by another invocation; retry after its deadline")]
+    EventInProgress { event_id: String },
     /// A request names something invalid: `field` says what, `reason` how to fix it.
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
@@ -50,7 +53,10 @@ impl TetherError {
     pub fn is_retryable(&self) -> bool {
         match self {
             TetherError::Aws(e) => e.is_retryable(),
-            TetherError::EniStillAttached { .. } | TetherError::NoCapacity { .. } | TetherError::Contended { .. } => true,
+            TetherError::EniStillAttached { .. }
+            | TetherError::NoCapacity { .. }
+            | TetherError::Contended { .. }
+            | TetherError::EventInProgress { .. } => true,
             TetherError::NodeNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) => false,
         }
     }
@@ -137,11 +143,13 @@ pub struct Ports {
     pub store: Arc<dyn NodeStore>,
     pub network: Arc<dyn Network>,
     pub instances: Arc<dyn Instances>,
+    pub events: Arc<dyn EventClaims>,
 }
 
 #[derive(Clone)]
 pub struct Tether {
     store: Arc<dyn NodeStore>,
+    events: Arc<dyn EventClaims>,
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
     clock: Arc<dyn Clock>,
@@ -150,7 +158,14 @@ pub struct Tether {
 
 impl Tether {
     pub fn new(ports: Ports, settings: Settings) -> Self {
-        Tether { store: ports.store, network: ports.network, instances: ports.instances, clock: Arc::new(SystemClock), settings }
+        Tether {
+            store: ports.store,
+            events: ports.events,
+            network: ports.network,
+            instances: ports.instances,
+            clock: Arc::new(SystemClock),
+            settings,
+        }
     }
 
     /// The same service on another clock (the chaos test's virtual one).
@@ -233,24 +248,46 @@ impl Tether {
         self.decide_and_act(node, deadline, decide).instrument(span).await
     }
 
-    /// Handles an EC2 event about an instance.
-    pub async fn handle_instance_event(&self, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+    /// Handles one delivery of EventBridge event `event_id` (the same id on every delivery
+    /// of one event) in invocation `invocation_id`. One invocation at a time handles an
+    /// event; a transition it applied is not applied again by a later delivery.
+    pub async fn handle_event(
+        &self,
+        event_id: &str,
+        invocation_id: &str,
+        event: &InstanceEvent,
+        deadline: DateTime<Utc>,
+    ) -> Result<Outcome, TetherError> {
+        let span = tracing::info_span!("delivery", event_id, instance_id = event.instance_id());
+        async {
+            match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
+                EventClaim::Claimed => {}
+                EventClaim::HeldElsewhere => return Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
+            }
+            let result = self.handle_instance_event(event_id, event, deadline).await;
+            if result.as_ref().is_err_and(TetherError::is_retryable) {
+                // So that Lambda's retry need not wait for this invocation's deadline.
+                if let Err(e) = self.events.release(event_id, invocation_id).await {
+                    warn!(error = %e, "could not release the event's claim; it lapses at the deadline");
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Handles EC2 event `event_id` about an instance.
+    async fn handle_instance_event(&self, event_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
         let Some(node) = self.store.find_by_instance(instance_id).await? else {
             debug!(instance_id, "no node has this instance as its current one; ignored");
             return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
         };
         let span = tracing::info_span!("event", node_id = %node.id, instance_id, generation = node.generation);
-        self.decide_and_act(node, deadline, |node, now| lifecycle::on_instance_event(node, event, now))
+        self.decide_and_act(node, deadline, |node, now| lifecycle::on_delivered_event(node, event_id, event, now))
             .instrument(span)
             .await
-    }
-
-    /// Handles one delivery of an EventBridge event (`event_id` is EventBridge's id, the
-    /// same on every delivery of one event).
-    pub async fn handle_event(&self, event_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
-        let span = tracing::info_span!("delivery", event_id);
-        self.handle_instance_event(event, deadline).instrument(span).await
     }
 
     /// Runs the lifecycle's step; on a lost race re-reads the node and decides again.

@@ -202,7 +202,7 @@ async fn import_adopts_a_running_instance_with_its_ip_and_eip() -> Result<(), Se
     fx.interrupt(&instance_id).await?;
     let id = tether::NodeId::parse(node["id"].as_str().ok_or("no id")?).ok_or("bad id")?;
     let event = tether::events::InstanceEvent::StateChange { instance_id: instance_id.clone(), state: tether::events::InstanceState::Terminated };
-    fx.tether.handle_instance_event(&event, fx.tether.deadline_in(std::time::Duration::from_secs(30))).await?;
+    fx.tether.handle_event("ev-import-1", "invocation-1", &event, fx.tether.deadline_in(std::time::Duration::from_secs(30))).await?;
     let after = fx.tether.node(&id).await?;
     assert_eq!(after.generation, 2);
     let replacement = fx.instance(after.instance_id().ok_or("no instance")?).await?;
@@ -352,13 +352,14 @@ async fn a_deallocation_waits_for_the_eni_and_finishes_on_the_termination_event(
     fx.store.save(&next).await?;
     let terminated = tether::events::InstanceEvent::StateChange { instance_id: instance_id.clone(), state: tether::events::InstanceState::Terminated };
     let short = fx.tether.deadline_in(std::time::Duration::from_millis(600));
-    let err = fx.tether.handle_instance_event(&terminated, short).await.expect_err("the ENI is still attached");
+    let err = fx.tether.handle_event("ev-dealloc-1", "invocation-1", &terminated, short).await.expect_err("the ENI is still attached");
     assert!(err.is_retryable() && err.aws_code() == Some("InvalidNetworkInterface.InUse"), "{err}");
     assert_eq!(fx.tether.node(&id).await?.state, tether::NodeState::Deallocating, "not given up");
     fx.eni(&eni_id).await?;
 
     fx.interrupt(&instance_id).await?;
-    fx.tether.handle_instance_event(&terminated, fx.tether.deadline_in(std::time::Duration::from_secs(30))).await?;
+    // Lambda's retry of the same event: the failed invocation gave its claim up.
+    fx.tether.handle_event("ev-dealloc-1", "invocation-2", &terminated, fx.tether.deadline_in(std::time::Duration::from_secs(30))).await?;
     assert_eq!(fx.tether.node(&id).await?.state, tether::NodeState::Deallocated);
     assert!(fx.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await.is_err(), "ENI deleted");
     Ok(())

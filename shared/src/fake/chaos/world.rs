@@ -88,6 +88,7 @@ pub struct World {
     pub drifted: BTreeSet<NodeId>,
     seen_generations: BTreeMap<NodeId, u64>,
     events_emitted: u64,
+    invocations_started: u64,
     /// What happened, for a failing seed's report.
     pub log: Vec<String>,
 }
@@ -101,7 +102,7 @@ impl World {
         ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().expect("a valid CIDR"), "us-east-1a");
         let store = Arc::new(FakeStore::new());
         let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
-        let ports = Ports { store: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+        let ports = Ports { store: store.clone(), events: store.clone(), network: ec2.clone(), instances: ec2.clone() };
         let tether = Tether::new(ports, settings).with_clock(Arc::new(clock.clone()));
         let mut world = World {
             seed,
@@ -117,6 +118,7 @@ impl World {
             drifted: BTreeSet::new(),
             seen_generations: BTreeMap::new(),
             events_emitted: 0,
+            invocations_started: 0,
             log: Vec::new(),
         };
         for n in 0..nodes {
@@ -169,10 +171,12 @@ impl World {
     fn start(&mut self, origin: Origin) {
         let tether = self.tether.clone();
         let deadline = tether.deadline_in(FUNCTION_TIMEOUT);
+        self.invocations_started += 1;
+        let invocation_id = format!("invocation-{}", self.invocations_started);
         let job: super::executor::Job = match origin.clone() {
             Origin::Event(delivery) => Box::pin(async move {
                 let id = delivery.id.clone();
-                Finished::of(tether.handle_event(&id, &delivery.event, deadline).await)
+                Finished::of(tether.handle_event(&id, &invocation_id, &delivery.event, deadline).await)
             }),
             Origin::User { node_id, action } => Box::pin(async move {
                 let result = match action {
