@@ -39,6 +39,8 @@ const NON_MUTATING_BUCKET: (u64, u64) = (100, 20);
 enum Life {
     Pending,
     Running,
+    Stopping,
+    Stopped,
     ShuttingDown,
     Terminated,
 }
@@ -48,15 +50,24 @@ impl Life {
         match self {
             Life::Pending => "pending",
             Life::Running => "running",
+            Life::Stopping => "stopping",
+            Life::Stopped => "stopped",
             Life::ShuttingDown => "shutting-down",
             Life::Terminated => "terminated",
         }
+    }
+
+    /// TerminateInstances acts on it (a stopped instance can be terminated too).
+    fn can_terminate(self) -> bool {
+        !matches!(self, Life::ShuttingDown | Life::Terminated)
     }
 
     fn event_state(self) -> InstanceState {
         match self {
             Life::Pending => InstanceState::Pending,
             Life::Running => InstanceState::Running,
+            Life::Stopping => InstanceState::Stopping,
+            Life::Stopped => InstanceState::Stopped,
             Life::ShuttingDown => InstanceState::ShuttingDown,
             Life::Terminated => InstanceState::Terminated,
         }
@@ -193,7 +204,7 @@ pub struct FakeEc2 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceView {
     pub id: String,
-    /// `pending`, `running`, `shutting-down` or `terminated`.
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down` or `terminated`.
     pub state: String,
     pub instance_type: String,
     pub market: Market,
@@ -208,9 +219,9 @@ pub struct InstanceView {
 }
 
 impl InstanceView {
-    /// Not shutting down or terminated.
+    /// Not shutting down or terminated (a stopped instance keeps its ENI and comes back).
     pub fn is_live(&self) -> bool {
-        self.state == "pending" || self.state == "running"
+        !matches!(self.state.as_str(), "shutting-down" | "terminated")
     }
 }
 
@@ -398,16 +409,26 @@ impl FakeEc2 {
     }
 
     /// EC2's 2-minute spot interruption warning (an event only; the instance still runs).
-    pub fn warn_interruption(&self, instance_id: &str) {
-        self.lock().events.push(InstanceEvent::InterruptionWarning { instance_id: instance_id.to_owned(), action: InterruptionAction::Terminate });
+    pub fn warn_interruption(&self, instance_id: &str, action: InterruptionAction) {
+        self.lock().events.push(InstanceEvent::InterruptionWarning { instance_id: instance_id.to_owned(), action });
     }
 
     /// EC2 reclaims (or a person terminates) an instance: it starts shutting down, outside
     /// any API call of Tether's (not throttled, no faults).
     pub fn reclaim(&self, instance_id: &str) {
         let mut state = self.lock();
-        if state.instances.get(instance_id).is_some_and(|i| matches!(i.life, Life::Pending | Life::Running)) {
+        if state.instances.get(instance_id).is_some_and(|i| i.life.can_terminate()) {
             state.set_life(instance_id, Life::ShuttingDown);
+        }
+    }
+
+    /// EC2 stops a spot instance whose interruption behaviour is `stop` (or a person stops
+    /// it): stopping, then stopped with its ENIs kept; `advance` later starts it again, as
+    /// EC2 does when capacity returns.
+    pub fn stop(&self, instance_id: &str) {
+        let mut state = self.lock();
+        if state.instances.get(instance_id).is_some_and(|i| i.life == Life::Running) {
+            state.set_life(instance_id, Life::Stopping);
         }
     }
 

@@ -7,7 +7,15 @@ use crate::fake::{EipView, EniView, InstanceView};
 use crate::model::{Node, NodeId, NodeState};
 
 /// Everything wrong with the world; empty when every invariant holds.
-pub fn violations(created: &[NodeId], nodes: &[Node], instances: &[InstanceView], enis: &[EniView], eips: &[EipView], drifted: &BTreeSet<NodeId>) -> Vec<String> {
+pub fn violations(
+    created: &[NodeId],
+    nodes: &[Node],
+    instances: &[InstanceView],
+    enis: &[EniView],
+    eips: &[EipView],
+    drifted: &BTreeSet<NodeId>,
+    warnings_sent: &BTreeMap<String, usize>,
+) -> Vec<String> {
     let mut found = Vec::new();
     let by_id: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     for id in created {
@@ -38,6 +46,7 @@ pub fn violations(created: &[NodeId], nodes: &[Node], instances: &[InstanceView]
     }
     for node in nodes {
         check_node(node, instances, enis, eips, drifted.contains(&node.id), &mut found);
+        check_history(node, warnings_sent, &mut found);
     }
     // No leaks: every ENI and Elastic IP Tether made belongs to a node that keeps it.
     for eni in enis {
@@ -77,7 +86,13 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
             found.push(format!("node {id} stuck in {:?} (last: {:?})", node.state, node.history.last().map(|h| &h.what)));
         }
         NodeState::Error if !drifted => found.push(format!("node {id} in ERROR without a hand-made cause: {:?}", node.last_error)),
-        NodeState::Error | NodeState::Stopped => {}
+        NodeState::Error => {}
+        NodeState::Stopped => {
+            let state = instances.iter().find(|i| node.instance_id() == Some(i.id.as_str())).map(|i| i.state.as_str());
+            if !matches!(state, Some("stopping" | "stopped")) {
+                found.push(format!("node {id} is recorded stopped, but its instance {:?} is {state:?}", node.instance_id()));
+            }
+        }
         NodeState::Running => {
             let [instance] = live.as_slice() else {
                 found.push(format!("running node {id} has {} live instances", live.len()));
@@ -129,3 +144,18 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
     }
 }
 
+
+/// The history tells what happened, once: no more interruption warnings recorded for an
+/// instance than EC2 sent (a duplicate delivery applied twice would add one).
+fn check_history(node: &Node, warnings_sent: &BTreeMap<String, usize>, found: &mut Vec<String>) {
+    let mut recorded: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in node.history.iter().filter(|h| h.what.starts_with("spot interruption warning")) {
+        *recorded.entry(entry.instance_id.as_deref().unwrap_or_default()).or_default() += 1;
+    }
+    for (instance_id, count) in recorded {
+        let sent = warnings_sent.get(instance_id).copied().unwrap_or(0);
+        if count > sent {
+            found.push(format!("node {}: {count} interruption warnings recorded for {instance_id}, EC2 sent {sent}", node.id));
+        }
+    }
+}

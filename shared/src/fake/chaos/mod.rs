@@ -58,7 +58,7 @@ pub fn run_scenario(seed: u64, config: ChaosConfig) -> Result<(), Violation> {
         }
     }
     let nodes = world.store.nodes();
-    problems.extend(check::violations(&world.created, &nodes, &world.ec2.instances(), &world.ec2.enis(), &world.ec2.eips(), &world.drifted));
+    problems.extend(check::violations(&world.created, &nodes, &world.ec2.instances(), &world.ec2.enis(), &world.ec2.eips(), &world.drifted, &world.warnings_sent));
     if problems.is_empty() {
         Ok(())
     } else {

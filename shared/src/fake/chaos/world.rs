@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::executor::{block_on, Delivery, Finished, Invocation, Origin, UserAction};
 use crate::fake::{Fault, FakeClock, FakeEc2, FakeStore, FaultInjection, When};
-use crate::model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};
+use crate::model::{InterruptionAction, Market, Node, NodeId, NodeSpec, NodeState, Persistence};
 use crate::ports::NodeStore;
 use crate::service::{Ports, Settings, Tether};
 
@@ -81,8 +81,10 @@ pub struct World {
     pub created: Vec<NodeId>,
     bus: Vec<Delivery>,
     running: Vec<Invocation>,
-    /// Instances warned of an interruption, reclaimed later.
-    doomed: Vec<String>,
+    /// Instances warned of an interruption, reclaimed (or stopped) later.
+    doomed: Vec<(String, InterruptionAction)>,
+    /// How many interruption warnings EC2 sent per instance.
+    pub warnings_sent: BTreeMap<String, usize>,
     /// Nodes a hand-made drift (or their chosen private IP taken by another ENI) may rightly
     /// have put in ERROR.
     pub drifted: BTreeSet<NodeId>,
@@ -115,6 +117,7 @@ impl World {
             bus: Vec::new(),
             running: Vec::new(),
             doomed: Vec::new(),
+            warnings_sent: BTreeMap::new(),
             drifted: BTreeSet::new(),
             seen_generations: BTreeMap::new(),
             events_emitted: 0,
@@ -239,8 +242,12 @@ impl World {
         }
     }
 
-    fn live_instances(&self) -> Vec<String> {
-        self.ec2.instances().into_iter().filter(|i| i.is_live() && i.node_id.is_some()).map(|i| i.id).collect()
+    /// The interruption a warning announced.
+    fn interrupt(&mut self, instance_id: &str, action: InterruptionAction) {
+        match action {
+            InterruptionAction::Terminate => self.ec2.reclaim(instance_id),
+            InterruptionAction::Stop | InterruptionAction::Hibernate => self.ec2.stop(instance_id),
+        }
     }
 
     fn any_node(&mut self) -> NodeId {
@@ -305,18 +312,22 @@ impl World {
                 }
             }
             Move::Warn => {
-                let live = self.live_instances();
-                if !live.is_empty() {
-                    let id = live[self.rng.usize(..live.len())].clone();
-                    self.log.push(format!("spot warning for {id}"));
-                    self.ec2.warn_interruption(&id);
-                    self.doomed.push(id);
+                let running: Vec<String> =
+                    self.ec2.instances().into_iter().filter(|i| i.state == "running" && i.node_id.is_some()).map(|i| i.id).collect();
+                if !running.is_empty() {
+                    let id = running[self.rng.usize(..running.len())].clone();
+                    // Spot requests that stop (and later restart) instead of terminating.
+                    let action = if self.rng.u8(0..3) == 0 { InterruptionAction::Stop } else { InterruptionAction::Terminate };
+                    self.log.push(format!("spot warning ({action:?}) for {id}"));
+                    self.ec2.warn_interruption(&id, action);
+                    *self.warnings_sent.entry(id.clone()).or_default() += 1;
+                    self.doomed.push((id, action));
                 }
             }
             Move::Reclaim => {
-                let id = self.doomed.swap_remove(self.rng.usize(..self.doomed.len()));
-                self.log.push(format!("spot reclaims {id}"));
-                self.ec2.reclaim(&id);
+                let (id, action) = self.doomed.swap_remove(self.rng.usize(..self.doomed.len()));
+                self.log.push(format!("spot interrupts ({action:?}) {id}"));
+                self.interrupt(&id, action);
             }
             Move::User => {
                 let node_id = self.any_node();
@@ -433,8 +444,8 @@ impl World {
                 self.ec2.set_out_of_capacity(instance_type, market, false);
             }
         }
-        for id in std::mem::take(&mut self.doomed) {
-            self.ec2.reclaim(&id);
+        for (id, action) in std::mem::take(&mut self.doomed) {
+            self.interrupt(&id, action);
         }
         self.log.push("---- settling ----".into());
         let mut last = String::new();

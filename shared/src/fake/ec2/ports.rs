@@ -122,7 +122,8 @@ impl Instances for FakeEc2 {
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
         yield_now().await;
         self.call("DescribeInstances", |s| {
-            let live = s.instances.iter().filter(|(_, i)| matches!(i.life, Life::Pending | Life::Running));
+            // As the adapter: pending, running, stopping and stopped.
+            let live = s.instances.iter().filter(|(_, i)| i.life.can_terminate());
             Ok(live.filter_map(|(id, _)| s.tagged(id)).collect())
         })
     }

@@ -292,18 +292,21 @@ impl State {
         let instance = self.instances.get(instance_id).ok_or_else(|| {
             aws(EC2, "TerminateInstances", "InvalidInstanceID.NotFound", format!("The instance ID '{instance_id}' does not exist"))
         })?;
-        if matches!(instance.life, Life::Pending | Life::Running) {
+        if instance.life.can_terminate() {
             self.set_life(instance_id, Life::ShuttingDown);
         }
         Ok(())
     }
 
-    /// One step of one instance's own progress: pending → running, shutting-down →
+    /// One step of one instance's own progress: pending → running, stopping → stopped →
+    /// pending (EC2 restarts a stopped spot instance when capacity returns), shutting-down →
     /// terminated (its ENIs released). Returns whether anything changed.
     pub(super) fn step(&mut self, instance_id: &str) -> bool {
         let Some(instance) = self.instances.get(instance_id) else { return false };
         match instance.life {
             Life::Pending => self.set_life(instance_id, Life::Running),
+            Life::Stopping => self.set_life(instance_id, Life::Stopped),
+            Life::Stopped => self.set_life(instance_id, Life::Pending),
             Life::ShuttingDown => {
                 let eni_id = instance.primary_eni.clone();
                 if let Some(eni_id) = eni_id {
