@@ -53,6 +53,9 @@ pub enum UserAction {
     Pause,
     Recycle,
     Deallocate { keep_eni: bool },
+    /// A PATCH of the node's image to `ami-chaos<n>`: the next launch's RunInstances
+    /// parameters change.
+    ChangeImage { n: u8 },
 }
 
 pub type Job = Pin<Box<dyn Future<Output = Finished>>>;

@@ -182,13 +182,16 @@ impl World {
                 Finished::of(tether.handle_event(&id, &invocation_id, &delivery.event, deadline).await)
             }),
             Origin::User { node_id, action } => Box::pin(async move {
-                let result = match action {
-                    UserAction::Resume => tether.resume(&node_id, deadline, Some("chaos")).await,
-                    UserAction::Pause => tether.pause(&node_id, deadline, Some("chaos")).await,
-                    UserAction::Recycle => tether.recycle(&node_id, deadline, Some("chaos")).await,
-                    UserAction::Deallocate { keep_eni } => tether.deallocate(&node_id, keep_eni, deadline, Some("chaos")).await,
-                };
-                Finished::of(result)
+                match action {
+                    UserAction::Resume => Finished::of(tether.resume(&node_id, deadline, Some("chaos")).await),
+                    UserAction::Pause => Finished::of(tether.pause(&node_id, deadline, Some("chaos")).await),
+                    UserAction::Recycle => Finished::of(tether.recycle(&node_id, deadline, Some("chaos")).await),
+                    UserAction::Deallocate { keep_eni } => Finished::of(tether.deallocate(&node_id, keep_eni, deadline, Some("chaos")).await),
+                    UserAction::ChangeImage { n } => {
+                        let patch = crate::lifecycle::NodePatch { image_id: Some(format!("ami-chaos{n}")), ..Default::default() };
+                        Finished::of(tether.patch(&node_id, &patch, Some("chaos")).await)
+                    }
+                }
             }),
             Origin::Reconciler => Box::pin(async move { Finished::of(tether.reconcile(None, deadline).await) }),
         };
@@ -331,11 +334,12 @@ impl World {
             }
             Move::User => {
                 let node_id = self.any_node();
-                let action = match self.rng.u8(0..10) {
+                let action = match self.rng.u8(0..12) {
                     0..=2 => UserAction::Resume,
                     3..=5 => UserAction::Pause,
                     6..=8 => UserAction::Recycle,
-                    _ => UserAction::Deallocate { keep_eni: self.rng.bool() },
+                    9 => UserAction::Deallocate { keep_eni: self.rng.bool() },
+                    _ => UserAction::ChangeImage { n: self.rng.u8(1..4) },
                 };
                 self.start_user(node_id, action);
             }
