@@ -262,7 +262,7 @@ impl Tether {
         async {
             match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
                 EventClaim::Claimed => {}
-                EventClaim::HeldElsewhere => return Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
+                EventClaim::HeldElsewhere => return self.claimed_elsewhere(event_id, event).await,
             }
             let result = self.handle_instance_event(event_id, event, deadline).await;
             if result.as_ref().is_err_and(TetherError::is_retryable) {
@@ -275,6 +275,23 @@ impl Tether {
         }
         .instrument(span)
         .await
+    }
+
+    /// Another invocation, alive until its deadline, holds the event. If the event changes
+    /// nothing now (its transition is on the node, and nothing it started is under way),
+    /// this delivery is a duplicate and is acknowledged; otherwise Lambda retries it later.
+    async fn claimed_elsewhere(&self, event_id: &str, event: &InstanceEvent) -> Result<Outcome, TetherError> {
+        let step = match self.store.find_by_instance(event.instance_id()).await? {
+            Some(node) => lifecycle::on_delivered_event(&node, event_id, event, self.clock.now()),
+            None => Step::Ignore("the instance is no node's current one"),
+        };
+        match step {
+            Step::Ignore(reason) => {
+                debug!(reason, "duplicate delivery while another invocation holds the event; acknowledged");
+                Ok(Outcome::Ignored { reason: reason.to_owned() })
+            }
+            _ => Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
+        }
     }
 
     /// Handles EC2 event `event_id` about an instance.
