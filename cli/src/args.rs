@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tether::model::RevertToSpot;
 
 /// `tether`: manage Tether's stateful nodes through the management API.
 #[derive(Debug, Parser)]
@@ -107,6 +108,9 @@ pub enum NodesCommand {
         /// Never fall back to on-demand when no spot capacity is left
         #[arg(long)]
         no_on_demand_fallback: bool,
+        /// After a fallback to on-demand, go back to spot: never, always, or HH:MM-HH:MM (UTC)
+        #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot)]
+        revert_to_spot: Option<RevertToSpot>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -143,6 +147,10 @@ pub struct CreateArgs {
     /// Never fall back to on-demand when no spot capacity is left
     #[arg(long)]
     pub no_on_demand_fallback: bool,
+    /// After a fallback to on-demand, go back to spot (a recycle): never (default), always,
+    /// or in a daily window HH:MM-HH:MM (UTC)
+    #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, default_value = "never")]
+    pub revert_to_spot: RevertToSpot,
     /// The node's private IP for life (default: EC2 picks one at the first resume)
     #[arg(long, value_name = "IP")]
     pub private_ip: Option<Ipv4Addr>,
@@ -185,3 +193,6 @@ fn parse_tag(raw: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {
+    s.parse()
+}

@@ -267,11 +267,12 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             let body = to_json(&Deallocate { keep_eni: *keep_eni })?;
             post(node_path(id, "/deallocate"), Some(body), p, Some(wait))
         }
-        NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, wait, post: p } => {
+        NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, revert_to_spot, wait, post: p } => {
             let body = ImportRequest {
                 instance_id: instance_id.clone(),
                 instance_types: Some(instance_types.clone()).filter(|t| !t.is_empty()),
                 fallback_to_on_demand: no_on_demand_fallback.then_some(false),
+                revert_to_spot: *revert_to_spot,
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, Some(wait))
         }
@@ -293,6 +294,7 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     user_data,
                     tags: args.tags.iter().cloned().collect(),
                     fallback_to_on_demand: !args.no_on_demand_fallback,
+                    revert_to_spot: args.revert_to_spot,
                 },
                 persistence: Persistence {
                     private_ip: args.private_ip,

@@ -101,6 +101,7 @@ pub fn node_block(n: &NodeView) -> String {
         ("image", spec.image_id.clone()),
         ("instance types", spec.instance_types.join(", ")),
         ("on-demand fallback", if spec.fallback_to_on_demand { "yes" } else { "no" }.to_owned()),
+        ("back to spot", spec.revert_to_spot.to_string()),
         ("security groups", or_dash(Some(&spec.security_group_ids.join(", ")))),
         ("key name", or_dash(spec.key_name.as_deref())),
         ("instance profile", or_dash(spec.iam_instance_profile.as_deref())),

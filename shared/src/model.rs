@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +83,76 @@ pub struct NodeSpec {
     /// After every spot candidate failed for capacity, try on-demand in the same AZ.
     #[serde(default = "default_true")]
     pub fallback_to_on_demand: bool,
+    /// Whether a node that fell back to on-demand goes back to spot, and when.
+    #[serde(default)]
+    pub revert_to_spot: RevertToSpot,
+}
+
+/// When a node running on-demand after a fallback is moved back to spot. Moving is a
+/// recycle: the instance is replaced on the same ENI, so the node is down for a launch's
+/// time. The reconciler tries at most once per `SPOT_REVERT_INTERVAL`; a launch that finds
+/// no spot capacity falls back to on-demand again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RevertToSpot {
+    /// Stay on-demand until a recycle (the default, as the commercial products do).
+    #[default]
+    Never,
+    /// As soon as the reconciler sees the node on on-demand.
+    Always,
+    /// Only between `start` and `end` (UTC, `HH:MM:SS`) each day; `end` before `start`
+    /// spans midnight.
+    Window { start: NaiveTime, end: NaiveTime },
+}
+
+/// `never`, `always`, or a window `HH:MM-HH:MM` (UTC), as the CLI takes it.
+impl std::str::FromStr for RevertToSpot {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "never" => Ok(RevertToSpot::Never),
+            "always" => Ok(RevertToSpot::Always),
+            window => {
+                let parse = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").ok();
+                match window.split_once('-').map(|(a, b)| (parse(a), parse(b))) {
+                    Some((Some(start), Some(end))) if start != end => Ok(RevertToSpot::Window { start, end }),
+                    _ => Err(format!("`{s}`: give never, always, or a daily UTC window like 02:00-04:00")),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for RevertToSpot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RevertToSpot::Never => f.write_str("never"),
+            RevertToSpot::Always => f.write_str("always"),
+            RevertToSpot::Window { start, end } => write!(f, "{}-{} UTC", start.format("%H:%M"), end.format("%H:%M")),
+        }
+    }
+}
+
+/// How often the reconciler tries to move a node back to spot at most.
+pub const SPOT_REVERT_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+impl RevertToSpot {
+    /// Whether the policy lets a node go back to spot at `now`.
+    pub fn allows(&self, now: DateTime<Utc>) -> bool {
+        match *self {
+            RevertToSpot::Never => false,
+            RevertToSpot::Always => true,
+            RevertToSpot::Window { start, end } => {
+                let t = now.time();
+                if start <= end {
+                    start <= t && t < end
+                } else {
+                    t >= start || t < end
+                }
+            }
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -229,6 +299,9 @@ pub struct Node {
     /// with the transition itself: a later delivery of one of them is not applied again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_events: Vec<String>,
+    /// When the reconciler last moved the node back to spot (`spec.revert_to_spot`).
+    #[serde(default)]
+    pub spot_revert_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -251,6 +324,7 @@ impl Node {
             last_error: None,
             history: Vec::new(),
             applied_events: Vec::new(),
+            spot_revert_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -312,6 +386,7 @@ pub(crate) fn test_spec(instance_types: &[&str], fallback_to_on_demand: bool) ->
         user_data: None,
         tags: BTreeMap::new(),
         fallback_to_on_demand,
+        revert_to_spot: RevertToSpot::Never,
     }
 }
 
@@ -352,5 +427,23 @@ mod tests {
         }
         assert_eq!(node.history.len(), HISTORY_LIMIT);
         assert_eq!(node.history.last().map(|h| h.what.as_str()), Some("entry 59"));
+    }
+
+    #[test]
+    fn revert_to_spot_reads_never_always_and_a_window() {
+        let at = |h: i64, m: i64| DateTime::<Utc>::from_timestamp(0, 0).unwrap_or_default() + chrono::TimeDelta::minutes(h * 60 + m);
+        let window: RevertToSpot = serde_json::from_value(serde_json::json!({"window": {"start": "22:30:00", "end": "02:00:00"}})).unwrap();
+        assert_eq!(window, "22:30-02:00".parse().unwrap());
+        assert!(window.allows(at(23, 0)) && window.allows(at(1, 59)));
+        assert!(!window.allows(at(2, 0)) && !window.allows(at(12, 0)));
+        let day: RevertToSpot = "02:00-04:00".parse().unwrap();
+        assert!(day.allows(at(3, 0)) && !day.allows(at(4, 0)) && !day.allows(at(1, 0)));
+        assert_eq!(serde_json::from_value::<RevertToSpot>(serde_json::json!("always")).unwrap(), RevertToSpot::Always);
+        assert!(!RevertToSpot::default().allows(at(3, 0)));
+        assert!(RevertToSpot::Always.allows(at(3, 0)));
+        for bad in ["sometimes", "02:00", "02:00-02:00", "25:00-01:00"] {
+            assert!(bad.parse::<RevertToSpot>().unwrap_err().contains("never, always"), "{bad}");
+        }
+        assert_eq!(day.to_string(), "02:00-04:00 UTC");
     }
 }

@@ -223,6 +223,7 @@ impl Fixture {
             user_data: Some("#!/bin/sh\necho tether\n".into()),
             tags: [("team".to_owned(), "data".to_owned())].into_iter().collect(),
             fallback_to_on_demand: true,
+            revert_to_spot: tether::model::RevertToSpot::Never,
         }
     }
 

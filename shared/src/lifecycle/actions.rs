@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{begin_launch, Action, Step};
-use crate::model::{Node, NodeState};
+use crate::model::{Node, NodeState, RevertToSpot};
 
 /// Resume: at the first resume the ENI is created; then an instance is launched on it.
 pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
@@ -65,9 +65,14 @@ fn stop_everything(node: &Node) -> Vec<Action> {
 /// Recycle: pause then resume as one action: the instance is replaced by a new one on the
 /// same ENI (the launch waits until the old instance has released it).
 pub fn on_recycle(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
+    recycle(node, now, "recycle requested", by)
+}
+
+/// A recycle, recorded as `why`.
+pub(super) fn recycle(node: &Node, now: DateTime<Utc>, why: &str, by: Option<&str>) -> Step {
     match node.state {
         NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error | NodeState::Paused => {
-            let next = begin_launch(node, now, "recycle requested", by);
+            let next = begin_launch(node, now, why, by);
             Step::Apply { next, actions: stop_everything(node).into_iter().chain([Action::Launch]).collect() }
         }
         // A recycle (or recovery) under way: carry it on, as a resume would.
@@ -107,6 +112,7 @@ pub struct NodePatch {
     pub user_data: Option<String>,
     pub tags: Option<BTreeMap<String, String>>,
     pub fallback_to_on_demand: Option<bool>,
+    pub revert_to_spot: Option<RevertToSpot>,
     pub key_name: Option<String>,
     pub iam_instance_profile: Option<String>,
     /// Refused: the ENI is bound to its subnet.
@@ -173,6 +179,10 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     if let Some(fallback) = patch.fallback_to_on_demand {
         next.spec.fallback_to_on_demand = fallback;
         changed.push("fallback_to_on_demand");
+    }
+    if let Some(policy) = patch.revert_to_spot {
+        next.spec.revert_to_spot = policy;
+        changed.push("revert_to_spot");
     }
     if let Some(key) = &patch.key_name {
         next.spec.key_name = Some(key.clone()).filter(|k| !k.is_empty());

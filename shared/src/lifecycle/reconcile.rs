@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{failed, on_instance_event, Action, Step};
 use crate::events::{InstanceEvent, InstanceState};
-use crate::model::{EniRecord, Node, NodeState};
+use crate::model::{EniRecord, Market, Node, NodeState, SPOT_REVERT_INTERVAL};
 
 /// What the reconciler found in EC2 about a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +57,32 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
                 let event = InstanceEvent::StateChange { instance_id: instance_id.to_owned(), state };
                 return on_instance_event(node, &event, now);
             }
-            network_drift(node, seen, now)
+            match network_drift(node, seen, now) {
+                Step::Ignore(_) if spot_revert_due(node, now) => back_to_spot(node, now),
+                step => step,
+            }
         }
+    }
+}
+
+/// A running node on on-demand whose `revert_to_spot` policy lets it go back to spot now,
+/// and that was not moved back within `SPOT_REVERT_INTERVAL`.
+pub fn spot_revert_due(node: &Node, now: DateTime<Utc>) -> bool {
+    node.state == NodeState::Running
+        && node.instance.as_ref().is_some_and(|i| i.market == Market::OnDemand)
+        && node.spec.revert_to_spot.allows(now)
+        && node.spot_revert_at.is_none_or(|at| now - at >= SPOT_REVERT_INTERVAL)
+}
+
+/// A recycle: the next launch tries the spot candidates first (and falls back again if
+/// spot has no capacity).
+fn back_to_spot(node: &Node, now: DateTime<Utc>) -> Step {
+    match super::actions::recycle(node, now, "moving back to spot (revert_to_spot): the on-demand instance is replaced", None) {
+        Step::Apply { mut next, actions } => {
+            next.spot_revert_at = Some(now);
+            Step::Apply { next, actions }
+        }
+        other => other,
     }
 }
 

@@ -408,3 +408,44 @@ fn the_reconciler_heals_a_free_elastic_ip_and_reports_what_it_must_not_fight() {
     let no_eni = written(&on_reconcile(&paused, &observed(None, false, Some(ElasticIpFound::Free), false), Utc::now())).cloned().expect("a record");
     assert!(no_eni.last_error.unwrap_or_default().contains("eni-1 (10.0.1.10) was deleted outside Tether"));
 }
+
+#[test]
+fn the_reconciler_moves_an_on_demand_node_back_to_spot_as_its_policy_allows() {
+    let healthy = observed(Some(InstanceState::Running), true, Some(ElasticIpFound::OnEni), false);
+    let now = Utc::now();
+    let on_demand = |policy: crate::model::RevertToSpot| {
+        let mut node = with_network(NodeState::Running);
+        node.spec.revert_to_spot = policy;
+        if let Some(instance) = node.instance.as_mut() {
+            instance.market = Market::OnDemand;
+        }
+        node
+    };
+    assert_eq!(kind(&on_reconcile(&on_demand(crate::model::RevertToSpot::Never), &healthy, now)).0, "ignore", "never is the default");
+
+    let always = on_demand(crate::model::RevertToSpot::Always);
+    let step = on_reconcile(&always, &healthy, now);
+    let Step::Apply { next, actions } = &step else { panic!("not moved back: {step:?}") };
+    assert_eq!((next.state, next.generation), (NodeState::Launching, always.generation + 1));
+    assert_eq!(actions, &vec![Action::Terminate(CURRENT.into()), Action::Launch], "a recycle");
+    assert_eq!(next.spot_revert_at, Some(now));
+    assert!(next.history.last().is_some_and(|h| h.what.contains("back to spot")));
+
+    // Once an hour at most: a move that found no spot capacity landed on on-demand again.
+    let mut again = always.clone();
+    again.spot_revert_at = Some(now - chrono::TimeDelta::minutes(59));
+    assert_eq!(kind(&on_reconcile(&again, &healthy, now)).0, "ignore");
+    again.spot_revert_at = Some(now - crate::model::SPOT_REVERT_INTERVAL);
+    assert_eq!(kind(&on_reconcile(&again, &healthy, now)).0, "launch");
+
+    // Outside its window, or on spot already, or with drift to report first: not moved.
+    let hour = |h| chrono::NaiveTime::from_hms_opt(h, 0, 0).unwrap_or_default();
+    let t = now.time();
+    let closed = if t < hour(12) { (hour(13), hour(14)) } else { (hour(1), hour(2)) };
+    let outside = on_demand(crate::model::RevertToSpot::Window { start: closed.0, end: closed.1 });
+    assert_eq!(kind(&on_reconcile(&outside, &healthy, now)).0, "ignore");
+    assert_eq!(kind(&on_reconcile(&with_network(NodeState::Running), &healthy, now)).0, "ignore", "on spot");
+    let drifted = observed(Some(InstanceState::Running), true, Some(ElasticIpFound::Free), false);
+    let Step::Apply { actions, .. } = on_reconcile(&always, &drifted, now) else { panic!("drift not healed") };
+    assert_eq!(actions, vec![Action::AssociateElasticIp]);
+}

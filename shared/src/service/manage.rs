@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence};
+use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -24,6 +24,9 @@ pub struct ImportRequest {
     pub instance_types: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_to_on_demand: Option<bool>,
+    /// Default: `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_to_spot: Option<RevertToSpot>,
 }
 
 impl Tether {
@@ -114,6 +117,9 @@ impl Tether {
         }
         if let Some(fallback) = request.fallback_to_on_demand {
             spec.fallback_to_on_demand = fallback;
+        }
+        if let Some(policy) = request.revert_to_spot {
+            spec.revert_to_spot = policy;
         }
         let eip = self.network.eip_on_eni(&found.eni.id).await?;
         let persistence = Persistence {

@@ -128,3 +128,37 @@ async fn an_eni_and_elastic_ip_left_by_a_deallocation_that_died_are_removed() ->
     assert!(eips.addresses().is_empty(), "leftover Elastic IP released: {first} {second}");
     Ok(())
 }
+
+/// A node that fell back to on-demand stays there by default; with `revert_to_spot: always`
+/// the next run recycles it onto spot, on the same ENI, and does not move it again.
+#[tokio::test]
+async fn an_on_demand_node_goes_back_to_spot_when_its_policy_allows() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // The emulator has no spot capacity for p5.48xlarge (tests/emulator/README.md).
+    let node = fx.tether.create_node(fx.spec(&["p5.48xlarge"]), Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let on_demand = fx.tether.node(&node.id).await?;
+    assert_eq!(on_demand.instance.as_ref().map(|i| i.market), Some(tether::Market::OnDemand));
+    reconcile(&fx).await?;
+    assert_eq!(fx.tether.node(&node.id).await?.generation, on_demand.generation, "never is the default");
+
+    let patch = tether::lifecycle::NodePatch {
+        instance_types: Some(vec!["m5.large".into(), "p5.48xlarge".into()]),
+        revert_to_spot: Some(tether::model::RevertToSpot::Always),
+        ..Default::default()
+    };
+    fx.tether.patch(&node.id, &patch, None).await?;
+    let report = reconcile(&fx).await?;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let spot = fx.tether.node(&node.id).await?;
+    assert_eq!((spot.state, spot.generation), (NodeState::Running, on_demand.generation + 1), "{report}");
+    let instance = spot.instance.as_ref().ok_or("no instance")?;
+    assert_eq!((instance.market, instance.instance_type.as_str()), (tether::Market::Spot, "m5.large"));
+    assert_eq!(spot.eni, on_demand.eni, "same ENI, same private IP");
+    let old = fx.instance(on_demand.instance_id().ok_or("no instance")?).await?;
+    assert_eq!(old.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("terminated"));
+
+    reconcile(&fx).await?;
+    assert_eq!(fx.tether.node(&node.id).await?.generation, spot.generation, "on spot now: left alone");
+    Ok(())
+}

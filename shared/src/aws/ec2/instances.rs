@@ -12,7 +12,7 @@ use aws_smithy_types::retry::RetryConfig;
 use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::model::{EniRecord, Market, NodeId, NodeSpec};
+use crate::model::{EniRecord, Market, NodeId, NodeSpec, RevertToSpot};
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
 /// The states of an instance that still exists (or will run again).
@@ -250,6 +250,7 @@ impl Instances for Ec2Cloud {
             user_data: None,
             tags: user_tags.collect(),
             fallback_to_on_demand: true,
+            revert_to_spot: RevertToSpot::Never,
         };
         Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
     }

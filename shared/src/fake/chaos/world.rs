@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::executor::{block_on, Delivery, Finished, Invocation, Origin, UserAction};
 use crate::fake::{Fault, FakeClock, FakeEc2, FakeStore, FaultInjection, When};
-use crate::model::{InterruptionAction, Market, Node, NodeId, NodeSpec, NodeState, Persistence};
+use crate::model::{InterruptionAction, Market, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::ports::NodeStore;
 use crate::service::{Ports, Settings, Tether};
 
@@ -144,6 +144,12 @@ impl World {
             user_data: None,
             tags: BTreeMap::new(),
             fallback_to_on_demand: rng.u8(0..4) > 0,
+            revert_to_spot: match rng.u8(0..3) {
+                0 => RevertToSpot::Never,
+                1 => RevertToSpot::Always,
+                // The scenarios start at 08:00 UTC: a window the chaos phase runs into.
+                _ => RevertToSpot::Window { start: time(8, 1), end: time(8, 20) },
+            },
         };
         let private_ip = rng.bool().then(|| Ipv4Addr::new(10, 0, 1, 10 + n as u8));
         let persistence = match rng.u8(0..3) {
@@ -510,4 +516,8 @@ impl World {
         let eips: Vec<(String, Option<String>)> = self.ec2.eips().into_iter().map(|e| (e.info.allocation_id, e.info.network_interface_id)).collect();
         format!("{nodes:?}{instances:?}{enis:?}{eips:?}")
     }
+}
+
+fn time(hour: u32, minute: u32) -> chrono::NaiveTime {
+    chrono::NaiveTime::from_hms_opt(hour, minute, 0).unwrap_or_default()
 }
