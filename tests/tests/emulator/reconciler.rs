@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tether::ports::{Network, NodeStore};
+use tether::ports::NodeStore;
 use tether::{Node, NodeState, Persistence};
 use tether_tests::events::invocation;
 use tether_tests::{Fixture, SetupError};
@@ -111,9 +111,11 @@ async fn an_eni_and_elastic_ip_left_by_a_deallocation_that_died_are_removed() ->
     let paused = fx.tether.node(&node.id).await?;
     let eni_id = paused.eni.as_ref().ok_or("no ENI")?.id.clone();
     let allocation_id = paused.elastic_ip.as_ref().ok_or("no Elastic IP")?.allocation_id.clone();
-    // What a cut-short deallocation can leave: the Elastic IP disassociated (its first
-    // step), the ENI and the Elastic IP still there, the record no longer naming them.
-    fx.cloud.disassociate_eip(&allocation_id, &eni_id).await?;
+    // What a cut-short deallocation can leave: the ENI and the Elastic IP still there (the
+    // Elastic IP still on the ENI), the record no longer naming them. Deleting the ENI
+    // disassociates its Elastic IP, as on AWS (tests/emulator/README.md, `eni-delete`), so
+    // the run that deletes the ENI can release the Elastic IP too.
+    assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(eni_id.as_str()), "still associated");
     let mut deallocated = paused.clone();
     deallocated.state = NodeState::Deallocated;
     deallocated.eni = None;
@@ -126,6 +128,38 @@ async fn an_eni_and_elastic_ip_left_by_a_deallocation_that_died_are_removed() ->
     assert!(enis.network_interfaces().is_empty(), "leftover ENI deleted: {first} {second}");
     let eips = fx.ec2.describe_addresses().filters(aws_sdk_ec2::types::Filter::builder().name("allocation-id").values(&allocation_id).build()).send().await?;
     assert!(eips.addresses().is_empty(), "leftover Elastic IP released: {first} {second}");
+    Ok(())
+}
+
+/// A Tether-allocated Elastic IP that a person associated with another ENI is theirs now:
+/// deallocating the node deletes its ENI but does not release that Elastic IP (the history
+/// says why), and the reconciler's sweep leaves it where it is.
+#[tokio::test]
+async fn a_tether_elastic_ip_associated_elsewhere_is_not_released_at_deallocation() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence { allocate_elastic_ip: true, ..Persistence::default() }).await?;
+    let eip = node.elastic_ip.clone().ok_or("no Elastic IP")?;
+    assert!(eip.allocated_by_tether);
+    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
+    let other = fx.ec2.create_network_interface().subnet_id(&fx.subnet_id).send().await?;
+    let other_id = other.network_interface().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
+    fx.ec2.associate_address().allocation_id(&eip.allocation_id).network_interface_id(&other_id).allow_reassociation(true).send().await?;
+
+    let outcome = fx.tether.deallocate(&node.id, false, fx.tether.deadline_in(BUDGET), None).await?;
+    assert!(matches!(outcome, tether::Outcome::Recorded { state: NodeState::Deallocated, .. }), "{outcome:?}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Deallocated);
+    assert_eq!((after.eni.as_ref(), after.elastic_ip.as_ref()), (None, None), "nothing recorded any more");
+    let why = format!("Elastic IP {} not released: associated with {other_id} outside Tether", eip.allocation_id);
+    assert!(after.history.iter().any(|h| h.what == why), "{:?}", after.history);
+    let enis = fx.ec2.describe_network_interfaces().filters(aws_sdk_ec2::types::Filter::builder().name("network-interface-id").values(&eni_id).build()).send().await?;
+    assert!(enis.network_interfaces().is_empty(), "the node's ENI is deleted");
+    let kept = fx.cloud_eip(&eip.allocation_id).await?;
+    assert_eq!((kept.network_interface_id(), kept.public_ip()), (Some(other_id.as_str()), Some(eip.public_ip.as_str())), "still where the person put it");
+
+    let report = reconcile(&fx).await?;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(fx.cloud_eip(&eip.allocation_id).await?.network_interface_id(), Some(other_id.as_str()), "the sweep leaves it alone: {report}");
     Ok(())
 }
 

@@ -365,14 +365,8 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
 /// launched on the fallback type with the generation's ClientToken, but not recorded.
 /// Returns that instance's id.
 async fn stage_unrecorded_launch(fx: &Fixture, node: &Node) -> Result<String, SetupError> {
-    let first = instance_id(node)?;
     let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
-    fx.interrupt(&first).await?;
-    let terminated = InstanceEvent::StateChange { instance_id: first, state: InstanceState::Terminated };
-    let Step::Apply { next: launching, .. } = lifecycle::on_instance_event(node, &terminated, chrono::Utc::now()) else {
-        return Err("termination did not start a launch".into());
-    };
-    fx.store.save(&launching).await?;
+    stage_launching(fx, node).await?;
     let earlier = fx
         .run_one()
         .instance_type(InstanceType::M6iLarge)
@@ -381,6 +375,106 @@ async fn stage_unrecorded_launch(fx: &Fixture, node: &Node) -> Result<String, Se
         .send()
         .await?;
     Ok(earlier.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned())
+}
+
+/// Interrupts the node's (generation 1) instance and records the node as launching
+/// generation 2, as the termination's delivery does before it launches; returns that node.
+async fn stage_launching(fx: &Fixture, node: &Node) -> Result<Node, SetupError> {
+    let first = instance_id(node)?;
+    fx.interrupt(&first).await?;
+    let terminated = InstanceEvent::StateChange { instance_id: first, state: InstanceState::Terminated };
+    let Step::Apply { next: launching, .. } = lifecycle::on_instance_event(node, &terminated, chrono::Utc::now()) else {
+        return Err("termination did not start a launch".into());
+    };
+    Ok(fx.store.save(&launching).await?)
+}
+
+/// An invocation that launched generation 2 and died before recording it, whose instance is
+/// found holding the ENI under another ClientToken (so the retry's RunInstances meets
+/// `InvalidNetworkInterface.InUse`, not the token's idempotent answer): the holder is
+/// looked at, found to be this generation's by its tags, and adopted.
+#[tokio::test]
+async fn this_generations_instance_found_holding_the_eni_is_adopted() -> Result<(), SetupError> {
+    use tether::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let first = instance_id(&node)?;
+    let eni_id = node.eni.as_ref().ok_or("no ENI")?.id.clone();
+    let launching = stage_launching(&fx, &node).await?;
+    assert_eq!((launching.state, launching.generation), (NodeState::Launching, 2));
+    let token = node.id.client_token(2);
+    let other_token = format!("elsewhere-{}", node.id);
+    assert_ne!(other_token, token);
+    let tags = [(TAG_NODE_ID, node.id.as_str()), (TAG_GENERATION, "2"), (TAG_MANAGED, "true")]
+        .into_iter()
+        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+    let staged = fx
+        .run_one()
+        .instance_type(InstanceType::M6iLarge)
+        .client_token(&other_token)
+        .network_interfaces(on_eni(&eni_id))
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .set_tags(Some(tags.collect()))
+                .build(),
+        )
+        .send()
+        .await?;
+    let staged_id = staged.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+
+    fx.calls.take();
+    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    assert_eq!(outcome(&retried), "launched", "{retried}");
+    assert_eq!(retried["instance_id"], staged_id.as_str(), "the holder is adopted: {retried}");
+    // One RunInstances (refused: the ENI is in use), then the ENI's holder looked up.
+    let ec2_calls = fx.calls.take().into_iter().filter(|c| c.starts_with("EC2.")).collect::<Vec<_>>();
+    assert_eq!(ec2_calls, ["EC2.RunInstances", "EC2.DescribeNetworkInterfaces", "EC2.DescribeInstances"], "EC2 calls of the adoption");
+    assert_eq!(retried["generation"], 2, "{retried}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!((after.state, after.generation), (NodeState::Running, 2));
+    let recorded = after.instance.as_ref().ok_or("no instance recorded")?;
+    assert_eq!((recorded.id.as_str(), recorded.generation), (staged_id.as_str(), 2));
+    assert_eq!((recorded.instance_type.as_str(), recorded.market), ("m6i.large", tether::Market::OnDemand), "as EC2 reports the holder");
+    // The real token's RunInstances launched nothing: only the adopted instance runs.
+    let by_token = fx
+        .ec2
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("client-token").values(&token).build())
+        .send()
+        .await?;
+    assert_eq!(by_token.reservations().iter().flat_map(|r| r.instances()).count(), 0, "nothing launched with the generation's token");
+    assert_eq!(fx.instances_in_vpc().await?, vec![staged_id.clone()], "nothing launched besides the adopted instance");
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 2, "generation 1's and the adopted one");
+    assert_identity_kept(&fx, &after, None).await?;
+    Ok(())
+}
+
+/// The node's ENI deleted by hand while the node is paused: the next resume cannot keep the
+/// private IP and MAC, so the node goes to ERROR saying so, and nothing is launched.
+#[tokio::test]
+async fn an_eni_deleted_outside_tether_puts_the_node_in_error_at_the_next_resume() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = running_node(&fx, Persistence::default()).await?;
+    let eni = node.eni.clone().ok_or("no ENI")?;
+    fx.tether.pause(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    assert_eq!(fx.tether.node(&node.id).await?.state, NodeState::Paused);
+    fx.ec2.delete_network_interface().network_interface_id(&eni.id).send().await?;
+
+    let resumed = fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let expected = lifecycle::eni_deleted(&eni);
+    assert!(expected.contains(&eni.id) && expected.contains("deallocate this node and create a new one"), "{expected}");
+    match &resumed {
+        tether::Outcome::Failed { reason, .. } => assert_eq!(reason, &expected),
+        other => panic!("expected the node to fail: {other:?}"),
+    }
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.state, NodeState::Error);
+    assert_eq!(after.last_error.as_deref(), Some(expected.as_str()));
+    assert!(after.history.last().is_some_and(|h| h.what.contains(&expected)), "{:?}", after.history.last());
+    assert_eq!(fx.node_instances(&node.id).await?.len(), 1, "only generation 1's instance, nothing launched");
+    assert!(fx.live_instances(&node.id).await?.is_empty(), "nothing runs");
+    Ok(())
 }
 
 /// The adopted instance was launched outside Tether's adapter (no node tag), so check it directly.
