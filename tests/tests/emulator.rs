@@ -7,4 +7,5 @@ mod emulator {
     pub mod cli;
     pub mod scenarios;
     pub mod reconciler;
+    pub mod chaos;
 }

@@ -9,6 +9,7 @@
 //! replays it alone, with its full log: `make chaos SEED=<seed>`.
 
 mod check;
+pub use check::violations;
 mod executor;
 mod world;
 
