@@ -37,10 +37,10 @@ pub fn init_tracing() {
 /// Builds the service on AWS clients from an SDK config (endpoint, region, credentials).
 pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-    let store = DynamoNodeStore::new(dynamodb.clone(), config.table_name.clone());
+    let store = Arc::new(DynamoNodeStore::new(dynamodb.clone(), config.table_name.clone()));
     let events = DynamoEventClaims::new(dynamodb, config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk)));
-    let ports = Ports { store: Arc::new(store), events: Arc::new(events), network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), events: Arc::new(events), bookmark: store, network: ec2.clone(), instances: ec2 };
     Tether::new(ports, config.settings.clone())
 }
 

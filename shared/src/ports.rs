@@ -211,6 +211,16 @@ pub trait Instances: Send + Sync {
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
 }
 
+/// Where the last reconciler run stopped, so that the next one goes on from there: with more
+/// nodes than one run checks, every node still gets its turn.
+#[async_trait]
+pub trait ReconcilerBookmark: Send + Sync {
+    /// The last node the previous run checked, if it stopped before the end.
+    async fn load(&self) -> Result<Option<NodeId>, AwsError>;
+    /// `None`: the run reached the end; the next one starts at the beginning.
+    async fn store(&self, after: Option<&NodeId>) -> Result<(), AwsError>;
+}
+
 /// Whether an invocation may handle an EventBridge event now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventClaim {

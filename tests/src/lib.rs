@@ -183,8 +183,10 @@ impl Fixture {
             aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
         );
         let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2));
+        let counted_store = Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone()));
         let ports = Ports {
-            store: Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone())),
+            store: counted_store.clone(),
+            bookmark: counted_store,
             events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb, table_name.clone())),
             network: counted_cloud.clone(),
             instances: counted_cloud,

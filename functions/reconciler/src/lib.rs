@@ -10,6 +10,6 @@ use tether::{Tether, TetherError};
 /// Any payload starts a run (the schedule's `Scheduled Event`, or a manual invoke).
 pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
     let deadline = tether::lambda::deadline(&event.context);
-    let report = tether.reconcile(None, deadline).await?;
+    let report = tether.reconcile(deadline).await?;
     Ok(json!(report))
 }

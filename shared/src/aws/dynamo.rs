@@ -14,11 +14,12 @@ use aws_sdk_dynamodb::Client;
 use crate::aws::aws_error;
 use crate::error::{AwsError, ErrorClass};
 use crate::model::{Node, NodeId};
-use crate::ports::NodeStore;
+use crate::ports::{NodeStore, ReconcilerBookmark};
 
 pub const PARTITION_KEY: &str = "pk";
 pub const INSTANCE_INDEX: &str = "by-instance";
 pub const INSTANCE_ATTRIBUTE: &str = "instance_id";
+const BOOKMARK_KEY: &str = "reconciler#bookmark";
 /// Items a listing reads per Scan call.
 const SCAN_PAGE: i32 = 1000;
 
@@ -209,5 +210,32 @@ impl NodeStore for DynamoNodeStore {
             .await
             .map_err(|e| aws_error("DynamoDB", "PutItem", e))?;
         Ok(next)
+    }
+}
+
+/// The reconciler's bookmark: one item, `pk = reconciler#bookmark`, naming the last node a
+/// run checked (absent attribute: start at the beginning). Last writer wins: two runs that
+/// overlap only make one of them start a little earlier than it could.
+#[async_trait]
+impl ReconcilerBookmark for DynamoNodeStore {
+    async fn load(&self) -> Result<Option<NodeId>, AwsError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(BOOKMARK_KEY.into()))
+            .send()
+            .await
+            .map_err(|e| aws_error("DynamoDB", "GetItem", e))?;
+        Ok(out.item.as_ref().and_then(|item| item.get("after")).and_then(|v| v.as_s().ok()).and_then(|id| NodeId::parse(id)))
+    }
+
+    async fn store(&self, after: Option<&NodeId>) -> Result<(), AwsError> {
+        let mut put = self.client.put_item().table_name(&self.table).item(PARTITION_KEY, AttributeValue::S(BOOKMARK_KEY.into()));
+        if let Some(id) = after {
+            put = put.item("after", AttributeValue::S(id.as_str().to_owned()));
+        }
+        put.send().await.map_err(|e| aws_error("DynamoDB", "PutItem", e))?;
+        Ok(())
     }
 }

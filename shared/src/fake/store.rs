@@ -12,7 +12,7 @@ use super::clock::yield_now;
 use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::model::{Node, NodeId};
-use crate::ports::{Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore};
+use crate::ports::{Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore, ReconcilerBookmark};
 
 const DYNAMODB: &str = "DynamoDB";
 
@@ -27,6 +27,7 @@ struct Table {
     by_instance: HashMap<String, BTreeSet<NodeId>>,
     /// Event claims (`pk = event#<id>` in the adapter): event id → (invocation id, until).
     event_claims: HashMap<String, (String, DateTime<Utc>)>,
+    reconciler_bookmark: Option<NodeId>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
 }
@@ -139,6 +140,23 @@ impl NodeStore for FakeStore {
             let page: Vec<Node> = rest.take(limit).cloned().collect();
             let next = (page.len() == limit).then(|| page.last().map(|n| n.id.clone())).flatten();
             Ok((page, next))
+        })
+    }
+}
+
+/// The reconciler's bookmark item in the node table.
+#[async_trait]
+impl ReconcilerBookmark for FakeStore {
+    async fn load(&self) -> Result<Option<NodeId>, AwsError> {
+        yield_now().await;
+        self.call("GetItem", |t| Ok(t.reconciler_bookmark.clone()))
+    }
+
+    async fn store(&self, after: Option<&NodeId>) -> Result<(), AwsError> {
+        yield_now().await;
+        self.call("PutItem", |t| {
+            t.reconciler_bookmark = after.cloned();
+            Ok(())
         })
     }
 }

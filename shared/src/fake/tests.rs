@@ -510,7 +510,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
     let tether = Tether::new(
-        Ports { store: store.clone(), events: store.clone(), network: ec2.clone(), instances: ec2.clone() },
+        Ports { store: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
@@ -541,4 +541,31 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     assert_eq!(view.public_ip.as_deref(), Some(eip.public_ip.as_str()));
     assert_eq!((view.node_id.as_deref(), view.generation), (Some(created.id.as_str()), Some(2)));
     assert_eq!((ec2.enis().len(), ec2.eips().len()), (1, 1), "nothing leaked");
+}
+
+/// With more nodes than one run checks, each run goes on where the last one stopped, and
+/// the run that reaches the last node sends the next one back to the first.
+#[tokio::test]
+async fn reconciler_runs_take_turns_through_more_nodes_than_one_run_checks() {
+    let ec2 = Arc::new(ec2());
+    let store = Arc::new(FakeStore::new());
+    let ports = Ports { store: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2 };
+    let tether = Tether::new(ports, Settings { reconcile_max_nodes: 2, ..Settings::default() });
+    let spec = NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) };
+    for _ in 0..5 {
+        tether.create_node(spec.clone(), Persistence::default(), None).await.unwrap();
+    }
+    let deadline = || chrono::Utc::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let report = tether.reconcile(deadline()).await.unwrap();
+        runs.push((report.nodes_checked, report.complete, report.started_after.is_some()));
+        let (page, _) = tether.nodes(0, report.started_after.as_ref()).await.unwrap();
+        seen.extend(page.into_iter().take(report.nodes_checked).map(|n| n.id));
+    }
+    assert_eq!(runs, [(2, false, false), (2, false, true), (1, true, true), (2, false, false)]);
+    let all: std::collections::BTreeSet<_> = store.nodes().into_iter().map(|n| n.id).collect();
+    let first_three_runs: std::collections::BTreeSet<_> = seen[..5].iter().cloned().collect();
+    assert_eq!(first_three_runs, all, "every node checked once in three runs");
 }

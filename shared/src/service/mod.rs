@@ -16,7 +16,7 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, NodePatch, PatchError, Step};
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, EventClaim, EventClaims, Instances, Network, NodeStore, SystemClock};
+use crate::ports::{Clock, EventClaim, EventClaims, Instances, Network, NodeStore, ReconcilerBookmark, SystemClock};
 
 pub use manage::ImportRequest;
 pub use reconcile::ReconcileReport;
@@ -144,12 +144,14 @@ pub struct Ports {
     pub network: Arc<dyn Network>,
     pub instances: Arc<dyn Instances>,
     pub events: Arc<dyn EventClaims>,
+    pub bookmark: Arc<dyn ReconcilerBookmark>,
 }
 
 #[derive(Clone)]
 pub struct Tether {
     store: Arc<dyn NodeStore>,
     events: Arc<dyn EventClaims>,
+    bookmark: Arc<dyn ReconcilerBookmark>,
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
     clock: Arc<dyn Clock>,
@@ -161,6 +163,7 @@ impl Tether {
         Tether {
             store: ports.store,
             events: ports.events,
+            bookmark: ports.bookmark,
             network: ports.network,
             instances: ports.instances,
             clock: Arc::new(SystemClock),

@@ -27,16 +27,27 @@ pub struct ReconcileReport {
     pub repaired: Vec<String>,
     /// Nodes whose check failed (retried at the next run).
     pub failed: Vec<String>,
-    /// Every node was checked (the run was not cut short by its bounds).
+    /// The run reached the last node (it was not cut short by its bounds).
     pub complete: bool,
+    /// Where the run started: after the node the previous run stopped at, or at the first.
+    pub started_after: Option<NodeId>,
 }
 
 impl Tether {
-    /// One reconciler run, from the first node (or after `start_after`) until every node is
-    /// checked, `reconcile_max_nodes` are, or the deadline nears; the sweep first.
-    pub async fn reconcile(&self, start_after: Option<&NodeId>, deadline: DateTime<Utc>) -> Result<ReconcileReport, TetherError> {
+    /// One reconciler run, the sweep first; then the nodes from where the last run stopped
+    /// (its bookmark) until the last node, `reconcile_max_nodes`, or the deadline nears.
+    /// A run that stops early leaves a bookmark for the next one.
+    pub async fn reconcile(&self, deadline: DateTime<Utc>) -> Result<ReconcileReport, TetherError> {
         let mut report = ReconcileReport::default();
-        let mut cursor = start_after.cloned();
+        let mut cursor = match self.bookmark.load().await {
+            Ok(after) => after,
+            Err(e) => {
+                warn!(error = %e, code = e.code.as_deref(), "bookmark unreadable; starting at the first node");
+                None
+            }
+        };
+        report.started_after = cursor.clone();
+        let mut last_checked = None;
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
         // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
         if let Err(e) = self.sweep(&mut report).await {
@@ -50,6 +61,7 @@ impl Tether {
                     break 'pages;
                 }
                 report.nodes_checked += 1;
+                last_checked = Some(node.id.clone());
                 let span = tracing::info_span!("reconcile", node_id = %node.id, instance_id = node.instance_id(), generation = node.generation);
                 let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
                 match self.reconcile_node(&node, node_deadline).instrument(span).await {
@@ -68,6 +80,10 @@ impl Tether {
                     break;
                 }
             }
+        }
+        let bookmark = if report.complete { None } else { last_checked.or(cursor) };
+        if let Err(e) = self.bookmark.store(bookmark.as_ref()).await {
+            warn!(error = %e, code = e.code.as_deref(), "bookmark not stored; the next run starts earlier");
         }
         info!(checked = report.nodes_checked, repaired = report.repaired.len(), failed = report.failed.len(), complete = report.complete, "reconciled");
         Ok(report)
