@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 rules=(
   "eni-release  terminating_an_instance_releases_its_enis"
   "eni-in-use   launching_on_an_eni_in_use_fails_and_launches_nothing"
+  "eni-delete   deleting_an_eni_disassociates_its_elastic_ip"
   "private-ip   requested_private_ips_are_checked_as_aws_does"
   "private-ip   random_private_ips_are_unique_and_never_reserved"
   "client-token a_client_token_used_again_returns_the_original_instance"

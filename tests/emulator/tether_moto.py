@@ -52,7 +52,15 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 PINNED_MOTO_VERSION = "5.2.5"
-PATCH_NAMES = ("eni-release", "eni-in-use", "private-ip", "client-token", "eni-az", "capacity")
+PATCH_NAMES = (
+    "eni-release",
+    "eni-in-use",
+    "eni-delete",
+    "private-ip",
+    "client-token",
+    "eni-az",
+    "capacity",
+)
 
 log = logging.getLogger("tether_moto")
 
@@ -370,6 +378,46 @@ def patch_eni_in_use() -> None:
         if eni is not None and attached_to_live_instance(eni):
             raise ec2_error("InvalidNetworkInterface.InUse", f"The network interface '{eni_id}' is currently in use.")
         original_delete(self, eni_id)
+
+    EC2Backend.delete_network_interface = delete_network_interface
+
+
+# --------------------------------------------------------------------------
+# Patch: eni-delete
+# --------------------------------------------------------------------------
+
+
+def patch_eni_delete() -> None:
+    """Deleting an ENI disassociates the Elastic IP associated with it.
+
+    AWS (EC2 User Guide, "Delete a network interface": "Deleting a network
+    interface releases all attributes associated with the interface and
+    releases any private IP addresses or Elastic IP addresses to be used by
+    another instance"): after DeleteNetworkInterface the Elastic IP stays
+    allocated to the account but is no longer associated: DescribeAddresses
+    shows no AssociationId, NetworkInterfaceId, PrivateIpAddress or InstanceId,
+    and the address can be associated with another ENI without
+    AllowReassociation, or released (which in a VPC requires it to be
+    disassociated: ReleaseAddress, InvalidIPAddress.InUse).
+
+    moto 5.2.5: the Elastic IP keeps pointing at the deleted ENI: DescribeAddresses
+    still shows its AssociationId, NetworkInterfaceId and PrivateIpAddress, and
+    AssociateAddress without AllowReassociation fails with Resource.AlreadyAssociated.
+    """
+    original_delete = EC2Backend.delete_network_interface
+
+    @locked
+    def delete_network_interface(self: Any, eni_id: str) -> None:
+        eni = self.enis.get(eni_id)
+        # Raises (unknown ENI, or in use with eni-in-use) before anything changes.
+        original_delete(self, eni_id)
+        if eni is None:
+            return
+        for eip in eips_on(self, eni):
+            eip.eni = None
+            eip.instance = None
+            eip.association_id = None
+        eni.public_ip = None
 
     EC2Backend.delete_network_interface = delete_network_interface
 
@@ -803,6 +851,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     # caller's Placement before eni-in-use fills it in from the ENI.
     "eni-az": patch_eni_az,
     "eni-in-use": patch_eni_in_use,
+    "eni-delete": patch_eni_delete,
     "private-ip": patch_private_ip,
     "eni-release": patch_eni_release,
     "client-token": patch_client_token,

@@ -79,6 +79,31 @@ async fn launching_on_an_eni_in_use_fails_and_launches_nothing() -> Result<(), S
 }
 
 #[tokio::test]
+async fn deleting_an_eni_disassociates_its_elastic_ip() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let (allocation_id, _) = fx.allocate_eip().await?;
+    fx.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&eni).send().await?;
+    assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(eni.as_str()));
+
+    fx.ec2.delete_network_interface().network_interface_id(&eni).send().await?;
+
+    // Still allocated, associated with nothing.
+    let eip = fx.cloud_eip(&allocation_id).await?;
+    let shown = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+    assert_eq!(shown(eip.association_id()), None, "no association after the ENI is deleted: {eip:?}");
+    assert_eq!(shown(eip.network_interface_id()), None, "no ENI: {eip:?}");
+    assert_eq!(shown(eip.private_ip_address()), None, "no private IP: {eip:?}");
+    assert_eq!(shown(eip.instance_id()), None, "no instance: {eip:?}");
+    // Free to be used by another ENI without AllowReassociation.
+    let other = create_eni(&fx, None).await?;
+    let again = fx.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&other).allow_reassociation(false).send().await;
+    assert!(again.is_ok(), "the Elastic IP is free again: {:?}", again.map_err(|e| e.code().map(str::to_owned)));
+    assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(other.as_str()));
+    Ok(())
+}
+
+#[tokio::test]
 async fn requested_private_ips_are_checked_as_aws_does() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     let taken = fx.subnet_ip(50).to_string();
