@@ -196,3 +196,21 @@ async fn an_on_demand_node_goes_back_to_spot_when_its_policy_allows() -> Result<
     assert_eq!(fx.tether.node(&node.id).await?.generation, spot.generation, "on spot now: left alone");
     Ok(())
 }
+
+/// With more nodes than one run checks, the bookmark in DynamoDB makes the next run go on
+/// where the last one stopped, and the run that reaches the end sends the next one back.
+#[tokio::test]
+async fn runs_take_turns_through_more_nodes_than_one_run_checks() -> Result<(), SetupError> {
+    let fx = Fixture::with_settings(tether::Settings { reconcile_max_nodes: 1, ..tether_tests::fast_settings() }).await?;
+    for _ in 0..2 {
+        fx.tether.create_node(fx.spec(&["m5.large"]), Persistence::default(), None).await?;
+    }
+    let first = reconcile(&fx).await?;
+    assert_eq!((&first["nodes_checked"], &first["complete"], &first["started_after"]), (&json!(1), &json!(false), &Value::Null), "{first}");
+    let second = reconcile(&fx).await?;
+    assert_eq!((&second["nodes_checked"], &second["complete"]), (&json!(1), &json!(true)), "{second}");
+    assert!(second["started_after"].is_string(), "went on after the first run's node: {second}");
+    let third = reconcile(&fx).await?;
+    assert_eq!(third["started_after"], Value::Null, "back to the first node: {third}");
+    Ok(())
+}
