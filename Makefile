@@ -7,12 +7,18 @@ PYTHON ?= python3
 VENV := .venv
 EMULATOR := $(VENV)/.tether-emulator
 
-.PHONY: demo test emulator fuzz chaos clean
+INFRA_VENV := .venv-infra
+INFRA_TOOLS := $(INFRA_VENV)/.tether-infra
+CDK_MODULES := infra/cdk/node_modules/.tether-installed
+export CDK_DISABLE_CLI_TELEMETRY := true
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: demo test emulator fuzz chaos infra-check clean
 
 demo: $(EMULATOR)
 	cargo run --quiet -p tether-tests --bin tether-demo
 
-test: $(EMULATOR)
+test: $(EMULATOR) infra-check
 	cargo build --workspace --bins
 	tests/emulator/prove-rules.sh
 	PYTHON=$(PYTHON) tests/fuzz/run.sh
@@ -32,6 +38,21 @@ chaos:
 
 emulator: $(EMULATOR)
 
+# The deploy stacks, offline: SAM template lint, the CDK app's tests (assertions, SAM/CDK
+# parity), its synthesis and lint (infra/check.sh).
+infra-check: $(INFRA_TOOLS) $(CDK_MODULES)
+	infra/check.sh
+
+$(INFRA_TOOLS): infra/requirements.txt
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/requirements.txt
+	touch $@
+
+# aws-cdk-lib, constructs, typescript and the CDK CLI (2.x), as package-lock.json pins them.
+$(CDK_MODULES): infra/cdk/package.json infra/cdk/package-lock.json
+	cd infra/cdk && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # moto and every dependency pinned (tests/emulator/requirements.txt).
 $(EMULATOR): tests/emulator/requirements.txt
 	$(PYTHON) -m venv $(VENV) || { echo "'$(PYTHON) -m venv' failed: install Python 3's venv module (Debian: apt-get install python3-venv)"; exit 1; }
@@ -39,4 +60,4 @@ $(EMULATOR): tests/emulator/requirements.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) .venv-fuzz target
+	rm -rf $(VENV) .venv-fuzz $(INFRA_VENV) infra/cdk/node_modules infra/cdk/dist infra/cdk/cdk.out target

@@ -256,6 +256,17 @@ impl Instances for Ec2Cloud {
     }
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
+        // Tagged first: the deploy's IAM policy lets Tether change only ENIs tagged
+        // `tether:managed`, the attribute below included.
+        self.client
+            .create_tags()
+            .resources(&instance.summary.id)
+            .resources(&instance.eni.id)
+            .tags(tag(TAG_NODE_ID, node_id.as_str()))
+            .tags(tag(TAG_MANAGED, "true"))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "CreateTags", e))?;
         self.client
             .modify_network_interface_attribute()
             .network_interface_id(&instance.eni.id)
@@ -268,15 +279,6 @@ impl Instances for Ec2Cloud {
             .send()
             .await
             .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))?;
-        self.client
-            .create_tags()
-            .resources(&instance.summary.id)
-            .resources(&instance.eni.id)
-            .tags(tag(TAG_NODE_ID, node_id.as_str()))
-            .tags(tag(TAG_MANAGED, "true"))
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "CreateTags", e))?;
         Ok(())
     }
 }

@@ -194,17 +194,7 @@ impl Instances for FakeEc2 {
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
         yield_now().await;
-        self.call("ModifyNetworkInterfaceAttribute", |s| {
-            let op = "ModifyNetworkInterfaceAttribute";
-            let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;
-            match eni.attachment.as_mut().filter(|a| a.id == instance.attachment_id) {
-                Some(attachment) => {
-                    attachment.delete_on_termination = false;
-                    Ok(())
-                }
-                None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{}' does not exist", instance.attachment_id))),
-            }
-        })?;
+        // Tagged first, as the adapter does.
         self.call("CreateTags", |s| {
             let tags = [(TAG_NODE_ID, node_id.to_string()), (TAG_MANAGED, "true".to_owned())];
             // CreateTags checks every resource before tagging any.
@@ -219,6 +209,17 @@ impl Instances for FakeEc2 {
                 s.enis.get_mut(&instance.eni.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
             }
             Ok(())
+        })?;
+        self.call("ModifyNetworkInterfaceAttribute", |s| {
+            let op = "ModifyNetworkInterfaceAttribute";
+            let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;
+            match eni.attachment.as_mut().filter(|a| a.id == instance.attachment_id) {
+                Some(attachment) => {
+                    attachment.delete_on_termination = false;
+                    Ok(())
+                }
+                None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{}' does not exist", instance.attachment_id))),
+            }
         })
     }
 }

@@ -1,0 +1,103 @@
+// The IAM statements and API routes, written as the SAM template has them (test/parity.test.ts
+// fails when the two disagree).
+
+const arn = (resource: string) => ({ "Fn::Sub": `arn:\${AWS::Partition}:ec2:\${AWS::Region}:\${AWS::AccountId}:${resource}` });
+const managed = { StringEquals: { "ec2:ResourceTag/tether:managed": "true" } };
+const requestsManaged = { StringEquals: { "aws:RequestTag/tether:managed": "true" } };
+
+/** What every function may do in EC2: only on what Tether tagged, but for the reads (AWS does
+ * not scope Describe*) and the user's own Elastic IP and AMI (Tether does not tag those). */
+export function ec2PolicyStatements(): object[] {
+  return [
+    {
+      Sid: "Read",
+      Effect: "Allow",
+      Action: ["ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses", "ec2:DescribeSubnets", "ec2:DescribeInstanceTypes"],
+      Resource: "*",
+    },
+    { Sid: "CreateTaggedEni", Effect: "Allow", Action: "ec2:CreateNetworkInterface", Resource: arn("network-interface/*"), Condition: requestsManaged },
+    { Sid: "EniInSubnetAndGroups", Effect: "Allow", Action: ["ec2:CreateNetworkInterface", "ec2:RunInstances"], Resource: [arn("subnet/*"), arn("security-group/*")] },
+    { Sid: "LaunchTaggedInstance", Effect: "Allow", Action: "ec2:RunInstances", Resource: arn("instance/*"), Condition: requestsManaged },
+    { Sid: "LaunchOnTaggedEni", Effect: "Allow", Action: "ec2:RunInstances", Resource: arn("network-interface/*"), Condition: managed },
+    {
+      Sid: "LaunchWithUsersImageAndKey",
+      Effect: "Allow",
+      Action: "ec2:RunInstances",
+      Resource: [
+        { "Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}::image/*" },
+        arn("key-pair/*"),
+        arn("volume/*"),
+        arn("spot-instances-request/*"),
+      ],
+    },
+    {
+      Sid: "TagOnCreate",
+      Effect: "Allow",
+      Action: "ec2:CreateTags",
+      Resource: [arn("instance/*"), arn("network-interface/*"), arn("elastic-ip/*")],
+      Condition: { StringEquals: { "ec2:CreateAction": ["RunInstances", "CreateNetworkInterface", "AllocateAddress"] } },
+    },
+    {
+      Sid: "ChangeTaggedResources",
+      Effect: "Allow",
+      Action: ["ec2:TerminateInstances", "ec2:DeleteNetworkInterface", "ec2:ModifyNetworkInterfaceAttribute", "ec2:ReleaseAddress"],
+      Resource: [arn("instance/*"), arn("network-interface/*"), arn("elastic-ip/*")],
+      Condition: managed,
+    },
+    { Sid: "AllocateTaggedAddress", Effect: "Allow", Action: "ec2:AllocateAddress", Resource: arn("elastic-ip/*"), Condition: requestsManaged },
+    { Sid: "AddressOnTaggedEni", Effect: "Allow", Action: "ec2:AssociateAddress", Resource: arn("network-interface/*"), Condition: managed },
+    // The user's own Elastic IP is not Tether's to tag: only the ENI side can be scoped.
+    { Sid: "UsersAddress", Effect: "Allow", Action: ["ec2:AssociateAddress", "ec2:DisassociateAddress"], Resource: arn("elastic-ip/*") },
+    {
+      "Fn::If": [
+        "HasInstanceRole",
+        {
+          Sid: "PassInstanceRole",
+          Effect: "Allow",
+          Action: "iam:PassRole",
+          Resource: { Ref: "InstanceRoleArn" },
+          Condition: { StringEquals: { "iam:PassedToService": "ec2.amazonaws.com" } },
+        },
+        { Ref: "AWS::NoValue" },
+      ],
+    },
+  ];
+}
+
+/** Import (API only): marks an existing instance and its ENI as Tether's. */
+export const IMPORT_POLICY_STATEMENTS: object[] = [
+  {
+    Sid: "TagImported",
+    Effect: "Allow",
+    Action: "ec2:CreateTags",
+    Resource: [arn("instance/*"), arn("network-interface/*")],
+    Condition: { "ForAllValues:StringEquals": { "aws:TagKeys": ["tether:node-id", "tether:managed"] } },
+  },
+];
+
+/** The table and its index, nothing else. */
+export function tablePolicyStatements(tableArn: string): object[] {
+  return [
+    {
+      Sid: "NodesTable",
+      Effect: "Allow",
+      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"],
+      Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }],
+    },
+  ];
+}
+
+/** The management API's routes (functions/api/src/routes.rs). */
+export const API_ROUTES: [string, string][] = [
+  ["GET", "/nodes"],
+  ["POST", "/nodes"],
+  ["POST", "/nodes/import"],
+  ["GET", "/nodes/{id}"],
+  ["PATCH", "/nodes/{id}"],
+  ["DELETE", "/nodes/{id}"],
+  ["GET", "/nodes/{id}/history"],
+  ["POST", "/nodes/{id}/pause"],
+  ["POST", "/nodes/{id}/resume"],
+  ["POST", "/nodes/{id}/recycle"],
+  ["POST", "/nodes/{id}/deallocate"],
+];
