@@ -252,8 +252,10 @@ impl Tether {
     }
 
     /// Handles one delivery of EventBridge event `event_id` (the same id on every delivery
-    /// of one event) in invocation `invocation_id`. One invocation at a time handles an
-    /// event; a transition it applied is not applied again by a later delivery.
+    /// of one event) in invocation `invocation_id`. Events about instances no node runs (most
+    /// of an account's state changes) cost one read and leave nothing behind; for a node's
+    /// instance, one invocation at a time handles the event, and a transition it applied is
+    /// not applied again by a later delivery.
     pub async fn handle_event(
         &self,
         event_id: &str,
@@ -261,13 +263,31 @@ impl Tether {
         event: &InstanceEvent,
         deadline: DateTime<Utc>,
     ) -> Result<Outcome, TetherError> {
-        let span = tracing::info_span!("delivery", event_id, instance_id = event.instance_id());
+        let instance_id = event.instance_id();
+        let span = tracing::info_span!("delivery", event_id, instance_id);
         async {
+            let Some(node) = self.store.find_by_instance(instance_id).await? else {
+                debug!("no node has this instance as its current one; ignored");
+                return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
+            };
+            let span = tracing::info_span!("event", node_id = %node.id, generation = node.generation);
+            let decide = |node: &Node, now| lifecycle::on_delivered_event(node, event_id, event, now);
             match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
                 EventClaim::Claimed => {}
-                EventClaim::HeldElsewhere => return self.claimed_elsewhere(event_id, event).await,
+                // Another invocation, alive until its deadline, holds the event. If the event
+                // changes nothing now (its transition is on the node, nothing it started is
+                // under way), this delivery is a duplicate; otherwise Lambda retries it later.
+                EventClaim::HeldElsewhere => {
+                    return match decide(&node, self.clock.now()) {
+                        Step::Ignore(reason) => {
+                            debug!(reason, "duplicate delivery while another invocation holds the event; acknowledged");
+                            Ok(Outcome::Ignored { reason: reason.to_owned() })
+                        }
+                        _ => Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
+                    };
+                }
             }
-            let result = self.handle_instance_event(event_id, event, deadline).await;
+            let result = self.decide_and_act(node, deadline, decide).instrument(span).await;
             if result.as_ref().is_err_and(TetherError::is_retryable) {
                 // So that Lambda's retry need not wait for this invocation's deadline.
                 if let Err(e) = self.events.release(event_id, invocation_id).await {
@@ -278,36 +298,6 @@ impl Tether {
         }
         .instrument(span)
         .await
-    }
-
-    /// Another invocation, alive until its deadline, holds the event. If the event changes
-    /// nothing now (its transition is on the node, and nothing it started is under way),
-    /// this delivery is a duplicate and is acknowledged; otherwise Lambda retries it later.
-    async fn claimed_elsewhere(&self, event_id: &str, event: &InstanceEvent) -> Result<Outcome, TetherError> {
-        let step = match self.store.find_by_instance(event.instance_id()).await? {
-            Some(node) => lifecycle::on_delivered_event(&node, event_id, event, self.clock.now()),
-            None => Step::Ignore("the instance is no node's current one"),
-        };
-        match step {
-            Step::Ignore(reason) => {
-                debug!(reason, "duplicate delivery while another invocation holds the event; acknowledged");
-                Ok(Outcome::Ignored { reason: reason.to_owned() })
-            }
-            _ => Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
-        }
-    }
-
-    /// Handles EC2 event `event_id` about an instance.
-    async fn handle_instance_event(&self, event_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
-        let instance_id = event.instance_id();
-        let Some(node) = self.store.find_by_instance(instance_id).await? else {
-            debug!(instance_id, "no node has this instance as its current one; ignored");
-            return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
-        };
-        let span = tracing::info_span!("event", node_id = %node.id, instance_id, generation = node.generation);
-        self.decide_and_act(node, deadline, |node, now| lifecycle::on_delivered_event(node, event_id, event, now))
-            .instrument(span)
-            .await
     }
 
     /// Runs the lifecycle's step; on a lost race re-reads the node and decides again.
