@@ -150,23 +150,23 @@ impl World {
                         _ => tether.recycle(&id, deadline, Some("chaos")).await,
                     }
                 };
-                let finished = self.maybe_cut_short(call).await;
+                let finished = self.invoke(call, true).await;
                 self.log.push(format!("user {action}: {finished}"));
             }
             _ => {
                 let tether = self.fx.tether.clone();
                 let call = async move { tether_reconciler::handler(&tether, invocation(json!({}), BUDGET)).await };
-                let finished = self.maybe_cut_short(call).await;
+                let finished = self.invoke(call, true).await;
                 self.log.push(format!("reconciler: {finished}"));
             }
         }
         Ok(())
     }
 
-    /// Runs `call`, or cuts it short after a few milliseconds (Lambda dying between two AWS
-    /// calls). Says how it ended.
-    async fn maybe_cut_short<T>(&mut self, call: impl std::future::Future<Output = Result<T, TetherError>>) -> String {
-        let ended = if self.rng.u8(0..4) == 0 {
+    /// Runs `call`, or (when `may_cut`, one time in four) cuts it short after a few
+    /// milliseconds: Lambda dying between two AWS calls. Says how it ended.
+    async fn invoke<T>(&mut self, call: impl std::future::Future<Output = Result<T, TetherError>>, may_cut: bool) -> String {
+        let ended = if may_cut && self.rng.u8(0..4) == 0 {
             let after = Duration::from_millis(self.rng.u64(1..40));
             match tokio::time::timeout(after, call).await {
                 Ok(result) => result.map(|_| ()),
@@ -194,18 +194,11 @@ impl World {
                 tether_interruption::handler(&tether, event).await
             }
         };
-        let finished = if chaos { self.maybe_cut_short(call).await } else { self.maybe_run(call).await };
+        let finished = self.invoke(call, chaos).await;
         self.log.push(format!("deliver {} (attempt {}): {finished}", describe(&delivery.payload), delivery.attempt));
         let failed = finished.starts_with("cut short") || finished.starts_with("retryable");
         if failed && delivery.attempt < 2 {
             self.bus.push(Delivery { attempt: delivery.attempt + 1, ..delivery });
-        }
-    }
-
-    async fn maybe_run<T>(&mut self, call: impl std::future::Future<Output = Result<T, TetherError>>) -> String {
-        match call.await {
-            Ok(_) => "done".into(),
-            Err(e) => format!("retryable: {e}"),
         }
     }
 
