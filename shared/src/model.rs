@@ -339,11 +339,7 @@ impl Node {
 
     /// Notes that this record applies event `event_id`, keeping the newest `APPLIED_EVENTS_LIMIT`.
     pub fn note_applied(&mut self, event_id: &str) {
-        self.applied_events.push(event_id.to_owned());
-        if self.applied_events.len() > APPLIED_EVENTS_LIMIT {
-            let excess = self.applied_events.len() - APPLIED_EVENTS_LIMIT;
-            self.applied_events.drain(..excess);
-        }
+        push_newest(&mut self.applied_events, event_id.to_owned(), APPLIED_EVENTS_LIMIT);
     }
 
     pub fn instance_id(&self) -> Option<&str> {
@@ -358,18 +354,24 @@ impl Node {
 
     /// The same for a user's action, naming who asked.
     pub fn record_by(&mut self, at: DateTime<Utc>, what: impl Into<String>, by: Option<&str>) {
-        self.history.push(HistoryEntry {
+        let entry = HistoryEntry {
             at,
             generation: self.generation,
             instance_id: self.instance_id().map(str::to_owned),
             what: what.into(),
             by: by.map(str::to_owned),
-        });
-        if self.history.len() > HISTORY_LIMIT {
-            let excess = self.history.len() - HISTORY_LIMIT;
-            self.history.drain(..excess);
-        }
+        };
+        push_newest(&mut self.history, entry, HISTORY_LIMIT);
         self.updated_at = at;
+    }
+}
+
+/// Appends `item`, keeping the newest `limit` items.
+fn push_newest<T>(list: &mut Vec<T>, item: T, limit: usize) {
+    list.push(item);
+    if list.len() > limit {
+        let excess = list.len() - limit;
+        list.drain(..excess);
     }
 }
 

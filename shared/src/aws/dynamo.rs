@@ -19,6 +19,11 @@ use crate::ports::{NodeStore, ReconcilerBookmark};
 pub const PARTITION_KEY: &str = "pk";
 pub const INSTANCE_INDEX: &str = "by-instance";
 pub const INSTANCE_ATTRIBUTE: &str = "instance_id";
+
+/// A DynamoDB number attribute (times, counts) for the table's items.
+pub(crate) fn number(n: i64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
 const BOOKMARK_KEY: &str = "reconciler#bookmark";
 /// Items a listing reads per Scan call.
 const SCAN_PAGE: i32 = 1000;

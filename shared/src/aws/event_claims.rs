@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
 
 use super::aws_error;
-use super::dynamo::PARTITION_KEY;
+use super::dynamo::{number, PARTITION_KEY};
 use crate::error::{AwsError, ErrorClass};
 use crate::ports::{EventClaim, EventClaims};
 
@@ -30,10 +30,6 @@ impl DynamoEventClaims {
 
 fn key(event_id: &str) -> AttributeValue {
     AttributeValue::S(format!("event#{event_id}"))
-}
-
-fn number(n: i64) -> AttributeValue {
-    AttributeValue::N(n.to_string())
 }
 
 #[async_trait]

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::Utc;
 
 use super::aws_error;
-use super::dynamo::PARTITION_KEY;
+use super::dynamo::{number, PARTITION_KEY};
 use crate::error::{AwsError, ErrorClass};
 use crate::ports::{Claim, IdempotencyStore};
 
@@ -35,10 +35,6 @@ impl DynamoIdempotencyStore {
 
 fn key(k: &str) -> AttributeValue {
     AttributeValue::S(format!("idem#{k}"))
-}
-
-fn number(n: i64) -> AttributeValue {
-    AttributeValue::N(n.to_string())
 }
 
 fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
