@@ -7,13 +7,15 @@ PYTHON ?= python3
 VENV := .venv
 EMULATOR := $(VENV)/.tether-emulator
 
+BUILD_VENV := .venv-build
+BUILD_TOOLS := $(BUILD_VENV)/.tether-build
 INFRA_VENV := .venv-infra
 INFRA_TOOLS := $(INFRA_VENV)/.tether-infra
 CDK_MODULES := infra/cdk/node_modules/.tether-installed
 export CDK_DISABLE_CLI_TELEMETRY := true
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test emulator fuzz chaos infra-check clean
+.PHONY: demo test build emulator fuzz chaos infra-check clean
 
 demo: $(EMULATOR)
 	cargo run --quiet -p tether-tests --bin tether-demo
@@ -38,6 +40,17 @@ chaos:
 
 emulator: $(EMULATOR)
 
+# The release Lambda zips, target/lambda/<function>/bootstrap.zip (ARCH=arm64|x86_64; by
+# default arm64 if the Rust toolchain has its standard library). Not part of `make test`:
+# a cold release build takes about 9 minutes.
+build: $(BUILD_TOOLS)
+	infra/build.sh
+
+$(BUILD_TOOLS): infra/build-requirements.txt
+	$(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/build-requirements.txt
+	touch $@
+
 # The deploy stacks, offline: SAM template lint, the CDK app's tests (assertions, SAM/CDK
 # parity), its synthesis and lint (infra/check.sh).
 infra-check: $(INFRA_TOOLS) $(CDK_MODULES)
@@ -60,4 +73,4 @@ $(EMULATOR): tests/emulator/requirements.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) .venv-fuzz $(INFRA_VENV) infra/cdk/node_modules infra/cdk/dist infra/cdk/cdk.out target
+	rm -rf $(VENV) .venv-fuzz $(INFRA_VENV) $(BUILD_VENV) infra/cdk/node_modules infra/cdk/dist infra/cdk/cdk.out target

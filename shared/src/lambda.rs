@@ -8,9 +8,9 @@ pub use aws_config::SdkConfig;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 use chrono::{DateTime, Utc};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
-use crate::aws::{dynamo::DynamoNodeStore, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore};
+use crate::aws::{dynamo::DynamoNodeStore, emf::EmfMetrics, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
 use crate::service::{Ports, Tether, TetherError};
@@ -18,20 +18,40 @@ use crate::service::{Ports, Tether, TetherError};
 /// Used when the invocation carries no deadline (local runs).
 const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
 
-/// JSON logs in Lambda (one object per line, span fields such as node_id flattened in),
-/// compact text elsewhere. `RUST_LOG` sets the level; default `info`.
+/// JSON logs in Lambda, compact text elsewhere. `RUST_LOG` sets the level; default `info`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let result = if in_lambda {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).without_time().try_init()
+    let result = if in_lambda() {
+        tracing::subscriber::set_global_default(json_logs(filter, std::io::stdout)).map_err(|e| e.to_string())
     } else {
-        builder.compact().try_init()
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().try_init().map_err(|e| e.to_string())
     };
     // Already initialised (tests install their own): keep that one.
     let _ = result;
+}
+
+/// Lambda's log format: one JSON object per line with the event's fields and those of
+/// every span it is in at the top level, so that each line about a node carries its
+/// `node_id`, `instance_id` and `generation` (the service's spans hold them; the closest
+/// span's value wins). No timestamp: CloudWatch stamps each line.
+pub fn json_logs<W>(filter: tracing_subscriber::EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    let json = json_subscriber::layer()
+        .with_current_span(false)
+        .flatten_span_list_on_top_level(true)
+        .flatten_event(true)
+        .with_target(false)
+        .without_time()
+        .with_writer(writer);
+    tracing_subscriber::registry().with(filter).with(json)
+}
+
+fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
 }
 
 /// Builds the service on AWS clients from an SDK config (endpoint, region, credentials).
@@ -41,7 +61,13 @@ pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let events = DynamoEventClaims::new(dynamodb, config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk)));
     let ports = Ports { store: store.clone(), events: Arc::new(events), bookmark: store, network: ec2.clone(), instances: ec2 };
-    Tether::new(ports, config.settings.clone())
+    let tether = Tether::new(ports, config.settings.clone());
+    // Metrics only where CloudWatch reads them; locally they would be noise on stdout.
+    if in_lambda() {
+        tether.with_metrics(Arc::new(EmfMetrics::stdout(config.table_name.clone())))
+    } else {
+        tether
+    }
 }
 
 /// The idempotency-key store in the same table.
@@ -89,23 +115,19 @@ pub async fn handle_eventbridge(
         Ok(received) => received,
         Err(reason) => {
             error!(%reason, request_id = event.context.request_id, "unprocessable event; acknowledged");
+            tether.count_rejected_event();
             return Ok(json!({"outcome": "rejected", "reason": reason.to_string()}));
         }
     };
     let invocation_id = event.context.request_id.as_str();
     // EventBridge always sets an id; a hand-made payload without one is its own event.
     let event_id = received.id.as_deref().unwrap_or(invocation_id);
+    // The service logs the outcome (with the node's id, instance id and generation).
     match tether.handle_event(event_id, invocation_id, &received.event, deadline).await {
-        Ok(outcome) => {
-            info!(event_id, detail_type, instance_id = received.event.instance_id(), ?outcome, "handled");
-            Ok(json!(outcome))
-        }
-        Err(e) if e.is_retryable() => {
-            warn!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "retryable failure; Lambda will retry");
-            Err(e)
-        }
+        Ok(outcome) => Ok(json!(outcome)),
+        Err(e) if e.is_retryable() => Err(e),
         Err(e) => {
-            error!(event_id, instance_id = received.event.instance_id(), code = e.aws_code(), error = %e, "permanent failure; acknowledged");
+            tether.count_rejected_event();
             Ok(json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()}))
         }
     }

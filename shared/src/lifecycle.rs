@@ -3,11 +3,13 @@
 //! service performs what a step asks for.
 
 mod actions;
+mod metrics;
 mod reconcile;
 
 use chrono::{DateTime, Utc};
 
 pub use actions::{on_deallocate, on_pause, on_recycle, on_resume, patched, NodePatch, PatchError};
+pub use metrics::{metrics_of, Metric};
 pub use reconcile::{eni_deleted, on_reconcile, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
@@ -87,7 +89,7 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
         (N::Launching, _) => Step::Ignore("a replacement is already being launched"),
 
         (N::Running | N::Recovering | N::Stopped, StateChange { state: I::Terminated, .. }) => Step::Apply {
-            next: begin_launch(node, now, "instance terminated; launching a replacement on the node's ENI", None),
+            next: begin_launch(node, now, REPLACEMENT_BEGUN, None),
             actions: vec![Action::Launch],
         },
 
@@ -135,6 +137,10 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
         },
     }
 }
+
+/// The history text of a generation begun because the instance was lost (a spot
+/// interruption, a termination outside Tether); also how metrics recognise a replacement.
+const REPLACEMENT_BEGUN: &str = "instance terminated; launching a replacement on the node's ENI";
 
 /// The rebalance recommendation's history text; also how a duplicate is recognised.
 const REBALANCE_RECORDED: &str = "rebalance recommendation: elevated interruption risk";

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
 
 use crate::error::{AwsError, ErrorClass};
+use crate::lifecycle::Metric;
 use crate::model::{EniRecord, Market, Node, NodeId, NodeSpec};
 
 /// Where nodes live. Every write is conditional on the version the caller read.
@@ -285,4 +286,19 @@ impl Clock for SystemClock {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(tokio::time::sleep(duration))
     }
+}
+
+/// Where the operator's numbers go: CloudWatch embedded-metric-format lines in Lambda
+/// (`aws::emf`). Recording never fails the work it measures.
+pub trait MetricsSink: Send + Sync {
+    /// `metric`, about `node` as written (if it is about one), at `at`.
+    fn record(&self, metric: &Metric, node: Option<&Node>, at: DateTime<Utc>);
+}
+
+/// Metrics go nowhere (local runs and tests that do not look at them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoMetrics;
+
+impl MetricsSink for NoMetrics {
+    fn record(&self, _: &Metric, _: Option<&Node>, _: DateTime<Utc>) {}
 }

@@ -1,6 +1,7 @@
 //! Adapters from the ports to AWS: DynamoDB for nodes, EC2 for the network and instances.
 
 pub mod dynamo;
+pub mod emf;
 pub mod ec2;
 pub mod event_claims;
 pub mod idempotency;

@@ -15,12 +15,16 @@ pub mod chaos;
 mod clock;
 mod ec2;
 mod faults;
+mod metrics;
 mod store;
 
 pub use clock::FakeClock;
 pub use ec2::{EniView, EipView, FakeEc2, InstanceView, KNOWN_INSTANCE_TYPES};
 pub use faults::{Fault, FaultInjection, When};
+pub use metrics::RecordedMetrics;
 pub use store::{FakeIdempotency, FakeStore};
 
+#[cfg(test)]
+mod observability_tests;
 #[cfg(test)]
 mod tests;

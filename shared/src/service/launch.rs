@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{Outcome, Tether, TetherError};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
-use crate::lifecycle;
+use crate::lifecycle::{self, Metric};
 use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec, NodeState};
 use crate::ports::{Clock, EniRequest, LaunchRequest, LaunchedInstance};
 
@@ -51,9 +51,15 @@ impl Tether {
                 other => other,
             };
             match launched {
-                Ok(instance) => return self.record_launch(&node, instance, deadline).await,
+                Ok(instance) => {
+                    let outcome = self.record_launch(&node, instance, deadline).await?;
+                    if !tried.is_empty() && matches!(outcome, Outcome::Launched { .. }) {
+                        self.metrics.record(&Metric::Fallback { market }, Some(&node), self.clock.now());
+                    }
+                    return Ok(outcome);
+                }
                 Err(e) if e.class == ErrorClass::NoCapacity => {
-                    warn!(node_id = %node.id, instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
+                    warn!(instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
                     tried.push(format!("{instance_type}/{}", market.as_str()));
                     last_capacity_error = Some(e);
                 }
@@ -87,7 +93,7 @@ impl Tether {
         let summary = holder.resource;
         match holder.generation {
             Some(g) if g == node.generation => {
-                info!(node_id = %node.id, instance_id = summary.id, generation = g, "this generation's instance already holds the ENI; adopted");
+                info!(adopted = summary.id, "this generation's instance already holds the ENI; adopted");
                 let gone = matches!(summary.state.as_str(), "shutting-down" | "terminated");
                 Ok(LaunchedInstance { id: summary.id, instance_type: summary.instance_type, market: summary.market, gone })
             }
@@ -103,7 +109,7 @@ impl Tether {
             _ => {
                 if !matches!(summary.state.as_str(), "shutting-down" | "terminated") {
                     self.instances.terminate(&summary.id).await?;
-                    info!(node_id = %node.id, instance_id = summary.id, generation = holder.generation, "an older generation held the ENI; terminated");
+                    info!(terminated = summary.id, holder_generation = holder.generation, "an older generation held the ENI; terminated");
                 }
                 Err(in_use)
             }
@@ -118,7 +124,11 @@ impl Tether {
         let saved = loop {
             let next = lifecycle::launched(&node, instance.id.clone(), instance.instance_type.clone(), instance.market, self.clock.now());
             match self.store.save(&next).await {
-                Ok(saved) => break saved,
+                Ok(saved) => {
+                    self.count(&node, &saved);
+                    super::note_written(&saved);
+                    break saved;
+                }
                 Err(e) if e.class == ErrorClass::Conflict && attempts < super::MAX_CONFLICTS => attempts += 1,
                 Err(e) => return Err(e.into()),
             }
@@ -131,17 +141,17 @@ impl Tether {
             // what it launched is nobody's now, unless someone recorded it already.
             if current.instance_id() != Some(instance.id.as_str()) && !instance.gone {
                 self.instances.terminate(&instance.id).await?;
-                warn!(node_id = %node.id, instance_id = instance.id, generation = node.generation, state = ?current.state, "node moved on during the launch; its instance terminated");
+                warn!(terminated = instance.id, state = ?current.state, "node moved on during the launch; its instance terminated");
             }
             return Ok(Outcome::Ignored { reason: format!("node {} moved on during the launch of generation {}", node.id, node.generation) });
         };
         if instance.gone {
-            warn!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, "the generation's instance is already gone; launching the next");
+            warn!(gone = instance.id, "the generation's instance is already gone; launching the next");
             let terminated = InstanceEvent::StateChange { instance_id: instance.id, state: InstanceState::Terminated };
             let decide = move |n: &Node, now| lifecycle::on_instance_event(n, &terminated, now);
             return Box::pin(self.decide_and_act(saved, deadline, decide)).await;
         }
-        info!(node_id = %saved.id, instance_id = instance.id, generation = saved.generation, instance_type = instance.instance_type, market = ?instance.market, "launched");
+        info!(instance_type = instance.instance_type, market = ?instance.market, "launched");
         Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id })
     }
 
@@ -205,7 +215,7 @@ impl Tether {
                         }
                     }
                 };
-                info!(node_id = %node.id, eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
+                info!(eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
                 node.eni = Some(eni.clone());
                 node.record(self.clock.now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
                 node = self.store.save(&node).await?;
@@ -238,7 +248,7 @@ impl Tether {
         if let Some(eip) = node.elastic_ip.clone() {
             let allocation_id = eip.allocation_id;
             match self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id)).await {
-                Ok(public_ip) => info!(node_id = %node.id, allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI"),
+                Ok(public_ip) => info!(allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI"),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     let reason = format!("associating Elastic IP {allocation_id} failed: {e}");
@@ -256,8 +266,9 @@ impl Tether {
 
     /// Puts the node in ERROR with `reason`; the request itself succeeded in deciding that.
     pub(super) async fn fail(&self, node: &Node, reason: String) -> Result<Outcome, TetherError> {
-        warn!(node_id = %node.id, generation = node.generation, reason, "node in ERROR");
+        warn!(reason, "node in ERROR");
         let saved = self.store.save(&lifecycle::failed(node, reason.clone(), self.clock.now())).await?;
+        self.count(node, &saved);
         Ok(Outcome::Failed { node_id: saved.id, reason })
     }
 }

@@ -66,7 +66,7 @@ impl Tether {
             node.record_by(node.created_at, "created", Some(who));
         }
         self.store.create(&node).await?;
-        info!(node_id = %node.id, "node created");
+        info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
     }
 
@@ -151,7 +151,7 @@ impl Tether {
             }
             other => other?,
         }
-        info!(node_id = %node.id, instance_id, eni_id = found.eni.id, "instance imported");
+        info!(node_id = %node.id, instance_id, generation = node.generation, eni_id = found.eni.id, "instance imported");
         Ok(node)
     }
 
@@ -177,7 +177,7 @@ impl Tether {
                 match self.network.describe_eip(&eip.allocation_id).await? {
                     Some(info) if info.association_id.is_some() => {
                         let holder = info.holder();
-                        warn!(node_id = %node.id, allocation_id = eip.allocation_id, holder, "Elastic IP held elsewhere; not released");
+                        warn!(allocation_id = eip.allocation_id, holder, "Elastic IP held elsewhere; not released");
                         note = Some(format!("Elastic IP {} not released: associated with {holder} outside Tether", eip.allocation_id));
                     }
                     _ => self.network.release_eip(&eip.allocation_id).await?,
@@ -189,7 +189,7 @@ impl Tether {
             node.record(self.clock.now(), note);
         }
         let saved = self.store.save(&lifecycle::deallocated(&node, self.clock.now())).await?;
-        info!(node_id = %saved.id, keep_eni = node.keep_eni, "deallocated");
+        info!(keep_eni = node.keep_eni, "deallocated");
         Ok(Outcome::Recorded { node_id: saved.id, state: saved.state })
     }
 }

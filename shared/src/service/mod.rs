@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tracing::{debug, info, warn, Instrument};
+use tracing::field::Empty;
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
-use crate::lifecycle::{self, Action, NodePatch, PatchError, Step};
+use crate::lifecycle::{self, Action, Metric, NodePatch, PatchError, Step};
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, EventClaim, EventClaims, Instances, Network, NodeStore, ReconcilerBookmark, SystemClock};
+use crate::ports::{Clock, EventClaim, EventClaims, Instances, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, SystemClock};
 
 pub use manage::ImportRequest;
 pub use reconcile::ReconcileReport;
@@ -155,6 +156,7 @@ pub struct Tether {
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<dyn MetricsSink>,
     settings: Settings,
 }
 
@@ -167,8 +169,28 @@ impl Tether {
             network: ports.network,
             instances: ports.instances,
             clock: Arc::new(SystemClock),
+            metrics: Arc::new(NoMetrics),
             settings,
         }
+    }
+
+    /// The same service recording metrics into `metrics` (none by default).
+    pub fn with_metrics(mut self, metrics: Arc<dyn MetricsSink>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Records what the transition from `before` to `after` (as written) counts.
+    fn count(&self, before: &Node, after: &Node) {
+        for metric in lifecycle::metrics_of(before, after) {
+            self.metrics.record(&metric, Some(after), self.clock.now());
+        }
+    }
+
+    /// Counts an event that can never be processed (acknowledged, so Lambda's own error
+    /// metric does not see it).
+    pub fn count_rejected_event(&self) {
+        self.metrics.record(&Metric::Error, None, self.clock.now());
     }
 
     /// The same service on another clock (the chaos test's virtual one).
@@ -247,7 +269,7 @@ impl Tether {
         decide: impl Fn(&Node, DateTime<Utc>) -> Step,
     ) -> Result<Outcome, TetherError> {
         let node = self.node(id).await?;
-        let span = tracing::info_span!("action", action = name, node_id = %id, generation = node.generation);
+        let span = node_span(name, &node);
         self.decide_and_act(node, deadline, decide).instrument(span).await
     }
 
@@ -264,40 +286,51 @@ impl Tether {
         deadline: DateTime<Utc>,
     ) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
-        let span = tracing::info_span!("delivery", event_id, instance_id);
-        async {
-            let Some(node) = self.store.find_by_instance(instance_id).await? else {
-                debug!("no node has this instance as its current one; ignored");
-                return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
-            };
-            let span = tracing::info_span!("event", node_id = %node.id, generation = node.generation);
-            let decide = |node: &Node, now| lifecycle::on_delivered_event(node, event_id, event, now);
-            match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
-                EventClaim::Claimed => {}
-                // Another invocation, alive until its deadline, holds the event. If the event
-                // changes nothing now (its transition is on the node, nothing it started is
-                // under way), this delivery is a duplicate; otherwise Lambda retries it later.
-                EventClaim::HeldElsewhere => {
-                    return match decide(&node, self.clock.now()) {
-                        Step::Ignore(reason) => {
-                            debug!(reason, "duplicate delivery while another invocation holds the event; acknowledged");
-                            Ok(Outcome::Ignored { reason: reason.to_owned() })
-                        }
-                        _ => Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
-                    };
-                }
-            }
-            let result = self.decide_and_act(node, deadline, decide).instrument(span).await;
-            if result.as_ref().is_err_and(TetherError::is_retryable) {
-                // So that Lambda's retry need not wait for this invocation's deadline.
-                if let Err(e) = self.events.release(event_id, invocation_id).await {
-                    warn!(error = %e, "could not release the event's claim; it lapses at the deadline");
-                }
-            }
-            result
+        let span = tracing::info_span!("delivery", event_id, instance_id, node_id = Empty, generation = Empty);
+        let result = self.handle_delivery(event_id, invocation_id, event, deadline).instrument(span.clone()).await;
+        let _in_span = span.enter();
+        match &result {
+            // Most of an account's state changes are about instances no node runs.
+            Ok(outcome @ Outcome::Ignored { .. }) => debug!(?outcome, "handled"),
+            Ok(outcome) => info!(?outcome, "handled"),
+            Err(e) if e.is_retryable() => warn!(code = e.aws_code(), error = %e, "retryable failure; Lambda will retry"),
+            Err(e) => error!(code = e.aws_code(), error = %e, "permanent failure; acknowledged"),
         }
-        .instrument(span)
-        .await
+        result
+    }
+
+    /// `handle_event` within its span, which it completes with the node's id and generation.
+    async fn handle_delivery(&self, event_id: &str, invocation_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+        let instance_id = event.instance_id();
+        let Some(node) = self.store.find_by_instance(instance_id).await? else {
+            debug!("no node has this instance as its current one; ignored");
+            return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
+        };
+        tracing::Span::current().record("node_id", node.id.to_string()).record("generation", node.generation);
+        let decide = |node: &Node, now| lifecycle::on_delivered_event(node, event_id, event, now);
+        match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
+            EventClaim::Claimed => {}
+            // Another invocation, alive until its deadline, holds the event. If the event
+            // changes nothing now (its transition is on the node, nothing it started is
+            // under way), this delivery is a duplicate; otherwise Lambda retries it later.
+            EventClaim::HeldElsewhere => {
+                return match decide(&node, self.clock.now()) {
+                    Step::Ignore(reason) => {
+                        debug!(reason, "duplicate delivery while another invocation holds the event; acknowledged");
+                        Ok(Outcome::Ignored { reason: reason.to_owned() })
+                    }
+                    _ => Err(TetherError::EventInProgress { event_id: event_id.to_owned() }),
+                };
+            }
+        }
+        let result = self.decide_and_act(node, deadline, decide).await;
+        if result.as_ref().is_err_and(TetherError::is_retryable) {
+            // So that Lambda's retry need not wait for this invocation's deadline.
+            if let Err(e) = self.events.release(event_id, invocation_id).await {
+                warn!(error = %e, "could not release the event's claim; it lapses at the deadline");
+            }
+        }
+        result
     }
 
     /// Runs the lifecycle's step; on a lost race re-reads the node and decides again.
@@ -310,7 +343,7 @@ impl Tether {
         for _ in 0..MAX_CONFLICTS {
             match self.act(&node, decide(&node, self.clock.now()), deadline).await {
                 Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
-                    debug!(node_id = %node.id, "node changed meanwhile; re-reading");
+                    debug!("node changed meanwhile; re-reading");
                     node = self.node(&node.id).await?;
                 }
                 other => return other,
@@ -322,13 +355,15 @@ impl Tether {
     async fn act(&self, node: &Node, step: Step, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         match step {
             Step::Ignore(reason) => {
-                debug!(node_id = %node.id, state = ?node.state, reason, "ignored");
+                debug!(state = ?node.state, reason, "ignored");
                 Ok(Outcome::Ignored { reason: reason.to_owned() })
             }
             Step::Refuse(reason) => Ok(Outcome::Refused { reason }),
             Step::Apply { next, actions } => {
                 let saved = self.store.save(&next).await?;
-                info!(node_id = %saved.id, state = ?saved.state, generation = saved.generation, what = last_history(&saved), "recorded");
+                self.count(node, &saved);
+                note_written(&saved);
+                info!(state = ?saved.state, what = last_history(&saved), "recorded");
                 self.perform(saved, actions, deadline).await
             }
             Step::Continue(actions) => self.perform(node.clone(), actions, deadline).await,
@@ -342,19 +377,19 @@ impl Tether {
             match action {
                 Action::Terminate(instance_id) => {
                     self.instances.terminate(&instance_id).await?;
-                    info!(node_id = %node.id, instance_id, "instance terminated");
+                    info!(terminated = instance_id, "instance terminated");
                 }
                 Action::TerminateLaunched => {
                     let token = node.id.client_token(node.generation);
                     if let Some(launched) = self.instances.find_launched(&token).await?.filter(|i| !i.gone) {
                         self.instances.terminate(&launched.id).await?;
-                        info!(node_id = %node.id, instance_id = launched.id, "launch called off; its instance terminated");
+                        info!(terminated = launched.id, "launch called off; its instance terminated");
                     }
                 }
                 Action::AssociateElasticIp => {
                     if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
                         self.network.associate_eip(&eip.allocation_id, &eni.id).await?;
-                        info!(node_id = %node.id, allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
+                        info!(allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
                     }
                 }
                 Action::Launch => outcome = self.launch(node.clone(), deadline).await?,
@@ -362,6 +397,26 @@ impl Tether {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// The span of one piece of work on `node`: every line logged in it carries the node's
+/// id, its current instance and its generation (kept current by `note_written`).
+pub(crate) fn node_span(work: &str, node: &Node) -> tracing::Span {
+    let span = tracing::info_span!("node", work, node_id = %node.id, instance_id = Empty, generation = node.generation);
+    if let Some(instance_id) = node.instance_id() {
+        span.record("instance_id", instance_id);
+    }
+    span
+}
+
+/// Brings the current span's node fields up to the record just written (a new generation,
+/// a launched instance).
+pub(crate) fn note_written(node: &Node) {
+    let span = tracing::Span::current();
+    span.record("generation", node.generation);
+    if let Some(instance_id) = node.instance_id() {
+        span.record("instance_id", instance_id);
     }
 }
 

@@ -10,7 +10,7 @@ use tracing::{info, warn, Instrument};
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::events::InstanceState;
-use crate::lifecycle::{self, ElasticIpFound, Observed, Step};
+use crate::lifecycle::{self, ElasticIpFound, Metric, Observed, Step};
 use crate::model::{Node, NodeId, NodeState};
 
 /// Nodes read per page.
@@ -62,13 +62,16 @@ impl Tether {
                 }
                 report.nodes_checked += 1;
                 last_checked = Some(node.id.clone());
-                let span = tracing::info_span!("reconcile", node_id = %node.id, instance_id = node.instance_id(), generation = node.generation);
+                let span = super::node_span("reconcile", &node);
                 let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
                 match self.reconcile_node(&node, node_deadline).instrument(span).await {
-                    Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
+                    Ok(Some(what)) => {
+                        self.metrics.record(&Metric::DriftRepair, Some(&node), self.clock.now());
+                        report.repaired.push(format!("{}: {what}", node.id));
+                    }
                     Ok(None) => {}
                     Err(e) => {
-                        warn!(node_id = %node.id, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
+                        warn!(node_id = %node.id, instance_id = node.instance_id(), generation = node.generation, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
                         report.failed.push(format!("{}: {e}", node.id));
                     }
                 }

@@ -1,0 +1,117 @@
+//! What a recorded transition counts for the operator (CloudWatch metrics). Pure: the
+//! service hands each metric to its `MetricsSink` port.
+
+use std::time::Duration;
+
+use crate::model::{Market, Node, NodeState};
+
+use super::REPLACEMENT_BEGUN;
+
+/// One thing operators count or time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Metric {
+    /// A lost instance (spot interruption, termination outside Tether) replaced: the next
+    /// generation's launch is recorded.
+    Replacement,
+    /// From the spot interruption warning to the replacement's launch being recorded.
+    RecoveryTime(Duration),
+    /// A launch that succeeded on a later candidate than the first (no capacity before it).
+    Fallback { market: Market },
+    /// A difference between the node's record and EC2 that the reconciler repaired.
+    DriftRepair,
+    /// A node put in ERROR (an operator decides), or an event that can never be processed.
+    Error,
+}
+
+/// The metrics the transition from `before` to `after` (as written) counts.
+pub fn metrics_of(before: &Node, after: &Node) -> Vec<Metric> {
+    let mut metrics = Vec::new();
+    let launch_recorded = before.state == NodeState::Launching
+        && after.state == NodeState::Running
+        && after.instance.as_ref().is_some_and(|i| i.generation == after.generation);
+    if launch_recorded && began_as_replacement(before) {
+        metrics.push(Metric::Replacement);
+        // The warning about the instance this generation replaces (the record names that
+        // instance until the launch is recorded).
+        let warning = before.interruption.as_ref().filter(|w| before.instance_id() == Some(w.instance_id.as_str()));
+        if let (Some(warning), Some(launched)) = (warning, &after.instance) {
+            metrics.push(Metric::RecoveryTime((launched.launched_at - warning.noticed_at).to_std().unwrap_or_default()));
+        }
+    }
+    if after.state == NodeState::Error && before.state != NodeState::Error {
+        metrics.push(Metric::Error);
+    }
+    metrics
+}
+
+/// Whether the node's current generation was begun to replace a lost instance.
+fn began_as_replacement(node: &Node) -> bool {
+    node.history.iter().any(|h| h.generation == node.generation && h.what == REPLACEMENT_BEGUN)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, Utc};
+
+    use super::*;
+    use crate::events::{InstanceEvent, InstanceState};
+    use crate::lifecycle::{failed, launched, on_instance_event, on_recycle, Step};
+    use crate::model::{test_spec, InstanceRecord, InterruptionAction, Persistence};
+
+    fn running(instance_id: &str) -> Node {
+        let mut node = Node::new(test_spec(&["m5.large"], true), Persistence::default(), Utc::now());
+        node.state = NodeState::Running;
+        node.generation = 1;
+        node.instance = Some(InstanceRecord {
+            id: instance_id.into(),
+            generation: 1,
+            instance_type: "m5.large".into(),
+            market: Market::Spot,
+            launched_at: Utc::now(),
+        });
+        node
+    }
+
+    fn applied(step: Step) -> Node {
+        match step {
+            Step::Apply { next, .. } => next,
+            other => panic!("expected a transition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replacement_after_a_warning_counts_with_its_recovery_time() {
+        let t0 = Utc::now();
+        let running = running("i-old");
+        let warned = applied(on_instance_event(&running, &InstanceEvent::InterruptionWarning { instance_id: "i-old".into(), action: InterruptionAction::Terminate }, t0));
+        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let launching = applied(on_instance_event(&warned, &terminated, t0 + TimeDelta::seconds(120)));
+        let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, t0 + TimeDelta::seconds(125));
+
+        assert_eq!(metrics_of(&launching, &replaced), vec![Metric::Replacement, Metric::RecoveryTime(Duration::from_secs(125))]);
+        assert_eq!(metrics_of(&running, &warned), vec![], "a warning alone replaces nothing");
+    }
+
+    #[test]
+    fn a_termination_without_warning_counts_a_replacement_without_recovery_time() {
+        let now = Utc::now();
+        let running = running("i-old");
+        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let launching = applied(on_instance_event(&running, &terminated, now));
+        let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, now);
+        assert_eq!(metrics_of(&launching, &replaced), vec![Metric::Replacement]);
+    }
+
+    #[test]
+    fn a_recycle_is_no_replacement_and_an_error_counts_once() {
+        let now = Utc::now();
+        let running = running("i-old");
+        let recycling = applied(on_recycle(&running, now, Some("alice")));
+        let recycled = launched(&recycling, "i-new".into(), "m5.large".into(), Market::Spot, now);
+        assert_eq!(metrics_of(&recycling, &recycled), vec![]);
+
+        let broken = failed(&recycling, "ENI deleted".into(), now);
+        assert_eq!(metrics_of(&recycling, &broken), vec![Metric::Error]);
+        assert_eq!(metrics_of(&broken, &failed(&broken, "again".into(), now)), vec![]);
+    }
+}
