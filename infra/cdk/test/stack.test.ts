@@ -50,6 +50,7 @@ test("EventBridge rules for the three detail types and the reconciler's schedule
   template.resourceCountIs("AWS::SQS::Queue", 3);
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "AWS/SQS", MetricName: "ApproximateNumberOfMessagesVisible" }, 3);
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "AWS/Lambda", MetricName: "Errors" }, 4);
+  template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "Tether", MetricName: "Errors" }, 1);
 });
 
 test("the table: pk, the by-instance index, on-demand, point-in-time recovery, TTL, retained", () => {
