@@ -17,6 +17,9 @@ export SAM_CLI_TELEMETRY := 0
 
 .PHONY: demo test build emulator fuzz chaos infra-check clean
 
+# A spot market for DEMO_SECONDS (45) on DEMO_NODES (3) nodes, DEMO_RATE (4) interruptions per
+# node per minute, seeded by DEMO_SEED (5): e.g. make demo DEMO_NODES=5 DEMO_RATE=8. make
+# exports variables set on its command line to the recipe, where the demo reads them.
 demo: $(EMULATOR)
 	cargo run --quiet -p tether-tests --bin tether-demo
 

@@ -40,6 +40,21 @@ pub fn state_change(instance_id: &str, state: &str) -> Value {
     value
 }
 
+/// The "Scheduled Event" an EventBridge schedule rule (the reconciler's) sends.
+pub fn scheduled_event(rule: &str) -> Value {
+    serde_json::json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": chrono_now(),
+        "region": "us-east-1",
+        "resources": [format!("arn:aws:events:us-east-1:123456789012:rule/{rule}")],
+        "detail": {}
+    })
+}
+
 /// A Lambda invocation of `payload` with `budget` left before its deadline.
 pub fn invocation(payload: Value, budget: std::time::Duration) -> LambdaEvent<Value> {
     let mut context = Context::default();

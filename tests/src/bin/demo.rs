@@ -1,57 +1,72 @@
-//! `make demo`: Tether's main job against the local AWS emulator, driven the way users
-//! drive it. The operator creates a node with a chosen private IP and an Elastic IP with
-//! the `tether` CLI (SigV4-signed, through the local API front to the `api` function);
-//! three spot interruptions then arrive as EventBridge events at the real handlers; the
-//! table and summary are computed from what the emulator reports about every generation.
+//! `make demo`: a spot market against the local AWS emulator, with every Tether function
+//! running locally, as they would in Lambda.
+//!
+//! The operator creates the nodes with the `tether` CLI (SigV4-signed, through the local
+//! API front to the `api` function): some with a chosen private IP, some with an Elastic
+//! IP (the first with both). Then, for a while, the spot market interrupts instances at
+//! random: a spot warning (an EventBridge event) goes to the `interruption` function, and
+//! the instance is reclaimed in the emulator a little later. A local event source polls
+//! the emulator and delivers EventBridge state-change events to the `state-change`
+//! function, which launches each replacement on the node's ENI; the `reconciler` runs on
+//! its schedule. At the end the market stops, every node comes back, and the verdict is
+//! computed from what the emulator reported about every generation.
+//!
+//! Options (environment variables; `make demo DEMO_NODES=5 ...` sets them):
+//!
+//! | variable       | default | meaning                                                  |
+//! | -------------- | ------- | -------------------------------------------------------- |
+//! | `DEMO_NODES`   | 3       | nodes to create (1 to 50)                                |
+//! | `DEMO_SECONDS` | 45      | how long the market sends interruptions (wall clock)     |
+//! | `DEMO_RATE`    | 4       | interruptions per node per minute, on average            |
+//! | `DEMO_SEED`    | 5       | seeds the market: the same seed makes the same moves     |
+//!
+//! On a terminal the view is a table redrawn in place; otherwise one line per event.
+//! Every line, and the functions' own logs, also go to `target/tether-demo.log`.
+//! Exits non-zero if a node lost its private IP or Elastic IP, or if the replacements
+//! launched differ from the instances the market reclaimed.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use aws_credential_types::Credentials;
-use tether::ports::Instances;
 use tether_cli::Environment;
-use tether_tests::events::{interruption_warning, invocation, state_change};
+use tether_tests::demo::observed::median;
+use tether_tests::demo::options::Options;
+use tether_tests::demo::simulation::{short, Finished, Simulation};
+use tether_tests::demo::summary::{summarize, ElasticIpIntent, Intent};
+use tether_tests::demo::view::View;
 use tether_tests::local_api::{LocalApi, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use tether_tests::{Fixture, SetupError, REGION};
 
-const INTERRUPTIONS: u64 = 3;
-const BUDGET: Duration = Duration::from_secs(60);
-
-/// One generation as the emulator reported it while the instance ran.
-struct Observed {
-    generation: u64,
-    instance_id: String,
-    private_ip: String,
-    public_ip: String,
-    instance_type: String,
-    market: String,
-}
+/// Instance types of every node, in order of preference.
+const INSTANCE_TYPES: [&str; 2] = ["m5.large", "m6i.large"];
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("demo failed: {e}");
-        std::process::exit(1);
+    match run().await {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("demo failed: a node did not keep its identity, or replacements and reclaimed instances differ");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-/// Runs one `tether` command line, echoing it and its output; returns its stdout.
-async fn tether(env: &Environment, args: &[&str], echo: bool) -> Result<String, SetupError> {
-    if echo {
-        println!("$ tether {}", args.join(" "));
-    }
-    let result = tether_cli::run_captured(std::iter::once("tether").chain(args.iter().copied()), env).await;
-    if echo {
-        print!("{}", result.stdout);
-        eprint!("{}", result.stderr);
-    }
-    if result.code != 0 {
-        return Err(format!("`tether {}` exited with {}: {}", args.join(" "), result.code, result.stderr).into());
-    }
-    Ok(result.stdout)
-}
-
-async fn run() -> Result<(), SetupError> {
-    tether_tests::init_quiet_tracing();
+async fn run() -> Result<bool, SetupError> {
+    let options = Options::from_env()?;
+    let log = init_file_tracing()?;
+    println!(
+        "Tether spot-market demo: {} nodes, {} interruptions per node per minute for {} s, seed {}",
+        options.nodes,
+        options.rate_per_node_minute,
+        options.market_time.as_secs(),
+        options.seed
+    );
+    println!("(DEMO_NODES, DEMO_RATE, DEMO_SECONDS, DEMO_SEED change them; every event is also in {})\n", log.display());
     let fx = Fixture::new().await?;
     let api = LocalApi::start(fx.api.clone()).await?;
     println!("emulator: {} (moto, patched to AWS's EC2 rules; see tests/emulator/README.md)", tether_tests::Emulator::shared().endpoint);
@@ -63,85 +78,104 @@ async fn run() -> Result<(), SetupError> {
         poll_interval: Duration::from_millis(100),
         ..Environment::default()
     };
-    let (allocation_id, _) = fx.allocate_eip().await?;
-    let chosen_ip = fx.subnet_ip(50).to_string();
-    let created = tether(
-        &env,
-        &[
-            "--json", "nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id,
-            "--instance-type", "m5.large", "--instance-type", "m6i.large",
-            "--security-group", &fx.security_group_id, "--private-ip", &chosen_ip,
-            "--elastic-ip", &allocation_id, "--resume", "--wait",
-        ],
-        false,
-    )
-    .await?;
-    let created: serde_json::Value = serde_json::from_str(&created)?;
-    let id = created["id"].as_str().ok_or("the API answered no node id")?.to_owned();
-    let node_id = tether::NodeId::parse(&id).ok_or("the API answered a malformed node id")?;
-    println!("$ tether nodes create --subnet {} --image {} --instance-type m5.large --instance-type m6i.large --private-ip {chosen_ip} --elastic-ip {allocation_id} --resume --wait", fx.subnet_id, fx.image_id);
-    tether(&env, &["nodes", "show", &id], false).await.map(|out| print!("{out}"))?;
-    println!();
-
-    let mut observed = vec![observe(&fx, &node_id).await?];
-    for round in 1..=INTERRUPTIONS {
-        let old = fx.tether.node(&node_id).await?.instance_id().ok_or("node has no instance")?.to_owned();
-        let warned = tether_interruption::handler(&fx.tether, invocation(interruption_warning(&old, "terminate"), BUDGET)).await?;
-        fx.interrupt(&old).await?;
-        fx.calls.take();
-        let started = Instant::now();
-        let replaced = tether_state_change::handler(&fx.tether, invocation(state_change(&old, "terminated"), BUDGET)).await?;
-        let elapsed = started.elapsed();
-        let calls = fx.calls.take();
-        println!(
-            "interruption {round}/{INTERRUPTIONS}: warning for {old} -> {}; terminated -> {} {} in {elapsed:?}, {} AWS calls ({})",
-            warned["outcome"].as_str().unwrap_or("?"),
-            replaced["outcome"].as_str().unwrap_or("?"),
-            replaced["instance_id"].as_str().unwrap_or(""),
-            calls.len(),
-            calls.join(", ")
-        );
-        observed.push(observe(&fx, &node_id).await?);
+    let mut intents = Vec::new();
+    for n in 0..options.nodes {
+        intents.push(create_node(&fx, &env, n).await?);
     }
     println!();
-    tether(&env, &["nodes", "history", &id], true).await?;
 
-    println!();
-    println!("{:<10}  {:<21}  {:<12}  {:<15}  {:<9}  type", "generation", "instance id", "private IP", "public IP", "market");
-    for o in &observed {
+    let view = View::for_stdout();
+    let nodes = intents.iter().map(|i| i.id.clone()).collect();
+    let Finished { ledger, stats } = Simulation::new(&fx, nodes, &options, view).run().await?;
+    let summary = summarize(&fx, &intents, &ledger).await?;
+
+    println!("\nidentity, every generation as the emulator reported it while it ran:");
+    for line in &summary.lines {
+        println!("  {line}");
+    }
+    let mut call_counts: Vec<usize> = stats.replacement_calls.iter().map(Vec::len).collect();
+    call_counts.sort();
+    if let (Some(typical), Some(min), Some(max)) = (median(&call_counts), call_counts.first(), call_counts.last()) {
+        let sequence = stats.replacement_calls.iter().find(|c| c.len() == typical).map(|c| c.join(", ")).unwrap_or_default();
+        println!("\nper replacement: {typical} AWS calls (median of {}; min {min}, max {max})", call_counts.len());
+        println!("  {sequence}");
+    }
+    if let Some((middle, longest)) = ledger.recovery_figures() {
         println!(
-            "{:<10}  {:<21}  {:<12}  {:<15}  {:<9}  {}",
-            o.generation, o.instance_id, o.private_ip, o.public_ip, o.market, o.instance_type
+            "recovery (terminated event delivered -> replacement seen running): median {} ms, max {} ms",
+            middle.as_millis(),
+            longest.as_millis()
         );
     }
-    println!();
-
-    // Every figure below comes from what the emulator reported, not from Tether's records.
-    let launched = fx.node_instances(&node_id).await?.len();
-    let replacements = launched.saturating_sub(1);
-    let first_ip = observed.first().map(|o| o.private_ip.clone()).unwrap_or_default();
-    let same_private_ip = first_ip == chosen_ip && observed.iter().all(|o| o.private_ip == first_ip);
-    let eip_now = fx.ec2.describe_addresses().allocation_ids(&allocation_id).send().await?;
-    let eip_public = eip_now.addresses().first().and_then(|a| a.public_ip()).unwrap_or_default().to_owned();
-    let same_eip = !eip_public.is_empty() && observed.iter().all(|o| o.public_ip == eip_public);
-    let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("summary: replacements={replacements} same_private_ip={} same_eip={}", yes(same_private_ip), yes(same_eip));
-    if !(same_private_ip && same_eip && replacements as u64 == INTERRUPTIONS) {
-        return Err("the node did not keep its identity".into());
+    let settled = stats.settled_after.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+    println!(
+        "events delivered: {} to interruption, {} to state-change, {} retried; reconciler runs: {}",
+        stats.deliveries_interruption, stats.deliveries_state_change, stats.retries, stats.reconciler_runs
+    );
+    println!("every node running again {settled} after the market closed");
+    for problem in stats.problems.iter().chain(&summary.problems) {
+        println!("problem: {problem}");
     }
-    Ok(())
+    println!("\n{}", summary.line(stats.warnings_sent));
+    let every_reclaim_replaced = summary.replacements == stats.reclaimed && stats.reclaimed == stats.warnings_sent;
+    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && stats.problems.is_empty() && summary.problems.is_empty())
 }
 
-async fn observe(fx: &Fixture, node_id: &tether::NodeId) -> Result<Observed, SetupError> {
-    let node = fx.tether.node(node_id).await?;
-    let id = node.instance_id().ok_or("node has no instance")?;
-    let instance = fx.cloud.describe_instance(id).await?.ok_or("the emulator does not know the instance")?;
-    Ok(Observed {
-        generation: node.generation,
-        instance_id: instance.id,
-        private_ip: instance.private_ip.unwrap_or_else(|| "-".into()),
-        public_ip: instance.public_ip.unwrap_or_else(|| "-".into()),
-        instance_type: instance.instance_type,
-        market: instance.market.as_str().to_owned(),
-    })
+/// Node `n` through the CLI, resumed and waited for: every third one (from the first)
+/// with a chosen private IP and the user's Elastic IP, then one with an IP EC2 picks and
+/// an Elastic IP Tether allocates, then one with a chosen private IP and no Elastic IP.
+async fn create_node(fx: &Fixture, env: &Environment, n: usize) -> Result<Intent, SetupError> {
+    let mut args: Vec<String> = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id].map(str::to_owned).to_vec();
+    for instance_type in INSTANCE_TYPES {
+        args.extend(["--instance-type".to_owned(), instance_type.to_owned()]);
+    }
+    args.extend(["--security-group".to_owned(), fx.security_group_id.clone()]);
+    // Hosts 50 and up: clear of the addresses AWS reserves and of the subnet's first picks.
+    let chosen_ip = (n % 3 != 1).then(|| fx.subnet_ip(50 + n as u8).to_string());
+    if let Some(ip) = &chosen_ip {
+        args.extend(["--private-ip".to_owned(), ip.clone()]);
+    }
+    let elastic_ip = match n % 3 {
+        0 => ElasticIpIntent::Users(fx.allocate_eip().await?.0),
+        1 => ElasticIpIntent::Tethers,
+        _ => ElasticIpIntent::None,
+    };
+    match &elastic_ip {
+        ElasticIpIntent::Users(allocation) => args.extend(["--elastic-ip".to_owned(), allocation.clone()]),
+        ElasticIpIntent::Tethers => args.push("--allocate-elastic-ip".to_owned()),
+        ElasticIpIntent::None => {}
+    }
+    args.extend(["--resume".to_owned(), "--wait".to_owned()]);
+    println!("$ tether {}", args.join(" "));
+
+    let command = std::iter::once("tether").chain(std::iter::once("--json")).chain(args.iter().map(String::as_str));
+    let result = tether_cli::run_captured(command, env).await;
+    if result.code != 0 {
+        return Err(format!("`tether {}` exited with {}: {}", args.join(" "), result.code, result.stderr).into());
+    }
+    let created: serde_json::Value = serde_json::from_str(&result.stdout)?;
+    let id = created["id"].as_str().and_then(tether::NodeId::parse).ok_or("the API answered no valid node id")?;
+    println!(
+        "  {}: {}, generation {}, {} with {} / {}",
+        short(&id),
+        created["state"].as_str().unwrap_or("?"),
+        created["generation"].as_u64().unwrap_or(0),
+        created["instance_id"].as_str().unwrap_or("no instance"),
+        created["private_ip"].as_str().unwrap_or("-"),
+        created["public_ip"].as_str().unwrap_or("no public IP")
+    );
+    Ok(Intent { id, private_ip: chosen_ip, elastic_ip })
+}
+
+/// The functions' logs and the demo's events to `target/tether-demo.log` (`RUST_LOG`
+/// sets the level, default info): on stdout they would tear the live view.
+fn init_file_tracing() -> Result<PathBuf, SetupError> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tether-demo.log");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(&path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
+    Ok(path.canonicalize().unwrap_or(path))
 }

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tether::fake::{EipView, EniView, InstanceView};
 use tether::ports::ElasticIpInfo;
 use tether::{Market, Node, NodeId, NodeState, Persistence, Settings, TetherError};
-use tether_tests::events::{interruption_warning, invocation, state_change};
+use tether_tests::event_source::{invoke_target, node_instances, Delivery, EventSource};
+use tether_tests::events::{interruption_warning, invocation};
 use tether_tests::{fast_settings, Fixture, SetupError};
 
 const MOVES: usize = 30;
@@ -52,19 +53,13 @@ async fn chaos_through_the_real_handlers_keeps_every_invariant() -> Result<(), S
     Ok(())
 }
 
-/// An EventBridge event on its way, with Lambda's attempts so far.
-struct Delivery {
-    payload: Value,
-    attempt: u8,
-}
-
 struct World {
     fx: Fixture,
     rng: fastrand::Rng,
     nodes: Vec<NodeId>,
     bus: Vec<Delivery>,
-    /// The local event source: each instance's last state seen.
-    states: BTreeMap<String, String>,
+    /// The local event source (only the states it sees: the seeds replay as before).
+    source: EventSource,
     warnings_sent: BTreeMap<String, usize>,
     generations: BTreeMap<NodeId, u64>,
     log: Vec<String>,
@@ -87,7 +82,7 @@ impl World {
             let node = fx.tether.create_node(fx.spec(&["m5.large", "m6i.large"]), persistence, Some("chaos")).await?;
             nodes.push(node.id);
         }
-        Ok(World { fx, rng, nodes, bus: Vec::new(), states: BTreeMap::new(), warnings_sent: BTreeMap::new(), generations: BTreeMap::new(), log: Vec::new() })
+        Ok(World { fx, rng, nodes, bus: Vec::new(), source: EventSource::new(), warnings_sent: BTreeMap::new(), generations: BTreeMap::new(), log: Vec::new() })
     }
 
     async fn run(&mut self) -> Result<Vec<String>, SetupError> {
@@ -118,7 +113,7 @@ impl World {
                 let id = live[self.rng.usize(..live.len())].clone();
                 // Mostly a spot interruption (warned first); sometimes a person terminating it.
                 if self.rng.u8(0..3) > 0 {
-                    self.bus.push(Delivery { payload: interruption_warning(&id, "terminate"), attempt: 0 });
+                    self.bus.push(Delivery::new(interruption_warning(&id, "terminate")));
                     *self.warnings_sent.entry(id.clone()).or_default() += 1;
                 }
                 self.log.push(format!("terminate {id}"));
@@ -128,7 +123,7 @@ impl World {
                 let index = self.rng.usize(..self.bus.len());
                 // EventBridge may deliver the same event twice.
                 let delivery = if self.rng.u8(0..5) == 0 {
-                    Delivery { payload: self.bus[index].payload.clone(), attempt: 0 }
+                    Delivery::new(self.bus[index].payload.clone())
                 } else {
                     self.bus.swap_remove(index)
                 };
@@ -186,19 +181,12 @@ impl World {
     async fn deliver(&mut self, delivery: Delivery, chaos: bool) {
         let tether = self.fx.tether.clone();
         let payload = delivery.payload.clone();
-        let call = async move {
-            let event = invocation(payload.clone(), BUDGET);
-            if payload["detail-type"] == "EC2 Instance State-change Notification" {
-                tether_state_change::handler(&tether, event).await
-            } else {
-                tether_interruption::handler(&tether, event).await
-            }
-        };
+        let call = async move { invoke_target(&tether, payload, BUDGET).await };
         let finished = self.invoke(call, chaos).await;
         self.log.push(format!("deliver {} (attempt {}): {finished}", describe(&delivery.payload), delivery.attempt));
         let failed = finished.starts_with("cut short") || finished.starts_with("retryable");
-        if failed && delivery.attempt < 2 {
-            self.bus.push(Delivery { attempt: delivery.attempt + 1, ..delivery });
+        if failed {
+            self.bus.extend(delivery.retry());
         }
     }
 
@@ -230,22 +218,9 @@ impl World {
 
     /// The local event source: a state-change event for every state change seen.
     async fn collect_events(&mut self) -> Result<(), SetupError> {
-        for instance in self.tagged_instances().await? {
-            let (Some(id), Some(state)) = (instance.instance_id(), instance.state().and_then(|s| s.name())) else { continue };
-            if self.states.get(id).map(String::as_str) != Some(state.as_str()) {
-                self.states.insert(id.to_owned(), state.as_str().to_owned());
-                self.bus.push(Delivery { payload: state_change(id, state.as_str()), attempt: 0 });
-            }
-        }
+        let events = self.source.poll(&self.fx.ec2, &self.nodes).await?;
+        self.bus.extend(events.into_iter().map(Delivery::new));
         Ok(())
-    }
-
-    async fn tagged_instances(&self) -> Result<Vec<aws_sdk_ec2::types::Instance>, SetupError> {
-        let mut all = Vec::new();
-        for id in &self.nodes {
-            all.extend(self.fx.node_instances(id).await?);
-        }
-        Ok(all)
     }
 
     async fn live_instances(&self) -> Result<Vec<String>, SetupError> {
@@ -277,14 +252,13 @@ impl World {
 
     async fn fingerprint(&self) -> Result<String, SetupError> {
         let nodes: Vec<(u64, NodeState)> = self.node_records().await?.iter().map(|n| (n.version, n.state)).collect();
-        Ok(format!("{nodes:?} {:?}", self.states))
+        Ok(format!("{nodes:?} {:?}", self.source.last_seen()))
     }
 
     /// The emulator's instances, ENIs and Elastic IPs of this scenario, as the invariants read them.
     async fn observe(&self) -> Result<(Vec<InstanceView>, Vec<EniView>, Vec<EipView>), SetupError> {
         let tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
-        let instances = self
-            .tagged_instances()
+        let instances = node_instances(&self.fx.ec2, &self.nodes)
             .await?
             .iter()
             .map(|i| {

@@ -1,0 +1,16 @@
+//! `make demo`: a spot market against the local AWS emulator, every function local.
+//!
+//! - `options`: the `DEMO_*` knobs.
+//! - `market`: when each node's instance gets its warning and is reclaimed (seeded).
+//! - `simulation`: the loop that delivers the market's warnings and the local event
+//!   source's state changes to the real handlers, and runs the reconciler.
+//! - `observed`: what the emulator reported over the run.
+//! - `view`: the live table, or one line per event when stdout is not a terminal.
+//! - `summary`: the verdict, computed from the emulator.
+
+pub mod market;
+pub mod observed;
+pub mod options;
+pub mod simulation;
+pub mod summary;
+pub mod view;
