@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 pub use args::{Cli, Command, CreateArgs, NodesCommand, PostArgs, WaitArgs};
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
+pub use output::state_name;
 
 /// The environment variable naming the API's URL when `--endpoint` is not given.
 pub const API_URL_VARIABLE: &str = "TETHER_API_URL";

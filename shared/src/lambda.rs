@@ -109,13 +109,14 @@ pub async fn handle_eventbridge(
     let detail_type = event.payload.get("detail-type").and_then(Value::as_str).unwrap_or_default().to_owned();
     if !detail_types.contains(&detail_type.as_str()) {
         warn!(detail_type, request_id = event.context.request_id, "event of a type this function does not serve; acknowledged");
+        tether.count_unprocessable_event();
         return Ok(json!({"outcome": "rejected", "reason": format!("detail-type `{detail_type}` not served here")}));
     }
     let received = match ReceivedEvent::parse(event.payload) {
         Ok(received) => received,
         Err(reason) => {
             error!(%reason, request_id = event.context.request_id, "unprocessable event; acknowledged");
-            tether.count_rejected_event();
+            tether.count_unprocessable_event();
             return Ok(json!({"outcome": "rejected", "reason": reason.to_string()}));
         }
     };
@@ -127,7 +128,7 @@ pub async fn handle_eventbridge(
         Ok(outcome) => Ok(json!(outcome)),
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => {
-            tether.count_rejected_event();
+            tether.count_unprocessable_event();
             Ok(json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()}))
         }
     }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 pub use actions::{on_deallocate, on_pause, on_recycle, on_resume, patched, NodePatch, PatchError};
 pub use metrics::{metrics_of, Metric};
-pub use reconcile::{eni_deleted, on_reconcile, ElasticIpFound, Observed};
+pub use reconcile::{eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};
@@ -88,10 +88,11 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
         (N::Launching, StateChange { state: I::Terminated, .. }) => Step::Continue(vec![Action::Launch]),
         (N::Launching, _) => Step::Ignore("a replacement is already being launched"),
 
-        (N::Running | N::Recovering | N::Stopped, StateChange { state: I::Terminated, .. }) => Step::Apply {
-            next: begin_launch(node, now, REPLACEMENT_BEGUN, None),
-            actions: vec![Action::Launch],
-        },
+        (N::Running | N::Recovering | N::Stopped, StateChange { state: I::Terminated, .. }) => {
+            let mut next = begin_launch(node, now, "instance terminated; launching a replacement on the node's ENI", None);
+            next.replacing_lost_instance = true;
+            Step::Apply { next, actions: vec![Action::Launch] }
+        }
 
         (_, InterruptionWarning { action, .. }) => on_warning(node, *action, now),
         (_, RebalanceRecommendation { instance_id }) => {
@@ -138,10 +139,6 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
     }
 }
 
-/// The history text of a generation begun because the instance was lost (a spot
-/// interruption, a termination outside Tether); also how metrics recognise a replacement.
-const REPLACEMENT_BEGUN: &str = "instance terminated; launching a replacement on the node's ENI";
-
 /// The rebalance recommendation's history text; also how a duplicate is recognised.
 const REBALANCE_RECORDED: &str = "rebalance recommendation: elevated interruption risk";
 
@@ -173,6 +170,7 @@ fn begin_launch(node: &Node, now: DateTime<Utc>, why: &str, by: Option<&str>) ->
     let mut next = node.clone();
     next.state = NodeState::Launching;
     next.generation += 1;
+    next.replacing_lost_instance = false;
     next.last_error = None;
     next.record_by(now, why, by);
     next
@@ -185,6 +183,7 @@ pub fn launched(node: &Node, instance_id: String, instance_type: String, market:
     let what = format!("launched generation {} as {instance_type} ({})", node.generation, market.as_str());
     next.instance = Some(InstanceRecord { id: instance_id, generation: node.generation, instance_type, market, launched_at: now });
     next.interruption = None;
+    next.replacing_lost_instance = false;
     next.last_error = None;
     next.record(now, what);
     next

@@ -302,6 +302,11 @@ pub struct Node {
     /// When the reconciler last moved the node back to spot (`spec.revert_to_spot`).
     #[serde(default)]
     pub spot_revert_at: Option<DateTime<Utc>>,
+    /// Set while the current generation is launched to replace an instance lost outside
+    /// Tether (a spot interruption, a termination); cleared once the launch is recorded.
+    /// What the `Replacements` metric counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replacing_lost_instance: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -325,6 +330,7 @@ impl Node {
             history: Vec::new(),
             applied_events: Vec::new(),
             spot_revert_at: None,
+            replacing_lost_instance: false,
             created_at: now,
             updated_at: now,
         };

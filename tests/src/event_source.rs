@@ -8,10 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, Instance};
+use aws_sdk_ec2::types::{Filter, Instance, Tag};
 use serde_json::Value;
 use tether::aws::ec2::{TAG_GENERATION, TAG_NODE_ID};
-use tether::{NodeId, Tether, TetherError};
+use tether::{Market, NodeId, Tether, TetherError};
 
 use crate::events::state_change;
 use crate::SetupError;
@@ -120,16 +120,8 @@ pub async fn node_instances(ec2: &aws_sdk_ec2::Client, nodes: &[NodeId]) -> Resu
         return Ok(Vec::new());
     }
     let filter = Filter::builder().name(format!("tag:{TAG_NODE_ID}")).set_values(Some(nodes.iter().map(|n| n.as_str().to_owned()).collect())).build();
-    let mut instances = Vec::new();
-    let mut next_token = None;
-    loop {
-        let page = ec2.describe_instances().filters(filter.clone()).set_next_token(next_token).send().await?;
-        instances.extend(page.reservations().iter().flat_map(|r| r.instances()).cloned());
-        next_token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
-        if next_token.is_none() {
-            break;
-        }
-    }
+    let reservations: Vec<_> = ec2.describe_instances().filters(filter).into_paginator().items().send().collect::<Result<_, _>>().await?;
+    let mut instances: Vec<Instance> = reservations.iter().flat_map(|r| r.instances()).cloned().collect();
     let position = |i: &Instance| node_of(i).and_then(|id| nodes.iter().position(|n| n.as_str() == id)).unwrap_or(usize::MAX);
     // Stable: within one node, EC2's order (launch order) is kept.
     instances.sort_by_key(position);
@@ -138,14 +130,24 @@ pub async fn node_instances(ec2: &aws_sdk_ec2::Client, nodes: &[NodeId]) -> Resu
 
 /// The node an instance was launched for (its `tether:node-id` tag).
 pub fn node_of(instance: &Instance) -> Option<&str> {
-    tag(instance, TAG_NODE_ID)
+    tag_value(instance.tags(), TAG_NODE_ID)
 }
 
 /// The generation an instance was launched as (its `tether:generation` tag).
 pub fn generation_of(instance: &Instance) -> Option<u64> {
-    tag(instance, TAG_GENERATION).and_then(|g| g.parse().ok())
+    tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok())
 }
 
-fn tag<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
-    instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+/// The value of tag `key` (instances, ENIs and addresses carry the same tags).
+pub fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+/// The market an instance runs on: EC2 names a lifecycle (`spot`) only for spot instances.
+pub fn market_of(instance: &Instance) -> Market {
+    if instance.instance_lifecycle().is_some() {
+        Market::Spot
+    } else {
+        Market::OnDemand
+    }
 }

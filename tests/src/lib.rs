@@ -285,13 +285,7 @@ impl Fixture {
 
     /// Every instance Tether launched for the node (tagged with its id), terminated ones included.
     pub async fn node_instances(&self, node_id: &tether::NodeId) -> Result<Vec<aws_sdk_ec2::types::Instance>, SetupError> {
-        let out = self
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("tag:tether:node-id").values(node_id.as_str()).build())
-            .send()
-            .await?;
-        Ok(out.reservations().iter().flat_map(|r| r.instances()).cloned().collect())
+        event_source::node_instances(&self.ec2, std::slice::from_ref(node_id)).await
     }
 
     /// The node's instances that are not terminated.

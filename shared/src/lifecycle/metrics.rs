@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use crate::model::{Market, Node, NodeState};
 
-use super::REPLACEMENT_BEGUN;
-
 /// One thing operators count or time.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Metric {
@@ -15,9 +13,11 @@ pub enum Metric {
     Replacement,
     /// From the spot interruption warning to the replacement's launch being recorded.
     RecoveryTime(Duration),
-    /// A launch that succeeded on a later candidate than the first (no capacity before it).
+    /// A launch recorded on another candidate than the first (spot on the first instance
+    /// type): there was no capacity for those before it. `market` is the one it got.
     Fallback { market: Market },
-    /// A difference between the node's record and EC2 that the reconciler repaired.
+    /// A difference between the node's record and EC2 that the reconciler repaired
+    /// (`lifecycle::repairs_drift`).
     DriftRepair,
     /// A node put in ERROR (an operator decides), or an event that can never be processed.
     Error,
@@ -29,7 +29,7 @@ pub fn metrics_of(before: &Node, after: &Node) -> Vec<Metric> {
     let launch_recorded = before.state == NodeState::Launching
         && after.state == NodeState::Running
         && after.instance.as_ref().is_some_and(|i| i.generation == after.generation);
-    if launch_recorded && began_as_replacement(before) {
+    if launch_recorded && before.replacing_lost_instance {
         metrics.push(Metric::Replacement);
         // The warning about the instance this generation replaces (the record names that
         // instance until the launch is recorded).
@@ -38,15 +38,16 @@ pub fn metrics_of(before: &Node, after: &Node) -> Vec<Metric> {
             metrics.push(Metric::RecoveryTime((launched.launched_at - warning.noticed_at).to_std().unwrap_or_default()));
         }
     }
+    if let (true, Some(launched)) = (launch_recorded, &after.instance) {
+        let first_candidate = before.spec.instance_types.first().map(String::as_str);
+        if launched.market != Market::Spot || first_candidate != Some(launched.instance_type.as_str()) {
+            metrics.push(Metric::Fallback { market: launched.market });
+        }
+    }
     if after.state == NodeState::Error && before.state != NodeState::Error {
         metrics.push(Metric::Error);
     }
     metrics
-}
-
-/// Whether the node's current generation was begun to replace a lost instance.
-fn began_as_replacement(node: &Node) -> bool {
-    node.history.iter().any(|h| h.generation == node.generation && h.what == REPLACEMENT_BEGUN)
 }
 
 #[cfg(test)]
@@ -100,6 +101,31 @@ mod tests {
         let launching = applied(on_instance_event(&running, &terminated, now));
         let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, now);
         assert_eq!(metrics_of(&launching, &replaced), vec![Metric::Replacement]);
+    }
+
+    #[test]
+    fn a_replacement_counts_however_long_its_launch_took() {
+        let now = Utc::now();
+        let running = running("i-old");
+        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let mut launching = applied(on_instance_event(&running, &terminated, now));
+        // A long capacity drought: the history entry that began the generation rotates out.
+        for attempt in 0..100 {
+            launching.record(now, format!("no capacity: attempt {attempt}"));
+        }
+        let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, now);
+        assert_eq!(metrics_of(&launching, &replaced), vec![Metric::Replacement]);
+        assert!(!replaced.replacing_lost_instance);
+    }
+
+    #[test]
+    fn a_launch_on_a_later_candidate_counts_a_fallback_to_the_market_it_got() {
+        let now = Utc::now();
+        let recycling = applied(on_recycle(&running("i-old"), now, None));
+        let on_second_type = launched(&recycling, "i-new".into(), "m6i.large".into(), Market::Spot, now);
+        assert_eq!(metrics_of(&recycling, &on_second_type), vec![Metric::Fallback { market: Market::Spot }]);
+        let on_demand = launched(&recycling, "i-new".into(), "m5.large".into(), Market::OnDemand, now);
+        assert_eq!(metrics_of(&recycling, &on_demand), vec![Metric::Fallback { market: Market::OnDemand }]);
     }
 
     #[test]

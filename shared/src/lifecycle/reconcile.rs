@@ -65,6 +65,17 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
     }
 }
 
+/// Whether the reconciler's `step` for `node` repairs drift between the record and EC2: a
+/// lost event's transition applied, the Elastic IP put back, stalled work carried on. An
+/// ERROR it finds (counted as an error) and a move back to spot (a policy) are not repairs.
+pub fn repairs_drift(node: &Node, step: &Step) -> bool {
+    match step {
+        Step::Ignore(_) | Step::Refuse(_) => false,
+        Step::Continue(_) => true,
+        Step::Apply { next, .. } => next.state != NodeState::Error && next.spot_revert_at == node.spot_revert_at,
+    }
+}
+
 /// A running node on on-demand whose `revert_to_spot` policy lets it go back to spot now,
 /// and that was not moved back within `SPOT_REVERT_INTERVAL`.
 pub fn spot_revert_due(node: &Node, now: DateTime<Utc>) -> bool {

@@ -449,3 +449,24 @@ fn the_reconciler_moves_an_on_demand_node_back_to_spot_as_its_policy_allows() {
     let Step::Apply { actions, .. } = on_reconcile(&always, &drifted, now) else { panic!("drift not healed") };
     assert_eq!(actions, vec![Action::AssociateElasticIp]);
 }
+
+#[test]
+fn repairs_are_lost_events_a_free_elastic_ip_and_stalled_work_not_errors_or_policy() {
+    let now = Utc::now();
+    let healthy = observed(Some(InstanceState::Running), true, Some(ElasticIpFound::OnEni), false);
+    let repairs = |node: &Node, seen: &Observed| repairs_drift(node, &on_reconcile(node, seen, now));
+    let running = with_network(NodeState::Running);
+    assert!(repairs(&running, &observed(None, true, Some(ElasticIpFound::OnEni), false)), "lost termination");
+    assert!(repairs(&running, &observed(Some(InstanceState::Running), true, Some(ElasticIpFound::Free), false)), "free Elastic IP");
+    assert!(repairs(&with_network(NodeState::Launching), &observed(None, true, None, true)), "stalled launch");
+    assert!(!repairs(&running, &healthy), "nothing to do");
+    assert!(!repairs(&running, &observed(Some(InstanceState::Running), false, None, false)), "ENI deleted: ERROR");
+    let mut on_demand = with_network(NodeState::Running);
+    on_demand.spec.revert_to_spot = crate::model::RevertToSpot::Always;
+    if let Some(instance) = on_demand.instance.as_mut() {
+        instance.market = Market::OnDemand;
+    }
+    let step = on_reconcile(&on_demand, &healthy, now);
+    assert_eq!(kind(&step).0, "launch", "moved back to spot");
+    assert!(!repairs_drift(&on_demand, &step));
+}

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{Outcome, Tether, TetherError};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
-use crate::lifecycle::{self, Metric};
+use crate::lifecycle;
 use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec, NodeState};
 use crate::ports::{Clock, EniRequest, LaunchRequest, LaunchedInstance};
 
@@ -51,13 +51,7 @@ impl Tether {
                 other => other,
             };
             match launched {
-                Ok(instance) => {
-                    let outcome = self.record_launch(&node, instance, deadline).await?;
-                    if !tried.is_empty() && matches!(outcome, Outcome::Launched { .. }) {
-                        self.metrics.record(&Metric::Fallback { market }, Some(&node), self.clock.now());
-                    }
-                    return Ok(outcome);
-                }
+                Ok(instance) => return self.record_launch(&node, instance, deadline).await,
                 Err(e) if e.class == ErrorClass::NoCapacity => {
                     warn!(instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
                     tried.push(format!("{instance_type}/{}", market.as_str()));
@@ -125,7 +119,7 @@ impl Tether {
             let next = lifecycle::launched(&node, instance.id.clone(), instance.instance_type.clone(), instance.market, self.clock.now());
             match self.store.save(&next).await {
                 Ok(saved) => {
-                    self.count(&node, &saved);
+                    self.count_transition(&node, &saved);
                     super::note_written(&saved);
                     break saved;
                 }
@@ -268,7 +262,7 @@ impl Tether {
     pub(super) async fn fail(&self, node: &Node, reason: String) -> Result<Outcome, TetherError> {
         warn!(reason, "node in ERROR");
         let saved = self.store.save(&lifecycle::failed(node, reason.clone(), self.clock.now())).await?;
-        self.count(node, &saved);
+        self.count_transition(node, &saved);
         Ok(Outcome::Failed { node_id: saved.id, reason })
     }
 }

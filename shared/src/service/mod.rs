@@ -181,7 +181,7 @@ impl Tether {
     }
 
     /// Records what the transition from `before` to `after` (as written) counts.
-    fn count(&self, before: &Node, after: &Node) {
+    fn count_transition(&self, before: &Node, after: &Node) {
         for metric in lifecycle::metrics_of(before, after) {
             self.metrics.record(&metric, Some(after), self.clock.now());
         }
@@ -189,7 +189,7 @@ impl Tether {
 
     /// Counts an event that can never be processed (acknowledged, so Lambda's own error
     /// metric does not see it).
-    pub fn count_rejected_event(&self) {
+    pub fn count_unprocessable_event(&self) {
         self.metrics.record(&Metric::Error, None, self.clock.now());
     }
 
@@ -286,7 +286,9 @@ impl Tether {
         deadline: DateTime<Utc>,
     ) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
-        let span = tracing::info_span!("delivery", event_id, instance_id, node_id = Empty, generation = Empty);
+        // `instance_id` follows the node (a replacement's once launched); `event` keeps what
+        // the event was about.
+        let span = tracing::info_span!("delivery", event_id, event = ?event, instance_id, node_id = Empty, generation = Empty);
         let result = self.handle_delivery(event_id, invocation_id, event, deadline).instrument(span.clone()).await;
         let _in_span = span.enter();
         match &result {
@@ -361,7 +363,7 @@ impl Tether {
             Step::Refuse(reason) => Ok(Outcome::Refused { reason }),
             Step::Apply { next, actions } => {
                 let saved = self.store.save(&next).await?;
-                self.count(node, &saved);
+                self.count_transition(node, &saved);
                 note_written(&saved);
                 info!(state = ?saved.state, what = last_history(&saved), "recorded");
                 self.perform(saved, actions, deadline).await

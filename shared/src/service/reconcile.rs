@@ -65,10 +65,7 @@ impl Tether {
                 let span = super::node_span("reconcile", &node);
                 let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
                 match self.reconcile_node(&node, node_deadline).instrument(span).await {
-                    Ok(Some(what)) => {
-                        self.metrics.record(&Metric::DriftRepair, Some(&node), self.clock.now());
-                        report.repaired.push(format!("{}: {what}", node.id));
-                    }
+                    Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
                     Ok(None) => {}
                     Err(e) => {
                         warn!(node_id = %node.id, instance_id = node.instance_id(), generation = node.generation, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
@@ -101,9 +98,15 @@ impl Tether {
         if let Step::Ignore(_) = step {
             return Ok(None);
         }
+        let repair = lifecycle::repairs_drift(node, &step);
         match self.act(node, step, deadline).await {
             Ok(Outcome::Ignored { .. }) => Ok(None),
-            Ok(outcome) => Ok(Some(format!("{outcome:?}"))),
+            Ok(outcome) => {
+                if repair {
+                    self.metrics.record(&Metric::DriftRepair, Some(node), self.clock.now());
+                }
+                Ok(Some(format!("{outcome:?}")))
+            }
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => Ok(None),
             Err(e) => Err(e),
         }

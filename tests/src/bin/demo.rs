@@ -78,8 +78,11 @@ async fn run() -> Result<bool, SetupError> {
         poll_interval: Duration::from_millis(100),
         ..Environment::default()
     };
+    // The nodes with a chosen private IP first: EC2 picks the others' anywhere in the
+    // subnet, and could take an address chosen for a node created after it.
+    let (chosen, picked): (Vec<usize>, Vec<usize>) = (0..options.nodes).partition(|n| chooses_private_ip(*n));
     let mut intents = Vec::new();
-    for n in 0..options.nodes {
+    for n in chosen.into_iter().chain(picked) {
         intents.push(create_node(&fx, &env, n).await?);
     }
     println!();
@@ -130,8 +133,8 @@ async fn create_node(fx: &Fixture, env: &Environment, n: usize) -> Result<Intent
         args.extend(["--instance-type".to_owned(), instance_type.to_owned()]);
     }
     args.extend(["--security-group".to_owned(), fx.security_group_id.clone()]);
-    // Hosts 50 and up: clear of the addresses AWS reserves and of the subnet's first picks.
-    let chosen_ip = (n % 3 != 1).then(|| fx.subnet_ip(50 + n as u8).to_string());
+    // Hosts 50 and up: clear of the first four, which AWS reserves in every subnet.
+    let chosen_ip = chooses_private_ip(n).then(|| fx.subnet_ip(50 + n as u8).to_string());
     if let Some(ip) = &chosen_ip {
         args.extend(["--private-ip".to_owned(), ip.clone()]);
     }
@@ -165,6 +168,11 @@ async fn create_node(fx: &Fixture, env: &Environment, n: usize) -> Result<Intent
         created["public_ip"].as_str().unwrap_or("no public IP")
     );
     Ok(Intent { id, private_ip: chosen_ip, elastic_ip })
+}
+
+/// Whether node `n` asks for a private IP of its own (all but every third, from the second).
+fn chooses_private_ip(n: usize) -> bool {
+    n % 3 != 1
 }
 
 /// The functions' logs and the demo's events to `target/tether-demo.log` (`RUST_LOG`

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
-use tether::NodeId;
+use tether::{Market, NodeId};
 
-use crate::event_source::{generation_of, node_instances, node_of};
+use crate::event_source::{generation_of, market_of, node_instances, node_of};
 use crate::SetupError;
 
 /// The nodes' instances, terminated ones included, as one DescribeInstances answered.
@@ -96,7 +96,7 @@ impl Ledger {
                     private_ip: instance.private_ip_address().map(str::to_owned),
                     public_ip: instance.public_ip_address().map(str::to_owned),
                     instance_type: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-                    spot: instance.instance_lifecycle().is_some(),
+                    spot: market_of(instance) == Market::Spot,
                 },
             );
             if let Some((since, replaced)) = self.awaiting.get(&node).copied() {

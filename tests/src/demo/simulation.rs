@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tether::ports::NodeStore;
+use tether_cli::state_name;
 use tether::{NodeId, NodeState};
 
 use super::market::{Market, WARNING_LEAD};
 use super::observed::{state_of, Ledger, Snapshot};
 use super::options::Options;
 use super::view::{Progress, Row, View};
-use crate::event_source::{invoke_target, node_of, Delivery, EventSource};
+use crate::event_source::{invoke_target, market_of, node_of, Delivery, EventSource};
 use crate::events::{interruption_warning, invocation, scheduled_event};
 use crate::{Fixture, SetupError};
 
@@ -296,8 +297,7 @@ impl<'a> Simulation<'a> {
                 instance_state: instance.map_or("-", state_of).to_owned(),
                 market_type: instance
                     .map(|i| {
-                        let market = if i.instance_lifecycle().is_some() { "spot" } else { "on-demand" };
-                        format!("{market} {}", i.instance_type().map_or("?", |t| t.as_str()))
+                        format!("{} {}", market_of(i).as_str(), i.instance_type().map_or("?", |t| t.as_str()))
                     })
                     .unwrap_or_else(|| "-".into()),
             });
@@ -337,10 +337,6 @@ fn describe(answer: &Value, calls: usize) -> String {
 /// `tn-` and the first 8 hex digits: enough to tell a demo's nodes apart.
 pub fn short(id: &NodeId) -> String {
     id.as_str().chars().take(11).collect()
-}
-
-fn state_name(state: NodeState) -> String {
-    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{state:?}"))
 }
 
 fn or_dash(value: &Option<String>) -> String {

@@ -15,8 +15,8 @@ use aws_sdk_ec2::types::Filter;
 use serde_json::{json, Value};
 use tether::fake::{EipView, EniView, InstanceView};
 use tether::ports::ElasticIpInfo;
-use tether::{Market, Node, NodeId, NodeState, Persistence, Settings, TetherError};
-use tether_tests::event_source::{invoke_target, node_instances, Delivery, EventSource};
+use tether::{Node, NodeId, NodeState, Persistence, Settings, TetherError};
+use tether_tests::event_source::{generation_of, invoke_target, market_of, node_instances, node_of, tag_value, Delivery, EventSource};
 use tether_tests::events::{interruption_warning, invocation};
 use tether_tests::{fast_settings, Fixture, SetupError};
 
@@ -257,7 +257,7 @@ impl World {
 
     /// The emulator's instances, ENIs and Elastic IPs of this scenario, as the invariants read them.
     async fn observe(&self) -> Result<(Vec<InstanceView>, Vec<EniView>, Vec<EipView>), SetupError> {
-        let tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
+        let tag = |tags: &[aws_sdk_ec2::types::Tag], key: &str| tag_value(tags, key).map(str::to_owned);
         let instances = node_instances(&self.fx.ec2, &self.nodes)
             .await?
             .iter()
@@ -267,12 +267,12 @@ impl World {
                     id: i.instance_id().unwrap_or_default().to_owned(),
                     state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default(),
                     instance_type: i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
-                    market: if i.instance_lifecycle().is_some() { Market::Spot } else { Market::OnDemand },
+                    market: market_of(i),
                     primary_eni_id: primary.and_then(|n| n.network_interface_id()).map(str::to_owned),
                     private_ip: i.private_ip_address().and_then(|ip| ip.parse().ok()),
                     public_ip: i.public_ip_address().map(str::to_owned),
-                    node_id: tag(i.tags(), "tether:node-id"),
-                    generation: tag(i.tags(), "tether:generation").and_then(|g| g.parse().ok()),
+                    node_id: node_of(i).map(str::to_owned),
+                    generation: generation_of(i),
                     client_token: i.client_token().map(str::to_owned),
                 }
             })

@@ -6,13 +6,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tether::ports::NodeStore;
 use tether::{Node, NodeState, Persistence};
-use tether_tests::events::invocation;
+use tether_tests::events::{invocation, scheduled_event};
 use tether_tests::{Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
 
 async fn reconcile(fx: &Fixture) -> Result<Value, tether::TetherError> {
-    tether_reconciler::handler(&fx.tether, invocation(json!({"detail-type": "Scheduled Event", "source": "aws.events"}), BUDGET)).await
+    tether_reconciler::handler(&fx.tether, invocation(scheduled_event("tether-reconciler"), BUDGET)).await
 }
 
 async fn running_node(fx: &Fixture, persistence: Persistence) -> Result<Node, SetupError> {

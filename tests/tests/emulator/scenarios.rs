@@ -9,17 +9,15 @@ use tether::events::{InstanceEvent, InstanceState};
 use tether::lifecycle::{self, Step};
 use tether::ports::{Instances, NodeStore};
 use tether::{Node, NodeState, Persistence};
+use tether_tests::event_source::invoke_target;
 use tether_tests::events::{interruption_warning, invocation, rebalance_recommendation, state_change};
 use tether_tests::{on_eni, Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
 
-async fn interruption(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
-    tether_interruption::handler(&fx.tether, invocation(payload, BUDGET)).await
-}
-
-async fn state_changed(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
-    tether_state_change::handler(&fx.tether, invocation(payload, BUDGET)).await
+/// The event to the function Tether's rules send it to (`interruption` or `state-change`).
+async fn deliver(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
+    invoke_target(&fx.tether, payload, BUDGET).await
 }
 
 fn outcome(value: &Value) -> &str {
@@ -77,13 +75,13 @@ async fn an_interrupted_node_comes_back_on_the_same_eni_ip_and_eip() -> Result<(
     assert_identity_kept(&fx, &node, Some(&public_ip)).await?;
     let first = instance_id(&node)?;
 
-    let warned = interruption(&fx, interruption_warning(&first, "terminate")).await?;
+    let warned = deliver(&fx, interruption_warning(&first, "terminate")).await?;
     assert_eq!(outcome(&warned), "recorded");
     assert_eq!(fx.tether.node(&node.id).await?.state, NodeState::Recovering);
 
     fx.interrupt(&first).await?;
     fx.calls.take();
-    let replaced = state_changed(&fx, state_change(&first, "terminated")).await?;
+    let replaced = deliver(&fx, state_change(&first, "terminated")).await?;
     assert_eq!(outcome(&replaced), "launched", "{replaced}");
     assert_eq!(replaced["generation"], 2);
     // The hot path (DESIGN.md: at most 5 calls): find the node, claim the event, mark it
@@ -111,9 +109,9 @@ async fn three_interruptions_in_a_row_keep_the_identity() -> Result<(), SetupErr
     let mut seen = vec![instance_id(&node)?];
     for generation in 2..=4 {
         let current = instance_id(&node)?;
-        interruption(&fx, interruption_warning(&current, "terminate")).await?;
+        deliver(&fx, interruption_warning(&current, "terminate")).await?;
         fx.interrupt(&current).await?;
-        let replaced = state_changed(&fx, state_change(&current, "terminated")).await?;
+        let replaced = deliver(&fx, state_change(&current, "terminated")).await?;
         assert_eq!(replaced["generation"], generation, "{replaced}");
         node = fx.tether.node(&node.id).await?;
         assert_identity_kept(&fx, &node, Some(&public_ip)).await?;
@@ -131,13 +129,13 @@ async fn the_same_events_delivered_twice_launch_nothing_extra() -> Result<(), Se
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
     let warning = interruption_warning(&first, "terminate");
-    assert_eq!(outcome(&interruption(&fx, warning.clone()).await?), "recorded");
-    assert_eq!(outcome(&interruption(&fx, warning).await?), "ignored");
+    assert_eq!(outcome(&deliver(&fx, warning.clone()).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, warning).await?), "ignored");
 
     fx.interrupt(&first).await?;
     let terminated = state_change(&first, "terminated");
-    assert_eq!(outcome(&state_changed(&fx, terminated.clone()).await?), "launched");
-    let again = state_changed(&fx, terminated).await?;
+    assert_eq!(outcome(&deliver(&fx, terminated.clone()).await?), "launched");
+    let again = deliver(&fx, terminated).await?;
     assert_eq!(outcome(&again), "ignored", "{again}");
 
     let after = fx.tether.node(&node.id).await?;
@@ -154,7 +152,7 @@ async fn concurrent_deliveries_of_one_termination_launch_once() -> Result<(), Se
     let first = instance_id(&node)?;
     fx.interrupt(&first).await?;
     let terminated = state_change(&first, "terminated");
-    let (a, b) = tokio::join!(state_changed(&fx, terminated.clone()), state_changed(&fx, terminated.clone()));
+    let (a, b) = tokio::join!(deliver(&fx, terminated.clone()), deliver(&fx, terminated.clone()));
     let mut launched = 0;
     for result in [a, b] {
         match result {
@@ -164,7 +162,7 @@ async fn concurrent_deliveries_of_one_termination_launch_once() -> Result<(), Se
             // the retry finds nothing left to do.
             Err(e) => {
                 assert!(matches!(e, tether::TetherError::EventInProgress { .. }), "{e}");
-                let retried = state_changed(&fx, terminated.clone()).await?;
+                let retried = deliver(&fx, terminated.clone()).await?;
                 assert_eq!(outcome(&retried), "ignored", "{retried}");
             }
         }
@@ -183,9 +181,9 @@ async fn termination_before_the_warning_still_recovers() -> Result<(), SetupErro
     let node = running_node(&fx, Persistence { private_ip: Some(fx.subnet_ip(90)), ..Persistence::default() }).await?;
     let first = instance_id(&node)?;
     fx.interrupt(&first).await?;
-    assert_eq!(outcome(&state_changed(&fx, state_change(&first, "terminated")).await?), "launched");
+    assert_eq!(outcome(&deliver(&fx, state_change(&first, "terminated")).await?), "launched");
     // The warning arrives late, about an instance that is no longer the node's.
-    let late = interruption(&fx, interruption_warning(&first, "terminate")).await?;
+    let late = deliver(&fx, interruption_warning(&first, "terminate")).await?;
     assert_eq!(outcome(&late), "ignored");
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.state, NodeState::Running, "the late warning does not mark the new instance");
@@ -205,7 +203,7 @@ async fn termination_reported_while_the_eni_is_still_attached_waits_for_it() -> 
         tokio::time::sleep(Duration::from_millis(1500)).await;
         ec2.terminate_instances().instance_ids(old).send().await
     });
-    let replaced = state_changed(&fx, state_change(&first, "terminated")).await?;
+    let replaced = deliver(&fx, state_change(&first, "terminated")).await?;
     release.await??;
     assert_eq!(outcome(&replaced), "launched", "{replaced}");
     let after = fx.tether.node(&node.id).await?;
@@ -231,7 +229,7 @@ async fn an_eni_not_released_before_the_deadline_is_retried_by_lambda_not_given_
 
     // Lambda's retry, after the instance is gone.
     fx.interrupt(&first).await?;
-    assert_eq!(outcome(&state_changed(&fx, terminated).await?), "launched");
+    assert_eq!(outcome(&deliver(&fx, terminated).await?), "launched");
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.generation, 2, "the retry continues the same generation");
     assert_identity_kept(&fx, &after, None).await?;
@@ -242,16 +240,17 @@ async fn an_eni_not_released_before_the_deadline_is_retried_by_lambda_not_given_
 async fn events_tether_cannot_use_are_acknowledged() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     fx.calls.take();
-    let unknown = state_changed(&fx, state_change("i-0123456789abcdef0", "terminated")).await?;
+    let unknown = deliver(&fx, state_change("i-0123456789abcdef0", "terminated")).await?;
     assert_eq!(outcome(&unknown), "ignored");
     // Most of an account's state changes are about instances no node runs: one read, no claim written.
     assert_eq!(fx.calls.take(), ["DynamoDB.Query"]);
     assert_eq!(fx.cloud.describe_instance("i-0123456789abcdef0").await?, None, "EC2 does not know it either");
     let mut malformed = state_change("i-0123456789abcdef0", "terminated");
     malformed["detail"] = Value::String("garbage".into());
-    assert_eq!(outcome(&state_changed(&fx, malformed).await?), "rejected");
+    assert_eq!(outcome(&deliver(&fx, malformed).await?), "rejected");
     // A warning sent to the state-change function is not its business.
-    let misrouted = state_changed(&fx, interruption_warning("i-0123456789abcdef0", "terminate")).await?;
+    // A rule sending the wrong detail-type to state-change (deliver would route it right).
+    let misrouted = tether_state_change::handler(&fx.tether, invocation(interruption_warning("i-0123456789abcdef0", "terminate"), BUDGET)).await?;
     assert_eq!(outcome(&misrouted), "rejected");
     Ok(())
 }
@@ -261,10 +260,10 @@ async fn a_stop_interruption_is_recorded_and_not_replaced() -> Result<(), SetupE
     let fx = Fixture::new().await?;
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
-    assert_eq!(outcome(&interruption(&fx, rebalance_recommendation(&first)).await?), "recorded");
-    assert_eq!(outcome(&interruption(&fx, interruption_warning(&first, "stop")).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, rebalance_recommendation(&first)).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, interruption_warning(&first, "stop")).await?), "recorded");
     fx.ec2.stop_instances().instance_ids(&first).send().await?;
-    let stopped = state_changed(&fx, state_change(&first, "stopped")).await?;
+    let stopped = deliver(&fx, state_change(&first, "stopped")).await?;
     assert_eq!(outcome(&stopped), "recorded");
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.state, NodeState::Stopped);
@@ -282,13 +281,13 @@ async fn a_late_duplicate_of_a_stop_warning_is_not_recorded_again() -> Result<()
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
     let warning = interruption_warning(&first, "stop");
-    assert_eq!(outcome(&interruption(&fx, warning.clone()).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, warning.clone()).await?), "recorded");
     fx.ec2.stop_instances().instance_ids(&first).send().await?;
-    assert_eq!(outcome(&state_changed(&fx, state_change(&first, "stopped")).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, state_change(&first, "stopped")).await?), "recorded");
     fx.ec2.start_instances().instance_ids(&first).send().await?;
-    assert_eq!(outcome(&state_changed(&fx, state_change(&first, "running")).await?), "recorded");
+    assert_eq!(outcome(&deliver(&fx, state_change(&first, "running")).await?), "recorded");
 
-    let again = interruption(&fx, warning).await?;
+    let again = deliver(&fx, warning).await?;
     assert_eq!(outcome(&again), "ignored", "{again}");
     let after = fx.tether.node(&node.id).await?;
     assert_eq!((after.state, after.generation), (NodeState::Running, 1));
@@ -315,7 +314,7 @@ async fn a_delivery_while_another_invocation_holds_the_event_is_retried() -> Res
     let held = claims.claim(&event_id, "a-live-invocation", now, now + chrono::Duration::seconds(600)).await?;
     assert_eq!(held, tether::ports::EventClaim::Claimed);
 
-    let err = state_changed(&fx, terminated.clone()).await.expect_err("another invocation holds it");
+    let err = deliver(&fx, terminated.clone()).await.expect_err("another invocation holds it");
     assert!(err.is_retryable() && matches!(err, tether::TetherError::EventInProgress { .. }), "{err}");
     assert_eq!(lambda_runtime::Diagnostic::from(err).error_type, "Tether.EventInProgress");
     assert_eq!(fx.tether.node(&node.id).await?.generation, 1, "nothing done meanwhile");
@@ -325,7 +324,7 @@ async fn a_delivery_while_another_invocation_holds_the_event_is_retried() -> Res
     assert_eq!(claims.claim(&event_id, "lambda-retry", later, later + chrono::Duration::seconds(60)).await?, tether::ports::EventClaim::Claimed);
     claims.release(&event_id, "lambda-retry").await?;
     claims.release(&event_id, "someone-else").await?;
-    let retried = state_changed(&fx, terminated).await?;
+    let retried = deliver(&fx, terminated).await?;
     assert_eq!(outcome(&retried), "launched", "{retried}");
     Ok(())
 }
@@ -337,7 +336,7 @@ async fn a_random_private_ip_is_kept_across_interruptions() -> Result<(), SetupE
     let ip = node.eni.as_ref().ok_or("no ENI")?.private_ip;
     let first = instance_id(&node)?;
     fx.interrupt(&first).await?;
-    state_changed(&fx, state_change(&first, "terminated")).await?;
+    deliver(&fx, state_change(&first, "terminated")).await?;
     let after = fx.tether.node(&node.id).await?;
     assert_eq!(after.eni.as_ref().map(|e| e.private_ip), Some(ip));
     assert_identity_kept(&fx, &after, None).await?;
@@ -352,7 +351,7 @@ async fn a_launch_that_died_before_being_recorded_is_adopted_not_repeated() -> R
     let earlier_id = stage_unrecorded_launch(&fx, &node).await?;
 
     // Lambda retries the event: the first candidate's RunInstances meets the used token.
-    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    let retried = deliver(&fx, state_change(&first, "terminated")).await?;
     assert_eq!(outcome(&retried), "launched", "{retried}");
     assert_eq!(retried["instance_id"], earlier_id.as_str(), "the earlier instance is adopted");
     let after = fx.tether.node(&node.id).await?;
@@ -427,7 +426,7 @@ async fn this_generations_instance_found_holding_the_eni_is_adopted() -> Result<
     let staged_id = staged.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
 
     fx.calls.take();
-    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    let retried = deliver(&fx, state_change(&first, "terminated")).await?;
     assert_eq!(outcome(&retried), "launched", "{retried}");
     assert_eq!(retried["instance_id"], staged_id.as_str(), "the holder is adopted: {retried}");
     // One RunInstances (refused: the ENI is in use), then the ENI's holder looked up.
@@ -540,7 +539,7 @@ async fn an_adopted_instance_that_is_already_gone_leads_to_the_next_generation()
     // That instance was reclaimed too before anything recorded it; no event will name it.
     fx.interrupt(&earlier_id).await?;
 
-    let retried = state_changed(&fx, state_change(&first, "terminated")).await?;
+    let retried = deliver(&fx, state_change(&first, "terminated")).await?;
     assert_eq!(outcome(&retried), "launched", "{retried}");
     assert_eq!(retried["generation"], 3, "generation 2's instance is gone: generation 3 runs");
     let after = fx.tether.node(&node.id).await?;
