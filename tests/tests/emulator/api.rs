@@ -189,8 +189,14 @@ async fn import_adopts_a_running_instance_with_its_ip_and_eip() -> Result<(), Se
     let (allocation_id, public_ip) = fx.allocate_eip().await?;
     fx.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&eni_id).send().await?;
 
+    fx.calls.take();
     let (status, node) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": instance_id, "instance_types": ["m5.large"]}))).await?;
     assert_eq!(status, StatusCode::CREATED, "{node}");
+    // The deploy's IAM lets the API change an ENI only once it carries Tether's tag
+    // (`ec2:ResourceTag/tether:managed`): the tags go on first.
+    let calls = fx.calls.take();
+    let position = |operation: &str| calls.iter().position(|c| c == operation).ok_or(format!("no {operation} in {calls:?}"));
+    assert!(position("EC2.CreateTags")? < position("EC2.ModifyNetworkInterfaceAttribute")?, "{calls:?}");
     assert_eq!((node["state"].as_str(), node["private_ip"].as_str(), node["public_ip"].as_str()), (Some("running"), Some("10.0.1.80"), Some(public_ip.as_str())));
     let eni = fx.eni(&eni_id).await?;
     assert_eq!(eni.attachment().and_then(|a| a.delete_on_termination()), Some(false), "the ENI now outlives the instance");
