@@ -57,20 +57,11 @@ mod tests {
     use super::*;
     use crate::events::{InstanceEvent, InstanceState};
     use crate::lifecycle::{failed, launched, on_instance_event, on_recycle, Step};
-    use crate::model::{test_spec, InstanceRecord, InterruptionAction, Persistence};
+    use crate::lifecycle::tests::{node_in, CURRENT};
+    use crate::model::InterruptionAction;
 
-    fn running(instance_id: &str) -> Node {
-        let mut node = Node::new(test_spec(&["m5.large"], true), Persistence::default(), Utc::now());
-        node.state = NodeState::Running;
-        node.generation = 1;
-        node.instance = Some(InstanceRecord {
-            id: instance_id.into(),
-            generation: 1,
-            instance_type: "m5.large".into(),
-            market: Market::Spot,
-            launched_at: Utc::now(),
-        });
-        node
+    fn running() -> Node {
+        node_in(NodeState::Running)
     }
 
     fn applied(step: Step) -> Node {
@@ -83,9 +74,9 @@ mod tests {
     #[test]
     fn a_replacement_after_a_warning_counts_with_its_recovery_time() {
         let t0 = Utc::now();
-        let running = running("i-old");
-        let warned = applied(on_instance_event(&running, &InstanceEvent::InterruptionWarning { instance_id: "i-old".into(), action: InterruptionAction::Terminate }, t0));
-        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let running = running();
+        let warned = applied(on_instance_event(&running, &InstanceEvent::InterruptionWarning { instance_id: CURRENT.into(), action: InterruptionAction::Terminate }, t0));
+        let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
         let launching = applied(on_instance_event(&warned, &terminated, t0 + TimeDelta::seconds(120)));
         let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, t0 + TimeDelta::seconds(125));
 
@@ -96,8 +87,8 @@ mod tests {
     #[test]
     fn a_termination_without_warning_counts_a_replacement_without_recovery_time() {
         let now = Utc::now();
-        let running = running("i-old");
-        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let running = running();
+        let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
         let launching = applied(on_instance_event(&running, &terminated, now));
         let replaced = launched(&launching, "i-new".into(), "m5.large".into(), Market::Spot, now);
         assert_eq!(metrics_of(&launching, &replaced), vec![Metric::Replacement]);
@@ -106,8 +97,8 @@ mod tests {
     #[test]
     fn a_replacement_counts_however_long_its_launch_took() {
         let now = Utc::now();
-        let running = running("i-old");
-        let terminated = InstanceEvent::StateChange { instance_id: "i-old".into(), state: InstanceState::Terminated };
+        let running = running();
+        let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
         let mut launching = applied(on_instance_event(&running, &terminated, now));
         // A long capacity drought: the history entry that began the generation rotates out.
         for attempt in 0..100 {
@@ -121,7 +112,7 @@ mod tests {
     #[test]
     fn a_launch_on_a_later_candidate_counts_a_fallback_to_the_market_it_got() {
         let now = Utc::now();
-        let recycling = applied(on_recycle(&running("i-old"), now, None));
+        let recycling = applied(on_recycle(&running(), now, None));
         let on_second_type = launched(&recycling, "i-new".into(), "m6i.large".into(), Market::Spot, now);
         assert_eq!(metrics_of(&recycling, &on_second_type), vec![Metric::Fallback { market: Market::Spot }]);
         let on_demand = launched(&recycling, "i-new".into(), "m5.large".into(), Market::OnDemand, now);
@@ -131,7 +122,7 @@ mod tests {
     #[test]
     fn a_recycle_is_no_replacement_and_an_error_counts_once() {
         let now = Utc::now();
-        let running = running("i-old");
+        let running = running();
         let recycling = applied(on_recycle(&running, now, Some("alice")));
         let recycled = launched(&recycling, "i-new".into(), "m5.large".into(), Market::Spot, now);
         assert_eq!(metrics_of(&recycling, &recycled), vec![]);

@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::{test_spec, Persistence};
 
-const CURRENT: &str = "i-00000000000000001";
+pub(super) const CURRENT: &str = "i-00000000000000001";
 const OTHER: &str = "i-00000000000000002";
 
 const STATES: [NodeState; 8] = [
@@ -17,7 +17,8 @@ const STATES: [NodeState; 8] = [
     NodeState::Deallocated,
 ];
 
-fn node_in(state: NodeState) -> Node {
+/// A node in `state` on generation 3, its instance `CURRENT` (m5.large spot).
+pub(super) fn node_in(state: NodeState) -> Node {
     let mut node = Node::new(test_spec(&["m5.large"], true), Persistence::default(), Utc::now());
     node.state = state;
     node.generation = 3;
