@@ -34,11 +34,13 @@ impl EmfMetrics {
 
 impl MetricsSink for EmfMetrics {
     fn record(&self, metric: &Metric, node: Option<&Node>, at: DateTime<Utc>) {
-        let line = emf_line(&self.deployment, metric, node, at);
+        // One write per line: stdout is shared with the log lines, and a `writeln!` of a
+        // formatted value may reach it in pieces that another thread's line splits.
+        let line = format!("{}\n", emf_line(&self.deployment, metric, node, at));
         // A poisoned lock only means another thread panicked mid-write; the writer is fine.
         let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Metrics must never fail the work they measure; a lost line shows as a gap.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
     }
 }
 
