@@ -61,6 +61,9 @@ pub enum NodesCommand {
     },
     /// Create a node (paused unless --resume)
     Create(Box<CreateArgs>),
+    /// Change a node's launch settings; they take effect at its next launch (a recycle applies them now)
+    #[command(alias = "patch")]
+    Update(Box<UpdateArgs>),
     /// Terminate the node's instance; keep its ENI and Elastic IP
     Pause {
         #[arg(value_name = "NODE_ID")]
@@ -167,6 +170,44 @@ pub struct CreateArgs {
     pub wait: WaitArgs,
     #[command(flatten)]
     pub post: PostArgs,
+}
+
+/// The launch settings `PATCH /nodes/{id}` accepts; only those given change.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").multiple(true).required(true))]
+pub struct UpdateArgs {
+    #[arg(value_name = "NODE_ID")]
+    pub id: String,
+    /// The AMI the next instances boot
+    #[arg(long, value_name = "AMI_ID", group = "change")]
+    pub image: Option<String>,
+    /// Instance types in order of preference, spot first (repeat the flag; replaces the whole list)
+    #[arg(long = "instance-type", value_name = "TYPE", group = "change")]
+    pub instance_types: Vec<String>,
+    /// The EC2 key pair of the next instances ('' removes it)
+    #[arg(long, value_name = "NAME", group = "change")]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN ('' removes it)
+    #[arg(long, value_name = "NAME_OR_ARN", group = "change")]
+    pub instance_profile: Option<String>,
+    /// A file whose text is the next instances' user data (an empty file removes it)
+    #[arg(long, value_name = "FILE", group = "change")]
+    pub user_data_file: Option<PathBuf>,
+    /// A tag of the node's instances (repeat the flag; replaces every tag)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag, group = "change", conflicts_with = "no_tags")]
+    pub tags: Vec<(String, String)>,
+    /// Remove every tag
+    #[arg(long, group = "change")]
+    pub no_tags: bool,
+    /// Fall back to on-demand when no spot capacity is left
+    #[arg(long, group = "change", conflicts_with = "no_on_demand_fallback")]
+    pub on_demand_fallback: bool,
+    /// Never fall back to on-demand
+    #[arg(long, group = "change")]
+    pub no_on_demand_fallback: bool,
+    /// After a fallback to on-demand, go back to spot: never, always, or HH:MM-HH:MM (UTC)
+    #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, group = "change")]
+    pub revert_to_spot: Option<RevertToSpot>,
 }
 
 #[derive(Debug, Args)]

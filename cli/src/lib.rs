@@ -18,12 +18,13 @@ use clap::Parser;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tether::lifecycle::NodePatch;
 use tether::model::{NodeSpec, Persistence};
 use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, NodeView, Problem};
 use tether::{ImportRequest, NodeState};
 use tokio::time::Instant;
 
-pub use args::{Cli, Command, CreateArgs, NodesCommand, PostArgs, WaitArgs};
+pub use args::{Cli, Command, CreateArgs, NodesCommand, PostArgs, UpdateArgs, WaitArgs};
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
 pub use output::state_name;
 
@@ -277,13 +278,26 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, Some(wait))
         }
-        NodesCommand::Create(args) => {
-            let user_data = match &args.user_data_file {
-                None => None,
-                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                    CliError::Usage(format!("--user-data-file {}: {e} (user data must be a UTF-8 text file)", path.display()))
-                })?),
+        NodesCommand::Update(args) => {
+            let patch = NodePatch {
+                image_id: args.image.clone(),
+                instance_types: Some(args.instance_types.clone()).filter(|t| !t.is_empty()),
+                user_data: read_user_data(args.user_data_file.as_deref())?,
+                tags: (args.no_tags || !args.tags.is_empty()).then(|| args.tags.iter().cloned().collect()),
+                fallback_to_on_demand: match (args.on_demand_fallback, args.no_on_demand_fallback) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
+                revert_to_spot: args.revert_to_spot,
+                key_name: args.key_name.clone(),
+                iam_instance_profile: args.instance_profile.clone(),
+                ..NodePatch::default()
             };
+            Planned { method: Method::PATCH, path: node_path(&args.id, ""), body: Some(to_json(&patch)?), idempotency_key: None, wait: None }
+        }
+        NodesCommand::Create(args) => {
+            let user_data = read_user_data(args.user_data_file.as_deref())?;
             let request = CreateNode {
                 spec: NodeSpec {
                     subnet_id: args.subnet.clone(),
@@ -307,6 +321,14 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             post("/nodes".to_owned(), Some(to_json(&request)?), &args.post, Some(&args.wait))
         }
     })
+}
+
+fn read_user_data(file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {
+    file.map(|path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("--user-data-file {}: {e} (user data must be a UTF-8 text file)", path.display())))
+    })
+    .transpose()
 }
 
 fn list_path(limit: Option<u32>, next_token: Option<&str>) -> String {

@@ -261,8 +261,9 @@ pub enum Claim {
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, AwsError>;
-    /// Stores the answer to replay for later uses of the key.
-    async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError>;
+    /// Stores the answer to replay for later uses of the key (with the request's fingerprint,
+    /// whole: a record released meanwhile is written again as it should be).
+    async fn complete(&self, key: &str, fingerprint: &str, status: u16, body: &str) -> Result<(), AwsError>;
     /// Forgets the key (the request failed in a way worth retrying).
     async fn release(&self, key: &str) -> Result<(), AwsError>;
 }

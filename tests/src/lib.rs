@@ -6,6 +6,7 @@ pub mod demo;
 pub mod event_source;
 pub mod events;
 pub mod local_api;
+pub mod table;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -46,10 +47,15 @@ static EMULATOR: OnceLock<Result<Emulator, String>> = OnceLock::new();
 impl Emulator {
     /// The process-wide emulator, started on first use.
     pub fn shared() -> &'static Emulator {
-        match EMULATOR.get_or_init(Emulator::start) {
+        match Emulator::try_shared() {
             Ok(emulator) => emulator,
-            Err(why) => panic!("cannot start the AWS emulator: {why}"),
+            Err(why) => panic!("{why}"),
         }
+    }
+
+    /// [`Emulator::shared`], or why it could not start.
+    pub fn try_shared() -> Result<&'static Emulator, String> {
+        EMULATOR.get_or_init(Emulator::start).as_ref().map_err(|why| format!("cannot start the AWS emulator: {why}"))
     }
 
     fn start() -> Result<Emulator, String> {
@@ -98,13 +104,18 @@ impl Emulator {
 
     /// SDK settings pointing at the emulator, with fake credentials.
     pub async fn sdk_config(&self) -> SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tether-tests"))
-            .load()
-            .await
+        emulator_sdk_config(&self.endpoint).await
     }
+}
+
+/// SDK settings for an AWS emulator at `endpoint`, with its fake credentials, in [`REGION`].
+pub async fn emulator_sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tether-tests"))
+        .load()
+        .await
 }
 
 /// One test's private corner of the emulator.
@@ -140,8 +151,14 @@ impl Fixture {
     }
 
     pub async fn with_settings(settings: Settings) -> Result<Fixture, SetupError> {
-        let emulator = Emulator::shared();
-        let sdk = emulator.sdk_config().await;
+        let sdk = Emulator::shared().sdk_config().await;
+        Self::on(&sdk, None, settings).await
+    }
+
+    /// A fixture on the AWS emulator `sdk` points at. `table`: the node table to use
+    /// (created if missing); `None`: a new one.
+    pub async fn on(sdk: &SdkConfig, table: Option<&str>, settings: Settings) -> Result<Fixture, SetupError> {
+        let sdk = sdk.clone();
         let ec2 = aws_sdk_ec2::Client::new(&sdk);
         let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
         let unique = uuid_fragment();
@@ -174,9 +191,9 @@ impl Fixture {
             .ok_or("the emulator lists no AMI")?
             .to_owned();
 
-        let table_name = format!("tether-{unique}");
+        let table_name = table.map_or_else(|| format!("tether-{unique}"), str::to_owned);
+        table::ensure(&dynamodb, &table_name).await?;
         let store = DynamoNodeStore::new(dynamodb.clone(), table_name.clone());
-        store.create_table().await?;
         let calls = CallLog::default();
         let counted_ec2 = aws_sdk_ec2::Client::from_conf(
             aws_sdk_ec2::config::Builder::from(&sdk).interceptor(calls.clone()).build(),

@@ -5,6 +5,8 @@ mod emulator {
     pub mod rules;
     pub mod api;
     pub mod cli;
+    pub mod iam;
+    pub mod local_api;
     pub mod scenarios;
     pub mod reconciler;
     pub mod chaos;

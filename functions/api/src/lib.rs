@@ -87,6 +87,9 @@ impl Api {
         if body.len() > MAX_BODY_BYTES {
             return problem(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request bodies are limited to {MAX_BODY_BYTES} bytes"), None);
         }
+        if let Err(answer) = json_content_type(&request, body) {
+            return *answer;
+        }
         let query = request.uri().query().unwrap_or_default().to_owned();
         let call = Call { route, id, query: &query, body, caller: &caller };
         if method != Method::POST {
@@ -138,7 +141,7 @@ impl Api {
         let stored = if answer.status().is_server_error() {
             self.idempotency.release(&scoped).await
         } else {
-            self.idempotency.complete(&scoped, answer.status().as_u16(), &text).await
+            self.idempotency.complete(&scoped, &fingerprint, answer.status().as_u16(), &text).await
         };
         if let Err(e) = stored {
             warn!(error = %e, "could not store the idempotent answer; a retry may run the request again");
@@ -183,7 +186,7 @@ impl Api {
                     Err(e) => from_error(&e),
                 }
             }
-            (Operation::GetNode, Some(id)) => self.show(&id, StatusCode::OK).await,
+            (Operation::GetNode, Some(id)) => self.show(&id, Some(StatusCode::OK)).await,
             (Operation::PatchNode, Some(id)) => {
                 let patch: NodePatch = match parse(call.body, call.route) {
                     Ok(p) => p,
@@ -247,11 +250,13 @@ impl Api {
         }
     }
 
-    async fn show(&self, id: &NodeId, status: StatusCode) -> Answer {
+    /// The node; with `status`, or for an action that goes on after the answer (`None`):
+    /// 200 when the node is settled, 202 while it is launching or deallocating.
+    async fn show(&self, id: &NodeId, status: Option<StatusCode>) -> Answer {
         match self.tether.node(id).await {
             Ok(node) => {
                 let transitional = matches!(node.state, NodeState::Launching | NodeState::Deallocating);
-                let status = if status == StatusCode::OK && transitional { StatusCode::ACCEPTED } else { status };
+                let status = status.unwrap_or(if transitional { StatusCode::ACCEPTED } else { StatusCode::OK });
                 json(status, &NodeView::from(&node))
             }
             Err(e) => from_error(&e),
@@ -259,7 +264,7 @@ impl Api {
     }
 
     async fn created(&self, id: &NodeId) -> Answer {
-        let mut answer = self.show(id, StatusCode::CREATED).await;
+        let mut answer = self.show(id, Some(StatusCode::CREATED)).await;
         if let Ok(location) = format!("/nodes/{id}").parse() {
             answer.headers_mut().insert(header::LOCATION, location);
         }
@@ -272,7 +277,7 @@ impl Api {
         match outcome {
             Ok(Outcome::Refused { reason }) => problem(StatusCode::CONFLICT, "state-conflict", reason, None),
             Ok(Outcome::Failed { reason, .. }) => problem(StatusCode::UNPROCESSABLE_ENTITY, "node-error", format!("the node went to ERROR: {reason}"), None),
-            Ok(_) | Err(TetherError::EniStillAttached { .. } | TetherError::NoCapacity { .. }) => self.show(id, StatusCode::OK).await,
+            Ok(_) | Err(TetherError::EniStillAttached { .. } | TetherError::NoCapacity { .. }) => self.show(id, None).await,
             Err(e) => from_error(&e),
         }
     }
@@ -303,22 +308,67 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
-/// A JSON body into `T`, or a 400 problem naming the field at fault.
+/// The media type the API reads; a body sent as anything else is refused (415). A request
+/// without a Content-Type is read as JSON: many clients omit it.
+pub const JSON: &str = "application/json";
+
+/// A 415 problem unless a non-empty body is labelled `application/json` (parameters such as
+/// `charset=utf-8` allowed) or not labelled at all.
+fn json_content_type(request: &Request, body: &[u8]) -> Result<(), Box<Answer>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let Some(value) = request.headers().get(header::CONTENT_TYPE) else { return Ok(()) };
+    let media_type = value.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+    if media_type.eq_ignore_ascii_case(JSON) {
+        return Ok(());
+    }
+    let shown = if media_type.is_empty() { "an empty Content-Type".to_owned() } else { format!("`{media_type}`") };
+    let mut answer = problem(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        format!("the body must be JSON sent as Content-Type: {JSON}, not {shown}"),
+        Some("Content-Type"),
+    );
+    answer.headers_mut().insert(header::ACCEPT, header::HeaderValue::from_static(JSON));
+    Err(Box::new(answer))
+}
+
+/// A JSON body into `T`, or a 400 problem naming the field at fault (none when the body is
+/// not a JSON object at all).
 fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Box<Answer>> {
     let required = route.body.is_some_and(|(_, required)| required);
+    let invalid = |detail: String, field: Option<&str>| Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", detail, field));
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         if required {
-            return Err(Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", "a JSON request body is required", None)));
+            return Err(invalid("a JSON request body is required".into(), None));
         }
         &b"{}"[..]
     } else {
         body
     };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("the body must be a JSON object; it is not JSON ({e})"), None))?;
+    if !value.is_object() {
+        return Err(invalid(format!("the body must be a JSON object, not {}", json_kind(&value)), None));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let message = e.inner().to_string();
-        // The path names the field at fault, an unknown one included (e.g. `spec.color`).
-        let field = Some(e.path().to_string()).filter(|f| f != ".");
-        Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", message, field.as_deref()))
+        // The path names the field at fault, an unknown one included (e.g. `spec.color`);
+        // `.` is the body itself and `?` a place serde could not name.
+        let path = e.path().to_string();
+        let field = Some(path).filter(|f| f != "." && f != "?");
+        invalid(message, field.as_deref())
     })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }

@@ -99,7 +99,9 @@ fn operation(route: &Route) -> Value {
             json!({"description": success_description(*status), "content": {"application/json": {"schema": schema_ref(schema)}}}),
         );
     }
-    for status in route.errors.iter().chain(COMMON_ERRORS) {
+    // A body labelled as anything but JSON is refused; only routes that read one check.
+    let media_type_error: &[u16] = if route.body.is_some() { &[415] } else { &[] };
+    for status in route.errors.iter().chain(media_type_error).chain(COMMON_ERRORS) {
         let mut content = json!({"application/problem+json": {"schema": schema_ref("Problem")}});
         // API Gateway itself refuses a bad signature (403) or an oversized payload (413)
         // before the function runs, with its own `{"message": ...}` body.
@@ -115,7 +117,11 @@ fn operation(route: &Route) -> Value {
         "responses": responses,
     });
     if let Some((schema, required)) = route.body {
-        op["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema_ref(schema)}}});
+        op["requestBody"] = json!({
+            "required": required,
+            "description": "JSON, sent as Content-Type: application/json. A request without a Content-Type header is read as JSON too; any other media type is refused with 415.",
+            "content": {"application/json": {"schema": schema_ref(schema)}},
+        });
     }
     op
 }
@@ -135,6 +141,7 @@ fn error_description(status: u16) -> &'static str {
         404 => "No such node",
         409 => "The action does not fit the node's state, or the Idempotency-Key is in use",
         413 => "The body is larger than 64 KiB (the function) or than API Gateway accepts",
+        415 => "The body is labelled with another media type than application/json (the Accept header names it)",
         422 => "A field is invalid for AWS (the problem names the field and the fix)",
         503 => "AWS throttled or faulted; retry after the Retry-After seconds",
         _ => "Error",

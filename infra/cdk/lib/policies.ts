@@ -81,7 +81,7 @@ export function tablePolicyStatements(tableArn: string): object[] {
     {
       Sid: "NodesTable",
       Effect: "Allow",
-      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"],
+      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"],
       Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }],
     },
   ];

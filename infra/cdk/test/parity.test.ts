@@ -6,28 +6,13 @@
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { App } from "aws-cdk-lib";
-import { Template } from "aws-cdk-lib/assertions";
-import { TetherStack } from "../lib/tether-stack";
+import { cdkTemplate, samTemplate } from "./templates";
 
 type Resources = Record<string, { Type: string; Properties?: Record<string, any>; Metadata?: Record<string, any>; DeletionPolicy?: string }>;
 
-const samPath = path.resolve(__dirname, "../../sam-template.json");
-if (!fs.existsSync(samPath)) {
-  throw new Error(`${samPath} is missing: run \`make infra-check\` (it converts infra/template.yaml first)`);
-}
-const sam = JSON.parse(fs.readFileSync(samPath, "utf8"));
+const sam = samTemplate();
 const samResources: Resources = sam.Resources;
-
-const assets = fs.mkdtempSync(path.join(os.tmpdir(), "tether-assets-"));
-for (const binary of ["tether-interruption", "tether-state-change", "tether-reconciler", "tether-api"]) {
-  fs.mkdirSync(path.join(assets, binary));
-  fs.writeFileSync(path.join(assets, binary, "bootstrap"), "#!/bin/sh\n");
-}
-const cdk = Template.fromStack(new TetherStack(new App(), "Tether", { assets })).toJSON();
+const cdk = cdkTemplate().toJSON();
 const cdkResources: Resources = cdk.Resources;
 
 /** Logical id → properties (and deletion policy) of the resources of `type`. */

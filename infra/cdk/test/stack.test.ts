@@ -4,25 +4,10 @@
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
-import * as fs from "fs";
-import * as os from "os";
-import * as path from "path";
-import { App } from "aws-cdk-lib";
-import { Match, Template } from "aws-cdk-lib/assertions";
-import { TetherStack } from "../lib/tether-stack";
+import { Match } from "aws-cdk-lib/assertions";
+import { cdkTemplate } from "./templates";
 
-const BINARIES = ["tether-interruption", "tether-state-change", "tether-reconciler", "tether-api"];
-
-function stubAssets(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tether-assets-"));
-  for (const binary of BINARIES) {
-    fs.mkdirSync(path.join(dir, binary));
-    fs.writeFileSync(path.join(dir, binary, "bootstrap"), "#!/bin/sh\n");
-  }
-  return dir;
-}
-
-const template = Template.fromStack(new TetherStack(new App(), "Tether", { assets: stubAssets() }));
+const template = cdkTemplate();
 
 test("four functions on provided.al2023, the architecture a parameter (arm64 by default)", () => {
   template.resourceCountIs("AWS::Lambda::Function", 4);

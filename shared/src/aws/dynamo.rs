@@ -5,10 +5,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use crate::aws::aws_error;
@@ -39,43 +36,6 @@ impl DynamoNodeStore {
         DynamoNodeStore { client, table: table.into() }
     }
 
-    /// Creates the table as the deploy templates define it (on-demand, the instance-id
-    /// index). For local runs against an emulator; deployments use SAM or CDK.
-    pub async fn create_table(&self) -> Result<(), AwsError> {
-        let attribute = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| build_error("CreateTable", e))
-        };
-        let hash_key = |name: &str| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(KeyType::Hash)
-                .build()
-                .map_err(|e| build_error("CreateTable", e))
-        };
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(INSTANCE_INDEX)
-            .key_schema(hash_key(INSTANCE_ATTRIBUTE)?)
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
-            .build()
-            .map_err(|e| build_error("CreateTable", e))?;
-        self.client
-            .create_table()
-            .table_name(&self.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(attribute(PARTITION_KEY)?)
-            .attribute_definitions(attribute(INSTANCE_ATTRIBUTE)?)
-            .key_schema(hash_key(PARTITION_KEY)?)
-            .global_secondary_indexes(index)
-            .send()
-            .await
-            .map_err(|e| aws_error("DynamoDB", "CreateTable", e))?;
-        Ok(())
-    }
-
     fn item(&self, node: &Node) -> Result<HashMap<String, AttributeValue>, AwsError> {
         let mut item: HashMap<String, AttributeValue> =
             serde_dynamo::to_item(node).map_err(|e| codec_error("PutItem", e))?;
@@ -103,10 +63,6 @@ fn codec_error(operation: &'static str, e: serde_dynamo::Error) -> AwsError {
         message: format!("node item does not match the node model: {e}"),
         class: ErrorClass::Permanent,
     }
-}
-
-fn build_error(operation: &'static str, e: impl std::fmt::Display) -> AwsError {
-    AwsError { service: "DynamoDB", operation, code: None, message: e.to_string(), class: ErrorClass::Permanent }
 }
 
 #[async_trait]

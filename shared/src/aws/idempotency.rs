@@ -91,20 +91,23 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         }
     }
 
-    async fn complete(&self, k: &str, status: u16, body: &str) -> Result<(), AwsError> {
+    async fn complete(&self, k: &str, fingerprint: &str, status: u16, body: &str) -> Result<(), AwsError> {
+        // A whole item, not an update: the tables' writes are all PutItem, so no function
+        // needs dynamodb:UpdateItem.
+        let now = Utc::now().timestamp();
         self.client
-            .update_item()
+            .put_item()
             .table_name(&self.table)
-            .key(PARTITION_KEY, key(k))
-            .update_expression("SET #state = :done, #status = :status, body = :body")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":done", AttributeValue::S("done".into()))
-            .expression_attribute_values(":status", number(i64::from(status)))
-            .expression_attribute_values(":body", AttributeValue::S(body.to_owned()))
+            .item(PARTITION_KEY, key(k))
+            .item("fingerprint", AttributeValue::S(fingerprint.to_owned()))
+            .item("state", AttributeValue::S("done".into()))
+            .item("status", number(i64::from(status)))
+            .item("body", AttributeValue::S(body.to_owned()))
+            .item("claimed_at", number(now))
+            .item("expires_at", number(now + KEEP_FOR.as_secs() as i64))
             .send()
             .await
-            .map_err(|e| aws_error("DynamoDB", "UpdateItem", e))?;
+            .map_err(|e| aws_error("DynamoDB", "PutItem", e))?;
         Ok(())
     }
 

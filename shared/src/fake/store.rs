@@ -297,14 +297,20 @@ impl IdempotencyStore for FakeIdempotency {
         })
     }
 
-    async fn complete(&self, key: &str, status: u16, body: &str) -> Result<(), AwsError> {
+    async fn complete(&self, key: &str, fingerprint: &str, status: u16, body: &str) -> Result<(), AwsError> {
         yield_now().await;
-        // UpdateItem without a condition: creates the item if it is gone (released meanwhile).
-        self.call("UpdateItem", |t| {
-            let item = t.items.entry(key.to_owned()).or_default();
-            item.state = Some("done".to_owned());
-            item.status = Some(status);
-            item.body = Some(body.to_owned());
+        // PutItem without a condition: the whole record, even if it was released meanwhile.
+        self.call("PutItem", |t| {
+            let now = t.now;
+            let item = IdemItem {
+                fingerprint: Some(fingerprint.to_owned()),
+                state: Some("done".to_owned()),
+                claimed_at: Some(now),
+                expires_at: Some(now + KEEP_FOR),
+                status: Some(status),
+                body: Some(body.to_owned()),
+            };
+            t.items.insert(key.to_owned(), item);
             Ok(())
         })
     }
@@ -325,7 +331,7 @@ impl FaultInjection for FakeStore {
     }
 }
 
-/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `UpdateItem`, `DeleteItem`.
+/// Faults by DynamoDB API name: `PutItem`, `GetItem`, `DeleteItem`.
 impl FaultInjection for FakeIdempotency {
     fn inject(&self, operation: &str, fault: Fault) {
         self.lock().faults.push(operation, fault);

@@ -478,7 +478,7 @@ async fn idempotency_claims_replay_and_mismatch() {
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::New);
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::InProgress);
     assert_eq!(idem.claim("k", "other").await.unwrap(), Claim::Mismatch);
-    idem.complete("k", 201, "{}").await.unwrap();
+    idem.complete("k", "fp", 201, "{}").await.unwrap();
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::Replay { status: 201, body: "{}".into() });
     idem.release("k").await.unwrap();
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::New, "released: a new claim");
@@ -492,15 +492,16 @@ async fn a_stale_claim_is_taken_over_and_an_answer_expires_after_a_day() {
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::InProgress, "60 s is not stale yet");
     idem.advance_clock(Duration::from_secs(1));
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::New, "stale: taken over");
-    idem.complete("k", 200, "ok").await.unwrap();
+    idem.complete("k", "fp", 200, "ok").await.unwrap();
     idem.advance_clock(Duration::from_secs(24 * 3600));
     assert!(matches!(idem.claim("k", "fp").await.unwrap(), Claim::Replay { .. }));
     idem.advance_clock(Duration::from_secs(1));
     assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::New, "expired");
-    // complete after release recreates a record without a fingerprint, as UpdateItem does.
+    // complete after release writes the whole record again: its answer is replayed.
     idem.release("k").await.unwrap();
-    idem.complete("k", 200, "ok").await.unwrap();
-    assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::Mismatch);
+    idem.complete("k", "fp", 200, "ok").await.unwrap();
+    assert_eq!(idem.claim("k", "fp").await.unwrap(), Claim::Replay { status: 200, body: "ok".into() });
+    assert_eq!(idem.claim("k", "other").await.unwrap(), Claim::Mismatch);
 }
 
 // ---- the service on the fakes ----

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{begin_launch, Action, Step};
 use crate::model::{Node, NodeState, RevertToSpot};
@@ -104,20 +104,31 @@ fn gone(node: &Node) -> String {
 }
 
 /// The spec fields a user may change; they take effect at the next launch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+/// Fields left out keep their value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodePatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_types: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_to_on_demand: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub revert_to_spot: Option<RevertToSpot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub iam_instance_profile: Option<String>,
     /// Refused: the ENI is bound to its subnet.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
     /// Refused: the ENI keeps its private IP for life.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
 }
 

@@ -1,48 +1,75 @@
-//! `tether-local-api`: the management API on 127.0.0.1 against the local AWS emulator,
-//! for the CLI, the fuzzer and the demo. Builds a VPC, a subnet, a security group and
-//! two Elastic IPs, prints one line
-//! `TETHER_API_READY url=… subnet=… security_group=… image=… elastic_ips=…,…`,
-//! and serves until its stdin closes (or Ctrl-C with --ignore-stdin).
+//! `tether-local-api`: the management API on 127.0.0.1 against an AWS emulator, for the
+//! CLI, the fuzzer, the demo and trying Tether by hand. See `--help`.
 
 use std::io::Read;
 use std::net::SocketAddr;
 
+use clap::Parser;
 use tether_tests::local_api::LocalApi;
-use tether_tests::{Fixture, SetupError};
+use tether_tests::{emulator_sdk_config, fast_settings, Emulator, Fixture, SetupError};
+
+/// Serves Tether's management API on 127.0.0.1 behind a stand-in for API Gateway that checks
+/// SigV4 signatures (access key `testing`, secret `testing`, Region us-east-1).
+///
+/// It builds a VPC, a subnet, a security group and two Elastic IPs in the emulator, then
+/// prints one line `TETHER_API_READY url=… endpoint=… table=… subnet=… security_group=…
+/// image=… elastic_ips=…,…` and serves until its stdin closes (or Ctrl-C with
+/// --ignore-stdin).
+#[derive(Debug, Parser)]
+#[command(name = "tether-local-api", version)]
+struct Options {
+    /// The port to serve on (0: a free one)
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    port: u16,
+    /// An AWS emulator already running (e.g. http://127.0.0.1:5000). Default: start the
+    /// pinned, patched moto server from .venv (its Python: TETHER_PYTHON, default
+    /// .venv/bin/python) on a free port, and stop it on exit
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The DynamoDB table of nodes: an existing one (it must have Tether's key and index) or
+    /// one to create. Default: a new table named tether-<random>
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
+    /// Serve until Ctrl-C instead of until stdin closes (for running in the background)
+    #[arg(long)]
+    ignore_stdin: bool,
+}
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
+    let options = Options::parse();
+    if let Err(e) = run(options).await {
         eprintln!("tether-local-api: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), SetupError> {
-    let args: Vec<String> = std::env::args().collect();
-    let port = match args.iter().position(|a| a == "--port") {
-        Some(i) => args.get(i + 1).ok_or("--port needs a number")?.parse::<u16>()?,
-        None => 0,
-    };
-    let watch_stdin = !args.iter().any(|a| a == "--ignore-stdin");
+async fn run(options: Options) -> Result<(), SetupError> {
     tether_tests::init_quiet_tracing();
-    let fx = Fixture::new().await?;
+    let endpoint = match options.endpoint {
+        Some(url) => url,
+        None => Emulator::try_shared()?.endpoint.clone(),
+    };
+    let sdk = emulator_sdk_config(&endpoint).await;
+    let fx = Fixture::on(&sdk, options.table.as_deref(), fast_settings())
+        .await
+        .map_err(|e| format!("setting up in the emulator at {endpoint}: {e}"))?;
     let (first, _) = fx.allocate_eip().await?;
     let (second, _) = fx.allocate_eip().await?;
-    let server = LocalApi::start_on(fx.api.clone(), SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let server = LocalApi::start_on(fx.api.clone(), SocketAddr::from(([127, 0, 0, 1], options.port))).await?;
     println!(
-        "TETHER_API_READY url={} subnet={} security_group={} image={} elastic_ips={first},{second}",
-        server.url, fx.subnet_id, fx.security_group_id, fx.image_id
+        "TETHER_API_READY url={} endpoint={endpoint} table={} subnet={} security_group={} image={} elastic_ips={first},{second}",
+        server.url, fx.table_name, fx.subnet_id, fx.security_group_id, fx.image_id
     );
-    if watch_stdin {
+    if options.ignore_stdin {
+        tokio::signal::ctrl_c().await?;
+    } else {
         // Serve until whoever started us closes our stdin (or dies).
         tokio::task::spawn_blocking(|| {
             let mut sink = Vec::new();
             let _ = std::io::stdin().read_to_end(&mut sink);
         })
         .await?;
-    } else {
-        tokio::signal::ctrl_c().await?;
     }
     Ok(())
 }

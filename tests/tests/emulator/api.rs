@@ -77,11 +77,16 @@ async fn call_with(
     body: Option<Value>,
     headers: &[(&str, &str)],
 ) -> Result<(StatusCode, Value), SetupError> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    send(fx, method, path, &body, headers).await
+}
+
+/// Sends `body` as it is, with `headers` only (no Content-Type unless given).
+async fn send(fx: &Fixture, method: Method, path: &str, body: &str, headers: &[(&str, &str)]) -> Result<(StatusCode, Value), SetupError> {
     let mut builder = Request::builder().method(method).uri(path);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let response = fx.api.handle(as_lambda_request(builder, body.as_bytes(), Some(ACCESS_KEY_ID))?).await;
     let status = response.status();
     let value = match response.body() {
@@ -271,6 +276,41 @@ async fn refusals_name_the_field_and_the_fix() -> Result<(), SetupError> {
     Ok(())
 }
 
+/// A body labelled as anything but JSON is refused (415) before anything is created; an
+/// unlabelled one is read as JSON; a body that is not a JSON object is named as such.
+#[tokio::test]
+async fn bodies_must_be_json_objects_labelled_as_json_or_unlabelled() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let body = create_body(&fx, json!({}), false).to_string();
+    for media_type in ["text/plain", "application/xml", "application/x-www-form-urlencoded"] {
+        let (status, problem) = send(&fx, Method::POST, "/nodes", &body, &[("content-type", media_type)]).await?;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{media_type}: {problem}");
+        assert_eq!(problem["field"], "Content-Type", "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("application/json") && detail.contains(media_type), "{problem}");
+    }
+    let (_, list) = call(&fx, Method::GET, "/nodes", None).await?;
+    assert_eq!(list["nodes"], json!([]), "a refused body creates nothing");
+
+    for headers in [&[("content-type", "application/json; charset=utf-8")][..], &[("Content-Type", "Application/JSON")], &[]] {
+        let (status, node) = send(&fx, Method::POST, "/nodes", &body, headers).await?;
+        assert_eq!(status, StatusCode::CREATED, "{headers:?}: {node}");
+    }
+
+    // Not a JSON object: said so, and no field named (there is none).
+    for (sent, says) in [("spec=subnet-1&image=ami-1", "it is not JSON"), ("[1, 2]", "not an array"), ("\"node\"", "not a string"), ("{\"spec\": ", "it is not JSON")] {
+        let (status, problem) = send(&fx, Method::POST, "/nodes", sent, &[]).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sent}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with("the body must be a JSON object") && detail.contains(says), "{sent}: {problem}");
+        assert!(problem.get("field").is_none_or(Value::is_null), "{sent}: {problem}");
+    }
+    // A field of the wrong type is still named.
+    let (status, problem) = send(&fx, Method::PATCH, "/nodes/tn-00000000000000000000000000000000", r#"{"tags": 5}"#, &[]).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::BAD_REQUEST, Some("tags")), "{problem}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_action_that_does_not_fit_the_state_answers_409_and_why() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
@@ -405,6 +445,8 @@ async fn a_launch_that_cannot_finish_can_be_called_off() -> Result<(), SetupErro
     let id = node["id"].as_str().ok_or("no id")?.to_owned();
     let (status, again) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
     assert_eq!((status, again["state"].as_str()), (StatusCode::ACCEPTED, Some("launching")), "still no capacity: {again}");
+    let (status, shown) = call(&fx, Method::GET, &format!("/nodes/{id}"), None).await?;
+    assert_eq!((status, shown["state"].as_str()), (StatusCode::OK, Some("launching")), "a GET answers 200, as documented: {shown}");
     let (status, paused) = call(&fx, Method::POST, &format!("/nodes/{id}/pause"), None).await?;
     assert_eq!((status, paused["state"].as_str()), (StatusCode::OK, Some("paused")), "{paused}");
     let (status, gone) = call(&fx, Method::DELETE, &format!("/nodes/{id}"), None).await?;

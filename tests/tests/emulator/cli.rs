@@ -144,6 +144,66 @@ async fn a_node_goes_through_its_lifecycle_with_the_cli() -> Result<(), SetupErr
     Ok(())
 }
 
+/// `tether nodes update` sends PATCH with only the settings given; the API's refusals come
+/// back as the field and the detail.
+#[tokio::test]
+async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let images = fx.ec2.describe_images().owners("amazon").send().await?;
+    let other_image = images.images().iter().filter_map(|i| i.image_id()).find(|i| *i != fx.image_id).ok_or("one AMI only")?.to_owned();
+    let created = tether_json(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--tag", "team=data", "--key-name", "ops"]).await?;
+    let id = created["id"].as_str().ok_or("no id")?.to_owned();
+
+    let updated = tether(&env, &["nodes", "update", &id, "--image", &other_image]).await;
+    assert_eq!(updated.code, 0, "{updated:?}");
+    assert_eq!(field(&updated.stdout, "image"), Some(other_image.as_str()), "{}", updated.stdout);
+    let shown: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    assert_eq!(shown.spec.image_id, other_image);
+    assert_eq!(shown.spec.instance_types, ["m5.large"], "what was not given is kept");
+    assert_eq!(shown.spec.key_name.as_deref(), Some("ops"));
+
+    let args = [
+        "nodes", "update", &id, "--instance-type", "m6i.large", "--instance-type", "m5.large", "--tag", "team=db", "--tag", "tier=1",
+        "--key-name", "", "--no-on-demand-fallback", "--revert-to-spot", "always",
+    ];
+    let node: NodeView = serde_json::from_value(tether_json(&env, &args).await?)?;
+    assert_eq!(node.spec.instance_types, ["m6i.large", "m5.large"], "ordered as given, replacing the list");
+    assert_eq!(node.spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), ["team=db", "tier=1"]);
+    assert_eq!(node.spec.key_name, None, "'' removes the key pair");
+    assert!(!node.spec.fallback_to_on_demand);
+    assert_eq!(node.spec.revert_to_spot, tether::model::RevertToSpot::Always);
+    assert_eq!(node.spec.image_id, other_image, "kept");
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--no-tags", "--on-demand-fallback"]).await?)?;
+    assert!(node.spec.tags.is_empty() && node.spec.fallback_to_on_demand, "{:?}", node.spec);
+    let history = tether(&env, &["nodes", "history", &id]).await;
+    assert!(history.stdout.contains("spec changed (image_id)"), "{}", history.stdout);
+
+    // Bad values: the API's detail and field, exit 1, nothing changed.
+    for (flag, value, field_name, says) in [
+        ("--image", "notanami", "image_id", "AMI id"),
+        ("--instance-type", "m99.huge", "instance_types", "m99.huge"),
+        ("--tag", "aws:owner=me", "tags.aws:owner", "aws:"),
+    ] {
+        let refused = tether(&env, &["nodes", "update", &id, flag, value]).await;
+        assert_eq!(refused.code, 1, "{flag} {value}: {refused:?}");
+        let lines: Vec<&str> = refused.stderr.lines().collect();
+        assert!(lines.first().is_some_and(|l| l.starts_with("error: ") && l.contains(says)), "{flag} {value}: {lines:?}");
+        assert!(lines.contains(&format!("field: {field_name}").as_str()), "{flag} {value}: {lines:?}");
+    }
+    let unchanged: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    assert_eq!((unchanged.spec.image_id.as_str(), unchanged.version), (other_image.as_str(), node.version));
+
+    // Nothing to change, or both ways of one setting: usage errors (exit 2), nothing sent.
+    let nothing = tether(&env, &["nodes", "update", &id]).await;
+    assert_eq!(nothing.code, 2, "{nothing:?}");
+    assert!(nothing.stderr.contains("--image"), "the usage names the settings: {}", nothing.stderr);
+    let both = tether(&env, &["nodes", "update", &id, "--on-demand-fallback", "--no-on-demand-fallback"]).await;
+    assert_eq!(both.code, 2, "{both:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn problems_print_error_and_field_and_exit_1() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
