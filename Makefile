@@ -43,7 +43,7 @@ chaos:
 
 emulator: $(EMULATOR)
 
-# The release Lambda zips, target/lambda/<function>/bootstrap.zip (ARCH=arm64|x86_64; by
+# The release Lambda zips, target/lambda-zip/<function>/bootstrap.zip (the bare binaries in target/lambda/<function>/bootstrap) (ARCH=arm64|x86_64; by
 # default arm64 if the Rust toolchain has its standard library). Not part of `make test`:
 # a cold release build takes about 9 minutes.
 build: $(BUILD_TOOLS)
