@@ -11,6 +11,7 @@ rules=(
   "eni-delete   deleting_an_eni_disassociates_its_elastic_ip"
   "private-ip   requested_private_ips_are_checked_as_aws_does"
   "private-ip   random_private_ips_are_unique_and_never_reserved"
+  "cidr-reservation random_private_ips_never_take_an_explicit_reservation"
   "client-token a_client_token_used_again_returns_the_original_instance"
   "eni-az       an_eni_is_used_only_in_its_own_availability_zone"
 )

@@ -57,6 +57,7 @@ PATCH_NAMES = (
     "eni-in-use",
     "eni-delete",
     "private-ip",
+    "cidr-reservation",
     "client-token",
     "eni-az",
     "capacity",
@@ -107,9 +108,15 @@ LaunchFollowUp = Callable[[Any, dict[str, Any], Any], None]
 # check(backend, eni, instance, device_index); may raise, may adjust the ENI.
 AttachCheck = Callable[[Any, Any, Any, int], None]
 
+# exclusion(backend, subnet) -> addresses EC2 never picks by itself (for an
+# ENI, an instance or a secondary IP that does not name its address), though a
+# request that names one may still get it. private-ip's picks skip them.
+PickExclusion = Callable[[Any, Any], set[str]]
+
 _launch_checks: list[LaunchCheck] = []
 _launch_follow_ups: list[LaunchFollowUp] = []
 _attach_checks: list[AttachCheck] = []
+_pick_exclusions: list[PickExclusion] = []
 
 
 def _install_hook_points() -> None:
@@ -498,14 +505,13 @@ def validate_requested_ip(backend: Any, subnet: Subnet, ip: str, operation: str)
 
 def unavailable_addresses(backend: Any, subnet: Subnet) -> set[str]:
     """Addresses a new allocation must skip: in use, reserved, held by moto's
-    own bookkeeping (possibly stale; skipping it only wastes an address) or by
-    a subnet CIDR reservation."""
-    return (
-        addresses_in_use(backend, subnet)
-        | reserved_addresses(subnet)
-        | set(subnet._subnet_ips)
-        | {str(ip) for ip in subnet._reserved_ips}
-    )
+    own bookkeeping (possibly stale; skipping it only wastes an address), and
+    those other patches exclude from picks (cidr-reservation: subnet CIDR
+    reservations)."""
+    taken = addresses_in_use(backend, subnet) | reserved_addresses(subnet) | set(subnet._subnet_ips)
+    for exclusion in _pick_exclusions:
+        taken |= exclusion(backend, subnet)
+    return taken
 
 
 def free_address_count(backend: Any, subnet: Subnet) -> int:
@@ -687,6 +693,78 @@ def patch_private_ip() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: cidr-reservation
+# --------------------------------------------------------------------------
+
+
+def subnets_of_vpc(backend: Any, vpc_id: str) -> list[Subnet]:
+    return [s for zone in backend.subnets.values() for s in zone.values() if s.vpc_id == vpc_id]
+
+
+def patch_cidr_reservation() -> None:
+    """EC2 never picks an address in a subnet CIDR reservation; deleting the
+    reservation frees its unused addresses.
+
+    AWS (VPC User Guide, "Subnet CIDR reservations"; EC2 API Reference,
+    CreateSubnetCidrReservation): a reservation is a range "that you set aside
+    so that Amazon can't assign them to your network interfaces". Type
+    `explicit`: "You manually assign IP addresses to network interfaces" (the
+    guide's earlier wording: "AWS does not use the IP addresses"), so EC2 never
+    picks one for an ENI, an instance or a secondary IP that does not name its
+    address (CreateNetworkInterface without PrivateIpAddress, RunInstances
+    creating its own interface, SecondaryPrivateIpAddressCount); a request that
+    names one gets it, subject to private-ip's checks (in use, ...). Type
+    `prefix`: the range is for prefixes delegated to ENIs, so single addresses
+    are not picked from it either. "When you create a subnet CIDR reservation,
+    the IP address range can include addresses that are already in use.
+    Creating a subnet reservation does not unassign any IP addresses that are
+    already in use." "When you reserve multiple CIDR ranges within the same
+    VPC, the CIDR ranges cannot overlap" (InvalidParameterValue "Reservation
+    CIDR ... has overlap with existing reserved CIDR block", moto's wording).
+    "When you delete a subnet reservation, the unused IP addresses are
+    available for Amazon to assign to your network interfaces."
+
+    moto 5.2.5: records a reservation's addresses in the subnet's
+    `_reserved_ips`, which only its own RunInstances counter skips
+    (CreateNetworkInterface picks anywhere in the CIDR), and never removes
+    them: after DeleteSubnetCidrReservation the addresses stay reserved for
+    good. Its overlap check looks at the reservation's subnet only (the same
+    thing for IPv4, since a reservation lies in its subnet and moto refuses
+    overlapping subnets in a VPC). Unknown reservation ids already fail with
+    InvalidSubnetCidrReservationID.NotFound.
+    """
+    original_overlaps = Subnet._cidr_overlaps_with_existing_reservation
+    original_delete = Subnet.delete_subnet_cidr_reservation
+
+    def reserved(backend: Any, subnet: Subnet) -> set[str]:
+        return {str(ip) for ip in subnet._reserved_ips if isinstance(ip, ipaddress.IPv4Address)}
+
+    def overlaps_in_vpc(self: Subnet, cidr: Any) -> bool:
+        return any(original_overlaps(s, cidr) for s in subnets_of_vpc(self.ec2_backend, self.vpc_id))
+
+    def delete_subnet_cidr_reservation(self: Subnet, reservation_id: str) -> Any:
+        deleted = original_delete(self, reservation_id)  # None: not this subnet's
+        if deleted is not None:
+            # Only what no remaining reservation covers (they cannot overlap,
+            # but moto's set is shared by all of them).
+            still = [r.cidr for r in self._cidr_reservations if r.cidr.version == deleted.cidr.version]
+            self._reserved_ips = {
+                ip
+                for ip in self._reserved_ips
+                if ip.version != deleted.cidr.version
+                or ip not in deleted.cidr
+                or any(ip in cidr for cidr in still)
+            }
+        return deleted
+
+    Subnet._cidr_overlaps_with_existing_reservation = overlaps_in_vpc
+    Subnet.delete_subnet_cidr_reservation = delete_subnet_cidr_reservation
+    EC2Backend.create_subnet_cidr_reservation = locked(EC2Backend.create_subnet_cidr_reservation)
+    EC2Backend.delete_subnet_cidr_reservation = locked(EC2Backend.delete_subnet_cidr_reservation)
+    _pick_exclusions.append(reserved)
+
+
+# --------------------------------------------------------------------------
 # Patch: client-token
 # --------------------------------------------------------------------------
 
@@ -853,6 +931,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "eni-in-use": patch_eni_in_use,
     "eni-delete": patch_eni_delete,
     "private-ip": patch_private_ip,
+    "cidr-reservation": patch_cidr_reservation,
     "eni-release": patch_eni_release,
     "client-token": patch_client_token,
     "capacity": patch_capacity,

@@ -2,7 +2,7 @@
 //! launcher patch that enforces its rule is disabled (TETHER_MOTO_DISABLE=<name>).
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{NetworkInterfaceStatus, Placement};
+use aws_sdk_ec2::types::{NetworkInterfaceStatus, Placement, SubnetCidrReservationType};
 use tether_tests::{on_eni, Fixture, SetupError};
 
 /// Creates an ENI in the fixture's subnet, optionally at `ip`.
@@ -146,6 +146,111 @@ async fn random_private_ips_are_unique_and_never_reserved() -> Result<(), SetupE
     }
     let full = fx.ec2.create_network_interface().subnet_id(&subnet_id).send().await.expect_err("subnet is full");
     assert_eq!(full.code(), Some("InsufficientFreeAddressesInSubnet"));
+    Ok(())
+}
+
+/// The address EC2 picks for a new ENI in `subnet_id`, or the error code.
+async fn picked_for_eni(fx: &Fixture, subnet_id: &str) -> Result<String, String> {
+    match fx.ec2.create_network_interface().subnet_id(subnet_id).send().await {
+        Ok(out) => Ok(out.network_interface().and_then(|e| e.private_ip_address()).unwrap_or("no IP").to_owned()),
+        Err(e) => Err(e.code().unwrap_or("none").to_owned()),
+    }
+}
+
+/// The address EC2 picks for a new instance in `subnet_id` (its own ENI), or the error code.
+async fn picked_for_instance(fx: &Fixture, subnet_id: &str) -> Result<String, String> {
+    match fx.run_one().subnet_id(subnet_id).send().await {
+        Ok(out) => Ok(out.instances().first().and_then(|i| i.private_ip_address()).unwrap_or("no IP").to_owned()),
+        Err(e) => Err(e.code().unwrap_or("none").to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn random_private_ips_never_take_an_explicit_reservation() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // A /28: 11 usable addresses, 10.0.9.4 to 10.0.9.14.
+    let subnet = fx
+        .ec2
+        .create_subnet()
+        .vpc_id(&fx.vpc_id)
+        .cidr_block("10.0.9.0/28")
+        .availability_zone(&fx.availability_zone)
+        .send()
+        .await?;
+    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet")?.to_owned();
+    let ip = |host: u8| format!("10.0.9.{host}");
+    let reserve = |cidr: String| {
+        fx.ec2
+            .create_subnet_cidr_reservation()
+            .subnet_id(&subnet_id)
+            .cidr(cidr)
+            .reservation_type(SubnetCidrReservationType::Explicit)
+            .send()
+    };
+    let eni_at = |host: u8| fx.ec2.create_network_interface().subnet_id(&subnet_id).private_ip_address(ip(host)).send();
+
+    // A reservation may cover an address in use; the ENI keeps it.
+    let held = eni_at(4).await?;
+    let held_id = held.network_interface().and_then(|e| e.network_interface_id()).ok_or("no ENI id")?.to_owned();
+    let mut reservation_ids = std::collections::BTreeMap::new();
+    for host in [4u8, 5, 6, 7] {
+        let out = reserve(format!("{}/32", ip(host))).await?;
+        let id = out.subnet_cidr_reservation().and_then(|r| r.subnet_cidr_reservation_id()).ok_or("no reservation id")?;
+        reservation_ids.insert(host, id.to_owned());
+    }
+    assert_eq!(fx.eni(&held_id).await?.private_ip_address(), Some("10.0.9.4"), "a reservation unassigns nothing");
+    let reserved: std::collections::BTreeSet<String> = [4u8, 5, 6, 7].into_iter().map(ip).collect();
+
+    // EC2 hands out every other address (.8 to .14), never a reserved one, to ENIs and
+    // instances that do not name their address, until only reserved ones are left.
+    let mut picked = std::collections::BTreeSet::new();
+    let full = loop {
+        assert!(picked.len() <= 11, "more picks than addresses: {picked:?}");
+        let got = if picked.len() % 2 == 0 {
+            picked_for_eni(&fx, &subnet_id).await
+        } else {
+            picked_for_instance(&fx, &subnet_id).await
+        };
+        match got {
+            Ok(address) => {
+                assert!(!reserved.contains(&address), "EC2 picked {address}, which is explicitly reserved");
+                assert!(picked.insert(address.clone()), "{address} was handed out twice");
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(full, "InsufficientFreeAddressesInSubnet", "after {picked:?}");
+    assert_eq!(picked.len(), 7, "every unreserved address is picked: {picked:?}");
+    assert_eq!(picked_for_eni(&fx, &subnet_id).await.err().as_deref(), Some("InsufficientFreeAddressesInSubnet"));
+    assert_eq!(picked_for_instance(&fx, &subnet_id).await.err().as_deref(), Some("InsufficientFreeAddressesInSubnet"));
+
+    // Named explicitly, a reserved address is assigned, subject to the usual in-use check.
+    let named = eni_at(5).await.map_err(|e| format!("an ENI naming reserved 10.0.9.5: {:?}", e.code()))?;
+    assert_eq!(named.network_interface().and_then(|e| e.private_ip_address()), Some("10.0.9.5"));
+    let taken = eni_at(4).await.expect_err("10.0.9.4 is held by an ENI");
+    assert_eq!(taken.code(), Some("InvalidIPAddress.InUse"));
+
+    // Reservations in a VPC cannot overlap.
+    let again = reserve(format!("{}/32", ip(6))).await.expect_err("10.0.9.6/32 is reserved already");
+    assert_eq!(again.code(), Some("InvalidParameterValue"), "{again:?}");
+    let wider = reserve("10.0.9.4/30".into()).await.expect_err("10.0.9.4/30 overlaps four reservations");
+    assert_eq!(wider.code(), Some("InvalidParameterValue"), "{wider:?}");
+
+    // Deleting a reservation makes its unused address available again.
+    let seven = &reservation_ids[&7];
+    fx.ec2.delete_subnet_cidr_reservation().subnet_cidr_reservation_id(seven).send().await?;
+    assert_eq!(picked_for_eni(&fx, &subnet_id).await, Ok(ip(7)), "10.0.9.7 is the only unreserved free address");
+    assert_eq!(picked_for_instance(&fx, &subnet_id).await.err().as_deref(), Some("InsufficientFreeAddressesInSubnet"), "10.0.9.6 is still reserved");
+    let listed = fx.ec2.get_subnet_cidr_reservations().subnet_id(&subnet_id).send().await?;
+    let mut cidrs: Vec<&str> = listed.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect();
+    cidrs.sort_unstable();
+    assert_eq!(cidrs, ["10.0.9.4/32", "10.0.9.5/32", "10.0.9.6/32"]);
+
+    // An unknown reservation, or one deleted already, is not found.
+    for id in [seven.as_str(), "scr-0123456789abcdef0"] {
+        let gone = fx.ec2.delete_subnet_cidr_reservation().subnet_cidr_reservation_id(id).send().await.expect_err("no such reservation");
+        assert_eq!(gone.code(), Some("InvalidSubnetCidrReservationID.NotFound"), "{id}: {gone:?}");
+    }
     Ok(())
 }
 
