@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 #[cfg(feature = "fakes")]
 pub mod fake;
+pub mod group;
 pub mod lambda;
 pub mod lifecycle;
 pub mod model;

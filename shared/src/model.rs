@@ -27,12 +27,16 @@ impl NodeId {
     }
 
     /// The id of the node an imported instance becomes: the same instance always gives
-    /// the same node id (the first 32 hex digits of the instance id's SHA-256).
+    /// the same node id.
     pub fn for_instance(instance_id: &str) -> Self {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(instance_id.as_bytes());
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        NodeId(format!("tn-{hex}"))
+        NodeId::derived(instance_id)
+    }
+
+    /// An id derived from `seed` (the first 32 hex digits of its SHA-256): whoever derives
+    /// it from the same seed gets the same node, so a retried or concurrent create of it
+    /// meets the existing record instead of making a second.
+    pub fn derived(seed: &str) -> Self {
+        NodeId(format!("tn-{}", hex_digest(seed)))
     }
 
     /// Accepts an id read from outside (a table item, a request path).
@@ -51,6 +55,12 @@ impl NodeId {
     pub fn client_token(&self, generation: u64) -> String {
         format!("{}-g{}", self.0, generation)
     }
+}
+
+/// The first 32 hex digits of `seed`'s SHA-256.
+pub(crate) fn hex_digest(seed: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(seed.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Display for NodeId {
@@ -307,6 +317,9 @@ pub struct Node {
     /// What the `Replacements` metric counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replacing_lost_instance: bool,
+    /// The group this node is a member of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::group::Membership>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -331,6 +344,7 @@ impl Node {
             applied_events: Vec::new(),
             spot_revert_at: None,
             replacing_lost_instance: false,
+            group: None,
             created_at: now,
             updated_at: now,
         };
@@ -373,7 +387,7 @@ impl Node {
 }
 
 /// Appends `item`, keeping the newest `limit` items.
-fn push_newest<T>(list: &mut Vec<T>, item: T, limit: usize) {
+pub(crate) fn push_newest<T>(list: &mut Vec<T>, item: T, limit: usize) {
     list.push(item);
     if list.len() > limit {
         let excess = list.len() - limit;

@@ -1,0 +1,222 @@
+//! A stateful group: a target capacity of member nodes built from one template across one
+//! or more subnets of a VPC, with an optional private-IP pool and Elastic-IP pool.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use ipnet::Ipv4Net;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{hex_digest, push_newest, Node, NodeId, NodeSpec, NodeState, RevertToSpot, HISTORY_LIMIT};
+
+/// A group's id: `tg-` followed by 32 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct GroupId(String);
+
+impl GroupId {
+    pub fn generate() -> Self {
+        GroupId(format!("tg-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Accepts an id read from outside (a table item, a request path).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let hex = raw.strip_prefix("tg-")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| GroupId(raw.to_owned()))
+    }
+
+    /// A group whose id is derived from `seed` (an Idempotency-Key, a test's name).
+    pub fn derived(seed: &str) -> Self {
+        GroupId(format!("tg-{}", hex_digest(seed)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The member made for pool address `ip`, the `ordinal`-th for it (1 for the first; a
+    /// deallocated one is replaced by the next). Derived, so that two controllers that decide
+    /// to make the same member meet one conditional write instead of making two.
+    pub fn pool_member(&self, ip: Ipv4Addr, ordinal: u32) -> NodeId {
+        NodeId::derived(&format!("{}/pool/{ip}/{ordinal}", self.0))
+    }
+
+    /// The `ordinal`-th member with an address EC2 picks.
+    pub fn random_member(&self, ordinal: u32) -> NodeId {
+        NodeId::derived(&format!("{}/random/{ordinal}", self.0))
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What every member is launched with: a node's spec without its subnet, which the group
+/// chooses per member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberTemplate {
+    pub image_id: String,
+    /// Tried in order, spot first; never empty.
+    pub instance_types: Vec<String>,
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN.
+    #[serde(default)]
+    pub iam_instance_profile: Option<String>,
+    /// Plain text; base64-encoded by the EC2 adapter.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub fallback_to_on_demand: bool,
+    #[serde(default)]
+    pub revert_to_spot: RevertToSpot,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl MemberTemplate {
+    /// A member's spec in `subnet_id`.
+    pub fn spec_in(&self, subnet_id: &str) -> NodeSpec {
+        NodeSpec {
+            subnet_id: subnet_id.to_owned(),
+            image_id: self.image_id.clone(),
+            instance_types: self.instance_types.clone(),
+            security_group_ids: self.security_group_ids.clone(),
+            key_name: self.key_name.clone(),
+            iam_instance_profile: self.iam_instance_profile.clone(),
+            user_data: self.user_data.clone(),
+            tags: self.tags.clone(),
+            fallback_to_on_demand: self.fallback_to_on_demand,
+            revert_to_spot: self.revert_to_spot,
+        }
+    }
+
+    /// The launch fields of `spec` (its subnet left out).
+    pub fn of_spec(spec: NodeSpec) -> Self {
+        MemberTemplate {
+            image_id: spec.image_id,
+            instance_types: spec.instance_types,
+            security_group_ids: spec.security_group_ids,
+            key_name: spec.key_name,
+            iam_instance_profile: spec.iam_instance_profile,
+            user_data: spec.user_data,
+            tags: spec.tags,
+            fallback_to_on_demand: spec.fallback_to_on_demand,
+            revert_to_spot: spec.revert_to_spot,
+        }
+    }
+}
+
+/// One of the group's subnets, as EC2 described it when it was added.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupSubnet {
+    pub id: String,
+    #[schemars(with = "String")]
+    pub cidr: Ipv4Net,
+    pub availability_zone: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupState {
+    /// Kept at its target capacity.
+    Active,
+    /// Every member paused (target kept for the resume).
+    Paused,
+    /// Every member being deallocated.
+    Deallocating,
+    /// Every member deallocated; the record stays for its history.
+    Deallocated,
+}
+
+/// A rolling recycle under way: every member running on an instance launched before
+/// `started_at` is recycled, `max_unavailable` at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Rollout {
+    pub started_at: DateTime<Utc>,
+}
+
+/// What happened to the group, and who asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupHistoryEntry {
+    pub at: DateTime<Utc>,
+    pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: GroupId,
+    pub name: String,
+    /// In the user's order: random-IP members are spread evenly across them.
+    pub subnets: Vec<GroupSubnet>,
+    pub template: MemberTemplate,
+    pub target_capacity: u32,
+    /// Each address gets one member (paused until the target needs it), in this order.
+    pub private_ip_pool: Vec<Ipv4Addr>,
+    /// The user's Elastic IPs, handed to members at their first resume.
+    pub elastic_ip_pool: Vec<String>,
+    /// How many members a rolling recycle replaces at a time.
+    pub max_unavailable: u32,
+    /// While on, the group cannot be deallocated.
+    pub deletion_protection: bool,
+    pub state: GroupState,
+    /// Set by a deallocation that keeps the members' ENIs.
+    #[serde(default)]
+    pub keep_enis: bool,
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// Holds placed before this moment no longer count (the group was resumed since).
+    #[serde(default)]
+    pub holds_cleared_at: Option<DateTime<Utc>>,
+    pub version: u64,
+    #[serde(default)]
+    pub history: Vec<GroupHistoryEntry>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Group {
+    /// The subnet whose range holds `ip`.
+    pub fn subnet_of(&self, ip: Ipv4Addr) -> Option<&GroupSubnet> {
+        self.subnets.iter().find(|s| s.cidr.contains(&ip))
+    }
+
+    /// Whether `member` is held: paused through the node API since the group was last resumed.
+    pub fn holds(&self, member: &Node) -> bool {
+        let Some(since) = member.group.as_ref().and_then(|m| m.held_since) else { return false };
+        member.state == NodeState::Paused && self.holds_cleared_at.is_none_or(|cleared| since > cleared)
+    }
+
+    pub fn record_by(&mut self, at: DateTime<Utc>, what: impl Into<String>, by: Option<&str>) {
+        push_newest(&mut self.history, GroupHistoryEntry { at, what: what.into(), by: by.map(str::to_owned) }, HISTORY_LIMIT);
+        self.updated_at = at;
+    }
+}
+
+/// A member's tie to its group, on its node record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Membership {
+    pub group_id: GroupId,
+    /// The pool address the member was made for; `None`: EC2 picked its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ip: Option<Ipv4Addr>,
+    /// Pool members: the how-manieth member for their address; others: their number.
+    pub ordinal: u32,
+    /// Paused through the node API: the group leaves it alone (until the group is resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<DateTime<Utc>>,
+}
