@@ -96,7 +96,7 @@ impl AwsError {
         let class = match code {
             None => ErrorClass::Transient,
             Some("InvalidNetworkInterface.InUse") => ErrorClass::EniInUse,
-            Some("ConditionalCheckFailedException") => ErrorClass::Conflict,
+            Some("ConditionalCheckFailedException" | "TransactionCanceledException") => ErrorClass::Conflict,
             Some(c) if CAPACITY_CODES.contains(&c) => ErrorClass::NoCapacity,
             Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
             Some(c) if MISCONFIGURED_CODES.contains(&c) => ErrorClass::Misconfigured,

@@ -60,7 +60,7 @@ pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let store = Arc::new(DynamoNodeStore::new(dynamodb.clone(), config.table_name.clone()));
     let events = DynamoEventClaims::new(dynamodb, config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk)));
-    let ports = Ports { store: store.clone(), events: Arc::new(events), bookmark: store, network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: Arc::new(events), bookmark: store, network: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, config.settings.clone());
     // Metrics only where CloudWatch reads them; locally they would be noise on stdout.
     if in_lambda() {
@@ -146,6 +146,8 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::NoCapacity { .. } => "Tether.NoCapacity",
                 TetherError::Contended { .. } => "Tether.Contended",
                 TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
+                TetherError::GroupNotFound(_) => "Tether.GroupNotFound",
+                TetherError::GroupContended { .. } => "Tether.Contended",
                 TetherError::EventInProgress { .. } => "Tether.EventInProgress",
                 TetherError::Invalid { .. } => "Tether.Invalid",
                 TetherError::Conflict(_) => "Tether.Conflict",

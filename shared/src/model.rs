@@ -317,6 +317,10 @@ pub struct Node {
     /// What the `Replacements` metric counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replacing_lost_instance: bool,
+    /// Its chosen addresses are reserved (`ports::Registry`): set for every node created
+    /// since reservations exist; older records get theirs from the reconciler.
+    #[serde(default)]
+    pub addresses_reserved: bool,
     /// The group this node is a member of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<crate::group::Membership>,
@@ -344,6 +348,7 @@ impl Node {
             applied_events: Vec::new(),
             spot_revert_at: None,
             replacing_lost_instance: false,
+            addresses_reserved: true,
             group: None,
             created_at: now,
             updated_at: now,

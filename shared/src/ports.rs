@@ -11,7 +11,9 @@ use ipnet::Ipv4Net;
 
 use crate::error::{AwsError, ErrorClass};
 use crate::lifecycle::Metric;
+use crate::group::GroupId;
 use crate::model::{EniRecord, Market, Node, NodeId, NodeSpec};
+use serde::{Deserialize, Serialize};
 
 /// Where nodes live. Every write is conditional on the version the caller read.
 #[async_trait]
@@ -95,6 +97,125 @@ pub fn eip_not_found(allocation_id: &str) -> AwsError {
     )
 }
 
+/// An address Tether reserves for the node or group that claims it, so that no two records
+/// ever claim one: a private IP (in its subnet) or an Elastic IP.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Address {
+    PrivateIp { subnet_id: String, ip: Ipv4Addr },
+    ElasticIp { allocation_id: String },
+}
+
+impl Address {
+    /// The reservation's key in the table.
+    pub fn key(&self) -> String {
+        match self {
+            Address::PrivateIp { subnet_id, ip } => format!("addr#ip#{subnet_id}#{ip}"),
+            Address::ElasticIp { allocation_id } => format!("addr#eip#{allocation_id}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::PrivateIp { subnet_id, ip } => write!(f, "private IP {ip} ({subnet_id})"),
+            Address::ElasticIp { allocation_id } => write!(f, "Elastic IP {allocation_id}"),
+        }
+    }
+}
+
+/// The EC2 subnet CIDR reservation (`explicit`, a /32) that keeps EC2 from handing a
+/// reserved private IP to an ENI that did not ask for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetReservation {
+    pub id: String,
+    /// Tether made it (and deletes it with the address's reservation); otherwise it is the
+    /// user's own, covering the address already, and never touched.
+    pub tethers: bool,
+}
+
+/// An address's reservation, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub address: Address,
+    /// The node or group id that claims it.
+    pub owner: String,
+    /// A pool Elastic IP handed to a member: that member.
+    pub member: Option<NodeId>,
+    /// Private IPs: the EC2 subnet CIDR reservation, once made.
+    pub subnet_reservation: Option<SubnetReservation>,
+}
+
+impl Reservation {
+    pub fn new(address: Address, owner: impl Into<String>) -> Self {
+        Reservation { address, owner: owner.into(), member: None, subnet_reservation: None }
+    }
+
+    /// Who holds it, as an operator would look for it.
+    pub fn holder(&self) -> String {
+        match &self.member {
+            Some(member) => format!("{} (handed to its member {member})", self.owner),
+            None => self.owner.clone(),
+        }
+    }
+}
+
+/// What a reservation must be for a write to go ahead: absent, or held by this owner (and
+/// handed to this member, or to none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Absent,
+    Held { owner: String, member: Option<NodeId> },
+}
+
+impl Expect {
+    /// The reservation as it was read.
+    pub fn of(reservation: Option<&Reservation>) -> Self {
+        match reservation {
+            None => Expect::Absent,
+            Some(r) => Expect::Held { owner: r.owner.clone(), member: r.member.clone() },
+        }
+    }
+}
+
+/// One write of an all-or-nothing transaction (DynamoDB TransactWriteItems: at most 100).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// A new node; fails if the id exists.
+    CreateNode(Node),
+    /// The node, if its stored version is still `node.version`; written one higher.
+    SaveNode(Node),
+    /// Fails unless the node's stored version is `version`.
+    CheckNode { id: NodeId, version: u64 },
+    CreateGroup(crate::group::Group),
+    SaveGroup(crate::group::Group),
+    PutReservation { reservation: Reservation, expect: Expect },
+    DeleteReservation { address: Address, expect: Expect },
+}
+
+/// DynamoDB's limit on one transaction.
+pub const MAX_WRITES: usize = 100;
+
+/// Groups and address reservations, in the node table, and the transactions that keep them
+/// and the nodes consistent.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    /// A consistent read.
+    async fn group(&self, id: &GroupId) -> Result<Option<crate::group::Group>, AwsError>;
+    /// One page of groups; pass the returned id to get the next page.
+    async fn groups(&self, limit: usize, start_after: Option<&GroupId>) -> Result<(Vec<crate::group::Group>, Option<GroupId>), AwsError>;
+    /// Every node whose membership names the group (the `by-group` index: eventually
+    /// consistent; every action on a member is conditional on the version read).
+    async fn members(&self, id: &GroupId) -> Result<Vec<Node>, AwsError>;
+    /// A consistent read.
+    async fn reservation(&self, address: &Address) -> Result<Option<Reservation>, AwsError>;
+    /// Every reservation.
+    async fn reservations(&self) -> Result<Vec<Reservation>, AwsError>;
+    /// All of `writes` or none: `ErrorClass::Conflict` when any condition fails (the message
+    /// names which write).
+    async fn write(&self, writes: Vec<Write>) -> Result<(), AwsError>;
+}
+
 /// The ENI, Elastic IP and subnet calls Tether makes.
 #[async_trait]
 pub trait Network: Send + Sync {
@@ -125,6 +246,13 @@ pub trait Network: Send + Sync {
     async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError>;
     /// Whether any ENI in the subnet holds this private IP.
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
+    /// Keeps EC2 from handing `ip` to an ENI that does not ask for it: an explicit /32 subnet
+    /// CIDR reservation, described with `owner`. A reservation already covering the address
+    /// (the user's own, or one whose id an earlier attempt did not record) is answered as
+    /// not Tether's: it is never deleted.
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError>;
+    /// Deletes a subnet CIDR reservation Tether made; one that no longer exists counts as deleted.
+    async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError>;
 }
 
 /// A resource with the node id and generation Tether tagged it with.

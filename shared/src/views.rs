@@ -1,10 +1,14 @@
 //! The HTTP API's JSON shapes, shared by the `api` function and the `tether` CLI. The
 //! OpenAPI document's schemas are generated from these types.
 
+use std::net::Ipv4Addr;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::group::{Group, GroupHistoryEntry, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Membership, Rollout};
+use crate::lifecycle::NodePatch;
 use crate::model::{HistoryEntry, Market, Node, NodeId, NodeSpec, NodeState, Persistence};
 
 /// A node as the API shows it.
@@ -29,6 +33,9 @@ pub struct NodeView {
     pub last_error: Option<String>,
     pub spec: NodeSpec,
     pub persistence: Persistence,
+    /// The group it is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Membership>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -54,6 +61,7 @@ impl From<&Node> for NodeView {
             last_error: node.last_error.clone(),
             spec: node.spec.clone(),
             persistence: node.persistence.clone(),
+            group: node.group.clone(),
             created_at: node.created_at,
             updated_at: node.updated_at,
         }
@@ -112,4 +120,158 @@ pub struct Problem {
     /// AWS's error code, when AWS refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_code: Option<String>,
+}
+
+/// `POST /groups`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    /// 1 to 128 visible characters.
+    pub name: String,
+    /// One or more subnets of one VPC (possibly in several Availability Zones).
+    pub subnet_ids: Vec<String>,
+    /// What every member launches with.
+    pub template: MemberTemplate,
+    /// How many members the group keeps running (0 to 500).
+    pub target_capacity: u32,
+    /// Private IPv4 addresses, each inside one of the subnets: one paused member per
+    /// address, resumed first when the target needs it.
+    #[serde(default)]
+    pub private_ip_pool: Vec<Ipv4Addr>,
+    /// Your Elastic IP allocations, handed to members at their first resume.
+    #[serde(default)]
+    pub elastic_ip_pool: Vec<String>,
+    /// How many members a rolling recycle replaces at a time (default 1).
+    #[serde(default = "one")]
+    pub max_unavailable: u32,
+    /// While on (the default), the group cannot be deallocated.
+    #[serde(default = "yes")]
+    pub deletion_protection: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `PATCH /groups/{id}`: only the fields given change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The whole new list: subnets may be added; one is removed only while no member lives in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_ids: Option<Vec<String>>,
+    /// Launch settings, as a node's PATCH takes them; every member's next launch uses them
+    /// (`POST /groups/{id}/recycle` rolls them out now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<NodePatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_capacity: Option<u32>,
+    /// The whole new pool: an added address gets a paused member; a removed one takes along
+    /// the members made for it that never ran (one that ran keeps its address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip_pool: Option<Vec<Ipv4Addr>>,
+    /// The whole new pool; an Elastic IP a member holds cannot be removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic_ip_pool: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+}
+
+/// `POST /groups/{id}/scale`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    pub target_capacity: u32,
+}
+
+/// `POST /groups/{id}/deallocate` (and `DELETE /groups/{id}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeallocateGroup {
+    /// Keep every member's ENI (and private IP); pool Elastic IPs are disassociated anyway.
+    #[serde(default)]
+    pub keep_enis: bool,
+}
+
+/// A group as the API shows it, with what its members make of it now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupView {
+    pub id: GroupId,
+    pub name: String,
+    pub state: GroupState,
+    pub target_capacity: u32,
+    pub status: GroupStatus,
+    pub subnets: Vec<GroupSubnet>,
+    pub template: MemberTemplate,
+    pub private_ip_pool: Vec<Ipv4Addr>,
+    pub elastic_ip_pool: Vec<String>,
+    pub max_unavailable: u32,
+    pub deletion_protection: bool,
+    /// A rolling recycle under way.
+    pub rollout: Option<Rollout>,
+    pub version: u64,
+    /// The newest 50 entries, oldest first.
+    pub history: Vec<GroupHistoryEntry>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl GroupView {
+    pub fn of(group: &Group, status: GroupStatus) -> Self {
+        GroupView {
+            id: group.id.clone(),
+            name: group.name.clone(),
+            state: group.state,
+            target_capacity: group.target_capacity,
+            status,
+            subnets: group.subnets.clone(),
+            template: group.template.clone(),
+            private_ip_pool: group.private_ip_pool.clone(),
+            elastic_ip_pool: group.elastic_ip_pool.clone(),
+            max_unavailable: group.max_unavailable,
+            deletion_protection: group.deletion_protection,
+            rollout: group.rollout.clone(),
+            version: group.version,
+            history: group.history.clone(),
+            created_at: group.created_at,
+            updated_at: group.updated_at,
+        }
+    }
+}
+
+/// One page of groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupList {
+    pub groups: Vec<GroupView>,
+    /// Pass as `next_token` for the next page; absent on the last page.
+    pub next_token: Option<String>,
+}
+
+/// A member as the group sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupMember {
+    #[serde(flatten)]
+    pub node: NodeView,
+    /// The pool address it was made for; absent: EC2 picked its address.
+    pub pool_ip: Option<Ipv4Addr>,
+    /// Paused through the node API: the group leaves it alone until it is resumed.
+    pub held: bool,
+    /// Why it has no Elastic IP, when the group has an Elastic-IP pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic_ip_note: Option<String>,
+}
+
+/// `GET /groups/{id}/members`: every member, deallocated ones included, pool members first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GroupMembers {
+    pub group_id: GroupId,
+    pub members: Vec<GroupMember>,
 }

@@ -205,6 +205,7 @@ impl Fixture {
         let counted_store = Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone()));
         let ports = Ports {
             store: counted_store.clone(),
+            registry: counted_store.clone(),
             bookmark: counted_store,
             events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb, table_name.clone())),
             network: counted_cloud.clone(),

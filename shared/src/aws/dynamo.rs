@@ -1,6 +1,7 @@
 //! The DynamoDB node store. One table; node items are keyed `pk = node#<id>`, carry
-//! the node's fields as attributes, and a top-level `instance_id` for the
-//! `by-instance` index. Every write is conditional on `version`.
+//! the node's fields as attributes, a top-level `instance_id` for the `by-instance` index
+//! and, for a group's members, a top-level `group_id` for the `by-group` index. Every write
+//! is conditional on `version`. Groups and address reservations: `registry`.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,8 @@ use crate::ports::{NodeStore, ReconcilerBookmark};
 pub const PARTITION_KEY: &str = "pk";
 pub const INSTANCE_INDEX: &str = "by-instance";
 pub const INSTANCE_ATTRIBUTE: &str = "instance_id";
+pub const GROUP_INDEX: &str = "by-group";
+pub const GROUP_ATTRIBUTE: &str = "group_id";
 
 /// A DynamoDB number attribute (times, counts) for the table's items.
 pub(crate) fn number(n: i64) -> AttributeValue {
@@ -27,8 +30,8 @@ const SCAN_PAGE: i32 = 1000;
 
 #[derive(Clone, Debug)]
 pub struct DynamoNodeStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
 }
 
 impl DynamoNodeStore {
@@ -36,31 +39,83 @@ impl DynamoNodeStore {
         DynamoNodeStore { client, table: table.into() }
     }
 
-    fn item(&self, node: &Node) -> Result<HashMap<String, AttributeValue>, AwsError> {
+    pub(super) fn item(&self, node: &Node) -> Result<HashMap<String, AttributeValue>, AwsError> {
         let mut item: HashMap<String, AttributeValue> =
             serde_dynamo::to_item(node).map_err(|e| codec_error("PutItem", e))?;
         item.insert(PARTITION_KEY.into(), AttributeValue::S(node_key(&node.id)));
         if let Some(instance_id) = node.instance_id() {
             item.insert(INSTANCE_ATTRIBUTE.into(), AttributeValue::S(instance_id.to_owned()));
         }
+        if let Some(membership) = &node.group {
+            item.insert(GROUP_ATTRIBUTE.into(), AttributeValue::S(membership.group_id.as_str().to_owned()));
+        }
         Ok(item)
+    }
+
+    /// One page of the items whose key starts with `prefix`, after the item keyed
+    /// `start_after` (`limit` 0: every one). Items that do not parse are logged and skipped:
+    /// one damaged record must not hide every other.
+    pub(super) async fn scan_prefix<T>(
+        &self,
+        prefix: &str,
+        limit: usize,
+        start_after: Option<String>,
+        parse: impl Fn(HashMap<String, AttributeValue>) -> Result<T, AwsError>,
+    ) -> Result<(Vec<T>, Option<String>), AwsError> {
+        let mut found = Vec::new();
+        let mut start = start_after.map(|key| HashMap::from([(PARTITION_KEY.to_owned(), AttributeValue::S(key))]));
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(#pk, :prefix)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+                .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
+                .set_exclusive_start_key(start.take())
+                // Limit counts items read before the filter: other kinds of item share the
+                // table, so read generously rather than page after near-empty page.
+                .limit(SCAN_PAGE)
+                .send()
+                .await
+                .map_err(|e| aws_error("DynamoDB", "Scan", e))?;
+            for item in out.items.unwrap_or_default() {
+                let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
+                match parse(item) {
+                    Ok(value) => found.push((key, value)),
+                    Err(e) => {
+                        tracing::error!(pk = key, error = %e, "unreadable record skipped");
+                        continue;
+                    }
+                }
+                if found.len() == limit {
+                    // The scan can go on from the last item returned, whatever page it was on.
+                    let last = found.last().map(|(key, _)| key.clone());
+                    return Ok((found.into_iter().map(|(_, v)| v).collect(), last));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok((found.into_iter().map(|(_, v)| v).collect(), None)),
+            }
+        }
     }
 }
 
-fn node_key(id: &NodeId) -> String {
+pub(super) fn node_key(id: &NodeId) -> String {
     format!("node#{id}")
 }
 
-fn from_item(operation: &'static str, item: HashMap<String, AttributeValue>) -> Result<Node, AwsError> {
+pub(super) fn from_item<T: serde::de::DeserializeOwned>(operation: &'static str, item: HashMap<String, AttributeValue>) -> Result<T, AwsError> {
     serde_dynamo::from_item(item).map_err(|e| codec_error(operation, e))
 }
 
-fn codec_error(operation: &'static str, e: serde_dynamo::Error) -> AwsError {
+pub(super) fn codec_error(operation: &'static str, e: serde_dynamo::Error) -> AwsError {
     AwsError {
         service: "DynamoDB",
         operation,
         code: None,
-        message: format!("node item does not match the node model: {e}"),
+        message: format!("item does not match Tether's model: {e}"),
         class: ErrorClass::Permanent,
     }
 }
@@ -110,51 +165,15 @@ impl NodeStore for DynamoNodeStore {
             .items
             .unwrap_or_default()
             .into_iter()
-            .map(|item| from_item("Query", item))
+            .map(|item| from_item::<Node>("Query", item))
             .collect::<Result<Vec<_>, _>>()?;
         nodes.sort_by_key(|n| n.generation);
         Ok(nodes.pop())
     }
 
     async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
-        let mut nodes = Vec::new();
-        let mut start = start_after.map(|id| HashMap::from([(PARTITION_KEY.to_owned(), AttributeValue::S(node_key(id)))]));
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("begins_with(#pk, :node)")
-                .expression_attribute_names("#pk", PARTITION_KEY)
-                .expression_attribute_values(":node", AttributeValue::S("node#".into()))
-                .set_exclusive_start_key(start.take())
-                // Limit counts items read before the filter: idempotency-key items share the
-                // table, so read generously rather than page after near-empty page.
-                .limit(SCAN_PAGE)
-                .send()
-                .await
-                .map_err(|e| aws_error("DynamoDB", "Scan", e))?;
-            for item in out.items.unwrap_or_default() {
-                let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
-                match from_item("Scan", item) {
-                    Ok(node) => nodes.push(node),
-                    // One damaged record must not hide every other node: name it and go on.
-                    Err(e) => {
-                        tracing::error!(pk = key, error = %e, "unreadable node record skipped");
-                        continue;
-                    }
-                }
-                if nodes.len() == limit {
-                    // The scan can go on from the last node returned, whatever page it was on.
-                    let last = nodes.last().map(|n| n.id.clone());
-                    return Ok((nodes, last));
-                }
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok((nodes, None)),
-            }
-        }
+        let (nodes, last) = self.scan_prefix("node#", limit, start_after.map(node_key), |item| from_item("Scan", item)).await?;
+        Ok((nodes, last.and_then(|key| key.strip_prefix("node#").and_then(NodeId::parse))))
     }
 
     async fn save(&self, node: &Node) -> Result<Node, AwsError> {

@@ -3,6 +3,7 @@
 
 mod instances;
 mod network;
+mod subnet_reservations;
 
 use std::net::Ipv4Addr;
 

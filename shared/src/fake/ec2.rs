@@ -16,8 +16,10 @@ use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
-use crate::ports::{eip_not_found, Tagged, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
-    SubnetInfo,};
+use crate::ports::{
+    eip_not_found, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network, SubnetInfo,
+    SubnetReservation, Tagged,
+};
 
 mod ports;
 mod state;
@@ -34,6 +36,8 @@ pub const KNOWN_INSTANCE_TYPES: &[&str] = &[
 const RUN_INSTANCES_BUCKET: (u64, u64) = (5, 2);
 const MUTATING_BUCKET: (u64, u64) = (50, 5);
 const NON_MUTATING_BUCKET: (u64, u64) = (100, 20);
+/// CreateSubnetCidrReservation and DeleteSubnetCidrReservation have their own (slow) bucket.
+const SUBNET_RESERVATION_BUCKET: (u64, u64) = (5, 1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
@@ -188,7 +192,9 @@ struct State {
     public_ips: u32,
     clock_ms: u64,
     throttling: bool,
-    buckets: [Bucket; 3],
+    buckets: [Bucket; 4],
+    /// Subnet CIDR reservations by id: (subnet id, range).
+    subnet_reservations: BTreeMap<String, (String, Ipv4Net)>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
     events: Vec<InstanceEvent>,
@@ -307,7 +313,13 @@ impl FakeEc2 {
                 public_ips: 0,
                 clock_ms: 0,
                 throttling: true,
-                buckets: [Bucket::full(RUN_INSTANCES_BUCKET), Bucket::full(MUTATING_BUCKET), Bucket::full(NON_MUTATING_BUCKET)],
+                buckets: [
+                    Bucket::full(RUN_INSTANCES_BUCKET),
+                    Bucket::full(MUTATING_BUCKET),
+                    Bucket::full(NON_MUTATING_BUCKET),
+                    Bucket::full(SUBNET_RESERVATION_BUCKET),
+                ],
+                subnet_reservations: BTreeMap::new(),
                 faults: Faults::default(),
                 calls: BTreeMap::new(),
                 events: Vec::new(),
@@ -368,6 +380,11 @@ impl FakeEc2 {
     /// Turns throttling on (the default) or off.
     pub fn set_throttling(&self, on: bool) {
         self.lock().throttling = on;
+    }
+
+    /// Every subnet CIDR reservation: (id, subnet id, range) (not counted, no faults).
+    pub fn subnet_reservations(&self) -> Vec<(String, String, Ipv4Net)> {
+        self.lock().subnet_reservations.iter().map(|(id, (subnet, range))| (id.clone(), subnet.clone(), *range)).collect()
     }
 
     /// Moves the virtual clock on; the throttling buckets refill by it.

@@ -25,6 +25,8 @@ pub use metrics::RecordedMetrics;
 pub use store::{FakeIdempotency, FakeStore};
 
 #[cfg(test)]
+mod group_tests;
+#[cfg(test)]
 mod observability_tests;
 #[cfg(test)]
 mod tests;

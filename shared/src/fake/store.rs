@@ -11,8 +11,11 @@ use chrono::{DateTime, Utc};
 use super::clock::yield_now;
 use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
+use crate::group::{Group, GroupId};
 use crate::model::{Node, NodeId};
-use crate::ports::{Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore, ReconcilerBookmark};
+use crate::ports::{Reservation, Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore, ReconcilerBookmark};
+
+mod registry;
 
 const DYNAMODB: &str = "DynamoDB";
 
@@ -23,6 +26,9 @@ fn condition_failed(operation: &'static str) -> AwsError {
 #[derive(Default)]
 struct Table {
     nodes: BTreeMap<NodeId, Node>,
+    groups: BTreeMap<GroupId, Group>,
+    /// Address reservations by their key (`Address::key`).
+    reservations: BTreeMap<String, Reservation>,
     /// The `by-instance` index: instance id → nodes whose current instance it is.
     by_instance: HashMap<String, BTreeSet<NodeId>>,
     /// Event claims (`pk = event#<id>` in the adapter): event id → (invocation id, until).

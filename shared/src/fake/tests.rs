@@ -511,7 +511,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
     let tether = Tether::new(
-        Ports { store: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() },
+        Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
@@ -550,7 +550,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
 async fn reconciler_runs_take_turns_through_more_nodes_than_one_run_checks() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, Settings { reconcile_max_nodes: 2, ..Settings::default() });
     let spec = NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) };
     for _ in 0..5 {

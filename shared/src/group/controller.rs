@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::model::{Group, GroupState};
 use crate::model::{Node, NodeId, NodeState};
@@ -62,7 +62,7 @@ impl GroupAction {
 }
 
 /// The group as its members make it now, for the API and the CLI.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct GroupStatus {
     pub target_capacity: u32,
     /// Members running, recovering, launching or stopped.
@@ -75,7 +75,7 @@ pub struct GroupStatus {
     pub error: u32,
     pub deallocating: u32,
     /// Why fewer members run than the target, in words; `None` when none are missing.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below_target: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{begin_launch, Action, Step};
-use crate::model::{Node, NodeState, RevertToSpot};
+use crate::model::{Node, NodeSpec, NodeState, RevertToSpot};
 
 /// Resume: at the first resume the ENI is created; then an instance is launched on it.
 pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
@@ -99,6 +99,50 @@ pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option
     }
 }
 
+/// `patch`'s launch settings applied to `spec`; the names of the fields it changes.
+pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static str>, PatchError> {
+    let mut changed = Vec::new();
+    if let Some(types) = &patch.instance_types {
+        if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
+            return Err(PatchError { field: "instance_types", reason: "list at least one instance type, in order of preference".into() });
+        }
+        spec.instance_types = types.clone();
+        changed.push("instance_types");
+    }
+    if let Some(image) = &patch.image_id {
+        if !image.starts_with("ami-") {
+            return Err(PatchError { field: "image_id", reason: "must be an AMI id like ami-0123456789abcdef0".into() });
+        }
+        spec.image_id = image.clone();
+        changed.push("image_id");
+    }
+    if let Some(user_data) = &patch.user_data {
+        spec.user_data = Some(user_data.clone()).filter(|u| !u.is_empty());
+        changed.push("user_data");
+    }
+    if let Some(tags) = &patch.tags {
+        spec.tags = tags.clone();
+        changed.push("tags");
+    }
+    if let Some(fallback) = patch.fallback_to_on_demand {
+        spec.fallback_to_on_demand = fallback;
+        changed.push("fallback_to_on_demand");
+    }
+    if let Some(policy) = patch.revert_to_spot {
+        spec.revert_to_spot = policy;
+        changed.push("revert_to_spot");
+    }
+    if let Some(key) = &patch.key_name {
+        spec.key_name = Some(key.clone()).filter(|k| !k.is_empty());
+        changed.push("key_name");
+    }
+    if let Some(profile) = &patch.iam_instance_profile {
+        spec.iam_instance_profile = Some(profile.clone()).filter(|p| !p.is_empty());
+        changed.push("iam_instance_profile");
+    }
+    Ok(changed)
+}
+
 fn gone(node: &Node) -> String {
     format!("node {} is {}", node.id, if node.state == NodeState::Deallocated { "deallocated" } else { "being deallocated" })
 }
@@ -164,45 +208,7 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
         }
     }
     let mut next = node.clone();
-    let mut changed = Vec::new();
-    if let Some(types) = &patch.instance_types {
-        if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
-            return Err(PatchError { field: "instance_types", reason: "list at least one instance type, in order of preference".into() });
-        }
-        next.spec.instance_types = types.clone();
-        changed.push("instance_types");
-    }
-    if let Some(image) = &patch.image_id {
-        if !image.starts_with("ami-") {
-            return Err(PatchError { field: "image_id", reason: "must be an AMI id like ami-0123456789abcdef0".into() });
-        }
-        next.spec.image_id = image.clone();
-        changed.push("image_id");
-    }
-    if let Some(user_data) = &patch.user_data {
-        next.spec.user_data = Some(user_data.clone()).filter(|u| !u.is_empty());
-        changed.push("user_data");
-    }
-    if let Some(tags) = &patch.tags {
-        next.spec.tags = tags.clone();
-        changed.push("tags");
-    }
-    if let Some(fallback) = patch.fallback_to_on_demand {
-        next.spec.fallback_to_on_demand = fallback;
-        changed.push("fallback_to_on_demand");
-    }
-    if let Some(policy) = patch.revert_to_spot {
-        next.spec.revert_to_spot = policy;
-        changed.push("revert_to_spot");
-    }
-    if let Some(key) = &patch.key_name {
-        next.spec.key_name = Some(key.clone()).filter(|k| !k.is_empty());
-        changed.push("key_name");
-    }
-    if let Some(profile) = &patch.iam_instance_profile {
-        next.spec.iam_instance_profile = Some(profile.clone()).filter(|p| !p.is_empty());
-        changed.push("iam_instance_profile");
-    }
+    let changed = patch_spec(&mut next.spec, patch)?;
     next.record_by(now, format!("spec changed ({}); takes effect at the next launch", changed.join(", ")), by);
     Ok(next)
 }

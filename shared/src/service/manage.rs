@@ -9,10 +9,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Outcome, Tether, TetherError};
+use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
 use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
+use crate::ports::{Address, Expect, Reservation, Write};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -39,6 +40,8 @@ impl Tether {
         })?;
         if let Some(ip) = persistence.private_ip {
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;
+            let address = Address::PrivateIp { subnet_id: spec.subnet_id.clone(), ip };
+            self.unreserved(&address, "persistence.private_ip", "").await?;
             if self.network.private_ip_in_use(&spec.subnet_id, ip).await? {
                 return Err(TetherError::invalid(
                     "persistence.private_ip",
@@ -48,6 +51,7 @@ impl Tether {
         }
         if let Some(allocation_id) = &persistence.elastic_ip_allocation_id {
             let field = "persistence.elastic_ip_allocation_id";
+            self.unreserved(&Address::ElasticIp { allocation_id: allocation_id.clone() }, field, "").await?;
             let eip = self.network.describe_eip(allocation_id).await?.ok_or_else(|| {
                 TetherError::invalid(field, format!("Elastic IP allocation {allocation_id} does not exist in this Region"))
             })?;
@@ -65,9 +69,43 @@ impl Tether {
             node.history.clear();
             node.record_by(node.created_at, "created", Some(who));
         }
-        self.store.create(&node).await?;
+        self.create_claiming(&node, &[("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")]).await?;
         info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
+    }
+
+    /// Writes a new node with the reservations of its chosen addresses, in one transaction;
+    /// `fields` name, for each kind of address ("private IP", "Elastic IP"), the request
+    /// field a conflict is reported on.
+    async fn create_claiming(&self, node: &Node, fields: &[(&str, &str)]) -> Result<(), TetherError> {
+        let addresses = addresses::chosen_addresses(node);
+        if addresses.is_empty() {
+            return Ok(self.store.create(node).await?);
+        }
+        let mut writes = vec![Write::CreateNode(node.clone())];
+        for address in &addresses {
+            writes.push(Write::PutReservation { reservation: Reservation::new(address.clone(), node.id.as_str()), expect: Expect::Absent });
+        }
+        if let Err(e) = self.registry.write(writes).await {
+            // Someone reserved an address since it was checked: name it.
+            if e.class == ErrorClass::Conflict {
+                let field_of = |a: &Address| {
+                    let kind = if matches!(a, Address::PrivateIp { .. }) { "private IP" } else { "Elastic IP" };
+                    fields.iter().find(|(_, k)| *k == kind).map_or("persistence", |(f, _)| *f)
+                };
+                let named: Vec<(Address, &str)> = addresses.iter().map(|a| (a.clone(), field_of(a))).collect();
+                if let Some(taken) = self.reservation_conflict(&named, node.id.as_str()).await? {
+                    return Err(taken);
+                }
+            }
+            return Err(e.into());
+        }
+        for address in &addresses {
+            if let Some(r) = self.registry.reservation(address).await?.filter(|r| r.owner == node.id.as_str()) {
+                self.reserve_in_subnet(&r).await;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn check_instance_types(&self, instance_types: &[String], field: &str) -> Result<(), TetherError> {
@@ -143,10 +181,15 @@ impl Tether {
             launched_at: now,
         });
         node.record_by(now, format!("imported instance {instance_id} with ENI {} ({})", found.eni.id, found.eni.private_ip), by);
+        for address in addresses::chosen_addresses(&node) {
+            if let Some(r) = self.registry.reservation(&address).await? {
+                return Err(TetherError::Conflict(format!("instance {instance_id}'s {}", addresses::taken(&address, &r))));
+            }
+        }
         // The ENI must outlive the instance before Tether promises anything about it.
         self.instances.adopt(&node.id, &found).await?;
-        match self.store.create(&node).await {
-            Err(e) if e.class == ErrorClass::Conflict => {
+        match self.create_claiming(&node, &[("instance_id", "private IP"), ("instance_id", "Elastic IP")]).await {
+            Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                 return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", node.id)))
             }
             other => other?,
@@ -188,9 +231,17 @@ impl Tether {
         if let Some(note) = note {
             node.record(self.clock.now(), note);
         }
-        let saved = self.store.save(&lifecycle::deallocated(&node, self.clock.now())).await?;
+        let done = lifecycle::deallocated(&node, self.clock.now());
+        let releases = self.releases(&node).await?;
+        if releases.is_empty() {
+            self.store.save(&done).await?;
+        } else {
+            let mut writes = vec![Write::SaveNode(done.clone())];
+            writes.extend(releases);
+            self.registry.write(writes).await?;
+        }
         info!(keep_eni = node.keep_eni, "deallocated");
-        Ok(Outcome::Recorded { node_id: saved.id, state: saved.state })
+        Ok(Outcome::Recorded { node_id: done.id, state: done.state })
     }
 }
 

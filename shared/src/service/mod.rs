@@ -1,6 +1,9 @@
 //! The service: reads a node, asks the lifecycle what to do, and does it through the
 //! ports. Every node write is conditional; a lost race is re-read and re-decided.
 
+mod addresses;
+mod group_run;
+mod groups;
 mod launch;
 mod manage;
 mod reconcile;
@@ -16,10 +19,12 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, Metric, NodePatch, PatchError, Step};
+use crate::group::GroupId;
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, EventClaim, EventClaims, Instances, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, SystemClock};
+use crate::ports::{Clock, EventClaim, EventClaims, Instances, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
 
 pub use manage::ImportRequest;
+pub use group_run::GroupRun;
 pub use reconcile::ReconcileReport;
 
 /// How often one request re-reads and re-decides after losing a race on a node.
@@ -39,6 +44,10 @@ pub enum TetherError {
     Contended { node_id: NodeId },
     #[error("node {0} not found")]
     NodeNotFound(NodeId),
+    #[error("group {0} not found")]
+    GroupNotFound(GroupId),
+    #[error("group {group_id} kept changing under this request ({MAX_CONFLICTS} conflicting writes)")]
+    GroupContended { group_id: GroupId },
     /// Another invocation, still within its deadline, is handling this EventBridge event.
     #[error("event {event_id} is being handled by another invocation; retry after its deadline")]
     EventInProgress { event_id: String },
@@ -57,8 +66,9 @@ impl TetherError {
             TetherError::EniStillAttached { .. }
             | TetherError::NoCapacity { .. }
             | TetherError::Contended { .. }
+            | TetherError::GroupContended { .. }
             | TetherError::EventInProgress { .. } => true,
-            TetherError::NodeNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) => false,
+            TetherError::NodeNotFound(_) | TetherError::GroupNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) => false,
         }
     }
 
@@ -123,6 +133,10 @@ pub struct Settings {
     pub reconcile_max_nodes: usize,
     /// Seeds the retries' jitter (the chaos test replays a seed exactly); `None`: random.
     pub jitter_seed: Option<u64>,
+    /// How fast one run of a group's controller starts launches: `launch_burst` at once,
+    /// then `launches_per_second` (EC2's RunInstances bucket: 5, then 2 a second).
+    pub launches_per_second: u32,
+    pub launch_burst: u32,
 }
 
 impl Default for Settings {
@@ -134,6 +148,8 @@ impl Default for Settings {
             stuck_after: Duration::from_secs(300),
             reconcile_max_nodes: 1000,
             jitter_seed: None,
+            launches_per_second: 2,
+            launch_burst: 5,
         }
     }
 }
@@ -142,6 +158,7 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Ports {
     pub store: Arc<dyn NodeStore>,
+    pub registry: Arc<dyn Registry>,
     pub network: Arc<dyn Network>,
     pub instances: Arc<dyn Instances>,
     pub events: Arc<dyn EventClaims>,
@@ -151,6 +168,7 @@ pub struct Ports {
 #[derive(Clone)]
 pub struct Tether {
     store: Arc<dyn NodeStore>,
+    registry: Arc<dyn Registry>,
     events: Arc<dyn EventClaims>,
     bookmark: Arc<dyn ReconcilerBookmark>,
     network: Arc<dyn Network>,
@@ -164,6 +182,7 @@ impl Tether {
     pub fn new(ports: Ports, settings: Settings) -> Self {
         Tether {
             store: ports.store,
+            registry: ports.registry,
             events: ports.events,
             bookmark: ports.bookmark,
             network: ports.network,
@@ -214,19 +233,22 @@ impl Tether {
     }
 
     /// Resumes a node: at the first resume its ENI is created and the Elastic IP
-    /// associated; then an instance is launched on the ENI.
+    /// associated; then an instance is launched on the ENI. A group member held by a pause
+    /// through this API is the group's again.
     pub async fn resume(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "resume", |node, now| lifecycle::on_resume(node, now, by)).await
+        self.user_action(id, deadline, "resume", |node, now| group_run::unheld(lifecycle::on_resume(node, now, by))).await
     }
 
-    /// Pauses a node: its instance is terminated, its ENI and Elastic IP kept.
+    /// Pauses a node: its instance is terminated, its ENI and Elastic IP kept. A group
+    /// member paused this way is held: its group leaves it alone until it is resumed here,
+    /// or the group is resumed.
     pub async fn pause(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "pause", |node, now| lifecycle::on_pause(node, now, by)).await
+        self.user_action(id, deadline, "pause", |node, now| held(node, lifecycle::on_pause(node, now, by), now)).await
     }
 
     /// Replaces the node's instance by a new one on the same ENI.
     pub async fn recycle(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
-        self.user_action(id, deadline, "recycle", |node, now| lifecycle::on_recycle(node, now, by)).await
+        self.user_action(id, deadline, "recycle", |node, now| group_run::unheld(lifecycle::on_recycle(node, now, by))).await
     }
 
     /// Terminates the instance and deletes the ENI (unless `keep_eni`); releases the
@@ -253,6 +275,12 @@ impl Tether {
         }
         for _ in 0..MAX_CONFLICTS {
             let node = self.node(id).await?;
+            if let Some(membership) = &node.group {
+                return Err(TetherError::Conflict(format!(
+                    "node {id} is a member of group {}: its launch settings are the group's template; change them with PATCH /groups/{} (CLI: tether groups update)",
+                    membership.group_id, membership.group_id
+                )));
+            }
             match self.store.save(&lifecycle::patched(&node, patch, self.clock.now(), by)?).await {
                 Err(e) if e.class == ErrorClass::Conflict => continue,
                 other => return Ok(other?),
@@ -399,6 +427,27 @@ impl Tether {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// A pause through the node API holds a group member (already paused or not): its group
+/// leaves it alone until it is resumed through the node API or the group is resumed.
+fn held(node: &Node, step: Step, now: DateTime<Utc>) -> Step {
+    if node.group.is_none() {
+        return step;
+    }
+    let hold = |mut next: Node| {
+        if let Some(m) = next.group.as_mut() {
+            m.held_since = Some(now);
+        }
+        next.record(now, "held: the group leaves it alone until it is resumed (or the group is)");
+        next
+    };
+    match step {
+        Step::Apply { next, actions } => Step::Apply { next: hold(next), actions },
+        Step::Continue(actions) => Step::Apply { next: hold(node.clone()), actions },
+        Step::Ignore(_) if node.state == NodeState::Paused => Step::Apply { next: hold(node.clone()), actions: Vec::new() },
+        other => other,
     }
 }
 

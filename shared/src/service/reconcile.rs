@@ -11,6 +11,7 @@ use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::events::InstanceState;
 use crate::lifecycle::{self, ElasticIpFound, Metric, Observed, Step};
+use crate::group::GroupState;
 use crate::model::{Node, NodeId, NodeState};
 
 /// Nodes read per page.
@@ -18,6 +19,8 @@ const PAGE_SIZE: usize = 100;
 /// The longest one node's repair may take: what is not possible yet (an ENI still
 /// attached, no capacity) waits for the next run instead of starving the other nodes.
 const NODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+/// The longest one group's controller may run in a reconciler run.
+const GROUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -31,6 +34,8 @@ pub struct ReconcileReport {
     pub complete: bool,
     /// Where the run started: after the node the previous run stopped at, or at the first.
     pub started_after: Option<NodeId>,
+    /// Groups whose controller ran.
+    pub groups_checked: usize,
 }
 
 impl Tether {
@@ -81,6 +86,11 @@ impl Tether {
                 }
             }
         }
+        // Then the groups, whose members the node pass has just brought up to date.
+        if let Err(e) = self.run_groups(deadline, &mut report).await {
+            warn!(error = %e, code = e.aws_code(), "groups not reconciled; next run retries");
+            report.failed.push(format!("groups: {e}"));
+        }
         let bookmark = if report.complete { None } else { last_checked.or(cursor) };
         if let Err(e) = self.bookmark.store(bookmark.as_ref()).await {
             warn!(error = %e, code = e.code.as_deref(), "bookmark not stored; the next run starts earlier");
@@ -89,10 +99,40 @@ impl Tether {
         Ok(report)
     }
 
+    /// Every group's controller, each within its share of the time left.
+    async fn run_groups(&self, deadline: DateTime<Utc>, report: &mut ReconcileReport) -> Result<(), TetherError> {
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.registry.groups(PAGE_SIZE, cursor.as_ref()).await?;
+            for group in page.iter().filter(|g| g.state != GroupState::Deallocated) {
+                if self.clock.now() + self.settings.deadline_margin >= deadline {
+                    return Ok(());
+                }
+                report.groups_checked += 1;
+                let group_deadline = deadline.min(self.deadline_in(GROUP_BUDGET));
+                match self.run_group(&group.id, group_deadline).await {
+                    Ok(run) => report.repaired.extend(run.done.iter().map(|d| format!("{}: {d}", group.id))),
+                    Err(e) => {
+                        warn!(group_id = %group.id, error = %e, "group run failed; next run retries");
+                        report.failed.push(format!("{}: {e}", group.id));
+                    }
+                }
+            }
+            match next {
+                Some(last) => cursor = Some(last),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Observes one node and does what the lifecycle decides; `Some(what)` when it acted.
     /// Writes are conditional on the version listed: a node that moved on meanwhile is left
-    /// to whoever moved it (its observations are stale).
+    /// to whoever moved it (its observations are stale). A node older than address
+    /// reservations gets its reservations first.
     async fn reconcile_node(&self, node: &Node, deadline: DateTime<Utc>) -> Result<Option<String>, TetherError> {
+        if let Some(what) = self.backfill_reservations(node).await? {
+            return Ok(Some(what));
+        }
         let seen = self.observe(node).await?;
         let step = lifecycle::on_reconcile(node, &seen, self.clock.now());
         if let Step::Ignore(_) = step {
@@ -145,6 +185,7 @@ impl Tether {
     /// IPs of nodes that no longer record them. An ENI or Elastic IP a node does not record
     /// yet may be its first launch's, under way: it is left alone until recorded otherwise.
     async fn sweep(&self, report: &mut ReconcileReport) -> Result<(), TetherError> {
+        report.repaired.extend(self.sweep_reservations().await?);
         for tagged in self.instances.node_instances().await? {
             let node = self.store.get(&tagged.node_id).await?;
             // A node this table does not know is another deployment's: never touched.

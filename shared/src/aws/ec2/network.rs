@@ -9,7 +9,7 @@ use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
-use crate::ports::{eip_not_found, Tagged, ElasticIpInfo, EniRequest, Network, SubnetInfo};
+use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetInfo, SubnetReservation, Tagged};
 
 fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
     Some(ElasticIpInfo {
@@ -233,5 +233,13 @@ impl Network for Ec2Cloud {
             .await
             .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
         Ok(!out.network_interfaces().is_empty())
+    }
+
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
+        self.create_subnet_reservation(subnet_id, ip, owner).await
+    }
+
+    async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError> {
+        self.delete_subnet_reservation(reservation_id).await
     }
 }

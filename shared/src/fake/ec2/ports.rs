@@ -103,6 +103,29 @@ impl Network for FakeEc2 {
         yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip)))
     }
+
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, _owner: &str) -> Result<SubnetReservation, AwsError> {
+        yield_now().await;
+        let range = Ipv4Net::from(ip);
+        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range)) {
+            Ok(id) => Ok(SubnetReservation { id, tethers: true }),
+            // As the adapter: the reservation that covers it already is looked up, never Tether's.
+            Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("overlap") => {
+                yield_now().await;
+                let covering = self.call("GetSubnetCidrReservations", |s| {
+                    Ok(s.subnet_reservations.iter().find(|(_, (subnet, r))| subnet == subnet_id && r.contains(&ip)).map(|(id, _)| id.clone()))
+                })?;
+                covering.map(|id| SubnetReservation { id, tethers: false }).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError> {
+        yield_now().await;
+        let deleted = self.call("DeleteSubnetCidrReservation", |s| s.delete_subnet_cidr_reservation(reservation_id));
+        absent_if_unknown(deleted).map(drop)
+    }
 }
 
 #[async_trait]

@@ -15,7 +15,8 @@ impl State {
         }
         let class = match operation {
             "RunInstances" => 0,
-            op if op.starts_with("Describe") => 2,
+            "CreateSubnetCidrReservation" | "DeleteSubnetCidrReservation" => 3,
+            op if op.starts_with("Describe") || op.starts_with("Get") => 2,
             _ => 1,
         };
         if self.buckets[class].take(self.clock_ms) {
@@ -53,8 +54,14 @@ impl State {
         self.enis.values().any(|e| e.subnet_id == subnet_id && e.private_ip == ip)
     }
 
+    /// Whether a subnet CIDR reservation holds `ip`: EC2 never picks it for an ENI that does
+    /// not ask for it.
+    pub(super) fn ip_reserved(&self, subnet_id: &str, ip: Ipv4Addr) -> bool {
+        self.subnet_reservations.values().any(|(subnet, range)| subnet == subnet_id && range.contains(&ip))
+    }
+
     /// The private IP a new ENI gets: the requested one if the rules allow it, else a
-    /// random free one that is never one of the 5 reserved.
+    /// random free one that is never one of the 5 reserved nor in a subnet CIDR reservation.
     pub(super) fn private_ip_for(&mut self, operation: &'static str, subnet_id: &str, cidr: Ipv4Net, wanted: Option<Ipv4Addr>) -> Result<Ipv4Addr, AwsError> {
         let network = u32::from(cidr.network());
         let broadcast = u32::from(cidr.broadcast());
@@ -83,7 +90,7 @@ impl State {
         let size = last - first + 1;
         (0..size)
             .map(|i| Ipv4Addr::from(first + (start - first + i) % size))
-            .find(|ip| !self.ip_taken(subnet_id, *ip))
+            .find(|ip| !self.ip_taken(subnet_id, *ip) && !self.ip_reserved(subnet_id, *ip))
             .ok_or_else(full)
     }
 
@@ -106,6 +113,31 @@ impl State {
     }
 
     // ---- the AWS calls ----
+
+    pub(super) fn create_subnet_cidr_reservation(&mut self, subnet_id: &str, range: Ipv4Net) -> Result<String, AwsError> {
+        let op = "CreateSubnetCidrReservation";
+        let subnet = self.subnets.get(subnet_id).ok_or_else(|| aws(EC2, op, "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet_id}' does not exist")))?;
+        if !subnet.cidr.contains(&range) {
+            return Err(aws(EC2, op, "InvalidParameterValue", format!("Reservation CIDR should be within subnet CIDR block ({})", subnet.cidr)));
+        }
+        let vpc_id = subnet.vpc_id.clone();
+        let overlaps = self.subnet_reservations.values().any(|(other, existing)| {
+            self.subnets.get(other).is_some_and(|s| s.vpc_id == vpc_id) && (existing.contains(&range) || range.contains(existing))
+        });
+        if overlaps {
+            return Err(aws(EC2, op, "InvalidParameterValue", format!("Reservation CIDR {range} has overlap with existing reserved CIDR block")));
+        }
+        let id = self.next_id("scr");
+        self.subnet_reservations.insert(id.clone(), (subnet_id.to_owned(), range));
+        Ok(id)
+    }
+
+    pub(super) fn delete_subnet_cidr_reservation(&mut self, id: &str) -> Result<(), AwsError> {
+        match self.subnet_reservations.remove(id) {
+            Some(_) => Ok(()),
+            None => Err(aws(EC2, "DeleteSubnetCidrReservation", "InvalidSubnetCidrReservationID.NotFound", format!("The subnet-cidr-reservation ID '{id}' does not exist"))),
+        }
+    }
 
     pub(super) fn describe_subnet(&self, subnet_id: &str) -> Result<SubnetInfo, AwsError> {
         let s = self.subnets.get(subnet_id).ok_or_else(|| {

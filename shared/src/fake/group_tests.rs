@@ -1,0 +1,327 @@
+//! Groups and address reservations through the service, on the fakes: each rule of a
+//! stateful group, read back from what EC2 and the table hold.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::group::{GroupId, GroupState, MemberTemplate};
+use crate::lifecycle::NodePatch;
+use crate::model::{test_spec, Node, NodeSpec, NodeState, Persistence};
+use crate::ports::{Address, NodeStore, Registry};
+use crate::service::{Ports, Settings, Tether, TetherError};
+use crate::views::{CreateGroup, GroupPatch};
+
+struct World {
+    ec2: Arc<FakeEc2>,
+    store: Arc<FakeStore>,
+    tether: Tether,
+}
+
+fn world() -> World {
+    let ec2 = Arc::new(FakeEc2::new(7));
+    // The service runs on the wall clock here; the fake's buckets refill on its own.
+    ec2.set_throttling(false);
+    ec2.add_subnet("subnet-a", "10.0.1.0/24".parse().expect("cidr"), "us-east-1a");
+    ec2.add_subnet("subnet-b", "10.0.2.0/24".parse().expect("cidr"), "us-east-1b");
+    let store = Arc::new(FakeStore::new());
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let settings = Settings {
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(5),
+        deadline_margin: Duration::from_millis(100),
+        launches_per_second: 1000,
+        launch_burst: 1000,
+        ..Settings::default()
+    };
+    World { ec2, store, tether: Tether::new(ports, settings) }
+}
+
+fn ip(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 1, host)
+}
+
+/// Short: a launch waiting for an ENI gives up soon and is carried on by the events.
+fn deadline() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + Duration::from_secs(1)
+}
+
+fn request(pool: &[u8], eips: Vec<String>, target: u32) -> CreateGroup {
+    CreateGroup {
+        name: "cassandra".into(),
+        subnet_ids: vec!["subnet-a".into(), "subnet-b".into()],
+        template: MemberTemplate::of_spec(test_spec(&["m5.large"], true)),
+        target_capacity: target,
+        private_ip_pool: pool.iter().map(|h| ip(*h)).collect(),
+        elastic_ip_pool: eips,
+        max_unavailable: 1,
+        deletion_protection: true,
+    }
+}
+
+impl World {
+    fn eips(&self, n: usize) -> Vec<String> {
+        (0..n).map(|_| self.ec2.hand_allocate_eip().expect("an Elastic IP").0).collect()
+    }
+
+    /// EC2 finishes what it started and its events reach the functions.
+    async fn pump(&self) {
+        for round in 0..5 {
+            self.ec2.advance();
+            for (n, event) in self.ec2.take_events().into_iter().enumerate() {
+                let id = format!("ev-{round}-{n}-{}", self.ec2.call_count("RunInstances"));
+                let _ = self.tether.handle_event(&id, "invocation", &event, deadline()).await;
+            }
+        }
+    }
+
+    /// Runs the group's controller (EC2 and its events in between) until it has nothing
+    /// left to do.
+    async fn settle(&self, id: &GroupId) {
+        for _ in 0..10 {
+            let run = self.tether.run_group(id, deadline()).await.expect("a group run");
+            self.pump().await;
+            if run.done.is_empty() && run.skipped.is_empty() && run.left == 0 {
+                return;
+            }
+        }
+        panic!("group {id} never settled");
+    }
+
+    /// Pool members in pool-address order, then the others by ordinal.
+    async fn members(&self, id: &GroupId) -> Vec<Node> {
+        let mut members = self.store.members(id).await.expect("members");
+        members.sort_by_key(|m| {
+            let g = m.group.as_ref();
+            (g.and_then(|g| g.pool_ip).is_none(), g.and_then(|g| g.pool_ip), g.map(|g| g.ordinal))
+        });
+        members
+    }
+
+    fn state_of(&self, members: &[Node], pool_host: u8) -> Vec<NodeState> {
+        members.iter().filter(|m| m.group.as_ref().and_then(|g| g.pool_ip) == Some(ip(pool_host))).map(|m| m.state).collect()
+    }
+
+    fn running(&self, members: &[Node]) -> usize {
+        members.iter().filter(|m| m.state == NodeState::Running).count()
+    }
+}
+
+#[tokio::test]
+async fn a_group_makes_one_paused_member_per_pool_address_and_keeps_its_target() {
+    let w = world();
+    let eips = w.eips(2);
+    let group = w.tether.create_group(request(&[10, 11, 12], eips.clone(), 2), Some("tester")).await.expect("created");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(members.len(), 3, "one member per pool address");
+    assert_eq!(w.state_of(&members, 10), [NodeState::Running]);
+    assert_eq!(w.state_of(&members, 11), [NodeState::Running]);
+    assert_eq!(w.state_of(&members, 12), [NodeState::Paused], "beyond the target: paused, no ENI");
+    assert!(members[2].eni.is_none());
+    // Each running member is on its pool address, with a pool Elastic IP, in the subnet that holds it.
+    for (member, host) in members.iter().zip([10, 11]) {
+        let eni = member.eni.as_ref().expect("an ENI");
+        assert_eq!((eni.private_ip, eni.availability_zone.as_str()), (ip(host), "us-east-1a"));
+        assert!(member.elastic_ip.as_ref().is_some_and(|e| eips.contains(&e.allocation_id)), "{:?}", member.elastic_ip);
+    }
+    // Every pool address is reserved for the group, in the table and in EC2.
+    let reservations = w.store.reservations_now();
+    assert_eq!(reservations.len(), 5);
+    assert!(reservations.iter().all(|r| r.owner == group.id.as_str()));
+    let reserved: Vec<_> = w.ec2.subnet_reservations().into_iter().map(|(_, subnet, range)| (subnet, range.addr())).collect();
+    assert_eq!(reserved.len(), 3, "{reserved:?}");
+    assert!(reserved.contains(&("subnet-a".into(), ip(12))), "the paused member's address is kept from EC2's random picks");
+
+    // Beyond the pool: an address EC2 picks, never a pool address, in the emptier subnet.
+    w.tether.scale_group(&group.id, 4, None).await.expect("scaled");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(w.running(&members), 4);
+    let random = members.iter().find(|m| m.group.as_ref().is_some_and(|g| g.pool_ip.is_none())).expect("a random member");
+    assert_eq!(random.spec.subnet_id, "subnet-b");
+    assert!(random.elastic_ip.is_none(), "the pool's two Elastic IPs are held");
+    assert_eq!(w.state_of(&members, 12), [NodeState::Running], "the paused pool member first");
+
+    // Down to 1: the EC2-picked member first, then the pool from its end; identity kept.
+    w.tether.scale_group(&group.id, 1, None).await.expect("scaled");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(w.state_of(&members, 10), [NodeState::Running]);
+    assert_eq!(w.state_of(&members, 11), [NodeState::Paused]);
+    assert!(members.iter().filter(|m| m.state == NodeState::Paused).all(|m| m.eni.is_some()), "paused members keep their ENI");
+    let (_, _, status) = w.tether.group_status(&group.id).await.expect("status");
+    assert_eq!((status.running, status.paused, status.below_target), (1, 3, None));
+}
+
+#[tokio::test]
+async fn a_deallocated_pool_member_is_replaced_for_the_same_address_and_its_elastic_ip_returns() {
+    let w = world();
+    let eips = w.eips(1);
+    let group = w.tether.create_group(request(&[10], eips.clone(), 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let first = w.members(&group.id).await.remove(0);
+    // The ENI is released once the instance has terminated: its event carries the deallocation on.
+    let started = w.tether.deallocate(&first.id, false, deadline(), Some("someone")).await;
+    assert!(matches!(started, Err(TetherError::EniStillAttached { .. })), "{started:?}");
+    w.pump().await;
+    assert_eq!(w.tether.node(&first.id).await.expect("node").state, NodeState::Deallocated);
+    let eip = w.ec2.eips().into_iter().find(|e| e.info.allocation_id == eips[0]).expect("the user's Elastic IP stays");
+    assert_eq!(eip.info.association_id, None, "disassociated, never released");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(w.state_of(&members, 10), [NodeState::Deallocated, NodeState::Running]);
+    let second = &members[1];
+    assert_eq!(second.id, group.id.pool_member(ip(10), 2));
+    assert_eq!(second.eni.as_ref().map(|e| e.private_ip), Some(ip(10)), "same address");
+    assert_eq!(second.elastic_ip.as_ref().map(|e| e.allocation_id.as_str()), Some(eips[0].as_str()), "the Elastic IP came back to the pool and went to it");
+}
+
+#[tokio::test]
+async fn a_member_paused_through_the_node_api_is_held_until_the_group_is_resumed() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10, 11], vec![], 2), None).await.expect("created");
+    w.settle(&group.id).await;
+    let member = w.members(&group.id).await.remove(0);
+    w.tether.pause(&member.id, deadline(), Some("operator")).await.expect("paused");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(w.running(&members), 1, "not resumed, not replaced");
+    let (_, _, status) = w.tether.group_status(&group.id).await.expect("status");
+    assert_eq!(status.held, 1);
+    assert!(status.below_target.as_deref().is_some_and(|w| w.contains("held")), "{status:?}");
+    w.tether.resume_group(&group.id, None).await.expect("resumed");
+    w.settle(&group.id).await;
+    assert_eq!(w.running(&w.members(&group.id).await), 2);
+}
+
+#[tokio::test]
+async fn removing_pool_addresses_deallocates_members_that_never_ran_and_keeps_the_others() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10, 11], vec![], 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let patch = GroupPatch { private_ip_pool: Some(vec![]), target_capacity: Some(0), ..GroupPatch::default() };
+    w.tether.patch_group(&group.id, &patch, None).await.expect("patched");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    assert_eq!(w.state_of(&members, 10), [NodeState::Paused], "it ran: it keeps its address");
+    assert_eq!(w.state_of(&members, 11), [NodeState::Deallocated], "never ran: deallocated");
+    let kept = w.store.reservations_now();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].owner, members[0].id.as_str(), "the reservation passed to the member that kept the address");
+    assert_eq!(w.ec2.subnet_reservations().len(), 1, "the released address is free for EC2 again");
+}
+
+#[tokio::test]
+async fn refusals_name_the_address_and_why() {
+    let w = world();
+    let eips = w.eips(1);
+    let group = w.tether.create_group(request(&[10], eips.clone(), 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let invalid = |e: TetherError| match e {
+        TetherError::Invalid { field, reason } => format!("{field}: {reason}"),
+        other => format!("not a 422: {other}"),
+    };
+    for (pool, says) in [(vec![10], "reserved by"), (vec![3], "reserves"), (vec![200, 200], "listed twice")] {
+        let mut r = request(&[], vec![], 0);
+        r.private_ip_pool = pool.iter().map(|h| ip(*h)).collect();
+        let e = invalid(w.tether.create_group(r, None).await.expect_err("refused"));
+        assert!(e.starts_with("private_ip_pool: ") && e.contains(says), "{e}");
+    }
+    let mut outside = request(&[], vec![], 0);
+    outside.private_ip_pool = vec![Ipv4Addr::new(10, 9, 0, 5)];
+    assert!(invalid(w.tether.create_group(outside, None).await.expect_err("refused")).contains("outside every subnet"));
+    let e = invalid(w.tether.create_group(request(&[], eips.clone(), 0), None).await.expect_err("refused"));
+    assert!(e.starts_with("elastic_ip_pool: "), "{e}");
+    // A single node cannot take a pool address either.
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let taken = Persistence { private_ip: Some(ip(10)), ..Persistence::default() };
+    assert!(invalid(w.tether.create_node(spec, taken, None).await.expect_err("refused")).contains(group.id.as_str()));
+    assert_eq!(w.store.groups_now().len(), 1, "nothing created by a refused request");
+    // An Elastic IP a member holds stays in the pool.
+    let patch = GroupPatch { elastic_ip_pool: Some(vec![]), ..GroupPatch::default() };
+    let e = w.tether.patch_group(&group.id, &patch, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("held by member")), "{e}");
+    // A member's launch settings are the group's.
+    let member = w.members(&group.id).await.remove(0);
+    let e = w.tether.patch(&member.id, &NodePatch { image_id: Some("ami-2".into()), ..NodePatch::default() }, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("group's template")), "{e}");
+}
+
+#[tokio::test]
+async fn a_template_change_rolls_through_the_members_without_changing_an_address() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10, 11], vec![], 2), None).await.expect("created");
+    w.settle(&group.id).await;
+    let before: Vec<(String, Option<String>)> = w.members(&group.id).await.iter().map(|m| (m.eni.as_ref().expect("ENI").id.clone(), m.instance_id().map(str::to_owned))).collect();
+    let patch = GroupPatch { template: Some(NodePatch { image_id: Some("ami-2".into()), ..NodePatch::default() }), ..GroupPatch::default() };
+    w.tether.patch_group(&group.id, &patch, None).await.expect("patched");
+    w.tether.recycle_group(&group.id, None).await.expect("rolling recycle");
+    w.settle(&group.id).await;
+    let after = w.members(&group.id).await;
+    for (member, (eni, instance)) in after.iter().zip(&before) {
+        assert_eq!(member.eni.as_ref().map(|e| &e.id), Some(eni), "same ENI");
+        assert_ne!(member.instance_id().map(str::to_owned), *instance, "a new instance");
+        assert_eq!(member.spec.image_id, "ami-2");
+    }
+    let group = w.tether.group(&group.id).await.expect("group");
+    assert!(group.rollout.is_none(), "finished");
+}
+
+#[tokio::test]
+async fn deallocating_a_group_needs_deletion_protection_off_and_releases_everything() {
+    let w = world();
+    let eips = w.eips(1);
+    let group = w.tether.create_group(request(&[10, 11], eips.clone(), 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let e = w.tether.deallocate_group(&group.id, false, None).await.expect_err("protected");
+    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("deletion_protection")), "{e}");
+    w.tether.patch_group(&group.id, &GroupPatch { deletion_protection: Some(false), ..GroupPatch::default() }, None).await.expect("off");
+    w.tether.deallocate_group(&group.id, false, None).await.expect("deallocating");
+    w.settle(&group.id).await;
+    let group = w.tether.group(&group.id).await.expect("group");
+    assert_eq!(group.state, GroupState::Deallocated);
+    assert!(w.members(&group.id).await.iter().all(|m| m.state == NodeState::Deallocated));
+    assert!(w.store.reservations_now().is_empty(), "{:?}", w.store.reservations_now());
+    assert!(w.ec2.subnet_reservations().is_empty());
+    assert!(w.ec2.enis().is_empty(), "ENIs deleted");
+    assert!(w.ec2.eips().iter().all(|e| e.info.association_id.is_none()), "the user's Elastic IP left to them");
+}
+
+#[tokio::test]
+async fn a_single_nodes_chosen_addresses_are_reserved_with_it_and_released_at_deallocation() {
+    let w = world();
+    let eips = w.eips(1);
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let chosen = Persistence { private_ip: Some(ip(50)), elastic_ip_allocation_id: Some(eips[0].clone()), allocate_elastic_ip: false };
+    let node = w.tether.create_node(spec.clone(), chosen.clone(), None).await.expect("created");
+    assert_eq!(w.store.reservations_now().len(), 2);
+    assert_eq!(w.ec2.subnet_reservations().len(), 1);
+    // A second node asking for the same address, before the first ever ran: refused.
+    let e = w.tether.create_node(spec.clone(), Persistence { elastic_ip_allocation_id: None, ..chosen.clone() }, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Invalid { field, reason } if field == "persistence.private_ip" && reason.contains(node.id.as_str())), "{e}");
+    // EC2 does not hand the reserved address to an ENI that does not ask for it.
+    for _ in 0..240 {
+        let Ok(other) = w.ec2.hand_create_eni("subnet-a") else { break };
+        assert!(w.ec2.enis().iter().all(|e| e.id != other || e.private_ip != ip(50)));
+    }
+    w.tether.deallocate(&node.id, false, deadline(), None).await.expect("deallocated");
+    assert!(w.store.reservations_now().is_empty());
+    assert!(w.ec2.subnet_reservations().is_empty());
+}
+
+#[tokio::test]
+async fn nodes_older_than_reservations_get_theirs_from_the_reconciler() {
+    let w = world();
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let mut old = Node::new(spec, Persistence { private_ip: Some(ip(60)), ..Persistence::default() }, chrono::Utc::now());
+    old.addresses_reserved = false;
+    w.store.create(&old).await.expect("an old record");
+    w.tether.reconcile(deadline()).await.expect("reconciled");
+    let reservations = w.store.reservations_now();
+    assert_eq!(reservations.len(), 1);
+    assert_eq!((reservations[0].owner.as_str(), &reservations[0].address), (old.id.as_str(), &Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(60) }));
+    assert!(w.tether.node(&old.id).await.expect("node").addresses_reserved);
+    assert_eq!(w.ec2.subnet_reservations().len(), 1);
+}

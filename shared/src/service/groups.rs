@@ -1,0 +1,517 @@
+//! Stateful groups: creating them (every address checked and reserved before anything is
+//! made), changing them, and the group actions. What the group then does to its members is
+//! the controller's (`group::plan`), run by `group_run`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use tracing::info;
+
+use super::manage::{check_name, check_private_ip, check_tags};
+use super::{Tether, TetherError, MAX_CONFLICTS};
+use crate::error::ErrorClass;
+use crate::group::{self, Group, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Rollout};
+use crate::lifecycle::patch_spec;
+use crate::model::{Node, NodeState};
+use crate::ports::{Address, Expect, Reservation, Write, MAX_WRITES};
+use crate::views::{CreateGroup, GroupPatch};
+
+/// The largest target capacity, and the largest pools.
+pub const MAX_TARGET: u32 = 500;
+pub const MAX_POOL: usize = 500;
+
+/// Addresses one request may reserve or release: one transaction holds the group and them.
+const MAX_ADDRESS_CHANGES: usize = MAX_WRITES - 1;
+
+impl Tether {
+    pub async fn group(&self, id: &GroupId) -> Result<Group, TetherError> {
+        self.registry.group(id).await?.ok_or_else(|| TetherError::GroupNotFound(id.clone()))
+    }
+
+    /// The group with what its members make of it now.
+    pub async fn group_status(&self, id: &GroupId) -> Result<(Group, Vec<Node>, GroupStatus), TetherError> {
+        let group = self.group(id).await?;
+        let members = self.registry.members(id).await?;
+        let status = group::plan(&group, &members, self.clock.now()).status;
+        Ok((group, members, status))
+    }
+
+    /// One page of groups; pass the returned id to get the next page.
+    pub async fn groups(&self, limit: usize, start_after: Option<&GroupId>) -> Result<(Vec<Group>, Option<GroupId>), TetherError> {
+        Ok(self.registry.groups(limit, start_after).await?)
+    }
+
+    /// Creates a group after checking its subnets, template and pools; reserves every pool
+    /// address with it. Its members are made by the controller (`run_group`).
+    pub async fn create_group(&self, request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
+        check_group_name("name", &request.name)?;
+        check_template("template", &request.template)?;
+        self.check_instance_types(&request.template.instance_types, "template.instance_types").await?;
+        check_target("target_capacity", request.target_capacity)?;
+        check_max_unavailable(request.max_unavailable)?;
+        let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
+        let now = self.clock.now();
+        let mut group = Group {
+            id: GroupId::generate(),
+            name: request.name,
+            subnets,
+            template: request.template,
+            target_capacity: request.target_capacity,
+            private_ip_pool: Vec::new(),
+            elastic_ip_pool: Vec::new(),
+            max_unavailable: request.max_unavailable,
+            deletion_protection: request.deletion_protection,
+            state: GroupState::Active,
+            keep_enis: false,
+            rollout: None,
+            holds_cleared_at: None,
+            version: 0,
+            history: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut claims = self.claim_private_ips(&group, &request.private_ip_pool).await?;
+        claims.extend(self.claim_elastic_ips(&group, &request.elastic_ip_pool).await?);
+        check_changes(claims.len())?;
+        group.private_ip_pool = request.private_ip_pool;
+        group.elastic_ip_pool = request.elastic_ip_pool;
+        group.record_by(now, format!("created: target {}, {} pool addresses, {} pool Elastic IPs", group.target_capacity, group.private_ip_pool.len(), group.elastic_ip_pool.len()), by);
+        let mut writes = vec![Write::CreateGroup(group.clone())];
+        writes.extend(claims.iter().map(|r| Write::PutReservation { reservation: r.clone(), expect: Expect::Absent }));
+        self.write_claims(writes, &claims, group.id.as_str()).await?;
+        for reservation in &claims {
+            self.reserve_in_subnet(reservation).await;
+        }
+        info!(group_id = %group.id, "group created");
+        Ok(group)
+    }
+
+    /// Writes a group with its reservations; a reservation someone took meanwhile is named.
+    async fn write_claims(&self, writes: Vec<Write>, claims: &[Reservation], mine: &str) -> Result<(), TetherError> {
+        match self.registry.write(writes).await {
+            Err(e) if e.class == ErrorClass::Conflict => {
+                let named: Vec<(Address, &str)> = claims.iter().map(|r| (r.address.clone(), pool_field(&r.address))).collect();
+                match self.reservation_conflict(&named, mine).await? {
+                    Some(taken) => Err(taken),
+                    None => Err(e.into()),
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The subnets, described by EC2: they exist and lie in one VPC. `known` are the
+    /// group's own already (not described again).
+    async fn group_subnets(&self, ids: &[String], known: &[GroupSubnet]) -> Result<Vec<GroupSubnet>, TetherError> {
+        let field = "subnet_ids";
+        if ids.is_empty() {
+            return Err(TetherError::invalid(field, "list at least one subnet of the group's VPC"));
+        }
+        let mut subnets: Vec<GroupSubnet> = Vec::new();
+        let mut vpc: Option<String> = None;
+        for id in ids {
+            if !id.starts_with("subnet-") || check_name(field, id).is_err() {
+                return Err(TetherError::invalid(field, format!("`{}` is not a subnet id like subnet-0123456789abcdef0", id.escape_debug())));
+            }
+            if subnets.iter().any(|s| s.id == *id) {
+                return Err(TetherError::invalid(field, format!("{id} is listed twice")));
+            }
+            let (subnet, subnet_vpc) = match known.iter().find(|s| s.id == *id) {
+                Some(s) => (s.clone(), None),
+                None => {
+                    let info = self.network.describe_subnet(id).await?.ok_or_else(|| TetherError::invalid(field, format!("subnet {id} does not exist in this Region")))?;
+                    (GroupSubnet { id: id.clone(), cidr: info.cidr, availability_zone: info.availability_zone }, Some(info.vpc_id))
+                }
+            };
+            if let Some(subnet_vpc) = subnet_vpc {
+                match &vpc {
+                    Some(v) if *v != subnet_vpc => {
+                        return Err(TetherError::invalid(field, format!("{id} is in {subnet_vpc}, the group's other subnets in {v}: a group's subnets are of one VPC")))
+                    }
+                    _ => vpc = Some(subnet_vpc),
+                }
+            }
+            subnets.push(subnet);
+        }
+        Ok(subnets)
+    }
+
+    /// The reservations of pool addresses new to `group`, each checked: inside one of its
+    /// subnets, not one of the 5 AWS reserves, listed once, not reserved by another node or
+    /// group, not in use in EC2.
+    async fn claim_private_ips(&self, group: &Group, ips: &[Ipv4Addr]) -> Result<Vec<Reservation>, TetherError> {
+        let field = "private_ip_pool";
+        if ips.len() > MAX_POOL {
+            return Err(TetherError::invalid(field, format!("a pool takes at most {MAX_POOL} addresses")));
+        }
+        let mut seen = BTreeSet::new();
+        let mut claims = Vec::new();
+        for &ip in ips {
+            if !seen.insert(ip) {
+                return Err(TetherError::invalid(field, format!("{ip} is listed twice")));
+            }
+            if group.private_ip_pool.contains(&ip) {
+                continue;
+            }
+            let Some(subnet) = group.subnet_of(ip) else {
+                let ranges: Vec<String> = group.subnets.iter().map(|s| format!("{} ({})", s.cidr, s.id)).collect();
+                return Err(TetherError::invalid(field, format!("{ip} is outside every subnet of the group: {}", ranges.join(", "))));
+            };
+            check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid(field, reason))?;
+            let address = Address::PrivateIp { subnet_id: subnet.id.clone(), ip };
+            if self.unreserved(&address, field, group.id.as_str()).await?.is_some() {
+                continue;
+            }
+            if self.network.private_ip_in_use(&subnet.id, ip).await? {
+                return Err(TetherError::invalid(field, format!("{ip} is already in use in {}; choose a free address", subnet.id)));
+            }
+            claims.push(Reservation::new(address, group.id.as_str()));
+        }
+        Ok(claims)
+    }
+
+    /// The reservations of Elastic IPs new to `group`'s pool: they exist, are associated
+    /// with nothing, are listed once, and no other node or group has them.
+    async fn claim_elastic_ips(&self, group: &Group, allocation_ids: &[String]) -> Result<Vec<Reservation>, TetherError> {
+        let field = "elastic_ip_pool";
+        if allocation_ids.len() > MAX_POOL {
+            return Err(TetherError::invalid(field, format!("a pool takes at most {MAX_POOL} Elastic IPs")));
+        }
+        let mut seen = BTreeSet::new();
+        let mut claims = Vec::new();
+        for allocation_id in allocation_ids {
+            if !allocation_id.starts_with("eipalloc-") || check_name(field, allocation_id).is_err() {
+                return Err(TetherError::invalid(field, format!("`{}` is not an allocation id like eipalloc-0123", allocation_id.escape_debug())));
+            }
+            if !seen.insert(allocation_id) {
+                return Err(TetherError::invalid(field, format!("{allocation_id} is listed twice")));
+            }
+            if group.elastic_ip_pool.contains(allocation_id) {
+                continue;
+            }
+            let address = Address::ElasticIp { allocation_id: allocation_id.clone() };
+            if self.unreserved(&address, field, group.id.as_str()).await?.is_some() {
+                continue;
+            }
+            let eip = self
+                .network
+                .describe_eip(allocation_id)
+                .await?
+                .ok_or_else(|| TetherError::invalid(field, format!("Elastic IP allocation {allocation_id} does not exist in this Region")))?;
+            if eip.association_id.is_some() {
+                return Err(TetherError::invalid(
+                    field,
+                    format!("Elastic IP {} ({allocation_id}) is associated with {}; disassociate it or choose another", eip.public_ip, eip.holder()),
+                ));
+            }
+            claims.push(Reservation::new(address, group.id.as_str()));
+        }
+        Ok(claims)
+    }
+
+    /// Changes a group; see `GroupPatch` for what each field does. The group's controller
+    /// then makes its members follow.
+    pub async fn patch_group(&self, id: &GroupId, patch: &GroupPatch, by: Option<&str>) -> Result<Group, TetherError> {
+        if let Some(name) = &patch.name {
+            check_group_name("name", name)?;
+        }
+        if let Some(target) = patch.target_capacity {
+            check_target("target_capacity", target)?;
+        }
+        if let Some(max) = patch.max_unavailable {
+            check_max_unavailable(max)?;
+        }
+        if let Some(template) = &patch.template {
+            if template.subnet_id.is_some() || template.private_ip.is_some() {
+                let field = if template.subnet_id.is_some() { "template.subnet_id" } else { "template.private_ip" };
+                return Err(TetherError::invalid(field, "a group's members take their subnets from subnet_ids and their addresses from private_ip_pool"));
+            }
+            if let Some(types) = &template.instance_types {
+                for instance_type in types {
+                    check_name("template.instance_types", instance_type)?;
+                }
+                self.check_instance_types(types, "template.instance_types").await?;
+            }
+            if let Some(tags) = &template.tags {
+                check_tags("template.tags", tags)?;
+            }
+        }
+        for _ in 0..MAX_CONFLICTS {
+            let group = self.group(id).await?;
+            if matches!(group.state, GroupState::Deallocating | GroupState::Deallocated) {
+                return Err(TetherError::Conflict(format!("group {id} is {}; it cannot change", state_name(group.state))));
+            }
+            let now = self.clock.now();
+            let mut next = group.clone();
+            let mut what = Vec::new();
+            let mut writes = Vec::new();
+            if let Some(name) = patch.name.as_ref().filter(|n| **n != group.name) {
+                what.push(format!("name {name}"));
+                next.name = name.clone();
+            }
+            if let Some(template) = &patch.template {
+                let mut spec = group.template.spec_in("");
+                let changed = patch_spec(&mut spec, template).map_err(|e| TetherError::invalid(format!("template.{}", e.field), e.reason))?;
+                next.template = MemberTemplate::of_spec(spec);
+                what.push(format!("template ({}; every member's next launch uses it)", changed.join(", ")));
+            }
+            if let Some(target) = patch.target_capacity.filter(|t| *t != group.target_capacity) {
+                what.push(format!("target capacity {} → {target}", group.target_capacity));
+                next.target_capacity = target;
+            }
+            if let Some(max) = patch.max_unavailable {
+                next.max_unavailable = max;
+            }
+            if let Some(on) = patch.deletion_protection.filter(|on| *on != group.deletion_protection) {
+                what.push(format!("deletion protection {}", if on { "on" } else { "off" }));
+                next.deletion_protection = on;
+            }
+            let members = self.registry.members(id).await?;
+            if let Some(ids) = &patch.subnet_ids {
+                next.subnets = self.group_subnets(ids, &group.subnets).await?;
+                if let Some(gone) = group.subnets.iter().find(|s| !ids.contains(&s.id)) {
+                    if let Some(m) = members.iter().find(|m| m.state != NodeState::Deallocated && m.spec.subnet_id == gone.id) {
+                        return Err(TetherError::Conflict(format!("member {} lives in {}: a subnet is removed only once no member lives in it", m.id, gone.id)));
+                    }
+                    if let Some(ip) = next.private_ip_pool.iter().find(|ip| gone.cidr.contains(*ip)) {
+                        return Err(TetherError::invalid("subnet_ids", format!("pool address {ip} lies in {}: remove it from private_ip_pool first", gone.id)));
+                    }
+                }
+                if next.subnets != group.subnets {
+                    what.push(format!("subnets {}", ids.join(", ")));
+                }
+            }
+            if let Some(pool) = &patch.private_ip_pool {
+                let claims = self.claim_private_ips(&next, pool).await?;
+                for reservation in &claims {
+                    writes.push(Write::PutReservation { reservation: reservation.clone(), expect: Expect::Absent });
+                }
+                let removed: Vec<Ipv4Addr> = group.private_ip_pool.iter().filter(|ip| !pool.contains(ip)).copied().collect();
+                for ip in &removed {
+                    writes.extend(self.pool_ip_leaves(&group, *ip, &members).await?);
+                }
+                if !claims.is_empty() || !removed.is_empty() {
+                    what.push(format!("private-IP pool: {} added, {} removed", claims.len(), removed.len()));
+                }
+                next.private_ip_pool = pool.clone();
+            }
+            if let Some(pool) = &patch.elastic_ip_pool {
+                let claims = self.claim_elastic_ips(&next, pool).await?;
+                for reservation in &claims {
+                    writes.push(Write::PutReservation { reservation: reservation.clone(), expect: Expect::Absent });
+                }
+                let removed: Vec<&String> = group.elastic_ip_pool.iter().filter(|a| !pool.contains(a)).collect();
+                for allocation_id in &removed {
+                    let address = Address::ElasticIp { allocation_id: (*allocation_id).clone() };
+                    if let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == id.as_str()) {
+                        if let Some(member) = &r.member {
+                            return Err(TetherError::Conflict(format!(
+                                "Elastic IP {allocation_id} is held by member {member}: it stays in the pool until that member is deallocated"
+                            )));
+                        }
+                        writes.push(self.release_write(&r).await?);
+                    }
+                }
+                if !claims.is_empty() || !removed.is_empty() {
+                    what.push(format!("Elastic-IP pool: {} added, {} removed", claims.len(), removed.len()));
+                }
+                next.elastic_ip_pool = pool.clone();
+            }
+            check_changes(writes.len())?;
+            if what.is_empty() && writes.is_empty() {
+                return Ok(group);
+            }
+            next.record_by(now, format!("changed: {}", what.join("; ")), by);
+            let claims: Vec<Reservation> = writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::PutReservation { reservation, expect: Expect::Absent } => Some(reservation.clone()),
+                    _ => None,
+                })
+                .collect();
+            writes.insert(0, Write::SaveGroup(next.clone()));
+            match self.write_claims(writes, &claims, id.as_str()).await {
+                Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => continue,
+                other => other?,
+            }
+            for reservation in &claims {
+                self.reserve_in_subnet(reservation).await;
+            }
+            return Ok(Group { version: next.version + 1, ..next });
+        }
+        Err(TetherError::GroupContended { group_id: id.clone() })
+    }
+
+    /// What happens to `ip`'s reservation when it leaves the pool: a member that ran keeps
+    /// the address (the reservation passes to it); otherwise it is released. Conditional on
+    /// the members being as read.
+    async fn pool_ip_leaves(&self, group: &Group, ip: Ipv4Addr, members: &[Node]) -> Result<Vec<Write>, TetherError> {
+        let Some(subnet) = group.subnet_of(ip) else { return Ok(Vec::new()) };
+        let address = Address::PrivateIp { subnet_id: subnet.id.clone(), ip };
+        let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == group.id.as_str()) else { return Ok(Vec::new()) };
+        let live: Vec<&Node> = members.iter().filter(|m| m.state != NodeState::Deallocated && m.group.as_ref().and_then(|g| g.pool_ip) == Some(ip)).collect();
+        let mut writes: Vec<Write> = live.iter().map(|m| Write::CheckNode { id: m.id.clone(), version: m.version }).collect();
+        match live.iter().find(|m| m.generation > 0 || m.eni.is_some()) {
+            Some(keeper) => writes.push(Write::PutReservation { reservation: Reservation { owner: keeper.id.to_string(), ..r.clone() }, expect: Expect::of(Some(&r)) }),
+            None => writes.push(self.release_write(&r).await?),
+        }
+        Ok(writes)
+    }
+
+    /// Sets a new target capacity.
+    pub async fn scale_group(&self, id: &GroupId, target: u32, by: Option<&str>) -> Result<Group, TetherError> {
+        self.patch_group(id, &GroupPatch { target_capacity: Some(target), ..GroupPatch::default() }, by).await
+    }
+
+    /// Pauses every member; the target is kept for the resume.
+    pub async fn pause_group(&self, id: &GroupId, by: Option<&str>) -> Result<Group, TetherError> {
+        self.change_group(id, by, |group, _| match group.state {
+            GroupState::Paused => Ok(None),
+            GroupState::Active => Ok(Some(("paused: every member is paused; the target is kept".into(), Group { state: GroupState::Paused, ..group.clone() }))),
+            other => Err(gone(&group.id, other)),
+        })
+        .await
+    }
+
+    /// Resumes a paused group, and clears every hold: held members count again.
+    pub async fn resume_group(&self, id: &GroupId, by: Option<&str>) -> Result<Group, TetherError> {
+        self.change_group(id, by, |group, now| match group.state {
+            GroupState::Paused | GroupState::Active => {
+                Ok(Some(("resumed: holds cleared; the target is kept again".into(), Group { state: GroupState::Active, holds_cleared_at: Some(now), ..group.clone() })))
+            }
+            other => Err(gone(&group.id, other)),
+        })
+        .await
+    }
+
+    /// A rolling recycle: every running member is replaced by a new instance on its own ENI,
+    /// `max_unavailable` at a time, each batch back running before the next.
+    pub async fn recycle_group(&self, id: &GroupId, by: Option<&str>) -> Result<Group, TetherError> {
+        self.change_group(id, by, |group, now| match (group.state, &group.rollout) {
+            (GroupState::Active, Some(_)) => Ok(None),
+            (GroupState::Active, None) => Ok(Some((
+                format!("rolling recycle started, {} member(s) at a time", group.max_unavailable),
+                Group { rollout: Some(Rollout { started_at: now }), ..group.clone() },
+            ))),
+            (GroupState::Paused, _) => Err(TetherError::Conflict(format!("group {} is paused: resume it first (its members launch with the template when resumed)", group.id))),
+            (other, _) => Err(gone(&group.id, other)),
+        })
+        .await
+    }
+
+    /// Deallocates every member (their ENIs deleted unless `keep_enis`), then the group; its
+    /// record and history stay. Refused while deletion protection is on.
+    pub async fn deallocate_group(&self, id: &GroupId, keep_enis: bool, by: Option<&str>) -> Result<Group, TetherError> {
+        self.change_group(id, by, |group, _| match group.state {
+            GroupState::Deallocating | GroupState::Deallocated => Ok(None),
+            _ if group.deletion_protection => Err(TetherError::Conflict(format!(
+                "group {} has deletion protection on: turn it off first (PATCH /groups/{} {{\"deletion_protection\": false}}; CLI: tether groups update {} --no-deletion-protection)",
+                group.id, group.id, group.id
+            ))),
+            _ => Ok(Some((
+                format!("deallocate requested{}", if keep_enis { " (keep ENIs)" } else { "" }),
+                Group { state: GroupState::Deallocating, keep_enis, rollout: None, ..group.clone() },
+            ))),
+        })
+        .await
+    }
+
+    /// Writes what `decide` makes of the group (nothing for `None`), recorded with its words;
+    /// a lost race is re-read and decided again.
+    async fn change_group(
+        &self,
+        id: &GroupId,
+        by: Option<&str>,
+        decide: impl Fn(&Group, DateTime<Utc>) -> Result<Option<(String, Group)>, TetherError>,
+    ) -> Result<Group, TetherError> {
+        for _ in 0..MAX_CONFLICTS {
+            let group = self.group(id).await?;
+            let now = self.clock.now();
+            let Some((what, mut next)) = decide(&group, now)? else { return Ok(group) };
+            next.record_by(now, what, by);
+            match self.registry.write(vec![Write::SaveGroup(next.clone())]).await {
+                Err(e) if e.class == ErrorClass::Conflict => continue,
+                other => other?,
+            }
+            info!(group_id = %id, state = state_name(next.state), "group changed");
+            return Ok(Group { version: next.version + 1, ..next });
+        }
+        Err(TetherError::GroupContended { group_id: id.clone() })
+    }
+}
+
+fn gone(id: &GroupId, state: GroupState) -> TetherError {
+    TetherError::Conflict(format!("group {id} is {}", state_name(state)))
+}
+
+pub(crate) fn state_name(state: GroupState) -> &'static str {
+    match state {
+        GroupState::Active => "active",
+        GroupState::Paused => "paused",
+        GroupState::Deallocating => "being deallocated",
+        GroupState::Deallocated => "deallocated",
+    }
+}
+
+/// The request field an address of a group's pools is reported on.
+fn pool_field(address: &Address) -> &'static str {
+    match address {
+        Address::PrivateIp { .. } => "private_ip_pool",
+        Address::ElasticIp { .. } => "elastic_ip_pool",
+    }
+}
+
+fn check_changes(count: usize) -> Result<(), TetherError> {
+    if count > MAX_ADDRESS_CHANGES {
+        return Err(TetherError::invalid(
+            "private_ip_pool",
+            format!("one request may add or remove at most {MAX_ADDRESS_CHANGES} pool addresses and Elastic IPs together (DynamoDB's {MAX_WRITES}-item transaction); this one changes {count}: split it into several PATCHes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_group_name(field: &str, name: &str) -> Result<(), TetherError> {
+    if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+        return Err(TetherError::invalid(field, "a group's name has 1 to 128 characters, without control characters"));
+    }
+    Ok(())
+}
+
+fn check_target(field: &str, target: u32) -> Result<(), TetherError> {
+    if target > MAX_TARGET {
+        return Err(TetherError::invalid(field, format!("{target} is more than a group keeps: 0 to {MAX_TARGET}")));
+    }
+    Ok(())
+}
+
+fn check_max_unavailable(max: u32) -> Result<(), TetherError> {
+    if max == 0 || max > MAX_TARGET {
+        return Err(TetherError::invalid("max_unavailable", format!("a rolling recycle replaces 1 to {MAX_TARGET} members at a time")));
+    }
+    Ok(())
+}
+
+/// A template's fields, as a node's spec is checked.
+fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherError> {
+    if !template.image_id.starts_with("ami-") || check_name("", &template.image_id).is_err() {
+        return Err(TetherError::invalid(format!("{field}.image_id"), "must be an AMI id like ami-0123456789abcdef0"));
+    }
+    if template.instance_types.is_empty() {
+        return Err(TetherError::invalid(format!("{field}.instance_types"), "list at least one instance type, in order of preference"));
+    }
+    for instance_type in &template.instance_types {
+        check_name(&format!("{field}.instance_types"), instance_type)?;
+    }
+    if let Some(sg) = template.security_group_ids.iter().find(|g| !g.starts_with("sg-") || check_name("", g).is_err()) {
+        return Err(TetherError::invalid(format!("{field}.security_group_ids"), format!("`{}` is not a security group id like sg-0123", sg.escape_debug())));
+    }
+    if let Some(key) = &template.key_name {
+        check_name(&format!("{field}.key_name"), key)?;
+    }
+    if let Some(profile) = &template.iam_instance_profile {
+        check_name(&format!("{field}.iam_instance_profile"), profile)?;
+    }
+    check_tags(&format!("{field}.tags"), &template.tags)
+}
