@@ -74,6 +74,19 @@ const TRANSIENT_CODES: &[&str] = &[
     "Unavailable",
 ];
 
+/// Account quotas AWS refuses with these codes: the quota's name, code and default, so the
+/// error says which to raise (Service Quotas) instead of a bare code.
+const QUOTAS: &[(&str, &str)] = &[
+    (
+        "AddressLimitExceeded",
+        "the account's Elastic IP quota (Service Quotas: Amazon EC2 \"EC2-VPC Elastic IPs\", L-0263D0A3, 5 per Region by default) is reached: release unused Elastic IPs or request an increase",
+    ),
+    (
+        "NetworkInterfaceLimitExceeded",
+        "the account's network interface quota (Service Quotas: Amazon VPC \"Network interfaces per Region\", L-DF5E4CA3, 5,000 by default) is reached: delete unused ENIs or request an increase",
+    ),
+];
+
 /// The function's own setup is wrong: its table is missing or it lacks a permission.
 const MISCONFIGURED_CODES: &[&str] = &[
     "ResourceNotFoundException",
@@ -104,13 +117,11 @@ impl AwsError {
             Some(_) if status.is_some_and(|s| s >= 500) => ErrorClass::Transient,
             Some(_) => ErrorClass::Permanent,
         };
-        AwsError {
-            service,
-            operation,
-            code: code.map(str::to_owned),
-            message: message.unwrap_or("").to_owned(),
-            class,
+        let mut message = message.unwrap_or("").to_owned();
+        if let Some((_, quota)) = QUOTAS.iter().find(|(c, _)| Some(*c) == code) {
+            message = format!("{message} ({quota})");
         }
+        AwsError { service, operation, code: code.map(str::to_owned), message, class }
     }
 
     pub fn is_retryable(&self) -> bool {
@@ -142,6 +153,8 @@ mod tests {
         assert_eq!(class("ResourceNotFoundException", 400), ErrorClass::Misconfigured);
         assert_eq!(class("UnauthorizedOperation", 403), ErrorClass::Misconfigured);
         assert_eq!(class("SomethingNew", 503), ErrorClass::Transient);
+        let quota = AwsError::from_code("EC2", "AllocateAddress", Some("AddressLimitExceeded"), Some("The maximum number of addresses has been reached."), Some(400));
+        assert!(quota.to_string().contains("L-0263D0A3") && quota.to_string().contains("request an increase"), "{quota}");
         let no_response = AwsError::from_code("EC2", "RunInstances", None, Some("timeout"), None);
         assert!(no_response.is_retryable());
         assert!(no_response.to_string().contains("no response"));

@@ -1,12 +1,13 @@
 //! The node table on the emulator, as the deploy templates define it (on-demand, the
-//! `by-instance` index). Deployments create it with SAM or CDK; no function does.
+//! `by-instance` and `by-group` indexes). Deployments create it with SAM or CDK; no
+//! function does.
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
     ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
-use tether::aws::dynamo::{INSTANCE_ATTRIBUTE, INSTANCE_INDEX, PARTITION_KEY};
+use tether::aws::dynamo::{GROUP_ATTRIBUTE, GROUP_INDEX, INSTANCE_ATTRIBUTE, INSTANCE_INDEX, PARTITION_KEY};
 
 use crate::SetupError;
 
@@ -21,19 +22,23 @@ pub enum Table {
 pub async fn ensure(dynamodb: &Client, name: &str) -> Result<Table, SetupError> {
     let attribute = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
     let hash_key = |name: &str| KeySchemaElement::builder().attribute_name(name).key_type(KeyType::Hash).build();
-    let index = GlobalSecondaryIndex::builder()
-        .index_name(INSTANCE_INDEX)
-        .key_schema(hash_key(INSTANCE_ATTRIBUTE)?)
-        .projection(Projection::builder().projection_type(ProjectionType::All).build())
-        .build()?;
+    let index = |name: &str, attribute: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(hash_key(attribute)?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+    };
     let created = dynamodb
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attribute(PARTITION_KEY)?)
         .attribute_definitions(attribute(INSTANCE_ATTRIBUTE)?)
+        .attribute_definitions(attribute(GROUP_ATTRIBUTE)?)
         .key_schema(hash_key(PARTITION_KEY)?)
-        .global_secondary_indexes(index)
+        .global_secondary_indexes(index(INSTANCE_INDEX, INSTANCE_ATTRIBUTE)?)
+        .global_secondary_indexes(index(GROUP_INDEX, GROUP_ATTRIBUTE)?)
         .send()
         .await;
     match created {
@@ -46,7 +51,7 @@ pub async fn ensure(dynamodb: &Client, name: &str) -> Result<Table, SetupError> 
     }
 }
 
-/// An existing table must be keyed on `pk` and have the `by-instance` index on `instance_id`.
+/// An existing table must be keyed on `pk` and have the `by-instance` and `by-group` indexes.
 async fn check_existing(dynamodb: &Client, name: &str) -> Result<(), SetupError> {
     let described = dynamodb.describe_table().table_name(name).send().await?;
     let table = described.table().ok_or_else(|| format!("DescribeTable {name} answered no table"))?;
@@ -56,12 +61,11 @@ async fn check_existing(dynamodb: &Client, name: &str) -> Result<(), SetupError>
     if !keyed_on(table.key_schema(), PARTITION_KEY) {
         return Err(format!("table {name} exists but its partition key is not `{PARTITION_KEY}`: choose another --table").into());
     }
-    let indexed = table
-        .global_secondary_indexes()
-        .iter()
-        .any(|i| i.index_name() == Some(INSTANCE_INDEX) && keyed_on(i.key_schema(), INSTANCE_ATTRIBUTE));
-    if !indexed {
-        return Err(format!("table {name} exists but has no `{INSTANCE_INDEX}` index on `{INSTANCE_ATTRIBUTE}`: choose another --table").into());
+    for (index, attribute) in [(INSTANCE_INDEX, INSTANCE_ATTRIBUTE), (GROUP_INDEX, GROUP_ATTRIBUTE)] {
+        let indexed = table.global_secondary_indexes().iter().any(|i| i.index_name() == Some(index) && keyed_on(i.key_schema(), attribute));
+        if !indexed {
+            return Err(format!("table {name} exists but has no `{index}` index on `{attribute}`: choose another --table").into());
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! auth). Handlers translate: parse and check the request, call the service, answer
 //! JSON or an RFC 9457 problem. The route table in `routes` also writes `openapi`.
 
+mod groups;
 pub mod openapi;
 mod problem;
 pub mod routes;
@@ -37,7 +38,7 @@ pub struct Api {
     action_budget: Duration,
 }
 
-type Answer = Response<Body>;
+pub(crate) type Answer = Response<Body>;
 
 impl Api {
     pub fn new(tether: Tether, idempotency: Arc<dyn IdempotencyStore>, action_budget: Duration) -> Self {
@@ -151,7 +152,11 @@ impl Api {
 
     async fn dispatch(&self, call: &Call<'_>) -> Answer {
         let by = Some(call.caller);
-        info!(operation = call.route.operation_id, node_id = call.id, caller = call.caller, "request");
+        info!(operation = call.route.operation_id, id = call.id, caller = call.caller, "request");
+        if call.route.path.starts_with("/groups") {
+            // Boxed: a group's futures (its controller's run included) are large.
+            return Box::pin(self.groups(call)).await;
+        }
         let node_id = match call.id.map(NodeId::parse) {
             Some(None) => return problem(StatusCode::NOT_FOUND, "node-not-found", format!("no node {}", call.id.unwrap_or_default()), None),
             Some(Some(id)) => Some(id),
@@ -221,25 +226,15 @@ impl Api {
                 };
                 self.after(&id, self.tether.deallocate(&id, keep_eni, deadline, by).await).await
             }
-            // Every route with {id} is matched above; a template without it cannot reach here.
-            (_, None) => problem(StatusCode::NOT_FOUND, "no-route", "this route needs a node id", None),
+            // Every node route with {id} is matched above (groups' went to `groups`).
+            _ => problem(StatusCode::NOT_FOUND, "no-route", "this route needs a node id", None),
         }
     }
 
     async fn list(&self, query: &str) -> Answer {
-        let limit = match query_param(query, "limit") {
-            None => DEFAULT_PAGE,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => return problem(StatusCode::BAD_REQUEST, "invalid-parameter", format!("limit must be a whole number from 1 to {MAX_PAGE}, not `{raw}`"), Some("limit")),
-            },
-        };
-        let start_after = match query_param(query, "next_token") {
-            None => None,
-            Some(raw) => match NodeId::parse(&raw) {
-                Some(id) => Some(id),
-                None => return problem(StatusCode::BAD_REQUEST, "invalid-parameter", "next_token must be the `next_token` of a previous page", Some("next_token")),
-            },
+        let (limit, start_after) = match page_of(query, NodeId::parse) {
+            Ok(page) => page,
+            Err(answer) => return *answer,
         };
         match self.tether.nodes(limit, start_after.as_ref()).await {
             Ok((nodes, next)) => json(
@@ -283,8 +278,33 @@ impl Api {
     }
 }
 
+/// A listing's `limit` and `next_token` (read by `parse_id`), or a 400 naming the one at fault.
+pub(crate) fn page_of<Id>(query: &str, parse_id: impl Fn(&str) -> Option<Id>) -> Result<(usize, Option<Id>), Box<Answer>> {
+    let limit = match query_param(query, "limit") {
+        None => DEFAULT_PAGE,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                let detail = format!("limit must be a whole number from 1 to {MAX_PAGE}, not `{raw}`");
+                return Err(Box::new(problem(StatusCode::BAD_REQUEST, "invalid-parameter", detail, Some("limit"))));
+            }
+        },
+    };
+    let start_after = match query_param(query, "next_token") {
+        None => None,
+        Some(raw) => match parse_id(&raw) {
+            Some(id) => Some(id),
+            None => {
+                let detail = "next_token must be the `next_token` of a previous page";
+                return Err(Box::new(problem(StatusCode::BAD_REQUEST, "invalid-parameter", detail, Some("next_token"))));
+            }
+        },
+    };
+    Ok((limit, start_after))
+}
+
 /// One request, as the dispatcher needs it.
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     route: &'static Route,
     id: Option<&'a str>,
     query: &'a str,
@@ -304,7 +324,7 @@ fn caller(request: &Request) -> Option<String> {
     }
 }
 
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
@@ -336,7 +356,7 @@ fn json_content_type(request: &Request, body: &[u8]) -> Result<(), Box<Answer>> 
 
 /// A JSON body into `T`, or a 400 problem naming the field at fault (none when the body is
 /// not a JSON object at all).
-fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Box<Answer>> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8], route: &Route) -> Result<T, Box<Answer>> {
     let required = route.body.is_some_and(|(_, required)| required);
     let invalid = |detail: String, field: Option<&str>| Box::new(problem(StatusCode::BAD_REQUEST, "invalid-request", detail, field));
     let body = if body.iter().all(u8::is_ascii_whitespace) {

@@ -6,7 +6,9 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 use tether::lifecycle::NodePatch;
-use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, NodeView, Problem};
+use tether::views::{
+    CreateGroup, CreateNode, Deallocate, DeallocateGroup, GroupList, GroupMembers, GroupPatch, GroupView, NodeHistory, NodeList, NodeView, Problem, Scale,
+};
 use tether::ImportRequest;
 
 use crate::routes::{Route, COMMON_ERRORS, ROUTES};
@@ -25,6 +27,13 @@ pub fn document() -> Value {
     register::<NodePatch>(&mut generator);
     register::<ImportRequest>(&mut generator);
     register::<Deallocate>(&mut generator);
+    register::<GroupView>(&mut generator);
+    register::<GroupList>(&mut generator);
+    register::<GroupMembers>(&mut generator);
+    register::<CreateGroup>(&mut generator);
+    register::<GroupPatch>(&mut generator);
+    register::<Scale>(&mut generator);
+    register::<DeallocateGroup>(&mut generator);
     register::<Problem>(&mut generator);
 
     let mut paths = Map::new();
@@ -47,7 +56,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Tether management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Stateful spot nodes that keep their ENI, private IP and Elastic IP. Every route needs SigV4 (API Gateway IAM authorization). POSTs honour an Idempotency-Key header.",
+            "description": "Stateful spot nodes that keep their ENI, private IP and Elastic IP, and stateful groups of them with private-IP and Elastic-IP pools. Every route needs SigV4 (API Gateway IAM authorization). POSTs honour an Idempotency-Key header.",
         },
         "paths": paths,
         "components": {
@@ -70,17 +79,19 @@ fn schema_ref(name: &str) -> Value {
 
 fn operation(route: &Route) -> Value {
     let mut parameters = Vec::new();
+    let prefix = crate::routes::id_prefix(route.path);
+    let (what, id_pattern) = if prefix == "tg-" { ("group", "^tg-[0-9a-f]{32}$") } else { ("node", "^tn-[0-9a-f]{32}$") };
     if route.path.contains("{id}") {
         parameters.push(json!({
             "name": "id", "in": "path", "required": true,
-            "description": "The node id (`tn-` and 32 hex digits)",
-            "schema": {"type": "string", "pattern": "^tn-[0-9a-f]{32}$"},
+            "description": format!("The {what} id (`{prefix}` and 32 hex digits)"),
+            "schema": {"type": "string", "pattern": id_pattern},
         }));
     }
     for (name, kind, description) in route.query {
         let schema = match (*name, *kind) {
             ("limit", _) => json!({"type": "integer", "minimum": 1, "maximum": 100}),
-            ("next_token", _) => json!({"type": "string", "pattern": "^tn-[0-9a-f]{32}$"}),
+            ("next_token", _) => json!({"type": "string", "pattern": id_pattern}),
             (_, kind) => json!({"type": kind}),
         };
         parameters.push(json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema}));
@@ -138,7 +149,7 @@ fn error_description(status: u16) -> &'static str {
     match status {
         400 => "The request is malformed (the problem names the field)",
         403 => "Not authenticated: a missing or wrong SigV4 signature (API Gateway), or no IAM identity reached the function",
-        404 => "No such node",
+        404 => "No such node or group",
         409 => "The action does not fit the node's state, or the Idempotency-Key is in use",
         413 => "The body is larger than 64 KiB (the function) or than API Gateway accepts",
         415 => "The body is labelled with another media type than application/json (the Accept header names it)",

@@ -47,6 +47,7 @@ pub fn problem_response(problem: Problem) -> Response<Body> {
 pub fn from_error(e: &TetherError) -> Response<Body> {
     let (status, kind, field) = match e {
         TetherError::NodeNotFound(_) => (StatusCode::NOT_FOUND, "node-not-found", None),
+        TetherError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group-not-found", None),
         TetherError::Invalid { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", Some(field.as_str())),
         TetherError::Conflict(_) => (StatusCode::CONFLICT, "state-conflict", None),
         // Worth retrying: AWS throttled or faulted, or the node is busy.

@@ -16,13 +16,24 @@ pub enum Operation {
     ResumeNode,
     RecycleNode,
     DeallocateNode,
+    ListGroups,
+    CreateGroup,
+    GetGroup,
+    PatchGroup,
+    DeleteGroup,
+    GroupMembers,
+    PauseGroup,
+    ResumeGroup,
+    RecycleGroup,
+    ScaleGroup,
+    DeallocateGroup,
 }
 
 /// What a route accepts and answers, for the OpenAPI document.
 #[derive(Clone, Debug)]
 pub struct Route {
     pub method: Method,
-    /// With `{id}` for the node id.
+    /// With `{id}` for the node id (`/nodes/…`) or the group id (`/groups/…`).
     pub path: &'static str,
     pub operation: Operation,
     pub operation_id: &'static str,
@@ -42,6 +53,9 @@ pub struct Route {
 pub const COMMON_ERRORS: &[u16] = &[403, 413, 503];
 
 const NODE_ACTION_ERRORS: &[u16] = &[400, 404, 409, 422];
+
+/// A group changed: 200 once its members are as it says, 202 while they are being brought there.
+const GROUP_CHANGED: &[(u16, &str)] = &[(200, "GroupView"), (202, "GroupView")];
 
 pub const ROUTES: &[Route] = &[
     Route {
@@ -168,6 +182,130 @@ pub const ROUTES: &[Route] = &[
         success: &[(200, "NodeView"), (202, "NodeView")],
         errors: &[400, 404, 409, 422],
     },
+    Route {
+        method: Method::GET,
+        path: "/groups",
+        operation: Operation::ListGroups,
+        operation_id: "listGroups",
+        summary: "List stateful groups, a page at a time",
+        body: None,
+        query: &[
+            ("limit", "integer", "Groups per page, 1 to 100 (default 25)"),
+            ("next_token", "string", "The `next_token` of the previous page"),
+        ],
+        success: &[(200, "GroupList")],
+        errors: &[400],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups",
+        operation: Operation::CreateGroup,
+        operation_id: "createGroup",
+        summary: "Create a stateful group: its pool addresses are reserved, one paused member is made per pool address, and the target is resumed",
+        body: Some(("CreateGroup", true)),
+        query: &[],
+        success: &[(201, "GroupView")],
+        errors: &[400, 409, 422],
+    },
+    Route {
+        method: Method::GET,
+        path: "/groups/{id}",
+        operation: Operation::GetGroup,
+        operation_id: "getGroup",
+        summary: "A group, its pools, and what its members make of it (counts, and why it is below target)",
+        body: None,
+        query: &[],
+        success: &[(200, "GroupView")],
+        errors: &[404],
+    },
+    Route {
+        method: Method::PATCH,
+        path: "/groups/{id}",
+        operation: Operation::PatchGroup,
+        operation_id: "patchGroup",
+        summary: "Change a group's template, target, pools, subnets, name or settings",
+        body: Some(("GroupPatch", true)),
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[400, 404, 409, 422],
+    },
+    Route {
+        method: Method::DELETE,
+        path: "/groups/{id}",
+        operation: Operation::DeleteGroup,
+        operation_id: "deleteGroup",
+        summary: "Deallocate the group (as POST /groups/{id}/deallocate)",
+        body: None,
+        query: &[("keep_enis", "boolean", "Keep every member's ENI (default false)")],
+        success: GROUP_CHANGED,
+        errors: &[400, 404, 409],
+    },
+    Route {
+        method: Method::GET,
+        path: "/groups/{id}/members",
+        operation: Operation::GroupMembers,
+        operation_id: "groupMembers",
+        summary: "Every member of the group, pool members first",
+        body: None,
+        query: &[],
+        success: &[(200, "GroupMembers")],
+        errors: &[404],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups/{id}/pause",
+        operation: Operation::PauseGroup,
+        operation_id: "pauseGroup",
+        summary: "Pause every member (the target is kept)",
+        body: None,
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[404, 409],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups/{id}/resume",
+        operation: Operation::ResumeGroup,
+        operation_id: "resumeGroup",
+        summary: "Resume the group and clear every hold",
+        body: None,
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[404, 409],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups/{id}/recycle",
+        operation: Operation::RecycleGroup,
+        operation_id: "recycleGroup",
+        summary: "Rolling recycle: every running member on a new instance, max_unavailable at a time",
+        body: None,
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[404, 409],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups/{id}/scale",
+        operation: Operation::ScaleGroup,
+        operation_id: "scaleGroup",
+        summary: "Set the target capacity (up: paused members first; down: members are paused, keeping their identity)",
+        body: Some(("Scale", true)),
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[400, 404, 409, 422],
+    },
+    Route {
+        method: Method::POST,
+        path: "/groups/{id}/deallocate",
+        operation: Operation::DeallocateGroup,
+        operation_id: "deallocateGroup",
+        summary: "Deallocate every member, then the group (refused while deletion_protection is on)",
+        body: Some(("DeallocateGroup", false)),
+        query: &[],
+        success: GROUP_CHANGED,
+        errors: &[400, 404, 409],
+    },
 ];
 
 /// Why no route takes a request.
@@ -196,16 +334,27 @@ pub fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static Route, Optio
     }
 }
 
+/// The prefix of the ids an `{id}` segment of `template` takes: nodes' or groups'.
+pub fn id_prefix(template: &str) -> &'static str {
+    if template.starts_with("/groups") {
+        "tg-"
+    } else {
+        "tn-"
+    }
+}
+
 /// `Some(id)` if `path` fits `template` (`Some(None)` for templates without `{id}`). An
-/// `{id}` segment takes only what looks like a node id, so `/nodes/import` is never a node.
+/// `{id}` segment takes only what looks like a node (or group) id, so `/nodes/import` is
+/// never a node.
 fn matches<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
     let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let (mut t, mut p) = (template.split('/'), path.split('/'));
+    let prefix = id_prefix(template);
     let mut id = None;
     loop {
         match (t.next(), p.next()) {
             (None, None) => return Some(id),
-            (Some("{id}"), Some(segment)) if segment.starts_with("tn-") => id = Some(segment),
+            (Some("{id}"), Some(segment)) if segment.starts_with(prefix) => id = Some(segment),
             (Some(a), Some(b)) if a == b => {}
             _ => return None,
         }

@@ -12,9 +12,19 @@ export function ec2PolicyStatements(): object[] {
     {
       Sid: "Read",
       Effect: "Allow",
-      Action: ["ec2:DescribeInstances", "ec2:DescribeNetworkInterfaces", "ec2:DescribeAddresses", "ec2:DescribeSubnets", "ec2:DescribeInstanceTypes"],
+      Action: [
+        "ec2:DescribeInstances",
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeAddresses",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeInstanceTypes",
+        "ec2:GetSubnetCidrReservations",
+      ],
       Resource: "*",
     },
+    // AWS authorizes a subnet CIDR reservation's creation on the subnet only, its deletion on nothing.
+    { Sid: "ReserveChosenAddresses", Effect: "Allow", Action: "ec2:CreateSubnetCidrReservation", Resource: arn("subnet/*") },
+    { Sid: "ReleaseChosenAddresses", Effect: "Allow", Action: "ec2:DeleteSubnetCidrReservation", Resource: "*" },
     { Sid: "CreateTaggedEni", Effect: "Allow", Action: "ec2:CreateNetworkInterface", Resource: arn("network-interface/*"), Condition: requestsManaged },
     { Sid: "EniInSubnetAndGroups", Effect: "Allow", Action: ["ec2:CreateNetworkInterface", "ec2:RunInstances"], Resource: [arn("subnet/*"), arn("security-group/*")] },
     { Sid: "LaunchTaggedInstance", Effect: "Allow", Action: "ec2:RunInstances", Resource: arn("instance/*"), Condition: requestsManaged },
@@ -81,8 +91,8 @@ export function tablePolicyStatements(tableArn: string): object[] {
     {
       Sid: "NodesTable",
       Effect: "Allow",
-      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:Scan"],
-      Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }],
+      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem", "dynamodb:Query", "dynamodb:Scan"],
+      Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }, { "Fn::Sub": "${NodesTable.Arn}/index/by-group" }],
     },
   ];
 }
@@ -100,4 +110,15 @@ export const API_ROUTES: [string, string][] = [
   ["POST", "/nodes/{id}/resume"],
   ["POST", "/nodes/{id}/recycle"],
   ["POST", "/nodes/{id}/deallocate"],
+  ["GET", "/groups"],
+  ["POST", "/groups"],
+  ["GET", "/groups/{id}"],
+  ["PATCH", "/groups/{id}"],
+  ["DELETE", "/groups/{id}"],
+  ["GET", "/groups/{id}/members"],
+  ["POST", "/groups/{id}/pause"],
+  ["POST", "/groups/{id}/resume"],
+  ["POST", "/groups/{id}/recycle"],
+  ["POST", "/groups/{id}/scale"],
+  ["POST", "/groups/{id}/deallocate"],
 ];

@@ -108,10 +108,13 @@ export class TetherStack extends Stack {
       attributeDefinitions: [
         { attributeName: "pk", attributeType: "S" },
         { attributeName: "instance_id", attributeType: "S" },
+        { attributeName: "group_id", attributeType: "S" },
       ],
       keySchema: [{ attributeName: "pk", keyType: "HASH" }],
       globalSecondaryIndexes: [
         { indexName: "by-instance", keySchema: [{ attributeName: "instance_id", keyType: "HASH" }], projection: { projectionType: "ALL" } },
+        // A stateful group's members (the group controller reads them each run).
+        { indexName: "by-group", keySchema: [{ attributeName: "group_id", keyType: "HASH" }], projection: { projectionType: "ALL" } },
       ],
       pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
       timeToLiveSpecification: { attributeName: "expires_at", enabled: true },

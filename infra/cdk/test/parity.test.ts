@@ -6,6 +6,9 @@
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as fs from "fs";
+import * as path from "path";
+import { API_ROUTES } from "../lib/policies";
 import { cdkTemplate, samTemplate } from "./templates";
 
 type Resources = Record<string, { Type: string; Properties?: Record<string, any>; Metadata?: Record<string, any>; DeletionPolicy?: string }>;
@@ -103,6 +106,14 @@ test("the same API routes, every one with IAM auth", () => {
   const cdkRoutes = Object.values(cdkResources).filter((r) => r.Type === "AWS::ApiGatewayV2::Route");
   assert.ok(cdkRoutes.every((r) => r.Properties!.AuthorizationType === "AWS_IAM"));
   assert.deepEqual(cdkRoutes.map((r) => r.Properties!.RouteKey).sort(), samRoutes);
+});
+
+test("the stacks route exactly the API's documented routes (functions/api/openapi.json)", () => {
+  const openapi = JSON.parse(fs.readFileSync(path.resolve(__dirname, "../../../../functions/api/openapi.json"), "utf8"));
+  const documented = Object.entries(openapi.paths as Record<string, object>)
+    .flatMap(([route, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${route}`))
+    .sort();
+  assert.deepEqual(API_ROUTES.map(([method, route]) => `${method} ${route}`).sort(), documented);
 });
 
 test("the same parameters, conditions and outputs", () => {

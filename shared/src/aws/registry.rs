@@ -71,12 +71,16 @@ fn reservation_of(item: HashMap<String, AttributeValue>) -> Result<Reservation, 
     })
 }
 
-/// The condition, names and values a write's `expect` makes.
+/// The condition, names and values a write's `expect` makes (only the names it uses:
+/// DynamoDB refuses unused ones).
 fn expectation(expect: &Expect) -> (String, HashMap<String, String>, HashMap<String, AttributeValue>) {
-    let mut names = HashMap::from([("#pk".to_owned(), PARTITION_KEY.to_owned())]);
+    let mut names = HashMap::new();
     let mut values = HashMap::new();
     let condition = match expect {
-        Expect::Absent => "attribute_not_exists(#pk)".to_owned(),
+        Expect::Absent => {
+            names.insert("#pk".into(), PARTITION_KEY.into());
+            "attribute_not_exists(#pk)".to_owned()
+        }
         Expect::Held { owner, member } => {
             names.insert("#o".into(), "owner".into());
             names.insert("#m".into(), "member".into());
@@ -102,9 +106,9 @@ impl DynamoNodeStore {
 
     /// A Put of `item`, new (`version` None) or over the stored `version`.
     fn versioned_put(&self, item: HashMap<String, AttributeValue>, version: Option<u64>) -> Result<TransactWriteItem, AwsError> {
-        let put = Put::builder().table_name(&self.table).set_item(Some(item)).expression_attribute_names("#pk", PARTITION_KEY);
+        let put = Put::builder().table_name(&self.table).set_item(Some(item));
         let put = match version {
-            None => put.condition_expression("attribute_not_exists(#pk)"),
+            None => put.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY),
             Some(v) => put
                 .condition_expression("#v = :v")
                 .expression_attribute_names("#v", "version")
@@ -270,6 +274,15 @@ impl Registry for DynamoNodeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditions_name_only_the_attributes_they_use() {
+        for expect in [Expect::Absent, Expect::Held { owner: "tg-1".into(), member: None }, Expect::Held { owner: "tg-1".into(), member: NodeId::parse("tn-0123456789abcdef0123456789abcdef") }] {
+            let (condition, names, values) = expectation(&expect);
+            assert!(names.keys().all(|n| condition.contains(n.as_str())), "{condition} {names:?}");
+            assert!(values.keys().all(|v| condition.contains(v.as_str())), "{condition} {values:?}");
+        }
+    }
 
     #[test]
     fn reservation_keys_name_their_address_and_read_back() {

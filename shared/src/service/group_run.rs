@@ -102,7 +102,7 @@ impl Tether {
                 run.left += 1;
                 continue;
             }
-            results.push((describe(&action), self.member_action(&group, action, deadline).await));
+            results.push((describe(&action), Box::pin(self.member_action(&group, action, deadline)).await));
         }
         let pacer = Pacer::new(self.settings.launches_per_second, self.settings.launch_burst);
         let paced: Vec<(String, Result<Done, TetherError>)> = stream::iter(launches)
@@ -114,7 +114,7 @@ impl Tether {
                     if out_of_time(self) {
                         return (describe(&action), Ok(Done::Skipped("left for the next run: the deadline came first".into())));
                     }
-                    (describe(&action), self.member_action(group, action, deadline).await)
+                    (describe(&action), Box::pin(self.member_action(group, action, deadline)).await)
                 }
             })
             .buffer_unordered(LAUNCH_CONCURRENCY)

@@ -110,7 +110,7 @@ impl Tether {
                 }
                 report.groups_checked += 1;
                 let group_deadline = deadline.min(self.deadline_in(GROUP_BUDGET));
-                match self.run_group(&group.id, group_deadline).await {
+                match Box::pin(self.run_group(&group.id, group_deadline)).await {
                     Ok(run) => report.repaired.extend(run.done.iter().map(|d| format!("{}: {d}", group.id))),
                     Err(e) => {
                         warn!(group_id = %group.id, error = %e, "group run failed; next run retries");

@@ -59,7 +59,8 @@ fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
 #[test]
 fn every_documented_route_is_routed() {
     for route in tether_api::routes::ROUTES {
-        let path = route.path.replace("{id}", "tn-00000000000000000000000000000000");
+        let id = format!("{}00000000000000000000000000000000", tether_api::routes::id_prefix(route.path));
+        let path = route.path.replace("{id}", &id);
         let found = tether_api::routes::find(&route.method, &path);
         assert!(found.is_ok_and(|(r, _)| r.operation == route.operation), "{} {}", route.method, route.path);
     }

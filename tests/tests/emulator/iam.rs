@@ -27,9 +27,15 @@ const ADAPTERS: &[Adapter] = &[
     Adapter { path: "shared/src/aws/ec2", service: "ec2", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/dynamo.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/event_claims.rs", service: "dynamodb", functions: EVERY_FUNCTION },
+    Adapter { path: "shared/src/aws/registry.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     // `tether::lambda::idempotency_from_sdk`: the API's Idempotency-Key store.
     Adapter { path: "shared/src/aws/idempotency.rs", service: "dynamodb", functions: &["ApiFunction"] },
 ];
+
+/// Calls AWS authorizes as other actions: a transaction's items as the item actions it may
+/// hold (`dynamodb:TransactWriteItems` is no IAM action; Tether's transactions hold Puts,
+/// Deletes and ConditionChecks).
+const AUTHORIZED_AS: &[(&str, &[&str])] = &[("dynamodb:TransactWriteItems", &["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"])];
 
 /// IAM actions a call needs besides its own (AWS's authorization rules for these operations).
 const IMPLIED: &[(&str, &str)] = &[
@@ -110,7 +116,11 @@ fn inventory_from_source() -> Result<Value, SetupError> {
         for operation in operations {
             let action = format!("{}:{operation}", adapter.service);
             let implied = IMPLIED.iter().filter(|(by, _)| *by == action).map(|(_, needs)| needs.to_string());
-            let actions: Vec<String> = std::iter::once(action.clone()).chain(implied).collect();
+            let own: Vec<String> = match AUTHORIZED_AS.iter().find(|(call, _)| *call == action) {
+                Some((_, actions)) => actions.iter().map(|a| a.to_string()).collect(),
+                None => vec![action.clone()],
+            };
+            let actions: Vec<String> = own.into_iter().chain(implied).collect();
             for function in adapter.functions {
                 per_function.entry(function).or_default().extend(actions.iter().cloned());
             }

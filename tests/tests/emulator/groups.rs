@@ -1,0 +1,247 @@
+//! Stateful groups through the management API against the emulator: each rule of a group,
+//! read back from what EC2 reports (instances, ENIs, Elastic IPs, subnet CIDR reservations)
+//! as well as from the API's answers.
+
+use lambda_http::http::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+use tether_tests::local_api::{as_lambda_request, ACCESS_KEY_ID};
+use tether_tests::{Fixture, SetupError};
+
+/// Calls the API as Lambda would after API Gateway authenticated the request.
+async fn call(fx: &Fixture, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), SetupError> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = as_lambda_request(Request::builder().method(method).uri(path), body.as_bytes(), Some(ACCESS_KEY_ID))?;
+    let response = fx.api.handle(request).await;
+    let status = response.status();
+    let value = match response.body() {
+        lambda_http::Body::Text(text) => serde_json::from_str(text)?,
+        _ => Value::Null,
+    };
+    Ok((status, value))
+}
+
+/// The fixture's subnet (10.0.1.0/24, AZ a) and a second one (10.0.2.0/24, AZ b).
+async fn second_subnet(fx: &Fixture) -> Result<String, SetupError> {
+    let out = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.2.0/24").availability_zone("us-east-1b").send().await?;
+    Ok(out.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet id")?.to_owned())
+}
+
+fn group_body(fx: &Fixture, subnets: &[&str], pool: &[&str], eips: &[&str], target: u32) -> Value {
+    json!({
+        "name": "cassandra",
+        "subnet_ids": subnets,
+        "template": {"image_id": fx.image_id, "instance_types": ["m5.large", "m6i.large"], "security_group_ids": [fx.security_group_id]},
+        "target_capacity": target,
+        "private_ip_pool": pool,
+        "elastic_ip_pool": eips,
+    })
+}
+
+/// The members as the API lists them: (pool IP or "-", state, private IP, public IP, ENI).
+async fn members(fx: &Fixture, id: &str) -> Result<Vec<Value>, SetupError> {
+    let (status, list) = call(fx, Method::GET, &format!("/groups/{id}/members"), None).await?;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    Ok(list["members"].as_array().cloned().unwrap_or_default())
+}
+
+fn live(members: &[Value]) -> Vec<&Value> {
+    members.iter().filter(|m| m["state"] != "deallocated").collect()
+}
+
+fn running(members: &[Value]) -> usize {
+    members.iter().filter(|m| m["state"] == "running").count()
+}
+
+/// Runs the reconciler (which runs every group's controller) until nothing more is done.
+async fn reconcile(fx: &Fixture) -> Result<(), SetupError> {
+    for _ in 0..5 {
+        let deadline = fx.tether.deadline_in(std::time::Duration::from_secs(20));
+        let report = fx.tether.reconcile(deadline).await?;
+        if report.repaired.is_empty() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_group_keeps_its_pool_addresses_and_elastic_ips_across_scaling() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let subnet_b = second_subnet(&fx).await?;
+    let (eip_1, public_1) = fx.allocate_eip().await?;
+    let (eip_2, public_2) = fx.allocate_eip().await?;
+    let body = group_body(&fx, &[&fx.subnet_id, &subnet_b], &["10.0.1.20", "10.0.2.20", "10.0.1.21"], &[&eip_1, &eip_2], 2);
+    let (status, group) = call(&fx, Method::POST, "/groups", Some(body)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    let id = group["id"].as_str().ok_or("no id")?.to_owned();
+    assert_eq!(group["status"]["running"], 2, "{group}");
+
+    // Rule 1: one member per pool address, the target resumed in pool order, in the subnet
+    // that holds each address; the third paused, with no ENI yet.
+    let list = members(&fx, &id).await?;
+    let summary: Vec<(String, String)> = list.iter().map(|m| (m["pool_ip"].as_str().unwrap_or("-").to_owned(), m["state"].as_str().unwrap_or("").to_owned())).collect();
+    assert_eq!(summary, [("10.0.1.20".into(), "running".into()), ("10.0.2.20".into(), "running".into()), ("10.0.1.21".into(), "paused".into())]);
+    assert!(list[2]["eni_id"].is_null());
+    assert_eq!(list[1]["availability_zone"], "us-east-1b");
+    // Rule 5: each running member took a pool Elastic IP, in pool order; EC2 agrees.
+    assert_eq!((list[0]["public_ip"].as_str(), list[1]["public_ip"].as_str()), (Some(public_1.as_str()), Some(public_2.as_str())));
+    for member in &list[..2] {
+        let instance = fx.instance(member["instance_id"].as_str().ok_or("no instance")?).await?;
+        assert_eq!(instance.private_ip_address(), member["pool_ip"].as_str(), "the instance runs on its pool address");
+        assert_eq!(instance.public_ip_address(), member["public_ip"].as_str());
+    }
+    // The pool addresses are kept from EC2's random picks (explicit subnet CIDR reservations).
+    let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&fx.subnet_id).send().await?;
+    let mut cidrs: Vec<&str> = reserved.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect();
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.0.1.20/32", "10.0.1.21/32"]);
+
+    // Rules 2 and 6: up to 4: the paused pool member first, then one with an address EC2
+    // picks, in the emptier subnet (b has one member, a has two), without an Elastic IP.
+    let (status, scaled) = call(&fx, Method::POST, &format!("/groups/{id}/scale"), Some(json!({"target_capacity": 4}))).await?;
+    assert!(status.is_success(), "{scaled}");
+    let list = members(&fx, &id).await?;
+    assert_eq!(running(&list), 4, "{list:?}");
+    let random = list.iter().find(|m| m["pool_ip"].is_null()).ok_or("no member beyond the pool")?;
+    assert_eq!(random["spec"]["subnet_id"], subnet_b.as_str());
+    assert!(random["public_ip"].is_null());
+    assert!(random["elastic_ip_note"].as_str().is_some_and(|n| n.contains("held by other members")), "{random}");
+    let private = random["private_ip"].as_str().ok_or("no private IP")?;
+    assert!(!["10.0.1.20", "10.0.2.20", "10.0.1.21"].contains(&private));
+
+    // Down to 1 and back to 3: paused members come back on their own ENI and address.
+    let before: Vec<(Value, Value)> = list.iter().map(|m| (m["id"].clone(), m["eni_id"].clone())).collect();
+    call(&fx, Method::POST, &format!("/groups/{id}/scale"), Some(json!({"target_capacity": 1}))).await?;
+    let list = members(&fx, &id).await?;
+    assert_eq!(running(&list), 1);
+    assert_eq!(list[0]["state"], "running", "the first pool member stays: {list:?}");
+    let (status, up) = call(&fx, Method::POST, &format!("/groups/{id}/scale"), Some(json!({"target_capacity": 3}))).await?;
+    assert!(status.is_success(), "{up}");
+    let list = members(&fx, &id).await?;
+    assert_eq!(running(&list), 3);
+    for m in list.iter().filter(|m| m["state"] == "running") {
+        let (_, eni) = before.iter().find(|(id, _)| *id == m["id"]).ok_or("a new member")?;
+        assert_eq!(&m["eni_id"], eni, "same ENI after the scale-down and up");
+    }
+    assert_eq!(list.iter().filter(|m| m["state"] == "running" && m["pool_ip"].is_string()).count(), 3, "pool members first");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pool_refusals_name_the_address_and_create_nothing() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (eip, _) = fx.allocate_eip().await?;
+    let (status, group) = call(&fx, Method::POST, "/groups", Some(group_body(&fx, &[&fx.subnet_id], &["10.0.1.30"], &[&eip], 0))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    for (pool, eips, field, says) in [
+        (vec!["10.0.9.9"], vec![], "private_ip_pool", "outside every subnet"),
+        (vec!["10.0.1.255"], vec![], "private_ip_pool", "reserves"),
+        (vec!["10.0.1.31", "10.0.1.31"], vec![], "private_ip_pool", "listed twice"),
+        (vec!["10.0.1.30"], vec![], "private_ip_pool", "reserved by"),
+        (vec![], vec![eip.as_str()], "elastic_ip_pool", "reserved by"),
+    ] {
+        let (status, problem) = call(&fx, Method::POST, "/groups", Some(group_body(&fx, &[&fx.subnet_id], &pool, &eips, 0))).await?;
+        assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{pool:?}: {problem}");
+        assert!(problem["detail"].as_str().is_some_and(|d| d.contains(says)), "{problem}");
+    }
+    // A single node may not take a group's pool address either.
+    let node = json!({"spec": {"subnet_id": fx.subnet_id, "image_id": fx.image_id, "instance_types": ["m5.large"]}, "persistence": {"private_ip": "10.0.1.30"}});
+    let (status, problem) = call(&fx, Method::POST, "/nodes", Some(node)).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("persistence.private_ip")), "{problem}");
+    let (_, list) = call(&fx, Method::GET, "/groups", None).await?;
+    assert_eq!(list["groups"].as_array().map(Vec::len), Some(1), "only the first group exists");
+    Ok(())
+}
+
+#[tokio::test]
+async fn members_are_replaced_held_and_recycled_as_a_group_user_expects() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (eip, public) = fx.allocate_eip().await?;
+    let (_, group) = call(&fx, Method::POST, "/groups", Some(group_body(&fx, &[&fx.subnet_id], &["10.0.1.40", "10.0.1.41"], &[&eip], 2))).await?;
+    let id = group["id"].as_str().ok_or("no id")?.to_owned();
+    let list = members(&fx, &id).await?;
+    assert_eq!(running(&list), 2, "{list:?}");
+
+    // Rule 3: the pool member deallocated through the node API is replaced by a new one for
+    // the same address (after the old ENI is gone), and its Elastic IP goes to the new one.
+    let first = list[0]["id"].as_str().ok_or("no id")?.to_owned();
+    call(&fx, Method::POST, &format!("/nodes/{first}/deallocate"), None).await?;
+    settle_node(&fx, &first).await?;
+    reconcile(&fx).await?;
+    let list = members(&fx, &id).await?;
+    let for_40: Vec<&Value> = list.iter().filter(|m| m["pool_ip"] == "10.0.1.40").collect();
+    assert_eq!(for_40.len(), 2, "{list:?}");
+    let new = for_40.iter().find(|m| m["state"] != "deallocated").ok_or("no new member")?;
+    assert_eq!((new["state"].as_str(), new["private_ip"].as_str(), new["public_ip"].as_str()), (Some("running"), Some("10.0.1.40"), Some(public.as_str())));
+
+    // Rule 8: a member paused through the node API is held: not resumed, not replaced.
+    let other = list.iter().find(|m| m["pool_ip"] == "10.0.1.41").ok_or("no member")?["id"].as_str().ok_or("no id")?.to_owned();
+    call(&fx, Method::POST, &format!("/nodes/{other}/pause"), None).await?;
+    reconcile(&fx).await?;
+    let (status, shown) = call(&fx, Method::GET, &format!("/groups/{id}"), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((shown["status"]["held"].as_u64(), shown["status"]["running"].as_u64()), (Some(1), Some(1)), "{shown}");
+    assert!(shown["status"]["below_target"].as_str().is_some_and(|w| w.contains("held")), "{shown}");
+    call(&fx, Method::POST, &format!("/groups/{id}/resume"), None).await?;
+    assert_eq!(running(&members(&fx, &id).await?), 2, "the group's resume clears the hold");
+
+    // Rules 7 and 9: an image change rolls through the members, one at a time, no address changing.
+    let before = members(&fx, &id).await?;
+    let (status, patched) = call(&fx, Method::PATCH, &format!("/groups/{id}"), Some(json!({"template": {"image_id": "ami-0feedfacefeedface"}}))).await?;
+    assert!(status.is_success(), "{patched}");
+    call(&fx, Method::POST, &format!("/groups/{id}/recycle"), None).await?;
+    for _ in 0..10 {
+            reconcile(&fx).await?;
+        let (_, shown) = call(&fx, Method::GET, &format!("/groups/{id}"), None).await?;
+        if shown["rollout"].is_null() {
+            break;
+        }
+    }
+    let after = members(&fx, &id).await?;
+    for m in live(&after) {
+        let old = before.iter().find(|b| b["id"] == m["id"]).ok_or("a member appeared")?;
+        assert_eq!((&m["private_ip"], &m["eni_id"], &m["public_ip"]), (&old["private_ip"], &old["eni_id"], &old["public_ip"]), "identity kept");
+        assert_ne!(m["instance_id"], old["instance_id"], "a new instance");
+        assert_eq!(m["spec"]["image_id"], "ami-0feedfacefeedface");
+        let instance = fx.instance(m["instance_id"].as_str().ok_or("no instance")?).await?;
+        assert_eq!(instance.image_id(), Some("ami-0feedfacefeedface"));
+    }
+
+    // Rule 5: an Elastic IP a member holds cannot leave the pool; a free one can.
+    let (status, problem) = call(&fx, Method::PATCH, &format!("/groups/{id}"), Some(json!({"elastic_ip_pool": []}))).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("held by member")), "{problem}");
+
+    // Rule 7: deletion protection first, then everything is deallocated and released.
+    let (status, problem) = call(&fx, Method::DELETE, &format!("/groups/{id}"), None).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("deletion_protection")), "{problem}");
+    call(&fx, Method::PATCH, &format!("/groups/{id}"), Some(json!({"deletion_protection": false}))).await?;
+    call(&fx, Method::DELETE, &format!("/groups/{id}"), None).await?;
+    for _ in 0..10 {
+            reconcile(&fx).await?;
+        let (_, shown) = call(&fx, Method::GET, &format!("/groups/{id}"), None).await?;
+        if shown["state"] == "deallocated" {
+            break;
+        }
+    }
+    let (_, shown) = call(&fx, Method::GET, &format!("/groups/{id}"), None).await?;
+    assert_eq!(shown["state"], "deallocated", "{shown}");
+    assert!(members(&fx, &id).await?.iter().all(|m| m["state"] == "deallocated"));
+    let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&fx.subnet_id).send().await?;
+    assert!(reserved.subnet_ipv4_cidr_reservations().is_empty(), "the pool addresses are EC2's again");
+    assert_eq!(fx.cloud_eip(&eip).await?.association_id(), None, "the user's Elastic IP is left to them, disassociated");
+    Ok(())
+}
+
+/// Reconciles until the node is deallocated (the emulator terminates at once: nothing waits).
+async fn settle_node(fx: &Fixture, id: &str) -> Result<(), SetupError> {
+    let node_id = tether::NodeId::parse(id).ok_or("bad id")?;
+    for _ in 0..20 {
+        if fx.tether.node(&node_id).await?.state == tether::NodeState::Deallocated {
+            return Ok(());
+        }
+            reconcile(fx).await?;
+    }
+    Err(format!("{id} never deallocated").into())
+}
