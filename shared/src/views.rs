@@ -133,6 +133,7 @@ pub struct CreateGroup {
     /// What every member launches with.
     pub template: MemberTemplate,
     /// How many members the group keeps running (0 to 500).
+    #[serde(deserialize_with = "count::whole")]
     pub target_capacity: u32,
     /// Private IPv4 addresses, each inside one of the subnets: one paused member per
     /// address, resumed first when the target needs it.
@@ -142,7 +143,7 @@ pub struct CreateGroup {
     #[serde(default)]
     pub elastic_ip_pool: Vec<String>,
     /// How many members a rolling recycle replaces at a time (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "count::whole")]
     pub max_unavailable: u32,
     /// While on (the default), the group cannot be deallocated.
     #[serde(default = "yes")]
@@ -170,7 +171,7 @@ pub struct GroupPatch {
     /// (`POST /groups/{id}/recycle` rolls them out now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<NodePatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "count::some")]
     pub target_capacity: Option<u32>,
     /// The whole new pool: an added address gets a paused member; a removed one takes along
     /// the members made for it that never ran (one that ran keeps its address).
@@ -179,7 +180,7 @@ pub struct GroupPatch {
     /// The whole new pool; an Elastic IP a member holds cannot be removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elastic_ip_pool: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "count::some")]
     pub max_unavailable: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
@@ -189,7 +190,27 @@ pub struct GroupPatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scale {
+    #[serde(deserialize_with = "count::whole")]
     pub target_capacity: u32,
+}
+
+/// Counts in request bodies: any whole JSON number, `10.0` included (JSON Schema's
+/// `integer` allows it); one too large for a u32 saturates, and the service then names the
+/// field and its range.
+mod count {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let n = f64::deserialize(d)?;
+        if n.fract() != 0.0 || n < 0.0 || !n.is_finite() {
+            return Err(serde::de::Error::custom(format!("expected a whole number from 0, not {n}")));
+        }
+        Ok(if n > f64::from(u32::MAX) { u32::MAX } else { n as u32 })
+    }
+
+    pub fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        whole(d).map(Some)
+    }
 }
 
 /// `POST /groups/{id}/deallocate` (and `DELETE /groups/{id}`).

@@ -7,7 +7,8 @@ the actions care about, then writes libFuzzer-style dictionaries (one quoted val
 into OUT_DIR for config.toml's [dictionaries]: the emulator's real subnet, image, security
 group and Elastic IP ids, instance types the emulator offers, the nodes' ids (a paused node,
 a running one, a paused one with an Elastic IP, a deallocated one; and three more for DELETE
-and deallocate alone) and a managed instance's id. Schemathesis draws from them in positive
+and deallocate alone), a managed instance's id, and groups' ids (one with a pool, three
+without deletion protection for DELETE and deallocate). Schemathesis draws from them in positive
 cases only (an entry that breaks a parameter's schema goes to negative cases), so
 schema-valid requests also reach EC2 and the node records instead of stopping at "no such
 subnet" or 404.
@@ -57,6 +58,14 @@ def main() -> int:
     call("POST", f"/nodes/{gone['id']}/deallocate")
     # For DELETE and deallocate, which end a node: their own, so the others stay alive.
     doomed = [call("POST", "/nodes", {"spec": spec, "resume": resume})["id"] for resume in (False, True, True)]
+    # Groups: one with a pool (its members are real nodes too), and groups of their own for
+    # DELETE and deallocate (deletion protection off).
+    template = {k: v for k, v in spec.items() if k != "subnet_id"}
+    group = call("POST", "/groups", {"name": "fuzz", "subnet_ids": [ready["subnet"]], "template": template, "target_capacity": 1, "private_ip_pool": ["10.0.1.200", "10.0.1.201"]})
+    doomed_groups = [
+        call("POST", "/groups", {"name": f"fuzz-doomed-{n}", "subnet_ids": [ready["subnet"]], "template": template, "target_capacity": 0, "deletion_protection": False})["id"]
+        for n in range(3)
+    ]
     running = call("GET", f"/nodes/{running['id']}")
     if running["state"] != "running" or not running.get("instance_id"):
         raise SystemExit(f"seed: node {running['id']} is {running['state']} after create with resume: {json.dumps(running)}")
@@ -70,12 +79,15 @@ def main() -> int:
         "nodes": [paused["id"], running["id"], with_eip["id"], gone["id"]],
         "doomed_nodes": doomed,
         "instances": [running["instance_id"]],
+        "groups": [group["id"]],
+        "doomed_groups": doomed_groups,
     }
     out.mkdir(parents=True, exist_ok=True)
     for name, values in dictionaries.items():
         lines = ['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
         (out / f"{name}.dict").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"seed: nodes paused={paused['id']} running={running['id']} paused_with_eip={with_eip['id']} deallocated={gone['id']} for_deallocation={','.join(doomed)}")
+    print(f"seed: groups {group['id']} for_deallocation={','.join(doomed_groups)}")
     return 0
 
 

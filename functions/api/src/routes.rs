@@ -54,6 +54,9 @@ pub const COMMON_ERRORS: &[u16] = &[403, 413, 503];
 
 const NODE_ACTION_ERRORS: &[u16] = &[400, 404, 409, 422];
 
+/// A POST on a group: a bad or reused Idempotency-Key (400, 422) besides the rest.
+const GROUP_ACTION_ERRORS: &[u16] = &[400, 404, 409, 422];
+
 /// A group changed: 200 once its members are as it says, 202 while they are being brought there.
 const GROUP_CHANGED: &[(u16, &str)] = &[(200, "GroupView"), (202, "GroupView")];
 
@@ -260,7 +263,7 @@ pub const ROUTES: &[Route] = &[
         body: None,
         query: &[],
         success: GROUP_CHANGED,
-        errors: &[404, 409],
+        errors: GROUP_ACTION_ERRORS,
     },
     Route {
         method: Method::POST,
@@ -271,7 +274,7 @@ pub const ROUTES: &[Route] = &[
         body: None,
         query: &[],
         success: GROUP_CHANGED,
-        errors: &[404, 409],
+        errors: GROUP_ACTION_ERRORS,
     },
     Route {
         method: Method::POST,
@@ -282,7 +285,7 @@ pub const ROUTES: &[Route] = &[
         body: None,
         query: &[],
         success: GROUP_CHANGED,
-        errors: &[404, 409],
+        errors: GROUP_ACTION_ERRORS,
     },
     Route {
         method: Method::POST,
@@ -304,7 +307,7 @@ pub const ROUTES: &[Route] = &[
         body: Some(("DeallocateGroup", false)),
         query: &[],
         success: GROUP_CHANGED,
-        errors: &[400, 404, 409],
+        errors: GROUP_ACTION_ERRORS,
     },
 ];
 
