@@ -201,15 +201,19 @@ mod count {
     use serde::{Deserialize, Deserializer};
 
     pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        let n = f64::deserialize(d)?;
-        if n.fract() != 0.0 || n < 0.0 || !n.is_finite() {
-            return Err(serde::de::Error::custom(format!("expected a whole number from 0, not {n}")));
-        }
-        Ok(if n > f64::from(u32::MAX) { u32::MAX } else { n as u32 })
+        of(f64::deserialize(d)?)
     }
 
+    /// An optional count: `null` (as the schema allows) is none.
     pub fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-        whole(d).map(Some)
+        Option::<f64>::deserialize(d)?.map(of).transpose()
+    }
+
+    fn of<E: serde::de::Error>(n: f64) -> Result<u32, E> {
+        if n.fract() != 0.0 || n < 0.0 || !n.is_finite() {
+            return Err(E::custom(format!("expected a whole number from 0, not {n}")));
+        }
+        Ok(if n > f64::from(u32::MAX) { u32::MAX } else { n as u32 })
     }
 }
 

@@ -8,8 +8,11 @@
 //! the instance is reclaimed in the emulator a little later. A local event source polls
 //! the emulator and delivers EventBridge state-change events to the `state-change`
 //! function, which launches each replacement on the node's ENI; the `reconciler` runs on
-//! its schedule. At the end the market stops, every node comes back, and the verdict is
-//! computed from what the emulator reported about every generation.
+//! its schedule. The operator also creates a stateful group with the CLI (a pool of 3
+//! chosen private IPs and 2 Elastic IPs, target 3), whose members the market interrupts
+//! like any node, and scales it to 2, back to 3 and then to 4 while the market runs. At the
+//! end the market stops, every node comes back, and the verdict is computed from what the
+//! emulator reported about every generation and every member.
 //!
 //! Options (environment variables; `make demo DEMO_NODES=5 ...` sets them):
 //!
@@ -22,14 +25,16 @@
 //!
 //! On a terminal the view is a table redrawn in place; otherwise one line per event.
 //! Every line, and the functions' own logs, also go to `target/tether-demo.log`.
-//! Exits non-zero if a node lost its private IP or Elastic IP, or if the replacements
-//! launched differ from the instances the market reclaimed.
+//! Exits non-zero if a node lost its private IP or Elastic IP, if the replacements
+//! launched differ from the instances the market reclaimed, or if the group is short of a
+//! running member, a pool address, a pool Elastic IP or the paused member's own ENI.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
 use tether_cli::Environment;
+use tether_tests::demo::group::{summarize_group, DemoGroup};
 use tether_tests::demo::observed::median;
 use tether_tests::demo::options::Options;
 use tether_tests::demo::simulation::{short, Finished, Simulation};
@@ -40,13 +45,15 @@ use tether_tests::{Fixture, SetupError, REGION};
 
 /// Instance types of every node, in order of preference.
 const INSTANCE_TYPES: [&str; 2] = ["m5.large", "m6i.large"];
+/// The group's members the market may interrupt: its pool of 3, and one beyond.
+const GROUP_SLOTS: usize = 4;
 
 #[tokio::main]
 async fn main() {
     match run().await {
         Ok(true) => {}
         Ok(false) => {
-            eprintln!("demo failed: a node did not keep its identity, or replacements and reclaimed instances differ");
+            eprintln!("demo failed: a node did not keep its identity, replacements and reclaimed instances differ, or the group is not as scaled");
             std::process::exit(1);
         }
         Err(e) => {
@@ -87,10 +94,18 @@ async fn run() -> Result<bool, SetupError> {
     }
     println!();
 
+    let group = DemoGroup::create(&fx, &env, options.market_time).await?;
+    println!();
+
     let view = View::for_stdout();
     let nodes = intents.iter().map(|i| i.id.clone()).collect();
-    let Finished { ledger, stats } = Simulation::new(&fx, nodes, &options, view).run().await?;
-    let summary = summarize(&fx, &intents, &ledger).await?;
+    let Finished { ledger, stats, group } = Simulation::new(&fx, nodes, Some((group, env)), GROUP_SLOTS, &options, view).run().await?;
+    let group = group.ok_or("the simulation lost its group")?;
+    intents.extend(group.intents(&fx).await?);
+    let mut summary = summarize(&fx, &intents, &ledger, &stats.reclaimed_ids).await?;
+    // The summary's `nodes` are the single nodes; the group's members have their own fields.
+    summary.nodes = options.nodes;
+    let group_summary = summarize_group(&fx, &group).await?;
 
     println!("\nidentity, every generation as the emulator reported it while it ran:");
     for line in &summary.lines {
@@ -116,12 +131,12 @@ async fn run() -> Result<bool, SetupError> {
         stats.deliveries_interruption, stats.deliveries_state_change, stats.retries, stats.reconciler_runs
     );
     println!("every node running again {settled} after the market closed");
-    for problem in stats.problems.iter().chain(&summary.problems) {
+    for problem in stats.problems.iter().chain(&summary.problems).chain(&group_summary.problems) {
         println!("problem: {problem}");
     }
-    println!("\n{}", summary.line(stats.warnings_sent));
-    let every_reclaim_replaced = summary.replacements == stats.reclaimed && stats.reclaimed == stats.warnings_sent;
-    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && stats.problems.is_empty() && summary.problems.is_empty())
+    println!("\n{} {}", summary.line(stats.warnings_sent), group_summary.fields());
+    let every_reclaim_replaced = summary.replacements == stats.reclaimed && stats.reclaimed + stats.paused_first == stats.warnings_sent;
+    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && stats.problems.is_empty() && summary.problems.is_empty() && group_summary.ok())
 }
 
 /// Node `n` through the CLI, resumed and waited for: every third one (from the first)

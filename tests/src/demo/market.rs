@@ -39,13 +39,15 @@ pub struct Market {
 }
 
 impl Market {
-    pub fn plan(options: &Options) -> Market {
+    /// The interruptions of `slots` nodes (the demo's nodes, then its group's members as
+    /// they come).
+    pub fn plan(options: &Options, slots: usize) -> Market {
         let mut rng = fastrand::Rng::with_seed(options.seed);
         let mut planned = Vec::new();
         if options.rate_per_node_minute > 0.0 {
             let mean_gap = 60.0 / options.rate_per_node_minute;
             let end = options.market_time.as_secs_f64();
-            for node in 0..options.nodes {
+            for node in 0..slots {
                 let mut at = 0.0;
                 loop {
                     // Inverse transform of a uniform draw in [0, 1): an exponential gap.

@@ -7,7 +7,9 @@
 //! - `observed`: what the emulator reported over the run.
 //! - `view`: the live table, or one line per event when stdout is not a terminal.
 //! - `summary`: the verdict, computed from the emulator.
+//! - `group`: the stateful group, its scale steps and its verdict.
 
+pub mod group;
 pub mod market;
 pub mod observed;
 pub mod options;

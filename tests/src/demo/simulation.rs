@@ -4,7 +4,7 @@
 //! nothing is left to deliver; every ten seconds the reconciler runs, as its schedule
 //! would. One invocation at a time, so that each one's AWS calls can be counted.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,11 +12,12 @@ use tether::ports::NodeStore;
 use tether_cli::state_name;
 use tether::{NodeId, NodeState};
 
+use super::group::DemoGroup;
 use super::market::{Market, WARNING_LEAD};
 use super::observed::{state_of, Ledger, Snapshot};
 use super::options::Options;
 use super::view::{Progress, Row, View};
-use crate::event_source::{invoke_target, market_of, node_of, Delivery, EventSource};
+use crate::event_source::{invoke_target, market_of, Delivery, EventSource};
 use crate::events::{interruption_warning, invocation, scheduled_event};
 use crate::{Fixture, SetupError};
 
@@ -34,6 +35,10 @@ pub struct Stats {
     pub planned: usize,
     pub warnings_sent: usize,
     pub reclaimed: usize,
+    /// The instances the market reclaimed (their successors are replacements).
+    pub reclaimed_ids: BTreeSet<String>,
+    /// Warned instances a group's scale-down paused before the market reclaimed them.
+    pub paused_first: usize,
     /// Planned interruptions still waiting for their node to run when the market closed.
     pub not_sent: usize,
     pub deliveries_interruption: usize,
@@ -51,11 +56,14 @@ pub struct Stats {
 pub struct Finished {
     pub ledger: Ledger,
     pub stats: Stats,
+    pub group: Option<DemoGroup>,
 }
 
 pub struct Simulation<'a> {
     fx: &'a Fixture,
     nodes: Vec<NodeId>,
+    /// The group, and the CLI's environment its scale steps run in.
+    group: Option<(DemoGroup, tether_cli::Environment)>,
     market_time: Duration,
     market: Market,
     source: EventSource,
@@ -69,12 +77,14 @@ pub struct Simulation<'a> {
 }
 
 impl<'a> Simulation<'a> {
-    pub fn new(fx: &'a Fixture, nodes: Vec<NodeId>, options: &Options, view: View) -> Simulation<'a> {
-        let market = Market::plan(options);
+    /// The market over `nodes`, and over `group`'s members (up to `group_slots` of them).
+    pub fn new(fx: &'a Fixture, nodes: Vec<NodeId>, group: Option<(DemoGroup, tether_cli::Environment)>, group_slots: usize, options: &Options, view: View) -> Simulation<'a> {
+        let market = Market::plan(options, nodes.len() + group_slots);
         let stats = Stats { planned: market.planned_total(), ..Stats::default() };
         Simulation {
             fx,
             nodes,
+            group,
             market_time: options.market_time,
             market,
             source: EventSource::with_implied_states(),
@@ -90,11 +100,13 @@ impl<'a> Simulation<'a> {
 
     pub async fn run(mut self) -> Result<Finished, SetupError> {
         self.started = Instant::now();
+        self.take_members().await?;
         loop {
             let tick = Instant::now();
             let now = self.started.elapsed();
             if now < self.market_time {
                 self.send_warnings(now);
+                self.scale_group(now).await?;
             } else if !self.market.is_closed() {
                 self.close_market(now);
             }
@@ -116,13 +128,35 @@ impl<'a> Simulation<'a> {
         let (rows, progress) = self.frame().await?;
         self.view.finish(&rows, &progress);
         self.stats.warnings_sent = self.market.sent();
-        Ok(Finished { ledger: self.ledger, stats: self.stats })
+        Ok(Finished { ledger: self.ledger, stats: self.stats, group: self.group.map(|(g, _)| g) })
+    }
+
+    /// The group's scale step due now, if any; new members join the market.
+    async fn scale_group(&mut self, now: Duration) -> Result<(), SetupError> {
+        let Some((group, env)) = self.group.as_mut() else { return Ok(()) };
+        if let Some(text) = group.step_due(now, self.fx, env).await? {
+            self.view.event(now, "operator", &text);
+            self.take_members().await?;
+        }
+        Ok(())
+    }
+
+    /// The group's members the simulation does not follow yet, after the nodes.
+    async fn take_members(&mut self) -> Result<(), SetupError> {
+        let Some((group, _)) = &self.group else { return Ok(()) };
+        for member in group.members(self.fx).await? {
+            if !self.nodes.contains(&member) {
+                self.nodes.push(member);
+            }
+        }
+        Ok(())
     }
 
     /// The market's due interruptions: a spot warning on the bus for each.
     fn send_warnings(&mut self, now: Duration) {
         let (nodes, snapshot) = (&self.nodes, &self.snapshot);
-        let running = |node: usize| snapshot.running(&nodes[node]).and_then(|i| i.instance_id()).map(str::to_owned);
+        // A slot of a group member not made yet has no instance to interrupt.
+        let running = |node: usize| snapshot.running(nodes.get(node)?).and_then(|i| i.instance_id()).map(str::to_owned);
         for (node, instance_id) in self.market.warnings_due(now, running) {
             let text = format!(
                 "interruption warning for {instance_id} ({}); reclaimed in {} s",
@@ -144,11 +178,19 @@ impl<'a> Simulation<'a> {
         self.view.event(now, "market", &format!("closed; interruptions sent: {}{waiting}", self.market.sent()));
     }
 
-    /// Terminates the warned instances whose time is up, as AWS reclaims them.
+    /// Terminates the warned instances whose time is up, as AWS reclaims them. One a
+    /// group's scale-down paused meanwhile is gone already: nothing to reclaim.
     async fn reclaim(&mut self, now: Duration) -> Result<(), SetupError> {
         for warned in self.market.reclaims_due(now) {
+            let state = self.fx.instance(&warned.instance_id).await?.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned());
+            if matches!(state.as_deref(), Some("shutting-down" | "terminated")) {
+                self.stats.paused_first += 1;
+                self.view.event(self.started.elapsed(), "market", &format!("{} was paused before its reclaim", warned.instance_id));
+                continue;
+            }
             self.fx.interrupt(&warned.instance_id).await?;
             self.stats.reclaimed += 1;
+            self.stats.reclaimed_ids.insert(warned.instance_id.clone());
             self.view.event(self.started.elapsed(), "market", &format!("reclaimed {} ({})", warned.instance_id, short(&self.nodes[warned.node])));
         }
         Ok(())
@@ -182,7 +224,8 @@ impl<'a> Simulation<'a> {
         let instance_id = delivery.payload["detail"]["instance-id"].as_str().unwrap_or("?").to_owned();
         let state = delivery.payload["detail"]["state"].as_str().map(str::to_owned);
         let started = Instant::now();
-        if state.as_deref() == Some("terminated") {
+        // Recovery is timed from a reclaim's event (a group's scale-down terminates too).
+        if state.as_deref() == Some("terminated") && self.stats.reclaimed_ids.contains(&instance_id) {
             self.ledger.terminated_delivered(&instance_id, started);
         }
         if delivery.is_state_change() {
@@ -302,14 +345,13 @@ impl<'a> Simulation<'a> {
                     .unwrap_or_else(|| "-".into()),
             });
         }
-        let launched_for_a_node = self.snapshot.instances.iter().filter(|i| node_of(i).is_some()).count();
         let progress = Progress {
             elapsed: self.started.elapsed(),
             market_time: self.market_time,
             market_closed: self.market.is_closed(),
             interruptions: self.market.sent(),
             planned: self.stats.planned,
-            replacements: launched_for_a_node.saturating_sub(self.nodes.len()),
+            replacements: self.ledger.recoveries.len(),
             recovering,
             deliveries: self.stats.deliveries_interruption + self.stats.deliveries_state_change,
             reconciler_runs: self.stats.reconciler_runs,

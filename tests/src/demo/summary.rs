@@ -33,6 +33,8 @@ pub enum ElasticIpIntent {
 
 pub struct Summary {
     pub nodes: usize,
+    /// Instances launched after their predecessor was reclaimed by the market (a resume
+    /// after a group's scale-down is not one).
     pub replacements: usize,
     pub same_private_ip: bool,
     pub same_eip: bool,
@@ -56,7 +58,7 @@ impl Summary {
     }
 }
 
-pub async fn summarize(fx: &Fixture, intents: &[Intent], ledger: &Ledger) -> Result<Summary, SetupError> {
+pub async fn summarize(fx: &Fixture, intents: &[Intent], ledger: &Ledger, reclaimed: &BTreeSet<String>) -> Result<Summary, SetupError> {
     let ids: Vec<NodeId> = intents.iter().map(|i| i.id.clone()).collect();
     let snapshot = Snapshot::poll(&fx.ec2, &ids).await?;
     let header = format!("{:<11}  {:<11}  {:<29}  {}", "node", "generations", "private IP", "Elastic IP");
@@ -68,7 +70,7 @@ pub async fn summarize(fx: &Fixture, intents: &[Intent], ledger: &Ledger) -> Res
             .filter_map(|i| Some((generation_of(i)?, i.instance_id()?.to_owned())))
             .collect();
         launched.sort();
-        summary.replacements += launched.len().saturating_sub(1);
+        summary.replacements += launched.windows(2).filter(|pair| reclaimed.contains(&pair[0].1)).count();
         let sightings: Vec<_> = launched.iter().filter_map(|(_, id)| ledger.sightings.get(id)).collect();
         if sightings.len() != launched.len() {
             summary.problems.push(format!("{name}: {} of its {} instances were never seen running", launched.len() - sightings.len(), launched.len()));

@@ -21,7 +21,7 @@ async fn call(fx: &Fixture, method: Method, path: &str, body: Option<Value>) -> 
 }
 
 /// The fixture's subnet (10.0.1.0/24, AZ a) and a second one (10.0.2.0/24, AZ b).
-async fn second_subnet(fx: &Fixture) -> Result<String, SetupError> {
+pub(crate) async fn second_subnet(fx: &Fixture) -> Result<String, SetupError> {
     let out = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.2.0/24").availability_zone("us-east-1b").send().await?;
     Ok(out.subnet().and_then(|s| s.subnet_id()).ok_or("no subnet id")?.to_owned())
 }
@@ -244,4 +244,43 @@ async fn settle_node(fx: &Fixture, id: &str) -> Result<(), SetupError> {
             reconcile(fx).await?;
     }
     Err(format!("{id} never deallocated").into())
+}
+
+/// The demo's group verdict is read from the emulator: all yes for a group scaled as the
+/// demo scales it, and `no` once a member's record is deliberately broken (it claims a pool
+/// address its instance does not run on).
+#[tokio::test]
+async fn the_demos_group_summary_says_no_when_a_member_record_is_broken() -> Result<(), SetupError> {
+    use tether::ports::{NodeStore, Registry};
+    use tether_tests::demo::group::{summarize_group, DemoGroup};
+    let fx = Fixture::new().await?;
+    let api = tether_tests::local_api::LocalApi::start(fx.api.clone()).await?;
+    let env = tether_cli::Environment {
+        api_url: Some(api.url.clone()),
+        region: Some(tether_tests::REGION.to_owned()),
+        credentials: Some(aws_credential_types::Credentials::new(ACCESS_KEY_ID, tether_tests::local_api::SECRET_ACCESS_KEY, None, None, "demo-test")),
+        poll_interval: std::time::Duration::from_millis(50),
+        ..tether_cli::Environment::default()
+    };
+    let market = std::time::Duration::from_secs(10);
+    let mut group = DemoGroup::create(&fx, &env, market).await?;
+    for step in 1..=3 {
+        // Each step is due by the market's end: scale to 2, 3, then 4.
+        let taken = group.step_due(market, &fx, &env).await?;
+        assert!(taken.is_some(), "step {step} not taken");
+    }
+    let summary = summarize_group(&fx, &group).await?;
+    assert_eq!(summary.fields(), "groups=1 members_running=4/4 pool_ips_kept=yes eips_on_members=2/2 scaled_up_same_eni=yes", "{:?}", summary.problems);
+    assert!(summary.ok());
+
+    let members = fx.store.members(&group.id).await?;
+    let mut broken = members.into_iter().find(|m| m.group.as_ref().is_some_and(|g| g.pool_ip.is_some())).ok_or("no pool member")?;
+    if let Some(membership) = broken.group.as_mut() {
+        membership.pool_ip = Some(fx.subnet_ip(99));
+    }
+    fx.store.save(&broken).await?;
+    let summary = summarize_group(&fx, &group).await?;
+    assert!(summary.fields().contains("pool_ips_kept=no"), "{}", summary.fields());
+    assert!(!summary.ok());
+    Ok(())
 }
