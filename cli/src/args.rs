@@ -2,16 +2,21 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tether::model::RevertToSpot;
 
-/// `tether`: manage Tether's stateful nodes through the management API.
+mod groups;
+
+pub use groups::{CommaList, GroupActionArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand};
+
+/// `tether`: manage Tether's stateful nodes and groups through the management API.
 #[derive(Debug, Parser)]
 #[command(
     name = "tether",
     version,
-    about = "Manage Tether's stateful nodes through the management API (requests are SigV4-signed)",
+    about = "Manage Tether's stateful nodes and groups through the management API (requests are SigV4-signed)",
     propagate_version = true
 )]
 pub struct Cli {
@@ -36,6 +41,9 @@ pub enum Command {
     /// Stateful nodes: list, show, create, and their lifecycle actions
     #[command(subcommand, alias = "node")]
     Nodes(NodesCommand),
+    /// Stateful groups: a target capacity of nodes from one template, with address pools
+    #[command(subcommand, alias = "group")]
+    Groups(GroupsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,34 +134,8 @@ pub struct CreateArgs {
     /// The subnet of the node's ENI (fixes its Availability Zone for life)
     #[arg(long, value_name = "SUBNET_ID")]
     pub subnet: String,
-    /// The AMI every instance of the node boots
-    #[arg(long, value_name = "AMI_ID")]
-    pub image: String,
-    /// Instance types in order of preference, spot first (repeat the flag)
-    #[arg(long = "instance-type", value_name = "TYPE", required = true)]
-    pub instance_types: Vec<String>,
-    /// Security groups of the ENI (repeat the flag)
-    #[arg(long = "security-group", value_name = "SG_ID")]
-    pub security_groups: Vec<String>,
-    /// The EC2 key pair of the instances
-    #[arg(long, value_name = "NAME")]
-    pub key_name: Option<String>,
-    /// An instance profile name or ARN
-    #[arg(long, value_name = "NAME_OR_ARN")]
-    pub instance_profile: Option<String>,
-    /// A file whose text is the instances' user data
-    #[arg(long, value_name = "FILE")]
-    pub user_data_file: Option<PathBuf>,
-    /// A tag of the node's instances (repeat the flag)
-    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
-    pub tags: Vec<(String, String)>,
-    /// Never fall back to on-demand when no spot capacity is left
-    #[arg(long)]
-    pub no_on_demand_fallback: bool,
-    /// After a fallback to on-demand, go back to spot (a recycle): never (default), always,
-    /// or in a daily window HH:MM-HH:MM (UTC)
-    #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, default_value = "never")]
-    pub revert_to_spot: RevertToSpot,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
     /// The node's private IP for life (default: EC2 picks one at the first resume)
     #[arg(long, value_name = "IP")]
     pub private_ip: Option<Ipv4Addr>,
@@ -172,12 +154,53 @@ pub struct CreateArgs {
     pub post: PostArgs,
 }
 
+/// What every instance launches with (`nodes create`, `groups create`).
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The AMI every instance boots
+    #[arg(long, value_name = "AMI_ID")]
+    pub image: String,
+    /// Instance types in order of preference, spot first (repeat the flag)
+    #[arg(long = "instance-type", value_name = "TYPE", required = true)]
+    pub instance_types: Vec<String>,
+    /// Security groups of the ENI (repeat the flag)
+    #[arg(long = "security-group", value_name = "SG_ID")]
+    pub security_groups: Vec<String>,
+    /// The EC2 key pair of the instances
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    /// An instance profile name or ARN
+    #[arg(long, value_name = "NAME_OR_ARN")]
+    pub instance_profile: Option<String>,
+    /// A file whose text is the instances' user data
+    #[arg(long, value_name = "FILE")]
+    pub user_data_file: Option<PathBuf>,
+    /// A tag of the instances (repeat the flag)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Never fall back to on-demand when no spot capacity is left
+    #[arg(long)]
+    pub no_on_demand_fallback: bool,
+    /// After a fallback to on-demand, go back to spot (a recycle): never (default), always,
+    /// or in a daily window HH:MM-HH:MM (UTC)
+    #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, default_value = "never")]
+    pub revert_to_spot: RevertToSpot,
+}
+
 /// The launch settings `PATCH /nodes/{id}` accepts; only those given change.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("change").multiple(true).required(true))]
 pub struct UpdateArgs {
     #[arg(value_name = "NODE_ID")]
     pub id: String,
+    #[command(flatten)]
+    pub launch: LaunchChangeArgs,
+}
+
+/// Changes of the launch settings (`nodes update`, `groups update`): each is in the
+/// command's `change` group, of which at least one is required.
+#[derive(Debug, Args)]
+pub struct LaunchChangeArgs {
     /// The AMI the next instances boot
     #[arg(long, value_name = "AMI_ID", group = "change")]
     pub image: Option<String>,
@@ -193,7 +216,7 @@ pub struct UpdateArgs {
     /// A file whose text is the next instances' user data (an empty file removes it)
     #[arg(long, value_name = "FILE", group = "change")]
     pub user_data_file: Option<PathBuf>,
-    /// A tag of the node's instances (repeat the flag; replaces every tag)
+    /// A tag of the instances (repeat the flag; replaces every tag)
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag, group = "change", conflicts_with = "no_tags")]
     pub tags: Vec<(String, String)>,
     /// Remove every tag
@@ -220,6 +243,13 @@ pub struct WaitArgs {
     pub timeout: u64,
 }
 
+impl WaitArgs {
+    /// How long to wait, when waiting.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.wait.then(|| Duration::from_secs(self.timeout))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PostArgs {
     /// The request's Idempotency-Key (default: a new UUID); reuse it to repeat a request safely
@@ -227,13 +257,13 @@ pub struct PostArgs {
     pub idempotency_key: Option<String>,
 }
 
-fn parse_tag(raw: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_tag(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("`{raw}` is not KEY=VALUE")),
     }
 }
 
-fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {
+pub(crate) fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {
     s.parse()
 }

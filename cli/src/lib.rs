@@ -5,8 +5,10 @@
 //! tests drive it against the local API exactly as the binary does.
 
 mod args;
+mod groups;
 mod http;
 mod output;
+mod wait;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -18,13 +20,16 @@ use clap::Parser;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tether::group::MemberTemplate;
 use tether::lifecycle::NodePatch;
-use tether::model::{NodeSpec, Persistence};
-use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, NodeView, Problem};
-use tether::{ImportRequest, NodeState};
-use tokio::time::Instant;
+use tether::model::Persistence;
+use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, Problem};
+use tether::ImportRequest;
 
-pub use args::{Cli, Command, CreateArgs, NodesCommand, PostArgs, UpdateArgs, WaitArgs};
+pub use args::{
+    Cli, CommaList, Command, CreateArgs, GroupActionArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
+    UpdateArgs, WaitArgs,
+};
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
 pub use output::state_name;
 
@@ -44,7 +49,7 @@ pub struct Environment {
     /// Credentials to sign with; `None`: the standard AWS chain (environment variables,
     /// profiles, web identity, ECS and EC2 instance metadata).
     pub credentials: Option<Credentials>,
-    /// How often `--wait` asks for the node.
+    /// How often `--wait` asks for the node or group.
     pub poll_interval: Duration,
     pub retry: RetryPolicy,
 }
@@ -184,9 +189,12 @@ struct Session<'a> {
 }
 
 async fn execute(cli: Cli, env: &Environment, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
-    let Cli { endpoint, region: region_flag, profile, json, command: Command::Nodes(command) } = cli;
+    let Cli { endpoint, region: region_flag, profile, json, command } = cli;
     // Everything local is checked before credentials are looked up.
-    let request = plan(&command)?;
+    let request = match &command {
+        Command::Nodes(nodes) => plan(nodes)?,
+        Command::Groups(groups) => groups::plan(groups)?,
+    };
     let raw_endpoint = endpoint.or_else(|| env.api_url.clone()).ok_or_else(|| {
         CliError::Usage(format!("no API endpoint: pass --endpoint URL or set {API_URL_VARIABLE}"))
     })?;
@@ -195,7 +203,10 @@ async fn execute(cli: Cli, env: &Environment, out: &mut (dyn Write + Send), err:
     let credentials = credentials(profile.as_deref(), env, &region).await?;
     let client = http::ApiClient::new(endpoint, region, credentials, env.retry)?;
     let session = Session { client, env, json };
-    session.perform(command, request, out, err).await
+    match command {
+        Command::Nodes(nodes) => session.perform(nodes, request, out, err).await,
+        Command::Groups(groups) => session.perform_group(groups, request, out, err).await,
+    }
 }
 
 async fn region(flag: Option<String>, profile: Option<&str>, env: &Environment) -> String {
@@ -248,26 +259,34 @@ struct Planned {
     wait: Option<Duration>,
 }
 
+impl Planned {
+    fn get(path: String) -> Planned {
+        Planned { method: Method::GET, path, body: None, idempotency_key: None, wait: None }
+    }
+
+    fn post(path: String, body: Option<Vec<u8>>, post: &PostArgs, wait: Option<Duration>) -> Planned {
+        let key = post.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Planned { method: Method::POST, path, body, idempotency_key: Some(key), wait }
+    }
+
+    fn patch(path: String, body: Vec<u8>, wait: Option<Duration>) -> Planned {
+        Planned { method: Method::PATCH, path, body: Some(body), idempotency_key: None, wait }
+    }
+}
+
 fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
-    let get = |path: String| Planned { method: Method::GET, path, body: None, idempotency_key: None, wait: None };
-    let post = |path: String, body: Option<Vec<u8>>, post: &PostArgs, wait: Option<&WaitArgs>| Planned {
-        method: Method::POST,
-        path,
-        body,
-        idempotency_key: Some(post.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
-        wait: wait.filter(|w| w.wait).map(|w| Duration::from_secs(w.timeout)),
-    };
     let node_path = |id: &str, action: &str| format!("/nodes/{}{action}", http::encode(id));
+    let post = Planned::post;
     Ok(match command {
-        NodesCommand::List { limit, .. } => get(list_path(*limit, None)),
-        NodesCommand::Show { id } => get(node_path(id, "")),
-        NodesCommand::History { id } => get(node_path(id, "/history")),
+        NodesCommand::List { limit, .. } => Planned::get(list_path("/nodes", *limit, None)),
+        NodesCommand::Show { id } => Planned::get(node_path(id, "")),
+        NodesCommand::History { id } => Planned::get(node_path(id, "/history")),
         NodesCommand::Pause { id, post: p } => post(node_path(id, "/pause"), None, p, None),
-        NodesCommand::Resume { id, wait, post: p } => post(node_path(id, "/resume"), None, p, Some(wait)),
-        NodesCommand::Recycle { id, wait, post: p } => post(node_path(id, "/recycle"), None, p, Some(wait)),
+        NodesCommand::Resume { id, wait, post: p } => post(node_path(id, "/resume"), None, p, wait.timeout()),
+        NodesCommand::Recycle { id, wait, post: p } => post(node_path(id, "/recycle"), None, p, wait.timeout()),
         NodesCommand::Deallocate { id, keep_eni, wait, post: p } => {
             let body = to_json(&Deallocate { keep_eni: *keep_eni })?;
-            post(node_path(id, "/deallocate"), Some(body), p, Some(wait))
+            post(node_path(id, "/deallocate"), Some(body), p, wait.timeout())
         }
         NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, revert_to_spot, wait, post: p } => {
             let body = ImportRequest {
@@ -276,41 +295,12 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                 fallback_to_on_demand: no_on_demand_fallback.then_some(false),
                 revert_to_spot: *revert_to_spot,
             };
-            post("/nodes/import".to_owned(), Some(to_json(&body)?), p, Some(wait))
+            post("/nodes/import".to_owned(), Some(to_json(&body)?), p, wait.timeout())
         }
-        NodesCommand::Update(args) => {
-            let patch = NodePatch {
-                image_id: args.image.clone(),
-                instance_types: Some(args.instance_types.clone()).filter(|t| !t.is_empty()),
-                user_data: read_user_data(args.user_data_file.as_deref())?,
-                tags: (args.no_tags || !args.tags.is_empty()).then(|| args.tags.iter().cloned().collect()),
-                fallback_to_on_demand: match (args.on_demand_fallback, args.no_on_demand_fallback) {
-                    (true, _) => Some(true),
-                    (_, true) => Some(false),
-                    _ => None,
-                },
-                revert_to_spot: args.revert_to_spot,
-                key_name: args.key_name.clone(),
-                iam_instance_profile: args.instance_profile.clone(),
-                ..NodePatch::default()
-            };
-            Planned { method: Method::PATCH, path: node_path(&args.id, ""), body: Some(to_json(&patch)?), idempotency_key: None, wait: None }
-        }
+        NodesCommand::Update(args) => Planned::patch(node_path(&args.id, ""), to_json(&launch_patch(&args.launch)?)?, None),
         NodesCommand::Create(args) => {
-            let user_data = read_user_data(args.user_data_file.as_deref())?;
             let request = CreateNode {
-                spec: NodeSpec {
-                    subnet_id: args.subnet.clone(),
-                    image_id: args.image.clone(),
-                    instance_types: args.instance_types.clone(),
-                    security_group_ids: args.security_groups.clone(),
-                    key_name: args.key_name.clone(),
-                    iam_instance_profile: args.instance_profile.clone(),
-                    user_data,
-                    tags: args.tags.iter().cloned().collect(),
-                    fallback_to_on_demand: !args.no_on_demand_fallback,
-                    revert_to_spot: args.revert_to_spot,
-                },
+                spec: template(&args.launch)?.spec_in(&args.subnet),
                 persistence: Persistence {
                     private_ip: args.private_ip,
                     elastic_ip_allocation_id: args.elastic_ip.clone(),
@@ -318,8 +308,42 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                 },
                 resume: args.resume,
             };
-            post("/nodes".to_owned(), Some(to_json(&request)?), &args.post, Some(&args.wait))
+            post("/nodes".to_owned(), Some(to_json(&request)?), &args.post, args.wait.timeout())
         }
+    })
+}
+
+/// The launch settings of `nodes create` and `groups create`.
+fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
+    Ok(MemberTemplate {
+        image_id: args.image.clone(),
+        instance_types: args.instance_types.clone(),
+        security_group_ids: args.security_groups.clone(),
+        key_name: args.key_name.clone(),
+        iam_instance_profile: args.instance_profile.clone(),
+        user_data: read_user_data(args.user_data_file.as_deref())?,
+        tags: args.tags.iter().cloned().collect(),
+        fallback_to_on_demand: !args.no_on_demand_fallback,
+        revert_to_spot: args.revert_to_spot,
+    })
+}
+
+/// The launch settings `nodes update` and `groups update` change (the others left out).
+fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
+    Ok(NodePatch {
+        image_id: args.image.clone(),
+        instance_types: Some(args.instance_types.clone()).filter(|t| !t.is_empty()),
+        user_data: read_user_data(args.user_data_file.as_deref())?,
+        tags: (args.no_tags || !args.tags.is_empty()).then(|| args.tags.iter().cloned().collect()),
+        fallback_to_on_demand: match (args.on_demand_fallback, args.no_on_demand_fallback) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        revert_to_spot: args.revert_to_spot,
+        key_name: args.key_name.clone(),
+        iam_instance_profile: args.instance_profile.clone(),
+        ..NodePatch::default()
     })
 }
 
@@ -331,7 +355,8 @@ fn read_user_data(file: Option<&std::path::Path>) -> Result<Option<String>, CliE
     .transpose()
 }
 
-fn list_path(limit: Option<u32>, next_token: Option<&str>) -> String {
+/// `base` (`/nodes`, `/groups`) with the page's query.
+fn list_path(base: &str, limit: Option<u32>, next_token: Option<&str>) -> String {
     let mut query = Vec::new();
     if let Some(limit) = limit {
         query.push(format!("limit={limit}"));
@@ -340,9 +365,9 @@ fn list_path(limit: Option<u32>, next_token: Option<&str>) -> String {
         query.push(format!("next_token={}", http::encode(token)));
     }
     if query.is_empty() {
-        "/nodes".to_owned()
+        base.to_owned()
     } else {
-        format!("/nodes?{}", query.join("&"))
+        format!("{base}?{}", query.join("&"))
     }
 }
 
@@ -350,61 +375,88 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CliError> {
     serde_json::to_vec(value).map_err(|e| CliError::Config(format!("cannot write the request body: {e}")))
 }
 
-/// A node state the node leaves by itself: a launch or deallocation going on, or an
-/// interrupted instance about to be replaced.
-fn transitional(state: NodeState) -> bool {
-    matches!(state, NodeState::Launching | NodeState::Deallocating | NodeState::Recovering)
+/// One page of a list the API answers a page at a time.
+trait Page: output::Shown + DeserializeOwned + serde::Serialize {
+    fn next_token(&self) -> Option<&str>;
+    /// Adds the next page's items, and takes its `next_token`.
+    fn append(&mut self, next: Self);
+}
+
+impl Page for NodeList {
+    fn next_token(&self) -> Option<&str> {
+        self.next_token.as_deref()
+    }
+
+    fn append(&mut self, next: Self) {
+        self.nodes.extend(next.nodes);
+        self.next_token = next.next_token;
+    }
 }
 
 impl Session<'_> {
     async fn perform(&self, command: NodesCommand, request: Planned, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
         match command {
-            NodesCommand::List { limit, all } => {
-                let (mut page, raw): (NodeList, _) = self.call_raw(&request, err).await?;
-                let mut raw = Some(raw);
-                let mut seen = std::collections::HashSet::new();
-                while let Some(token) = page.next_token.clone().filter(|_| all) {
-                    if !seen.insert(token.clone()) {
-                        return Err(CliError::Failed(format!("the API returned next_token {token} twice; stopping")));
-                    }
-                    let next = Planned { path: list_path(limit, Some(&token)), ..request.clone_get() };
-                    let more: NodeList = self.call(&next, err).await?;
-                    page.nodes.extend(more.nodes);
-                    page.next_token = more.next_token;
-                    raw = None;
-                }
-                if self.json {
-                    // One page: the API's answer as is; several: the pages joined.
-                    let text = raw.map(|r| output::pretty(&r)).unwrap_or_else(|| output::json(&page));
-                    let _ = writeln!(out, "{text}");
-                } else {
-                    let _ = write!(out, "{}", output::node_table(&page.nodes));
-                    if let Some(token) = &page.next_token {
-                        let _ = writeln!(err, "more nodes after {token}: use --all to list every page");
-                    }
-                }
-                Ok(())
-            }
-            NodesCommand::History { .. } => {
-                let (history, raw): (NodeHistory, _) = self.call_raw(&request, err).await?;
-                let text = if self.json { output::pretty(&raw) + "\n" } else { output::history_table(&history) };
-                let _ = write!(out, "{text}");
-                Ok(())
-            }
-            _ => {
-                let shown = self.call_raw(&request, err).await?;
-                let (node, raw) = match request.wait {
-                    Some(timeout) => self.wait(shown, timeout, out, err).await?,
-                    None => shown,
-                };
-                self.print_node(&node, &raw, out);
-                Ok(())
-            }
+            NodesCommand::List { limit, all } => self.list::<NodeList>("/nodes", &request, limit, all, out, err).await,
+            NodesCommand::History { .. } => self.show::<NodeHistory>(&request, out, err).await,
+            _ => self.act::<tether::views::NodeView>(&request, out, err).await,
         }
     }
 
-    fn print_node(&self, node: &NodeView, raw: &[u8], out: &mut (dyn Write + Send)) {
-        let text = if self.json { output::pretty(raw) + "\n" } else { output::node_block(node) };
+    /// `request` is the first page of `base`; with `all`, every page after it too.
+    async fn list<P: Page>(
+        &self,
+        base: &str,
+        request: &Planned,
+        limit: Option<u32>,
+        all: bool,
+        out: &mut (dyn Write + Send),
+        err: &mut (dyn Write + Send),
+    ) -> Result<(), CliError> {
+        let (mut page, raw): (P, _) = self.call_raw(request, err).await?;
+        let mut raw = Some(raw);
+        let mut seen = std::collections::HashSet::new();
+        while let Some(token) = page.next_token().filter(|_| all).map(str::to_owned) {
+            if !seen.insert(token.clone()) {
+                return Err(CliError::Failed(format!("the API returned next_token {token} twice; stopping")));
+            }
+            let more: P = self.call(&Planned::get(list_path(base, limit, Some(&token))), err).await?;
+            page.append(more);
+            raw = None;
+        }
+        if self.json {
+            // One page: the API's answer as is; several: the pages joined.
+            let text = raw.map(|r| output::pretty(&r)).unwrap_or_else(|| output::json(&page));
+            let _ = writeln!(out, "{text}");
+        } else {
+            let _ = write!(out, "{}", page.human());
+            if let Some(token) = page.next_token() {
+                let _ = writeln!(err, "more {} after {token}: use --all to list every page", base.trim_start_matches('/'));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `request` and prints its answer.
+    async fn show<T: output::Shown + DeserializeOwned>(&self, request: &Planned, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
+        let (value, raw): (T, _) = self.call_raw(request, err).await?;
+        self.print(&value, &raw, out);
+        Ok(())
+    }
+
+    /// Sends `request` and prints its answer; with `--wait`, what it settled to.
+    async fn act<T: wait::Watched>(&self, request: &Planned, out: &mut (dyn Write + Send), err: &mut (dyn Write + Send)) -> Result<(), CliError> {
+        let shown: (T, _) = self.call_raw(request, err).await?;
+        let (value, raw) = match request.wait {
+            Some(timeout) => self.wait(shown, timeout, out, err).await?,
+            None => shown,
+        };
+        self.print(&value, &raw, out);
+        Ok(())
+    }
+
+    /// The API's JSON as sent with `--json`, else the human form.
+    fn print<T: output::Shown>(&self, value: &T, raw: &[u8], out: &mut (dyn Write + Send)) {
+        let text = if self.json { output::pretty(raw) + "\n" } else { value.human() };
         let _ = write!(out, "{text}");
     }
 
@@ -428,86 +480,5 @@ impl Session<'_> {
             CliError::Transport(format!("the API's answer to {} {} is not what this CLI expects ({e}): {text}", request.method, request.path))
         })?;
         Ok((value, answer.body))
-    }
-
-    /// Polls the node until it is settled or `timeout` passes; one progress line per state.
-    async fn wait(
-        &self,
-        shown: (NodeView, bytes::Bytes),
-        timeout: Duration,
-        out: &mut (dyn Write + Send),
-        err: &mut (dyn Write + Send),
-    ) -> Result<(NodeView, bytes::Bytes), CliError> {
-        let (mut node, mut raw) = shown;
-        let start = Instant::now();
-        let id = node.id.to_string();
-        let mut shown = None;
-        let show = |node: &NodeView, shown: &mut Option<(NodeState, u64)>, err: &mut (dyn Write + Send)| {
-            let now = (node.state, node.generation);
-            if *shown != Some(now) {
-                let _ = writeln!(err, "[{:>6.1}s] {} {}", start.elapsed().as_secs_f64(), node.id, describe(node));
-                *shown = Some(now);
-            }
-        };
-        if transitional(node.state) {
-            show(&node, &mut shown, err);
-        }
-        let poll = Planned {
-            method: Method::GET,
-            path: format!("/nodes/{}", http::encode(&id)),
-            body: None,
-            idempotency_key: None,
-            wait: None,
-        };
-        while transitional(node.state) {
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                self.print_node(&node, &raw, out);
-                let mut why = format!(
-                    "timed out after {}s waiting for node {id}: it is still {} (generation {})",
-                    timeout.as_secs(),
-                    output::state_name(node.state),
-                    node.generation
-                );
-                if let Some(last) = &node.last_error {
-                    why.push_str(&format!("\nlast error: {last}"));
-                }
-                why.push_str(&format!("\nfollow it with `tether nodes show {id}`"));
-                return Err(CliError::Failed(why));
-            }
-            tokio::time::sleep(self.env.poll_interval.min(timeout - elapsed)).await;
-            (node, raw) = self.call_raw(&poll, err).await?;
-            show(&node, &mut shown, err);
-        }
-        if node.state == NodeState::Error {
-            self.print_node(&node, &raw, out);
-            return Err(CliError::Failed(format!(
-                "node {id} ended in state error\nlast error: {}",
-                node.last_error.as_deref().unwrap_or("no reason recorded")
-            )));
-        }
-        Ok((node, raw))
-    }
-}
-
-impl Planned {
-    fn clone_get(&self) -> Planned {
-        Planned { method: self.method.clone(), path: self.path.clone(), body: None, idempotency_key: None, wait: None }
-    }
-}
-
-/// `launching generation 2`, `running i-0abc (m5.large, spot)`, …
-fn describe(node: &NodeView) -> String {
-    let state = output::state_name(node.state);
-    match node.state {
-        NodeState::Launching => format!("{state} generation {}", node.generation),
-        NodeState::Running => format!(
-            "{state} {} ({}, {})",
-            node.instance_id.as_deref().unwrap_or("-"),
-            node.instance_type.as_deref().unwrap_or("-"),
-            node.market.map(|m| m.as_str()).unwrap_or("-")
-        ),
-        NodeState::Error => format!("{state}: {}", node.last_error.as_deref().unwrap_or("no reason recorded")),
-        _ => state,
     }
 }

@@ -2,12 +2,25 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use tether::views::{NodeHistory, NodeView};
+use tether::group::MemberTemplate;
+use tether::views::{NodeHistory, NodeList, NodeView};
 use tether::NodeState;
+
+mod groups;
+
+/// What an answer of the API looks like without `--json`.
+pub(crate) trait Shown {
+    fn human(&self) -> String;
+}
 
 /// A node state as the API spells it (`running`, `launching`, …).
 pub fn state_name(state: NodeState) -> String {
-    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{state:?}"))
+    name_of(&state)
+}
+
+/// A value as the API spells it: a node's or a group's state (`running`, `active`, …).
+pub(crate) fn name_of<T: Serialize + std::fmt::Debug>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{value:?}"))
 }
 
 /// The value as pretty JSON, as the API sent it.
@@ -15,11 +28,11 @@ pub fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot print JSON: {e}\"}}"))
 }
 
-fn time(at: &DateTime<Utc>) -> String {
+pub(crate) fn time(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn or_dash(value: Option<&str>) -> String {
+pub(crate) fn or_dash(value: Option<&str>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or("-").to_owned()
 }
 
@@ -54,6 +67,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+impl Shown for NodeList {
+    fn human(&self) -> String {
+        node_table(&self.nodes)
+    }
+}
+
 pub fn node_table(nodes: &[NodeView]) -> String {
     let rows: Vec<Vec<String>> = nodes
         .iter()
@@ -73,16 +92,20 @@ pub fn node_table(nodes: &[NodeView]) -> String {
     table(&["ID", "STATE", "GEN", "INSTANCE", "TYPE", "MARKET", "PRIVATE IP", "PUBLIC IP"], &rows)
 }
 
+impl Shown for NodeView {
+    fn human(&self) -> String {
+        node_block(self)
+    }
+}
+
 /// One node, one `key  value` line per field.
 pub fn node_block(n: &NodeView) -> String {
-    let spec = &n.spec;
-    let tags = spec.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
     let elastic_ip = match (&n.persistence.elastic_ip_allocation_id, n.persistence.allocate_elastic_ip) {
         (Some(id), _) => format!("{id} (the user's)"),
         (None, true) => "allocated by Tether".to_owned(),
         (None, false) => "none".to_owned(),
     };
-    let fields: Vec<(&str, String)> = vec![
+    let mut fields: Vec<(&str, String)> = vec![
         ("id", n.id.to_string()),
         ("state", state_name(n.state)),
         ("generation", n.generation.to_string()),
@@ -97,24 +120,50 @@ pub fn node_block(n: &NodeView) -> String {
         ("availability zone", or_dash(n.availability_zone.as_deref())),
         ("elastic IP", or_dash(n.elastic_ip_allocation_id.as_deref())),
         ("last error", or_dash(n.last_error.as_deref())),
-        ("subnet", spec.subnet_id.clone()),
-        ("image", spec.image_id.clone()),
-        ("instance types", spec.instance_types.join(", ")),
-        ("on-demand fallback", if spec.fallback_to_on_demand { "yes" } else { "no" }.to_owned()),
-        ("back to spot", spec.revert_to_spot.to_string()),
-        ("security groups", or_dash(Some(&spec.security_group_ids.join(", ")))),
-        ("key name", or_dash(spec.key_name.as_deref())),
-        ("instance profile", or_dash(spec.iam_instance_profile.as_deref())),
-        ("user data", spec.user_data.as_ref().map(|u| format!("{} bytes", u.len())).unwrap_or_else(|| "-".into())),
-        ("tags", or_dash(Some(&tags))),
+        ("subnet", n.spec.subnet_id.clone()),
+    ];
+    fields.extend(launch_fields(&MemberTemplate::of_spec(n.spec.clone())));
+    fields.extend([
         ("chosen private IP", n.persistence.private_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "any (EC2 picks)".into())),
         ("chosen elastic IP", elastic_ip),
         ("created at", time(&n.created_at)),
         ("updated at", time(&n.updated_at)),
         ("version", n.version.to_string()),
-    ];
+    ]);
+    block(&fields)
+}
+
+/// The launch settings of a node's spec or a group's template.
+pub(crate) fn launch_fields(t: &MemberTemplate) -> Vec<(&'static str, String)> {
+    let tags = t.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
+    vec![
+        ("image", t.image_id.clone()),
+        ("instance types", t.instance_types.join(", ")),
+        ("on-demand fallback", yes_no(t.fallback_to_on_demand)),
+        ("back to spot", t.revert_to_spot.to_string()),
+        ("security groups", or_dash(Some(&t.security_group_ids.join(", ")))),
+        ("key name", or_dash(t.key_name.as_deref())),
+        ("instance profile", or_dash(t.iam_instance_profile.as_deref())),
+        ("user data", t.user_data.as_ref().map(|u| format!("{} bytes", u.len())).unwrap_or_else(|| "-".into())),
+        ("tags", or_dash(Some(&tags))),
+    ]
+}
+
+pub(crate) fn yes_no(on: bool) -> String {
+    if on { "yes" } else { "no" }.to_owned()
+}
+
+/// `key  value` lines, the values in one column; a value's further lines are indented to it.
+pub(crate) fn block(fields: &[(&str, String)]) -> String {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    fields.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    let indent = format!("\n{:width$}  ", "");
+    fields.iter().map(|(k, v)| format!("{k:<width$}  {}\n", v.replace('\n', &indent))).collect()
+}
+
+impl Shown for NodeHistory {
+    fn human(&self) -> String {
+        history_table(self)
+    }
 }
 
 pub fn history_table(history: &NodeHistory) -> String {

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -18,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext;
 use lambda_http::request::RequestContext;
 use lambda_http::RequestExt;
+use tether::Tether;
 use tether_api::Api;
 
 use crate::{SetupError, REGION};
@@ -65,6 +67,40 @@ impl Drop for LocalApi {
         self._server.abort();
     }
 }
+
+/// The reconciler run every so often in the background, as the deployed stack's schedule
+/// runs it every minute: it carries on what API calls leave (the next batch of a group's
+/// rolling recycle, the end of a deallocation). Stops when dropped.
+pub struct ScheduledReconciler {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScheduledReconciler {
+    /// A run every `every`, each bounded as a Lambda invocation is.
+    pub fn every(tether: Tether, every: Duration) -> ScheduledReconciler {
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let deadline = tether.deadline_in(RECONCILER_BUDGET);
+                if let Err(e) = tether.reconcile(deadline).await {
+                    tracing::warn!(error = %e, "scheduled reconciler run failed");
+                }
+            }
+        });
+        ScheduledReconciler { task }
+    }
+}
+
+impl Drop for ScheduledReconciler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How long one scheduled run may take (the deployed function's timeout is under a minute).
+const RECONCILER_BUDGET: Duration = Duration::from_secs(50);
 
 async fn answer(api: Arc<Api>, request: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();

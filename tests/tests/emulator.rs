@@ -5,6 +5,7 @@ mod emulator {
     pub mod rules;
     pub mod api;
     pub mod cli;
+    pub mod cli_groups;
     pub mod groups;
     pub mod iam;
     pub mod local_api;

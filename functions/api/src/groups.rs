@@ -106,7 +106,7 @@ impl Api {
         match self.tether.group_status(id).await {
             Ok((group, _, group_status)) => {
                 let settled = match group.state {
-                    GroupState::Active => group_status.below_target.is_none() && group_status.counting == group.target_capacity,
+                    GroupState::Active => group_status.below_target.is_none() && group_status.counting == group.target_capacity && group.rollout.is_none(),
                     GroupState::Paused => group_status.counting == 0,
                     GroupState::Deallocating => false,
                     GroupState::Deallocated => true,
@@ -147,6 +147,6 @@ fn elastic_ip_note(pool: &[String], member: &Node) -> Option<String> {
     Some(if member.generation == 0 {
         "none yet: it takes a free Elastic IP of the pool at its first resume".to_owned()
     } else {
-        format!("none: the pool's {} Elastic IP(s) were held by other members when it launched; running members are never re-addressed", pool.len())
+        "none: every Elastic IP of the pool was held by another member when it was resumed; running members are never re-addressed".to_owned()
     })
 }

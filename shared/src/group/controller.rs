@@ -74,6 +74,10 @@ pub struct GroupStatus {
     pub held: u32,
     pub error: u32,
     pub deallocating: u32,
+    /// A rolling recycle under way: the running members still on an instance launched
+    /// before it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_remaining: Option<u32>,
     /// Why fewer members run than the target, in words; `None` when none are missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below_target: Option<String>,
@@ -214,13 +218,11 @@ impl Planner<'_> {
             // Pool members first, in pool order: those to create, and the paused ones.
             let pool_order = |ip: Option<Ipv4Addr>| ip.and_then(|ip| self.group.private_ip_pool.iter().position(|p| *p == ip));
             let mut waiting: Vec<(usize, Waiting)> = created.into_iter().map(|(rank, index)| (rank, Waiting::Created(index))).collect();
-            for member in self.members.iter().filter(|m| m.state == NodeState::Paused && !self.group.holds(m)) {
-                // A removed pool address's member is not resumed to meet the target.
+            for member in self.members.iter().filter(|m| m.state == NodeState::Paused && !self.group.holds(m) && !retiring.contains(&&m.id)) {
+                // Pool members first; one that kept an address taken out of the pool (it ran)
+                // is still a member: after them, before the others.
                 let rank = match pool_ip(member) {
-                    Some(ip) => match pool_order(Some(ip)) {
-                        Some(rank) => rank,
-                        None => continue,
-                    },
+                    Some(ip) => pool_order(Some(ip)).unwrap_or(usize::MAX - 1),
                     None => usize::MAX,
                 };
                 waiting.push((rank, Waiting::Paused(member)));
@@ -381,6 +383,9 @@ fn status(group: &Group, members: &[&Node]) -> GroupStatus {
         held: count(&|m| group.holds(m)),
         error: count(&|m| m.state == NodeState::Error),
         deallocating: count(&|m| m.state == NodeState::Deallocating),
+        rollout_remaining: group.rollout.as_ref().map(|r| {
+            count(&|m| m.state == NodeState::Running && m.instance.as_ref().is_some_and(|i| i.launched_at < r.started_at))
+        }),
         below_target: None,
     };
     if status.running >= group.target_capacity && group.state == GroupState::Active {

@@ -3,9 +3,10 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
-use tether_tests::local_api::LocalApi;
+use tether_tests::local_api::{LocalApi, ScheduledReconciler};
 use tether_tests::{emulator_sdk_config, fast_settings, Emulator, Fixture, SetupError};
 
 /// Serves Tether's management API on 127.0.0.1 behind a stand-in for API Gateway that checks
@@ -33,6 +34,10 @@ struct Options {
     /// Serve until Ctrl-C instead of until stdin closes (for running in the background)
     #[arg(long)]
     ignore_stdin: bool,
+    /// Run the reconciler every SECONDS, as the deployed stack's schedule does every minute
+    /// (it carries on a group's rolling recycle and deallocation between API calls). Default: never
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    reconcile_every: Option<u64>,
 }
 
 #[tokio::main]
@@ -57,6 +62,7 @@ async fn run(options: Options) -> Result<(), SetupError> {
     let (first, _) = fx.allocate_eip().await?;
     let (second, _) = fx.allocate_eip().await?;
     let server = LocalApi::start_on(fx.api.clone(), SocketAddr::from(([127, 0, 0, 1], options.port))).await?;
+    let _reconciler = options.reconcile_every.map(|seconds| ScheduledReconciler::every(fx.tether.clone(), Duration::from_secs(seconds)));
     println!(
         "TETHER_API_READY url={} endpoint={endpoint} table={} subnet={} security_group={} image={} elastic_ips={first},{second}",
         server.url, fx.table_name, fx.subnet_id, fx.security_group_id, fx.image_id

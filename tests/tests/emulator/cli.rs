@@ -20,7 +20,7 @@ fn caller() -> String {
 
 /// The CLI's environment for a test: endpoint as if from TETHER_API_URL, fixed credentials
 /// (no process-wide variables: tests run in parallel), quick polls and retries.
-fn environment(url: &str, secret: &str) -> Environment {
+pub(crate) fn environment(url: &str, secret: &str) -> Environment {
     Environment {
         api_url: Some(url.to_owned()),
         region: Some("us-east-1".to_owned()),
@@ -30,12 +30,12 @@ fn environment(url: &str, secret: &str) -> Environment {
     }
 }
 
-async fn tether(env: &Environment, args: &[&str]) -> Captured {
+pub(crate) async fn tether(env: &Environment, args: &[&str]) -> Captured {
     tether_cli::run_captured(std::iter::once("tether").chain(args.iter().copied()), env).await
 }
 
 /// Runs a command with `--json` that must succeed; its answer.
-async fn tether_json(env: &Environment, args: &[&str]) -> Result<serde_json::Value, SetupError> {
+pub(crate) async fn tether_json(env: &Environment, args: &[&str]) -> Result<serde_json::Value, SetupError> {
     let mut all = args.to_vec();
     all.push("--json");
     let out = tether(env, &all).await;
@@ -44,7 +44,7 @@ async fn tether_json(env: &Environment, args: &[&str]) -> Result<serde_json::Val
 }
 
 /// A value of the human key/value block of one node (`private IP   10.0.1.90`).
-fn field<'a>(block: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(block: &'a str, key: &str) -> Option<&'a str> {
     block.lines().find_map(|line| line.strip_prefix(key).filter(|rest| rest.starts_with("  ")).map(str::trim))
 }
 

@@ -15,7 +15,7 @@ fn help_names_every_option_and_starts_nothing() -> Result<(), SetupError> {
     let out = Command::new(BINARY).arg("--help").stdin(Stdio::null()).output()?;
     assert!(out.status.success(), "{out:?}");
     let help = String::from_utf8(out.stdout)?;
-    for option in ["--endpoint <URL>", "--table <NAME>", "--port <PORT>", "--ignore-stdin", "TETHER_PYTHON"] {
+    for option in ["--endpoint <URL>", "--table <NAME>", "--port <PORT>", "--ignore-stdin", "--reconcile-every <SECONDS>", "TETHER_PYTHON"] {
         assert!(help.contains(option), "--help does not mention {option}:\n{help}");
     }
     assert!(!help.contains("TETHER_API_READY url=http"), "--help must not start serving:\n{help}");
