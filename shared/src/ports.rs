@@ -134,6 +134,24 @@ pub struct SubnetReservation {
     pub tethers: bool,
 }
 
+/// An explicit subnet CIDR reservation, as EC2 lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetCidr {
+    pub id: String,
+    pub cidr: Ipv4Net,
+    /// Tether made it (`tether_description` is its description); otherwise it is the user's.
+    pub tethers: bool,
+}
+
+/// What Tether describes the subnet CIDR reservations it makes with: how it knows its own
+/// again (one whose id a request did not live to record, or left after its address was
+/// released).
+pub fn tether_description(ip: Ipv4Addr, owner: &str) -> String {
+    format!("{TETHER_DESCRIPTION_PREFIX}{ip} for {owner}")
+}
+
+pub const TETHER_DESCRIPTION_PREFIX: &str = "Tether: ";
+
 /// An address's reservation, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
@@ -187,8 +205,12 @@ pub enum Write {
     SaveNode(Node),
     /// Fails unless the node's stored version is `version`.
     CheckNode { id: NodeId, version: u64 },
+    /// Fails if the node exists.
+    CheckNoNode { id: NodeId },
     CreateGroup(crate::group::Group),
     SaveGroup(crate::group::Group),
+    /// Fails unless the group's stored version is `version`.
+    CheckGroup { id: GroupId, version: u64 },
     PutReservation { reservation: Reservation, expect: Expect },
     DeleteReservation { address: Address, expect: Expect },
 }
@@ -247,12 +269,14 @@ pub trait Network: Send + Sync {
     /// Whether any ENI in the subnet holds this private IP.
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
     /// Keeps EC2 from handing `ip` to an ENI that does not ask for it: an explicit /32 subnet
-    /// CIDR reservation, described with `owner`. A reservation already covering the address
-    /// (the user's own, or one whose id an earlier attempt did not record) is answered as
-    /// not Tether's: it is never deleted.
+    /// CIDR reservation, described with `owner` (`tether_description`). A reservation already
+    /// covering the address is answered as it is: Tether's if its description says so (one
+    /// whose id an earlier attempt did not record), else the user's, which is never deleted.
     async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError>;
     /// Deletes a subnet CIDR reservation Tether made; one that no longer exists counts as deleted.
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError>;
+    /// Every subnet CIDR reservation of the subnet (the sweep compares them with the table's).
+    async fn subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError>;
 }
 
 /// A resource with the node id and generation Tether tagged it with.

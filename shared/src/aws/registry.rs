@@ -117,6 +117,19 @@ impl DynamoNodeStore {
         Ok(TransactWriteItem::builder().put(put.build().map_err(build_error)?).build())
     }
 
+    /// A check that the item keyed `key` is at `version`, or absent (`None`).
+    fn condition_check(&self, key: String, version: Option<u64>) -> Result<TransactWriteItem, AwsError> {
+        let check = ConditionCheck::builder().table_name(&self.table).key(PARTITION_KEY, s(key));
+        let check = match version {
+            None => check.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY),
+            Some(v) => check
+                .condition_expression("#v = :v")
+                .expression_attribute_names("#v", "version")
+                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+        };
+        Ok(TransactWriteItem::builder().condition_check(check.build().map_err(build_error)?).build())
+    }
+
     fn transact_item(&self, write: &Write) -> Result<TransactWriteItem, AwsError> {
         let bumped = |node: &Node| Node { version: node.version + 1, ..node.clone() };
         match write {
@@ -127,17 +140,9 @@ impl DynamoNodeStore {
                 let next = Group { version: group.version + 1, ..group.clone() };
                 self.versioned_put(self.group_item(&next)?, Some(group.version))
             }
-            Write::CheckNode { id, version } => {
-                let check = ConditionCheck::builder()
-                    .table_name(&self.table)
-                    .key(PARTITION_KEY, s(node_key(id)))
-                    .condition_expression("#v = :v")
-                    .expression_attribute_names("#v", "version")
-                    .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-                    .build()
-                    .map_err(build_error)?;
-                Ok(TransactWriteItem::builder().condition_check(check).build())
-            }
+            Write::CheckNode { id, version } => self.condition_check(node_key(id), Some(*version)),
+            Write::CheckNoNode { id } => self.condition_check(node_key(id), None),
+            Write::CheckGroup { id, version } => self.condition_check(group_key(id), Some(*version)),
             Write::PutReservation { reservation, expect } => {
                 let (condition, names, values) = expectation(expect);
                 let put = Put::builder()
@@ -172,8 +177,10 @@ fn described(write: &Write) -> String {
         Write::CreateNode(n) => format!("create node {}", n.id),
         Write::SaveNode(n) => format!("save node {} at version {}", n.id, n.version),
         Write::CheckNode { id, version } => format!("node {id} still at version {version}"),
+        Write::CheckNoNode { id } => format!("no node {id}"),
         Write::CreateGroup(g) => format!("create group {}", g.id),
         Write::SaveGroup(g) => format!("save group {} at version {}", g.id, g.version),
+        Write::CheckGroup { id, version } => format!("group {id} still at version {version}"),
         Write::PutReservation { reservation, expect } => format!("reserve {} for {} (expecting {expect:?})", reservation.address, reservation.holder()),
         Write::DeleteReservation { address, expect } => format!("release {address} (expecting {expect:?})"),
     }

@@ -17,8 +17,8 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
 use crate::ports::{
-    eip_not_found, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network, SubnetInfo,
-    SubnetReservation, Tagged,
+    eip_not_found, tether_description, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
+    SubnetCidr, SubnetInfo, SubnetReservation, Tagged, TETHER_DESCRIPTION_PREFIX,
 };
 
 mod ports;
@@ -103,6 +103,8 @@ struct Eni {
     tags: BTreeMap<String, String>,
     /// Always at device index 0: Tether only ever attaches ENIs as the primary.
     attachment: Option<Attachment>,
+    /// EC2 picked its address (none was asked for).
+    picked: bool,
 }
 
 impl Eni {
@@ -193,8 +195,8 @@ struct State {
     clock_ms: u64,
     throttling: bool,
     buckets: [Bucket; 4],
-    /// Subnet CIDR reservations by id: (subnet id, range).
-    subnet_reservations: BTreeMap<String, (String, Ipv4Net)>,
+    /// Subnet CIDR reservations by id: (subnet id, range, description).
+    subnet_reservations: BTreeMap<String, (String, Ipv4Net, String)>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
     events: Vec<InstanceEvent>,
@@ -384,7 +386,7 @@ impl FakeEc2 {
 
     /// Every subnet CIDR reservation: (id, subnet id, range) (not counted, no faults).
     pub fn subnet_reservations(&self) -> Vec<(String, String, Ipv4Net)> {
-        self.lock().subnet_reservations.iter().map(|(id, (subnet, range))| (id.clone(), subnet.clone(), *range)).collect()
+        self.lock().subnet_reservations.iter().map(|(id, (subnet, range, _))| (id.clone(), subnet.clone(), *range)).collect()
     }
 
     /// Moves the virtual clock on; the throttling buckets refill by it.
@@ -479,7 +481,7 @@ impl FakeEc2 {
         let mut state = self.lock();
         let cidr = state.describe_subnet(subnet_id)?.cidr;
         let ip = state.private_ip_for("CreateNetworkInterface", subnet_id, cidr, None)?;
-        Ok(state.new_eni(subnet_id, ip, Vec::new(), BTreeMap::new()).id)
+        Ok(state.new_eni(subnet_id, ip, true, Vec::new(), BTreeMap::new()).id)
     }
 
     /// Someone allocates an Elastic IP of their own (untagged).
@@ -493,7 +495,7 @@ impl FakeEc2 {
         let mut state = self.lock();
         let cidr = state.describe_subnet(subnet_id)?.cidr;
         let ip = state.private_ip_for("RunInstances", subnet_id, cidr, None)?;
-        let eni = state.new_eni(subnet_id, ip, vec!["sg-default".to_owned()], BTreeMap::new());
+        let eni = state.new_eni(subnet_id, ip, true, vec!["sg-default".to_owned()], BTreeMap::new());
         let instance_id = state.next_id("i");
         let attachment_id = state.next_id("eni-attach");
         state.enis.get_mut(&eni.id).expect("just made").attachment =
@@ -540,6 +542,11 @@ impl FakeEc2 {
                 node_id: e.tags.get(TAG_NODE_ID).cloned(),
             })
             .collect()
+    }
+
+    /// The ENIs whose private IP EC2 picked (their creator asked for none).
+    pub fn enis_with_picked_ips(&self) -> BTreeSet<String> {
+        self.lock().enis.values().filter(|e| e.picked).map(|e| e.id.clone()).collect()
     }
 
     pub fn eips(&self) -> Vec<EipView> {

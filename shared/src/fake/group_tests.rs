@@ -9,7 +9,7 @@ use super::*;
 use crate::group::{GroupId, GroupState, MemberTemplate};
 use crate::lifecycle::NodePatch;
 use crate::model::{test_spec, Node, NodeSpec, NodeState, Persistence};
-use crate::ports::{Address, NodeStore, Registry};
+use crate::ports::{Address, EniRequest, Network, NodeStore, Registry};
 use crate::service::{Ports, Settings, Tether, TetherError};
 use crate::views::{CreateGroup, GroupPatch};
 
@@ -20,6 +20,11 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(Settings::default())
+}
+
+/// A world whose service has `base`'s stuck_after (the rest as `world`).
+fn world_with(base: Settings) -> World {
     let ec2 = Arc::new(FakeEc2::new(7));
     // The service runs on the wall clock here; the fake's buckets refill on its own.
     ec2.set_throttling(false);
@@ -33,6 +38,7 @@ fn world() -> World {
         deadline_margin: Duration::from_millis(100),
         launches_per_second: 1000,
         launch_burst: 1000,
+        stuck_after: base.stuck_after,
         ..Settings::default()
     };
     World { ec2, store, tether: Tether::new(ports, settings) }
@@ -194,6 +200,14 @@ async fn a_member_paused_through_the_node_api_is_held_until_the_group_is_resumed
     w.tether.resume_group(&group.id, None).await.expect("resumed");
     w.settle(&group.id).await;
     assert_eq!(w.running(&w.members(&group.id).await), 2);
+
+    // A member the scale-down paused is the group's: resuming it by hand would only make
+    // the group pause one again, so it is refused with the way to do it.
+    w.tether.scale_group(&group.id, 1, None).await.expect("scaled down");
+    w.settle(&group.id).await;
+    let paused = w.members(&group.id).await.into_iter().find(|m| m.state == NodeState::Paused).expect("a paused member");
+    let e = w.tether.resume(&paused.id, deadline(), Some("operator")).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("tether groups scale")), "{e}");
 }
 
 #[tokio::test]
@@ -324,4 +338,159 @@ async fn nodes_older_than_reservations_get_theirs_from_the_reconciler() {
     assert_eq!((reservations[0].owner.as_str(), &reservations[0].address), (old.id.as_str(), &Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(60) }));
     assert!(w.tether.node(&old.id).await.expect("node").addresses_reserved);
     assert_eq!(w.ec2.subnet_reservations().len(), 1);
+}
+
+// ---- what the chaos test found (each fails without its fix) ----
+
+/// The subnet CIDR reservation of an address leaving the pool is deleted only once the
+/// change is written: a PATCH that fails leaves the address reserved in EC2 too (it used to
+/// be deleted first, leaving a pool address EC2 could hand to any ENI, its reservation
+/// naming a subnet CIDR reservation that no longer existed; chaos seed 293).
+#[tokio::test]
+async fn a_pool_edit_that_fails_leaves_the_address_reserved_in_ec2() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10, 11], vec![], 0), None).await.expect("created");
+    w.settle(&group.id).await;
+    w.store.fail_next("TransactWriteItems", "InternalServerError");
+    let patch = GroupPatch { private_ip_pool: Some(vec![ip(10)]), ..GroupPatch::default() };
+    w.tether.patch_group(&group.id, &patch, None).await.expect_err("the write failed");
+    let address = Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(11) };
+    let kept = w.store.reservation(&address).await.expect("read").expect("still reserved");
+    let recorded = kept.subnet_reservation.expect("recorded").id;
+    assert!(w.ec2.subnet_reservations().iter().any(|(id, _, _)| *id == recorded), "{recorded} still in EC2");
+    // Written, it goes with the address.
+    w.tether.patch_group(&group.id, &patch, None).await.expect("patched");
+    w.settle(&group.id).await;
+    assert!(w.ec2.subnet_reservations().iter().all(|(_, _, range)| range.addr() != ip(11)));
+}
+
+/// A subnet CIDR reservation made by an attempt that never heard back (or died before
+/// recording it) is Tether's when found again, and goes with its address (it used to be
+/// taken for the user's and kept for good; chaos seed 125).
+#[tokio::test]
+async fn a_subnet_reservation_whose_answer_was_lost_is_deleted_with_its_address() {
+    let w = world();
+    w.ec2.fail_next_after("CreateSubnetCidrReservation", "InternalError");
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let node = w.tether.create_node(spec, Persistence { private_ip: Some(ip(50)), ..Persistence::default() }, None).await.expect("created");
+    let address = Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(50) };
+    let recorded = w.store.reservation(&address).await.expect("read").and_then(|r| r.subnet_reservation).expect("recorded");
+    assert!(recorded.tethers, "found again by its description: {recorded:?}");
+    w.tether.deallocate(&node.id, false, deadline(), None).await.expect("deallocated");
+    assert!(w.ec2.subnet_reservations().is_empty(), "{:?}", w.ec2.subnet_reservations());
+}
+
+/// What a request left in EC2 after releasing an address (its delete failed, or it died
+/// first) is deleted by the reconciler's sweep, also where no reservation is left at all.
+#[tokio::test]
+async fn the_sweep_deletes_a_subnet_reservation_no_reservation_names() {
+    let w = world();
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let node = w.tether.create_node(spec, Persistence { private_ip: Some(ip(50)), ..Persistence::default() }, None).await.expect("created");
+    w.ec2.fail_next("DeleteSubnetCidrReservation", "InternalError");
+    w.tether.deallocate(&node.id, false, deadline(), None).await.expect("deallocated");
+    assert!(w.store.reservations_now().is_empty());
+    assert_eq!(w.ec2.subnet_reservations().len(), 1, "left behind");
+    w.tether.reconcile(deadline()).await.expect("reconciled");
+    assert!(w.ec2.subnet_reservations().is_empty(), "{:?}", w.ec2.subnet_reservations());
+}
+
+/// An address leaving the pool stays reserved for the member made for it until the group
+/// deallocates it (if it never ran): a resume under way meanwhile launches the member on a
+/// reserved address, which it then keeps (it was released at once, and the member launched
+/// on an address nobody reserved; chaos seed 213).
+#[tokio::test]
+async fn a_member_resumed_as_its_address_leaves_the_pool_keeps_it_reserved() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10], vec![], 0), None).await.expect("created");
+    w.settle(&group.id).await;
+    let member = w.members(&group.id).await.remove(0);
+    // Held by a pause through the node API: a resume through it is then always allowed.
+    w.tether.pause(&member.id, deadline(), Some("operator")).await.expect("held");
+    let member = w.tether.node(&member.id).await.expect("member");
+    let patch = GroupPatch { private_ip_pool: Some(vec![]), ..GroupPatch::default() };
+    w.tether.patch_group(&group.id, &patch, None).await.expect("patched");
+    let address = Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(10) };
+    let owner = |w: &World| w.store.reservations_now().into_iter().find(|r| r.address == address).map(|r| r.owner);
+    assert_eq!(owner(&w), Some(member.id.to_string()), "passed to the member until it is deallocated");
+    // Resumed through the node API before the group's controller deallocates it.
+    w.tether.resume(&member.id, deadline(), Some("operator")).await.expect("resumed");
+    w.pump().await;
+    w.settle(&group.id).await;
+    // It ran: not deallocated, it keeps its address (paused: the target is 0).
+    let member = w.tether.node(&member.id).await.expect("member");
+    assert_eq!((member.state, member.eni.as_ref().map(|e| e.private_ip)), (NodeState::Paused, Some(ip(10))));
+    assert_eq!(owner(&w), Some(member.id.to_string()));
+    assert!(w.ec2.subnet_reservations().iter().any(|(_, _, range)| range.addr() == ip(10)));
+}
+
+/// A member deallocated with its ENI kept gives its pool Elastic IP back free: it leaves the
+/// kept ENI (it used to stay on it, and the next member given it went to ERROR; chaos seed 219).
+#[tokio::test]
+async fn a_member_deallocated_keeping_its_eni_gives_its_pool_elastic_ip_back_free() {
+    let w = world();
+    let eips = w.eips(1);
+    let group = w.tether.create_group(request(&[], eips.clone(), 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let first = w.members(&group.id).await.remove(0);
+    let _ = w.tether.deallocate(&first.id, true, deadline(), Some("operator")).await;
+    w.pump().await;
+    assert_eq!(w.tether.node(&first.id).await.expect("node").state, NodeState::Deallocated);
+    assert!(w.ec2.eips().iter().all(|e| e.info.association_id.is_none()), "off the kept ENI");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    let next = members.iter().find(|m| m.id != first.id).expect("a new member");
+    assert_eq!(next.state, NodeState::Running, "{:?}", next.last_error);
+    assert_eq!(next.elastic_ip.as_ref().map(|e| e.allocation_id.as_str()), Some(eips[0].as_str()));
+}
+
+/// A member's first launch waits while Tether's own leftover ENI (of a node deallocated while
+/// its launch raced it) holds the member's pool address, instead of going to ERROR for good:
+/// the sweep deletes the leftover, then the launch goes on (chaos seed 3714).
+#[tokio::test]
+async fn a_members_launch_waits_for_a_leftover_eni_on_its_address() {
+    let w = world_with(Settings { stuck_after: Duration::ZERO, ..Settings::default() });
+    let group = w.tether.create_group(request(&[10], vec![], 0), None).await.expect("created");
+    w.settle(&group.id).await;
+    // A node deallocated while its first launch was making its ENI: the ENI is on no record.
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let mut gone = Node::new(spec, Persistence::default(), chrono::Utc::now());
+    gone.state = NodeState::Deallocated;
+    w.store.create(&gone).await.expect("a record");
+    let request = EniRequest { node_id: gone.id.clone(), subnet_id: "subnet-a".into(), security_group_ids: vec![], private_ip: Some(ip(10)) };
+    w.ec2.create_eni(&request).await.expect("the leftover");
+    w.tether.scale_group(&group.id, 1, None).await.expect("scaled");
+    let _ = w.tether.run_group(&group.id, deadline()).await.expect("a run");
+    let member = w.members(&group.id).await.remove(0);
+    assert_eq!(member.state, NodeState::Launching, "waiting, not in ERROR: {:?}", member.last_error);
+    assert!(member.last_error.as_deref().is_some_and(|e| e.contains("still held")), "{:?}", member.last_error);
+    for _ in 0..3 {
+        w.tether.reconcile(deadline()).await.expect("reconciled");
+        w.pump().await;
+    }
+    let member = w.tether.node(&member.id).await.expect("member");
+    assert_eq!((member.state, member.eni.as_ref().map(|e| e.private_ip)), (NodeState::Running, Some(ip(10))));
+}
+
+/// A pool Elastic IP a late launch of a deallocated member put back on that member's kept ENI
+/// is the pool's: the member it is handed to next takes it off (it used to go to ERROR;
+/// chaos seed 227139).
+#[tokio::test]
+async fn a_pool_elastic_ip_left_on_a_deallocated_members_kept_eni_is_taken_back() {
+    let w = world();
+    let eips = w.eips(1);
+    let group = w.tether.create_group(request(&[], eips.clone(), 1), None).await.expect("created");
+    w.settle(&group.id).await;
+    let first = w.members(&group.id).await.remove(0);
+    let kept = first.eni.clone().expect("an ENI");
+    let _ = w.tether.deallocate(&first.id, true, deadline(), Some("operator")).await;
+    w.pump().await;
+    assert_eq!(w.tether.node(&first.id).await.expect("node").state, NodeState::Deallocated);
+    // What a launch of the first member, retrying its association, did after the deallocation.
+    w.ec2.hand_associate_eip(&eips[0], &kept.id).expect("associated");
+    w.settle(&group.id).await;
+    let next = w.members(&group.id).await.into_iter().find(|m| m.id != first.id).expect("a new member");
+    assert_eq!(next.state, NodeState::Running, "{:?}", next.last_error);
+    let on = w.ec2.eips().into_iter().find(|e| e.info.allocation_id == eips[0]).and_then(|e| e.info.network_interface_id);
+    assert_eq!(on, next.eni.as_ref().map(|e| e.id.clone()), "on the new member's ENI");
 }

@@ -2,12 +2,14 @@
 //! in the same transaction as the node or group that claims it, and released with it; a
 //! reserved private IP is also kept from EC2's random picks by a subnet CIDR reservation.
 
+use std::collections::BTreeSet;
+
 use tracing::{info, warn};
 
 use super::{Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::model::{Node, NodeState};
-use crate::ports::{Address, Expect, Reservation, Write};
+use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
 
 /// The addresses a node claims: its chosen private IP (in its subnet) and the user's Elastic
 /// IP. A group member's pool address and pool Elastic IP are its group's (handed to it).
@@ -68,43 +70,102 @@ impl Tether {
         match self.registry.write(vec![Write::PutReservation { reservation: recorded, expect }]).await {
             Ok(()) => info!(address = %reservation.address, subnet_reservation = made.id, tethers = made.tethers, "kept from EC2's random picks"),
             Err(e) => {
-                // The reservation changed meanwhile (released, handed on): the one made is undone.
                 warn!(address = %reservation.address, error = %e, "subnet CIDR reservation not recorded");
-                if made.tethers {
+                // Released meanwhile: the one made is undone. Handed on (or recorded by another
+                // request) it still keeps the address: the sweep records it. (It may be another
+                // request's, found covering the address: undoing it then would leave that
+                // request's record naming nothing.)
+                if made.tethers && matches!(self.registry.reservation(&reservation.address).await, Ok(None)) {
                     if let Err(e) = self.network.unreserve_in_subnet(&made.id).await {
-                        warn!(subnet_reservation = made.id, error = %e, "unrecorded subnet CIDR reservation left behind");
+                        warn!(subnet_reservation = made.id, error = %e, "unrecorded subnet CIDR reservation left for the sweep");
                     }
                 }
             }
         }
     }
 
+    /// Keeps a private IP about to be claimed from EC2's random picks before it is checked
+    /// free: an ENI made between that check and a reservation made after the claim is
+    /// written could take it. `None` when EC2 refused (the claim is then reserved in the
+    /// subnet once written, or by the sweep). If the claim is never written, the sweep
+    /// deletes what is made here.
+    pub(super) async fn reserve_ahead(&self, address: &Address, owner: &str) -> Option<SubnetReservation> {
+        let Address::PrivateIp { subnet_id, ip } = address else { return None };
+        match self.network.reserve_in_subnet(subnet_id, *ip, owner).await {
+            Ok(made) => Some(made),
+            Err(e) => {
+                warn!(%address, error = %e, "subnet CIDR reservation not made ahead of the claim");
+                None
+            }
+        }
+    }
+
+    /// Undoes `reserve_ahead` for a claim refused (best effort: the sweep deletes what is left).
+    pub(super) async fn undo_ahead(&self, made: Option<&SubnetReservation>) {
+        if let Some(made) = made.filter(|m| m.tethers) {
+            if let Err(e) = self.network.unreserve_in_subnet(&made.id).await {
+                warn!(subnet_reservation = made.id, error = %e, "subnet CIDR reservation of a refused claim left for the sweep");
+            }
+        }
+    }
+
+    /// Before an ENI takes the node's chosen private IP: the address must be reserved for the
+    /// node (or its group). One reserved for nobody is claimed for it now: a pool address
+    /// leaves its pool (and its reservation is released) when its member never ran, but a
+    /// resume planned or asked before that may still launch the member. `Err(reason)`: the
+    /// address is someone else's.
+    pub(super) async fn claim_before_launch(&self, node: &Node) -> Result<Result<(), String>, TetherError> {
+        let Some(ip) = node.persistence.private_ip else { return Ok(Ok(())) };
+        let address = Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip };
+        match self.registry.reservation(&address).await? {
+            Some(r) if r.owner == node.id.as_str() || node.group.as_ref().is_some_and(|m| r.owner == m.group_id.as_str()) => Ok(Ok(())),
+            Some(r) => Ok(Err(taken(&address, &r))),
+            None => {
+                let claimed = Reservation::new(address, node.id.as_str());
+                // Only for the node as read (a launch that lost a race must not claim for a node
+                // deallocated since). A conflict re-reads the node and tries again.
+                let check = Write::CheckNode { id: node.id.clone(), version: node.version };
+                self.registry.write(vec![check, Write::PutReservation { reservation: claimed.clone(), expect: Expect::Absent }]).await?;
+                info!(address = %claimed.address, "address reserved for the node at its first launch");
+                self.reserve_in_subnet(&claimed).await;
+                Ok(Ok(()))
+            }
+        }
+    }
+
     /// The writes that release a node's reservations as it is deallocated: its own are
-    /// deleted (with the subnet CIDR reservations Tether made), a pool Elastic IP handed to
-    /// it goes back to its group. Reservations of others are left alone.
-    pub(super) async fn releases(&self, node: &Node) -> Result<Vec<Write>, TetherError> {
+    /// deleted, a pool Elastic IP handed to it goes back to its group. Reservations of others
+    /// are left alone. Also returns the reservations deleted: once the writes are done, their
+    /// subnet CIDR reservations go too (`unreserve_released`).
+    pub(super) async fn releases(&self, node: &Node) -> Result<(Vec<Write>, Vec<Reservation>), TetherError> {
         let mut writes = Vec::new();
+        let mut released = Vec::new();
         for address in chosen_addresses(node) {
             let Some(r) = self.registry.reservation(&address).await? else { continue };
             let expect = Expect::of(Some(&r));
             if r.owner == node.id.as_str() {
-                if let Some(made) = r.subnet_reservation.as_ref().filter(|s| s.tethers) {
-                    self.network.unreserve_in_subnet(&made.id).await?;
-                }
-                writes.push(Write::DeleteReservation { address, expect });
+                writes.push(release_write(&r));
+                released.push(r);
             } else if r.member.as_ref() == Some(&node.id) {
                 writes.push(Write::PutReservation { reservation: Reservation { member: None, ..r }, expect });
             }
         }
-        Ok(writes)
+        Ok((writes, released))
     }
 
-    /// Deletes a reservation `owner` holds, with the subnet CIDR reservation Tether made for it.
-    pub(super) async fn release_write(&self, reservation: &Reservation) -> Result<Write, TetherError> {
-        if let Some(made) = reservation.subnet_reservation.as_ref().filter(|s| s.tethers) {
-            self.network.unreserve_in_subnet(&made.id).await?;
+    /// After the write that deleted them: the subnet CIDR reservations Tether made for
+    /// `released`. Only then: deleted before, a write that then fails (or a request that dies)
+    /// would leave a reserved address that EC2 may hand to any ENI, its record naming a
+    /// subnet CIDR reservation that no longer exists. Best effort: what is left, the sweep
+    /// deletes.
+    pub(super) async fn unreserve_released(&self, released: &[Reservation]) {
+        for r in released {
+            if let Some(made) = r.subnet_reservation.as_ref().filter(|s| s.tethers) {
+                if let Err(e) = self.network.unreserve_in_subnet(&made.id).await {
+                    warn!(address = %r.address, subnet_reservation = made.id, error = %e, "released address's subnet CIDR reservation left for the sweep");
+                }
+            }
         }
-        Ok(Write::DeleteReservation { address: reservation.address.clone(), expect: Expect::of(Some(reservation)) })
     }
 
     /// A node created before reservations existed gets them now (the reconciler's backfill).
@@ -140,16 +201,67 @@ impl Tether {
         Ok(Some(format!("addresses reserved: {}", if claimed.is_empty() { "none to claim".to_owned() } else { claimed.join(", ") })))
     }
 
-    /// The sweep's part for reservations: every reserved private IP gets its subnet CIDR
-    /// reservation (one a request could not make, or not record).
-    pub(super) async fn sweep_reservations(&self) -> Result<Vec<String>, TetherError> {
+    /// The sweep's part for reservations: in `subnets`, EC2's subnet CIDR reservations are
+    /// made to agree with `reservations` (the table's, as read; any it names no longer is
+    /// skipped by a failed condition, and what looks left over is read again first). Every
+    /// reserved private IP gets one, recorded on its reservation (one a request could not
+    /// make or record, or whose recorded one is gone); one of Tether's that no reservation
+    /// names (made ahead of a claim never written, by a request that died before recording
+    /// it, or left by one that died after releasing its address) is deleted.
+    pub(super) async fn sweep_reservations(&self, reservations: &[Reservation], subnets: &BTreeSet<String>) -> Result<Vec<String>, TetherError> {
         let mut done = Vec::new();
-        for r in self.registry.reservations().await? {
-            if matches!(r.address, Address::PrivateIp { .. }) && r.subnet_reservation.is_none() {
-                self.reserve_in_subnet(&r).await;
-                done.push(format!("{}: subnet CIDR reservation for {}", r.owner, r.address));
+        for subnet in subnets.iter().cloned() {
+            let in_ec2 = self.network.subnet_reservations(&subnet).await?;
+            for r in reservations {
+                let Address::PrivateIp { subnet_id, ip } = &r.address else { continue };
+                if *subnet_id != subnet {
+                    continue;
+                }
+                let covering = in_ec2.iter().find(|c| c.cidr.contains(ip));
+                let recorded = r.subnet_reservation.as_ref().map(|s| s.id.as_str());
+                match covering {
+                    Some(c) if recorded == Some(c.id.as_str()) => {}
+                    Some(c) => {
+                        let made = SubnetReservation { id: c.id.clone(), tethers: c.tethers };
+                        let write = Write::PutReservation { reservation: Reservation { subnet_reservation: Some(made), ..r.clone() }, expect: Expect::of(Some(r)) };
+                        if self.registry.write(vec![write]).await.is_ok() {
+                            done.push(format!("{}: subnet CIDR reservation {} recorded for {}", r.owner, c.id, r.address));
+                        }
+                    }
+                    None => {
+                        self.reserve_in_subnet(&Reservation { subnet_reservation: None, ..r.clone() }).await;
+                        done.push(format!("{}: subnet CIDR reservation for {}", r.owner, r.address));
+                    }
+                }
+            }
+            for c in in_ec2.iter().filter(|c| c.tethers && c.cidr.prefix_len() == 32) {
+                let address = Address::PrivateIp { subnet_id: subnet.clone(), ip: c.cidr.addr() };
+                let named = reservations.iter().any(|r| r.address == address);
+                // Read again: the address may have been reserved since the scan.
+                if named || self.registry.reservation(&address).await?.is_some() {
+                    continue;
+                }
+                self.network.unreserve_in_subnet(&c.id).await?;
+                warn!(subnet_reservation = c.id, %address, "subnet CIDR reservation of Tether's that no reservation names; deleted");
+                done.push(format!("deleted subnet CIDR reservation {} left for {address}", c.id));
             }
         }
         Ok(done)
     }
+
+    /// The subnets of `reservations`' private IPs.
+    pub(super) fn reserved_subnets(reservations: &[Reservation]) -> BTreeSet<String> {
+        reservations
+            .iter()
+            .filter_map(|r| match &r.address {
+                Address::PrivateIp { subnet_id, .. } => Some(subnet_id.clone()),
+                Address::ElasticIp { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// The write that deletes a reservation, as read.
+pub(super) fn release_write(reservation: &Reservation) -> Write {
+    Write::DeleteReservation { address: reservation.address.clone(), expect: Expect::of(Some(reservation)) }
 }

@@ -12,6 +12,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tracing::{info, warn, Instrument};
 
+use super::addresses::release_write;
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::group::{self, Group, GroupAction, GroupId, GroupState, GroupStatus, Membership};
@@ -82,17 +83,19 @@ impl Tether {
     }
 
     async fn run_group_in_span(&self, id: &GroupId, deadline: DateTime<Utc>) -> Result<GroupRun, TetherError> {
-        let group = self.group(id).await?;
+        let mut group = self.group(id).await?;
         let members = self.registry.members(id).await?;
         let plan = group::plan(&group, &members, self.clock.now());
         let mut run = GroupRun { group_id: Some(id.clone()), status: plan.status.clone(), ..GroupRun::default() };
         if let Some(next) = plan.next {
-            match self.write_planned_group(&group, next).await {
+            match self.write_planned_group(&group, next.clone()).await {
                 Ok(what) => run.done.push(what),
                 // Changed meanwhile: the next run plans on what it is now.
                 Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => return Ok(run),
                 Err(e) => return Err(e),
             }
+            // As written: members are created only while the group is still as planned.
+            group = Group { version: next.version + 1, ..next };
         }
         let (launches, others): (Vec<GroupAction>, Vec<GroupAction>) = plan.actions.into_iter().partition(GroupAction::launches);
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
@@ -146,18 +149,21 @@ impl Tether {
             self.registry.write(vec![Write::SaveGroup(next)]).await?;
             return Ok(what);
         }
-        let mut releases = Vec::new();
+        let mut released = Vec::new();
         for address in pool_addresses(group) {
             if let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == group.id.as_str()) {
-                releases.push(self.release_write(&r).await?);
+                released.push(r);
             }
         }
-        while releases.len() >= MAX_WRITES {
-            let batch: Vec<Write> = releases.drain(..MAX_WRITES - 1).collect();
-            self.registry.write(batch).await?;
+        while released.len() >= MAX_WRITES {
+            let batch: Vec<Reservation> = released.drain(..MAX_WRITES - 1).collect();
+            self.registry.write(batch.iter().map(release_write).collect()).await?;
+            self.unreserve_released(&batch).await;
         }
-        releases.insert(0, Write::SaveGroup(next));
-        self.registry.write(releases).await?;
+        let mut writes = vec![Write::SaveGroup(next)];
+        writes.extend(released.iter().map(release_write));
+        self.registry.write(writes).await?;
+        self.unreserve_released(&released).await;
         Ok(what)
     }
 
@@ -180,10 +186,13 @@ impl Tether {
                 node.history.clear();
                 let made_for = pool_ip.map_or_else(|| "an address EC2 picks".to_owned(), |ip| format!("pool address {ip}"));
                 node.record_by(now, format!("created by group {} for {made_for}", group.id), by);
-                let mut writes = vec![Write::CreateNode(node.clone())];
+                // Only while the group is as planned: a run that planned before the group was
+                // deallocated (or paused, or its pool changed) would otherwise add a member the
+                // deallocation never sees, left running after the group is deallocated.
+                let mut writes = vec![Write::CreateNode(node.clone()), Write::CheckGroup { id: group.id.clone(), version: group.version }];
                 writes.extend(elastic_ip.iter().map(|eip| hand_elastic_ip(group, eip, &member)));
                 match self.registry.write(writes).await {
-                    Err(e) if e.class == ErrorClass::Conflict => return Ok(Done::Skipped("made meanwhile, or its Elastic IP handed on".into())),
+                    Err(e) if e.class == ErrorClass::Conflict => return Ok(Done::Skipped("made meanwhile, its Elastic IP handed on, or the group changed".into())),
                     other => other?,
                 }
                 if !resume {

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use chrono::{DateTime, Utc};
 use tracing::info;
 
+use super::addresses::release_write;
 use super::manage::{check_name, check_private_ip, check_tags};
 use super::{Tether, TetherError, MAX_CONFLICTS};
 use crate::error::ErrorClass;
@@ -45,6 +46,12 @@ impl Tether {
     /// Creates a group after checking its subnets, template and pools; reserves every pool
     /// address with it. Its members are made by the controller (`run_group`).
     pub async fn create_group(&self, request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
+        self.create_group_as(GroupId::generate(), request, by).await
+    }
+
+    /// `create_group` with the id chosen by the caller: the chaos test derives it from its
+    /// seed, so that a scenario (whose members' ids derive from it) replays exactly.
+    pub(crate) async fn create_group_as(&self, id: GroupId, request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
         check_group_name("name", &request.name)?;
         check_template("template", &request.template)?;
         self.check_instance_types(&request.template.instance_types, "template.instance_types").await?;
@@ -53,7 +60,7 @@ impl Tether {
         let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
         let now = self.clock.now();
         let mut group = Group {
-            id: GroupId::generate(),
+            id,
             name: request.name,
             subnets,
             template: request.template,
@@ -163,10 +170,12 @@ impl Tether {
             if self.unreserved(&address, field, group.id.as_str()).await?.is_some() {
                 continue;
             }
+            let reserved_ahead = self.reserve_ahead(&address, group.id.as_str()).await;
             if self.network.private_ip_in_use(&subnet.id, ip).await? {
+                self.undo_ahead(reserved_ahead.as_ref()).await;
                 return Err(TetherError::invalid(field, format!("{ip} is already in use in {}; choose a free address", subnet.id)));
             }
-            claims.push(Reservation::new(address, group.id.as_str()));
+            claims.push(Reservation { subnet_reservation: reserved_ahead, ..Reservation::new(address, group.id.as_str()) });
         }
         Ok(claims)
     }
@@ -246,6 +255,8 @@ impl Tether {
             let mut next = group.clone();
             let mut what = Vec::new();
             let mut writes = Vec::new();
+            // Reservations the writes delete: their subnet CIDR reservations go once they are done.
+            let mut released = Vec::new();
             if let Some(name) = patch.name.as_ref().filter(|n| **n != group.name) {
                 what.push(format!("name {name}"));
                 next.name = name.clone();
@@ -289,7 +300,7 @@ impl Tether {
                 }
                 let removed: Vec<Ipv4Addr> = group.private_ip_pool.iter().filter(|ip| !pool.contains(ip)).copied().collect();
                 for ip in &removed {
-                    writes.extend(self.pool_ip_leaves(&group, *ip, &members).await?);
+                    writes.extend(self.pool_ip_leaves(&group, *ip, &members, &mut released).await?);
                 }
                 if !claims.is_empty() || !removed.is_empty() {
                     what.push(format!("private-IP pool: {} added, {} removed", claims.len(), removed.len()));
@@ -310,7 +321,8 @@ impl Tether {
                                 "Elastic IP {allocation_id} is held by member {member}: it stays in the pool until that member is deallocated"
                             )));
                         }
-                        writes.push(self.release_write(&r).await?);
+                        writes.push(release_write(&r));
+                        released.push(r);
                     }
                 }
                 if !claims.is_empty() || !removed.is_empty() {
@@ -335,6 +347,7 @@ impl Tether {
                 Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => continue,
                 other => other?,
             }
+            self.unreserve_released(&released).await;
             for reservation in &claims {
                 self.reserve_in_subnet(reservation).await;
             }
@@ -343,18 +356,32 @@ impl Tether {
         Err(TetherError::GroupContended { group_id: id.clone() })
     }
 
-    /// What happens to `ip`'s reservation when it leaves the pool: a member that ran keeps
-    /// the address (the reservation passes to it); otherwise it is released. Conditional on
-    /// the members being as read.
-    async fn pool_ip_leaves(&self, group: &Group, ip: Ipv4Addr, members: &[Node]) -> Result<Vec<Write>, TetherError> {
+    /// What happens to `ip`'s reservation when it leaves the pool: it passes to the member
+    /// made for the address (one that ran keeps the address; one that never ran keeps it
+    /// until the controller deallocates it, so that a resume under way meanwhile cannot
+    /// launch it on an address nobody reserves); without one it is released (and added to
+    /// `released`). Conditional on the members being as read. A member being deallocated
+    /// keeps nothing: its deallocation, which read the reservation as the group's, would
+    /// not release it.
+    async fn pool_ip_leaves(&self, group: &Group, ip: Ipv4Addr, members: &[Node], released: &mut Vec<Reservation>) -> Result<Vec<Write>, TetherError> {
         let Some(subnet) = group.subnet_of(ip) else { return Ok(Vec::new()) };
         let address = Address::PrivateIp { subnet_id: subnet.id.clone(), ip };
         let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == group.id.as_str()) else { return Ok(Vec::new()) };
         let live: Vec<&Node> = members.iter().filter(|m| m.state != NodeState::Deallocated && m.group.as_ref().and_then(|g| g.pool_ip) == Some(ip)).collect();
         let mut writes: Vec<Write> = live.iter().map(|m| Write::CheckNode { id: m.id.clone(), version: m.version }).collect();
-        match live.iter().find(|m| m.generation > 0 || m.eni.is_some()) {
+        let ran = |m: &&&Node| m.generation > 0 || m.eni.is_some();
+        let keeper = live.iter().filter(|m| m.state != NodeState::Deallocating).min_by_key(|m| !ran(m));
+        match keeper {
             Some(keeper) => writes.push(Write::PutReservation { reservation: Reservation { owner: keeper.id.to_string(), ..r.clone() }, expect: Expect::of(Some(&r)) }),
-            None => writes.push(self.release_write(&r).await?),
+            None => {
+                // Nor a member made for it since the members were read (a controller run that
+                // planned before the pool changed): it would launch on an address nobody
+                // reserves. Its id is derived: the next ordinal for the address.
+                let ordinal = members.iter().filter(|m| m.group.as_ref().and_then(|g| g.pool_ip) == Some(ip)).filter_map(|m| m.group.as_ref().map(|g| g.ordinal)).max().unwrap_or(0) + 1;
+                writes.push(Write::CheckNoNode { id: group.id.pool_member(ip, ordinal) });
+                writes.push(release_write(&r));
+                released.push(r);
+            }
         }
         Ok(writes)
     }

@@ -15,7 +15,7 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::lifecycle;
 use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeSpec, NodeState};
-use crate::ports::{Clock, EniRequest, LaunchRequest, LaunchedInstance};
+use crate::ports::{Address, Clock, EniRequest, LaunchRequest, LaunchedInstance};
 
 impl Tether {
     /// Launches the node's current generation on its ENI, creating the ENI and
@@ -196,6 +196,9 @@ impl Tether {
                 let eni = match self.network.find_node_eni(&node.id).await? {
                     Some(eni) => eni,
                     None => {
+                        if let Err(reason) = self.claim_before_launch(&node).await? {
+                            return self.fail(&node, reason).await.map(Err);
+                        }
                         let request = EniRequest {
                             node_id: node.id.clone(),
                             subnet_id: node.spec.subnet_id.clone(),
@@ -205,6 +208,21 @@ impl Tether {
                         match self.network.create_eni(&request).await {
                             Ok(eni) => eni,
                             Err(e) if e.is_retryable() => return Err(e.into()),
+                            Err(e) if e.code_is("InvalidIPAddress.InUse") => match self.leftover_holding(&node).await? {
+                                // Tether's own ENI of a deallocated node holds the address (a
+                                // launch that raced the deallocation made it after it looked): the
+                                // sweep deletes it, and the launch waits for that instead of
+                                // failing for good. A group's next member for a pool address
+                                // meets this when its predecessor was deallocated mid-launch.
+                                Some(why) => {
+                                    let mut next = node.clone();
+                                    next.last_error = Some(why.clone());
+                                    next.record(self.clock.now(), why);
+                                    self.store.save(&next).await?;
+                                    return Err(AwsError { class: ErrorClass::Transient, ..e }.into());
+                                }
+                                None => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
+                            },
                             Err(e) => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
                         }
                     }
@@ -241,7 +259,12 @@ impl Tether {
         }
         if let Some(eip) = node.elastic_ip.clone() {
             let allocation_id = eip.allocation_id;
-            match self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id)).await {
+            let associate = || self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id));
+            let mut associated = associate().await;
+            if associated.as_ref().is_err_and(|e| !e.is_retryable()) && self.take_back_pool_eip(&node, &allocation_id).await? {
+                associated = associate().await;
+            }
+            match associated {
                 Ok(public_ip) => info!(allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI"),
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
@@ -251,6 +274,51 @@ impl Tether {
             }
         }
         Ok(Ok((node, eni, true)))
+    }
+
+    /// A group member's pool Elastic IP, handed to it, found on the ENI of another member
+    /// deallocated with its ENI kept (a launch of that member, racing its deallocation, put it
+    /// back after the deallocation took it off): it is the pool's, so it is taken off that
+    /// ENI. Whether it was; anything else holding it is left alone.
+    async fn take_back_pool_eip(&self, node: &Node, allocation_id: &str) -> Result<bool, TetherError> {
+        let Some(membership) = node.group.as_ref().filter(|_| node.persistence.elastic_ip_allocation_id.as_deref() == Some(allocation_id)) else {
+            return Ok(false);
+        };
+        let address = Address::ElasticIp { allocation_id: allocation_id.to_owned() };
+        let handed = self.registry.reservation(&address).await?.is_some_and(|r| r.owner == membership.group_id.as_str() && r.member.as_ref() == Some(&node.id));
+        let Some(holder) = self.network.describe_eip(allocation_id).await?.and_then(|e| e.network_interface_id).filter(|_| handed) else { return Ok(false) };
+        let Some(tagged) = self.network.node_enis().await?.into_iter().find(|t| t.resource.id == holder) else { return Ok(false) };
+        let Some(owner) = self.store.get(&tagged.node_id).await? else { return Ok(false) };
+        let same_group = owner.group.as_ref().is_some_and(|m| m.group_id == membership.group_id);
+        if owner.id == node.id || owner.state != NodeState::Deallocated || !same_group {
+            return Ok(false);
+        }
+        self.network.disassociate_eip(allocation_id, &holder).await?;
+        info!(allocation_id, eni_id = holder, deallocated = %owner.id, "pool Elastic IP taken off a deallocated member's kept ENI");
+        Ok(true)
+    }
+
+    /// When creating the node's ENI found its chosen private IP in use: the words saying why
+    /// the launch waits, if it is only for a while: the ENI holding it is Tether's, of a node
+    /// deallocated (or being deallocated) that does not keep it, which the reconciler's sweep
+    /// (or that deallocation) deletes, or it was deleted since. `None`: someone keeps it.
+    async fn leftover_holding(&self, node: &Node) -> Result<Option<String>, TetherError> {
+        let Some(ip) = node.persistence.private_ip else { return Ok(None) };
+        for tagged in self.network.node_enis().await?.into_iter().filter(|t| t.resource.private_ip == ip && t.node_id != node.id) {
+            let Some(owner) = self.store.get(&tagged.node_id).await? else { return Ok(None) };
+            let kept = owner.keep_eni && owner.eni.as_ref().is_some_and(|e| e.id == tagged.resource.id);
+            if !matches!(owner.state, NodeState::Deallocated | NodeState::Deallocating) || kept {
+                return Ok(None);
+            }
+            return Ok(Some(format!(
+                "private IP {ip} is still held by ENI {} of node {}, deallocated without keeping it: the launch waits until it is deleted",
+                tagged.resource.id, owner.id
+            )));
+        }
+        if self.network.private_ip_in_use(&node.spec.subnet_id, ip).await? {
+            return Ok(None);
+        }
+        Ok(Some(format!("private IP {ip} was in use, and is free again: the launch tries again")))
     }
 
     /// How long since `started`, on the service's clock.

@@ -13,7 +13,7 @@ use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
 use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
-use crate::ports::{Address, Expect, Reservation, Write};
+use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -34,15 +34,24 @@ impl Tether {
     /// Creates a paused node after checking its subnet, private IP, Elastic IP and
     /// instance types against EC2. Nothing exists in EC2 until `resume`.
     pub async fn create_node(&self, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
+        self.create_node_as(NodeId::generate(), spec, persistence, by).await
+    }
+
+    /// `create_node` with the id chosen by the caller: the chaos test derives it from its
+    /// seed, so that a scenario replays exactly.
+    pub(crate) async fn create_node_as(&self, id: NodeId, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
         check_shapes(&spec, &persistence)?;
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
         })?;
+        let mut reserved_ahead = None;
         if let Some(ip) = persistence.private_ip {
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;
             let address = Address::PrivateIp { subnet_id: spec.subnet_id.clone(), ip };
             self.unreserved(&address, "persistence.private_ip", "").await?;
+            reserved_ahead = self.reserve_ahead(&address, id.as_str()).await;
             if self.network.private_ip_in_use(&spec.subnet_id, ip).await? {
+                self.undo_ahead(reserved_ahead.as_ref()).await;
                 return Err(TetherError::invalid(
                     "persistence.private_ip",
                     format!("{ip} is already in use in {}; choose a free address, or omit private_ip for a random one", spec.subnet_id),
@@ -65,11 +74,12 @@ impl Tether {
         }
         self.check_instance_types(&spec.instance_types, "spec.instance_types").await?;
         let mut node = Node::new(spec, persistence, self.clock.now());
+        node.id = id;
         if let Some(who) = by {
             node.history.clear();
             node.record_by(node.created_at, "created", Some(who));
         }
-        self.create_claiming(&node, &[("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")]).await?;
+        self.create_claiming(&node, &[("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")], reserved_ahead).await?;
         info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
     }
@@ -77,14 +87,19 @@ impl Tether {
     /// Writes a new node with the reservations of its chosen addresses, in one transaction;
     /// `fields` name, for each kind of address ("private IP", "Elastic IP"), the request
     /// field a conflict is reported on.
-    async fn create_claiming(&self, node: &Node, fields: &[(&str, &str)]) -> Result<(), TetherError> {
+    /// `reserved_ahead`: the private IP's subnet CIDR reservation, made already.
+    async fn create_claiming(&self, node: &Node, fields: &[(&str, &str)], reserved_ahead: Option<SubnetReservation>) -> Result<(), TetherError> {
         let addresses = addresses::chosen_addresses(node);
         if addresses.is_empty() {
             return Ok(self.store.create(node).await?);
         }
         let mut writes = vec![Write::CreateNode(node.clone())];
         for address in &addresses {
-            writes.push(Write::PutReservation { reservation: Reservation::new(address.clone(), node.id.as_str()), expect: Expect::Absent });
+            let mut reservation = Reservation::new(address.clone(), node.id.as_str());
+            if matches!(address, Address::PrivateIp { .. }) {
+                reservation.subnet_reservation = reserved_ahead.clone();
+            }
+            writes.push(Write::PutReservation { reservation, expect: Expect::Absent });
         }
         if let Err(e) = self.registry.write(writes).await {
             // Someone reserved an address since it was checked: name it.
@@ -188,7 +203,7 @@ impl Tether {
         }
         // The ENI must outlive the instance before Tether promises anything about it.
         self.instances.adopt(&node.id, &found).await?;
-        match self.create_claiming(&node, &[("instance_id", "private IP"), ("instance_id", "Elastic IP")]).await {
+        match self.create_claiming(&node, &[("instance_id", "private IP"), ("instance_id", "Elastic IP")], None).await {
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                 return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", node.id)))
             }
@@ -231,14 +246,23 @@ impl Tether {
         if let Some(note) = note {
             node.record(self.clock.now(), note);
         }
+        // A group member's Elastic IP is its group's pool's: it goes back to the pool (below),
+        // so it leaves a kept ENI too, or the member it goes to next could not have it.
+        let pool_eip = node.group.is_some() && node.persistence.elastic_ip_allocation_id.is_some();
+        if let (true, true, Some(eip), Some(eni)) = (node.keep_eni, pool_eip, node.elastic_ip.clone(), &node.eni) {
+            self.network.disassociate_eip(&eip.allocation_id, &eni.id).await?;
+            node.elastic_ip = None;
+            node.record(self.clock.now(), format!("Elastic IP {} disassociated from the kept ENI: back to the group's pool", eip.allocation_id));
+        }
         let done = lifecycle::deallocated(&node, self.clock.now());
-        let releases = self.releases(&node).await?;
+        let (releases, released) = self.releases(&node).await?;
         if releases.is_empty() {
             self.store.save(&done).await?;
         } else {
             let mut writes = vec![Write::SaveNode(done.clone())];
             writes.extend(releases);
             self.registry.write(writes).await?;
+            self.unreserve_released(&released).await;
         }
         info!(keep_eni = node.keep_eni, "deallocated");
         Ok(Outcome::Recorded { node_id: done.id, state: done.state })

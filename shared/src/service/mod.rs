@@ -236,7 +236,33 @@ impl Tether {
     /// associated; then an instance is launched on the ENI. A group member held by a pause
     /// through this API is the group's again.
     pub async fn resume(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.check_room_in_group(id).await?;
         self.user_action(id, deadline, "resume", |node, now| group_run::unheld(lifecycle::on_resume(node, now, by))).await
+    }
+
+    /// A paused group member resumed through the node API would make its group run more
+    /// members than its target, and the group would pause one again: a tug of war. So a
+    /// member the user holds may always be resumed (that ends the hold); another only while
+    /// its group is below its target.
+    async fn check_room_in_group(&self, id: &NodeId) -> Result<(), TetherError> {
+        let node = self.node(id).await?;
+        let Some(membership) = node.group.as_ref().filter(|_| node.state == NodeState::Paused) else { return Ok(()) };
+        let Some(group) = self.registry.group(&membership.group_id).await? else { return Ok(()) };
+        if group.holds(&node) || group.state != crate::group::GroupState::Active {
+            return Ok(());
+        }
+        let members = self.registry.members(&group.id).await?;
+        let counting = members.iter().filter(|m| matches!(m.state, NodeState::Running | NodeState::Recovering | NodeState::Launching | NodeState::Stopped)).count();
+        if counting >= group.target_capacity as usize {
+            return Err(TetherError::Conflict(format!(
+                "node {id} is a member of group {}, which runs its target of {} already: the group would pause a member again; scale it up instead (tether groups scale {} {})",
+                group.id,
+                group.target_capacity,
+                group.id,
+                group.target_capacity + 1
+            )));
+        }
+        Ok(())
     }
 
     /// Pauses a node: its instance is terminated, its ENI and Elastic IP kept. A group
@@ -248,6 +274,7 @@ impl Tether {
 
     /// Replaces the node's instance by a new one on the same ENI.
     pub async fn recycle(&self, id: &NodeId, deadline: DateTime<Utc>, by: Option<&str>) -> Result<Outcome, TetherError> {
+        self.check_room_in_group(id).await?;
         self.user_action(id, deadline, "recycle", |node, now| group_run::unheld(lifecycle::on_recycle(node, now, by))).await
     }
 

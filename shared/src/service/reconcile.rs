@@ -1,7 +1,10 @@
 //! The reconciler: run on a schedule, it catches what events missed. It pages through the
 //! nodes (bounded in nodes and time), observes each in EC2 and lets the lifecycle decide
 //! (`on_reconcile`); then it sweeps what no node owns: instances of a generation no node
-//! wants, ENIs and Elastic IPs left by a request that died half-way.
+//! wants, ENIs and Elastic IPs left by a request that died half-way, and subnet CIDR
+//! reservations no address reservation names (or missing for one).
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,6 +16,7 @@ use crate::events::InstanceState;
 use crate::lifecycle::{self, ElasticIpFound, Metric, Observed, Step};
 use crate::group::GroupState;
 use crate::model::{Node, NodeId, NodeState};
+use crate::ports::Reservation;
 
 /// Nodes read per page.
 const PAGE_SIZE: usize = 100;
@@ -21,6 +25,9 @@ const PAGE_SIZE: usize = 100;
 const NODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// The longest one group's controller may run in a reconciler run.
 const GROUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long after a node's deallocation the sweep still looks in its subnet for a subnet
+/// CIDR reservation its release left (the next run normally deletes it).
+const LEFTOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What one run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -53,9 +60,15 @@ impl Tether {
         };
         report.started_after = cursor.clone();
         let mut last_checked = None;
+        // Subnets where nodes (members included, deallocated ones too) chose addresses, and
+        // the groups' subnets: a subnet CIDR reservation may be left there after every
+        // reservation of the subnet is gone (the sweep looks only where some are).
+        let mut subnets = BTreeSet::new();
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
         // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
-        if let Err(e) = self.sweep(&mut report).await {
+        // The reservations as the sweep read them, and the subnets it went through.
+        let mut swept = (None, BTreeSet::new());
+        if let Err(e) = self.sweep(&mut report, &mut swept).await {
             warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
             report.failed.push(format!("sweep: {e}"));
         }
@@ -67,6 +80,10 @@ impl Tether {
                 }
                 report.nodes_checked += 1;
                 last_checked = Some(node.id.clone());
+                let recent = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() < LEFTOVER_WINDOW;
+                if node.persistence.private_ip.is_some() && (node.state != NodeState::Deallocated || recent) {
+                    subnets.insert(node.spec.subnet_id.clone());
+                }
                 let span = super::node_span("reconcile", &node);
                 let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
                 match self.reconcile_node(&node, node_deadline).instrument(span).await {
@@ -87,9 +104,16 @@ impl Tether {
             }
         }
         // Then the groups, whose members the node pass has just brought up to date.
-        if let Err(e) = self.run_groups(deadline, &mut report).await {
+        if let Err(e) = self.run_groups(deadline, &mut report, &mut subnets).await {
             warn!(error = %e, code = e.aws_code(), "groups not reconciled; next run retries");
             report.failed.push(format!("groups: {e}"));
+        }
+        let unswept: BTreeSet<String> = subnets.difference(&swept.1).cloned().collect();
+        if let (Some(reservations), false, false) = (&swept.0, unswept.is_empty(), out_of_time(self)) {
+            match self.sweep_reservations(reservations, &unswept).await {
+                Ok(done) => report.repaired.extend(done),
+                Err(e) => report.failed.push(format!("subnet CIDR reservations: {e}")),
+            }
         }
         let bookmark = if report.complete { None } else { last_checked.or(cursor) };
         if let Err(e) = self.bookmark.store(bookmark.as_ref()).await {
@@ -99,11 +123,13 @@ impl Tether {
         Ok(report)
     }
 
-    /// Every group's controller, each within its share of the time left.
-    async fn run_groups(&self, deadline: DateTime<Utc>, report: &mut ReconcileReport) -> Result<(), TetherError> {
+    /// Every group's controller, each within its share of the time left. Notes every group's
+    /// subnets in `subnets`.
+    async fn run_groups(&self, deadline: DateTime<Utc>, report: &mut ReconcileReport, subnets: &mut BTreeSet<String>) -> Result<(), TetherError> {
         let mut cursor = None;
         loop {
             let (page, next) = self.registry.groups(PAGE_SIZE, cursor.as_ref()).await?;
+            subnets.extend(page.iter().flat_map(|g| g.subnets.iter().map(|s| s.id.clone())));
             for group in page.iter().filter(|g| g.state != GroupState::Deallocated) {
                 if self.clock.now() + self.settings.deadline_margin >= deadline {
                     return Ok(());
@@ -181,11 +207,32 @@ impl Tether {
         Ok(seen)
     }
 
-    /// Terminates instances no node wants, deletes detached ENIs and releases free Elastic
+    /// Makes EC2's subnet CIDR reservations agree with the address reservations (in their
+    /// subnets; `swept` says which, with the reservations read, for the end of the run);
+    /// terminates instances no node wants, deletes detached ENIs and releases free Elastic
     /// IPs of nodes that no longer record them. An ENI or Elastic IP a node does not record
     /// yet may be its first launch's, under way: it is left alone until recorded otherwise.
-    async fn sweep(&self, report: &mut ReconcileReport) -> Result<(), TetherError> {
-        report.repaired.extend(self.sweep_reservations().await?);
+    async fn sweep(&self, report: &mut ReconcileReport, swept: &mut (Option<Vec<Reservation>>, BTreeSet<String>)) -> Result<(), TetherError> {
+        // The reservations' part first; its failure does not keep the rest from running (what
+        // it did not do, the end of the run or the next run does).
+        let failed = |report: &mut ReconcileReport, e: TetherError| {
+            warn!(error = %e, code = e.aws_code(), "subnet CIDR reservations not swept; next run retries");
+            report.failed.push(format!("subnet CIDR reservations: {e}"));
+        };
+        match self.registry.reservations().await {
+            Ok(reservations) => {
+                let subnets = Tether::reserved_subnets(&reservations);
+                match self.sweep_reservations(&reservations, &subnets).await {
+                    Ok(done) => {
+                        report.repaired.extend(done);
+                        swept.1 = subnets;
+                    }
+                    Err(e) => failed(report, e),
+                }
+                swept.0 = Some(reservations);
+            }
+            Err(e) => failed(report, e.into()),
+        }
         for tagged in self.instances.node_instances().await? {
             let node = self.store.get(&tagged.node_id).await?;
             // A node this table does not know is another deployment's: never touched.

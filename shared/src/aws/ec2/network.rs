@@ -9,7 +9,7 @@ use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
-use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetInfo, SubnetReservation, Tagged};
+use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetCidr, SubnetInfo, SubnetReservation, Tagged};
 
 fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
     Some(ElasticIpInfo {
@@ -241,5 +241,9 @@ impl Network for Ec2Cloud {
 
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError> {
         self.delete_subnet_reservation(reservation_id).await
+    }
+
+    async fn subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
+        self.list_subnet_reservations(subnet_id).await
     }
 }

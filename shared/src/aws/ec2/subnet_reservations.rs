@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::{gone_is_done, missing, Ec2Cloud};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::ports::SubnetReservation;
+use crate::ports::{tether_description, SubnetCidr, SubnetReservation, TETHER_DESCRIPTION_PREFIX};
 
 impl Ec2Cloud {
     pub(super) async fn create_subnet_reservation(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
@@ -19,7 +19,7 @@ impl Ec2Cloud {
             .subnet_id(subnet_id)
             .cidr(format!("{ip}/32"))
             .reservation_type(SubnetCidrReservationType::Explicit)
-            .description(format!("Tether: {ip} for {owner}"))
+            .description(tether_description(ip, owner))
             .send()
             .await
             .map_err(|e| aws_error("EC2", "CreateSubnetCidrReservation", e));
@@ -29,19 +29,23 @@ impl Ec2Cloud {
                 Ok(SubnetReservation { id: id.ok_or_else(|| missing("CreateSubnetCidrReservation", "reservation id"))?.to_owned(), tethers: true })
             }
             // "Reservation CIDR … has overlap with existing reserved CIDR block": the address
-            // is reserved already. Which reservation it is, is looked up; it is not Tether's
-            // to delete (an earlier attempt's, whose id was never recorded, stays too: a
-            // reservation nobody uses is harmless, deleting a user's is not).
-            Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("overlap") => match self.covering(subnet_id, ip).await? {
-                Some(id) => Ok(SubnetReservation { id, tethers: false }),
-                None => Err(e),
-            },
+            // is reserved already. Which reservation it is, is looked up: Tether's own (an
+            // earlier attempt's, whose id was never recorded) by its description; any other
+            // is the user's, never deleted.
+            Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("overlap") => {
+                let covering = self.list_subnet_reservations(subnet_id).await?.into_iter().find(|r| r.cidr.contains(&ip));
+                match covering {
+                    Some(found) => Ok(SubnetReservation { id: found.id, tethers: found.tethers }),
+                    None => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// The subnet CIDR reservation whose range holds `ip`, if any.
-    async fn covering(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<Option<String>, AwsError> {
+    /// Every subnet CIDR reservation of the subnet, Tether's known by their description.
+    pub(super) async fn list_subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
+        let mut found = Vec::new();
         let mut token = None;
         loop {
             let out = self
@@ -53,15 +57,14 @@ impl Ec2Cloud {
                 .send()
                 .await
                 .map_err(|e| aws_error("EC2", "GetSubnetCidrReservations", e))?;
-            let found = out.subnet_ipv4_cidr_reservations().iter().find(|r| {
-                r.cidr().and_then(|c| c.parse::<Ipv4Net>().ok()).is_some_and(|range| range.contains(&ip))
-            });
-            if let Some(id) = found.and_then(|r| r.subnet_cidr_reservation_id()) {
-                return Ok(Some(id.to_owned()));
+            for r in out.subnet_ipv4_cidr_reservations() {
+                let (Some(id), Some(cidr)) = (r.subnet_cidr_reservation_id(), r.cidr().and_then(|c| c.parse::<Ipv4Net>().ok())) else { continue };
+                let tethers = r.description().is_some_and(|d| d.starts_with(TETHER_DESCRIPTION_PREFIX));
+                found.push(SubnetCidr { id: id.to_owned(), cidr, tethers });
             }
             match out.next_token() {
                 Some(next) if !next.is_empty() => token = Some(next.to_owned()),
-                _ => return Ok(None),
+                _ => return Ok(found),
             }
         }
     }

@@ -7,8 +7,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use crate::group::GroupId;
 use crate::model::NodeId;
 use crate::service::TetherError;
+use crate::views::GroupPatch;
 
 /// How an invocation ended, as Lambda sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +37,8 @@ impl Finished {
 pub enum Origin {
     Event(Delivery),
     User { node_id: NodeId, action: UserAction },
+    /// A request about the group (or a run of its controller).
+    Group { group_id: GroupId, action: GroupMove },
     Reconciler,
 }
 
@@ -56,6 +60,22 @@ pub enum UserAction {
     /// A PATCH of the node's image to `ami-chaos<n>`: the next launch's RunInstances
     /// parameters change.
     ChangeImage { n: u8 },
+}
+
+/// What the API's client asks of a group. A retry sends the same request again (a PATCH
+/// carries the whole new pool, computed from the group as the client read it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupMove {
+    Scale(u32),
+    Patch(Box<GroupPatch>),
+    Pause,
+    Resume,
+    /// The template's image changed to `ami-chaos<n>`, then a rolling recycle.
+    Roll { n: u8 },
+    /// One run of the group's controller, as the reconciler does.
+    Run,
+    /// Deletion protection turned off, then the group deallocated.
+    Deallocate { keep_enis: bool },
 }
 
 pub type Job = Pin<Box<dyn Future<Output = Finished>>>;

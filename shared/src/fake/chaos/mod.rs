@@ -1,19 +1,24 @@
 //! The chaos test: seeded scenarios of many nodes on the fakes, with interruptions,
 //! duplicated / reordered / dropped events, crashes between any two AWS calls (the handler
 //! re-run as Lambda would), faults and throttling, capacity outages, hand-made drift, and
-//! user actions in the middle of recoveries. After each scenario settles (reconciler runs
-//! included) the invariants of `check` must hold.
+//! user actions in the middle of recoveries. Half the scenarios also have a stateful group
+//! (pools of private IPs and Elastic IPs, one or two subnets) that users scale, edit, pause,
+//! resume, recycle and deallocate, whose members they act on through the node API, and
+//! whose controller runs at any time. After each scenario settles (reconciler runs, and so
+//! the groups' controllers, included) the invariants of `check` (nodes, members included)
+//! and `check_groups` (groups and address reservations) must hold.
 //!
 //! `make test` runs `CHAOS_SCENARIOS` scenarios (default 10,000) and prints
 //! `chaos: scenarios=N violations=V`. A failing seed is printed with the command that
 //! replays it alone, with its full log: `make chaos SEED=<seed>`.
 
 mod check;
+mod check_groups;
 pub use check::violations;
 mod executor;
 mod world;
 
-pub use executor::{Delivery, Finished, UserAction};
+pub use executor::{Delivery, Finished, GroupMove, UserAction};
 
 use world::World;
 
@@ -59,12 +64,24 @@ pub fn run_scenario(seed: u64, config: ChaosConfig) -> Result<(), Violation> {
         }
     }
     let nodes = world.store.nodes();
-    problems.extend(check::violations(&world.created, &nodes, &world.ec2.instances(), &world.ec2.enis(), &world.ec2.eips(), &world.drifted, &world.warnings_sent));
+    let enis = world.ec2.enis();
+    let mut records = world.created.clone();
+    records.extend(world.members_seen.iter().cloned());
+    problems.extend(check::violations(&records, &nodes, &world.ec2.instances(), &enis, &world.ec2.eips(), &world.drifted, &world.warnings_sent));
+    let seen = check_groups::Seen {
+        groups: &world.store.groups_now(),
+        nodes: &nodes,
+        reservations: &world.store.reservations_now(),
+        enis: &enis,
+        picked: &world.ec2.enis_with_picked_ips(),
+        subnet_reservations: &world.ec2.subnet_reservations(),
+    };
+    problems.extend(check_groups::violations(&seen));
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Violation { seed, problems, log: world.log })
+        return Ok(());
     }
+    world.note_final_state(&seen);
+    Err(Violation { seed, problems, log: world.log })
 }
 
 /// Runs `count` scenarios from `first_seed` on every core; returns how many ran and the

@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::executor::{block_on, Delivery, Finished, Invocation, Origin, UserAction};
+use super::executor::{block_on, Delivery, Finished, GroupMove, Invocation, Origin, UserAction};
 use crate::fake::{Fault, FakeClock, FakeEc2, FakeStore, FaultInjection, When};
-use crate::model::{InterruptionAction, Market, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
-use crate::ports::NodeStore;
+use crate::group::GroupId;
+use crate::model::{InterruptionAction, Market, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::service::{Ports, Settings, Tether};
 
+mod groups;
+
 pub const SUBNET: &str = "subnet-chaos";
+/// A group's second subnet, in another Availability Zone.
+pub const SUBNET_B: &str = "subnet-chaos-b";
 const INSTANCE_TYPES: &[&str] = &["m5.large", "m6i.large", "c5.large"];
 /// A Lambda function's timeout, as the invocations' deadline.
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,12 +35,15 @@ const EC2_OPERATIONS: &[&str] = &[
     "AllocateAddress",
     "ReleaseAddress",
     "DescribeAddresses",
+    "CreateSubnetCidrReservation",
+    "DeleteSubnetCidrReservation",
+    "GetSubnetCidrReservations",
 ];
 /// Settling: rounds of one virtual minute each; the world has settled when nothing changed
 /// for longer than the reconciler's `stuck_after` (5 minutes), so that stalled work is seen.
 const SETTLE_ROUNDS: usize = 60;
 const QUIET_ROUNDS: usize = 7;
-const DYNAMODB_OPERATIONS: &[&str] = &["GetItem", "PutItem", "Query", "Scan"];
+const DYNAMODB_OPERATIONS: &[&str] = &["GetItem", "PutItem", "Query", "Scan", "TransactWriteItems"];
 
 #[derive(Clone, Copy, Debug)]
 enum Move {
@@ -53,6 +60,33 @@ enum Move {
     Capacity,
     Drift,
     Time,
+    GroupScale,
+    GroupPool,
+    GroupElasticIps,
+    GroupPause,
+    GroupResume,
+    GroupRoll,
+    GroupRun,
+    GroupDeallocate,
+    /// A user's action on a member through the node API.
+    Member,
+}
+
+impl Move {
+    fn about_group(self) -> bool {
+        matches!(
+            self,
+            Move::GroupScale
+                | Move::GroupPool
+                | Move::GroupElasticIps
+                | Move::GroupPause
+                | Move::GroupResume
+                | Move::GroupRoll
+                | Move::GroupRun
+                | Move::GroupDeallocate
+                | Move::Member
+        )
+    }
 }
 
 const MOVES: &[(Move, u32)] = &[
@@ -69,6 +103,15 @@ const MOVES: &[(Move, u32)] = &[
     (Move::Capacity, 2),
     (Move::Drift, 1),
     (Move::Time, 8),
+    (Move::GroupScale, 2),
+    (Move::GroupPool, 2),
+    (Move::GroupElasticIps, 1),
+    (Move::GroupPause, 1),
+    (Move::GroupResume, 2),
+    (Move::GroupRoll, 1),
+    (Move::GroupRun, 2),
+    (Move::GroupDeallocate, 1),
+    (Move::Member, 4),
 ];
 
 pub struct World {
@@ -79,6 +122,12 @@ pub struct World {
     pub store: Arc<FakeStore>,
     tether: Tether,
     pub created: Vec<NodeId>,
+    /// The scenario's group, if it has one.
+    group: Option<GroupId>,
+    /// Whether this scenario may deallocate its group.
+    group_deallocatable: bool,
+    /// Every member ever seen (their records must never be lost either).
+    pub members_seen: BTreeSet<NodeId>,
     bus: Vec<Delivery>,
     running: Vec<Invocation>,
     /// Instances warned of an interruption, reclaimed (or stopped) later.
@@ -102,6 +151,7 @@ impl World {
         let clock = FakeClock::starting_at(start);
         let ec2 = Arc::new(FakeEc2::new(seed));
         ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().expect("a valid CIDR"), "us-east-1a");
+        ec2.add_subnet(SUBNET_B, "10.0.2.0/24".parse().expect("a valid CIDR"), "us-east-1b");
         let store = Arc::new(FakeStore::new());
         let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
         let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() };
@@ -114,6 +164,9 @@ impl World {
             store,
             tether,
             created: Vec::new(),
+            group: None,
+            group_deallocatable: false,
+            members_seen: BTreeSet::new(),
             bus: Vec::new(),
             running: Vec::new(),
             doomed: Vec::new(),
@@ -124,33 +177,20 @@ impl World {
             invocations_started: 0,
             log: Vec::new(),
         };
+        // Set-up is what users did before the chaos: no faults, no throttling.
+        world.ec2.set_throttling(false);
         for n in 0..nodes {
             world.create_node(n, &mut rng);
         }
+        if rng.bool() {
+            world.create_group(&mut rng);
+        }
+        world.ec2.set_throttling(true);
         world
     }
 
     fn create_node(&mut self, n: usize, rng: &mut fastrand::Rng) {
-        let mut types: Vec<String> = INSTANCE_TYPES.iter().map(|t| (*t).to_owned()).collect();
-        rng.shuffle(&mut types);
-        types.truncate(rng.usize(1..=INSTANCE_TYPES.len()));
-        let spec = NodeSpec {
-            subnet_id: SUBNET.into(),
-            image_id: "ami-chaos".into(),
-            instance_types: types,
-            security_group_ids: vec!["sg-chaos".into()],
-            key_name: None,
-            iam_instance_profile: None,
-            user_data: None,
-            tags: BTreeMap::new(),
-            fallback_to_on_demand: rng.u8(0..4) > 0,
-            revert_to_spot: match rng.u8(0..3) {
-                0 => RevertToSpot::Never,
-                1 => RevertToSpot::Always,
-                // The scenarios start at 08:00 UTC: a window the chaos phase runs into.
-                _ => RevertToSpot::Window { start: time(8, 1), end: time(8, 20) },
-            },
-        };
+        let spec = random_launch(rng);
         let private_ip = rng.bool().then(|| Ipv4Addr::new(10, 0, 1, 10 + n as u8));
         let persistence = match rng.u8(0..3) {
             0 => Persistence { private_ip, ..Persistence::default() },
@@ -160,10 +200,10 @@ impl World {
             }
             _ => Persistence { private_ip, elastic_ip_allocation_id: None, allocate_elastic_ip: true },
         };
-        let mut node = Node::new(spec, persistence, self.clock_now());
-        node.id = NodeId::parse(&format!("tn-{:016x}{:016x}", self.seed, n)).expect("a valid node id");
-        block_on(self.store.create(&node)).expect("no fault is injected during set-up");
-        self.log.push(format!("created {} {:?}", node.id, node.persistence));
+        let id = NodeId::parse(&format!("tn-{:016x}{:016x}", self.seed, n)).expect("a valid node id");
+        // Created as the API does: its chosen addresses reserved with it.
+        let node = block_on(self.tether.create_node_as(id, spec, persistence, Some("chaos"))).expect("no fault is injected during set-up");
+        self.note(format!("created {} {:?}", node.id, node.persistence));
         self.created.push(node.id.clone());
         // Most nodes are resumed at once; the others wait for a user's resume.
         if rng.u8(0..4) > 0 {
@@ -171,8 +211,11 @@ impl World {
         }
     }
 
-    fn clock_now(&self) -> DateTime<Utc> {
-        crate::ports::Clock::now(&self.clock)
+    /// Logs a move: kept for a failing seed's report, and traced (a replayed seed's moves
+    /// then appear among Tether's own logs, in order).
+    fn note(&mut self, line: String) {
+        tracing::info!(target: "chaos", "{line}");
+        self.log.push(line);
     }
 
     // ---- invocations ----
@@ -199,13 +242,14 @@ impl World {
                     }
                 }
             }),
+            Origin::Group { group_id, action } => Box::pin(async move { groups::run(&tether, &group_id, action, deadline).await }),
             Origin::Reconciler => Box::pin(async move { Finished::of(tether.reconcile(deadline).await) }),
         };
         self.running.push(Invocation { origin, job });
     }
 
     fn start_user(&mut self, node_id: NodeId, action: UserAction) {
-        self.log.push(format!("user {action:?} {node_id}"));
+        self.note(format!("user {action:?} {node_id}"));
         self.start(Origin::User { node_id, action });
     }
 
@@ -214,15 +258,19 @@ impl World {
         match origin {
             Origin::Event(mut delivery) if delivery.attempt < 2 => {
                 delivery.attempt += 1;
-                self.log.push(format!("event {} retried ({why})", delivery.id));
+                self.note(format!("event {} retried ({why})", delivery.id));
                 self.bus.push(delivery);
             }
-            Origin::Event(delivery) => self.log.push(format!("event {} dropped after 3 attempts ({why})", delivery.id)),
+            Origin::Event(delivery) => self.note(format!("event {} dropped after 3 attempts ({why})", delivery.id)),
             Origin::User { node_id, action } if self.rng.bool() => {
-                self.log.push(format!("user retries {action:?} {node_id} ({why})"));
+                self.note(format!("user retries {action:?} {node_id} ({why})"));
                 self.start(Origin::User { node_id, action });
             }
-            Origin::User { .. } | Origin::Reconciler => {}
+            Origin::Group { group_id, action } if action != GroupMove::Run && self.rng.bool() => {
+                self.note(format!("user retries {action:?} {group_id} ({why})"));
+                self.start(Origin::Group { group_id, action });
+            }
+            Origin::User { .. } | Origin::Group { .. } | Origin::Reconciler => {}
         }
     }
 
@@ -269,6 +317,8 @@ impl World {
             Move::Poll | Move::Crash => !w.running.is_empty(),
             Move::Deliver | Move::Drop => !w.bus.is_empty(),
             Move::Reclaim => !w.doomed.is_empty(),
+            Move::GroupDeallocate => w.group.is_some() && w.group_deallocatable,
+            m if m.about_group() => w.group.is_some(),
             _ => true,
         };
         let total: u32 = MOVES.iter().filter(|(m, _)| available(*m, self)).map(|(_, w)| w).sum();
@@ -296,27 +346,27 @@ impl World {
             Move::Crash => {
                 let index = self.rng.usize(..self.running.len());
                 let invocation = self.running.swap_remove(index);
-                self.log.push(format!("crash {:?}", invocation.origin));
+                self.note(format!("crash {:?}", invocation.origin));
                 self.after_failure(invocation.origin, "crashed");
             }
             Move::Deliver => {
                 let index = self.rng.usize(..self.bus.len());
                 // EventBridge may deliver the same event twice.
                 let delivery = if self.rng.u8(0..5) == 0 { self.bus[index].clone() } else { self.bus.swap_remove(index) };
-                self.log.push(format!("deliver {} {:?}", delivery.id, delivery.event));
+                self.note(format!("deliver {} {:?}", delivery.id, delivery.event));
                 self.start(Origin::Event(delivery));
             }
             Move::Drop => {
                 let index = self.rng.usize(..self.bus.len());
                 let delivery = self.bus.swap_remove(index);
-                self.log.push(format!("drop {} {:?}", delivery.id, delivery.event));
+                self.note(format!("drop {} {:?}", delivery.id, delivery.event));
             }
             Move::Ec2Progress => {
                 let instances = self.ec2.instances();
                 if !instances.is_empty() {
                     let id = instances[self.rng.usize(..instances.len())].id.clone();
                     if self.ec2.advance_instance(&id) {
-                        self.log.push(format!("ec2 progresses {id}"));
+                        self.note(format!("ec2 progresses {id}"));
                     }
                 }
             }
@@ -327,7 +377,7 @@ impl World {
                     let id = running[self.rng.usize(..running.len())].clone();
                     // Spot requests that stop (and later restart) instead of terminating.
                     let action = if self.rng.u8(0..3) == 0 { InterruptionAction::Stop } else { InterruptionAction::Terminate };
-                    self.log.push(format!("spot warning ({action:?}) for {id}"));
+                    self.note(format!("spot warning ({action:?}) for {id}"));
                     self.ec2.warn_interruption(&id, action);
                     *self.warnings_sent.entry(id.clone()).or_default() += 1;
                     self.doomed.push((id, action));
@@ -335,7 +385,7 @@ impl World {
             }
             Move::Reclaim => {
                 let (id, action) = self.doomed.swap_remove(self.rng.usize(..self.doomed.len()));
-                self.log.push(format!("spot interrupts ({action:?}) {id}"));
+                self.note(format!("spot interrupts ({action:?}) {id}"));
                 self.interrupt(&id, action);
             }
             Move::User => {
@@ -350,7 +400,7 @@ impl World {
                 self.start_user(node_id, action);
             }
             Move::Reconcile => {
-                self.log.push("reconciler runs".into());
+                self.note("reconciler runs".into());
                 self.start(Origin::Reconciler);
             }
             Move::Fault => self.inject_fault(),
@@ -358,7 +408,7 @@ impl World {
                 let instance_type = INSTANCE_TYPES[self.rng.usize(..INSTANCE_TYPES.len())];
                 let market = if self.rng.u8(0..3) == 0 { Market::OnDemand } else { Market::Spot };
                 let out = self.rng.bool();
-                self.log.push(format!("capacity {instance_type} {market:?} out={out}"));
+                self.note(format!("capacity {instance_type} {market:?} out={out}"));
                 self.ec2.set_out_of_capacity(instance_type, market, out);
             }
             Move::Drift => self.drift(),
@@ -366,6 +416,7 @@ impl World {
                 let by = Duration::from_millis(self.rng.u64(100..15_000));
                 self.pass_time(by);
             }
+            group_move => self.group_move(group_move),
         }
     }
 
@@ -375,25 +426,27 @@ impl World {
             let operation = DYNAMODB_OPERATIONS[self.rng.usize(..DYNAMODB_OPERATIONS.len())];
             let code = ["ProvisionedThroughputExceededException", "InternalServerError"][self.rng.usize(..2)];
             let code = self.rng.bool().then(|| code.to_owned());
-            self.log.push(format!("fault {operation} {code:?} {when:?}"));
+            self.note(format!("fault {operation} {code:?} {when:?}"));
             self.store.inject(operation, Fault { code, when });
         } else {
             let operation = EC2_OPERATIONS[self.rng.usize(..EC2_OPERATIONS.len())];
             let code = ["RequestLimitExceeded", "InternalError"][self.rng.usize(..2)];
             let code = self.rng.bool().then(|| code.to_owned());
-            self.log.push(format!("fault {operation} {code:?} {when:?}"));
+            self.note(format!("fault {operation} {code:?} {when:?}"));
             self.ec2.inject(operation, Fault { code, when });
         }
     }
 
     /// Someone changes the node's network by hand.
     fn drift(&mut self) {
-        let node_id = self.any_node();
+        let mut targets = self.created.clone();
+        targets.extend(self.live_members());
+        let node_id = targets[self.rng.usize(..targets.len())].clone();
         let Some(node) = self.store.nodes().into_iter().find(|n| n.id == node_id) else { return };
         match self.rng.u8(0..4) {
             0 => {
                 if let Some(eip) = &node.elastic_ip {
-                    self.log.push(format!("drift: {} disassociated from {node_id}", eip.allocation_id));
+                    self.note(format!("drift: {} disassociated from {node_id}", eip.allocation_id));
                     self.ec2.hand_disassociate_eip(&eip.allocation_id);
                 }
             }
@@ -401,7 +454,7 @@ impl World {
                 if let Some(eip) = &node.elastic_ip {
                     let Ok(foreign) = self.ec2.hand_create_eni(SUBNET) else { return };
                     if self.ec2.hand_associate_eip(&eip.allocation_id, &foreign).is_ok() {
-                        self.log.push(format!("drift: {} of {node_id} moved to {foreign}", eip.allocation_id));
+                        self.note(format!("drift: {} of {node_id} moved to {foreign}", eip.allocation_id));
                         self.drifted.insert(node_id);
                     }
                 }
@@ -409,14 +462,14 @@ impl World {
             2 => {
                 if let Some(eni) = &node.eni {
                     if self.ec2.hand_delete_eni(&eni.id).is_ok() {
-                        self.log.push(format!("drift: ENI {} of {node_id} deleted", eni.id));
+                        self.note(format!("drift: ENI {} of {node_id} deleted", eni.id));
                         self.drifted.insert(node_id);
                     }
                 }
             }
             _ => {
                 if let Some(instance_id) = node.instance_id() {
-                    self.log.push(format!("drift: {instance_id} of {node_id} terminated by hand"));
+                    self.note(format!("drift: {instance_id} of {node_id} terminated by hand"));
                     self.ec2.reclaim(instance_id);
                 }
             }
@@ -424,12 +477,24 @@ impl World {
     }
 
     /// Checked after every move: generations only grow (a violation names the node). Also
-    /// notes the nodes whose chosen private IP another ENI holds: their first resume rightly fails.
+    /// notes the nodes whose chosen private IP another ENI holds, or whose chosen Elastic IP
+    /// someone put on an ENI of their own: their first resume rightly fails. And notes
+    /// every group member seen.
     pub fn after_move(&mut self) -> Result<(), String> {
         let enis = self.ec2.enis();
+        let eips = self.ec2.eips();
         for node in self.store.nodes() {
+            if node.group.is_some() {
+                self.members_seen.insert(node.id.clone());
+            }
             if let Some(ip) = node.persistence.private_ip {
                 if enis.iter().any(|e| e.private_ip == ip && e.node_id.as_deref() != Some(node.id.as_str())) {
+                    self.drifted.insert(node.id.clone());
+                }
+            }
+            if let Some(allocation_id) = &node.persistence.elastic_ip_allocation_id {
+                let foreign = |eni: &String| enis.iter().any(|e| e.id == *eni && e.node_id.is_none());
+                if eips.iter().any(|e| e.info.allocation_id == *allocation_id && e.info.network_interface_id.as_ref().is_some_and(foreign)) {
                     self.drifted.insert(node.id.clone());
                 }
             }
@@ -457,7 +522,7 @@ impl World {
         for (id, action) in std::mem::take(&mut self.doomed) {
             self.interrupt(&id, action);
         }
-        self.log.push("---- settling ----".into());
+        self.note("---- settling ----".into());
         let mut last = String::new();
         let mut unchanged = 0;
         for _ in 0..SETTLE_ROUNDS {
@@ -509,12 +574,53 @@ impl World {
         Err(format!("{} invocation(s) never finished", self.running.len()))
     }
 
+    /// What the table and EC2 hold at the end, for a failing seed's report.
+    pub(super) fn note_final_state(&mut self, seen: &super::check_groups::Seen<'_>) {
+        self.log.push("---- final state ----".into());
+        let mut lines: Vec<String> = seen.groups.iter().map(|g| format!("{} {:?} target {} pool {:?} Elastic IPs {:?}", g.id, g.state, g.target_capacity, g.private_ip_pool, g.elastic_ip_pool)).collect();
+        for n in seen.nodes {
+            let history: Vec<String> = n.history.iter().map(|h| format!("{} ({})", h.what, h.by.as_deref().unwrap_or("-"))).collect();
+            lines.push(format!("{} {:?} {:?} {:?} ENI {:?}: {}", n.id, n.state, n.persistence, n.group, n.eni.as_ref().map(|e| (&e.id, e.private_ip)), history.join("; ")));
+        }
+        lines.extend(seen.reservations.iter().map(|r| format!("{r:?}")));
+        lines.extend(seen.subnet_reservations.iter().map(|(id, subnet, range)| format!("subnet CIDR reservation {id} {range} in {subnet}")));
+        self.log.extend(lines);
+    }
+
     fn fingerprint(&self) -> String {
         let nodes: Vec<(String, u64, NodeState)> = self.store.nodes().into_iter().map(|n| (n.id.to_string(), n.version, n.state)).collect();
         let instances: Vec<(String, String)> = self.ec2.instances().into_iter().map(|i| (i.id, i.state)).collect();
         let enis: Vec<(String, Option<String>)> = self.ec2.enis().into_iter().map(|e| (e.id, e.instance_id)).collect();
         let eips: Vec<(String, Option<String>)> = self.ec2.eips().into_iter().map(|e| (e.info.allocation_id, e.info.network_interface_id)).collect();
-        format!("{nodes:?}{instances:?}{enis:?}{eips:?}")
+        let groups: Vec<(String, u64)> = self.store.groups_now().into_iter().map(|g| (g.id.to_string(), g.version)).collect();
+        let reservations: Vec<String> = self.store.reservations_now().into_iter().map(|r| format!("{r:?}")).collect();
+        let subnet_reservations = self.ec2.subnet_reservations();
+        format!("{nodes:?}{instances:?}{enis:?}{eips:?}{groups:?}{reservations:?}{subnet_reservations:?}")
+    }
+}
+
+/// Launch settings drawn from the seed: 1 to 3 instance types in some order, on-demand
+/// fallback mostly on, any `revert_to_spot` policy.
+pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
+    let mut types: Vec<String> = INSTANCE_TYPES.iter().map(|t| (*t).to_owned()).collect();
+    rng.shuffle(&mut types);
+    types.truncate(rng.usize(1..=INSTANCE_TYPES.len()));
+    NodeSpec {
+        subnet_id: SUBNET.into(),
+        image_id: "ami-chaos".into(),
+        instance_types: types,
+        security_group_ids: vec!["sg-chaos".into()],
+        key_name: None,
+        iam_instance_profile: None,
+        user_data: None,
+        tags: BTreeMap::new(),
+        fallback_to_on_demand: rng.u8(0..4) > 0,
+        revert_to_spot: match rng.u8(0..3) {
+            0 => RevertToSpot::Never,
+            1 => RevertToSpot::Always,
+            // The scenarios start at 08:00 UTC: a window the chaos phase runs into.
+            _ => RevertToSpot::Window { start: time(8, 1), end: time(8, 20) },
+        },
     }
 }
 

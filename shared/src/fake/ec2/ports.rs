@@ -104,18 +104,16 @@ impl Network for FakeEc2 {
         self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip)))
     }
 
-    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, _owner: &str) -> Result<SubnetReservation, AwsError> {
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
         yield_now().await;
         let range = Ipv4Net::from(ip);
-        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range)) {
+        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(ip, owner))) {
             Ok(id) => Ok(SubnetReservation { id, tethers: true }),
-            // As the adapter: the reservation that covers it already is looked up, never Tether's.
+            // As the adapter: the reservation that covers it already is looked up; Tether's
+            // own by its description.
             Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("overlap") => {
-                yield_now().await;
-                let covering = self.call("GetSubnetCidrReservations", |s| {
-                    Ok(s.subnet_reservations.iter().find(|(_, (subnet, r))| subnet == subnet_id && r.contains(&ip)).map(|(id, _)| id.clone()))
-                })?;
-                covering.map(|id| SubnetReservation { id, tethers: false }).ok_or(e)
+                let covering = Network::subnet_reservations(self, subnet_id).await?.into_iter().find(|r| r.cidr.contains(&ip));
+                covering.map(|r| SubnetReservation { id: r.id, tethers: r.tethers }).ok_or(e)
             }
             Err(e) => Err(e),
         }
@@ -125,6 +123,17 @@ impl Network for FakeEc2 {
         yield_now().await;
         let deleted = self.call("DeleteSubnetCidrReservation", |s| s.delete_subnet_cidr_reservation(reservation_id));
         absent_if_unknown(deleted).map(drop)
+    }
+
+    async fn subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
+        yield_now().await;
+        self.call("GetSubnetCidrReservations", |s| {
+            Ok(s.subnet_reservations
+                .iter()
+                .filter(|(_, (subnet, _, _))| subnet == subnet_id)
+                .map(|(id, (_, cidr, description))| SubnetCidr { id: id.clone(), cidr: *cidr, tethers: description.starts_with(TETHER_DESCRIPTION_PREFIX) })
+                .collect())
+        })
     }
 }
 

@@ -57,7 +57,7 @@ impl State {
     /// Whether a subnet CIDR reservation holds `ip`: EC2 never picks it for an ENI that does
     /// not ask for it.
     pub(super) fn ip_reserved(&self, subnet_id: &str, ip: Ipv4Addr) -> bool {
-        self.subnet_reservations.values().any(|(subnet, range)| subnet == subnet_id && range.contains(&ip))
+        self.subnet_reservations.values().any(|(subnet, range, _)| subnet == subnet_id && range.contains(&ip))
     }
 
     /// The private IP a new ENI gets: the requested one if the rules allow it, else a
@@ -94,12 +94,12 @@ impl State {
             .ok_or_else(full)
     }
 
-    pub(super) fn new_eni(&mut self, subnet_id: &str, private_ip: Ipv4Addr, security_groups: Vec<String>, tags: BTreeMap<String, String>) -> EniRecord {
+    pub(super) fn new_eni(&mut self, subnet_id: &str, private_ip: Ipv4Addr, picked: bool, security_groups: Vec<String>, tags: BTreeMap<String, String>) -> EniRecord {
         let id = self.next_id("eni");
         let c = self.counter;
         let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", (c >> 24) & 0xff, (c >> 16) & 0xff, (c >> 8) & 0xff, c & 0xff);
         let az = self.subnets[subnet_id].az.clone();
-        let eni = Eni { id: id.clone(), subnet_id: subnet_id.to_owned(), private_ip, mac, az, security_groups, tags, attachment: None };
+        let eni = Eni { id: id.clone(), subnet_id: subnet_id.to_owned(), private_ip, mac, az, security_groups, tags, attachment: None, picked };
         let record = eni.record();
         self.enis.insert(id, eni);
         record
@@ -114,21 +114,21 @@ impl State {
 
     // ---- the AWS calls ----
 
-    pub(super) fn create_subnet_cidr_reservation(&mut self, subnet_id: &str, range: Ipv4Net) -> Result<String, AwsError> {
+    pub(super) fn create_subnet_cidr_reservation(&mut self, subnet_id: &str, range: Ipv4Net, description: String) -> Result<String, AwsError> {
         let op = "CreateSubnetCidrReservation";
         let subnet = self.subnets.get(subnet_id).ok_or_else(|| aws(EC2, op, "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet_id}' does not exist")))?;
         if !subnet.cidr.contains(&range) {
             return Err(aws(EC2, op, "InvalidParameterValue", format!("Reservation CIDR should be within subnet CIDR block ({})", subnet.cidr)));
         }
         let vpc_id = subnet.vpc_id.clone();
-        let overlaps = self.subnet_reservations.values().any(|(other, existing)| {
+        let overlaps = self.subnet_reservations.values().any(|(other, existing, _)| {
             self.subnets.get(other).is_some_and(|s| s.vpc_id == vpc_id) && (existing.contains(&range) || range.contains(existing))
         });
         if overlaps {
             return Err(aws(EC2, op, "InvalidParameterValue", format!("Reservation CIDR {range} has overlap with existing reserved CIDR block")));
         }
         let id = self.next_id("scr");
-        self.subnet_reservations.insert(id.clone(), (subnet_id.to_owned(), range));
+        self.subnet_reservations.insert(id.clone(), (subnet_id.to_owned(), range, description));
         Ok(id)
     }
 
@@ -160,7 +160,7 @@ impl State {
         })?;
         let ip = self.private_ip_for(op, &request.subnet_id, subnet.cidr, request.private_ip)?;
         let tags = BTreeMap::from([(TAG_NODE_ID.to_owned(), request.node_id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]);
-        let record = self.new_eni(&request.subnet_id, ip, request.security_group_ids.clone(), tags);
+        let record = self.new_eni(&request.subnet_id, ip, request.private_ip.is_none(), request.security_group_ids.clone(), tags);
         self.eni_tokens.insert(token, (request.clone(), record.clone()));
         Ok(record)
     }

@@ -24,8 +24,10 @@ impl Table {
             Write::CreateNode(node) => !self.nodes.contains_key(&node.id),
             Write::SaveNode(node) => self.nodes.get(&node.id).map(|n| n.version) == Some(node.version),
             Write::CheckNode { id, version } => self.nodes.get(id).map(|n| n.version) == Some(*version),
+            Write::CheckNoNode { id } => !self.nodes.contains_key(id),
             Write::CreateGroup(group) => !self.groups.contains_key(&group.id),
             Write::SaveGroup(group) => self.groups.get(&group.id).map(|g| g.version) == Some(group.version),
+            Write::CheckGroup { id, version } => self.groups.get(id).map(|g| g.version) == Some(*version),
             Write::PutReservation { reservation, expect } => self.expected(&reservation.address, expect),
             Write::DeleteReservation { address, expect } => self.expected(address, expect),
         }
@@ -35,7 +37,7 @@ impl Table {
         match write {
             Write::CreateNode(node) => self.put(node),
             Write::SaveNode(node) => self.put(Node { version: node.version + 1, ..node }),
-            Write::CheckNode { .. } => {}
+            Write::CheckNode { .. } | Write::CheckNoNode { .. } | Write::CheckGroup { .. } => {}
             Write::CreateGroup(group) => {
                 self.groups.insert(group.id.clone(), group);
             }
