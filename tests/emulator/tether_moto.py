@@ -48,6 +48,7 @@ from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.subnets import Subnet
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
+from moto.ec2.responses.subnets import Subnets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
@@ -728,7 +729,8 @@ def patch_cidr_reservation() -> None:
     `_reserved_ips`, which only its own RunInstances counter skips
     (CreateNetworkInterface picks anywhere in the CIDR), and never removes
     them: after DeleteSubnetCidrReservation the addresses stay reserved for
-    good. Its overlap check looks at the reservation's subnet only (the same
+    good; it drops a reservation's Description (GetSubnetCidrReservations then
+    lists none). Its overlap check looks at the reservation's subnet only (the same
     thing for IPv4, since a reservation lies in its subnet and moto refuses
     overlapping subnets in a VPC). Unknown reservation ids already fail with
     InvalidSubnetCidrReservationID.NotFound.
@@ -757,6 +759,17 @@ def patch_cidr_reservation() -> None:
             }
         return deleted
 
+    original_create_response = Subnets.create_subnet_cidr_reservation
+
+    def create_subnet_cidr_reservation_response(self: Subnets) -> Any:
+        # moto drops the Description: the reservation keeps it (and lists it) as AWS does.
+        answer = original_create_response(self)
+        reservation = answer.result.get("SubnetCidrReservation") if hasattr(answer, "result") else None
+        if reservation is not None:
+            reservation.description = self._get_param("Description")
+        return answer
+
+    Subnets.create_subnet_cidr_reservation = create_subnet_cidr_reservation_response
     Subnet._cidr_overlaps_with_existing_reservation = overlaps_in_vpc
     Subnet.delete_subnet_cidr_reservation = delete_subnet_cidr_reservation
     EC2Backend.create_subnet_cidr_reservation = locked(EC2Backend.create_subnet_cidr_reservation)

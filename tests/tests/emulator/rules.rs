@@ -183,8 +183,9 @@ async fn random_private_ips_never_take_an_explicit_reservation() -> Result<(), S
         fx.ec2
             .create_subnet_cidr_reservation()
             .subnet_id(&subnet_id)
-            .cidr(cidr)
+            .cidr(&cidr)
             .reservation_type(SubnetCidrReservationType::Explicit)
+            .description(format!("reserved {cidr}"))
             .send()
     };
     let eni_at = |host: u8| fx.ec2.create_network_interface().subnet_id(&subnet_id).private_ip_address(ip(host)).send();
@@ -245,6 +246,10 @@ async fn random_private_ips_never_take_an_explicit_reservation() -> Result<(), S
     let mut cidrs: Vec<&str> = listed.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect();
     cidrs.sort_unstable();
     assert_eq!(cidrs, ["10.0.9.4/32", "10.0.9.5/32", "10.0.9.6/32"]);
+    // Each keeps its description (how Tether knows its own again).
+    for r in listed.subnet_ipv4_cidr_reservations() {
+        assert_eq!(r.description(), r.cidr().map(|c| format!("reserved {c}")).as_deref(), "{r:?}");
+    }
 
     // An unknown reservation, or one deleted already, is not found.
     for id in [seven.as_str(), "scr-0123456789abcdef0"] {
