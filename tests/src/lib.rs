@@ -344,11 +344,16 @@ impl Fixture {
 
 /// Records "Service.Operation" for every HTTP request a client sends (retries included).
 #[derive(Clone, Debug, Default)]
-pub struct CallLog(Arc<Mutex<Vec<String>>>);
+pub struct CallLog(Arc<Mutex<Vec<(String, std::time::Instant)>>>);
 
 impl CallLog {
     /// The calls recorded since the last `take`.
     pub fn take(&self) -> Vec<String> {
+        self.take_timed().into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The same, each with when it was sent.
+    pub fn take_timed(&self) -> Vec<(String, std::time::Instant)> {
         self.0.lock().map(|mut calls| std::mem::take(&mut *calls)).unwrap_or_default()
     }
 }
@@ -369,7 +374,7 @@ impl Intercept for CallLog {
             .map(|m| format!("{}.{}", m.service(), m.name()))
             .unwrap_or_else(|| "unknown".into());
         if let Ok(mut calls) = self.0.lock() {
-            calls.push(name);
+            calls.push((name, std::time::Instant::now()));
         }
         Ok(())
     }

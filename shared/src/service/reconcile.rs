@@ -23,8 +23,8 @@ const PAGE_SIZE: usize = 100;
 /// The longest one node's repair may take: what is not possible yet (an ENI still
 /// attached, no capacity) waits for the next run instead of starving the other nodes.
 const NODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
-/// The longest one group's controller may run in a reconciler run.
-const GROUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+/// The least time one group's controller gets in a reconciler run (when many groups share it).
+const GROUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long after a node's deallocation the sweep still looks in its subnet for a subnet
 /// CIDR reservation its release left (the next run normally deletes it).
 const LEFTOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -123,19 +123,23 @@ impl Tether {
         Ok(report)
     }
 
-    /// Every group's controller, each within its share of the time left. Notes every group's
-    /// subnets in `subnets`.
+    /// Every group's controller, each within its share of the time left (an equal share of
+    /// what remains, at least `GROUP_BUDGET`: one large group's launches may take the run).
+    /// Notes every group's subnets in `subnets`.
     async fn run_groups(&self, deadline: DateTime<Utc>, report: &mut ReconcileReport, subnets: &mut BTreeSet<String>) -> Result<(), TetherError> {
         let mut cursor = None;
         loop {
             let (page, next) = self.registry.groups(PAGE_SIZE, cursor.as_ref()).await?;
             subnets.extend(page.iter().flat_map(|g| g.subnets.iter().map(|s| s.id.clone())));
-            for group in page.iter().filter(|g| g.state != GroupState::Deallocated) {
+            let active: Vec<_> = page.iter().filter(|g| g.state != GroupState::Deallocated).collect();
+            for (done, group) in active.iter().enumerate() {
                 if self.clock.now() + self.settings.deadline_margin >= deadline {
                     return Ok(());
                 }
                 report.groups_checked += 1;
-                let group_deadline = deadline.min(self.deadline_in(GROUP_BUDGET));
+                let left = (deadline - self.clock.now()).to_std().unwrap_or_default();
+                let share = (left / (active.len() - done) as u32).max(GROUP_BUDGET);
+                let group_deadline = deadline.min(self.deadline_in(share));
                 match Box::pin(self.run_group(&group.id, group_deadline)).await {
                     Ok(run) => report.repaired.extend(run.done.iter().map(|d| format!("{}: {d}", group.id))),
                     Err(e) => {

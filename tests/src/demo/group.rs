@@ -103,13 +103,11 @@ impl DemoGroup {
                 self.paused_by_scale_down = Some(((*paused).clone(), eni.clone()));
             }
         }
-        Ok(Some(format!(
-            "$ tether groups scale {} {target}: {} of {} running{}",
-            short_group(&self.id),
-            answer["status"]["running"].as_u64().unwrap_or(0),
-            answer["target_capacity"].as_u64().unwrap_or(0),
-            answer["status"]["below_target"].as_str().map(|w| format!(" ({w})")).unwrap_or_default()
-        )))
+        let status = match answer["status"]["below_target"].as_str() {
+            Some(why) => why.to_owned(),
+            None => format!("{} of {} running", answer["status"]["running"].as_u64().unwrap_or(0), answer["target_capacity"].as_u64().unwrap_or(0)),
+        };
+        Ok(Some(format!("$ tether groups scale {} {target}: {status}", short_group(&self.id))))
     }
 
     /// What the demo asked for each member, for the identity summary: its pool address and
