@@ -129,8 +129,9 @@ impl std::fmt::Display for Address {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubnetReservation {
     pub id: String,
-    /// Tether made it (and deletes it with the address's reservation); otherwise it is the
-    /// user's own, covering the address already, and never touched.
+    /// This deployment made it (and deletes it with the address's reservation); otherwise it
+    /// is the user's own (or another Tether stack's), covering the address already, and
+    /// never touched.
     pub tethers: bool,
 }
 
@@ -139,18 +140,27 @@ pub struct SubnetReservation {
 pub struct SubnetCidr {
     pub id: String,
     pub cidr: Ipv4Net,
-    /// Tether made it (`tether_description` is its description); otherwise it is the user's.
+    /// This deployment made it (`tether_description` is its description); otherwise it is
+    /// the user's, or another Tether stack's.
     pub tethers: bool,
 }
 
 /// What Tether describes the subnet CIDR reservations it makes with: how it knows its own
 /// again (one whose id a request did not live to record, or left after its address was
-/// released).
-pub fn tether_description(ip: Ipv4Addr, owner: &str) -> String {
-    format!("{TETHER_DESCRIPTION_PREFIX}{ip} for {owner}")
+/// released). It names the deployment (its table: unique in the account and Region), so
+/// that a second Tether stack sharing the subnet never takes another's for its own.
+pub fn tether_description(deployment: &str, ip: Ipv4Addr, owner: &str) -> String {
+    format!("{}{ip} for {owner}", description_prefix(deployment))
 }
 
-pub const TETHER_DESCRIPTION_PREFIX: &str = "Tether: ";
+/// Whether `description` is one `deployment` made (`tether_description`).
+pub fn described_by(deployment: &str, description: &str) -> bool {
+    description.starts_with(&description_prefix(deployment))
+}
+
+fn description_prefix(deployment: &str) -> String {
+    format!("Tether ({deployment}): ")
+}
 
 /// An address's reservation, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,9 +279,10 @@ pub trait Network: Send + Sync {
     /// Whether any ENI in the subnet holds this private IP.
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
     /// Keeps EC2 from handing `ip` to an ENI that does not ask for it: an explicit /32 subnet
-    /// CIDR reservation, described with `owner` (`tether_description`). A reservation already
-    /// covering the address is answered as it is: Tether's if its description says so (one
-    /// whose id an earlier attempt did not record), else the user's, which is never deleted.
+    /// CIDR reservation, described with the deployment and `owner` (`tether_description`). A
+    /// reservation already covering the address is answered as it is: this deployment's if
+    /// its description says so (one whose id an earlier attempt did not record), else someone
+    /// else's, which is never deleted.
     async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError>;
     /// Deletes a subnet CIDR reservation Tether made; one that no longer exists counts as deleted.
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError>;

@@ -201,7 +201,7 @@ impl Fixture {
         let counted_dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
         );
-        let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2));
+        let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2, table_name.clone()));
         let counted_store = Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone()));
         let ports = Ports {
             store: counted_store.clone(),
@@ -214,7 +214,7 @@ impl Fixture {
         let tether = Tether::new(ports, settings);
         let idempotency = tether::aws::idempotency::DynamoIdempotencyStore::new(dynamodb.clone(), table_name.clone());
         let api = Arc::new(tether_api::Api::new(tether.clone(), Arc::new(idempotency), API_ACTION_BUDGET));
-        let cloud = Ec2Cloud::new(ec2.clone());
+        let cloud = Ec2Cloud::new(ec2.clone(), table_name.clone());
         Ok(Fixture {
             calls,
             ec2,

@@ -21,11 +21,13 @@ pub const TAG_MANAGED: &str = "tether:managed";
 #[derive(Clone, Debug)]
 pub struct Ec2Cloud {
     client: Client,
+    /// The deployment's table name: what its subnet CIDR reservations are described with.
+    deployment: String,
 }
 
 impl Ec2Cloud {
-    pub fn new(client: Client) -> Self {
-        Ec2Cloud { client }
+    pub fn new(client: Client, deployment: impl Into<String>) -> Self {
+        Ec2Cloud { client, deployment: deployment.into() }
     }
 }
 

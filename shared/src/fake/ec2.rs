@@ -17,14 +17,17 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
 use crate::ports::{
-    eip_not_found, tether_description, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
-    SubnetCidr, SubnetInfo, SubnetReservation, Tagged, TETHER_DESCRIPTION_PREFIX,
+    described_by, eip_not_found, tether_description, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
+    SubnetCidr, SubnetInfo, SubnetReservation, Tagged,
 };
 
 mod ports;
 mod state;
 
 const EC2: &str = "EC2";
+
+/// The deployment (table name) the fake's subnet CIDR reservations are described with.
+pub const FAKE_DEPLOYMENT: &str = "tether-fake";
 
 /// Instance types every `FakeEc2` offers; `add_instance_type` adds more.
 pub const KNOWN_INSTANCE_TYPES: &[&str] = &[
@@ -387,6 +390,12 @@ impl FakeEc2 {
     /// Every subnet CIDR reservation: (id, subnet id, range) (not counted, no faults).
     pub fn subnet_reservations(&self) -> Vec<(String, String, Ipv4Net)> {
         self.lock().subnet_reservations.iter().map(|(id, (subnet, range, _))| (id.clone(), subnet.clone(), *range)).collect()
+    }
+
+    /// A subnet CIDR reservation made outside this deployment (by the user, or by another
+    /// Tether stack sharing the subnet), described with `description`.
+    pub fn reserve_outside(&self, subnet_id: &str, range: Ipv4Net, description: &str) -> Result<String, AwsError> {
+        self.lock().create_subnet_cidr_reservation(subnet_id, range, description.to_owned())
     }
 
     /// Moves the virtual clock on; the throttling buckets refill by it.

@@ -395,6 +395,27 @@ async fn the_sweep_deletes_a_subnet_reservation_no_reservation_names() {
     assert!(w.ec2.subnet_reservations().is_empty(), "{:?}", w.ec2.subnet_reservations());
 }
 
+/// Subnet CIDR reservations this deployment did not make (another Tether stack's sharing the
+/// subnet, the user's) are never deleted: not by the sweep, not with an address they cover
+/// (the sweep used to delete every /32 described "Tether: …").
+#[tokio::test]
+async fn subnet_reservations_of_another_deployment_or_the_user_are_never_deleted() {
+    let w = world();
+    let other_stack = w.ec2.reserve_outside("subnet-a", "10.0.1.60/32".parse().expect("cidr"), "Tether (tether-other): 10.0.1.60 for tn-x").expect("made");
+    let users = w.ec2.reserve_outside("subnet-a", "10.0.1.61/32".parse().expect("cidr"), "kept for the NAT").expect("made");
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    // Claimed here too (the other stack's table does not know this one's): its /32 is used.
+    let node = w.tether.create_node(spec, Persistence { private_ip: Some(ip(60)), ..Persistence::default() }, None).await.expect("created");
+    let address = Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(60) };
+    let recorded = w.store.reservation(&address).await.expect("read").and_then(|r| r.subnet_reservation).expect("recorded");
+    assert_eq!((recorded.id.as_str(), recorded.tethers), (other_stack.as_str(), false));
+    w.tether.reconcile(deadline()).await.expect("reconciled");
+    w.tether.deallocate(&node.id, false, deadline(), None).await.expect("deallocated");
+    w.tether.reconcile(deadline()).await.expect("reconciled");
+    let left: Vec<String> = w.ec2.subnet_reservations().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(left, vec![other_stack, users]);
+}
+
 /// An address leaving the pool stays reserved for the member made for it until the group
 /// deallocates it (if it never ran): a resume under way meanwhile launches the member on a
 /// reserved address, which it then keeps (it was released at once, and the member launched

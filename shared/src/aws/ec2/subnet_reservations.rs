@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::{gone_is_done, missing, Ec2Cloud};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::ports::{tether_description, SubnetCidr, SubnetReservation, TETHER_DESCRIPTION_PREFIX};
+use crate::ports::{described_by, tether_description, SubnetCidr, SubnetReservation};
 
 impl Ec2Cloud {
     pub(super) async fn create_subnet_reservation(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
@@ -19,7 +19,7 @@ impl Ec2Cloud {
             .subnet_id(subnet_id)
             .cidr(format!("{ip}/32"))
             .reservation_type(SubnetCidrReservationType::Explicit)
-            .description(tether_description(ip, owner))
+            .description(tether_description(&self.deployment, ip, owner))
             .send()
             .await
             .map_err(|e| aws_error("EC2", "CreateSubnetCidrReservation", e));
@@ -31,7 +31,7 @@ impl Ec2Cloud {
             // "Reservation CIDR … has overlap with existing reserved CIDR block": the address
             // is reserved already. Which reservation it is, is looked up: Tether's own (an
             // earlier attempt's, whose id was never recorded) by its description; any other
-            // is the user's, never deleted.
+            // is the user's (or another deployment's), never deleted.
             Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("overlap") => {
                 let covering = self.list_subnet_reservations(subnet_id).await?.into_iter().find(|r| r.cidr.contains(&ip));
                 match covering {
@@ -43,7 +43,7 @@ impl Ec2Cloud {
         }
     }
 
-    /// Every subnet CIDR reservation of the subnet, Tether's known by their description.
+    /// Every subnet CIDR reservation of the subnet, this deployment's known by their description.
     pub(super) async fn list_subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
         let mut found = Vec::new();
         let mut token = None;
@@ -59,7 +59,7 @@ impl Ec2Cloud {
                 .map_err(|e| aws_error("EC2", "GetSubnetCidrReservations", e))?;
             for r in out.subnet_ipv4_cidr_reservations() {
                 let (Some(id), Some(cidr)) = (r.subnet_cidr_reservation_id(), r.cidr().and_then(|c| c.parse::<Ipv4Net>().ok())) else { continue };
-                let tethers = r.description().is_some_and(|d| d.starts_with(TETHER_DESCRIPTION_PREFIX));
+                let tethers = r.description().is_some_and(|d| described_by(&self.deployment, d));
                 found.push(SubnetCidr { id: id.to_owned(), cidr, tethers });
             }
             match out.next_token() {

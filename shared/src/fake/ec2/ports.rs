@@ -107,7 +107,7 @@ impl Network for FakeEc2 {
     async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
         yield_now().await;
         let range = Ipv4Net::from(ip);
-        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(ip, owner))) {
+        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(FAKE_DEPLOYMENT, ip, owner))) {
             Ok(id) => Ok(SubnetReservation { id, tethers: true }),
             // As the adapter: the reservation that covers it already is looked up; Tether's
             // own by its description.
@@ -131,7 +131,7 @@ impl Network for FakeEc2 {
             Ok(s.subnet_reservations
                 .iter()
                 .filter(|(_, (subnet, _, _))| subnet == subnet_id)
-                .map(|(id, (_, cidr, description))| SubnetCidr { id: id.clone(), cidr: *cidr, tethers: description.starts_with(TETHER_DESCRIPTION_PREFIX) })
+                .map(|(id, (_, cidr, description))| SubnetCidr { id: id.clone(), cidr: *cidr, tethers: described_by(FAKE_DEPLOYMENT, description) })
                 .collect())
         })
     }
