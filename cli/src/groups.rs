@@ -93,16 +93,9 @@ impl Watched for GroupView {
         format!("/groups/{}", http::encode(self.id.as_str()))
     }
 
-    /// Active: the target running (none below it, no surplus) and no rolling recycle left;
-    /// paused: no member counting; deallocated.
+    /// The group has nothing left to do (members held or in error wait for the user).
     fn settled(&self) -> bool {
-        let s = &self.status;
-        match self.state {
-            GroupState::Active => s.below_target.is_none() && s.counting == self.target_capacity && self.rollout.is_none(),
-            GroupState::Paused => s.counting == 0,
-            GroupState::Deallocating => false,
-            GroupState::Deallocated => true,
-        }
+        self.status.settled
     }
 
     /// `2 of 3 running: 1 launching or recovering`, `being deallocated: 2 member(s) left`, …
@@ -136,8 +129,10 @@ impl Watched for GroupView {
         self.progress()
     }
 
+    /// Settled with members in error: the group cannot bring them back by itself.
     fn failure(&self) -> Option<String> {
-        None
+        let s = &self.status;
+        (s.error > 0).then(|| s.below_target.clone().unwrap_or_else(|| format!("{} member(s) in error", s.error)))
     }
 
     fn follow(&self) -> String {

@@ -150,7 +150,7 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::GroupContended { .. } => "Tether.Contended",
                 TetherError::EventInProgress { .. } => "Tether.EventInProgress",
                 TetherError::Invalid { .. } => "Tether.Invalid",
-                TetherError::Conflict(_) => "Tether.Conflict",
+                TetherError::Conflict(_) | TetherError::ConflictOn { .. } => "Tether.Conflict",
             }
             .to_owned(),
         };

@@ -225,6 +225,21 @@ pub enum Write {
     DeleteReservation { address: Address, expect: Expect },
 }
 
+impl Write {
+    /// The item written or checked: DynamoDB refuses a transaction with two operations on
+    /// one item (`ValidationException`), and the fake refuses it as well.
+    pub fn item(&self) -> String {
+        match self {
+            Write::CreateNode(n) | Write::SaveNode(n) => n.id.to_string(),
+            Write::CheckNode { id, .. } | Write::CheckNoNode { id } => id.to_string(),
+            Write::CreateGroup(g) | Write::SaveGroup(g) => g.id.to_string(),
+            Write::CheckGroup { id, .. } => id.to_string(),
+            Write::PutReservation { reservation, .. } => reservation.address.to_string(),
+            Write::DeleteReservation { address, .. } => address.to_string(),
+        }
+    }
+}
+
 /// DynamoDB's limit on one transaction.
 pub const MAX_WRITES: usize = 100;
 

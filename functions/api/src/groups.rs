@@ -3,7 +3,7 @@
 //! they are as it says, 202 while the controller is still bringing them there).
 
 use lambda_http::http::{header, StatusCode};
-use tether::group::{GroupId, GroupState};
+use tether::group::GroupId;
 use tether::views::{CreateGroup, DeallocateGroup, GroupList, GroupMember, GroupMembers, GroupPatch, GroupView, NodeView, Scale};
 use tether::{Node, NodeState, TetherError};
 
@@ -100,18 +100,12 @@ impl Api {
         json(StatusCode::OK, &GroupList { groups: views, next_token: next.map(|id| id.to_string()) })
     }
 
-    /// The group; with `status`, or after a change (`None`): 200 once its members are as it
-    /// says, 202 while they are being brought there.
+    /// The group; with `status`, or after a change (`None`): 200 once the group has nothing
+    /// left to do (`status.settled`), 202 while its members are being brought there.
     async fn show_group(&self, id: &GroupId, status: Option<StatusCode>) -> Answer {
         match self.tether.group_status(id).await {
             Ok((group, _, group_status)) => {
-                let settled = match group.state {
-                    GroupState::Active => group_status.below_target.is_none() && group_status.counting == group.target_capacity && group.rollout.is_none(),
-                    GroupState::Paused => group_status.counting == 0,
-                    GroupState::Deallocating => false,
-                    GroupState::Deallocated => true,
-                };
-                let status = status.unwrap_or(if settled { StatusCode::OK } else { StatusCode::ACCEPTED });
+                let status = status.unwrap_or(if group_status.settled { StatusCode::OK } else { StatusCode::ACCEPTED });
                 json(status, &GroupView::of(&group, group_status))
             }
             Err(e) => from_error(&e),

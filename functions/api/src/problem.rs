@@ -50,6 +50,7 @@ pub fn from_error(e: &TetherError) -> Response<Body> {
         TetherError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group-not-found", None),
         TetherError::Invalid { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", Some(field.as_str())),
         TetherError::Conflict(_) => (StatusCode::CONFLICT, "state-conflict", None),
+        TetherError::ConflictOn { field, .. } => (StatusCode::CONFLICT, "state-conflict", Some(field.as_str())),
         // Worth retrying: AWS throttled or faulted, or the node is busy.
         e if e.is_retryable() => (StatusCode::SERVICE_UNAVAILABLE, "retry-later", None),
         // AWS refused for good: something in the request or the account, not in Tether.
@@ -60,7 +61,7 @@ pub fn from_error(e: &TetherError) -> Response<Body> {
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail: match e {
-            TetherError::Invalid { reason, .. } => reason.clone(),
+            TetherError::Invalid { reason, .. } | TetherError::ConflictOn { reason, .. } => reason.clone(),
             other => other.to_string(),
         },
         field: field.map(str::to_owned),

@@ -267,20 +267,43 @@ impl Registry for DynamoNodeStore {
         if failed.is_empty() {
             return Err(aws_error("DynamoDB", "TransactWriteItems", e));
         }
-        let conflict = failed.iter().any(|f| f.ends_with("ConditionalCheckFailed") || f.ends_with("TransactionConflict"));
         Err(AwsError {
             service: "DynamoDB",
             operation: "TransactWriteItems",
             code: e.code().map(str::to_owned).or_else(|| Some("TransactionCanceledException".into())),
             message: format!("transaction cancelled: {}", failed.join("; ")),
-            class: if conflict { ErrorClass::Conflict } else { ErrorClass::Transient },
+            class: cancellation_class(&failed),
         })
+    }
+}
+
+/// What a cancelled transaction's reasons (`<write>: <code>`) make of it: a request DynamoDB
+/// refuses as such (`ValidationError`, `ItemCollectionSizeLimitExceeded`) fails the same
+/// way again; a failed condition or a concurrent transaction is a lost race; throttling and
+/// anything else is retried.
+fn cancellation_class(failed: &[String]) -> ErrorClass {
+    let any = |code: &str| failed.iter().any(|f| f.ends_with(code));
+    if any("ValidationError") || any("ItemCollectionSizeLimitExceeded") {
+        ErrorClass::Permanent
+    } else if any("ConditionalCheckFailed") || any("TransactionConflict") {
+        ErrorClass::Conflict
+    } else {
+        ErrorClass::Transient
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancelled_transaction_is_classed_by_its_reasons() {
+        let class = |reasons: &[&str]| cancellation_class(&reasons.iter().map(|r| format!("node tn-1: {r}")).collect::<Vec<_>>());
+        assert_eq!(class(&["ConditionalCheckFailed"]), ErrorClass::Conflict);
+        assert_eq!(class(&["TransactionConflict"]), ErrorClass::Conflict);
+        assert_eq!(class(&["ConditionalCheckFailed", "ValidationError"]), ErrorClass::Permanent, "refused as sent: a retry fails the same way");
+        assert_eq!(class(&["ThrottlingError"]), ErrorClass::Transient);
+    }
 
     #[test]
     fn conditions_name_only_the_attributes_they_use() {

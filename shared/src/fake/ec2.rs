@@ -356,7 +356,12 @@ impl FakeEc2 {
 
     /// Adds a subnet (VPC `vpc-fake`).
     pub fn add_subnet(&self, subnet_id: &str, cidr: Ipv4Net, availability_zone: &str) {
-        let subnet = Subnet { cidr, az: availability_zone.to_owned(), vpc_id: "vpc-fake".to_owned() };
+        self.add_subnet_in("vpc-fake", subnet_id, cidr, availability_zone);
+    }
+
+    /// `add_subnet`, in VPC `vpc_id`.
+    pub fn add_subnet_in(&self, vpc_id: &str, subnet_id: &str, cidr: Ipv4Net, availability_zone: &str) {
+        let subnet = Subnet { cidr, az: availability_zone.to_owned(), vpc_id: vpc_id.to_owned() };
         self.lock().subnets.insert(subnet_id.to_owned(), subnet);
     }
 
@@ -487,9 +492,14 @@ impl FakeEc2 {
 
     /// Someone creates an untagged ENI (for a foreign holder of an Elastic IP).
     pub fn hand_create_eni(&self, subnet_id: &str) -> Result<String, AwsError> {
+        self.hand_create_eni_at(subnet_id, None)
+    }
+
+    /// `hand_create_eni` on `private_ip` (`None`: EC2 picks).
+    pub fn hand_create_eni_at(&self, subnet_id: &str, private_ip: Option<Ipv4Addr>) -> Result<String, AwsError> {
         let mut state = self.lock();
         let cidr = state.describe_subnet(subnet_id)?.cidr;
-        let ip = state.private_ip_for("CreateNetworkInterface", subnet_id, cidr, None)?;
+        let ip = state.private_ip_for("CreateNetworkInterface", subnet_id, cidr, private_ip)?;
         Ok(state.new_eni(subnet_id, ip, true, Vec::new(), BTreeMap::new()).id)
     }
 

@@ -256,11 +256,113 @@ async fn refusals_name_the_address_and_why() {
     // An Elastic IP a member holds stays in the pool.
     let patch = GroupPatch { elastic_ip_pool: Some(vec![]), ..GroupPatch::default() };
     let e = w.tether.patch_group(&group.id, &patch, None).await.expect_err("refused");
-    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("held by member")), "{e}");
+    assert!(matches!(&e, TetherError::ConflictOn { field, reason } if field == "elastic_ip_pool" && reason.contains("held by member")), "{e}");
     // A member's launch settings are the group's.
     let member = w.members(&group.id).await.remove(0);
     let e = w.tether.patch(&member.id, &NodePatch { image_id: Some("ami-2".into()), ..NodePatch::default() }, None).await.expect_err("refused");
     assert!(matches!(&e, TetherError::Conflict(why) if why.contains("group's template")), "{e}");
+}
+
+/// Group changes are checked whole: every subnet removed, the VPC of the subnets kept, the
+/// whole template as patched; a change to `max_unavailable` alone is kept.
+#[tokio::test]
+async fn group_changes_are_checked_whole_and_kept() {
+    let w = world();
+    w.ec2.add_subnet("subnet-c", "10.0.3.0/24".parse().expect("cidr"), "us-east-1c");
+    w.ec2.add_subnet_in("vpc-other", "subnet-x", "10.9.0.0/24".parse().expect("cidr"), "us-east-1a");
+    let mut r = request(&[], vec![], 2);
+    r.subnet_ids.push("subnet-c".into());
+    let group = w.tether.create_group(r, None).await.expect("created");
+    w.settle(&group.id).await;
+    let lives_in: Vec<String> = w.members(&group.id).await.iter().map(|m| m.spec.subnet_id.clone()).collect();
+    assert_eq!(lives_in, ["subnet-a", "subnet-b"], "spread, the emptiest subnets first");
+    // subnet-b, the second removed, has a member: refused although subnet-c has none.
+    let patch = GroupPatch { subnet_ids: Some(vec!["subnet-a".into()]), ..GroupPatch::default() };
+    let e = w.tether.patch_group(&group.id, &patch, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::ConflictOn { field, reason } if field == "subnet_ids" && reason.contains("subnet-b")), "{e}");
+    // A subnet of another VPC than the group's, even added alone.
+    let patch = GroupPatch { subnet_ids: Some(vec!["subnet-a".into(), "subnet-b".into(), "subnet-c".into(), "subnet-x".into()]), ..GroupPatch::default() };
+    let e = w.tether.patch_group(&group.id, &patch, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Invalid { field, reason } if field == "subnet_ids" && reason.contains("vpc-other")), "{e}");
+    // The template as patched is checked as at creation.
+    let patch = GroupPatch { template: Some(NodePatch { image_id: Some("not-an-ami".into()), ..NodePatch::default() }), ..GroupPatch::default() };
+    let e = w.tether.patch_group(&group.id, &patch, None).await.expect_err("refused");
+    assert!(matches!(&e, TetherError::Invalid { field, .. } if field == "template.image_id"), "{e}");
+    let patch = GroupPatch { max_unavailable: Some(2), ..GroupPatch::default() };
+    let patched = w.tether.patch_group(&group.id, &patch, None).await.expect("patched");
+    assert_eq!(w.tether.group(&group.id).await.expect("group").max_unavailable, 2, "kept: {:?}", patched.history.last());
+}
+
+/// A refused create or PATCH leaves no subnet CIDR reservation behind: each made ahead of
+/// the claim is undone (they used to stay until a sweep).
+#[tokio::test]
+async fn a_refused_claim_leaves_no_subnet_reservation() {
+    let w = world();
+    // 10.0.1.11 is in use: 10.0.1.10, reserved ahead just before, is undone.
+    w.ec2.hand_create_eni_at("subnet-a", Some(ip(11))).expect("an ENI on .11");
+    let e = w.tether.create_group(request(&[10, 11], vec![], 0), None).await.expect_err("in use");
+    assert!(e.to_string().contains("10.0.1.11 is already in use"), "{e}");
+    // An Elastic IP refused: checked before any private IP is reserved in the subnet.
+    let e = w.tether.create_group(request(&[10], vec!["eipalloc-nope".into()], 0), None).await.expect_err("no such Elastic IP");
+    assert!(matches!(&e, TetherError::Invalid { field, .. } if field == "elastic_ip_pool"), "{e}");
+    // A single node: its Elastic IP is checked first too.
+    let spec = NodeSpec { subnet_id: "subnet-a".into(), ..test_spec(&["m5.large"], true) };
+    let persistence = Persistence { private_ip: Some(ip(12)), elastic_ip_allocation_id: Some("eipalloc-nope".into()), ..Persistence::default() };
+    w.tether.create_node(spec, persistence, None).await.expect_err("no such Elastic IP");
+    // A PATCH whose second new address is in use.
+    let group = w.tether.create_group(request(&[], vec![], 0), None).await.expect("created");
+    let patch = GroupPatch { private_ip_pool: Some(vec![ip(20), ip(11)]), ..GroupPatch::default() };
+    w.tether.patch_group(&group.id, &patch, None).await.expect_err("in use");
+    assert!(w.ec2.subnet_reservations().is_empty(), "{:?}", w.ec2.subnet_reservations());
+    assert!(w.store.reservations_now().is_empty());
+}
+
+/// Two creates claiming one address at once: one gets it, the other is refused naming it
+/// and its holder, and its subnet CIDR reservation (it found the winner's) is left alone.
+#[tokio::test]
+async fn two_concurrent_claims_of_one_address_make_one_holder() {
+    let w = world();
+    let (a, b) = tokio::join!(w.tether.create_group(request(&[10], vec![], 0), None), w.tether.create_group(request(&[10], vec![], 0), None));
+    let (won, lost) = match (a, b) {
+        (Ok(won), Err(lost)) | (Err(lost), Ok(won)) => (won, lost),
+        other => panic!("one create wins, one is refused: {other:?}"),
+    };
+    assert!(matches!(&lost, TetherError::Invalid { field, reason } if field == "private_ip_pool" && reason.contains(won.id.as_str())), "{lost}");
+    let address = Address::PrivateIp { subnet_id: "subnet-a".into(), ip: ip(10) };
+    let held = w.store.reservation(&address).await.expect("read").expect("reserved");
+    assert_eq!(held.owner, won.id.as_str());
+    let in_ec2: Vec<String> = w.ec2.subnet_reservations().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(in_ec2.len(), 1, "the winner's, kept");
+    assert_eq!(held.subnet_reservation.map(|s| s.id), in_ec2.first().cloned());
+}
+
+/// A paused member is resumed through the node API only while its group is active and
+/// runs fewer members than it wants (its target less its held members).
+#[tokio::test]
+async fn a_member_is_resumed_by_hand_only_where_the_group_has_room() {
+    let w = world();
+    let group = w.tether.create_group(request(&[10, 11, 12], vec![], 2), None).await.expect("created");
+    w.settle(&group.id).await;
+    let members = w.members(&group.id).await;
+    // Hold one running member: the group then wants 1, and runs 1.
+    w.tether.pause(&members[0].id, deadline(), Some("operator")).await.expect("held");
+    w.settle(&group.id).await;
+    let spare = &members[2];
+    let e = w.tether.resume(&spare.id, deadline(), Some("operator")).await.expect_err("no room");
+    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("1 held")), "{e}");
+    // The held one may come back: it ends its hold.
+    w.tether.resume(&members[0].id, deadline(), Some("operator")).await.expect("resumed");
+    w.pump().await;
+    w.settle(&group.id).await;
+    assert_eq!(w.running(&w.members(&group.id).await), 2);
+    // A paused group: nothing is resumed by hand, held or not.
+    w.tether.pause(&members[0].id, deadline(), Some("operator")).await.expect("held");
+    w.tether.pause_group(&group.id, None).await.expect("paused");
+    w.settle(&group.id).await;
+    for member in [&members[0], spare] {
+        let e = w.tether.resume(&member.id, deadline(), Some("operator")).await.expect_err("the group is paused");
+        assert!(matches!(&e, TetherError::Conflict(why) if why.contains("tether groups resume")), "{e}");
+    }
 }
 
 #[tokio::test]
@@ -290,7 +392,7 @@ async fn deallocating_a_group_needs_deletion_protection_off_and_releases_everyth
     let group = w.tether.create_group(request(&[10, 11], eips.clone(), 1), None).await.expect("created");
     w.settle(&group.id).await;
     let e = w.tether.deallocate_group(&group.id, false, None).await.expect_err("protected");
-    assert!(matches!(&e, TetherError::Conflict(why) if why.contains("deletion_protection")), "{e}");
+    assert!(matches!(&e, TetherError::ConflictOn { field, reason } if field == "deletion_protection" && reason.contains("tether groups update")), "{e}");
     w.tether.patch_group(&group.id, &GroupPatch { deletion_protection: Some(false), ..GroupPatch::default() }, None).await.expect("off");
     w.tether.deallocate_group(&group.id, false, None).await.expect("deallocating");
     w.settle(&group.id).await;

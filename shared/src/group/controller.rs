@@ -81,6 +81,11 @@ pub struct GroupStatus {
     /// Why fewer members run than the target, in words; `None` when none are missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below_target: Option<String>,
+    /// Nothing left for the group to do: no action planned, no member launching, recovering
+    /// or being deallocated, no rolling recycle. Members held or in error may still keep it
+    /// below its target (`below_target` says so): they wait for the user, not the group.
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// What the controller decided.
@@ -139,7 +144,9 @@ pub fn plan(group: &Group, members: &[Node], now: DateTime<Utc>) -> Plan {
             }
         }
     }
-    Plan { actions: planner.actions, next: planner.next, status }
+    let under_way = members.iter().any(|m| matches!(m.state, NodeState::Launching | NodeState::Recovering | NodeState::Deallocating));
+    let settled = planner.actions.is_empty() && planner.next.is_none() && group.rollout.is_none() && !under_way;
+    Plan { actions: planner.actions, next: planner.next, status: GroupStatus { settled, ..status } }
 }
 
 struct Planner<'a> {
@@ -387,6 +394,7 @@ fn status(group: &Group, members: &[&Node]) -> GroupStatus {
             count(&|m| m.state == NodeState::Running && m.instance.as_ref().is_some_and(|i| i.launched_at < r.started_at))
         }),
         below_target: None,
+        settled: false,
     };
     if status.running >= group.target_capacity && group.state == GroupState::Active {
         return status;

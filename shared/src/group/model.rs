@@ -126,6 +126,7 @@ pub struct GroupSubnet {
     #[schemars(with = "String")]
     pub cidr: Ipv4Net,
     pub availability_zone: String,
+    pub vpc_id: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -100,9 +100,15 @@ impl Tether {
         }
     }
 
-    /// Undoes `reserve_ahead` for a claim refused (best effort: the sweep deletes what is left).
-    pub(super) async fn undo_ahead(&self, made: Option<&SubnetReservation>) {
-        if let Some(made) = made.filter(|m| m.tethers) {
+    /// Undoes `reserve_ahead` for claims refused (best effort: the sweep deletes what is
+    /// left). One whose address the table reserves now is left alone: it may be another
+    /// request's, found covering the address, and that request's claim was written.
+    pub(super) async fn undo_ahead(&self, claims: &[Reservation]) {
+        for claim in claims {
+            let Some(made) = claim.subnet_reservation.as_ref().filter(|m| m.tethers) else { continue };
+            if !matches!(self.registry.reservation(&claim.address).await, Ok(None)) {
+                continue;
+            }
             if let Err(e) = self.network.unreserve_in_subnet(&made.id).await {
                 warn!(subnet_reservation = made.id, error = %e, "subnet CIDR reservation of a refused claim left for the sweep");
             }

@@ -1,8 +1,9 @@
 //! Running a group's controller: read the group and its members, plan (`group::plan`), and do
 //! the plan's actions, each only if the member is still at the version the plan was made
-//! from (a plan made from a stale read changes nothing; the next run plans again). Launches
-//! are paced (EC2 refills RunInstances at 2 a second for the whole account) and run a few at
-//! a time until the deadline; what is left is the next run's.
+//! from (a plan made from a stale read changes nothing; the next run plans again). A run's
+//! launches are paced by EC2's RunInstances bucket (5 at once, then 2 a second; the bucket
+//! is the account's, shared by every run, so a run that meets throttling backs off) and run a
+//! few at a time until the deadline; what is left is the next run's.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,8 +21,11 @@ use crate::lifecycle::{self, Step};
 use crate::model::{Node, NodeId, Persistence};
 use crate::ports::{Address, Clock, Expect, Reservation, Write, MAX_WRITES};
 
-/// Launches one run has under way at once.
+/// Actions one run has under way at once (launches, and the others).
 const LAUNCH_CONCURRENCY: usize = 8;
+
+/// How long the actions that launch nothing (deallocate, pause, sync) may wait on EC2.
+const OTHERS_WAIT: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// What one run of a group's controller did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -99,14 +103,22 @@ impl Tether {
         }
         let (launches, others): (Vec<GroupAction>, Vec<GroupAction>) = plan.actions.into_iter().partition(GroupAction::launches);
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
-        let mut results = Vec::new();
-        for action in others {
-            if out_of_time(self) {
-                run.left += 1;
-                continue;
-            }
-            results.push((describe(&action), Box::pin(self.member_action(&group, action, deadline)).await));
-        }
+        // A deallocation waits for the old instance to let go of its ENI only briefly: the
+        // instance's termination event (or the next run) finishes it, and the others go on.
+        let others_deadline = deadline.min(self.clock.now() + OTHERS_WAIT);
+        let mut results: Vec<(String, Result<Done, TetherError>)> = stream::iter(others)
+            .map(|action| {
+                let group = &group;
+                async move {
+                    if out_of_time(self) {
+                        return (describe(&action), Ok(Done::Skipped("left for the next run: the deadline came first".into())));
+                    }
+                    (describe(&action), Box::pin(self.member_action(group, action, others_deadline)).await)
+                }
+            })
+            .buffer_unordered(LAUNCH_CONCURRENCY)
+            .collect()
+            .await;
         let pacer = Pacer::new(self.settings.launches_per_second, self.settings.launch_burst);
         let paced: Vec<(String, Result<Done, TetherError>)> = stream::iter(launches)
             .map(|action| {
@@ -245,8 +257,8 @@ impl Tether {
         let step = decide(&node, self.clock.now());
         match self.act(&node, step, deadline).instrument(span).await {
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => Ok(Done::Skipped("the member changed meanwhile".into())),
-            // A launch waiting for capacity or for the ENI goes on by itself (the reconciler).
-            Err(e @ (TetherError::NoCapacity { .. } | TetherError::EniStillAttached { .. })) => Ok(Done::Did(format!("launching: {e}"))),
+            // Waiting for capacity or for the ENI goes on by itself (events, the reconciler).
+            Err(e @ (TetherError::NoCapacity { .. } | TetherError::EniStillAttached { .. })) => Ok(Done::Did(format!("under way: {e}"))),
             Ok(outcome) => Ok(Done::Did(outcome_words(&outcome))),
             Err(e) => Err(e),
         }

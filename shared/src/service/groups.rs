@@ -78,15 +78,21 @@ impl Tether {
             created_at: now,
             updated_at: now,
         };
+        // The Elastic IPs and the count first: nothing is made in EC2 for a request refused.
+        let eip_claims = self.claim_elastic_ips(&group, &request.elastic_ip_pool).await?;
+        let changes = request.private_ip_pool.len() + eip_claims.len();
+        check_changes(if request.private_ip_pool.len() >= eip_claims.len() { "private_ip_pool" } else { "elastic_ip_pool" }, changes)?;
         let mut claims = self.claim_private_ips(&group, &request.private_ip_pool).await?;
-        claims.extend(self.claim_elastic_ips(&group, &request.elastic_ip_pool).await?);
-        check_changes(claims.len())?;
+        claims.extend(eip_claims);
         group.private_ip_pool = request.private_ip_pool;
         group.elastic_ip_pool = request.elastic_ip_pool;
         group.record_by(now, format!("created: target {}, {} pool addresses, {} pool Elastic IPs", group.target_capacity, group.private_ip_pool.len(), group.elastic_ip_pool.len()), by);
         let mut writes = vec![Write::CreateGroup(group.clone())];
         writes.extend(claims.iter().map(|r| Write::PutReservation { reservation: r.clone(), expect: Expect::Absent }));
-        self.write_claims(writes, &claims, group.id.as_str()).await?;
+        if let Err(e) = self.write_claims(writes, &claims, group.id.as_str()).await {
+            self.undo_ahead(&claims).await;
+            return Err(e);
+        }
         for reservation in &claims {
             self.reserve_in_subnet(reservation).await;
         }
@@ -116,7 +122,6 @@ impl Tether {
             return Err(TetherError::invalid(field, "list at least one subnet of the group's VPC"));
         }
         let mut subnets: Vec<GroupSubnet> = Vec::new();
-        let mut vpc: Option<String> = None;
         for id in ids {
             if !id.starts_with("subnet-") || check_name(field, id).is_err() {
                 return Err(TetherError::invalid(field, format!("`{}` is not a subnet id like subnet-0123456789abcdef0", id.escape_debug())));
@@ -124,20 +129,19 @@ impl Tether {
             if subnets.iter().any(|s| s.id == *id) {
                 return Err(TetherError::invalid(field, format!("{id} is listed twice")));
             }
-            let (subnet, subnet_vpc) = match known.iter().find(|s| s.id == *id) {
-                Some(s) => (s.clone(), None),
+            let subnet = match known.iter().find(|s| s.id == *id) {
+                Some(s) => s.clone(),
                 None => {
                     let info = self.network.describe_subnet(id).await?.ok_or_else(|| TetherError::invalid(field, format!("subnet {id} does not exist in this Region")))?;
-                    (GroupSubnet { id: id.clone(), cidr: info.cidr, availability_zone: info.availability_zone }, Some(info.vpc_id))
+                    GroupSubnet { id: id.clone(), cidr: info.cidr, availability_zone: info.availability_zone, vpc_id: info.vpc_id }
                 }
             };
-            if let Some(subnet_vpc) = subnet_vpc {
-                match &vpc {
-                    Some(v) if *v != subnet_vpc => {
-                        return Err(TetherError::invalid(field, format!("{id} is in {subnet_vpc}, the group's other subnets in {v}: a group's subnets are of one VPC")))
-                    }
-                    _ => vpc = Some(subnet_vpc),
-                }
+            // Against the group's subnets kept too: a pool address moves between members of one VPC only.
+            if let Some(other) = subnets.iter().chain(known).find(|s| s.vpc_id != subnet.vpc_id) {
+                return Err(TetherError::invalid(
+                    field,
+                    format!("{id} is in {}, {} in {}: a group's subnets are of one VPC", subnet.vpc_id, other.id, other.vpc_id),
+                ));
             }
             subnets.push(subnet);
         }
@@ -146,14 +150,16 @@ impl Tether {
 
     /// The reservations of pool addresses new to `group`, each checked: inside one of its
     /// subnets, not one of the 5 AWS reserves, listed once, not reserved by another node or
-    /// group, not in use in EC2.
+    /// group, not in use in EC2. Each is reserved in its subnet ahead of the claim
+    /// (`reserve_ahead`); the caller undoes them (`undo_ahead`) if the claim is not written.
     async fn claim_private_ips(&self, group: &Group, ips: &[Ipv4Addr]) -> Result<Vec<Reservation>, TetherError> {
         let field = "private_ip_pool";
         if ips.len() > MAX_POOL {
             return Err(TetherError::invalid(field, format!("a pool takes at most {MAX_POOL} addresses")));
         }
+        // What needs no call first: a refusal then leaves nothing made in EC2.
         let mut seen = BTreeSet::new();
-        let mut claims = Vec::new();
+        let mut new = Vec::new();
         for &ip in ips {
             if !seen.insert(ip) {
                 return Err(TetherError::invalid(field, format!("{ip} is listed twice")));
@@ -166,16 +172,28 @@ impl Tether {
                 return Err(TetherError::invalid(field, format!("{ip} is outside every subnet of the group: {}", ranges.join(", "))));
             };
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid(field, reason))?;
-            let address = Address::PrivateIp { subnet_id: subnet.id.clone(), ip };
-            if self.unreserved(&address, field, group.id.as_str()).await?.is_some() {
-                continue;
+            new.push(Address::PrivateIp { subnet_id: subnet.id.clone(), ip });
+        }
+        let mut unclaimed = Vec::new();
+        for address in new {
+            if self.unreserved(&address, field, group.id.as_str()).await?.is_none() {
+                unclaimed.push(address);
             }
-            let reserved_ahead = self.reserve_ahead(&address, group.id.as_str()).await;
-            if self.network.private_ip_in_use(&subnet.id, ip).await? {
-                self.undo_ahead(reserved_ahead.as_ref()).await;
-                return Err(TetherError::invalid(field, format!("{ip} is already in use in {}; choose a free address", subnet.id)));
+        }
+        let mut claims = Vec::new();
+        for address in unclaimed {
+            let made = self.reserve_ahead(&address, group.id.as_str()).await;
+            claims.push(Reservation { subnet_reservation: made, ..Reservation::new(address.clone(), group.id.as_str()) });
+            let Address::PrivateIp { subnet_id, ip } = &address else { continue };
+            let in_use = match self.network.private_ip_in_use(subnet_id, *ip).await {
+                Ok(false) => None,
+                Ok(true) => Some(TetherError::invalid(field, format!("{ip} is already in use in {subnet_id}; choose a free address"))),
+                Err(e) => Some(e.into()),
+            };
+            if let Some(refused) = in_use {
+                self.undo_ahead(&claims).await;
+                return Err(refused);
             }
-            claims.push(Reservation { subnet_reservation: reserved_ahead, ..Reservation::new(address, group.id.as_str()) });
         }
         Ok(claims)
     }
@@ -236,16 +254,19 @@ impl Tether {
                 let field = if template.subnet_id.is_some() { "template.subnet_id" } else { "template.private_ip" };
                 return Err(TetherError::invalid(field, "a group's members take their subnets from subnet_ids and their addresses from private_ip_pool"));
             }
-            if let Some(types) = &template.instance_types {
-                for instance_type in types {
-                    check_name("template.instance_types", instance_type)?;
-                }
-                self.check_instance_types(types, "template.instance_types").await?;
-            }
-            if let Some(tags) = &template.tags {
-                check_tags("template.tags", tags)?;
-            }
         }
+        // Subnet CIDR reservations made ahead of claims, undone if the change is refused.
+        let mut ahead = Vec::new();
+        let patched = self.patch_group_tries(id, patch, by, &mut ahead).await;
+        if patched.is_err() {
+            self.undo_ahead(&ahead).await;
+        }
+        patched
+    }
+
+    /// `patch_group`'s change, tried again on a lost race; `ahead` collects the subnet CIDR
+    /// reservations made for new pool addresses.
+    async fn patch_group_tries(&self, id: &GroupId, patch: &GroupPatch, by: Option<&str>, ahead: &mut Vec<Reservation>) -> Result<Group, TetherError> {
         for _ in 0..MAX_CONFLICTS {
             let group = self.group(id).await?;
             if matches!(group.state, GroupState::Deallocating | GroupState::Deallocated) {
@@ -265,13 +286,20 @@ impl Tether {
                 let mut spec = group.template.spec_in("");
                 let changed = patch_spec(&mut spec, template).map_err(|e| TetherError::invalid(format!("template.{}", e.field), e.reason))?;
                 next.template = MemberTemplate::of_spec(spec);
-                what.push(format!("template ({}; every member's next launch uses it)", changed.join(", ")));
+                check_template("template", &next.template)?;
+                if let Some(types) = template.instance_types.as_ref().filter(|_| next.template.instance_types != group.template.instance_types) {
+                    self.check_instance_types(types, "template.instance_types").await?;
+                }
+                if !changed.is_empty() {
+                    what.push(format!("template ({}; every member's next launch uses it)", changed.join(", ")));
+                }
             }
             if let Some(target) = patch.target_capacity.filter(|t| *t != group.target_capacity) {
                 what.push(format!("target capacity {} → {target}", group.target_capacity));
                 next.target_capacity = target;
             }
-            if let Some(max) = patch.max_unavailable {
+            if let Some(max) = patch.max_unavailable.filter(|m| *m != group.max_unavailable) {
+                what.push(format!("max unavailable {} → {max}", group.max_unavailable));
                 next.max_unavailable = max;
             }
             if let Some(on) = patch.deletion_protection.filter(|on| *on != group.deletion_protection) {
@@ -281,11 +309,13 @@ impl Tether {
             let members = self.registry.members(id).await?;
             if let Some(ids) = &patch.subnet_ids {
                 next.subnets = self.group_subnets(ids, &group.subnets).await?;
-                if let Some(gone) = group.subnets.iter().find(|s| !ids.contains(&s.id)) {
+                for gone in group.subnets.iter().filter(|s| !ids.contains(&s.id)) {
                     if let Some(m) = members.iter().find(|m| m.state != NodeState::Deallocated && m.spec.subnet_id == gone.id) {
-                        return Err(TetherError::Conflict(format!("member {} lives in {}: a subnet is removed only once no member lives in it", m.id, gone.id)));
+                        return Err(TetherError::conflict_on("subnet_ids", format!("member {} lives in {}: a subnet is removed only once no member lives in it", m.id, gone.id)));
                     }
-                    if let Some(ip) = next.private_ip_pool.iter().find(|ip| gone.cidr.contains(*ip)) {
+                    // The pool as patched: its addresses are removed in the same request.
+                    let pool = patch.private_ip_pool.as_ref().unwrap_or(&group.private_ip_pool);
+                    if let Some(ip) = pool.iter().find(|ip| gone.cidr.contains(*ip)) {
                         return Err(TetherError::invalid("subnet_ids", format!("pool address {ip} lies in {}: remove it from private_ip_pool first", gone.id)));
                     }
                 }
@@ -293,8 +323,33 @@ impl Tether {
                     what.push(format!("subnets {}", ids.join(", ")));
                 }
             }
+            if let Some(pool) = &patch.elastic_ip_pool {
+                let claims = self.claim_elastic_ips(&next, pool).await?;
+                for reservation in &claims {
+                    writes.push(Write::PutReservation { reservation: reservation.clone(), expect: Expect::Absent });
+                }
+                let removed: Vec<&String> = group.elastic_ip_pool.iter().filter(|a| !pool.contains(a)).collect();
+                for allocation_id in &removed {
+                    let address = Address::ElasticIp { allocation_id: (*allocation_id).clone() };
+                    if let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == id.as_str()) {
+                        if let Some(member) = &r.member {
+                            return Err(TetherError::conflict_on(
+                                "elastic_ip_pool",
+                                format!("Elastic IP {allocation_id} is held by member {member}: it stays in the pool until that member is deallocated"),
+                            ));
+                        }
+                        writes.push(release_write(&r));
+                        released.push(r);
+                    }
+                }
+                if !claims.is_empty() || !removed.is_empty() {
+                    what.push(format!("Elastic-IP pool: {} added, {} removed", claims.len(), removed.len()));
+                }
+                next.elastic_ip_pool = pool.clone();
+            }
             if let Some(pool) = &patch.private_ip_pool {
                 let claims = self.claim_private_ips(&next, pool).await?;
+                ahead.extend(claims.iter().cloned());
                 for reservation in &claims {
                     writes.push(Write::PutReservation { reservation: reservation.clone(), expect: Expect::Absent });
                 }
@@ -307,30 +362,7 @@ impl Tether {
                 }
                 next.private_ip_pool = pool.clone();
             }
-            if let Some(pool) = &patch.elastic_ip_pool {
-                let claims = self.claim_elastic_ips(&next, pool).await?;
-                for reservation in &claims {
-                    writes.push(Write::PutReservation { reservation: reservation.clone(), expect: Expect::Absent });
-                }
-                let removed: Vec<&String> = group.elastic_ip_pool.iter().filter(|a| !pool.contains(a)).collect();
-                for allocation_id in &removed {
-                    let address = Address::ElasticIp { allocation_id: (*allocation_id).clone() };
-                    if let Some(r) = self.registry.reservation(&address).await?.filter(|r| r.owner == id.as_str()) {
-                        if let Some(member) = &r.member {
-                            return Err(TetherError::Conflict(format!(
-                                "Elastic IP {allocation_id} is held by member {member}: it stays in the pool until that member is deallocated"
-                            )));
-                        }
-                        writes.push(release_write(&r));
-                        released.push(r);
-                    }
-                }
-                if !claims.is_empty() || !removed.is_empty() {
-                    what.push(format!("Elastic-IP pool: {} added, {} removed", claims.len(), removed.len()));
-                }
-                next.elastic_ip_pool = pool.clone();
-            }
-            check_changes(writes.len())?;
+            check_changes(if patch.private_ip_pool.is_some() { "private_ip_pool" } else { "elastic_ip_pool" }, writes.len())?;
             if what.is_empty() && writes.is_empty() {
                 return Ok(group);
             }
@@ -432,10 +464,13 @@ impl Tether {
     pub async fn deallocate_group(&self, id: &GroupId, keep_enis: bool, by: Option<&str>) -> Result<Group, TetherError> {
         self.change_group(id, by, |group, _| match group.state {
             GroupState::Deallocating | GroupState::Deallocated => Ok(None),
-            _ if group.deletion_protection => Err(TetherError::Conflict(format!(
-                "group {} has deletion protection on: turn it off first (PATCH /groups/{} {{\"deletion_protection\": false}}; CLI: tether groups update {} --no-deletion-protection)",
-                group.id, group.id, group.id
-            ))),
+            _ if group.deletion_protection => Err(TetherError::conflict_on(
+                "deletion_protection",
+                format!(
+                    "group {} has deletion protection on: turn it off first (PATCH /groups/{} {{\"deletion_protection\": false}}; CLI: tether groups update {} --no-deletion-protection)",
+                    group.id, group.id, group.id
+                ),
+            )),
             _ => Ok(Some((
                 format!("deallocate requested{}", if keep_enis { " (keep ENIs)" } else { "" }),
                 Group { state: GroupState::Deallocating, keep_enis, rollout: None, ..group.clone() },
@@ -489,11 +524,14 @@ fn pool_field(address: &Address) -> &'static str {
     }
 }
 
-fn check_changes(count: usize) -> Result<(), TetherError> {
+/// `field`: the pool the request changes most.
+fn check_changes(field: &str, count: usize) -> Result<(), TetherError> {
     if count > MAX_ADDRESS_CHANGES {
         return Err(TetherError::invalid(
-            "private_ip_pool",
-            format!("one request may add or remove at most {MAX_ADDRESS_CHANGES} pool addresses and Elastic IPs together (DynamoDB's {MAX_WRITES}-item transaction); this one changes {count}: split it into several PATCHes"),
+            field,
+            format!(
+                "one request writes at most {MAX_ADDRESS_CHANGES} items beside the group (DynamoDB's {MAX_WRITES}-item transaction): one per pool address or Elastic IP added or removed, plus one per member an address removed passes to; this one needs {count}: split it into several requests"
+            ),
         ));
     }
     Ok(())

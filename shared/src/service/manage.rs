@@ -44,19 +44,10 @@ impl Tether {
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
         })?;
-        let mut reserved_ahead = None;
         if let Some(ip) = persistence.private_ip {
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;
             let address = Address::PrivateIp { subnet_id: spec.subnet_id.clone(), ip };
             self.unreserved(&address, "persistence.private_ip", "").await?;
-            reserved_ahead = self.reserve_ahead(&address, id.as_str()).await;
-            if self.network.private_ip_in_use(&spec.subnet_id, ip).await? {
-                self.undo_ahead(reserved_ahead.as_ref()).await;
-                return Err(TetherError::invalid(
-                    "persistence.private_ip",
-                    format!("{ip} is already in use in {}; choose a free address, or omit private_ip for a random one", spec.subnet_id),
-                ));
-            }
         }
         if let Some(allocation_id) = &persistence.elastic_ip_allocation_id {
             let field = "persistence.elastic_ip_allocation_id";
@@ -79,7 +70,22 @@ impl Tether {
             node.history.clear();
             node.record_by(node.created_at, "created", Some(who));
         }
-        self.create_claiming(&node, &[("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")], reserved_ahead).await?;
+        // Everything else checked first: a refusal after this is undone in EC2 too.
+        let mut ahead = Vec::new();
+        if let Some(ip) = node.persistence.private_ip {
+            let address = Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip };
+            let made = self.reserve_ahead(&address, node.id.as_str()).await;
+            ahead.push(Reservation { subnet_reservation: made, ..Reservation::new(address, node.id.as_str()) });
+        }
+        let fields = [("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")];
+        let created = match self.ip_free(&node).await {
+            Ok(()) => self.create_claiming(&node, &fields, ahead.first().and_then(|r| r.subnet_reservation.clone())).await,
+            Err(e) => Err(e),
+        };
+        if created.is_err() {
+            self.undo_ahead(&ahead).await;
+        }
+        created?;
         info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
     }
@@ -119,6 +125,19 @@ impl Tether {
             if let Some(r) = self.registry.reservation(address).await?.filter(|r| r.owner == node.id.as_str()) {
                 self.reserve_in_subnet(&r).await;
             }
+        }
+        Ok(())
+    }
+
+    /// A new node's chosen private IP is held by no ENI.
+    async fn ip_free(&self, node: &Node) -> Result<(), TetherError> {
+        let Some(ip) = node.persistence.private_ip else { return Ok(()) };
+        let subnet_id = &node.spec.subnet_id;
+        if self.network.private_ip_in_use(subnet_id, ip).await? {
+            return Err(TetherError::invalid(
+                "persistence.private_ip",
+                format!("{ip} is already in use in {subnet_id}; choose a free address, or omit private_ip for a random one"),
+            ));
         }
         Ok(())
     }

@@ -57,6 +57,10 @@ pub enum TetherError {
     /// The request does not fit the node's state.
     #[error("{0}")]
     Conflict(String),
+    /// The request's `field` does not fit the group's state (a member still uses what it
+    /// removes): `reason` says what to do first.
+    #[error("{field}: {reason}")]
+    ConflictOn { field: String, reason: String },
 }
 
 impl TetherError {
@@ -68,7 +72,7 @@ impl TetherError {
             | TetherError::Contended { .. }
             | TetherError::GroupContended { .. }
             | TetherError::EventInProgress { .. } => true,
-            TetherError::NodeNotFound(_) | TetherError::GroupNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) => false,
+            TetherError::NodeNotFound(_) | TetherError::GroupNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) | TetherError::ConflictOn { .. } => false,
         }
     }
 
@@ -93,6 +97,10 @@ impl TetherError {
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         TetherError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn conflict_on(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        TetherError::ConflictOn { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -241,24 +249,39 @@ impl Tether {
     }
 
     /// A paused group member resumed through the node API would make its group run more
-    /// members than its target, and the group would pause one again: a tug of war. So a
-    /// member the user holds may always be resumed (that ends the hold); another only while
-    /// its group is below its target.
+    /// members than it wants (its target less the held members), or run one while the group
+    /// is paused or being deallocated, and the group would pause it again: a tug of war. So
+    /// a member the user holds may be resumed while its group is active (that ends the
+    /// hold); another only while its group is below what it wants.
     async fn check_room_in_group(&self, id: &NodeId) -> Result<(), TetherError> {
+        use crate::group::GroupState;
         let node = self.node(id).await?;
         let Some(membership) = node.group.as_ref().filter(|_| node.state == NodeState::Paused) else { return Ok(()) };
         let Some(group) = self.registry.group(&membership.group_id).await? else { return Ok(()) };
-        if group.holds(&node) || group.state != crate::group::GroupState::Active {
+        match group.state {
+            GroupState::Active => {}
+            GroupState::Paused => {
+                return Err(TetherError::Conflict(format!(
+                    "node {id} is a member of group {0}, which is paused: the group would pause it again; resume the group instead (POST /groups/{0}/resume; CLI: tether groups resume {0})",
+                    group.id
+                )))
+            }
+            GroupState::Deallocating | GroupState::Deallocated => {
+                return Err(TetherError::Conflict(format!("node {id} is a member of group {}, which is {}", group.id, groups::state_name(group.state))))
+            }
+        }
+        if group.holds(&node) {
             return Ok(());
         }
         let members = self.registry.members(&group.id).await?;
         let counting = members.iter().filter(|m| matches!(m.state, NodeState::Running | NodeState::Recovering | NodeState::Launching | NodeState::Stopped)).count();
-        if counting >= group.target_capacity as usize {
+        let held = members.iter().filter(|m| group.holds(m)).count();
+        let wanted = (group.target_capacity as usize).saturating_sub(held);
+        if counting >= wanted {
             return Err(TetherError::Conflict(format!(
-                "node {id} is a member of group {}, which runs its target of {} already: the group would pause a member again; scale it up instead (tether groups scale {} {})",
+                "node {id} is a member of group {0}, which runs what it wants already ({counting} of its target {1}, {held} held): the group would pause a member again; scale it up instead (tether groups scale {0} {2})",
                 group.id,
                 group.target_capacity,
-                group.id,
                 group.target_capacity + 1
             )));
         }

@@ -110,6 +110,11 @@ impl Registry for FakeStore {
             if writes.len() > crate::ports::MAX_WRITES {
                 return Err(super::aws("DynamoDB", "TransactWriteItems", "ValidationException", "Member must have length less than or equal to 100"));
             }
+            let mut items = std::collections::BTreeSet::new();
+            if let Some(twice) = writes.iter().find(|w| !items.insert(w.item())) {
+                let message = format!("Transaction request cannot include multiple operations on one item: {}", twice.item());
+                return Err(super::aws("DynamoDB", "TransactWriteItems", "ValidationException", message));
+            }
             if let Some(failed) = writes.iter().find(|w| !t.holds(w)) {
                 let mut e = condition_failed("TransactWriteItems");
                 e.code = Some("TransactionCanceledException".into());

@@ -22,7 +22,7 @@ fn ip(host: u8) -> Ipv4Addr {
 }
 
 fn subnet(id: &str, cidr: &str, az: &str) -> GroupSubnet {
-    GroupSubnet { id: id.into(), cidr: cidr.parse().expect("a test CIDR"), availability_zone: az.into() }
+    GroupSubnet { id: id.into(), cidr: cidr.parse().expect("a test CIDR"), availability_zone: az.into(), vpc_id: "vpc-1".into() }
 }
 
 /// A group over two subnets (10.0.1.0/24 in a, 10.0.2.0/24 in b) with pool addresses
@@ -359,6 +359,9 @@ fn a_deallocated_random_member_is_not_made_again_and_a_stuck_launch_is_not_repla
     let members = [member(&g, None, 1, NodeState::Deallocated), member(&g, None, 2, NodeState::Launching)];
     let plan = plan(&g, &members, at(1));
     assert_eq!(ids(&plan), [format!("create+resume {}", g.id.random_member(3))], "one new member; the launching one still counts");
+    assert!(!plan.status.settled);
+    let (_, after) = apply(&g, &members, &plan);
+    assert!(!super::plan(&g, &after, at(2)).status.settled, "a member still launching: not settled");
 }
 
 #[test]
@@ -401,6 +404,7 @@ fn held_members_are_left_alone_and_do_not_count_until_the_group_is_resumed() {
     assert!(plan.actions.is_empty(), "nothing resumed, nothing made to replace it: {:?}", plan.actions);
     assert_eq!((plan.status.held, plan.status.counting), (1, 1));
     assert!(plan.status.below_target.as_deref().is_some_and(|w| w.contains("1 held")), "{:?}", plan.status);
+    assert!(plan.status.settled, "the hold waits for the user, not the group: {:?}", plan.status);
     g.holds_cleared_at = Some(at(20));
     let resumed = super::plan(&g, &members, at(21));
     assert_eq!(ids(&resumed), [format!("resume {}", members[0].id)]);
