@@ -406,3 +406,47 @@ async fn nodes_recorded_before_reservations_get_theirs_from_the_reconciler() -> 
     assert!(problem["detail"].as_str().is_some_and(|d| d.contains(old.id.as_str())), "{problem}");
     Ok(())
 }
+
+/// Two Tether stacks sharing a subnet: each describes its subnet CIDR reservations with its
+/// table, and neither the sweep nor a release deletes the other's (they are told apart in
+/// EC2's own answer, not by the fakes).
+#[tokio::test]
+async fn another_stacks_subnet_reservations_are_never_deleted() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::SubnetCidrReservationType;
+    let fx = Fixture::new().await?;
+    let theirs = fx
+        .ec2
+        .create_subnet_cidr_reservation()
+        .subnet_id(&fx.subnet_id)
+        .cidr("10.0.1.78/32")
+        .reservation_type(SubnetCidrReservationType::Explicit)
+        .description("Tether (tether-other-stack): 10.0.1.78 for tn-0123456789abcdef0123456789abcdef")
+        .send()
+        .await?;
+    let theirs = theirs.subnet_cidr_reservation().and_then(|r| r.subnet_cidr_reservation_id()).ok_or("no reservation id")?.to_owned();
+    let node = json!({"spec": {"subnet_id": fx.subnet_id, "image_id": fx.image_id, "instance_types": ["m5.large"]}, "persistence": {"private_ip": "10.0.1.79"}});
+    let (status, created) = call(&fx, Method::POST, "/nodes", Some(node)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let described = |fx: &Fixture| {
+        let ec2 = fx.ec2.clone();
+        let subnet = fx.subnet_id.clone();
+        async move {
+            let out = ec2.get_subnet_cidr_reservations().subnet_id(subnet).send().await?;
+            let found: Vec<(String, String)> = out
+                .subnet_ipv4_cidr_reservations()
+                .iter()
+                .map(|r| (r.subnet_cidr_reservation_id().unwrap_or_default().to_owned(), r.description().unwrap_or_default().to_owned()))
+                .collect();
+            Ok::<_, SetupError>(found)
+        }
+    };
+    let ours = format!("Tether ({}): 10.0.1.79 for {}", fx.table_name, created["id"].as_str().unwrap_or_default());
+    assert!(described(&fx).await?.iter().any(|(_, d)| *d == ours), "ours names our table: {:?}", described(&fx).await?);
+    reconcile(&fx).await?;
+    let (status, _) = call(&fx, Method::POST, &format!("/nodes/{}/deallocate", created["id"].as_str().unwrap_or_default()), None).await?;
+    assert_eq!(status, StatusCode::OK);
+    reconcile(&fx).await?;
+    let left: Vec<String> = described(&fx).await?.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(left, [theirs], "ours deleted with its address, theirs kept");
+    Ok(())
+}
