@@ -15,7 +15,7 @@ CDK_MODULES := infra/cdk/node_modules/.tether-installed
 export CDK_DISABLE_CLI_TELEMETRY := true
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: demo test build emulator fuzz chaos infra-check clean
+.PHONY: demo test bench build emulator fuzz chaos infra-check clean
 
 # A spot market for DEMO_SECONDS (45) on DEMO_NODES (3) nodes, DEMO_RATE (4) interruptions per
 # node per minute, seeded by DEMO_SEED (5): e.g. make demo DEMO_NODES=5 DEMO_RATE=8. make
@@ -30,6 +30,13 @@ test: $(EMULATOR) infra-check
 	cargo test --workspace -- --skip fake::chaos
 	@# The chaos test prints its one line: chaos: scenarios=N violations=V (CHAOS_SCENARIOS sets N).
 	cargo test --workspace --lib --quiet fake::chaos -- --nocapture
+
+# Mass interruptions (100 to 10,000 nodes) and the reconciler's cost, simulated on a virtual
+# clock with the production code on the fakes: one line per scenario, a chart per burst in
+# tests/bench/ (README "Mass interruptions"). Not part of `make test`; needs no emulator.
+# BENCH_ONLY=burst-1000 runs one scenario, BENCH_SEED another seed.
+bench:
+	cargo run --quiet -p tether-tests --bin tether-bench
 
 # schemathesis (pinned, in .venv-fuzz) against the API served locally: 0 server errors allowed.
 fuzz: $(EMULATOR)

@@ -66,3 +66,11 @@ pub fn invocation(payload: Value, budget: std::time::Duration) -> LambdaEvent<Va
     context.deadline = now_ms + budget.as_millis() as u64;
     LambdaEvent::new(payload, context)
 }
+
+/// A Lambda invocation of `payload` whose deadline is `deadline` (on a virtual clock).
+pub fn invocation_at(payload: Value, deadline: chrono::DateTime<chrono::Utc>) -> LambdaEvent<Value> {
+    let mut context = Context::default();
+    context.request_id = uuid::Uuid::new_v4().to_string();
+    context.deadline = u64::try_from(deadline.timestamp_millis()).unwrap_or(0);
+    LambdaEvent::new(payload, context)
+}

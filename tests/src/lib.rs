@@ -2,6 +2,7 @@
 //! port (once per process), and builds per-test fixtures (a VPC, a subnet, an AMI,
 //! an Elastic IP, a DynamoDB table) plus a `Tether` wired to them.
 
+pub mod bench;
 pub mod demo;
 pub mod event_source;
 pub mod events;

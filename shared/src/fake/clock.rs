@@ -66,3 +66,29 @@ pub(crate) fn yield_now() -> impl Future<Output = ()> {
         }
     })
 }
+
+/// How the fakes' AWS calls take time: without one a call answers at once (the chaos
+/// test), with one (the benchmark's model of AWS) the caller hears each answer when the
+/// future `answer` returns is ready. It also sees every call and its outcome (a
+/// throttled call included); `about` says what a launch was (`<instance type>/<market>`).
+pub trait CallTiming: Send + Sync {
+    fn answer(&self, service: &'static str, operation: &'static str, about: &str, error: Option<&crate::error::AwsError>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A fake's timing, set once (none by default).
+#[derive(Default)]
+pub(crate) struct Timing(std::sync::OnceLock<Arc<dyn CallTiming>>);
+
+impl Timing {
+    pub(crate) fn set(&self, timing: Arc<dyn CallTiming>) {
+        // Set once, before the fake is used; a second setting is ignored.
+        let _ = self.0.set(timing);
+    }
+
+    /// Waits until the caller hears the answer of `operation`.
+    pub(crate) async fn answered<T>(&self, service: &'static str, operation: &'static str, about: &str, result: &Result<T, crate::error::AwsError>) {
+        if let Some(timing) = self.0.get() {
+            timing.answer(service, operation, about, result.as_ref().err()).await;
+        }
+    }
+}

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use super::clock::yield_now;
+use super::clock::{yield_now, CallTiming, Timing};
+use crate::ports::Clock;
+use std::sync::Arc;
 use super::faults::{aws, Fault, FaultInjection, Faults, When};
 use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
@@ -35,12 +37,37 @@ pub const KNOWN_INSTANCE_TYPES: &[&str] = &[
     "c5.large", "c6i.large", "c7i.large", "r5.large", "r6i.large", "p5.48xlarge", "u-6tb1.112xlarge",
 ];
 
-/// EC2's published throttling figures, (bucket capacity, refill per second), per class.
-const RUN_INSTANCES_BUCKET: (u64, u64) = (5, 2);
-const MUTATING_BUCKET: (u64, u64) = (50, 5);
-const NON_MUTATING_BUCKET: (u64, u64) = (100, 20);
-/// CreateSubnetCidrReservation and DeleteSubnetCidrReservation have their own (slow) bucket.
-const SUBNET_RESERVATION_BUCKET: (u64, u64) = (5, 1);
+/// EC2's published throttling figures, per account and Region and per API action (each
+/// action has its own bucket): (what, capacity, refill per second). AWS's "Request
+/// throttling for the Amazon EC2 API" page,
+/// https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html, gives each.
+/// Tether's Describe calls all filter or page, so they take the larger non-mutating bucket.
+pub const EC2_BUCKETS: [(&str, u64, u64); 9] = [
+    ("RunInstances", 5, 2),
+    ("RunInstances.instances", 1000, 2),
+    ("TerminateInstances", 100, 5),
+    ("TerminateInstances.instances", 1000, 20),
+    ("CreateNetworkInterface|DeleteNetworkInterface|ModifyNetworkInterfaceAttribute", 100, 5),
+    ("CreateTags", 100, 10),
+    ("CreateSubnetCidrReservation|DeleteSubnetCidrReservation", 5, 1),
+    ("Describe*|Get*", 100, 20),
+    ("other mutating", 50, 5),
+];
+
+/// The request bucket figures of `operation`, and its resource bucket's (one token per
+/// instance: Tether's calls name one instance each).
+fn buckets_of(operation: &str) -> ((u64, u64), Option<(u64, u64)>) {
+    let row = |i: usize| (EC2_BUCKETS[i].1, EC2_BUCKETS[i].2);
+    match operation {
+        "RunInstances" => (row(0), Some(row(1))),
+        "TerminateInstances" => (row(2), Some(row(3))),
+        "CreateNetworkInterface" | "DeleteNetworkInterface" | "ModifyNetworkInterfaceAttribute" => (row(4), None),
+        "CreateTags" => (row(5), None),
+        "CreateSubnetCidrReservation" | "DeleteSubnetCidrReservation" => (row(6), None),
+        op if op.starts_with("Describe") || op.starts_with("Get") => (row(7), None),
+        _ => (row(8), None),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Life {
@@ -187,6 +214,8 @@ struct State {
     enis: BTreeMap<String, Eni>,
     instances: BTreeMap<String, Instance>,
     eips: BTreeMap<String, Eip>,
+    /// The Elastic IP on each ENI (at most one: its primary private IP's), by ENI id.
+    eip_of_eni: HashMap<String, String>,
     launch_tokens: HashMap<String, (LaunchParams, String)>,
     eni_tokens: HashMap<String, (EniRequest, EniRecord)>,
     out_of_capacity: HashSet<(String, &'static str)>,
@@ -197,18 +226,22 @@ struct State {
     public_ips: u32,
     clock_ms: u64,
     throttling: bool,
-    buckets: [Bucket; 4],
+    /// Per operation (and `<operation>.instances` for a resource bucket), made full on first use.
+    buckets: HashMap<String, Bucket>,
     /// Subnet CIDR reservations by id: (subnet id, range, description).
     subnet_reservations: BTreeMap<String, (String, Ipv4Net, String)>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
     events: Vec<InstanceEvent>,
+    /// The benchmark's clock and when it started: the buckets' time, when set.
+    sim_clock: Option<(chrono::DateTime<chrono::Utc>, Arc<dyn Clock>)>,
 }
 
 /// An in-memory EC2 implementing `Network` and `Instances`. `Send + Sync`; share it as an
 /// `Arc` between the `Ports` and the test.
 pub struct FakeEc2 {
     state: Mutex<State>,
+    timing: Timing,
 }
 
 /// An instance as the invariants see it.
@@ -308,6 +341,7 @@ impl FakeEc2 {
                 enis: BTreeMap::new(),
                 instances: BTreeMap::new(),
                 eips: BTreeMap::new(),
+                eip_of_eni: HashMap::new(),
                 launch_tokens: HashMap::new(),
                 eni_tokens: HashMap::new(),
                 out_of_capacity: HashSet::new(),
@@ -318,26 +352,45 @@ impl FakeEc2 {
                 public_ips: 0,
                 clock_ms: 0,
                 throttling: true,
-                buckets: [
-                    Bucket::full(RUN_INSTANCES_BUCKET),
-                    Bucket::full(MUTATING_BUCKET),
-                    Bucket::full(NON_MUTATING_BUCKET),
-                    Bucket::full(SUBNET_RESERVATION_BUCKET),
-                ],
+                buckets: HashMap::new(),
                 subnet_reservations: BTreeMap::new(),
                 faults: Faults::default(),
                 calls: BTreeMap::new(),
                 events: Vec::new(),
+                sim_clock: None,
             }),
+            timing: Timing::default(),
         }
+    }
+
+    /// Calls take time as `timing` says, and the throttling buckets refill on `clock`
+    /// (the benchmark's virtual clock) instead of `advance_clock`.
+    pub fn with_timing(self, timing: Arc<dyn CallTiming>, clock: Arc<dyn Clock>) -> Self {
+        self.timing.set(timing);
+        self.lock().sim_clock = Some((clock.now(), clock));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One AWS call: counted; an injected fault first; then throttling; then the call.
-    fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut State) -> Result<T, AwsError>) -> Result<T, AwsError> {
+    /// One AWS call: a point where the caller's executor may run another invocation, then
+    /// counted; an injected fault first; then throttling; then the call. The caller hears
+    /// the answer after the fake's timing (at once by default).
+    async fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut State) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        self.call_about(operation, "", f).await
+    }
+
+    /// `call`, telling the timing what the call was about (a launch: its instance type and market).
+    async fn call_about<T>(&self, operation: &'static str, about: &str, f: impl FnOnce(&mut State) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        yield_now().await;
+        let result = self.call_now(operation, f);
+        self.timing.answered(EC2, operation, about, &result).await;
+        result
+    }
+
+    fn call_now<T>(&self, operation: &'static str, f: impl FnOnce(&mut State) -> Result<T, AwsError>) -> Result<T, AwsError> {
         let mut state = self.lock();
         *state.calls.entry(operation).or_default() += 1;
         let fault = state.faults.take(operation);
@@ -432,7 +485,7 @@ impl FakeEc2 {
     /// Returns how many instances changed state.
     pub fn advance(&self) -> usize {
         let mut state = self.lock();
-        let ids: Vec<String> = state.instances.keys().cloned().collect();
+        let ids: Vec<String> = state.instances.iter().filter(|(_, i)| i.life != Life::Terminated).map(|(id, _)| id.clone()).collect();
         ids.iter().filter(|id| state.step(id)).count()
     }
 
@@ -474,9 +527,12 @@ impl FakeEc2 {
 
     /// Someone disassociates an Elastic IP.
     pub fn hand_disassociate_eip(&self, allocation_id: &str) {
-        if let Some(eip) = self.lock().eips.get_mut(allocation_id) {
-            eip.eni = None;
+        let mut state = self.lock();
+        if let Some(eni_id) = state.eips.get_mut(allocation_id).and_then(|eip| {
             eip.association_id = None;
+            eip.eni.take()
+        }) {
+            state.eip_of_eni.remove(&eni_id);
         }
     }
 

@@ -18,8 +18,8 @@ mod faults;
 mod metrics;
 mod store;
 
-pub use clock::FakeClock;
-pub use ec2::{EniView, EipView, FakeEc2, InstanceView, KNOWN_INSTANCE_TYPES};
+pub use clock::{CallTiming, FakeClock};
+pub use ec2::{EniView, EipView, FakeEc2, InstanceView, EC2_BUCKETS, KNOWN_INSTANCE_TYPES};
 pub use faults::{Fault, FaultInjection, When};
 pub use metrics::RecordedMetrics;
 pub use store::{FakeIdempotency, FakeStore};

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::clock::yield_now;
+use super::clock::{yield_now, CallTiming, Timing};
+use std::sync::Arc;
 use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::group::{Group, GroupId};
@@ -61,6 +62,7 @@ impl Table {
 #[derive(Default)]
 pub struct FakeStore {
     table: Mutex<Table>,
+    timing: Timing,
 }
 
 impl FakeStore {
@@ -72,11 +74,24 @@ impl FakeStore {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut Table) -> Result<T, AwsError>) -> Result<T, AwsError> {
-        let mut table = self.lock();
-        *table.calls.entry(operation).or_default() += 1;
-        let fault = table.faults.take(operation);
-        with_fault(fault, DYNAMODB, operation, || f(&mut table))
+    /// One DynamoDB call: a point where the caller's executor may run another invocation,
+    /// then counted, an injected fault, the call; answered after the timing.
+    async fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut Table) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        yield_now().await;
+        let result = {
+            let mut table = self.lock();
+            *table.calls.entry(operation).or_default() += 1;
+            let fault = table.faults.take(operation);
+            with_fault(fault, DYNAMODB, operation, || f(&mut table))
+        };
+        self.timing.answered(DYNAMODB, operation, "", &result).await;
+        result
+    }
+
+    /// Calls take time as `timing` says (the benchmark's model of DynamoDB).
+    pub fn with_timing(self, timing: Arc<dyn CallTiming>) -> Self {
+        self.timing.set(timing);
+        self
     }
 
     /// Every node record, by id (no faults, not counted).
@@ -96,31 +111,27 @@ impl FakeStore {
 #[async_trait]
 impl NodeStore for FakeStore {
     async fn create(&self, node: &Node) -> Result<(), AwsError> {
-        yield_now().await;
         self.call("PutItem", |t| {
             if t.nodes.contains_key(&node.id) {
                 return Err(condition_failed("PutItem"));
             }
             t.put(node.clone());
             Ok(())
-        })
+        }).await
     }
 
     async fn get(&self, id: &NodeId) -> Result<Option<Node>, AwsError> {
-        yield_now().await;
-        self.call("GetItem", |t| Ok(t.nodes.get(id).cloned()))
+        self.call("GetItem", |t| Ok(t.nodes.get(id).cloned())).await
     }
 
     async fn find_by_instance(&self, instance_id: &str) -> Result<Option<Node>, AwsError> {
-        yield_now().await;
         self.call("Query", |t| {
             let nodes = t.by_instance.get(instance_id).into_iter().flatten().filter_map(|id| t.nodes.get(id));
             Ok(nodes.max_by_key(|n| n.generation).cloned())
-        })
+        }).await
     }
 
     async fn save(&self, node: &Node) -> Result<Node, AwsError> {
-        yield_now().await;
         self.call("PutItem", |t| {
             // `#v = :v`: an absent item has no version, so the condition fails too.
             if t.nodes.get(&node.id).map(|n| n.version) != Some(node.version) {
@@ -130,11 +141,10 @@ impl NodeStore for FakeStore {
             next.version += 1;
             t.put(next.clone());
             Ok(next)
-        })
+        }).await
     }
 
     async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
-        yield_now().await;
         self.call("Scan", |t| {
             let after = |n: &&Node| start_after.is_none_or(|s| n.id > *s);
             let rest = t.nodes.values().filter(after);
@@ -146,7 +156,7 @@ impl NodeStore for FakeStore {
             let page: Vec<Node> = rest.take(limit).cloned().collect();
             let next = (page.len() == limit).then(|| page.last().map(|n| n.id.clone())).flatten();
             Ok((page, next))
-        })
+        }).await
     }
 }
 
@@ -154,16 +164,14 @@ impl NodeStore for FakeStore {
 #[async_trait]
 impl ReconcilerBookmark for FakeStore {
     async fn load(&self) -> Result<Option<NodeId>, AwsError> {
-        yield_now().await;
-        self.call("GetItem", |t| Ok(t.reconciler_bookmark.clone()))
+        self.call("GetItem", |t| Ok(t.reconciler_bookmark.clone())).await
     }
 
     async fn store(&self, after: Option<&NodeId>) -> Result<(), AwsError> {
-        yield_now().await;
         self.call("PutItem", |t| {
             t.reconciler_bookmark = after.cloned();
             Ok(())
-        })
+        }).await
     }
 }
 
@@ -171,14 +179,13 @@ impl ReconcilerBookmark for FakeStore {
 #[async_trait]
 impl EventClaims for FakeStore {
     async fn claim(&self, event_id: &str, invocation_id: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<EventClaim, AwsError> {
-        yield_now().await;
         let put = self.call("PutItem", |t| {
             if t.event_claims.get(event_id).is_some_and(|(_, held_until)| *held_until >= now) {
                 return Err(condition_failed("PutItem"));
             }
             t.event_claims.insert(event_id.to_owned(), (invocation_id.to_owned(), until));
             Ok(())
-        });
+        }).await;
         match put {
             Ok(()) => Ok(EventClaim::Claimed),
             Err(e) if e.class == crate::error::ErrorClass::Conflict => Ok(EventClaim::HeldElsewhere),
@@ -187,14 +194,13 @@ impl EventClaims for FakeStore {
     }
 
     async fn release(&self, event_id: &str, invocation_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
         self.call("DeleteItem", |t| {
             // Conditional on the owner; a failed condition means someone else holds it now.
             if t.event_claims.get(event_id).is_some_and(|(owner, _)| owner == invocation_id) {
                 t.event_claims.remove(event_id);
             }
             Ok(())
-        })
+        }).await
     }
 }
 
@@ -240,7 +246,8 @@ impl FakeIdempotency {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut IdemTable) -> Result<T, AwsError>) -> Result<T, AwsError> {
+    async fn call<T>(&self, operation: &'static str, f: impl FnOnce(&mut IdemTable) -> Result<T, AwsError>) -> Result<T, AwsError> {
+        yield_now().await;
         let mut table = self.lock();
         let fault = table.faults.take(operation);
         with_fault(fault, DYNAMODB, operation, || f(&mut table))
@@ -261,7 +268,6 @@ impl FakeIdempotency {
 #[async_trait]
 impl IdempotencyStore for FakeIdempotency {
     async fn claim(&self, key: &str, fingerprint: &str) -> Result<Claim, AwsError> {
-        yield_now().await;
         let put = self.call("PutItem", |t| {
             let now = t.now;
             let free = match t.items.get(key) {
@@ -285,7 +291,7 @@ impl IdempotencyStore for FakeIdempotency {
             };
             t.items.insert(key.to_owned(), item);
             Ok(())
-        });
+        }).await;
         match put {
             Ok(()) => return Ok(Claim::New),
             Err(e) if e.class == crate::error::ErrorClass::Conflict => {}
@@ -300,11 +306,10 @@ impl IdempotencyStore for FakeIdempotency {
                 (Some("done"), Some(status), Some(body)) => Ok(Claim::Replay { status, body: body.clone() }),
                 _ => Ok(Claim::InProgress),
             }
-        })
+        }).await
     }
 
     async fn complete(&self, key: &str, fingerprint: &str, status: u16, body: &str) -> Result<(), AwsError> {
-        yield_now().await;
         // PutItem without a condition: the whole record, even if it was released meanwhile.
         self.call("PutItem", |t| {
             let now = t.now;
@@ -318,15 +323,14 @@ impl IdempotencyStore for FakeIdempotency {
             };
             t.items.insert(key.to_owned(), item);
             Ok(())
-        })
+        }).await
     }
 
     async fn release(&self, key: &str) -> Result<(), AwsError> {
-        yield_now().await;
         self.call("DeleteItem", |t| {
             t.items.remove(key);
             Ok(())
-        })
+        }).await
     }
 }
 

@@ -325,19 +325,25 @@ async fn run_instances_is_throttled_by_its_own_bucket_of_5_refilling_2_per_secon
 }
 
 #[tokio::test]
-async fn non_mutating_calls_have_100_tokens_and_mutating_calls_50() {
+async fn each_action_has_its_own_bucket_at_awss_figures() {
     let ec2 = ec2();
     for _ in 0..100 {
         ec2.describe_subnet(SUBNET).await.unwrap();
     }
     assert_eq!(code(&ec2.describe_subnet(SUBNET).await.unwrap_err()), "RequestLimitExceeded");
-    for _ in 0..50 {
+    assert!(ec2.describe_eip("eipalloc-unknown").await.is_ok(), "DescribeAddresses has its own bucket");
+    for _ in 0..100 {
         ec2.terminate("i-unknown").await.unwrap();
     }
     assert_eq!(code(&ec2.terminate("i-unknown").await.unwrap_err()), "RequestLimitExceeded");
+    for _ in 0..50 {
+        ec2.release_eip("eipalloc-unknown").await.unwrap();
+    }
+    assert_eq!(code(&ec2.release_eip("eipalloc-unknown").await.unwrap_err()), "RequestLimitExceeded", "other mutating actions: 50");
     ec2.advance_clock(Duration::from_secs(1));
     assert!(ec2.describe_subnet(SUBNET).await.is_ok(), "20 per second back");
     assert!(ec2.terminate("i-unknown").await.is_ok(), "5 per second back");
+    assert!(ec2.release_eip("eipalloc-unknown").await.is_ok(), "5 per second back");
     assert_eq!(ec2.call_count("DescribeSubnets"), 102);
 }
 

@@ -37,9 +37,9 @@ impl Tether {
         self.create_node_as(NodeId::generate(), spec, persistence, by).await
     }
 
-    /// `create_node` with the id chosen by the caller: the chaos test derives it from its
-    /// seed, so that a scenario replays exactly.
-    pub(crate) async fn create_node_as(&self, id: NodeId, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
+    /// `create_node` with the id chosen by the caller: the chaos test and the benchmark
+    /// derive it from their seed, so that a run replays exactly.
+    pub async fn create_node_as(&self, id: NodeId, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
         check_shapes(&spec, &persistence)?;
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))

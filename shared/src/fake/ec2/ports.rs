@@ -6,7 +6,6 @@ use super::*;
 #[async_trait]
 impl Network for FakeEc2 {
     async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError> {
-        yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| {
             Ok(s.enis
                 .values()
@@ -15,11 +14,10 @@ impl Network for FakeEc2 {
                     Some(Tagged { node_id, generation: None, attached: e.attachment.is_some(), resource: e.record() })
                 })
                 .collect())
-        })
+        }).await
     }
 
     async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError> {
-        yield_now().await;
         self.call("DescribeAddresses", |s| {
             Ok(s.eips
                 .iter()
@@ -28,86 +26,74 @@ impl Network for FakeEc2 {
                     Some(Tagged { node_id, generation: None, attached: e.association_id.is_some(), resource: s.eip_info(id, e) })
                 })
                 .collect())
-        })
+        }).await
     }
 
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
-        yield_now().await;
         self.call("DescribeNetworkInterfaces", |s| {
             Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str())).map(Eni::record))
-        })
+        }).await
     }
 
     async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
-        yield_now().await;
-        self.call("CreateNetworkInterface", |s| s.create_network_interface(request))
+        self.call("CreateNetworkInterface", |s| s.create_network_interface(request)).await
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
-        gone_is_done(self.call("DeleteNetworkInterface", |s| s.delete_network_interface(eni_id)))
+        gone_is_done(self.call("DeleteNetworkInterface", |s| s.delete_network_interface(eni_id)).await)
     }
 
     async fn associate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<String, AwsError> {
-        yield_now().await;
         let address = self.describe_eip(allocation_id).await?.ok_or_else(|| eip_not_found(allocation_id))?;
         if !address.needs_association(eni_id)? {
             return Ok(address.public_ip);
         }
-        self.call("AssociateAddress", |s| s.associate_address(allocation_id, eni_id, false))?;
+        self.call("AssociateAddress", |s| s.associate_address(allocation_id, eni_id, false)).await?;
         Ok(address.public_ip)
     }
 
     async fn allocate_eip(&self, node_id: &NodeId) -> Result<(String, String), AwsError> {
-        yield_now().await;
         let earlier = self.call("DescribeAddresses", |s| {
             Ok(s.eips
                 .iter()
                 .find(|(_, e)| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str()))
                 .map(|(id, e)| (id.clone(), e.public_ip.clone())))
-        })?;
+        }).await?;
         if let Some(earlier) = earlier {
             return Ok(earlier);
         }
-        self.call("AllocateAddress", |s| s.allocate_address(Some(node_id)))
+        self.call("AllocateAddress", |s| s.allocate_address(Some(node_id))).await
     }
 
     async fn disassociate_eip(&self, allocation_id: &str, eni_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
         let on_this_eni = self.describe_eip(allocation_id).await?.filter(|a| a.network_interface_id.as_deref() == Some(eni_id));
         let Some(association_id) = on_this_eni.and_then(|a| a.association_id) else { return Ok(()) };
-        gone_is_done(self.call("DisassociateAddress", |s| s.disassociate_address(&association_id)))
+        gone_is_done(self.call("DisassociateAddress", |s| s.disassociate_address(&association_id)).await)
     }
 
     async fn release_eip(&self, allocation_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
-        gone_is_done(self.call("ReleaseAddress", |s| s.release_address(allocation_id)))
+        gone_is_done(self.call("ReleaseAddress", |s| s.release_address(allocation_id)).await)
     }
 
     async fn describe_eip(&self, allocation_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
-        yield_now().await;
-        absent_if_unknown(self.call("DescribeAddresses", |s| s.describe_address(allocation_id)))
+        absent_if_unknown(self.call("DescribeAddresses", |s| s.describe_address(allocation_id)).await)
     }
 
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError> {
-        yield_now().await;
-        self.call("DescribeAddresses", |s| Ok(s.eip_on(eni_id).map(|(id, e)| s.eip_info(id, e))))
+        self.call("DescribeAddresses", |s| Ok(s.eip_on(eni_id).map(|(id, e)| s.eip_info(id, e)))).await
     }
 
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError> {
-        yield_now().await;
-        absent_if_unknown(self.call("DescribeSubnets", |s| s.describe_subnet(subnet_id)))
+        absent_if_unknown(self.call("DescribeSubnets", |s| s.describe_subnet(subnet_id)).await)
     }
 
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError> {
-        yield_now().await;
-        self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip)))
+        self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip))).await
     }
 
     async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
-        yield_now().await;
         let range = Ipv4Net::from(ip);
-        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(FAKE_DEPLOYMENT, ip, owner))) {
+        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(FAKE_DEPLOYMENT, ip, owner))).await {
             Ok(id) => Ok(SubnetReservation { id, tethers: true }),
             // As the adapter: the reservation that covers it already is looked up; Tether's
             // own by its description.
@@ -120,74 +106,66 @@ impl Network for FakeEc2 {
     }
 
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
-        let deleted = self.call("DeleteSubnetCidrReservation", |s| s.delete_subnet_cidr_reservation(reservation_id));
+        let deleted = self.call("DeleteSubnetCidrReservation", |s| s.delete_subnet_cidr_reservation(reservation_id)).await;
         absent_if_unknown(deleted).map(drop)
     }
 
     async fn subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
-        yield_now().await;
         self.call("GetSubnetCidrReservations", |s| {
             Ok(s.subnet_reservations
                 .iter()
                 .filter(|(_, (subnet, _, _))| subnet == subnet_id)
                 .map(|(id, (_, cidr, description))| SubnetCidr { id: id.clone(), cidr: *cidr, tethers: described_by(FAKE_DEPLOYMENT, description) })
                 .collect())
-        })
+        }).await
     }
 }
 
 #[async_trait]
 impl Instances for FakeEc2 {
     async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError> {
-        yield_now().await;
         // As the adapter: the ENI's attachment, then that instance.
         let holder = absent_if_unknown(self.call("DescribeNetworkInterfaces", |s| {
             let eni = s.enis.get(eni_id).ok_or_else(|| not_found_eni("DescribeNetworkInterfaces", eni_id))?;
             Ok(eni.attachment.as_ref().map(|a| a.instance_id.clone()))
-        }))?
+        }).await)?
         .flatten();
         let Some(holder) = holder else { return Ok(None) };
-        self.call("DescribeInstances", |s| Ok(s.tagged(&holder)))
+        self.call("DescribeInstances", |s| Ok(s.tagged(&holder))).await
     }
 
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
-        yield_now().await;
         self.call("DescribeInstances", |s| {
             // As the adapter: pending, running, stopping and stopped.
             let live = s.instances.iter().filter(|(_, i)| i.life.can_terminate());
             Ok(live.filter_map(|(id, _)| s.tagged(id)).collect())
-        })
+        }).await
     }
 
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
-        yield_now().await;
         let params = launch_params(request);
-        self.call("RunInstances", |s| s.run_instances(params, &request.client_token))
+        let pool = format!("{}/{}", request.instance_type, request.market.as_str());
+        self.call_about("RunInstances", &pool, |s| s.run_instances(params, &request.client_token)).await
     }
 
     async fn find_launched(&self, client_token: &str) -> Result<Option<LaunchedInstance>, AwsError> {
-        yield_now().await;
-        self.call("DescribeInstances", |s| Ok(s.launch_tokens.get(client_token).map(|(_, id)| s.launched(id))))
+        self.call("DescribeInstances", |s| Ok(s.launch_tokens.get(client_token).map(|(_, id)| s.launched(id)))).await
     }
 
     async fn terminate(&self, instance_id: &str) -> Result<(), AwsError> {
-        yield_now().await;
-        gone_is_done(self.call("TerminateInstances", |s| s.terminate_instances(instance_id)))
+        gone_is_done(self.call("TerminateInstances", |s| s.terminate_instances(instance_id)).await)
     }
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
-        yield_now().await;
-        absent_if_unknown(self.call("DescribeInstances", |s| s.summary(instance_id)))
+        absent_if_unknown(self.call("DescribeInstances", |s| s.summary(instance_id)).await)
     }
 
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
-        yield_now().await;
         let mut unknown = Vec::new();
         for instance_type in instance_types {
             // One DescribeInstanceTypes per type, as the adapter does; an unknown type is an
             // `InvalidInstanceType` error there, which the adapter counts as unknown.
-            let known = self.call("DescribeInstanceTypes", |s| Ok(s.is_known_type(instance_type)));
+            let known = self.call("DescribeInstanceTypes", |s| Ok(s.is_known_type(instance_type))).await;
             match known {
                 Ok(true) => {}
                 Ok(false) => unknown.push(instance_type.clone()),
@@ -199,7 +177,6 @@ impl Instances for FakeEc2 {
     }
 
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {
-        yield_now().await;
         let found = absent_if_unknown(self.call("DescribeInstances", |s| {
             let summary = s.summary(instance_id)?;
             let instance = &s.instances[instance_id];
@@ -220,12 +197,11 @@ impl Instances for FakeEc2 {
             let mut record = eni.record();
             record.availability_zone = instance.az.clone();
             Ok(Some(ImportableInstance { summary, spec, eni: record, attachment_id, node_tag: instance.tags.get(TAG_NODE_ID).cloned() }))
-        }))?;
+        }).await)?;
         Ok(found.flatten())
     }
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
-        yield_now().await;
         // Tagged first, as the adapter does.
         self.call("CreateTags", |s| {
             let tags = [(TAG_NODE_ID, node_id.to_string()), (TAG_MANAGED, "true".to_owned())];
@@ -241,7 +217,7 @@ impl Instances for FakeEc2 {
                 s.enis.get_mut(&instance.eni.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
             }
             Ok(())
-        })?;
+        }).await?;
         self.call("ModifyNetworkInterfaceAttribute", |s| {
             let op = "ModifyNetworkInterfaceAttribute";
             let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;
@@ -252,6 +228,6 @@ impl Instances for FakeEc2 {
                 }
                 None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{}' does not exist", instance.attachment_id))),
             }
-        })
+        }).await
     }
 }

@@ -13,13 +13,13 @@ impl State {
         if !self.throttling {
             return Ok(());
         }
-        let class = match operation {
-            "RunInstances" => 0,
-            "CreateSubnetCidrReservation" | "DeleteSubnetCidrReservation" => 3,
-            op if op.starts_with("Describe") || op.starts_with("Get") => 2,
-            _ => 1,
+        let now_ms = match &self.sim_clock {
+            Some((start, clock)) => u64::try_from((clock.now() - *start).num_milliseconds()).unwrap_or(0),
+            None => self.clock_ms,
         };
-        if self.buckets[class].take(self.clock_ms) {
+        let (request, resource) = buckets_of(operation);
+        let mut take = |key: String, figures: (u64, u64)| self.buckets.entry(key).or_insert_with(|| Bucket::full(figures)).take(now_ms);
+        if take(operation.to_owned(), request) && resource.is_none_or(|figures| take(format!("{operation}.instances"), figures)) {
             Ok(())
         } else {
             Err(aws(EC2, operation, "RequestLimitExceeded", "Request limit exceeded."))
@@ -47,7 +47,7 @@ impl State {
     }
 
     pub(super) fn eip_on(&self, eni_id: &str) -> Option<(&String, &Eip)> {
-        self.eips.iter().find(|(_, e)| e.eni.as_deref() == Some(eni_id))
+        self.eip_of_eni.get(eni_id).and_then(|allocation_id| self.eips.get_key_value(allocation_id))
     }
 
     pub(super) fn ip_taken(&self, subnet_id: &str, ip: Ipv4Addr) -> bool {
@@ -178,10 +178,7 @@ impl State {
     /// Deletes the ENI; an Elastic IP on it is disassociated (and kept).
     pub(super) fn remove_eni(&mut self, eni_id: &str) {
         self.enis.remove(eni_id);
-        for eip in self.eips.values_mut().filter(|e| e.eni.as_deref() == Some(eni_id)) {
-            eip.eni = None;
-            eip.association_id = None;
-        }
+        self.take_eip_off(eni_id);
     }
 
     pub(super) fn describe_address(&self, allocation_id: &str) -> Result<ElasticIpInfo, AwsError> {
@@ -207,15 +204,23 @@ impl State {
             }
         }
         // Reassociation moves it; an ENI's primary private IP holds one Elastic IP.
-        for other in self.eips.values_mut().filter(|e| e.eni.as_deref() == Some(eni_id)) {
-            other.eni = None;
-            other.association_id = None;
-        }
+        self.take_eip_off(eni_id);
         let association_id = self.next_id("eipassoc");
         let eip = self.eips.get_mut(allocation_id).expect("checked above");
-        eip.eni = Some(eni_id.to_owned());
+        if let Some(previous) = eip.eni.replace(eni_id.to_owned()) {
+            self.eip_of_eni.remove(&previous);
+        }
         eip.association_id = Some(association_id);
+        self.eip_of_eni.insert(eni_id.to_owned(), allocation_id.to_owned());
         Ok(())
+    }
+
+    /// Disassociates the Elastic IP on `eni_id`, if one is.
+    pub(super) fn take_eip_off(&mut self, eni_id: &str) {
+        if let Some(eip) = self.eip_of_eni.remove(eni_id).and_then(|allocation_id| self.eips.get_mut(&allocation_id)) {
+            eip.eni = None;
+            eip.association_id = None;
+        }
     }
 
     pub(super) fn allocate_address(&mut self, node_id: Option<&NodeId>) -> Result<(String, String), AwsError> {
@@ -237,8 +242,10 @@ impl State {
         let eip = self.eips.values_mut().find(|e| e.association_id.as_deref() == Some(association_id)).ok_or_else(|| {
             aws(EC2, "DisassociateAddress", "InvalidAssociationID.NotFound", format!("The association ID '{association_id}' does not exist"))
         })?;
-        eip.eni = None;
         eip.association_id = None;
+        if let Some(eni_id) = eip.eni.take() {
+            self.eip_of_eni.remove(&eni_id);
+        }
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{condition_failed, yield_now, FakeStore, Table};
+use super::{condition_failed, FakeStore, Table};
 use crate::error::AwsError;
 use crate::group::{Group, GroupId};
 use crate::model::Node;
@@ -69,12 +69,10 @@ impl FakeStore {
 #[async_trait]
 impl Registry for FakeStore {
     async fn group(&self, id: &GroupId) -> Result<Option<Group>, AwsError> {
-        yield_now().await;
-        self.call("GetItem", |t| Ok(t.groups.get(id).cloned()))
+        self.call("GetItem", |t| Ok(t.groups.get(id).cloned())).await
     }
 
     async fn groups(&self, limit: usize, start_after: Option<&GroupId>) -> Result<(Vec<Group>, Option<GroupId>), AwsError> {
-        yield_now().await;
         self.call("Scan", |t| {
             let rest = t.groups.values().filter(|g| start_after.is_none_or(|s| g.id > *s));
             if limit == 0 {
@@ -83,29 +81,25 @@ impl Registry for FakeStore {
             let page: Vec<Group> = rest.take(limit).cloned().collect();
             let next = (page.len() == limit).then(|| page.last().map(|g| g.id.clone())).flatten();
             Ok((page, next))
-        })
+        }).await
     }
 
     async fn members(&self, id: &GroupId) -> Result<Vec<Node>, AwsError> {
-        yield_now().await;
-        self.call("Query", |t| Ok(t.nodes.values().filter(|n| n.group.as_ref().is_some_and(|m| m.group_id == *id)).cloned().collect()))
+        self.call("Query", |t| Ok(t.nodes.values().filter(|n| n.group.as_ref().is_some_and(|m| m.group_id == *id)).cloned().collect())).await
     }
 
     async fn reservation(&self, address: &Address) -> Result<Option<Reservation>, AwsError> {
-        yield_now().await;
-        self.call("GetItem", |t| Ok(t.reservations.get(&address.key()).cloned()))
+        self.call("GetItem", |t| Ok(t.reservations.get(&address.key()).cloned())).await
     }
 
     async fn reservations(&self) -> Result<Vec<Reservation>, AwsError> {
-        yield_now().await;
-        self.call("Scan", |t| Ok(t.reservations.values().cloned().collect()))
+        self.call("Scan", |t| Ok(t.reservations.values().cloned().collect())).await
     }
 
     async fn write(&self, writes: Vec<Write>) -> Result<(), AwsError> {
         if writes.is_empty() {
             return Ok(());
         }
-        yield_now().await;
         self.call("TransactWriteItems", |t| {
             if writes.len() > crate::ports::MAX_WRITES {
                 return Err(super::aws("DynamoDB", "TransactWriteItems", "ValidationException", "Member must have length less than or equal to 100"));
@@ -125,6 +119,6 @@ impl Registry for FakeStore {
                 t.apply(write);
             }
             Ok(())
-        })
+        }).await
     }
 }
