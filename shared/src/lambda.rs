@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use chrono::{DateTime, Utc};
 use tracing::{error, warn};
 
-use crate::aws::{dynamo::DynamoNodeStore, emf::EmfMetrics, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore};
+use crate::aws::{dynamo::DynamoNodeStore, emf::EmfMetrics, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore, pace::DynamoLaunchPace};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
 use crate::service::{Ports, Tether, TetherError};
@@ -58,9 +58,10 @@ fn in_lambda() -> bool {
 pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
     let store = Arc::new(DynamoNodeStore::new(dynamodb.clone(), config.table_name.clone()));
-    let events = DynamoEventClaims::new(dynamodb, config.table_name.clone());
+    let events = DynamoEventClaims::new(dynamodb.clone(), config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk), config.table_name.clone()));
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: Arc::new(events), bookmark: store, network: ec2.clone(), instances: ec2 };
+    let pace = Arc::new(DynamoLaunchPace::new(dynamodb, config.table_name.clone()));
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: Arc::new(events), bookmark: store, pace, network: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, config.settings.clone());
     // Metrics only where CloudWatch reads them; locally they would be noise on stdout.
     if in_lambda() {
@@ -144,6 +145,7 @@ impl From<TetherError> for lambda_runtime::Diagnostic {
                 TetherError::Aws(_) => "Tether.AwsNoResponse",
                 TetherError::EniStillAttached { .. } => "Tether.EniStillAttached",
                 TetherError::NoCapacity { .. } => "Tether.NoCapacity",
+                TetherError::Paced { .. } => "Tether.Paced",
                 TetherError::Contended { .. } => "Tether.Contended",
                 TetherError::NodeNotFound(_) => "Tether.NodeNotFound",
                 TetherError::GroupNotFound(_) => "Tether.GroupNotFound",

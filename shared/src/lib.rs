@@ -10,6 +10,7 @@ pub mod events;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod group;
+pub mod intake;
 pub mod lambda;
 pub mod lifecycle;
 pub mod model;

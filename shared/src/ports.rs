@@ -410,6 +410,56 @@ pub enum EventClaim {
     HeldElsewhere,
 }
 
+/// The RunInstances pace every invocation shares: EC2's bucket (5 at once, then 2 a second,
+/// per account and Region) spent at its rate instead of in a retry storm. A launch takes a
+/// slot first and is sent at the slot's time. The pace also keeps the (instance type,
+/// market, AZ) pools EC2 refused for capacity lately, handed out with each slot (no call of
+/// their own), so that a mass reclaim does not spend the bucket on a dry pool.
+#[async_trait]
+pub trait LaunchPace: Send + Sync {
+    /// The next slot, if it is within `horizon` of `now`; otherwise the launch waits outside
+    /// (its event is delivered again later) and takes no slot.
+    async fn take(&self, now: DateTime<Utc>, horizon: Duration) -> Result<PaceSlot, AwsError>;
+    /// EC2 refused `pool` (`<instance type>/<market>/<AZ>`) for capacity: other candidates
+    /// are tried first until `until`.
+    async fn refuse_pool(&self, pool: &str, until: DateTime<Utc>) -> Result<(), AwsError>;
+}
+
+/// What taking a slot gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaceSlot {
+    /// When the launch may be sent; `None`: every slot within the horizon is taken, the
+    /// next one free at about `next_free`.
+    pub at: Option<DateTime<Utc>>,
+    pub next_free: DateTime<Utc>,
+    /// Pools refused for capacity, and until when.
+    pub refused: std::collections::BTreeMap<String, DateTime<Utc>>,
+}
+
+/// EC2's RunInstances request bucket, as the pace spends it: one slot every `INTERVAL`, and
+/// `BURST` at once after a quiet while (generic cell rate algorithm, the bucket's exact twin).
+pub const PACE_INTERVAL: Duration = Duration::from_millis(500);
+pub const PACE_BURST: u32 = 5;
+
+/// The pace's rule, shared by the DynamoDB adapter and the fake: given the stored
+/// theoretical arrival time `tat` (`None`: never used), the slot for a launch asking at
+/// `now` and the new `tat`; `None` when the slot is beyond `horizon`.
+pub fn pace_step(tat: Option<DateTime<Utc>>, now: DateTime<Utc>, horizon: Duration) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let tolerance = PACE_INTERVAL * (PACE_BURST - 1);
+    let tat = tat.filter(|t| *t >= now).unwrap_or(now);
+    let at = (tat - tolerance).max(now);
+    ((at - now).to_std().unwrap_or_default() <= horizon).then(|| (at, tat + PACE_INTERVAL))
+}
+
+/// The queue between EventBridge and a function (SQS), for the events that must wait.
+#[async_trait]
+pub trait EventQueue: Send + Sync {
+    /// Puts `body` on the queue `queue_arn` again, delivered after `delay` (SQS allows at
+    /// most 15 minutes): the waiting event's message is then acknowledged, so that waiting
+    /// (for the pace, for an ENI) never uses up its receives and never dead-letters it.
+    async fn requeue(&self, queue_arn: &str, body: &str, delay: Duration) -> Result<(), AwsError>;
+}
+
 /// One invocation at a time per EventBridge event: a claim record per event id, held until
 /// the claiming invocation's deadline (Lambda has stopped it by then). The record expires
 /// by time, checked in the claim's own condition; TTL only cleans up.

@@ -208,7 +208,8 @@ impl Fixture {
             store: counted_store.clone(),
             registry: counted_store.clone(),
             bookmark: counted_store,
-            events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb, table_name.clone())),
+            events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb.clone(), table_name.clone())),
+            pace: Arc::new(tether::aws::pace::DynamoLaunchPace::new(counted_dynamodb, table_name.clone())),
             network: counted_cloud.clone(),
             instances: counted_cloud,
         };

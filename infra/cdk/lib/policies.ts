@@ -91,7 +91,7 @@ export function tablePolicyStatements(tableArn: string): object[] {
     {
       Sid: "NodesTable",
       Effect: "Allow",
-      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem", "dynamodb:Query", "dynamodb:Scan"],
+      Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Query", "dynamodb:Scan"],
       Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }, { "Fn::Sub": "${NodesTable.Arn}/index/by-group" }],
     },
   ];

@@ -92,8 +92,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
     }
 
     async fn complete(&self, k: &str, fingerprint: &str, status: u16, body: &str) -> Result<(), AwsError> {
-        // A whole item, not an update: the tables' writes are all PutItem, so no function
-        // needs dynamodb:UpdateItem.
+        // A whole item, not an update (only the RunInstances pace's item is updated in place).
         let now = Utc::now().timestamp();
         self.client
             .put_item()

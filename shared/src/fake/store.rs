@@ -14,7 +14,7 @@ use super::faults::{aws, with_fault, Fault, FaultInjection, Faults};
 use crate::error::AwsError;
 use crate::group::{Group, GroupId};
 use crate::model::{Node, NodeId};
-use crate::ports::{Reservation, Claim, EventClaim, EventClaims, IdempotencyStore, NodeStore, ReconcilerBookmark};
+use crate::ports::{pace_step, Claim, EventClaim, EventClaims, IdempotencyStore, LaunchPace, NodeStore, PaceSlot, ReconcilerBookmark, Reservation, PACE_BURST, PACE_INTERVAL};
 
 mod registry;
 
@@ -35,6 +35,11 @@ struct Table {
     /// Event claims (`pk = event#<id>` in the adapter): event id → (invocation id, until).
     event_claims: HashMap<String, (String, DateTime<Utc>)>,
     reconciler_bookmark: Option<NodeId>,
+    /// The pace item: its `tat`, the pools refused for capacity, and the last `tat` the
+    /// (one) caller saw, which picks the update tried first as the adapter's does.
+    pace_tat: Option<DateTime<Utc>>,
+    refused_pools: BTreeMap<String, DateTime<Utc>>,
+    pace_seen: Option<DateTime<Utc>>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
 }
@@ -161,6 +166,54 @@ impl NodeStore for FakeStore {
 }
 
 /// The reconciler's bookmark item in the node table.
+/// The pace as `DynamoLaunchPace` keeps it: the same conditional updates, in the same order.
+#[async_trait]
+impl LaunchPace for FakeStore {
+    async fn take(&self, now: DateTime<Utc>, horizon: std::time::Duration) -> Result<PaceSlot, AwsError> {
+        let tolerance = PACE_INTERVAL * (PACE_BURST - 1);
+        let limit = now + tolerance + horizon;
+        let queued_first = self.lock().pace_seen.is_some_and(|seen| seen >= now);
+        let live = |t: &Table| t.refused_pools.iter().filter(|(_, until)| **until > now).map(|(p, u)| (p.clone(), *u)).collect();
+        for queued in [queued_first, !queued_first] {
+            let updated = self
+                .call("UpdateItem", |t| {
+                    let tat = match (queued, t.pace_tat) {
+                        (true, Some(tat)) if tat >= now && tat <= limit => tat + PACE_INTERVAL,
+                        (false, None) => now + PACE_INTERVAL,
+                        (false, Some(tat)) if tat < now => now + PACE_INTERVAL,
+                        _ => return Err(condition_failed("UpdateItem")),
+                    };
+                    t.pace_tat = Some(tat);
+                    t.pace_seen = Some(tat);
+                    Ok((tat, live(t)))
+                })
+                .await;
+            match updated {
+                Ok((tat, refused)) => {
+                    let (slot, _) = pace_step(Some(tat - PACE_INTERVAL), now, std::time::Duration::MAX).unwrap_or((now, tat));
+                    return Ok(PaceSlot { at: Some(slot), next_free: slot, refused });
+                }
+                Err(e) if e.class == crate::error::ErrorClass::Conflict => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.call("GetItem", |t| {
+            let tat = t.pace_tat.unwrap_or(now);
+            t.pace_seen = Some(tat);
+            Ok(PaceSlot { at: None, next_free: (tat - tolerance).max(now), refused: live(t) })
+        })
+        .await
+    }
+
+    async fn refuse_pool(&self, pool: &str, until: DateTime<Utc>) -> Result<(), AwsError> {
+        self.call("UpdateItem", |t| {
+            t.refused_pools.insert(pool.to_owned(), until);
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl ReconcilerBookmark for FakeStore {
     async fn load(&self) -> Result<Option<NodeId>, AwsError> {

@@ -517,7 +517,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
     let tether = Tether::new(
-        Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() },
+        Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
@@ -556,7 +556,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
 async fn reconciler_runs_take_turns_through_more_nodes_than_one_run_checks() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, Settings { reconcile_max_nodes: 2, ..Settings::default() });
     let spec = NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) };
     for _ in 0..5 {
@@ -575,4 +575,93 @@ async fn reconciler_runs_take_turns_through_more_nodes_than_one_run_checks() {
     let all: std::collections::BTreeSet<_> = store.nodes().into_iter().map(|n| n.id).collect();
     let first_three_runs: std::collections::BTreeSet<_> = seen[..5].iter().cloned().collect();
     assert_eq!(first_three_runs, all, "every node checked once in three runs");
+}
+
+// ---- the RunInstances pace ----
+
+#[tokio::test]
+async fn the_pace_gives_five_slots_at_once_then_one_every_half_second_within_its_horizon() {
+    use crate::ports::LaunchPace;
+    let store = FakeStore::new();
+    let now = chrono::Utc::now();
+    let horizon = Duration::from_secs(2);
+    let mut slots = Vec::new();
+    for _ in 0..9 {
+        slots.push(store.take(now, horizon).await.expect("slot").at);
+    }
+    let offsets: Vec<Option<i64>> = slots.iter().map(|at| at.map(|at| (at - now).num_milliseconds())).collect();
+    assert_eq!(offsets, vec![Some(0), Some(0), Some(0), Some(0), Some(0), Some(500), Some(1000), Some(1500), Some(2000)]);
+    let full = store.take(now, horizon).await.expect("answered");
+    assert_eq!(full.at, None, "the tenth is beyond the 2 s horizon and takes no slot");
+    assert_eq!((full.next_free - now).num_milliseconds(), 2500);
+    // After a quiet while the burst is back.
+    let later = now + Duration::from_secs(10);
+    assert_eq!(store.take(later, horizon).await.expect("slot").at, Some(later));
+    // Refused pools come with every slot until they expire.
+    store.refuse_pool("m5.large/spot/us-east-1a", later + Duration::from_secs(180)).await.expect("noted");
+    let slot = store.take(later, horizon).await.expect("slot");
+    assert_eq!(slot.refused.keys().collect::<Vec<_>>(), vec!["m5.large/spot/us-east-1a"]);
+    let expired = store.take(later + Duration::from_secs(181), horizon).await.expect("slot");
+    assert!(expired.refused.is_empty());
+}
+
+// ---- events through a queue ----
+
+/// The queue's SendMessage, recorded.
+#[derive(Default)]
+struct RecordedQueue(std::sync::Mutex<Vec<(String, Duration)>>);
+
+#[async_trait::async_trait]
+impl crate::ports::EventQueue for RecordedQueue {
+    async fn requeue(&self, _queue_arn: &str, body: &str, delay: Duration) -> Result<(), crate::AwsError> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((body.to_owned(), delay));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_queued_batch_acknowledges_what_it_handled_or_can_never_handle_and_requeues_what_waits_for_the_pace() {
+    let ec2 = Arc::new(ec2());
+    ec2.set_throttling(false);
+    let store = Arc::new(FakeStore::new());
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let tether = Tether::new(ports, Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() });
+    let deadline = chrono::Utc::now() + Duration::from_secs(30);
+    let mut instances = Vec::new();
+    for _ in 0..1 {
+        let node = tether.create_node(NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) }, Persistence::default(), None).await.unwrap();
+        let Outcome::Launched { instance_id, .. } = tether.resume(&node.id, deadline, None).await.unwrap() else { panic!("not launched") };
+        instances.push(instance_id);
+    }
+    // Other launches took the pace's burst and more: the next slot is about 3.5 s away.
+    for _ in 0..12 {
+        crate::ports::LaunchPace::take(&*store, chrono::Utc::now(), Duration::from_secs(60)).await.unwrap();
+    }
+    for id in &instances {
+        ec2.reclaim(id);
+    }
+    ec2.advance();
+    let terminated = |i: usize| {
+        serde_json::json!({"id": format!("ev-{i}"), "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {"instance-id": instances[i], "state": "terminated"}})
+    };
+    let records = serde_json::json!({"Records": [
+        {"messageId": "m-0", "body": terminated(0).to_string(), "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"},
+        {"messageId": "m-gone", "body": serde_json::json!({"id": "ev-x", "detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {"instance-id": "i-nobodys", "state": "terminated"}}).to_string(), "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"},
+        {"messageId": "m-bad", "body": "not json", "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"},
+        {"messageId": "m-other", "body": serde_json::json!({"detail-type": "EC2 Spot Instance Interruption Warning"}).to_string(), "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"},
+    ]});
+    let queue = RecordedQueue::default();
+    // A deadline this close leaves no slot within the horizon: the event waits outside.
+    let soon = chrono::Utc::now() + Duration::from_secs(6);
+    let answer = crate::intake::handle_batch(&tether, &queue, &records, "req-1", soon, &["EC2 Instance State-change Notification"]).await;
+    assert_eq!(answer, serde_json::json!({"batchItemFailures": []}), "nothing for SQS to deliver again");
+    let requeued = queue.0.lock().unwrap().clone();
+    assert_eq!(requeued.len(), 1, "the waiting event is put back once: {requeued:?}");
+    assert!(requeued[0].0.contains(instances[0].as_str()) && requeued[0].1 > Duration::ZERO);
+    // Delivered again with time to wait for its slot, it launches the replacement.
+    let again = serde_json::json!({"Records": [{"messageId": "m-0b", "body": requeued[0].0, "eventSourceARN": "arn:aws:sqs:us-east-1:1:q"}]});
+    let answer = crate::intake::handle_batch(&tether, &queue, &again, "req-2", deadline, &["EC2 Instance State-change Notification"]).await;
+    assert_eq!(answer, serde_json::json!({"batchItemFailures": []}));
+    let node = store.nodes().into_iter().find(|n| n.generation == 2).expect("a replacement");
+    assert_eq!(node.state, NodeState::Running);
 }

@@ -27,9 +27,23 @@ impl Tether {
         };
         let client_token = node.id.client_token(node.generation);
         let started = self.clock.now();
+        // The first slot comes before the order of the candidates: it carries the pools EC2
+        // refused lately, which go last (as does the pool EC2 just took this node's instance from).
+        let mut pace = PaceState::default();
+        if self.settings.pace {
+            let slot = self.pace.take(self.clock.now(), self.pace_horizon(deadline)).await?;
+            if slot.at.is_none() {
+                return Err(self.paced(&node, deadline, slot.next_free));
+            }
+            pace.first = Some(slot);
+        }
+        let refused = pace.first.as_ref().map(|s| s.refused.clone()).unwrap_or_default();
+        let reclaimed = node.instance.as_ref().filter(|i| self.settings.pace && node.replacing_lost_instance && i.generation < node.generation && i.market == Market::Spot);
+        let reclaimed = reclaimed.map(|i| pool(&i.instance_type, Market::Spot, &eni.availability_zone));
+        let pace = std::sync::Mutex::new(pace);
         let mut tried = Vec::new();
         let mut last_capacity_error = None;
-        for (instance_type, market) in candidates(&node.spec) {
+        for (instance_type, market) in interruption_aware(candidates(&node.spec), &eni.availability_zone, &refused, reclaimed.as_deref()) {
             let request = LaunchRequest {
                 node_id: &node.id,
                 generation: node.generation,
@@ -39,7 +53,11 @@ impl Tether {
                 market,
                 client_token: client_token.clone(),
             };
-            let launched = self.with_retries(deadline, fresh_eni, || self.launch_on_eni(&node, &request)).await;
+            let launched = self.with_retries(deadline, fresh_eni, || self.paced_launch(&node, &request, deadline, &pace)).await;
+            let full = pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).full.take();
+            if let Some(next_free) = full {
+                return Err(self.paced(&node, deadline, next_free));
+            }
             let launched = match launched {
                 // The token already launched an instance with another candidate (an earlier
                 // attempt fell back, then died before recording it): adopt that instance.
@@ -54,6 +72,7 @@ impl Tether {
                 Ok(instance) => return self.record_launch(&node, instance, deadline).await,
                 Err(e) if e.class == ErrorClass::NoCapacity => {
                     warn!(instance_type, ?market, code = e.code.as_deref(), "no capacity; trying the next candidate");
+                    self.note_refused(&pool(instance_type, market, &eni.availability_zone)).await;
                     tried.push(format!("{instance_type}/{}", market.as_str()));
                     last_capacity_error = Some(e);
                 }
@@ -72,6 +91,50 @@ impl Tether {
         next.record(self.clock.now(), format!("no capacity: tried {}", tried.join(", ")));
         self.store.save(&next).await?;
         Err(err)
+    }
+
+    /// One RunInstances at its slot of the shared pace (the first slot taken already, or a new
+    /// one: every call takes one, a retry too). A slot beyond the horizon sends nothing and
+    /// notes when one frees in `pace.full`.
+    async fn paced_launch(&self, node: &Node, request: &LaunchRequest<'_>, deadline: DateTime<Utc>, pace: &std::sync::Mutex<PaceState>) -> Result<LaunchedInstance, AwsError> {
+        if self.settings.pace {
+            let first = pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).first.take();
+            let slot = match first {
+                Some(slot) => slot,
+                None => self.pace.take(self.clock.now(), self.pace_horizon(deadline)).await?,
+            };
+            let Some(at) = slot.at else {
+                pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).full = Some(slot.next_free);
+                return Err(AwsError::from_code("Tether", "RunInstances", Some("Tether.PaceFull"), Some("every slot within the horizon is taken"), None));
+            };
+            if let Ok(wait) = (at - self.clock.now()).to_std() {
+                self.clock.sleep(wait).await;
+            }
+        }
+        self.launch_on_eni(node, request).await
+    }
+
+    /// How far ahead a launch may wait for its slot: the pace's horizon, within what the
+    /// invocation has left after the launch itself and its record.
+    fn pace_horizon(&self, deadline: DateTime<Utc>) -> Duration {
+        let left = (deadline - self.clock.now()).to_std().unwrap_or_default();
+        left.saturating_sub(self.settings.deadline_margin + LAUNCH_ALLOWANCE).min(self.settings.pace_horizon)
+    }
+
+    fn paced(&self, node: &Node, deadline: DateTime<Utc>, next_free: DateTime<Utc>) -> TetherError {
+        let retry_after = (next_free - self.clock.now()).to_std().unwrap_or_default();
+        info!(?retry_after, "every RunInstances slot within the horizon is taken; the launch waits outside");
+        TetherError::Paced { node_id: node.id.clone(), horizon: self.pace_horizon(deadline), retry_after }
+    }
+
+    /// Tells the pace that EC2 refused `pool` for capacity; a failure only costs others a try.
+    async fn note_refused(&self, pool: &str) {
+        if !self.settings.pace {
+            return;
+        }
+        if let Err(e) = self.pace.refuse_pool(pool, self.clock.now() + REFUSED_FOR).await {
+            warn!(pool, error = %e, "could not note the refused pool");
+        }
     }
 
     /// One RunInstances. When the ENI is in use, whoever holds it is looked at: this
@@ -346,6 +409,41 @@ impl backon::Sleeper for ClockSleeper {
     }
 }
 
+/// How long a pool EC2 refused for capacity (or just reclaimed an instance from) is tried
+/// after the node's other candidates (Karpenter keeps such offerings aside for 3 minutes).
+const REFUSED_FOR: Duration = Duration::from_secs(180);
+/// What a launch needs after its slot besides the deadline's margin (kept for the record):
+/// RunInstances itself, up to about 2 s.
+const LAUNCH_ALLOWANCE: Duration = Duration::from_secs(2);
+
+/// The pace within one launch: the first slot (taken before the candidates are ordered) and,
+/// when no slot was free within the horizon, when one frees.
+#[derive(Default)]
+struct PaceState {
+    first: Option<crate::ports::PaceSlot>,
+    full: Option<DateTime<Utc>>,
+}
+
+/// A spot or on-demand pool: `<instance type>/<market>/<AZ>`.
+fn pool(instance_type: &str, market: Market, az: &str) -> String {
+    format!("{instance_type}/{}/{az}", market.as_str())
+}
+
+/// The candidates, those in a pool refused lately (or the pool `reclaimed` just took the
+/// node's instance from) after the others, each group in the node's order.
+fn interruption_aware<'a>(
+    candidates: impl Iterator<Item = (&'a str, Market)>,
+    az: &str,
+    refused: &std::collections::BTreeMap<String, DateTime<Utc>>,
+    reclaimed: Option<&str>,
+) -> Vec<(&'a str, Market)> {
+    let (fresh, aside): (Vec<_>, Vec<_>) = candidates.partition(|(t, m)| {
+        let key = pool(t, *m, az);
+        !refused.contains_key(&key) && reclaimed != Some(key.as_str())
+    });
+    fresh.into_iter().chain(aside).collect()
+}
+
 /// The launch candidates in order: each instance type on spot, then each on
 /// on-demand if the node allows it. All in the ENI's AZ: the ENI cannot move.
 fn candidates(spec: &NodeSpec) -> impl Iterator<Item = (&str, Market)> {
@@ -379,5 +477,25 @@ mod tests {
         let spot_only = spec(&["m5.large"], false);
         let without = candidates(&spot_only).collect::<Vec<_>>();
         assert_eq!(without, vec![("m5.large", Market::Spot)]);
+    }
+
+    #[test]
+    fn pools_refused_lately_or_just_reclaimed_are_tried_last() {
+        let spec = spec(&["m5.large", "m6i.large", "c5.large"], true);
+        let refused = std::collections::BTreeMap::from([("m6i.large/spot/az-a".to_owned(), chrono::Utc::now())]);
+        let order = interruption_aware(candidates(&spec), "az-a", &refused, Some("m5.large/spot/az-a"));
+        assert_eq!(
+            order,
+            vec![
+                ("c5.large", Market::Spot),
+                ("m5.large", Market::OnDemand),
+                ("m6i.large", Market::OnDemand),
+                ("c5.large", Market::OnDemand),
+                ("m5.large", Market::Spot),
+                ("m6i.large", Market::Spot),
+            ]
+        );
+        let elsewhere = interruption_aware(candidates(&spec), "az-b", &refused, None);
+        assert_eq!(elsewhere, candidates(&spec).collect::<Vec<_>>(), "another AZ's pools are other pools");
     }
 }

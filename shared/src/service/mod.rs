@@ -21,7 +21,7 @@ use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, Metric, NodePatch, PatchError, Step};
 use crate::group::GroupId;
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, EventClaim, EventClaims, Instances, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
+use crate::ports::{Clock, EventClaim, EventClaims, Instances, LaunchPace, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
 
 pub use manage::ImportRequest;
 pub use group_run::GroupRun;
@@ -42,6 +42,10 @@ pub enum TetherError {
     NoCapacity { node_id: NodeId, tried: String, source: Box<AwsError> },
     #[error("node {node_id} kept changing under this request ({MAX_CONFLICTS} conflicting writes)")]
     Contended { node_id: NodeId },
+    /// Every RunInstances slot within the pace's horizon is taken: the launch waits outside
+    /// this invocation (its event is delivered again about `retry_after` later).
+    #[error("node {node_id}'s launch waits for the RunInstances pace: every slot for the next {horizon:?} is taken; next free in about {retry_after:?}")]
+    Paced { node_id: NodeId, horizon: Duration, retry_after: Duration },
     #[error("node {0} not found")]
     NodeNotFound(NodeId),
     #[error("group {0} not found")]
@@ -71,6 +75,7 @@ impl TetherError {
             | TetherError::NoCapacity { .. }
             | TetherError::Contended { .. }
             | TetherError::GroupContended { .. }
+            | TetherError::Paced { .. }
             | TetherError::EventInProgress { .. } => true,
             TetherError::NodeNotFound(_) | TetherError::GroupNotFound(_) | TetherError::Invalid { .. } | TetherError::Conflict(_) | TetherError::ConflictOn { .. } => false,
         }
@@ -145,6 +150,13 @@ pub struct Settings {
     /// then `launches_per_second` (EC2's RunInstances bucket: 5, then 2 a second).
     pub launches_per_second: u32,
     pub launch_burst: u32,
+    /// Every RunInstances takes a slot of the shared pace first (`ports::LaunchPace`), and
+    /// the candidates are ordered by interruption (pools refused or just reclaimed last);
+    /// off only to measure what the pace does (`make bench`).
+    pub pace: bool,
+    /// The furthest ahead a launch waits for its slot within an invocation; beyond it the
+    /// event waits outside (delivered again later: `TetherError::Paced`).
+    pub pace_horizon: Duration,
 }
 
 impl Default for Settings {
@@ -158,6 +170,9 @@ impl Default for Settings {
             jitter_seed: None,
             launches_per_second: 2,
             launch_burst: 5,
+            pace: true,
+            // The invocation's own time left bounds it first (`launch::pace_horizon`).
+            pace_horizon: Duration::from_secs(600),
         }
     }
 }
@@ -171,6 +186,7 @@ pub struct Ports {
     pub instances: Arc<dyn Instances>,
     pub events: Arc<dyn EventClaims>,
     pub bookmark: Arc<dyn ReconcilerBookmark>,
+    pub pace: Arc<dyn LaunchPace>,
 }
 
 #[derive(Clone)]
@@ -179,6 +195,7 @@ pub struct Tether {
     registry: Arc<dyn Registry>,
     events: Arc<dyn EventClaims>,
     bookmark: Arc<dyn ReconcilerBookmark>,
+    pace: Arc<dyn LaunchPace>,
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
     clock: Arc<dyn Clock>,
@@ -193,6 +210,7 @@ impl Tether {
             registry: ports.registry,
             events: ports.events,
             bookmark: ports.bookmark,
+            pace: ports.pace,
             network: ports.network,
             instances: ports.instances,
             clock: Arc::new(SystemClock),

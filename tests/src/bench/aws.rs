@@ -44,6 +44,8 @@ pub struct Calls {
     /// Per event id: when its first RunInstances was sent (virtual ms), and whether any of
     /// its RunInstances was throttled.
     pub run_instances: HashMap<String, (u64, bool)>,
+    /// Per event id: its pace calls (UpdateItem) and when the last was answered (virtual ms).
+    pub pace: HashMap<String, (u32, u64)>,
     /// Every RunInstances: sent (virtual ms), its latency, its pool, its error code.
     pub launches: Vec<Launch>,
 }
@@ -107,6 +109,11 @@ impl CallTiming for AwsModel {
         entry.1 += u64::from(throttled);
         if let Some(event) = &event {
             *calls.by_event.entry(event.clone()).or_default() += 1;
+        }
+        if let (Some(event), "UpdateItem") = (&event, operation) {
+            let entry = calls.pace.entry(event.clone()).or_default();
+            entry.0 += 1;
+            entry.1 = now_ms + u64::try_from(latency.as_millis()).unwrap_or(0);
         }
         if operation == "RunInstances" {
             let answered_ms = now_ms + u64::try_from(latency.as_millis()).unwrap_or(0);

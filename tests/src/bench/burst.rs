@@ -16,6 +16,7 @@ use tether::ports::Clock;
 use tether::Tether;
 
 use super::lambda::{AsyncInvoke, Concurrency, ACCOUNT_CONCURRENCY};
+use super::queue::{self, BatchHandler, Mapping, Queue};
 use super::world::{World, INSTANCE_TYPES};
 
 /// The warning comes this long before the instance is reclaimed.
@@ -39,20 +40,45 @@ pub struct Burst {
     pub first_type_out: bool,
 }
 
-/// How events reach the functions.
+/// How events reach the functions, and whether launches share the pace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Design {
-    /// Today's stack: each EventBridge event is an asynchronous invocation.
+    /// The stack before the queues: each EventBridge event is an asynchronous invocation,
+    /// each launch retries RunInstances on its own.
     Baseline,
+    /// EventBridge → SQS → Lambda (event source mappings with `MaximumConcurrency`,
+    /// `ReportBatchItemFailures`), launches on the shared pace.
+    Queued,
+    /// The queues without the pace: what the pace itself does.
+    QueuedPaceOff,
 }
 
 impl Design {
     pub fn name(self) -> &'static str {
         match self {
             Design::Baseline => "baseline",
+            Design::Queued => "queued",
+            Design::QueuedPaceOff => "queued-pace-off",
         }
     }
 }
+
+/// The stack's event source mappings (a share of 10 of the account's concurrency: 7 for
+/// state changes, 2 for warnings, 1 for the reconciler).
+pub const STATE_CHANGE_MAPPING: Mapping = Mapping {
+    batch_size: 10,
+    maximum_concurrency: 7,
+    function_timeout: Duration::from_secs(90),
+    visibility_timeout: Duration::from_secs(540),
+    max_receive_count: 5,
+};
+pub const INTERRUPTION_MAPPING: Mapping = Mapping {
+    batch_size: 10,
+    maximum_concurrency: 2,
+    function_timeout: Duration::from_secs(30),
+    visibility_timeout: Duration::from_secs(180),
+    max_receive_count: 5,
+};
 
 pub struct BurstResult {
     /// From the first reclaim until the last node runs again; `None` if some never did.
@@ -100,19 +126,58 @@ fn reconciler(tether: Tether, event: LambdaEvent<Value>) -> Pin<Box<dyn Future<O
     Box::pin(async move { tether_reconciler::handler(&tether, event).await.map(drop).map_err(|e| e.to_string()) })
 }
 
+/// Where EventBridge's rules send the events.
+#[derive(Clone)]
+enum Target {
+    Async { warning: super::lambda::Function, state_change: super::lambda::Function },
+    Queues { warnings: Queue, state_changes: Queue },
+}
+
+impl Target {
+    fn deliver_warning(&self, intake: &AsyncInvoke, payload: Value, after: Duration) {
+        match self {
+            Target::Async { warning, .. } => intake.deliver(warning, payload, after),
+            Target::Queues { warnings, .. } => warnings.send(payload.to_string(), after),
+        }
+    }
+
+    fn deliver_state_change(&self, intake: &AsyncInvoke, payload: Value, after: Duration) {
+        match self {
+            Target::Async { state_change, .. } => intake.deliver(state_change, payload, after),
+            Target::Queues { state_changes, .. } => state_changes.send(payload.to_string(), after),
+        }
+    }
+}
+
+/// A function consuming `queue` through the intake (`tether::intake`).
+fn batch_handler(tether: &Tether, queue: &Queue, detail_types: &'static [&'static str]) -> BatchHandler {
+    let (tether, queue) = (tether.clone(), queue.clone());
+    let invocations = Rc::new(std::cell::Cell::new(0u64));
+    Rc::new(move |payload, deadline| {
+        let (tether, queue, invocations) = (tether.clone(), queue.clone(), invocations.clone());
+        Box::pin(async move {
+            invocations.set(invocations.get() + 1);
+            let request_id = format!("{}-{}", queue.arn, invocations.get());
+            Ok(tether::intake::handle_batch(&tether, &queue, &payload, &request_id, deadline, detail_types).await)
+        })
+    })
+}
+
 fn with_id(mut payload: Value, id: String) -> Value {
     payload["id"] = Value::String(id);
     payload
 }
 
 pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
-    let world = World::new(burst.nodes, seed);
+    let world = World::new(burst.nodes, seed, design == Design::Queued);
     if burst.first_type_out {
         world.ec2.set_out_of_capacity(INSTANCE_TYPES[0], Market::Spot, true);
     }
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    // Times on the simulation's clock, from the scenario's start.
+    let start = world.clock.elapsed();
     let mut plan: Vec<(Duration, usize)> = (0..burst.nodes)
-        .map(|i| (WARNING_AHEAD + burst.spread.mul_f64(if burst.spread.is_zero() { 0.0 } else { rng.f64() }), i))
+        .map(|i| (start + WARNING_AHEAD + burst.spread.mul_f64(if burst.spread.is_zero() { 0.0 } else { rng.f64() }), i))
         .collect();
     plan.sort();
     let deliveries: Vec<Duration> = plan.iter().map(|_| Duration::from_millis(rng.u64(DELIVERY_MS.0..=DELIVERY_MS.1))).collect();
@@ -126,19 +191,31 @@ pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
     let warning_fn = world.function(INTERRUPTION_TIMEOUT, 2, interruption);
     let state_change_fn = world.function(STATE_CHANGE_TIMEOUT, 2, state_change);
     let reconciler_fn = world.function(RECONCILER_TIMEOUT, 0, reconciler);
-    let _ = design;
+    let target = match design {
+        Design::Baseline => Target::Async { warning: warning_fn, state_change: state_change_fn },
+        Design::Queued | Design::QueuedPaceOff => {
+            let spawner = world.sim.spawner();
+            let warnings = Queue::new("tether-interruption", world.clock.clone());
+            let state_changes = Queue::new("tether-state-change", world.clock.clone());
+            let detail_types: &'static [&'static str] = tether_interruption::DETAIL_TYPES;
+            queue::start(&spawner, &world.clock, &warnings, INTERRUPTION_MAPPING, batch_handler(&world.tether, &warnings, detail_types), intake.concurrency.clone());
+            let detail_types: &'static [&'static str] = tether_state_change::DETAIL_TYPES;
+            queue::start(&spawner, &world.clock, &state_changes, STATE_CHANGE_MAPPING, batch_handler(&world.tether, &state_changes, detail_types), intake.concurrency.clone());
+            Target::Queues { warnings, state_changes }
+        }
+    };
 
     // The warnings, at once (EventBridge delivers each to its target).
     for (t0, i) in &plan {
         let instance = &world.nodes[*i].1;
         let payload = with_id(crate::events::interruption_warning(instance, "terminate"), format!("warn-{i}"));
-        intake.deliver(&warning_fn, payload, *t0 - WARNING_AHEAD);
+        target.deliver_warning(&intake, payload, *t0 - WARNING_AHEAD - start);
     }
     // The reclaims, and each `terminated` event.
     let (clock, ec2, nodes) = (world.clock.clone(), world.ec2.clone(), world.nodes.clone());
     let reclaims = plan.clone();
     let spawner = world.sim.spawner();
-    let (intake_for_events, state_change_for_events) = (intake.clone(), state_change_fn.clone());
+    let (intake_for_events, target_for_events) = (intake.clone(), target.clone());
     // When each `terminated` event reached the intake (virtual ms), by node.
     let delivered = Rc::new(RefCell::new(vec![0u64; burst.nodes]));
     let delivered_at = delivered.clone();
@@ -151,7 +228,7 @@ pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
             ec2.advance_instance(instance);
             let payload = with_id(crate::events::state_change(instance, "terminated"), format!("term-{i}"));
             delivered_at.borrow_mut()[*i] = u64::try_from((clock.elapsed() + delivery).as_millis()).unwrap_or(u64::MAX);
-            intake_for_events.deliver(&state_change_for_events, payload, delivery);
+            target_for_events.deliver_state_change(&intake_for_events, payload, delivery);
         }
     });
     // The reconciler's schedule.
@@ -184,7 +261,14 @@ pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
         }
     });
     let delivered = delivered.borrow().clone();
-    measure(&world, burst, &plan, &delivered, &intake)
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        debug_histogram(&world);
+    }
+    let mut result = measure(&world, burst, &plan, &delivered, &intake);
+    if let Target::Queues { warnings, state_changes } = &target {
+        result.dead_lettered += warnings.dead_lettered() + state_changes.dead_lettered();
+    }
+    result
 }
 
 fn measure(world: &World, burst: &Burst, plan: &[(Duration, usize)], delivered: &[u64], intake: &AsyncInvoke) -> BurstResult {
@@ -207,8 +291,15 @@ fn measure(world: &World, burst: &Burst, plan: &[(Duration, usize)], delivered: 
     let launched_twice = per_generation.values().filter(|n| **n > 1).count();
     let calls = world.model.calls();
     let calls_per_replacement = (0..burst.nodes).filter_map(|i| calls.by_event.get(&format!("term-{i}")).copied()).max().unwrap_or(0);
+    // Held back: a RunInstances throttled, or a launch that waited for its pace slot (sent
+    // after its slot was answered, or its event took more than one slot: it waited outside).
+    let held_back = |event: &str, sent: u64| calls.pace.get(event).is_some_and(|(takes, answered)| *takes > 1 || sent > *answered + 1);
     let mut delays: Vec<u64> = (0..burst.nodes)
-        .filter_map(|i| calls.run_instances.get(&format!("term-{i}")).filter(|(_, throttled)| !throttled).map(|(sent, _)| sent.saturating_sub(delivered[i])))
+        .filter_map(|i| {
+            let event = format!("term-{i}");
+            let (sent, throttled) = calls.run_instances.get(&event)?;
+            (!throttled && !held_back(&event, *sent)).then(|| sent.saturating_sub(delivered[i]))
+        })
         .collect();
     delays.sort_unstable();
     let added_delay_p99_ms = (!delays.is_empty()).then(|| delays[(delays.len() * 99).div_ceil(100).saturating_sub(1)]);
@@ -266,4 +357,14 @@ pub fn line(burst: &Burst, design: Design, r: &BurstResult, took: Duration) -> S
         r.lambda_throttles,
         took.as_secs_f64()
     )
+}
+
+/// RunInstances sent per 30 s of the simulation (`BENCH_DEBUG=1`).
+pub fn debug_histogram(world: &World) {
+    let calls = world.model.calls();
+    let mut buckets = std::collections::BTreeMap::new();
+    for l in &calls.launches {
+        *buckets.entry(l.sent_ms / 30_000).or_insert(0) += 1;
+    }
+    eprintln!("launches per 30 s: {buckets:?}");
 }

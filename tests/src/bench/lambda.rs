@@ -39,7 +39,7 @@ impl Concurrency {
         Rc::new(Concurrency { limit, ..Default::default() })
     }
 
-    fn acquire(&self) -> bool {
+    pub fn acquire(&self) -> bool {
         if self.in_use.get() >= self.limit {
             self.throttles.set(self.throttles.get() + 1);
             return false;
@@ -49,7 +49,7 @@ impl Concurrency {
         true
     }
 
-    fn release(&self) {
+    pub fn release(&self) {
         self.in_use.set(self.in_use.get().saturating_sub(1));
     }
 }

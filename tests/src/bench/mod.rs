@@ -7,6 +7,7 @@ pub mod aws;
 pub mod burst;
 pub mod chart;
 pub mod lambda;
+pub mod queue;
 pub mod reconciler;
 pub mod sim;
 pub mod world;

@@ -26,7 +26,7 @@ pub struct ReconcilerResult {
 }
 
 pub fn run(nodes: usize, seed: u64) -> ReconcilerResult {
-    let world = World::new(nodes, seed);
+    let world = World::new(nodes, seed, true);
     let (tether, clock) = (world.tether.clone(), world.clock.clone());
     let (runs, timeouts, pass_s) = world.sim.run(async move {
         let started = clock.elapsed();

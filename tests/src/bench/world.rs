@@ -36,7 +36,9 @@ fn origin() -> DateTime<Utc> {
 }
 
 impl World {
-    pub fn new(nodes: usize, seed: u64) -> Self {
+    /// `pace`: the service paces RunInstances (and orders candidates by interruption) as
+    /// it does now; off, it behaves as before the pace.
+    pub fn new(nodes: usize, seed: u64, pace: bool) -> Self {
         let sim = Sim::new(origin());
         let clock = sim.clock.clone();
         let model = Arc::new(AwsModel::new(clock.clone(), seed));
@@ -48,13 +50,17 @@ impl World {
             registry: store.clone(),
             events: store.clone(),
             bookmark: store.clone(),
+            pace: store.clone(),
             network: ec2.clone(),
             instances: ec2.clone(),
         };
-        let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
+        let settings = Settings { jitter_seed: Some(seed), pace, ..Settings::default() };
+        // The set-up is not measured: nothing paces it.
+        let set_up = Tether::new(ports.clone(), Settings { pace: false, ..settings.clone() }).with_clock(Arc::new(clock.clone()));
         let tether = Tether::new(ports, settings).with_clock(Arc::new(clock.clone()));
-        let mut world = World { sim, clock, model, ec2, store, tether, nodes: Vec::new() };
+        let mut world = World { sim, clock, model, ec2, store, tether: set_up, nodes: Vec::new() };
         world.start_nodes(nodes, seed);
+        world.tether = tether;
         world
     }
 

@@ -1,7 +1,8 @@
 //! `tether-bench` (`make bench`): mass interruptions and the reconciler's cost, simulated
 //! on a virtual clock; one line per scenario and design, and a chart per burst
 //! (tests/bench/<scenario>-<nodes>.svg). `BENCH_ONLY=burst-1000` runs one scenario
-//! (`reconciler` the reconciler's); `BENCH_SEED` changes the seed (default 1).
+//! (`reconciler` the reconciler's), `BENCH_DESIGN=queued` one design; `BENCH_SEED`
+//! changes the seed (default 1).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,6 +12,18 @@ use tether_tests::bench::{aws, chart, reconciler};
 
 /// The reconciler's cost at two sizes: it should not grow with the fleet.
 const RECONCILER_NODES: [usize; 2] = [1000, 10_000];
+
+/// The designs each scenario runs: today's (the baseline) and the queued one with its pace;
+/// the pace switched off only where it shows what the pace does (the 1,000-node burst).
+fn designs(scenario: &Burst) -> Vec<Design> {
+    let mut designs = vec![Design::Baseline, Design::Queued];
+    if scenario.name == "burst" && scenario.nodes == 1000 {
+        designs.push(Design::QueuedPaceOff);
+    }
+    let only = std::env::var("BENCH_DESIGN").ok();
+    designs.retain(|d| only.as_deref().is_none_or(|o| o == d.name()));
+    designs
+}
 
 fn main() {
     aws::install_event_keys();
@@ -27,7 +40,7 @@ fn main() {
     ];
     for scenario in bursts.iter().filter(|s| wanted(&format!("{}-{}", s.name, s.nodes))) {
         let mut results = Vec::new();
-        for design in [Design::Baseline] {
+        for design in designs(scenario) {
             let started = Instant::now();
             let result = burst::run(scenario, design, seed);
             println!("{}", burst::line(scenario, design, &result, started.elapsed()));

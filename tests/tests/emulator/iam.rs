@@ -23,11 +23,12 @@ struct Adapter {
 }
 
 const ADAPTERS: &[Adapter] = &[
-    // `tether::lambda::tether_from_sdk` wires these three into every function's service.
+    // `tether::lambda::tether_from_sdk` wires these into every function's service.
     Adapter { path: "shared/src/aws/ec2", service: "ec2", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/dynamo.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/event_claims.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/registry.rs", service: "dynamodb", functions: EVERY_FUNCTION },
+    Adapter { path: "shared/src/aws/pace.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     // `tether::lambda::idempotency_from_sdk`: the API's Idempotency-Key store.
     Adapter { path: "shared/src/aws/idempotency.rs", service: "dynamodb", functions: &["ApiFunction"] },
 ];

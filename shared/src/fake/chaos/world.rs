@@ -43,7 +43,7 @@ const EC2_OPERATIONS: &[&str] = &[
 /// for longer than the reconciler's `stuck_after` (5 minutes), so that stalled work is seen.
 const SETTLE_ROUNDS: usize = 60;
 const QUIET_ROUNDS: usize = 7;
-const DYNAMODB_OPERATIONS: &[&str] = &["GetItem", "PutItem", "Query", "Scan", "TransactWriteItems"];
+const DYNAMODB_OPERATIONS: &[&str] = &["GetItem", "PutItem", "UpdateItem", "Query", "Scan", "TransactWriteItems"];
 
 #[derive(Clone, Copy, Debug)]
 enum Move {
@@ -154,7 +154,7 @@ impl World {
         ec2.add_subnet(SUBNET_B, "10.0.2.0/24".parse().expect("a valid CIDR"), "us-east-1b");
         let store = Arc::new(FakeStore::new());
         let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
-        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
         let tether = Tether::new(ports, settings).with_clock(Arc::new(clock.clone()));
         let mut world = World {
             seed,
