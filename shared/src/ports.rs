@@ -287,10 +287,13 @@ pub trait Network: Send + Sync {
     /// The Elastic IP associated with an ENI, if any.
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError>;
-    /// Every ENI carrying a `tether:node-id` tag (the reconciler looks for leftovers).
+    /// Every ENI carrying a `tether:node-id` tag (the reconciler's observation in bulk, and
+    /// its search for leftovers), in pages of 1,000.
     async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError>;
     /// Every Elastic IP carrying a `tether:node-id` tag (the ones Tether allocated).
     async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError>;
+    /// Every Elastic IP of the Region, the user's too (the reconciler's observation in bulk).
+    async fn elastic_ips(&self) -> Result<Vec<ElasticIpInfo>, AwsError>;
     /// Whether any ENI in the subnet holds this private IP.
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError>;
     /// Keeps EC2 from handing `ip` to an ENI that does not ask for it: an explicit /32 subnet

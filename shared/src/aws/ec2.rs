@@ -14,6 +14,9 @@ use crate::error::{AwsError, ErrorClass};
 use crate::model::{EniRecord, Market};
 
 /// Tag keys Tether sets on what it creates (the deploy's IAM policy keys on `tether:managed`).
+/// The largest page DescribeInstances and DescribeNetworkInterfaces give.
+pub(crate) const PAGE_SIZE: i32 = 1000;
+
 pub const TAG_NODE_ID: &str = "tether:node-id";
 pub const TAG_GENERATION: &str = "tether:generation";
 pub const TAG_MANAGED: &str = "tether:managed";

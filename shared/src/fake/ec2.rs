@@ -390,6 +390,16 @@ impl FakeEc2 {
         result
     }
 
+    /// The calls after the first for a listing of `found` items in EC2's pages of 1,000
+    /// (the adapter's `PAGE_SIZE`): each counted, throttled and timed as a call. The fake
+    /// answers the whole listing with the first.
+    async fn further_pages(&self, operation: &'static str, found: usize) -> Result<(), AwsError> {
+        for _ in 1..found.div_ceil(1000).max(1) {
+            self.call(operation, |_| Ok(())).await?;
+        }
+        Ok(())
+    }
+
     fn call_now<T>(&self, operation: &'static str, f: impl FnOnce(&mut State) -> Result<T, AwsError>) -> Result<T, AwsError> {
         let mut state = self.lock();
         *state.calls.entry(operation).or_default() += 1;

@@ -166,7 +166,7 @@ impl Default for Settings {
             retry_max_delay: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(3),
             stuck_after: Duration::from_secs(300),
-            reconcile_max_nodes: 1000,
+            reconcile_max_nodes: 20_000,
             jitter_seed: None,
             launches_per_second: 2,
             launch_burst: 5,

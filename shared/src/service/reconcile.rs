@@ -1,10 +1,13 @@
-//! The reconciler: run on a schedule, it catches what events missed. It pages through the
-//! nodes (bounded in nodes and time), observes each in EC2 and lets the lifecycle decide
-//! (`on_reconcile`); then it sweeps what no node owns: instances of a generation no node
-//! wants, ENIs and Elastic IPs left by a request that died half-way, and subnet CIDR
-//! reservations no address reservation names (or missing for one).
+//! The reconciler: run on a schedule, it catches what events missed. It observes EC2 in
+//! bulk (every tagged instance and ENI, every Elastic IP: tag-filtered, paged calls whose
+//! number grows with pages, not nodes), reads every node, and lets the lifecycle decide for
+//! each (`on_reconcile`), reading EC2 for one node alone only where the bulk view cannot
+//! say (a record newer than the view, a resource missing from it); it sweeps what no node
+//! owns: instances of a generation no node wants, ENIs and Elastic IPs left by a request
+//! that died half-way, and subnet CIDR reservations no address reservation names (or
+//! missing for one).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,11 +18,11 @@ use crate::error::ErrorClass;
 use crate::events::InstanceState;
 use crate::lifecycle::{self, ElasticIpFound, Metric, Observed, Step};
 use crate::group::GroupState;
-use crate::model::{Node, NodeId, NodeState};
-use crate::ports::Reservation;
+use crate::model::{EniRecord, Node, NodeId, NodeState};
+use crate::ports::{ElasticIpInfo, InstanceSummary, Reservation, Tagged};
 
 /// Nodes read per page.
-const PAGE_SIZE: usize = 100;
+const PAGE_SIZE: usize = 1000;
 /// The longest one node's repair may take: what is not possible yet (an ENI still
 /// attached, no capacity) waits for the next run instead of starving the other nodes.
 const NODE_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
@@ -28,6 +31,19 @@ const GROUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long after a node's deallocation the sweep still looks in its subnet for a subnet
 /// CIDR reservation its release left (the next run normally deletes it).
 const LEFTOVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// What EC2 held for Tether when a run began, read in bulk.
+struct InBulk {
+    /// When the reading began: a record written since is newer than what it shows.
+    taken_at: DateTime<Utc>,
+    /// Tagged instances not terminated or shutting down, by id.
+    instances: HashMap<String, Tagged<InstanceSummary>>,
+    enis: Vec<Tagged<EniRecord>>,
+    /// Every Elastic IP of the Region, by allocation id.
+    eips: HashMap<String, ElasticIpInfo>,
+    /// The Elastic IPs Tether allocated (tagged).
+    tagged_eips: Vec<Tagged<ElasticIpInfo>>,
+}
 
 /// What one run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -51,7 +67,7 @@ impl Tether {
     /// A run that stops early leaves a bookmark for the next one.
     pub async fn reconcile(&self, deadline: DateTime<Utc>) -> Result<ReconcileReport, TetherError> {
         let mut report = ReconcileReport::default();
-        let mut cursor = match self.bookmark.load().await {
+        let cursor = match self.bookmark.load().await {
             Ok(after) => after,
             Err(e) => {
                 warn!(error = %e, code = e.code.as_deref(), "bookmark unreadable; starting at the first node");
@@ -59,47 +75,53 @@ impl Tether {
             }
         };
         report.started_after = cursor.clone();
-        let mut last_checked = None;
+        // EC2 first, then the table: a record is never older than the view of EC2 it is
+        // compared with (one written since is seen as newer and observed alone).
+        let bulk = match self.observe_in_bulk().await {
+            Ok(bulk) => Some(bulk),
+            Err(e) => {
+                warn!(error = %e, code = e.code.as_deref(), "EC2 not observed in bulk; nodes observed one by one, the sweep waits for the next run");
+                report.failed.push(format!("observation in bulk: {e}"));
+                None
+            }
+        };
+        let nodes = self.all_nodes().await?;
         // Subnets where nodes (members included, deallocated ones too) chose addresses, and
         // the groups' subnets: a subnet CIDR reservation may be left there after every
         // reservation of the subnet is gone (the sweep looks only where some are).
         let mut subnets = BTreeSet::new();
+        for node in nodes.values() {
+            let recent = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() < LEFTOVER_WINDOW;
+            if node.persistence.private_ip.is_some() && (node.state != NodeState::Deallocated || recent) {
+                subnets.insert(node.spec.subnet_id.clone());
+            }
+        }
         let out_of_time = |t: &Tether| t.clock.now() + t.settings.deadline_margin >= deadline;
         // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
         // The reservations as the sweep read them, and the subnets it went through.
         let mut swept = (None, BTreeSet::new());
-        if let Err(e) = self.sweep(&mut report, &mut swept).await {
+        if let Err(e) = self.sweep(&mut report, &mut swept, bulk.as_ref(), &nodes).await {
             warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
             report.failed.push(format!("sweep: {e}"));
         }
-        'pages: loop {
-            let (page, next) = self.store.list(PAGE_SIZE, cursor.as_ref()).await?;
-            for node in page {
-                if report.nodes_checked >= self.settings.reconcile_max_nodes || out_of_time(self) {
-                    break 'pages;
-                }
-                report.nodes_checked += 1;
-                last_checked = Some(node.id.clone());
-                let recent = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() < LEFTOVER_WINDOW;
-                if node.persistence.private_ip.is_some() && (node.state != NodeState::Deallocated || recent) {
-                    subnets.insert(node.spec.subnet_id.clone());
-                }
-                let span = super::node_span("reconcile", &node);
-                let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
-                match self.reconcile_node(&node, node_deadline).instrument(span).await {
-                    Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
-                    Ok(None) => {}
-                    Err(e) => {
-                        warn!(node_id = %node.id, instance_id = node.instance_id(), generation = node.generation, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
-                        report.failed.push(format!("{}: {e}", node.id));
-                    }
-                }
+        let after = |id: &&NodeId| cursor.as_ref().is_none_or(|c| *id > c);
+        let mut last_checked = None;
+        report.complete = true;
+        for node in nodes.iter().filter(|(id, _)| after(id)).map(|(_, n)| n) {
+            if report.nodes_checked >= self.settings.reconcile_max_nodes || out_of_time(self) {
+                report.complete = false;
+                break;
             }
-            match next {
-                Some(last) => cursor = Some(last),
-                None => {
-                    report.complete = true;
-                    break;
+            report.nodes_checked += 1;
+            last_checked = Some(node.id.clone());
+            let span = super::node_span("reconcile", node);
+            let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
+            match self.reconcile_node(node, node_deadline, bulk.as_ref()).instrument(span).await {
+                Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(node_id = %node.id, instance_id = node.instance_id(), generation = node.generation, error = %e, code = e.aws_code(), "reconciling the node failed; next run retries");
+                    report.failed.push(format!("{}: {e}", node.id));
                 }
             }
         }
@@ -121,6 +143,30 @@ impl Tether {
         }
         info!(checked = report.nodes_checked, repaired = report.repaired.len(), failed = report.failed.len(), complete = report.complete, "reconciled");
         Ok(report)
+    }
+
+    /// Every node, by id (the order a run's bookmark follows).
+    async fn all_nodes(&self) -> Result<BTreeMap<NodeId, Node>, TetherError> {
+        let mut nodes = BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.store.list(PAGE_SIZE, cursor.as_ref()).await?;
+            nodes.extend(page.into_iter().map(|n| (n.id.clone(), n)));
+            match next {
+                Some(last) => cursor = Some(last),
+                None => return Ok(nodes),
+            }
+        }
+    }
+
+    /// EC2 as it is for Tether, in a few paged calls whatever the number of nodes.
+    async fn observe_in_bulk(&self) -> Result<InBulk, crate::error::AwsError> {
+        let taken_at = self.clock.now();
+        let instances = self.instances.node_instances().await?.into_iter().map(|t| (t.resource.id.clone(), t)).collect();
+        let enis = self.network.node_enis().await?;
+        let eips = self.network.elastic_ips().await?.into_iter().map(|e| (e.allocation_id.clone(), e)).collect();
+        let tagged_eips = self.network.node_eips().await?;
+        Ok(InBulk { taken_at, instances, enis, eips, tagged_eips })
     }
 
     /// Every group's controller, each within its share of the time left (an equal share of
@@ -159,11 +205,14 @@ impl Tether {
     /// Writes are conditional on the version listed: a node that moved on meanwhile is left
     /// to whoever moved it (its observations are stale). A node older than address
     /// reservations gets its reservations first.
-    async fn reconcile_node(&self, node: &Node, deadline: DateTime<Utc>) -> Result<Option<String>, TetherError> {
+    async fn reconcile_node(&self, node: &Node, deadline: DateTime<Utc>, bulk: Option<&InBulk>) -> Result<Option<String>, TetherError> {
         if let Some(what) = self.backfill_reservations(node).await? {
             return Ok(Some(what));
         }
-        let seen = self.observe(node).await?;
+        let seen = match bulk.and_then(|b| self.observed_in(b, node)) {
+            Some(seen) => seen,
+            None => self.observe(node).await?,
+        };
         let step = lifecycle::on_reconcile(node, &seen, self.clock.now());
         if let Step::Ignore(_) = step {
             return Ok(None);
@@ -180,6 +229,31 @@ impl Tether {
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// What the bulk view says about the node, if it can say: the record is older than the
+    /// view, and everything the node records is in it (what is missing, or newer, is read
+    /// for this node alone: a fresh answer, never an eventually consistent absence).
+    fn observed_in(&self, bulk: &InBulk, node: &Node) -> Option<Observed> {
+        if node.updated_at >= bulk.taken_at {
+            return None;
+        }
+        let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
+        let mut seen = Observed { instance: None, eni_exists: true, elastic_ip: None, stuck };
+        if !matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused) {
+            return Some(seen);
+        }
+        if let (Some(instance_id), false) = (node.instance_id(), node.state == NodeState::Paused) {
+            seen.instance = Some(instance_state(&bulk.instances.get(instance_id)?.resource.state));
+        }
+        let attached = matches!(seen.instance, Some(InstanceState::Pending | InstanceState::Running | InstanceState::Stopping | InstanceState::Stopped));
+        if let (Some(eni), false) = (&node.eni, attached) {
+            bulk.enis.iter().find(|t| t.resource.id == eni.id && t.node_id == node.id)?;
+        }
+        if let Some(eip) = &node.elastic_ip {
+            seen.elastic_ip = Some(elastic_ip_found(bulk.eips.get(&eip.allocation_id)?, node));
+        }
+        Some(seen)
     }
 
     /// What EC2 says about the node, reading only what its state needs.
@@ -200,12 +274,9 @@ impl Tether {
             seen.eni_exists = self.network.find_node_eni(&node.id).await?.is_some_and(|found| found.id == eni.id);
         }
         if let Some(eip) = &node.elastic_ip {
-            let eni_id = node.eni.as_ref().map(|e| e.id.as_str());
             seen.elastic_ip = Some(match self.network.describe_eip(&eip.allocation_id).await? {
                 None => ElasticIpFound::Missing,
-                Some(info) if info.network_interface_id.is_some() && info.network_interface_id.as_deref() == eni_id => ElasticIpFound::OnEni,
-                Some(info) if info.association_id.is_none() => ElasticIpFound::Free,
-                Some(info) => ElasticIpFound::Elsewhere(info.holder().to_owned()),
+                Some(info) => elastic_ip_found(&info, node),
             });
         }
         Ok(seen)
@@ -216,7 +287,13 @@ impl Tether {
     /// terminates instances no node wants, deletes detached ENIs and releases free Elastic
     /// IPs of nodes that no longer record them. An ENI or Elastic IP a node does not record
     /// yet may be its first launch's, under way: it is left alone until recorded otherwise.
-    async fn sweep(&self, report: &mut ReconcileReport, swept: &mut (Option<Vec<Reservation>>, BTreeSet<String>)) -> Result<(), TetherError> {
+    async fn sweep(
+        &self,
+        report: &mut ReconcileReport,
+        swept: &mut (Option<Vec<Reservation>>, BTreeSet<String>),
+        bulk: Option<&InBulk>,
+        nodes: &BTreeMap<NodeId, Node>,
+    ) -> Result<(), TetherError> {
         // The reservations' part first; its failure does not keep the rest from running (what
         // it did not do, the end of the run or the next run does).
         let failed = |report: &mut ReconcileReport, e: TetherError| {
@@ -237,8 +314,10 @@ impl Tether {
             }
             Err(e) => failed(report, e.into()),
         }
-        for tagged in self.instances.node_instances().await? {
-            let node = self.store.get(&tagged.node_id).await?;
+        // The rest compares the bulk view with the nodes as read after it.
+        let Some(bulk) = bulk else { return Ok(()) };
+        for tagged in bulk.instances.values() {
+            let node = nodes.get(&tagged.node_id);
             // A node this table does not know is another deployment's: never touched.
             let wanted = node.as_ref().is_none_or(|n| match n.state {
                 NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Error => n.instance_id() == Some(tagged.resource.id.as_str()),
@@ -253,18 +332,23 @@ impl Tether {
                 report.repaired.push(format!("{}: terminated unwanted instance {} (node {state:?})", tagged.node_id, tagged.resource.id));
             }
         }
-        for tagged in self.network.node_enis().await?.into_iter().filter(|t| !t.attached) {
-            let node = self.store.get(&tagged.node_id).await?;
-            if leftover(node.as_ref(), |n| n.eni.as_ref().map(|e| e.id.as_str()), &tagged.resource.id) {
+        // Deleting an ENI disassociates the Elastic IP on it: free from then on, though the
+        // bulk view saw it associated.
+        let mut deleted_enis = BTreeSet::new();
+        for tagged in bulk.enis.iter().filter(|t| !t.attached) {
+            let node = nodes.get(&tagged.node_id);
+            if leftover(node, |n| n.eni.as_ref().map(|e| e.id.as_str()), &tagged.resource.id) {
                 self.network.delete_eni(&tagged.resource.id).await?;
+                deleted_enis.insert(tagged.resource.id.as_str());
                 warn!(node_id = %tagged.node_id, eni_id = tagged.resource.id, "ENI no node records; deleted");
                 report.repaired.push(format!("{}: deleted leftover ENI {}", tagged.node_id, tagged.resource.id));
             }
         }
-        for tagged in self.network.node_eips().await?.into_iter().filter(|t| !t.attached) {
-            let node = self.store.get(&tagged.node_id).await?;
+        let free = |t: &&Tagged<ElasticIpInfo>| !t.attached || t.resource.network_interface_id.as_deref().is_some_and(|e| deleted_enis.contains(e));
+        for tagged in bulk.tagged_eips.iter().filter(free) {
+            let node = nodes.get(&tagged.node_id);
             let id = tagged.resource.allocation_id.as_str();
-            if leftover(node.as_ref(), |n| n.elastic_ip.as_ref().map(|e| e.allocation_id.as_str()), id) {
+            if leftover(node, |n| n.elastic_ip.as_ref().map(|e| e.allocation_id.as_str()), id) {
                 self.network.release_eip(id).await?;
                 warn!(node_id = %tagged.node_id, allocation_id = id, "Elastic IP no node records; released");
                 report.repaired.push(format!("{}: released leftover Elastic IP {id}", tagged.node_id));
@@ -284,6 +368,16 @@ fn leftover(node: Option<&Node>, recorded: impl Fn(&Node) -> Option<&str>, id: &
         (NodeState::Deallocating, _) => false,
         (_, Some(other)) => other != id,
         (_, None) => false,
+    }
+}
+
+/// Where the node's Elastic IP is, from EC2's description of it.
+fn elastic_ip_found(info: &ElasticIpInfo, node: &Node) -> ElasticIpFound {
+    let eni_id = node.eni.as_ref().map(|e| e.id.as_str());
+    match info {
+        i if i.network_interface_id.is_some() && i.network_interface_id.as_deref() == eni_id => ElasticIpFound::OnEni,
+        i if i.association_id.is_none() => ElasticIpFound::Free,
+        i => ElasticIpFound::Elsewhere(i.holder().to_owned()),
     }
 }
 

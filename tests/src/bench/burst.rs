@@ -54,6 +54,15 @@ pub enum Design {
 }
 
 impl Design {
+    /// Its colour in the charts: the same in every chart.
+    pub fn colour(self) -> plotters::style::RGBColor {
+        match self {
+            Design::Baseline => plotters::style::RGBColor(200, 60, 40),
+            Design::Queued => plotters::style::RGBColor(30, 110, 200),
+            Design::QueuedPaceOff => plotters::style::RGBColor(120, 120, 120),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Design::Baseline => "baseline",
@@ -190,7 +199,7 @@ pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
     };
     let warning_fn = world.function(INTERRUPTION_TIMEOUT, 2, interruption);
     let state_change_fn = world.function(STATE_CHANGE_TIMEOUT, 2, state_change);
-    let reconciler_fn = world.function(RECONCILER_TIMEOUT, 0, reconciler);
+    let reconciler_fn = super::lambda::Function { scheduled: true, ..world.function(RECONCILER_TIMEOUT, 0, reconciler) };
     let target = match design {
         Design::Baseline => Target::Async { warning: warning_fn, state_change: state_change_fn },
         Design::Queued | Design::QueuedPaceOff => {

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-/// One design's curve: its name and the seconds at which each node ran again (sorted).
+/// One design's curve: its name, its colour, and the seconds at which each node ran again
+/// (sorted).
 pub struct Curve<'a> {
     pub design: &'a str,
+    pub colour: RGBColor,
     pub back_at: &'a [f64],
 }
-
-const COLOURS: [RGBColor; 4] = [RGBColor(200, 60, 40), RGBColor(30, 110, 200), RGBColor(120, 120, 120), RGBColor(40, 150, 70)];
 
 pub fn draw(path: &Path, title: &str, nodes: usize, curves: &[Curve<'_>]) -> Result<(), String> {
     let end = curves.iter().filter_map(|c| c.back_at.last().copied()).fold(super::burst::bound_s(nodes), f64::max) * 1.05;
@@ -37,7 +37,8 @@ pub fn draw(path: &Path, title: &str, nodes: usize, curves: &[Curve<'_>]) -> Res
         .map_err(|e| e.to_string())?
         .label("EC2's bound")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-    for (curve, colour) in curves.iter().zip(COLOURS) {
+    for curve in curves {
+        let colour = curve.colour;
         let points = std::iter::once((0.0, 0.0)).chain(curve.back_at.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64)));
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))

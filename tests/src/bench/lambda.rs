@@ -62,6 +62,8 @@ pub struct Function {
     pub handler: Handler,
     pub timeout: Duration,
     pub max_retries: usize,
+    /// A scheduled run (the reconciler's): its failure drops no event, so it is no dead letter.
+    pub scheduled: bool,
 }
 
 /// How the asynchronous deliveries of one run ended.
@@ -108,7 +110,9 @@ impl AsyncInvoke {
                     return;
                 }
                 if attempt >= function.max_retries {
-                    this.stats.dead_lettered.set(this.stats.dead_lettered.get() + 1);
+                    if !function.scheduled {
+                        this.stats.dead_lettered.set(this.stats.dead_lettered.get() + 1);
+                    }
                     return;
                 }
                 this.clock.sleep(ASYNC_RETRY_DELAYS[attempt.min(1)]).await;

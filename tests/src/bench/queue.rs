@@ -90,6 +90,9 @@ impl Queue {
             message.receives += 1;
             message.visible_at = now + visibility;
             if message.receives > max_receives {
+                if std::env::var_os("BENCH_DEBUG").is_some() {
+                    eprintln!("dead-lettered at {now:?} from {}: {}", self.arn, message.body.chars().take(160).collect::<String>());
+                }
                 dead += 1;
                 message.visible_at = Duration::MAX;
                 continue;

@@ -106,14 +106,15 @@ impl World {
         self.model.switch(true);
     }
 
-    /// One of Tether's functions on this world, by its handler.
+    /// One of Tether's event functions on this world, by its handler (`scheduled` on the
+    /// result for the reconciler).
     pub fn function(&self, timeout: Duration, max_retries: usize, handler: HandlerFn) -> Function {
         let tether = self.tether.clone();
         let handler: Handler = Rc::new(move |event| {
             let tether = tether.clone();
             Box::pin(async move { handler(tether, event).await })
         });
-        Function { handler, timeout, max_retries }
+        Function { handler, timeout, max_retries, scheduled: false }
     }
 }
 

@@ -46,7 +46,7 @@ fn main() {
             println!("{}", burst::line(scenario, design, &result, started.elapsed()));
             results.push((design, result));
         }
-        let curves: Vec<chart::Curve<'_>> = results.iter().map(|(d, r)| chart::Curve { design: d.name(), back_at: &r.back_at }).collect();
+        let curves: Vec<chart::Curve<'_>> = results.iter().map(|(d, r)| chart::Curve { design: d.name(), colour: d.colour(), back_at: &r.back_at }).collect();
         let path = format!("tests/bench/{}-{}.svg", scenario.name, scenario.nodes);
         let title = format!("{} nodes reclaimed ({})", scenario.nodes, scenario.name);
         if let Err(e) = chart::draw(Path::new(&path), &title, scenario.nodes, &curves) {
@@ -56,7 +56,7 @@ fn main() {
     if wanted("reconciler") {
         for nodes in RECONCILER_NODES {
             let result = reconciler::run(nodes, seed);
-            println!("{}", reconciler::line(&result, "baseline"));
+            println!("{}", reconciler::line(&result, "bulk"));
         }
     }
 }

@@ -214,3 +214,56 @@ async fn runs_take_turns_through_more_nodes_than_one_run_checks() -> Result<(), 
     assert_eq!(third["started_after"], Value::Null, "back to the first node: {third}");
     Ok(())
 }
+
+/// A measurement, not part of `make test` (several minutes): with 2,000 running nodes, one
+/// reconciler run costs EC2 pages, not nodes, through the real adapters and EC2's real page
+/// sizes (DescribeInstances and DescribeNetworkInterfaces in pages of 1,000, DescribeAddresses
+/// in one), as `make bench` counts them on the fakes (2 + 2 + 2 at 2,000 nodes): it checks
+/// every node and describes none alone. Run it with `cargo test -p tether-tests --test emulator
+/// -- --ignored a_reconciler_run_over_2000 --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement: run it by name"]
+async fn a_reconciler_run_over_2000_nodes_costs_pages_not_nodes() -> Result<(), SetupError> {
+    const NODES: usize = 2000;
+    // The set-up's launches are not what is measured: nothing paces them.
+    let fx = Fixture::with_settings(tether::Settings { pace: false, ..tether_tests::fast_settings() }).await?;
+    let subnet = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.16.0/20").availability_zone(&fx.availability_zone).send().await?;
+    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned();
+    let spec = tether::NodeSpec { subnet_id, ..fx.spec(&["m5.large"]) };
+    let started = std::time::Instant::now();
+    for chunk in 0..NODES / 50 {
+        let creates = (0..50).map(|_| async {
+            let node = fx.tether.create_node(spec.clone(), Persistence::default(), None).await?;
+            fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+            Ok::<_, tether::TetherError>(())
+        });
+        for created in futures_util::future::join_all(creates).await {
+            created?;
+        }
+        if chunk % 10 == 9 {
+            println!("set up {} of {NODES} nodes in {:.0} s", (chunk + 1) * 50, started.elapsed().as_secs_f64());
+        }
+    }
+    fx.calls.take();
+    let report = reconcile(&fx).await?;
+    let calls = fx.calls.take();
+    let count = |name: &str| calls.iter().filter(|c| c.as_str() == name).count();
+    let ec2: Vec<&String> = calls.iter().filter(|c| c.starts_with("EC2.")).collect();
+    println!(
+        "reconciler over {NODES} nodes: {} EC2 calls (DescribeInstances {}, DescribeNetworkInterfaces {}, DescribeAddresses {}), {} DynamoDB calls; checked {}",
+        ec2.len(),
+        count("EC2.DescribeInstances"),
+        count("EC2.DescribeNetworkInterfaces"),
+        count("EC2.DescribeAddresses"),
+        calls.len() - ec2.len(),
+        report["nodes_checked"]
+    );
+    assert_eq!(report["nodes_checked"], json!(NODES), "{report}");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    // The bench's count, within one page per kind (moto may answer a listing in one page).
+    for (name, pages) in [("EC2.DescribeInstances", 2), ("EC2.DescribeNetworkInterfaces", 2), ("EC2.DescribeAddresses", 2)] {
+        assert!(count(name).abs_diff(pages) <= 1, "{name}: {} calls, the bench counts {pages}", count(name));
+    }
+    assert!(ec2.len() <= 8, "no node described alone: {ec2:?}");
+    Ok(())
+}

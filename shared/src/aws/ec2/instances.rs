@@ -90,6 +90,8 @@ impl Instances for Ec2Cloud {
             .describe_instances()
             .filters(Filter::builder().name("tag-key").values(TAG_NODE_ID).build())
             .filters(Filter::builder().name("instance-state-name").set_values(Some(LIVE_STATES.map(String::from).to_vec())).build())
+            // Filtered and paged: the larger of EC2's two buckets for this action.
+            .max_results(super::PAGE_SIZE)
             .into_paginator()
             .send();
         let mut found = Vec::new();

@@ -41,6 +41,8 @@ impl Network for Ec2Cloud {
             .client
             .describe_network_interfaces()
             .filters(Filter::builder().name("tag-key").values(TAG_NODE_ID).build())
+            // Filtered and paged: the larger of EC2's two buckets for this action.
+            .max_results(super::PAGE_SIZE)
             .into_paginator()
             .send();
         let mut found = Vec::new();
@@ -71,6 +73,12 @@ impl Network for Ec2Cloud {
                 Some(Tagged { node_id, generation: None, attached: a.association_id().is_some(), resource: eip_info(a)? })
             })
             .collect())
+    }
+
+    async fn elastic_ips(&self) -> Result<Vec<ElasticIpInfo>, AwsError> {
+        // DescribeAddresses does not page: one call answers for the whole Region.
+        let out = self.client.describe_addresses().send().await.map_err(|e| aws_error("EC2", "DescribeAddresses", e))?;
+        Ok(out.addresses().iter().filter_map(eip_info).collect())
     }
 
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {

@@ -6,7 +6,7 @@ use super::*;
 #[async_trait]
 impl Network for FakeEc2 {
     async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError> {
-        self.call("DescribeNetworkInterfaces", |s| {
+        let found: Vec<_> = self.call("DescribeNetworkInterfaces", |s| {
             Ok(s.enis
                 .values()
                 .filter_map(|e| {
@@ -14,7 +14,13 @@ impl Network for FakeEc2 {
                     Some(Tagged { node_id, generation: None, attached: e.attachment.is_some(), resource: e.record() })
                 })
                 .collect())
-        }).await
+        }).await?;
+        self.further_pages("DescribeNetworkInterfaces", found.len()).await?;
+        Ok(found)
+    }
+
+    async fn elastic_ips(&self) -> Result<Vec<ElasticIpInfo>, AwsError> {
+        self.call("DescribeAddresses", |s| Ok(s.eips.iter().map(|(id, e)| s.eip_info(id, e)).collect())).await
     }
 
     async fn node_eips(&self) -> Result<Vec<Tagged<ElasticIpInfo>>, AwsError> {
@@ -135,11 +141,13 @@ impl Instances for FakeEc2 {
     }
 
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError> {
-        self.call("DescribeInstances", |s| {
+        let found: Vec<_> = self.call("DescribeInstances", |s| {
             // As the adapter: pending, running, stopping and stopped.
             let live = s.instances.iter().filter(|(_, i)| i.life.can_terminate());
             Ok(live.filter_map(|(id, _)| s.tagged(id)).collect())
-        }).await
+        }).await?;
+        self.further_pages("DescribeInstances", found.len()).await?;
+        Ok(found)
     }
 
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
