@@ -35,7 +35,7 @@ pub struct StateChangeDetail {
 }
 
 /// EC2 instance states as the state-change notification spells them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceState {
     Pending,
@@ -55,6 +55,23 @@ pub enum InstanceEvent {
 }
 
 impl InstanceEvent {
+    /// The event as EventBridge sends it (`id` its event id): what a queue carries.
+    pub fn to_eventbridge(&self, id: &str, time: DateTime<Utc>) -> Value {
+        let (detail_type, detail) = match self {
+            InstanceEvent::InterruptionWarning { instance_id, action } => {
+                (SPOT_INTERRUPTION_WARNING, serde_json::json!({"instance-id": instance_id, "instance-action": action}))
+            }
+            InstanceEvent::RebalanceRecommendation { instance_id } => (REBALANCE_RECOMMENDATION, serde_json::json!({"instance-id": instance_id})),
+            InstanceEvent::StateChange { instance_id, state } => (STATE_CHANGE_NOTIFICATION, serde_json::json!({"instance-id": instance_id, "state": state})),
+        };
+        serde_json::json!({
+            "version": "0", "id": id, "detail-type": detail_type, "source": SOURCE_EC2, "account": "123456789012",
+            "time": time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "region": "us-east-1",
+            "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{}", self.instance_id())],
+            "detail": detail,
+        })
+    }
+
     pub fn instance_id(&self) -> &str {
         match self {
             InstanceEvent::InterruptionWarning { instance_id, .. }
@@ -139,6 +156,19 @@ mod tests {
             "resources": ["arn:aws:ec2:us-east-1:123456789012:instance/i-0000000000000000a"],
             "detail": detail,
         })
+    }
+
+    #[test]
+    fn an_event_as_eventbridge_sends_it_parses_back_to_itself() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        for event in [
+            InstanceEvent::InterruptionWarning { instance_id: "i-0a".into(), action: crate::model::InterruptionAction::Hibernate },
+            InstanceEvent::RebalanceRecommendation { instance_id: "i-0b".into() },
+            InstanceEvent::StateChange { instance_id: "i-0c".into(), state: InstanceState::ShuttingDown },
+        ] {
+            let received = ReceivedEvent::parse(event.to_eventbridge("ev-1", now)).expect("parses");
+            assert_eq!((received.id.as_deref(), received.event), (Some("ev-1"), event));
+        }
     }
 
     #[test]

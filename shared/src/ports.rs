@@ -140,6 +140,8 @@ pub struct SubnetReservation {
 pub struct SubnetCidr {
     pub id: String,
     pub cidr: Ipv4Net,
+    /// When this deployment made it (its description says), if it did and says.
+    pub made_at: Option<DateTime<Utc>>,
     /// This deployment made it (`tether_description` is its description); otherwise it is
     /// the user's, or another Tether stack's.
     pub tethers: bool,
@@ -149,8 +151,21 @@ pub struct SubnetCidr {
 /// again (one whose id a request did not live to record, or left after its address was
 /// released). It names the deployment (its table: unique in the account and Region), so
 /// that a second Tether stack sharing the subnet never takes another's for its own.
-pub fn tether_description(deployment: &str, ip: Ipv4Addr, owner: &str) -> String {
-    format!("{}{ip} for {owner}", description_prefix(deployment))
+pub fn tether_description(deployment: &str, ip: Ipv4Addr, owner: &str, at: DateTime<Utc>) -> String {
+    format!("{}{ip} for {owner} at {}", description_prefix(deployment), at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// How long a subnet CIDR reservation of this deployment's that no address reservation
+/// names is left alone by the sweep: it may have been made ahead of a claim whose request is
+/// still under way (longer than any request: Lambda's 15 minutes). Until it is written, EC2
+/// must not hand the address out.
+pub const SUBNET_RESERVATION_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// When a reservation described by `tether_description` was made (`None` for one made
+/// before descriptions said).
+pub fn made_at(description: &str) -> Option<DateTime<Utc>> {
+    let (_, at) = description.rsplit_once(" at ")?;
+    DateTime::parse_from_rfc3339(at).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// Whether `description` is one `deployment` made (`tether_description`).
@@ -301,7 +316,7 @@ pub trait Network: Send + Sync {
     /// reservation already covering the address is answered as it is: this deployment's if
     /// its description says so (one whose id an earlier attempt did not record), else someone
     /// else's, which is never deleted.
-    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError>;
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str, at: DateTime<Utc>) -> Result<SubnetReservation, AwsError>;
     /// Deletes a subnet CIDR reservation Tether made; one that no longer exists counts as deleted.
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError>;
     /// Every subnet CIDR reservation of the subnet (the sweep compares them with the table's).

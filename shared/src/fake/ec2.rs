@@ -460,6 +460,14 @@ impl FakeEc2 {
         self.lock().subnet_reservations.iter().map(|(id, (subnet, range, _))| (id.clone(), subnet.clone(), *range)).collect()
     }
 
+    /// The subnet CIDR reservations this deployment made at `since` or later (their
+    /// description says when).
+    pub fn subnet_reservations_made_since(&self, since: chrono::DateTime<chrono::Utc>) -> BTreeSet<String> {
+        let state = self.lock();
+        let made = |d: &String| described_by(FAKE_DEPLOYMENT, d).then(|| crate::ports::made_at(d)).flatten();
+        state.subnet_reservations.iter().filter(|(_, (_, _, d))| made(d).is_some_and(|at| at >= since)).map(|(id, _)| id.clone()).collect()
+    }
+
     /// A subnet CIDR reservation made outside this deployment (by the user, or by another
     /// Tether stack sharing the subnet), described with `description`.
     pub fn reserve_outside(&self, subnet_id: &str, range: Ipv4Net, description: &str) -> Result<String, AwsError> {

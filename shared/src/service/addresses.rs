@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::model::{Node, NodeState};
-use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
+use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write, SUBNET_RESERVATION_GRACE};
 
 /// The addresses a node claims: its chosen private IP (in its subnet) and the user's Elastic
 /// IP. A group member's pool address and pool Elastic IP are its group's (handed to it).
@@ -58,7 +58,7 @@ impl Tether {
         if reservation.subnet_reservation.is_some() {
             return;
         }
-        let made = match self.network.reserve_in_subnet(subnet_id, *ip, &reservation.owner).await {
+        let made = match self.network.reserve_in_subnet(subnet_id, *ip, &reservation.owner, self.clock.now()).await {
             Ok(made) => made,
             Err(e) => {
                 warn!(address = %reservation.address, error = %e, "subnet CIDR reservation not made; the reconciler tries again");
@@ -91,7 +91,7 @@ impl Tether {
     /// deletes what is made here.
     pub(super) async fn reserve_ahead(&self, address: &Address, owner: &str) -> Option<SubnetReservation> {
         let Address::PrivateIp { subnet_id, ip } = address else { return None };
-        match self.network.reserve_in_subnet(subnet_id, *ip, owner).await {
+        match self.network.reserve_in_subnet(subnet_id, *ip, owner, self.clock.now()).await {
             Ok(made) => Some(made),
             Err(e) => {
                 warn!(%address, error = %e, "subnet CIDR reservation not made ahead of the claim");
@@ -243,8 +243,11 @@ impl Tether {
             for c in in_ec2.iter().filter(|c| c.tethers && c.cidr.prefix_len() == 32) {
                 let address = Address::PrivateIp { subnet_id: subnet.clone(), ip: c.cidr.addr() };
                 let named = reservations.iter().any(|r| r.address == address);
+                // Made a moment ago, ahead of a claim not written yet: its request may still
+                // write it (and until then EC2 must not hand the address out).
+                let young = c.made_at.is_some_and(|at| (self.clock.now() - at).to_std().unwrap_or_default() < SUBNET_RESERVATION_GRACE);
                 // Read again: the address may have been reserved since the scan.
-                if named || self.registry.reservation(&address).await?.is_some() {
+                if named || young || self.registry.reservation(&address).await?.is_some() {
                     continue;
                 }
                 self.network.unreserve_in_subnet(&c.id).await?;

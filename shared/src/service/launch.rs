@@ -107,8 +107,8 @@ impl Tether {
                 pace.lock().unwrap_or_else(std::sync::PoisonError::into_inner).full = Some(slot.next_free);
                 return Err(AwsError::from_code("Tether", "RunInstances", Some("Tether.PaceFull"), Some("every slot within the horizon is taken"), None));
             };
-            if let Ok(wait) = (at - self.clock.now()).to_std() {
-                self.clock.sleep(wait).await;
+            if let Some(wait) = (at - self.clock.now()).to_std().ok().filter(|w| !w.is_zero()) {
+                self.clock.sleep(wait + SLOT_MARGIN).await;
             }
         }
         self.launch_on_eni(node, request).await
@@ -412,6 +412,11 @@ impl backon::Sleeper for ClockSleeper {
 /// How long a pool EC2 refused for capacity (or just reclaimed an instance from) is tried
 /// after the node's other candidates (Karpenter keeps such offerings aside for 3 minutes).
 const REFUSED_FOR: Duration = Duration::from_secs(180);
+/// A launch that waited for its slot is sent this much after it: the launches sent at once
+/// reach EC2 a little after their slots (their slot's own DynamoDB call), and EC2's bucket
+/// refills only from the first token taken, so a launch sent exactly on time can find the
+/// bucket a few milliseconds short.
+const SLOT_MARGIN: Duration = Duration::from_millis(50);
 /// What a launch needs after its slot besides the deadline's margin (kept for the record):
 /// RunInstances itself, up to about 2 s.
 const LAUNCH_ALLOWANCE: Duration = Duration::from_secs(2);

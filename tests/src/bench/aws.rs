@@ -41,6 +41,8 @@ pub struct Calls {
     pub by_operation: BTreeMap<&'static str, (u64, u64)>,
     /// Per EventBridge event id (the service's `delivery` span): AWS calls made for it.
     pub by_event: HashMap<String, u32>,
+    /// Per event id, the operations in order (kept with `BENCH_DEBUG`).
+    pub ops_by_event: HashMap<String, Vec<&'static str>>,
     /// Per event id: when its first RunInstances was sent (virtual ms), and whether any of
     /// its RunInstances was throttled.
     pub run_instances: HashMap<String, (u64, bool)>,
@@ -65,12 +67,15 @@ pub struct AwsModel {
     rng: Mutex<fastrand::Rng>,
     /// Off while the scenario is set up: calls take no time and are not counted.
     on: AtomicBool,
+    /// `BENCH_DEBUG` is set: keep each event's operations.
+    debug: bool,
     pub calls: Mutex<Calls>,
 }
 
 impl AwsModel {
     pub fn new(clock: SimClock, seed: u64) -> Self {
-        AwsModel { clock, rng: Mutex::new(fastrand::Rng::with_seed(seed)), on: AtomicBool::new(false), calls: Mutex::default() }
+        let debug = std::env::var_os("BENCH_DEBUG").is_some();
+        AwsModel { clock, rng: Mutex::new(fastrand::Rng::with_seed(seed)), on: AtomicBool::new(false), debug, calls: Mutex::default() }
     }
 
     pub fn switch(&self, on: bool) {
@@ -109,6 +114,9 @@ impl CallTiming for AwsModel {
         entry.1 += u64::from(throttled);
         if let Some(event) = &event {
             *calls.by_event.entry(event.clone()).or_default() += 1;
+            if self.debug {
+                calls.ops_by_event.entry(event.clone()).or_default().push(operation);
+            }
         }
         if let (Some(event), "UpdateItem") = (&event, operation) {
             let entry = calls.pace.entry(event.clone()).or_default();

@@ -376,4 +376,10 @@ pub fn debug_histogram(world: &World) {
         *buckets.entry(l.sent_ms / 30_000).or_insert(0) += 1;
     }
     eprintln!("launches per 30 s: {buckets:?}");
+    let first = calls.launches.first().map_or(0, |l| l.sent_ms);
+    let early: Vec<String> = calls.launches.iter().take(12).map(|l| format!("{}{}", l.sent_ms - first, if l.error.is_some() { "!" } else { "" })).collect();
+    eprintln!("first launches (ms after the first; ! refused): {early:?}");
+    for (event, ops) in calls.ops_by_event.iter().filter(|(_, ops)| ops.len() > 6).take(10) {
+        eprintln!("{event}: {} calls: {ops:?}", ops.len());
+    }
 }

@@ -243,8 +243,8 @@ impl Network for Ec2Cloud {
         Ok(!out.network_interfaces().is_empty())
     }
 
-    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
-        self.create_subnet_reservation(subnet_id, ip, owner).await
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str, at: chrono::DateTime<chrono::Utc>) -> Result<SubnetReservation, AwsError> {
+        self.create_subnet_reservation(subnet_id, ip, owner, at).await
     }
 
     async fn unreserve_in_subnet(&self, reservation_id: &str) -> Result<(), AwsError> {

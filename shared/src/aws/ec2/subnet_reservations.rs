@@ -9,17 +9,17 @@ use ipnet::Ipv4Net;
 use super::{gone_is_done, missing, Ec2Cloud};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::ports::{described_by, tether_description, SubnetCidr, SubnetReservation};
+use crate::ports::{described_by, made_at, tether_description, SubnetCidr, SubnetReservation};
 
 impl Ec2Cloud {
-    pub(super) async fn create_subnet_reservation(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
+    pub(super) async fn create_subnet_reservation(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str, at: chrono::DateTime<chrono::Utc>) -> Result<SubnetReservation, AwsError> {
         let created = self
             .client
             .create_subnet_cidr_reservation()
             .subnet_id(subnet_id)
             .cidr(format!("{ip}/32"))
             .reservation_type(SubnetCidrReservationType::Explicit)
-            .description(tether_description(&self.deployment, ip, owner))
+            .description(tether_description(&self.deployment, ip, owner, at))
             .send()
             .await
             .map_err(|e| aws_error("EC2", "CreateSubnetCidrReservation", e));
@@ -60,7 +60,7 @@ impl Ec2Cloud {
             for r in out.subnet_ipv4_cidr_reservations() {
                 let (Some(id), Some(cidr)) = (r.subnet_cidr_reservation_id(), r.cidr().and_then(|c| c.parse::<Ipv4Net>().ok())) else { continue };
                 let tethers = r.description().is_some_and(|d| described_by(&self.deployment, d));
-                found.push(SubnetCidr { id: id.to_owned(), cidr, tethers });
+                found.push(SubnetCidr { id: id.to_owned(), cidr, tethers, made_at: r.description().filter(|_| tethers).and_then(made_at) });
             }
             match out.next_token() {
                 Some(next) if !next.is_empty() => token = Some(next.to_owned()),

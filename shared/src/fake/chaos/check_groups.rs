@@ -23,6 +23,9 @@ pub struct Seen<'a> {
     pub picked: &'a BTreeSet<String>,
     /// EC2's subnet CIDR reservations: (id, subnet id, range).
     pub subnet_reservations: &'a [(String, String, Ipv4Net)],
+    /// Those made within the sweep's grace (`SUBNET_RESERVATION_GRACE`): the sweep leaves
+    /// them alone for now, named or not.
+    pub young_subnet_reservations: &'a BTreeSet<String>,
 }
 
 /// Everything wrong with groups and reservations; empty when every invariant holds.
@@ -112,7 +115,10 @@ fn check_group(group: &Group, members: &[&Node], seen: &Seen<'_>, found: &mut Ve
                 found.push(format!("deallocated group {id} still holds {}", r.address));
             }
             for ip in &group.private_ip_pool {
-                let reserved_in_ec2 = group.subnet_of(*ip).is_some_and(|s| seen.subnet_reservations.iter().any(|(_, subnet, range)| *subnet == s.id && range.contains(ip)));
+                // One made within the sweep's grace is left for now (a claim may be under way).
+                let reserved_in_ec2 = group.subnet_of(*ip).is_some_and(|s| {
+                    seen.subnet_reservations.iter().any(|(rid, subnet, range)| *subnet == s.id && range.contains(ip) && !seen.young_subnet_reservations.contains(rid))
+                });
                 let named = pool_address(group, *ip).is_some_and(|a| reservation(seen, &a).is_some());
                 if reserved_in_ec2 && !named {
                     found.push(format!("deallocated group {id}: its pool address {ip} is still reserved in EC2"));
@@ -253,7 +259,7 @@ fn check_reservations(seen: &Seen<'_>, found: &mut Vec<String>) {
     }
     for (id, subnet, range) in seen.subnet_reservations {
         let named = seen.reservations.iter().any(|r| matches!(&r.address, Address::PrivateIp { subnet_id, ip } if subnet_id == subnet && range.contains(ip)));
-        if !named {
+        if !named && !seen.young_subnet_reservations.contains(id) {
             found.push(format!("EC2 subnet CIDR reservation {id} ({range} in {subnet}) is left for an address no reservation names"));
         }
     }

@@ -20,6 +20,9 @@ pub enum Finished {
     Retry(String),
     /// A permanent failure: acknowledged (an event) or answered 4xx (a request).
     Failed(String),
+    /// A batch from a queue answered: the messages (by their place in the batch) to deliver
+    /// again (`batchItemFailures`); the others are deleted.
+    Redeliver(Vec<usize>),
 }
 
 impl Finished {
@@ -36,6 +39,8 @@ impl Finished {
 #[derive(Clone, Debug)]
 pub enum Origin {
     Event(Delivery),
+    /// Messages of the queue between EventBridge and the functions, in one batch.
+    Batch(Vec<Delivery>),
     User { node_id: NodeId, action: UserAction },
     /// A request about the group (or a run of its controller).
     Group { group_id: GroupId, action: GroupMove },
@@ -47,7 +52,8 @@ pub enum Origin {
 pub struct Delivery {
     pub id: String,
     pub event: crate::events::InstanceEvent,
-    /// 0 for the first delivery; Lambda's asynchronous invocation retries twice.
+    /// 0 for the first delivery; Lambda's asynchronous invocation retries twice. Through a
+    /// queue: the message's receives so far (dead-lettered after `MAX_RECEIVES`).
     pub attempt: u8,
 }
 

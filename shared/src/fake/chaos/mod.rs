@@ -75,6 +75,7 @@ pub fn run_scenario(seed: u64, config: ChaosConfig) -> Result<(), Violation> {
         enis: &enis,
         picked: &world.ec2.enis_with_picked_ips(),
         subnet_reservations: &world.ec2.subnet_reservations(),
+        young_subnet_reservations: &world.ec2.subnet_reservations_made_since(world.now() - crate::ports::SUBNET_RESERVATION_GRACE),
     };
     problems.extend(check_groups::violations(&seen));
     if problems.is_empty() {

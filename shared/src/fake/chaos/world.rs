@@ -15,6 +15,7 @@ use crate::model::{InterruptionAction, Market, NodeId, NodeSpec, NodeState, Pers
 use crate::service::{Ports, Settings, Tether};
 
 mod groups;
+mod queue;
 
 pub const SUBNET: &str = "subnet-chaos";
 /// A group's second subnet, in another Availability Zone.
@@ -129,6 +130,11 @@ pub struct World {
     /// Every member ever seen (their records must never be lost either).
     pub members_seen: BTreeSet<NodeId>,
     bus: Vec<Delivery>,
+    /// Events reach the functions through SQS queues (batches, partial failures, re-queued
+    /// waits, dead-lettering) instead of Lambda's asynchronous invocation.
+    queued: bool,
+    /// What the functions put back on the queue (bodies), for the bus.
+    requeued: Arc<queue::ChaosQueue>,
     running: Vec<Invocation>,
     /// Instances warned of an interruption, reclaimed (or stopped) later.
     doomed: Vec<(String, InterruptionAction)>,
@@ -168,6 +174,8 @@ impl World {
             group_deallocatable: false,
             members_seen: BTreeSet::new(),
             bus: Vec::new(),
+            queued: rng.bool(),
+            requeued: Arc::default(),
             running: Vec::new(),
             doomed: Vec::new(),
             warnings_sent: BTreeMap::new(),
@@ -218,6 +226,11 @@ impl World {
         self.log.push(line);
     }
 
+    /// The scenario's virtual time.
+    pub fn now(&self) -> DateTime<Utc> {
+        crate::ports::Clock::now(&self.clock)
+    }
+
     // ---- invocations ----
 
     fn start(&mut self, origin: Origin) {
@@ -244,6 +257,7 @@ impl World {
             }),
             Origin::Group { group_id, action } => Box::pin(async move { groups::run(&tether, &group_id, action, deadline).await }),
             Origin::Reconciler => Box::pin(async move { Finished::of(tether.reconcile(deadline).await) }),
+            Origin::Batch(deliveries) => queue::job(tether, self.requeued.clone(), deliveries, invocation_id, deadline),
         };
         self.running.push(Invocation { origin, job });
     }
@@ -270,6 +284,12 @@ impl World {
                 self.note(format!("user retries {action:?} {group_id} ({why})"));
                 self.start(Origin::Group { group_id, action });
             }
+            // SQS delivers each message of a failed batch again after its visibility timeout.
+            Origin::Batch(deliveries) => {
+                for delivery in deliveries {
+                    self.receive_failed(delivery, why);
+                }
+            }
             Origin::User { .. } | Origin::Group { .. } | Origin::Reconciler => {}
         }
     }
@@ -277,10 +297,17 @@ impl World {
     fn poll(&mut self, index: usize) -> bool {
         let Some(finished) = self.running[index].poll_once() else { return false };
         let invocation = self.running.swap_remove(index);
-        match finished {
-            Finished::Retry(why) => self.after_failure(invocation.origin, &why),
-            Finished::Done | Finished::Failed(_) => {}
+        match (finished, invocation.origin) {
+            (Finished::Retry(why), origin) => self.after_failure(origin, &why),
+            (Finished::Redeliver(failed), Origin::Batch(deliveries)) => {
+                for (i, delivery) in deliveries.into_iter().enumerate().filter(|(i, _)| failed.contains(i)) {
+                    self.note(format!("message {i} of a batch reported failed"));
+                    self.receive_failed(delivery, "a batch item failure");
+                }
+            }
+            _ => {}
         }
+        self.take_requeued();
         true
     }
 
@@ -354,7 +381,11 @@ impl World {
                 // EventBridge may deliver the same event twice.
                 let delivery = if self.rng.u8(0..5) == 0 { self.bus[index].clone() } else { self.bus.swap_remove(index) };
                 self.note(format!("deliver {} {:?}", delivery.id, delivery.event));
-                self.start(Origin::Event(delivery));
+                if self.queued {
+                    self.start_batch(delivery);
+                } else {
+                    self.start(Origin::Event(delivery));
+                }
             }
             Move::Drop => {
                 let index = self.rng.usize(..self.bus.len());
@@ -528,7 +559,11 @@ impl World {
         for _ in 0..SETTLE_ROUNDS {
             while !self.bus.is_empty() {
                 let delivery = self.bus.swap_remove(self.rng.usize(..self.bus.len()));
-                self.start(Origin::Event(delivery));
+                if self.queued {
+                    self.start_batch(delivery);
+                } else {
+                    self.start(Origin::Event(delivery));
+                }
             }
             self.run_all()?;
             self.ec2.advance();

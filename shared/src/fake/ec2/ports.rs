@@ -97,9 +97,9 @@ impl Network for FakeEc2 {
         self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip))).await
     }
 
-    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str) -> Result<SubnetReservation, AwsError> {
+    async fn reserve_in_subnet(&self, subnet_id: &str, ip: Ipv4Addr, owner: &str, at: chrono::DateTime<chrono::Utc>) -> Result<SubnetReservation, AwsError> {
         let range = Ipv4Net::from(ip);
-        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(FAKE_DEPLOYMENT, ip, owner))).await {
+        match self.call("CreateSubnetCidrReservation", |s| s.create_subnet_cidr_reservation(subnet_id, range, tether_description(FAKE_DEPLOYMENT, ip, owner, at))).await {
             Ok(id) => Ok(SubnetReservation { id, tethers: true }),
             // As the adapter: the reservation that covers it already is looked up; Tether's
             // own by its description.
@@ -121,7 +121,10 @@ impl Network for FakeEc2 {
             Ok(s.subnet_reservations
                 .iter()
                 .filter(|(_, (subnet, _, _))| subnet == subnet_id)
-                .map(|(id, (_, cidr, description))| SubnetCidr { id: id.clone(), cidr: *cidr, tethers: described_by(FAKE_DEPLOYMENT, description) })
+                .map(|(id, (_, cidr, description))| {
+                    let tethers = described_by(FAKE_DEPLOYMENT, description);
+                    SubnetCidr { id: id.clone(), cidr: *cidr, tethers, made_at: Some(description.as_str()).filter(|_| tethers).and_then(crate::ports::made_at) }
+                })
                 .collect())
         }).await
     }
