@@ -665,3 +665,43 @@ async fn a_queued_batch_acknowledges_what_it_handled_or_can_never_handle_and_req
     let node = store.nodes().into_iter().find(|n| n.generation == 2).expect("a replacement");
     assert_eq!(node.state, NodeState::Running);
 }
+
+// ---- the reconciler in bulk ----
+
+/// One run over 1,500 running nodes costs EC2 pages, not nodes: two pages of instances, two
+/// of ENIs, the Elastic IPs twice (all, and Tether's); a node whose instance is gone from the
+/// bulk view is described alone (fresh, never an eventually consistent absence) and recovered.
+#[tokio::test]
+async fn a_reconciler_run_costs_pages_and_describes_alone_only_what_the_bulk_view_cannot_answer() {
+    let ec2 = Arc::new(ec2());
+    ec2.set_throttling(false);
+    ec2.add_subnet("subnet-big", "10.1.0.0/20".parse().unwrap(), "us-east-1a");
+    let store = Arc::new(FakeStore::new());
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let tether = Tether::new(ports, Settings { pace: false, ..Settings::default() });
+    let deadline = || chrono::Utc::now() + Duration::from_secs(30);
+    let spec = NodeSpec { subnet_id: "subnet-big".into(), ..test_spec(&["m5.large"], true) };
+    let mut instances = Vec::new();
+    for _ in 0..1500 {
+        let node = tether.create_node(spec.clone(), Persistence::default(), None).await.unwrap();
+        let Outcome::Launched { instance_id, .. } = tether.resume(&node.id, deadline(), None).await.unwrap() else { panic!("not launched") };
+        instances.push(instance_id);
+    }
+    let before = ec2.calls();
+    let report = tether.reconcile(deadline()).await.unwrap();
+    assert_eq!((report.nodes_checked, report.complete, report.failed.len()), (1500, true, 0), "{report:?}");
+    let spent = |op: &str, before: &std::collections::BTreeMap<&str, u64>| ec2.call_count(op) - before.get(op).copied().unwrap_or(0);
+    assert_eq!(
+        [spent("DescribeInstances", &before), spent("DescribeNetworkInterfaces", &before), spent("DescribeAddresses", &before)],
+        [2, 2, 2],
+        "pages of 1,000, and the addresses twice"
+    );
+    // One instance reclaimed without an event: the next run describes that node alone.
+    ec2.reclaim(&instances[7]);
+    ec2.advance();
+    let before = ec2.calls();
+    let report = tether.reconcile(deadline()).await.unwrap();
+    assert_eq!(spent("DescribeInstances", &before), 2 + 1, "the pages, then the one node alone: {report:?}");
+    assert_eq!(report.repaired.len(), 1, "{report:?}");
+    assert!(store.nodes().iter().all(|n| n.state == NodeState::Running));
+}
