@@ -3,7 +3,8 @@
 //! for capacity (`pool#<type>/<market>/<AZ>` = until, epoch milliseconds). A slot is one
 //! conditional UpdateItem: `tat + interval` while launches queue (the common case in a mass
 //! interruption), `now + interval` after a quiet while; which one is tried first follows the
-//! last `tat` this process saw, the other only when that guess was wrong. This item is the
+//! last `tat` this process saw (or expects: a launch that starts the queue tells the
+//! process's other launches at once), the other only when that guess was wrong. This item is the
 //! only one written with UpdateItem (an atomic read-modify-write of one attribute).
 
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +86,11 @@ impl LaunchPace for DynamoLaunchPace {
         let tolerance = PACE_INTERVAL * (PACE_BURST - 1);
         let limit = (now + tolerance + horizon).timestamp_millis();
         let queued_first = self.last_tat.load(Ordering::Relaxed) >= now_ms;
+        if !queued_first {
+            // Expect this one to start the queue: the process's other launches asking
+            // meanwhile then guess right.
+            self.last_tat.store(now_ms + i64::try_from(PACE_INTERVAL.as_millis()).unwrap_or(500), Ordering::Relaxed);
+        }
         for queued in [queued_first, !queued_first] {
             let Some(item) = self.update(queued, now_ms, limit).await? else { continue };
             let tat = millis(&item, "tat").map(at).unwrap_or(now);

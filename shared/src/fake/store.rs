@@ -172,7 +172,14 @@ impl LaunchPace for FakeStore {
     async fn take(&self, now: DateTime<Utc>, horizon: std::time::Duration) -> Result<PaceSlot, AwsError> {
         let tolerance = PACE_INTERVAL * (PACE_BURST - 1);
         let limit = now + tolerance + horizon;
-        let queued_first = self.lock().pace_seen.is_some_and(|seen| seen >= now);
+        let queued_first = {
+            let mut table = self.lock();
+            let queued = table.pace_seen.is_some_and(|seen| seen >= now);
+            if !queued {
+                table.pace_seen = Some(now + PACE_INTERVAL);
+            }
+            queued
+        };
         let live = |t: &Table| t.refused_pools.iter().filter(|(_, until)| **until > now).map(|(p, u)| (p.clone(), *u)).collect();
         for queued in [queued_first, !queued_first] {
             let updated = self
