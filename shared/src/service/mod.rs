@@ -6,6 +6,7 @@ mod group_run;
 mod groups;
 mod launch;
 mod manage;
+mod pace;
 mod reconcile;
 
 use std::sync::Arc;
