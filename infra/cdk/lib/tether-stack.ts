@@ -3,7 +3,7 @@
 // The functions' code comes prebuilt (cargo lambda build): `<assets>/<binary>/bootstrap`.
 
 import * as path from "path";
-import { CfnCondition, CfnOutput, CfnParameter, CfnResource, Duration, Fn, RemovalPolicy, Stack, StackProps } from "aws-cdk-lib";
+import { CfnCondition, CfnMapping, CfnOutput, CfnParameter, CfnResource, Duration, Fn, RemovalPolicy, Stack, StackProps, Token } from "aws-cdk-lib";
 import { HttpApi, HttpMethod } from "aws-cdk-lib/aws-apigatewayv2";
 import { HttpIamAuthorizer } from "aws-cdk-lib/aws-apigatewayv2-authorizers";
 import { HttpLambdaIntegration } from "aws-cdk-lib/aws-apigatewayv2-integrations";
@@ -11,7 +11,8 @@ import { CfnAlarm } from "aws-cdk-lib/aws-cloudwatch";
 import { CfnTable } from "aws-cdk-lib/aws-dynamodb";
 import { CfnRule } from "aws-cdk-lib/aws-events";
 import { CfnManagedPolicy, ManagedPolicy } from "aws-cdk-lib/aws-iam";
-import { Architecture, CfnPermission, Code, Function as LambdaFunction, Runtime } from "aws-cdk-lib/aws-lambda";
+import { Architecture, CfnEventSourceMapping, CfnPermission, Code, Function as LambdaFunction, Runtime } from "aws-cdk-lib/aws-lambda";
+import { SqsEventSource } from "aws-cdk-lib/aws-lambda-event-sources";
 import { CfnQueue, CfnQueuePolicy, Queue } from "aws-cdk-lib/aws-sqs";
 import { Construct } from "constructs";
 
@@ -22,9 +23,28 @@ export interface TetherStackProps extends StackProps {
   readonly assets: string;
 }
 
+/** What a concurrency share gives: the state-change and interruption event source mappings'
+ * MaximumConcurrency (AWS: 2 to 1000) and the reconciler's reserved concurrency. */
+export interface ConcurrencySplit {
+  readonly StateChange: number;
+  readonly Interruption: number;
+  readonly Reconciler: number;
+}
+
+/** The ConcurrencyShares mapping: each split adds up to its share (CloudFormation has no
+ * arithmetic). Most goes to state changes: they launch the replacements. */
+export const CONCURRENCY_SHARES: Record<string, ConcurrencySplit> = {
+  "5": { StateChange: 2, Interruption: 2, Reconciler: 1 },
+  "10": { StateChange: 7, Interruption: 2, Reconciler: 1 },
+  "20": { StateChange: 15, Interruption: 4, Reconciler: 1 },
+  "50": { StateChange: 39, Interruption: 10, Reconciler: 1 },
+  "100": { StateChange: 79, Interruption: 20, Reconciler: 1 },
+  "200": { StateChange: 159, Interruption: 40, Reconciler: 1 },
+};
+
 /** One event-driven function: its binary, its trigger, its limits. */
 interface EventFunction {
-  readonly name: string;
+  readonly name: keyof ConcurrencySplit;
   readonly binary: string;
   readonly description: string;
   readonly timeout: number;
@@ -33,7 +53,9 @@ interface EventFunction {
   readonly ruleDescription: string;
   readonly deadLetterAlarm: string;
   readonly errorsAlarm: string;
+  /** An EventBridge pattern, delivered through the function's SQS queue. */
   readonly pattern?: object;
+  /** A schedule, invoking the function directly (asynchronously). */
   readonly schedule?: string;
 }
 
@@ -54,8 +76,8 @@ const EVENT_FUNCTIONS: EventFunction[] = [
     name: "StateChange",
     binary: "tether-state-change",
     description: "Instance state changes; launches replacements on the node's ENI.",
-    // Shorter than Lambda's first retry: a crashed invocation's event claim has lapsed by then.
-    timeout: 60,
+    // A batch of up to 10 events whose launches share the RunInstances pace.
+    timeout: 90,
     retries: 2,
     rule: "StateChangeRule",
     ruleDescription: "EC2 instance state changes to Tether.",
@@ -76,6 +98,9 @@ const EVENT_FUNCTIONS: EventFunction[] = [
     schedule: "rate(1 minute)",
   },
 ];
+
+/** What the queues' descriptions and outputs call each queued function. */
+const QUEUED_LABEL: Record<string, string> = { Interruption: "interruption", StateChange: "state-change" };
 
 export class TetherStack extends Stack {
   constructor(scope: Construct, id: string, props: TetherStackProps) {
@@ -100,6 +125,15 @@ export class TetherStack extends Stack {
       allowedValues: ["error", "warn", "info", "debug", "trace"],
       description: "RUST_LOG of every function.",
     });
+    const concurrencyShare = new CfnParameter(this, "ConcurrencyShare", {
+      type: "Number",
+      default: "10",
+      allowedValues: Object.keys(CONCURRENCY_SHARES),
+      description:
+        "The most concurrent executions Tether's event functions and reconciler may use together (the API is not counted): split by the ConcurrencyShares mapping between the two queues' event source mappings (MaximumConcurrency) and the reconciler (reserved concurrency).",
+    });
+    const shares = new CfnMapping(this, "ConcurrencyShares", { mapping: CONCURRENCY_SHARES });
+    const concurrency = (name: keyof ConcurrencySplit) => Token.asNumber(shares.findInMap(concurrencyShare.valueAsString, name));
     new CfnCondition(this, "HasInstanceRole", { expression: Fn.conditionNot(Fn.conditionEquals(Fn.ref("InstanceRoleArn"), "")) });
 
     // Retained when the stack is deleted: it names every node's ENI.
@@ -134,7 +168,14 @@ export class TetherStack extends Stack {
       policyDocument: { Version: "2012-10-17", Statement: tablePolicyStatements(table.attrArn) },
     });
 
-    const makeFunction = (name: string, binary: string, description: string, timeout: number, policies: CfnManagedPolicy[], deadLetterQueue?: CfnQueue, retries?: number) => {
+    const makeFunction = (
+      name: string,
+      binary: string,
+      description: string,
+      timeout: number,
+      policies: CfnManagedPolicy[],
+      options: { deadLetterQueue?: CfnQueue; retries?: number; reservedConcurrency?: number } = {},
+    ) => {
       const fn = new LambdaFunction(this, `${name}Function`, {
         description,
         runtime: Runtime.PROVIDED_AL2023,
@@ -144,8 +185,9 @@ export class TetherStack extends Stack {
         timeout: Duration.seconds(timeout),
         code: Code.fromAsset(path.join(props.assets, binary)),
         environment: { TETHER_TABLE_NAME: table.ref, RUST_LOG: logLevel.valueAsString },
-        deadLetterQueue: deadLetterQueue ? Queue.fromQueueArn(this, `${name}DeadLetterQueueRef`, deadLetterQueue.attrArn) : undefined,
-        retryAttempts: retries,
+        deadLetterQueue: options.deadLetterQueue ? Queue.fromQueueArn(this, `${name}DeadLetterQueueRef`, options.deadLetterQueue.attrArn) : undefined,
+        retryAttempts: options.retries,
+        reservedConcurrentExecutions: options.reservedConcurrency,
       });
       const resource = fn.node.defaultChild as CfnResource;
       resource.overrideLogicalId(`${name}Function`);
@@ -155,34 +197,123 @@ export class TetherStack extends Stack {
       return fn;
     };
 
-    const queues: CfnQueue[] = [];
+    // Event functions: EventBridge rules → SQS queues → Lambda (the reconciler: its schedule
+    // invokes it directly). A queued function names the messages that failed
+    // (ReportBatchItemFailures); those come back alone after the visibility timeout and go to
+    // the dead-letter queue after 5 receives. An event that must wait is put back on its own
+    // queue with a delay by the function itself. The functions still accept an EventBridge
+    // event invoked directly (the stack before the queues): their asynchronous dead-letter
+    // queue and retries stay for events handed to Lambda before an upgrade.
+    const deadLetterQueues: CfnQueue[] = [];
     const rules: CfnRule[] = [];
-    const functions: LambdaFunction[] = [];
     for (const spec of EVENT_FUNCTIONS) {
-      const queue = new CfnQueue(this, `${spec.name}DeadLetterQueue`, { messageRetentionPeriod: 1209600, sqsManagedSseEnabled: true });
-      const fn = makeFunction(spec.name, spec.binary, spec.description, spec.timeout, [ec2Policy, tablePolicy], queue, spec.retries);
+      // Longer retention than the queue's: a redriven message keeps its first enqueue time.
+      const deadLetterQueue = new CfnQueue(this, `${spec.name}DeadLetterQueue`, { messageRetentionPeriod: 1209600, sqsManagedSseEnabled: true });
+      const label = QUEUED_LABEL[spec.name];
+      const queue = spec.pattern
+        ? new CfnQueue(this, `${spec.name}Queue`, {
+            // Six times the function's timeout (AWS's guidance for an SQS event source).
+            visibilityTimeout: 6 * spec.timeout,
+            messageRetentionPeriod: 345600,
+            sqsManagedSseEnabled: true,
+            redrivePolicy: { deadLetterTargetArn: deadLetterQueue.attrArn, maxReceiveCount: 5 },
+          })
+        : undefined;
+      // The function puts a waiting event back on its own queue, and on no other.
+      const requeuePolicy = queue
+        ? new CfnManagedPolicy(this, `${spec.name}RequeuePolicy`, {
+            description: `Tether's ${label} function puts a waiting event back on its own queue.`,
+            policyDocument: { Version: "2012-10-17", Statement: [{ Sid: "Requeue", Effect: "Allow", Action: "sqs:SendMessage", Resource: queue.attrArn }] },
+          })
+        : undefined;
+      const fn = makeFunction(spec.name, spec.binary, spec.description, spec.timeout, [ec2Policy, tablePolicy, ...(requeuePolicy ? [requeuePolicy] : [])], {
+        deadLetterQueue,
+        retries: spec.retries,
+        // The reconciler: one run at a time, within the share.
+        reservedConcurrency: queue ? undefined : concurrency(spec.name),
+      });
+      const target = spec.binary.replace("tether-", "");
       const rule = new CfnRule(this, spec.rule, {
         description: spec.ruleDescription,
         eventPattern: spec.pattern,
         scheduleExpression: spec.schedule,
-        targets: [{ id: spec.binary.replace("tether-", ""), arn: fn.functionArn, deadLetterConfig: { arn: queue.attrArn } }],
+        targets: [
+          queue
+            ? {
+                id: target,
+                arn: queue.attrArn,
+                // EventBridge's longest retry, for throttling or an unavailable queue; a
+                // refusal (permissions) is not retried and goes to the dead-letter queue at once.
+                retryPolicy: { maximumRetryAttempts: 185, maximumEventAgeInSeconds: 86400 },
+                deadLetterConfig: { arn: deadLetterQueue.attrArn },
+              }
+            : { id: target, arn: fn.functionArn, deadLetterConfig: { arn: deadLetterQueue.attrArn } },
+        ],
       });
-      new CfnPermission(this, `${spec.name}Permission`, {
-        action: "lambda:InvokeFunction",
-        functionName: fn.functionName,
-        principal: "events.amazonaws.com",
-        sourceArn: rule.attrArn,
-      });
-      this.alarm(`${spec.name}DeadLetterAlarm`, spec.deadLetterAlarm, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue.attrQueueName, "Maximum", 60);
+      if (queue) {
+        const capitalized = `${label.charAt(0).toUpperCase()}${label.slice(1)}`;
+        // The mapping: batches of 10 at once (a small recovery must not wait for a batch to
+        // fill), failed messages named, at most the share's MaximumConcurrency. It grants
+        // the role ReceiveMessage, DeleteMessage, GetQueueAttributes (and more) on this queue.
+        fn.addEventSource(
+          new SqsEventSource(Queue.fromQueueArn(this, `${spec.name}QueueRef`, queue.attrArn), {
+            batchSize: 10,
+            maxBatchingWindow: Duration.seconds(0),
+            reportBatchItemFailures: true,
+            maxConcurrency: concurrency(spec.name),
+          }),
+        );
+        // SAM's logical id for the function's event `Queue`.
+        (fn.node.findAll().find((c) => c instanceof CfnEventSourceMapping) as CfnEventSourceMapping).overrideLogicalId(`${spec.name}FunctionQueue`);
+        // EventBridge may put events on the queue from this rule only.
+        new CfnQueuePolicy(this, `${spec.name}QueuePolicy`, {
+          queues: [queue.ref],
+          policyDocument: {
+            Version: "2012-10-17",
+            Statement: [
+              {
+                Sid: "EventBridgeRule",
+                Effect: "Allow",
+                Principal: { Service: "events.amazonaws.com" },
+                Action: "sqs:SendMessage",
+                Resource: queue.attrArn,
+                Condition: { ArnEquals: { "aws:SourceArn": rule.attrArn } },
+              },
+            ],
+          },
+        });
+        this.alarm(
+          `${spec.name}QueueAgeAlarm`,
+          `${capitalized} events have waited in the queue for over 15 minutes (Tether is behind; see the functions' logs and the concurrency share).`,
+          "AWS/SQS",
+          "ApproximateAgeOfOldestMessage",
+          "QueueName",
+          queue.attrQueueName,
+          "Maximum",
+          60,
+          { evaluationPeriods: 5, threshold: 900 },
+        );
+        new CfnOutput(this, `${spec.name}QueueUrl`, { description: `The ${label} function's event queue.`, value: queue.ref });
+        new CfnOutput(this, `${spec.name}QueueArn`, { description: `The ${label} function's event queue (a redrive's --destination-arn).`, value: queue.attrArn });
+        new CfnOutput(this, `${spec.name}DeadLetterQueueArn`, { description: `${capitalized} events that failed or could not be delivered (a redrive's --source-arn).`, value: deadLetterQueue.attrArn });
+      } else {
+        new CfnPermission(this, `${spec.name}Permission`, {
+          action: "lambda:InvokeFunction",
+          functionName: fn.functionName,
+          principal: "events.amazonaws.com",
+          sourceArn: rule.attrArn,
+        });
+      }
+      this.alarm(`${spec.name}DeadLetterAlarm`, spec.deadLetterAlarm, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", deadLetterQueue.attrQueueName, "Maximum", 60);
       this.alarm(`${spec.name}ErrorsAlarm`, spec.errorsAlarm, "AWS/Lambda", "Errors", "FunctionName", fn.functionName, "Sum", 300);
-      queues.push(queue);
+      deadLetterQueues.push(deadLetterQueue);
       rules.push(rule);
-      functions.push(fn);
     }
 
-    // EventBridge may put events it could not deliver into the queues.
+    // EventBridge may put events it could not deliver into the dead-letter queues (the
+    // queues' redrive needs no permission).
     new CfnQueuePolicy(this, "DeadLetterQueuePolicy", {
-      queues: queues.map((q) => q.ref),
+      queues: deadLetterQueues.map((q) => q.ref),
       policyDocument: {
         Version: "2012-10-17",
         Statement: [
@@ -191,7 +322,7 @@ export class TetherStack extends Stack {
             Effect: "Allow",
             Principal: { Service: "events.amazonaws.com" },
             Action: "sqs:SendMessage",
-            Resource: queues.map((q) => q.attrArn),
+            Resource: deadLetterQueues.map((q) => q.attrArn),
             Condition: { ArnEquals: { "aws:SourceArn": rules.map((r) => r.attrArn) } },
           },
         ],
@@ -214,7 +345,17 @@ export class TetherStack extends Stack {
     new CfnOutput(this, "NodesTableName", { description: "The DynamoDB table (retained when the stack is deleted).", value: table.ref });
   }
 
-  private alarm(id: string, description: string, namespace: string, metricName: string, dimension: string, value: string, statistic: string, period: number) {
+  private alarm(
+    id: string,
+    description: string,
+    namespace: string,
+    metricName: string,
+    dimension: string,
+    value: string,
+    statistic: string,
+    period: number,
+    { evaluationPeriods = 1, threshold = 0 }: { evaluationPeriods?: number; threshold?: number } = {},
+  ) {
     new CfnAlarm(this, id, {
       alarmDescription: description,
       namespace,
@@ -222,8 +363,8 @@ export class TetherStack extends Stack {
       dimensions: [{ name: dimension, value }],
       statistic,
       period,
-      evaluationPeriods: 1,
-      threshold: 0,
+      evaluationPeriods,
+      threshold,
       comparisonOperator: "GreaterThanThreshold",
       treatMissingData: "notBreaching",
     });

@@ -1,6 +1,8 @@
 // The SAM template and the CDK app must deploy the same stack: the same functions (binary,
-// limits, policies, dead-letter queue, retries), EventBridge rules and their permissions,
-// table, queues, alarms, IAM policies, API routes with IAM auth, parameters and outputs.
+// limits, policies, dead-letter queue, retries, reserved concurrency, SQS event source
+// mapping), EventBridge rules and their targets, the reconciler's invoke permission, table,
+// queues and their policies, alarms, IAM policies, API routes with IAM auth, parameters,
+// mappings and outputs.
 // Anything added to only one of them fails here. `make infra-check` writes
 // sam-template.json (infra/sam-to-json.py) before running these tests.
 
@@ -9,7 +11,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "fs";
 import * as path from "path";
 import { API_ROUTES } from "../lib/policies";
-import { cdkTemplate, samTemplate } from "./templates";
+import { cdkTemplate, cdkView, resolve, samTemplate, samView } from "./templates";
 
 type Resources = Record<string, { Type: string; Properties?: Record<string, any>; Metadata?: Record<string, any>; DeletionPolicy?: string }>;
 
@@ -17,6 +19,8 @@ const sam = samTemplate();
 const samResources: Resources = sam.Resources;
 const cdk = cdkTemplate().toJSON();
 const cdkResources: Resources = cdk.Resources;
+const samStack = samView(sam);
+const cdkStack = cdkView(cdk);
 
 /** Logical id → properties (and deletion policy) of the resources of `type`. */
 function ofType(resources: Resources, type: string, keep: (r: Resources[string]) => boolean = () => true) {
@@ -33,9 +37,11 @@ for (const type of ["AWS::Events::Rule", "AWS::SQS::Queue", "AWS::SQS::QueuePoli
   });
 }
 
-test("the same EventBridge invoke permissions", () => {
+test("the same EventBridge invoke permissions: the reconciler's only (the event rules target queues)", () => {
   const fromEvents = (r: Resources[string]) => r.Properties?.Principal === "events.amazonaws.com";
-  assert.deepEqual(ofType(cdkResources, "AWS::Lambda::Permission", fromEvents), ofType(samResources, "AWS::Lambda::Permission", fromEvents));
+  const samPermissions = ofType(samResources, "AWS::Lambda::Permission", fromEvents);
+  assert.deepEqual(ofType(cdkResources, "AWS::Lambda::Permission", fromEvents), samPermissions);
+  assert.deepEqual(Object.keys(samPermissions), ["ReconcilerPermission"]);
 });
 
 /** A function as both templates describe it, in SAM's terms. */
@@ -59,6 +65,8 @@ function samFunctions() {
             policies: p.Policies,
             deadLetterQueue: p.DeadLetterQueue?.TargetArn ?? null,
             retries: p.EventInvokeConfig?.MaximumRetryAttempts ?? null,
+            reservedConcurrency: samStack.reservedConcurrency(id) ?? null,
+            queueMapping: samStack.queueMapping(id) ?? null,
           },
         ];
       }),
@@ -87,14 +95,43 @@ function cdkFunctions() {
             policies: role.ManagedPolicyArns.filter((arn: any) => arn.Ref),
             deadLetterQueue: p.DeadLetterConfig?.TargetArn ?? null,
             retries: invokeConfig?.Properties!.MaximumRetryAttempts ?? null,
+            reservedConcurrency: cdkStack.reservedConcurrency(id) ?? null,
+            queueMapping: cdkStack.queueMapping(id) ?? null,
           },
         ];
       }),
   );
 }
 
-test("the same functions: binary, runtime, limits, environment, policies, dead-letter queue, retries", () => {
+test("the same functions: binary, runtime, limits, environment, policies, dead-letter queue, retries, reserved concurrency, SQS event source mapping", () => {
   assert.deepEqual(cdkFunctions(), samFunctions());
+});
+
+test("the same settings deployed at the default concurrency share: queues, mappings, reserved concurrency, timeouts, rule targets", () => {
+  // What CloudFormation deploys with the default parameters (FindInMap and Ref resolved).
+  const deployed = (template: any, functions: Record<string, any>) => ({
+    functions: resolve(template, functions),
+    queues: resolve(template, ofType(template.Resources, "AWS::SQS::Queue")),
+    targets: resolve(template, Object.fromEntries(Object.entries(ofType(template.Resources, "AWS::Events::Rule")).map(([id, r]) => [id, r.properties!.Targets]))),
+  });
+  const cdkDeployed = deployed(cdk, cdkFunctions());
+  assert.deepEqual(cdkDeployed, deployed(sam, samFunctions()));
+  // The figures themselves, at the default share (10).
+  assert.equal(cdkDeployed.functions.StateChangeFunction.queueMapping.ScalingConfig.MaximumConcurrency, 7);
+  assert.equal(cdkDeployed.functions.InterruptionFunction.queueMapping.ScalingConfig.MaximumConcurrency, 2);
+  assert.equal(cdkDeployed.functions.ReconcilerFunction.reservedConcurrency, 1);
+  assert.equal(cdkDeployed.functions.ApiFunction.reservedConcurrency, null);
+  assert.deepEqual(
+    Object.fromEntries(Object.entries(cdkDeployed.functions).map(([id, f]: [string, any]) => [id, f.timeout])),
+    { InterruptionFunction: 30, StateChangeFunction: 90, ReconcilerFunction: 55, ApiFunction: 29 },
+  );
+  assert.deepEqual(cdkDeployed.queues.StateChangeQueue.properties.VisibilityTimeout, 540);
+  assert.deepEqual(cdkDeployed.queues.InterruptionQueue.properties.VisibilityTimeout, 180);
+  // The two event rules target their queues, the schedule its function.
+  assert.deepEqual(
+    Object.fromEntries(Object.entries(cdkDeployed.targets).map(([id, targets]: [string, any]) => [id, targets.map((t: any) => t.Arn["Fn::GetAtt"][0])])),
+    { InterruptionRule: ["InterruptionQueue"], StateChangeRule: ["StateChangeQueue"], ReconcilerSchedule: ["ReconcilerFunction"] },
+  );
 });
 
 test("the same API routes, every one with IAM auth", () => {
@@ -116,9 +153,13 @@ test("the stacks route exactly the API's documented routes (functions/api/openap
   assert.deepEqual(API_ROUTES.map(([method, route]) => `${method} ${route}`).sort(), documented);
 });
 
-test("the same parameters, conditions and outputs", () => {
+test("the same parameters, mappings, conditions and outputs", () => {
   const params = (t: any) => Object.fromEntries(Object.entries(t.Parameters).filter(([id]) => !id.startsWith("BootstrapVersion")));
   assert.deepEqual(params(cdk), params(sam));
+  assert.deepEqual(cdk.Mappings, sam.Mappings);
   assert.deepEqual(cdk.Conditions, sam.Conditions);
   assert.deepEqual(Object.keys(cdk.Outputs).sort(), Object.keys(sam.Outputs).sort());
+  // Every output the same but the API's URL (SAM's implicit stage and CDK's endpoint attribute).
+  const outputs = (t: any) => Object.fromEntries(Object.entries(t.Outputs).filter(([id]) => id !== "ApiUrl"));
+  assert.deepEqual(outputs(cdk), outputs(sam));
 });

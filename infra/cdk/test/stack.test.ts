@@ -1,11 +1,13 @@
-// Assertions on the synthesized template: functions, rules, table keys and index, API routes
-// with IAM auth, and the IAM conditions that keep Tether to what it tagged. Stub code assets:
-// no release build is needed to synthesize.
+// Assertions on the synthesized template: functions, rules, queues, table keys and index, API
+// routes with IAM auth, and the IAM conditions that keep Tether to what it tagged; and on both
+// stacks (SAM and CDK): the concurrency share's split, the queues' visibility timeouts, the
+// event source mappings. Stub code assets: no release build is needed to synthesize.
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 import { Match } from "aws-cdk-lib/assertions";
-import { cdkTemplate } from "./templates";
+import { CONCURRENCY_SHARES } from "../lib/tether-stack";
+import { cdkTemplate, cdkView, logicalId, resolve, samView } from "./templates";
 
 const template = cdkTemplate();
 
@@ -22,18 +24,23 @@ test("four functions on provided.al2023, the architecture a parameter (arm64 by 
   template.hasParameter("Architecture", { Default: "arm64", AllowedValues: ["arm64", "x86_64"] });
 });
 
-test("EventBridge rules for the three detail types and the reconciler's schedule, each with a dead-letter queue", () => {
+test("EventBridge rules for the three detail types to their queues and the reconciler's schedule to its function, each with a dead-letter queue", () => {
   template.hasResourceProperties("AWS::Events::Rule", {
     EventPattern: { source: ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"] },
-    Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["InterruptionFunction", "Arn"] }, DeadLetterConfig: { Arn: { "Fn::GetAtt": ["InterruptionDeadLetterQueue", "Arn"] } } })],
+    Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["InterruptionQueue", "Arn"] }, DeadLetterConfig: { Arn: { "Fn::GetAtt": ["InterruptionDeadLetterQueue", "Arn"] } } })],
   });
   template.hasResourceProperties("AWS::Events::Rule", {
     EventPattern: { source: ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"] },
-    Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["StateChangeFunction", "Arn"] } })],
+    Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["StateChangeQueue", "Arn"] }, DeadLetterConfig: { Arn: { "Fn::GetAtt": ["StateChangeDeadLetterQueue", "Arn"] } } })],
   });
-  template.hasResourceProperties("AWS::Events::Rule", { ScheduleExpression: "rate(1 minute)" });
-  template.resourceCountIs("AWS::SQS::Queue", 3);
+  template.hasResourceProperties("AWS::Events::Rule", {
+    ScheduleExpression: "rate(1 minute)",
+    Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["ReconcilerFunction", "Arn"] } })],
+  });
+  template.resourceCountIs("AWS::SQS::Queue", 5);
+  template.resourceCountIs("AWS::Lambda::EventSourceMapping", 2);
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "AWS/SQS", MetricName: "ApproximateNumberOfMessagesVisible" }, 3);
+  template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "AWS/SQS", MetricName: "ApproximateAgeOfOldestMessage", Threshold: 900 }, 2);
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "AWS/Lambda", MetricName: "Errors" }, 4);
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "Tether", MetricName: "Errors" }, 1);
 });
@@ -87,3 +94,80 @@ test("mutating EC2 actions are scoped by Tether's tag; PassRole only for the rol
     PolicyDocument: { Statement: [Match.objectLike({ Resource: [{ "Fn::GetAtt": ["NodesTable", "Arn"] }, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }, { "Fn::Sub": "${NodesTable.Arn}/index/by-group" }] })] },
   });
 });
+
+test("the event queues: SSE-SQS, 4 days, redriven to their dead-letter queue after 5 receives; EventBridge may send from its rule only", () => {
+  for (const name of ["Interruption", "StateChange"]) {
+    template.hasResourceProperties("AWS::SQS::Queue", {
+      SqsManagedSseEnabled: true,
+      MessageRetentionPeriod: 345600,
+      RedrivePolicy: { deadLetterTargetArn: { "Fn::GetAtt": [`${name}DeadLetterQueue`, "Arn"] }, maxReceiveCount: 5 },
+    });
+    template.hasResourceProperties("AWS::SQS::QueuePolicy", {
+      Queues: [{ Ref: `${name}Queue` }],
+      PolicyDocument: {
+        Statement: [
+          {
+            Sid: "EventBridgeRule",
+            Effect: "Allow",
+            Principal: { Service: "events.amazonaws.com" },
+            Action: "sqs:SendMessage",
+            Resource: { "Fn::GetAtt": [`${name}Queue`, "Arn"] },
+            Condition: { ArnEquals: { "aws:SourceArn": { "Fn::GetAtt": [`${name}Rule`, "Arn"] } } },
+          },
+        ],
+      },
+    });
+  }
+});
+
+// ---- both stacks ----
+
+const stacks = [samView(), cdkView(template.toJSON())];
+const QUEUED = { InterruptionFunction: "InterruptionQueue", StateChangeFunction: "StateChangeQueue" };
+
+for (const stack of stacks) {
+  test(`${stack.name}: the concurrency settings equal the parameter, for every allowed share`, () => {
+    const parameter = stack.template.Parameters.ConcurrencyShare;
+    assert.equal(parameter.Type, "Number");
+    assert.equal(parameter.Default, "10");
+    assert.deepEqual(parameter.AllowedValues, Object.keys(CONCURRENCY_SHARES));
+    const at = (share: string) => {
+      const parameters = { ConcurrencyShare: share };
+      return {
+        stateChange: resolve(stack.template, stack.queueMapping("StateChangeFunction")!.ScalingConfig.MaximumConcurrency, parameters),
+        interruption: resolve(stack.template, stack.queueMapping("InterruptionFunction")!.ScalingConfig.MaximumConcurrency, parameters),
+        reconciler: resolve(stack.template, stack.reservedConcurrency("ReconcilerFunction"), parameters),
+      };
+    };
+    for (const share of parameter.AllowedValues) {
+      const split = at(share);
+      assert.equal(split.stateChange + split.interruption + split.reconciler, Number(share), `share ${share}: ${JSON.stringify(split)}`);
+      for (const maximum of [split.stateChange, split.interruption]) {
+        assert.ok(Number.isInteger(maximum) && maximum >= 2 && maximum <= 1000, `share ${share}: MaximumConcurrency ${maximum} (AWS: 2 to 1000)`);
+      }
+      assert.ok(Number.isInteger(split.reconciler) && split.reconciler >= 1, `share ${share}: reconciler ${split.reconciler}`);
+      assert.ok(split.stateChange >= split.interruption, `share ${share}: state changes launch the replacements`);
+    }
+    // The default, as the benchmark models it.
+    assert.deepEqual(at(parameter.Default), { stateChange: 7, interruption: 2, reconciler: 1 });
+    assert.equal(stack.reservedConcurrency("ApiFunction"), undefined, "the API is not counted");
+    assert.equal(stack.reservedConcurrency("InterruptionFunction"), undefined);
+    assert.equal(stack.reservedConcurrency("StateChangeFunction"), undefined);
+  });
+
+  test(`${stack.name}: each queue's visibility timeout is 6 × its function's timeout; the mappings report batch item failures`, () => {
+    for (const [fn, queue] of Object.entries(QUEUED)) {
+      const mapping = stack.queueMapping(fn)!;
+      assert.ok(mapping, `${fn} has an SQS event source mapping`);
+      assert.equal(logicalId(mapping.EventSourceArn), queue);
+      assert.equal(stack.template.Resources[queue].Properties.VisibilityTimeout, 6 * stack.timeout(fn));
+      assert.deepEqual(mapping.FunctionResponseTypes, ["ReportBatchItemFailures"]);
+      assert.equal(mapping.BatchSize, 10);
+      assert.equal(mapping.MaximumBatchingWindowInSeconds, 0);
+    }
+    assert.equal(stack.timeout("InterruptionFunction"), 30);
+    assert.equal(stack.timeout("StateChangeFunction"), 90);
+    assert.equal(stack.queueMapping("ReconcilerFunction"), undefined);
+    assert.equal(stack.queueMapping("ApiFunction"), undefined);
+  });
+}
