@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 use chrono::{DateTime, Utc};
 use tracing::{error, warn};
 
-use crate::aws::{dynamo::DynamoNodeStore, emf::EmfMetrics, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore, pace::DynamoLaunchPace};
+use crate::aws::{dynamo::DynamoNodeStore, emf::EmfMetrics, ec2::Ec2Cloud, event_claims::DynamoEventClaims, idempotency::DynamoIdempotencyStore, pace::DynamoLaunchPace, queue::SqsEventQueue};
 use crate::config::Config;
 use crate::events::ReceivedEvent;
+use crate::intake;
+use crate::ports::EventQueue;
 use crate::service::{Ports, Tether, TetherError};
 
 /// Used when the invocation carries no deadline (local runs).
@@ -87,6 +89,13 @@ pub async fn tether_from_env() -> Result<Tether, lambda_runtime::Error> {
     Ok(tether_from_sdk(&load_sdk().await, &config))
 }
 
+/// What an event function needs: the service, and the queue its waiting events go back to.
+pub async fn event_function_from_env() -> Result<(Tether, SqsEventQueue), lambda_runtime::Error> {
+    let config = Config::from_env()?;
+    let sdk = load_sdk().await;
+    Ok((tether_from_sdk(&sdk, &config), SqsEventQueue::new(aws_sdk_sqs::Client::new(&sdk))))
+}
+
 /// The invocation's deadline (Lambda gives it in milliseconds since the epoch).
 pub fn deadline(context: &lambda_runtime::Context) -> DateTime<Utc> {
     i64::try_from(context.deadline)
@@ -94,6 +103,23 @@ pub fn deadline(context: &lambda_runtime::Context) -> DateTime<Utc> {
         .filter(|ms| *ms > 0)
         .and_then(DateTime::from_timestamp_millis)
         .unwrap_or_else(|| Utc::now() + DEFAULT_BUDGET)
+}
+
+/// Handles what an event function is invoked with: a batch from its SQS queue (the
+/// stack's intake, see `tether::intake`), or one EventBridge event invoked directly (the
+/// stack before the queues: events Lambda already holds when a stack moves to the queues
+/// are still handled).
+pub async fn handle_intake(
+    tether: &Tether,
+    queue: &dyn EventQueue,
+    event: LambdaEvent<Value>,
+    detail_types: &[&str],
+) -> Result<Value, TetherError> {
+    if !intake::is_sqs_batch(&event.payload) {
+        return handle_eventbridge(tether, event, detail_types).await;
+    }
+    let deadline = deadline(&event.context);
+    Ok(intake::handle_batch(tether, queue, &event.payload, &event.context.request_id, deadline, detail_types).await)
 }
 
 /// Handles one EventBridge event of the `detail_types` this function serves.

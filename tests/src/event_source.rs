@@ -11,6 +11,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, Instance, Tag};
 use serde_json::Value;
 use tether::aws::ec2::{TAG_GENERATION, TAG_NODE_ID};
+use tether::ports::EventQueue;
 use tether::{Market, NodeId, Tether, TetherError};
 
 use crate::events::state_change;
@@ -43,13 +44,14 @@ impl Delivery {
 
 /// Invokes the function Tether's EventBridge rules send `payload` to: state changes to
 /// `state-change`, spot warnings and rebalance recommendations to `interruption`.
-pub async fn invoke_target(tether: &Tether, payload: Value, budget: Duration) -> Result<Value, TetherError> {
+/// Invoked directly (the stack before the queues; see `queues` for the queued intake).
+pub async fn invoke_target(tether: &Tether, queue: &dyn EventQueue, payload: Value, budget: Duration) -> Result<Value, TetherError> {
     let to_state_change = payload["detail-type"] == tether::events::STATE_CHANGE_NOTIFICATION;
     let event = crate::events::invocation(payload, budget);
     if to_state_change {
-        tether_state_change::handler(tether, event).await
+        tether_state_change::handler(tether, queue, event).await
     } else {
-        tether_interruption::handler(tether, event).await
+        tether_interruption::handler(tether, queue, event).await
     }
 }
 

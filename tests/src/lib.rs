@@ -7,6 +7,7 @@ pub mod demo;
 pub mod event_source;
 pub mod events;
 pub mod local_api;
+pub mod queues;
 pub mod table;
 
 use std::io::{BufRead, BufReader};
@@ -125,11 +126,17 @@ pub struct Fixture {
     pub calls: CallLog,
     pub ec2: aws_sdk_ec2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The emulator's SQS, for the local queues (`queues::LocalQueues`); uncounted.
+    pub sqs: aws_sdk_sqs::Client,
+    /// Where the event functions put a waiting event back (counted, as Tether's own calls).
+    pub requeue: tether::aws::queue::SqsEventQueue,
     /// The node table, for tests that stage a state (its calls are not counted).
     pub store: DynamoNodeStore,
     /// Tether's EC2 adapter on an uncounted client: how tests and the demo interrupt and observe.
     pub cloud: Ec2Cloud,
     pub tether: Tether,
+    /// The service's ports (counted clients), for a service with other settings.
+    pub ports: Ports,
     /// The management API on the same service, as the `api` function runs it.
     pub api: Arc<tether_api::Api>,
     pub vpc_id: String,
@@ -202,6 +209,9 @@ impl Fixture {
         let counted_dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
         );
+        let requeue = tether::aws::queue::SqsEventQueue::new(aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&sdk).interceptor(calls.clone()).build(),
+        ));
         let counted_cloud = Arc::new(Ec2Cloud::new(counted_ec2, table_name.clone()));
         let counted_store = Arc::new(DynamoNodeStore::new(counted_dynamodb.clone(), table_name.clone()));
         let ports = Ports {
@@ -213,7 +223,7 @@ impl Fixture {
             network: counted_cloud.clone(),
             instances: counted_cloud,
         };
-        let tether = Tether::new(ports, settings);
+        let tether = Tether::new(ports.clone(), settings);
         let idempotency = tether::aws::idempotency::DynamoIdempotencyStore::new(dynamodb.clone(), table_name.clone());
         let api = Arc::new(tether_api::Api::new(tether.clone(), Arc::new(idempotency), API_ACTION_BUDGET));
         let cloud = Ec2Cloud::new(ec2.clone(), table_name.clone());
@@ -221,9 +231,12 @@ impl Fixture {
             calls,
             ec2,
             dynamodb,
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            requeue,
             store,
             cloud,
             tether,
+            ports,
             api,
             vpc_id,
             subnet_id,
@@ -233,6 +246,11 @@ impl Fixture {
             image_id,
             table_name,
         })
+    }
+
+    /// The service on this fixture's counted clients, with other settings.
+    pub fn tether_with(&self, settings: Settings) -> Tether {
+        Tether::new(self.ports.clone(), settings)
     }
 
     /// A node spec for this fixture's subnet.

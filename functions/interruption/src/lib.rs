@@ -4,10 +4,12 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tether::events::{REBALANCE_RECOMMENDATION, SPOT_INTERRUPTION_WARNING};
+use tether::ports::EventQueue;
 use tether::{Tether, TetherError};
 
 pub const DETAIL_TYPES: &[&str] = &[SPOT_INTERRUPTION_WARNING, REBALANCE_RECOMMENDATION];
 
-pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
-    tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
+/// A batch from the function's queue, or an EventBridge event invoked directly.
+pub async fn handler(tether: &Tether, queue: &dyn EventQueue, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
+    tether::lambda::handle_intake(tether, queue, event, DETAIL_TYPES).await
 }

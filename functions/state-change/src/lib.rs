@@ -5,10 +5,12 @@
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tether::events::STATE_CHANGE_NOTIFICATION;
+use tether::ports::EventQueue;
 use tether::{Tether, TetherError};
 
 pub const DETAIL_TYPES: &[&str] = &[STATE_CHANGE_NOTIFICATION];
 
-pub async fn handler(tether: &Tether, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
-    tether::lambda::handle_eventbridge(tether, event, DETAIL_TYPES).await
+/// A batch from the function's queue, or an EventBridge event invoked directly.
+pub async fn handler(tether: &Tether, queue: &dyn EventQueue, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
+    tether::lambda::handle_intake(tether, queue, event, DETAIL_TYPES).await
 }

@@ -6,6 +6,7 @@ pub mod ec2;
 pub mod event_claims;
 pub mod idempotency;
 pub mod pace;
+pub mod queue;
 pub mod registry;
 
 use aws_sdk_ec2::config::http::HttpResponse;

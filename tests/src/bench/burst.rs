@@ -4,12 +4,9 @@
 //! node runs a replacement, or 6.5 hours (Lambda keeps an asynchronous event 6 hours).
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use tether::model::{Market, NodeState};
 use tether::ports::Clock;
@@ -17,7 +14,7 @@ use tether::Tether;
 
 use super::lambda::{AsyncInvoke, Concurrency, ACCOUNT_CONCURRENCY};
 use super::queue::{self, BatchHandler, Mapping, Queue};
-use super::world::{World, INSTANCE_TYPES};
+use super::world::{TetherFunction, World, INSTANCE_TYPES};
 
 /// The warning comes this long before the instance is reclaimed.
 const WARNING_AHEAD: Duration = Duration::from_secs(120);
@@ -123,18 +120,6 @@ pub fn bound_s(nodes: usize) -> f64 {
     (nodes.saturating_sub(5)) as f64 / 2.0 + 2.0
 }
 
-fn state_change(tether: Tether, event: LambdaEvent<Value>) -> Pin<Box<dyn Future<Output = Result<(), String>>>> {
-    Box::pin(async move { tether_state_change::handler(&tether, event).await.map(drop).map_err(|e| e.to_string()) })
-}
-
-fn interruption(tether: Tether, event: LambdaEvent<Value>) -> Pin<Box<dyn Future<Output = Result<(), String>>>> {
-    Box::pin(async move { tether_interruption::handler(&tether, event).await.map(drop).map_err(|e| e.to_string()) })
-}
-
-fn reconciler(tether: Tether, event: LambdaEvent<Value>) -> Pin<Box<dyn Future<Output = Result<(), String>>>> {
-    Box::pin(async move { tether_reconciler::handler(&tether, event).await.map(drop).map_err(|e| e.to_string()) })
-}
-
 /// Where EventBridge's rules send the events.
 #[derive(Clone)]
 enum Target {
@@ -158,16 +143,18 @@ impl Target {
     }
 }
 
-/// A function consuming `queue` through the intake (`tether::intake`).
-fn batch_handler(tether: &Tether, queue: &Queue, detail_types: &'static [&'static str]) -> BatchHandler {
+/// An event function consuming `queue` through its event source mapping.
+fn batch_handler(tether: &Tether, queue: &Queue, function: TetherFunction) -> BatchHandler {
     let (tether, queue) = (tether.clone(), queue.clone());
     let invocations = Rc::new(std::cell::Cell::new(0u64));
     Rc::new(move |payload, deadline| {
         let (tether, queue, invocations) = (tether.clone(), queue.clone(), invocations.clone());
         Box::pin(async move {
             invocations.set(invocations.get() + 1);
-            let request_id = format!("{}-{}", queue.arn, invocations.get());
-            Ok(tether::intake::handle_batch(&tether, &queue, &payload, &request_id, deadline, detail_types).await)
+            let mut event = crate::events::invocation_at(payload, deadline);
+            // Deterministic per seed (the events' claims name the invocation).
+            event.context.request_id = format!("{}-{}", queue.arn, invocations.get());
+            function.invoke(&tether, &queue, event).await.map_err(|e| e.to_string())
         })
     })
 }
@@ -197,19 +184,17 @@ pub fn run(burst: &Burst, design: Design, seed: u64) -> BurstResult {
         stats: Rc::default(),
         invocations: Rc::default(),
     };
-    let warning_fn = world.function(INTERRUPTION_TIMEOUT, 2, interruption);
-    let state_change_fn = world.function(STATE_CHANGE_TIMEOUT, 2, state_change);
-    let reconciler_fn = super::lambda::Function { scheduled: true, ..world.function(RECONCILER_TIMEOUT, 0, reconciler) };
+    let warning_fn = world.function(INTERRUPTION_TIMEOUT, 2, TetherFunction::Interruption);
+    let state_change_fn = world.function(STATE_CHANGE_TIMEOUT, 2, TetherFunction::StateChange);
+    let reconciler_fn = super::lambda::Function { scheduled: true, ..world.function(RECONCILER_TIMEOUT, 0, TetherFunction::Reconciler) };
     let target = match design {
         Design::Baseline => Target::Async { warning: warning_fn, state_change: state_change_fn },
         Design::Queued | Design::QueuedPaceOff => {
             let spawner = world.sim.spawner();
             let warnings = Queue::new("tether-interruption", world.clock.clone());
             let state_changes = Queue::new("tether-state-change", world.clock.clone());
-            let detail_types: &'static [&'static str] = tether_interruption::DETAIL_TYPES;
-            queue::start(&spawner, &world.clock, &warnings, INTERRUPTION_MAPPING, batch_handler(&world.tether, &warnings, detail_types), intake.concurrency.clone());
-            let detail_types: &'static [&'static str] = tether_state_change::DETAIL_TYPES;
-            queue::start(&spawner, &world.clock, &state_changes, STATE_CHANGE_MAPPING, batch_handler(&world.tether, &state_changes, detail_types), intake.concurrency.clone());
+            queue::start(&spawner, &world.clock, &warnings, INTERRUPTION_MAPPING, batch_handler(&world.tether, &warnings, TetherFunction::Interruption), intake.concurrency.clone());
+            queue::start(&spawner, &world.clock, &state_changes, STATE_CHANGE_MAPPING, batch_handler(&world.tether, &state_changes, TetherFunction::StateChange), intake.concurrency.clone());
             Target::Queues { warnings, state_changes }
         }
     };

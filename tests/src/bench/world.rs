@@ -11,10 +11,13 @@ use serde_json::Value;
 use tether::fake::{FakeEc2, FakeStore};
 use tether::model::{NodeId, NodeSpec, Persistence};
 use tether::service::Settings;
-use tether::{Ports, Tether};
+use lambda_runtime::LambdaEvent;
+use tether::ports::EventQueue;
+use tether::{Ports, Tether, TetherError};
 
 use super::aws::AwsModel;
 use super::lambda::{Function, Handler};
+use super::queue::Queue;
 use super::sim::{Sim, SimClock};
 
 pub const SUBNET: &str = "subnet-bench";
@@ -106,18 +109,35 @@ impl World {
         self.model.switch(true);
     }
 
-    /// One of Tether's event functions on this world, by its handler (`scheduled` on the
+    /// One of Tether's functions on this world, invoked directly (`scheduled` on the
     /// result for the reconciler).
-    pub fn function(&self, timeout: Duration, max_retries: usize, handler: HandlerFn) -> Function {
+    pub fn function(&self, timeout: Duration, max_retries: usize, function: TetherFunction) -> Function {
         let tether = self.tether.clone();
+        // Direct invocations put nothing back on a queue: this one stays empty.
+        let queue = Queue::new("direct-invocation", self.clock.clone());
         let handler: Handler = Rc::new(move |event| {
-            let tether = tether.clone();
-            Box::pin(async move { handler(tether, event).await })
+            let (tether, queue) = (tether.clone(), queue.clone());
+            Box::pin(async move { function.invoke(&tether, &queue, event).await.map(drop).map_err(|e| e.to_string()) })
         });
         Function { handler, timeout, max_retries, scheduled: false }
     }
 }
 
-/// A function's handler as the bench calls it: the service, the invocation, and whether
-/// it succeeded (an error is what Lambda retries).
-pub type HandlerFn = fn(Tether, lambda_runtime::LambdaEvent<Value>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+/// Tether's functions, by their crates' handlers (what Lambda runs).
+#[derive(Clone, Copy, Debug)]
+pub enum TetherFunction {
+    Interruption,
+    StateChange,
+    Reconciler,
+}
+
+impl TetherFunction {
+    /// `queue`: where an event function puts a waiting event back.
+    pub async fn invoke(self, tether: &Tether, queue: &dyn EventQueue, event: LambdaEvent<Value>) -> Result<Value, TetherError> {
+        match self {
+            TetherFunction::Interruption => tether_interruption::handler(tether, queue, event).await,
+            TetherFunction::StateChange => tether_state_change::handler(tether, queue, event).await,
+            TetherFunction::Reconciler => tether_reconciler::handler(tether, event).await,
+        }
+    }
+}

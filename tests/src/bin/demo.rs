@@ -37,10 +37,11 @@ use tether_cli::Environment;
 use tether_tests::demo::group::{summarize_group, DemoGroup};
 use tether_tests::demo::observed::median;
 use tether_tests::demo::options::Options;
-use tether_tests::demo::simulation::{short, Finished, Simulation};
+use tether_tests::demo::simulation::{short, Finished, Simulation, VISIBILITY};
 use tether_tests::demo::summary::{summarize, ElasticIpIntent, Intent};
 use tether_tests::demo::view::View;
 use tether_tests::local_api::{LocalApi, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
+use tether_tests::queues::LocalQueues;
 use tether_tests::{Fixture, SetupError, REGION};
 
 /// Instance types of every node, in order of preference.
@@ -77,7 +78,9 @@ async fn run() -> Result<bool, SetupError> {
     let fx = Fixture::new().await?;
     let api = LocalApi::start(fx.api.clone()).await?;
     println!("emulator: {} (moto, patched to AWS's EC2 rules; see tests/emulator/README.md)", tether_tests::Emulator::shared().endpoint);
-    println!("API: {} (SigV4-checking front for the api function)\n", api.url);
+    println!("API: {} (SigV4-checking front for the api function)", api.url);
+    let queues = LocalQueues::create(&fx.sqs, &fx.table_name, VISIBILITY).await?;
+    println!("queues: {} and {} (the emulator's SQS; a local poller delivers their batches as Lambda's event source mapping would)\n", queues.interruptions.url, queues.state_changes.url);
     let env = Environment {
         api_url: Some(api.url.clone()),
         region: Some(REGION.to_owned()),
@@ -99,7 +102,7 @@ async fn run() -> Result<bool, SetupError> {
 
     let view = View::for_stdout();
     let nodes = intents.iter().map(|i| i.id.clone()).collect();
-    let Finished { ledger, stats, group } = Simulation::new(&fx, nodes, Some((group, env)), GROUP_SLOTS, &options, view).run().await?;
+    let Finished { ledger, stats, group } = Simulation::new(&fx, queues.clone(), nodes, Some((group, env)), GROUP_SLOTS, &options, view).run().await?;
     let group = group.ok_or("the simulation lost its group")?;
     intents.extend(group.intents(&fx).await?);
     let mut summary = summarize(&fx, &intents, &ledger, &stats.reclaimed_ids).await?;
@@ -125,10 +128,11 @@ async fn run() -> Result<bool, SetupError> {
             longest.as_millis()
         );
     }
+    let dead_lettered = queues.dead_lettered().await?;
     let settled = stats.settled_after.map_or_else(|| "never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
     println!(
-        "events delivered: {} to interruption, {} to state-change, {} retried; reconciler runs: {}",
-        stats.deliveries_interruption, stats.deliveries_state_change, stats.retries, stats.reconciler_runs
+        "events delivered from the queues: {} to interruption, {} to state-change, {} delivered again; dead-lettered: {}; reconciler runs: {}",
+        stats.deliveries_interruption, stats.deliveries_state_change, stats.retries, dead_lettered, stats.reconciler_runs
     );
     println!("every node running again {settled} after the market closed");
     for problem in stats.problems.iter().chain(&summary.problems).chain(&group_summary.problems) {
@@ -136,7 +140,7 @@ async fn run() -> Result<bool, SetupError> {
     }
     println!("\n{} {}", summary.line(stats.warnings_sent), group_summary.fields());
     let every_reclaim_replaced = summary.replacements == stats.reclaimed && stats.reclaimed + stats.paused_first == stats.warnings_sent;
-    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && stats.problems.is_empty() && summary.problems.is_empty() && group_summary.ok())
+    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && dead_lettered == 0 && stats.problems.is_empty() && summary.problems.is_empty() && group_summary.ok())
 }
 
 /// Node `n` through the CLI, resumed and waited for: every third one (from the first)

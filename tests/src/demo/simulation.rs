@@ -1,8 +1,10 @@
 //! The run: the spot market, the local event source, the functions and the view in one
 //! loop of short ticks. Each tick the market sends the warnings and reclaims the
-//! instances that are due; then the event source and the functions take turns until
-//! nothing is left to deliver; every ten seconds the reconciler runs, as its schedule
-//! would. One invocation at a time, so that each one's AWS calls can be counted.
+//! instances that are due; then the event source puts the events on the stack's queues
+//! (the emulator's SQS) and the functions take batches from them, in turn, until nothing
+//! is visible; every ten seconds the reconciler runs, as its schedule would. One
+//! invocation at a time with one message each (the stack's batches hold up to ten), so
+//! that each event's AWS calls can be counted.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -17,8 +19,9 @@ use super::market::{Market, WARNING_LEAD};
 use super::observed::{state_of, Ledger, Snapshot};
 use super::options::Options;
 use super::view::{Progress, Row, View};
-use crate::event_source::{invoke_target, market_of, Delivery, EventSource};
+use crate::event_source::{market_of, node_of, EventSource};
 use crate::events::{interruption_warning, invocation, scheduled_event};
+use crate::queues::{LocalQueue, LocalQueues};
 use crate::{Fixture, SetupError};
 
 const TICK: Duration = Duration::from_millis(100);
@@ -28,6 +31,9 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 /// Each invocation's time before its deadline.
 const BUDGET: Duration = Duration::from_secs(30);
+/// How long a received message stays hidden: the stack's is 6 × the function's timeout;
+/// a demo need not wait minutes for a failed event to come back.
+pub const VISIBILITY: Duration = Duration::from_secs(2);
 
 /// What the run did, for the final report.
 #[derive(Debug, Default)]
@@ -67,7 +73,9 @@ pub struct Simulation<'a> {
     market_time: Duration,
     market: Market,
     source: EventSource,
-    bus: VecDeque<Delivery>,
+    queues: LocalQueues,
+    /// Events the market or the source made, on their way to the queues.
+    outbox: VecDeque<Value>,
     snapshot: Snapshot,
     ledger: Ledger,
     view: View,
@@ -78,7 +86,7 @@ pub struct Simulation<'a> {
 
 impl<'a> Simulation<'a> {
     /// The market over `nodes`, and over `group`'s members (up to `group_slots` of them).
-    pub fn new(fx: &'a Fixture, nodes: Vec<NodeId>, group: Option<(DemoGroup, tether_cli::Environment)>, group_slots: usize, options: &Options, view: View) -> Simulation<'a> {
+    pub fn new(fx: &'a Fixture, queues: LocalQueues, nodes: Vec<NodeId>, group: Option<(DemoGroup, tether_cli::Environment)>, group_slots: usize, options: &Options, view: View) -> Simulation<'a> {
         let market = Market::plan(options, nodes.len() + group_slots);
         let stats = Stats { planned: market.planned_total(), ..Stats::default() };
         Simulation {
@@ -88,7 +96,8 @@ impl<'a> Simulation<'a> {
             market_time: options.market_time,
             market,
             source: EventSource::with_implied_states(),
-            bus: VecDeque::new(),
+            queues,
+            outbox: VecDeque::new(),
             snapshot: Snapshot::default(),
             ledger: Ledger::default(),
             view,
@@ -164,7 +173,7 @@ impl<'a> Simulation<'a> {
                 WARNING_LEAD.as_secs()
             );
             self.view.event(now, "market", &text);
-            self.bus.push_back(Delivery::new(interruption_warning(&instance_id, "terminate")));
+            self.outbox.push_back(interruption_warning(&instance_id, "terminate"));
         }
     }
 
@@ -196,7 +205,8 @@ impl<'a> Simulation<'a> {
         Ok(())
     }
 
-    /// The event source and the functions in turn until no event is left: poll, deliver one, poll ...
+    /// The event source and the functions in turn until no event is visible: poll, queue
+    /// what changed, deliver one batch, poll ...
     async fn pump(&mut self) -> Result<(), SetupError> {
         loop {
             self.snapshot = Snapshot::poll(&self.fx.ec2, &self.nodes).await?;
@@ -212,57 +222,75 @@ impl<'a> Simulation<'a> {
                 );
                 self.view.event(self.started.elapsed(), "recovered", &text);
             }
-            self.bus.extend(self.source.changes(&self.snapshot.instances).into_iter().map(Delivery::new));
-            let Some(delivery) = self.bus.pop_front() else { return Ok(()) };
-            self.deliver(delivery).await;
+            self.outbox.extend(self.source.changes(&self.snapshot.instances));
+            while let Some(event) = self.outbox.pop_front() {
+                self.queues.send(&event).await?;
+            }
+            // Warnings first, as their own mapping would take them at once.
+            let (interruptions, state_changes) = (self.queues.interruptions.clone(), self.queues.state_changes.clone());
+            if !self.deliver(&interruptions).await? && !self.deliver(&state_changes).await? {
+                return Ok(());
+            }
         }
     }
 
-    /// One invocation of the function the event's rule targets; a retryable failure goes
-    /// back on the bus while Lambda would still retry it.
-    async fn deliver(&mut self, delivery: Delivery) {
-        let instance_id = delivery.payload["detail"]["instance-id"].as_str().unwrap_or("?").to_owned();
-        let state = delivery.payload["detail"]["state"].as_str().map(str::to_owned);
+    /// One batch of one message from `queue` to its function, as the event source mapping
+    /// delivers it; false when no message was visible. A failed message comes back after
+    /// the visibility timeout; one that waits was put back by the function itself.
+    async fn deliver(&mut self, queue: &LocalQueue) -> Result<bool, SetupError> {
         let started = Instant::now();
+        self.fx.calls.take();
+        let Some(batch) = self.queues.deliver_batch(&self.fx.tether, &self.fx.requeue, queue, 1, BUDGET).await? else { return Ok(false) };
+        let calls = self.fx.calls.take();
+        let Some(payload) = batch.bodies.first() else { return Ok(true) };
+        let instance_id = payload["detail"]["instance-id"].as_str().unwrap_or("?").to_owned();
+        let state = payload["detail"]["state"].as_str().map(str::to_owned);
         // Recovery is timed from a reclaim's event (a group's scale-down terminates too).
         if state.as_deref() == Some("terminated") && self.stats.reclaimed_ids.contains(&instance_id) {
             self.ledger.terminated_delivered(&instance_id, started);
         }
-        if delivery.is_state_change() {
+        let function = if queue.to_state_change {
             self.stats.deliveries_state_change += 1;
+            "state-change"
         } else {
             self.stats.deliveries_interruption += 1;
-        }
-        self.fx.calls.take();
-        let result = invoke_target(&self.fx.tether, delivery.payload.clone(), BUDGET).await;
-        let calls = self.fx.calls.take();
-        let function = if delivery.is_state_change() { "state-change" } else { "interruption" };
-        let what = state.unwrap_or_else(|| "warning".into());
-        let retry = if delivery.attempt > 0 { format!(" (retry {})", delivery.attempt) } else { String::new() };
-        let answer = match result {
-            Ok(answer) => {
-                if answer["outcome"] == "launched" {
-                    self.stats.replacement_calls.push(calls.clone());
-                }
-                if answer["outcome"] == "failed" {
-                    self.stats.problems.push(format!("{what} of {instance_id}: {}", describe(&answer, calls.len())));
-                }
-                describe(&answer, calls.len())
-            }
-            // Retried at once: Lambda waits a minute or more, a demo need not.
-            Err(e) => match delivery.clone().retry() {
-                Some(again) => {
-                    self.stats.retries += 1;
-                    self.bus.push_back(again);
-                    format!("retryable failure, Lambda retries: {e}")
-                }
-                None => {
-                    self.stats.problems.push(format!("{what} of {instance_id}: given up after {} attempts: {e}", delivery.attempt + 1));
-                    format!("failed, Lambda gives up: {e}")
-                }
-            },
+            "interruption"
         };
-        self.view.event(self.started.elapsed(), function, &format!("{what:<13} {instance_id}  {answer}{retry}"));
+        let what = state.unwrap_or_else(|| "warning".into());
+        let answer = if batch.failed > 0 {
+            self.stats.retries += 1;
+            format!("retryable failure, SQS delivers it again: {}", batch.error.as_deref().unwrap_or("named in batchItemFailures"))
+        } else if calls.iter().any(|c| c.ends_with(".SendMessage")) {
+            format!("waits: put back on its queue ({} AWS calls)", calls.len())
+        } else {
+            self.outcome(&instance_id, &calls).await?
+        };
+        if answer.starts_with("launched") {
+            self.stats.replacement_calls.push(calls);
+        }
+        self.view.event(self.started.elapsed(), function, &format!("{what:<13} {instance_id}  {answer}"));
+        Ok(true)
+    }
+
+    /// What a handled event did, read from the node's record (the batch's answer names only
+    /// the messages to deliver again).
+    async fn outcome(&self, instance_id: &str, calls: &[String]) -> Result<String, SetupError> {
+        // The instance's tag names its node, even once the node runs another one.
+        let instance = self.fx.instance(instance_id).await.ok();
+        let node_id = instance.as_ref().and_then(node_of).and_then(NodeId::parse);
+        let node = match node_id {
+            Some(id) => self.fx.store.get(&id).await?,
+            None => None,
+        };
+        let Some(node) = node else { return Ok(format!("ignored: not a node's instance ({} AWS calls)", calls.len())) };
+        Ok(match (&node.state, calls.iter().any(|c| c.ends_with(".RunInstances"))) {
+            (NodeState::Error, _) => {
+                let reason = node.last_error.clone().unwrap_or_default();
+                format!("node in error: {reason}")
+            }
+            (_, true) => format!("launched generation {} on {} ({} AWS calls)", node.generation, node.instance_id().unwrap_or("?"), calls.len()),
+            (state, false) => format!("recorded: node {} ({} AWS calls)", state_name(*state), calls.len()),
+        })
     }
 
     async fn reconcile(&mut self) {
@@ -305,7 +333,7 @@ impl<'a> Simulation<'a> {
     /// Every warned instance reclaimed, every event delivered, and every node running on
     /// one instance, the one its record names.
     async fn settled(&self) -> Result<bool, SetupError> {
-        if self.market.reclaims_pending() || !self.bus.is_empty() {
+        if self.market.reclaims_pending() || !self.outbox.is_empty() || self.queues.in_queues().await? > 0 {
             return Ok(false);
         }
         for id in &self.nodes {
@@ -361,21 +389,6 @@ impl<'a> Simulation<'a> {
 }
 
 /// A function's answer in a few words.
-fn describe(answer: &Value, calls: usize) -> String {
-    let text = |key: &str| answer[key].as_str().unwrap_or("?").to_owned();
-    match answer["outcome"].as_str().unwrap_or("?") {
-        "launched" => format!(
-            "launched generation {} on {} ({calls} AWS calls)",
-            answer["generation"].as_u64().unwrap_or(0),
-            text("instance_id")
-        ),
-        "recorded" => format!("recorded: node {}", text("state")),
-        "ignored" => format!("ignored: {}", text("reason")),
-        "failed" => format!("node in error: {}", text("reason")),
-        other => format!("{other}: {}", text("reason")),
-    }
-}
-
 /// `tn-` and the first 8 hex digits: enough to tell a demo's nodes apart.
 pub fn short(id: &NodeId) -> String {
     id.as_str().chars().take(11).collect()

@@ -179,9 +179,10 @@ impl World {
 
     /// One delivery to its function; Lambda retries a failed or cut-short one twice.
     async fn deliver(&mut self, delivery: Delivery, chaos: bool) {
-        let tether = self.fx.tether.clone();
+        let (tether, queue) = (self.fx.tether.clone(), self.fx.requeue.clone());
         let payload = delivery.payload.clone();
-        let call = async move { invoke_target(&tether, payload, BUDGET).await };
+        // Invoked directly: the queued intake has its own emulator test (`queued`).
+        let call = async move { invoke_target(&tether, &queue, payload, BUDGET).await };
         let finished = self.invoke(call, chaos).await;
         self.log.push(format!("deliver {} (attempt {}): {finished}", describe(&delivery.payload), delivery.attempt));
         let failed = finished.starts_with("cut short") || finished.starts_with("retryable");

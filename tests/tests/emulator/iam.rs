@@ -29,6 +29,8 @@ const ADAPTERS: &[Adapter] = &[
     Adapter { path: "shared/src/aws/event_claims.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/registry.rs", service: "dynamodb", functions: EVERY_FUNCTION },
     Adapter { path: "shared/src/aws/pace.rs", service: "dynamodb", functions: EVERY_FUNCTION },
+    // The event functions put a waiting event back on their own queue.
+    Adapter { path: "shared/src/aws/queue.rs", service: "sqs", functions: &["InterruptionFunction", "StateChangeFunction"] },
     // `tether::lambda::idempotency_from_sdk`: the API's Idempotency-Key store.
     Adapter { path: "shared/src/aws/idempotency.rs", service: "dynamodb", functions: &["ApiFunction"] },
 ];

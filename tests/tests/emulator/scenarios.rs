@@ -17,7 +17,7 @@ const BUDGET: Duration = Duration::from_secs(30);
 
 /// The event to the function Tether's rules send it to (`interruption` or `state-change`).
 async fn deliver(fx: &Fixture, payload: Value) -> Result<Value, tether::TetherError> {
-    invoke_target(&fx.tether, payload, BUDGET).await
+    invoke_target(&fx.tether, &fx.requeue, payload, BUDGET).await
 }
 
 fn outcome(value: &Value) -> &str {
@@ -219,7 +219,7 @@ async fn an_eni_not_released_before_the_deadline_is_retried_by_lambda_not_given_
     let node = running_node(&fx, Persistence::default()).await?;
     let first = instance_id(&node)?;
     let terminated = state_change(&first, "terminated");
-    let short = tether_state_change::handler(&fx.tether, invocation(terminated.clone(), Duration::from_secs(1))).await;
+    let short = tether_state_change::handler(&fx.tether, &fx.requeue, invocation(terminated.clone(), Duration::from_secs(1))).await;
     let err = short.expect_err("still attached: the handler must fail so Lambda retries");
     assert!(err.to_string().contains("InvalidNetworkInterface.InUse"), "AWS code kept: {err}");
     let diagnostic = lambda_runtime::Diagnostic::from(err);
@@ -251,7 +251,7 @@ async fn events_tether_cannot_use_are_acknowledged() -> Result<(), SetupError> {
     assert_eq!(outcome(&deliver(&fx, malformed).await?), "rejected");
     // A warning sent to the state-change function is not its business.
     // A rule sending the wrong detail-type to state-change (deliver would route it right).
-    let misrouted = tether_state_change::handler(&fx.tether, invocation(interruption_warning("i-0123456789abcdef0", "terminate"), BUDGET)).await?;
+    let misrouted = tether_state_change::handler(&fx.tether, &fx.requeue, invocation(interruption_warning("i-0123456789abcdef0", "terminate"), BUDGET)).await?;
     assert_eq!(outcome(&misrouted), "rejected");
     Ok(())
 }
