@@ -30,6 +30,11 @@ pub trait NodeStore: Send + Sync {
     async fn save(&self, node: &Node) -> Result<Node, AwsError>;
     /// One page of nodes, oldest pages first; `start_after` is the last id of the previous page.
     async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError>;
+    /// The upkeep listing needs, run by the reconciler before it lists (a store whose
+    /// listing reads an index makes sure every node is in it); how many records it mended.
+    async fn maintain_listing(&self, _now: DateTime<Utc>) -> Result<usize, AwsError> {
+        Ok(0)
+    }
 }
 
 /// What the node's ENI is created with.

@@ -1,5 +1,5 @@
 //! The node table on the emulator, as the deploy templates define it (on-demand, the
-//! `by-instance` and `by-group` indexes). Deployments create it with SAM or CDK; no
+//! `by-instance`, `by-group` and `by-kind` indexes). Deployments create it with SAM or CDK; no
 //! function does.
 
 use aws_sdk_dynamodb::types::{
@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
-use tether::aws::dynamo::{GROUP_ATTRIBUTE, GROUP_INDEX, INSTANCE_ATTRIBUTE, INSTANCE_INDEX, PARTITION_KEY};
+use tether::aws::dynamo::{GROUP_ATTRIBUTE, GROUP_INDEX, INSTANCE_ATTRIBUTE, INSTANCE_INDEX, KIND_ATTRIBUTE, KIND_INDEX, PARTITION_KEY};
 
 use crate::SetupError;
 
@@ -29,6 +29,13 @@ pub async fn ensure(dynamodb: &Client, name: &str) -> Result<Table, SetupError> 
             .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
     };
+    // Every node in one partition, in id order: listing reads only nodes.
+    let by_kind = GlobalSecondaryIndex::builder()
+        .index_name(KIND_INDEX)
+        .key_schema(hash_key(KIND_ATTRIBUTE)?)
+        .key_schema(KeySchemaElement::builder().attribute_name(PARTITION_KEY).key_type(KeyType::Range).build()?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()?;
     let created = dynamodb
         .create_table()
         .table_name(name)
@@ -36,9 +43,11 @@ pub async fn ensure(dynamodb: &Client, name: &str) -> Result<Table, SetupError> 
         .attribute_definitions(attribute(PARTITION_KEY)?)
         .attribute_definitions(attribute(INSTANCE_ATTRIBUTE)?)
         .attribute_definitions(attribute(GROUP_ATTRIBUTE)?)
+        .attribute_definitions(attribute(KIND_ATTRIBUTE)?)
         .key_schema(hash_key(PARTITION_KEY)?)
         .global_secondary_indexes(index(INSTANCE_INDEX, INSTANCE_ATTRIBUTE)?)
         .global_secondary_indexes(index(GROUP_INDEX, GROUP_ATTRIBUTE)?)
+        .global_secondary_indexes(by_kind)
         .send()
         .await;
     match created {
@@ -51,7 +60,7 @@ pub async fn ensure(dynamodb: &Client, name: &str) -> Result<Table, SetupError> 
     }
 }
 
-/// An existing table must be keyed on `pk` and have the `by-instance` and `by-group` indexes.
+/// An existing table must be keyed on `pk` and have the `by-instance`, `by-group` and `by-kind` indexes.
 async fn check_existing(dynamodb: &Client, name: &str) -> Result<(), SetupError> {
     let described = dynamodb.describe_table().table_name(name).send().await?;
     let table = described.table().ok_or_else(|| format!("DescribeTable {name} answered no table"))?;
@@ -61,7 +70,7 @@ async fn check_existing(dynamodb: &Client, name: &str) -> Result<(), SetupError>
     if !keyed_on(table.key_schema(), PARTITION_KEY) {
         return Err(format!("table {name} exists but its partition key is not `{PARTITION_KEY}`: choose another --table").into());
     }
-    for (index, attribute) in [(INSTANCE_INDEX, INSTANCE_ATTRIBUTE), (GROUP_INDEX, GROUP_ATTRIBUTE)] {
+    for (index, attribute) in [(INSTANCE_INDEX, INSTANCE_ATTRIBUTE), (GROUP_INDEX, GROUP_ATTRIBUTE), (KIND_INDEX, KIND_ATTRIBUTE)] {
         let indexed = table.global_secondary_indexes().iter().any(|i| i.index_name() == Some(index) && keyed_on(i.key_schema(), attribute));
         if !indexed {
             return Err(format!("table {name} exists but has no `{index}` index on `{attribute}`: choose another --table").into());

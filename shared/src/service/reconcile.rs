@@ -85,6 +85,11 @@ impl Tether {
                 None
             }
         };
+        match self.store.maintain_listing(self.clock.now()).await {
+            Ok(0) => {}
+            Ok(mended) => info!(mended, "node records added to the listing index"),
+            Err(e) => warn!(error = %e, code = e.code.as_deref(), "listing index not checked; next run retries"),
+        }
         let nodes = self.all_nodes().await?;
         // Subnets where nodes (members included, deallocated ones too) chose addresses, and
         // the groups' subnets: a subnet CIDR reservation may be left there after every

@@ -288,3 +288,50 @@ async fn a_reconciler_run_over_2000_nodes_costs_pages_not_nodes() -> Result<(), 
     assert!(ec2.len() <= 8, "no node described alone: {ec2:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn listing_reads_only_nodes_once_the_reconciler_has_put_old_records_in_the_index() -> Result<(), SetupError> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use tether::aws::dynamo::{KIND_ATTRIBUTE, KIND_INDEX, PARTITION_KEY};
+    let fx = Fixture::new().await?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(fx.tether.create_node(fx.spec(&["m5.large"]), Persistence::default(), None).await?.id);
+    }
+    ids.sort();
+    // A record written before `kind` existed (an older Tether, or one still running during
+    // an upgrade), and many items of other kinds (event claims, idempotency keys).
+    let key = |id: &tether::NodeId| AttributeValue::S(format!("node#{id}"));
+    fx.dynamodb.update_item().table_name(&fx.table_name).key(PARTITION_KEY, key(&ids[1])).update_expression("REMOVE #k").expression_attribute_names("#k", KIND_ATTRIBUTE).send().await?;
+    for n in 0..200 {
+        fx.dynamodb.put_item().table_name(&fx.table_name).item(PARTITION_KEY, AttributeValue::S(format!("event#e-{n}"))).item("invocation_id", AttributeValue::S("i".into())).send().await?;
+    }
+    let listed = |page: &[Node]| page.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+
+    // Before the reconciler has checked the index: the table is scanned, every node listed.
+    fx.calls.take();
+    let (mut page, _) = fx.tether.nodes(0, None).await?;
+    page.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(listed(&page), ids);
+    assert!(fx.calls.take().iter().any(|c| c == "DynamoDB.Scan"), "the old listing until the index is known complete");
+
+    let report = reconcile(&fx).await?;
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let mended = fx.dynamodb.get_item().table_name(&fx.table_name).key(PARTITION_KEY, key(&ids[1])).send().await?;
+    assert_eq!(mended.item().and_then(|i| i.get(KIND_ATTRIBUTE)).and_then(|k| k.as_s().ok()).map(String::as_str), Some("node"));
+
+    // From now on a page of nodes is one Query on the index, in id order, and the index
+    // holds the nodes alone.
+    fx.calls.take();
+    let (first, cursor) = fx.tether.nodes(2, None).await?;
+    let (second, end) = fx.tether.nodes(2, cursor.as_ref()).await?;
+    assert_eq!([listed(&first), listed(&second)].concat(), ids);
+    assert_eq!(cursor.as_ref(), Some(&ids[1]));
+    let calls = fx.calls.take();
+    assert!(calls.iter().all(|c| c == "DynamoDB.Query" || c == "DynamoDB.GetItem"), "{calls:?}");
+    let (_, after_last) = fx.tether.nodes(2, end.as_ref()).await.map(|(p, c)| (p.len(), c))?;
+    assert!(end.is_none() || after_last.is_none(), "the listing ends");
+    let indexed = fx.dynamodb.scan().table_name(&fx.table_name).index_name(KIND_INDEX).send().await?;
+    assert_eq!(indexed.scanned_count(), 4, "the index holds the 4 nodes and nothing else");
+    Ok(())
+}
