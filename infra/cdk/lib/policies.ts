@@ -85,14 +85,19 @@ export const IMPORT_POLICY_STATEMENTS: object[] = [
   },
 ];
 
-/** The table and its index, nothing else. */
+/** The table and its indexes, nothing else. */
 export function tablePolicyStatements(tableArn: string): object[] {
   return [
     {
       Sid: "NodesTable",
       Effect: "Allow",
       Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Query", "dynamodb:Scan"],
-      Resource: [tableArn, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }, { "Fn::Sub": "${NodesTable.Arn}/index/by-group" }],
+      Resource: [
+        tableArn,
+        { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" },
+        { "Fn::Sub": "${NodesTable.Arn}/index/by-group" },
+        { "Fn::Sub": "${NodesTable.Arn}/index/by-kind" },
+      ],
     },
   ];
 }

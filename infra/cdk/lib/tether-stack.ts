@@ -136,19 +136,32 @@ export class TetherStack extends Stack {
     const concurrency = (name: keyof ConcurrencySplit) => Token.asNumber(shares.findInMap(concurrencyShare.valueAsString, name));
     new CfnCondition(this, "HasInstanceRole", { expression: Fn.conditionNot(Fn.conditionEquals(Fn.ref("InstanceRoleArn"), "")) });
 
-    // Retained when the stack is deleted: it names every node's ENI.
+    // Retained when the stack is deleted: it names every node's ENI. An index added later:
+    // CloudFormation starts its creation and goes on without waiting for its backfill; it
+    // cannot be queried until it is ACTIVE. One index added or removed per stack update.
     const table = new CfnTable(this, "NodesTable", {
       billingMode: "PAY_PER_REQUEST",
       attributeDefinitions: [
         { attributeName: "pk", attributeType: "S" },
         { attributeName: "instance_id", attributeType: "S" },
         { attributeName: "group_id", attributeType: "S" },
+        { attributeName: "kind", attributeType: "S" },
       ],
       keySchema: [{ attributeName: "pk", keyType: "HASH" }],
       globalSecondaryIndexes: [
         { indexName: "by-instance", keySchema: [{ attributeName: "instance_id", keyType: "HASH" }], projection: { projectionType: "ALL" } },
         // A stateful group's members (the group controller reads them each run).
         { indexName: "by-group", keySchema: [{ attributeName: "group_id", keyType: "HASH" }], projection: { projectionType: "ALL" } },
+        // Sparse: only node items carry `kind` ("node"), so listing nodes and the reconciler
+        // read node items only, in pk order, not the whole table.
+        {
+          indexName: "by-kind",
+          keySchema: [
+            { attributeName: "kind", keyType: "HASH" },
+            { attributeName: "pk", keyType: "RANGE" },
+          ],
+          projection: { projectionType: "ALL" },
+        },
       ],
       pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
       timeToLiveSpecification: { attributeName: "expires_at", enabled: true },
@@ -265,8 +278,13 @@ export class TetherStack extends Stack {
         );
         // SAM's logical id for the function's event `Queue`.
         (fn.node.findAll().find((c) => c instanceof CfnEventSourceMapping) as CfnEventSourceMapping).overrideLogicalId(`${spec.name}FunctionQueue`);
-        // EventBridge may put events on the queue from this rule only.
-        new CfnQueuePolicy(this, `${spec.name}QueuePolicy`, {
+        // EventBridge may put events on the queue from this account's rules only. Not from its
+        // own rule by ARN: CloudFormation would then create the policy only after the rule,
+        // i.e. after the rule's target has switched to the queue in an upgrade, and
+        // EventBridge sends a refused event straight to the dead-letter queue. The rule
+        // instead waits for this policy (DependsOn). Written here, not by the L2
+        // `targets.SqsQueue` (the rule is an L1 CfnRule), so the policy is SAM's exactly.
+        const queuePolicy = new CfnQueuePolicy(this, `${spec.name}QueuePolicy`, {
           queues: [queue.ref],
           policyDocument: {
             Version: "2012-10-17",
@@ -277,11 +295,15 @@ export class TetherStack extends Stack {
                 Principal: { Service: "events.amazonaws.com" },
                 Action: "sqs:SendMessage",
                 Resource: queue.attrArn,
-                Condition: { ArnEquals: { "aws:SourceArn": rule.attrArn } },
+                Condition: {
+                  StringEquals: { "aws:SourceAccount": { Ref: "AWS::AccountId" } },
+                  ArnLike: { "aws:SourceArn": { "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*" } },
+                },
               },
             ],
           },
         });
+        rule.addDependency(queuePolicy);
         this.alarm(
           `${spec.name}QueueAgeAlarm`,
           `${capitalized} events have waited in the queue for over 15 minutes (Tether is behind; see the functions' logs and the concurrency share).`,

@@ -1,8 +1,9 @@
 // The SAM template and the CDK app must deploy the same stack: the same functions (binary,
 // limits, policies, dead-letter queue, retries, reserved concurrency, SQS event source
-// mapping), EventBridge rules and their targets, the reconciler's invoke permission, table,
-// queues and their policies, alarms, IAM policies, API routes with IAM auth, parameters,
-// mappings and outputs.
+// mapping), EventBridge rules and their targets, the reconciler's invoke permission, table
+// (keys, indexes), queues and their policies, alarms, IAM policies, API routes with IAM auth,
+// parameters, mappings and outputs; and for those resources their DependsOn (the rules wait
+// for their queues' policies).
 // Anything added to only one of them fails here. `make infra-check` writes
 // sam-template.json (infra/sam-to-json.py) before running these tests.
 
@@ -13,7 +14,10 @@ import * as path from "path";
 import { API_ROUTES } from "../lib/policies";
 import { cdkTemplate, cdkView, resolve, samTemplate, samView } from "./templates";
 
-type Resources = Record<string, { Type: string; Properties?: Record<string, any>; Metadata?: Record<string, any>; DeletionPolicy?: string }>;
+type Resources = Record<
+  string,
+  { Type: string; Properties?: Record<string, any>; Metadata?: Record<string, any>; DeletionPolicy?: string; DependsOn?: string | string[] }
+>;
 
 const sam = samTemplate();
 const samResources: Resources = sam.Resources;
@@ -22,12 +26,12 @@ const cdkResources: Resources = cdk.Resources;
 const samStack = samView(sam);
 const cdkStack = cdkView(cdk);
 
-/** Logical id → properties (and deletion policy) of the resources of `type`. */
+/** Logical id → properties, deletion policy and DependsOn (sorted) of the resources of `type`. */
 function ofType(resources: Resources, type: string, keep: (r: Resources[string]) => boolean = () => true) {
   return Object.fromEntries(
     Object.entries(resources)
       .filter(([, r]) => r.Type === type && keep(r))
-      .map(([id, r]) => [id, { properties: r.Properties, deletion: r.DeletionPolicy ?? "Delete" }]),
+      .map(([id, r]) => [id, { properties: r.Properties, deletion: r.DeletionPolicy ?? "Delete", dependsOn: ([] as string[]).concat(r.DependsOn ?? []).sort() }]),
   );
 }
 

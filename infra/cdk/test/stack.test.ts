@@ -1,7 +1,8 @@
-// Assertions on the synthesized template: functions, rules, queues, table keys and index, API
+// Assertions on the synthesized template: functions, rules, queues, table keys and indexes, API
 // routes with IAM auth, and the IAM conditions that keep Tether to what it tagged; and on both
 // stacks (SAM and CDK): the concurrency share's split, the queues' visibility timeouts, the
-// event source mappings. Stub code assets: no release build is needed to synthesize.
+// event source mappings, the queue policies created before their rules. Stub code assets: no
+// release build is needed to synthesize.
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
@@ -10,6 +11,13 @@ import { CONCURRENCY_SHARES } from "../lib/tether-stack";
 import { cdkTemplate, cdkView, logicalId, resolve, samView } from "./templates";
 
 const template = cdkTemplate();
+
+/** The event queues' condition: EventBridge rules of this account (not the queue's own rule by
+ * ARN, which would make the policy wait for the rule: see the README's upgrade section). */
+const EVENTBRIDGE_FROM_THIS_ACCOUNT = {
+  StringEquals: { "aws:SourceAccount": { Ref: "AWS::AccountId" } },
+  ArnLike: { "aws:SourceArn": { "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*" } },
+};
 
 test("four functions on provided.al2023, the architecture a parameter (arm64 by default)", () => {
   template.resourceCountIs("AWS::Lambda::Function", 4);
@@ -45,15 +53,32 @@ test("EventBridge rules for the three detail types to their queues and the recon
   template.resourcePropertiesCountIs("AWS::CloudWatch::Alarm", { Namespace: "Tether", MetricName: "Errors" }, 1);
 });
 
-test("the table: pk, the by-instance and by-group indexes, on-demand, point-in-time recovery, TTL, retained", () => {
+test("the table: pk, the by-instance, by-group and by-kind indexes, on-demand, point-in-time recovery, TTL, retained", () => {
+  const all = { ProjectionType: "ALL" };
   template.hasResource("AWS::DynamoDB::Table", {
     DeletionPolicy: "Retain",
     Properties: {
       BillingMode: "PAY_PER_REQUEST",
+      AttributeDefinitions: [
+        { AttributeName: "pk", AttributeType: "S" },
+        { AttributeName: "instance_id", AttributeType: "S" },
+        { AttributeName: "group_id", AttributeType: "S" },
+        { AttributeName: "kind", AttributeType: "S" },
+      ],
       KeySchema: [{ AttributeName: "pk", KeyType: "HASH" }],
+      // On-demand like the table: no ProvisionedThroughput on any index.
       GlobalSecondaryIndexes: [
-        Match.objectLike({ IndexName: "by-instance", KeySchema: [{ AttributeName: "instance_id", KeyType: "HASH" }] }),
-        Match.objectLike({ IndexName: "by-group", KeySchema: [{ AttributeName: "group_id", KeyType: "HASH" }] }),
+        { IndexName: "by-instance", KeySchema: [{ AttributeName: "instance_id", KeyType: "HASH" }], Projection: all },
+        { IndexName: "by-group", KeySchema: [{ AttributeName: "group_id", KeyType: "HASH" }], Projection: all },
+        // Sparse: node items only (they alone carry `kind`), in pk order.
+        {
+          IndexName: "by-kind",
+          KeySchema: [
+            { AttributeName: "kind", KeyType: "HASH" },
+            { AttributeName: "pk", KeyType: "RANGE" },
+          ],
+          Projection: all,
+        },
       ],
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
       TimeToLiveSpecification: { AttributeName: "expires_at", Enabled: true },
@@ -90,12 +115,21 @@ test("mutating EC2 actions are scoped by Tether's tag; PassRole only for the rol
   const passRole = policy.find((s: { "Fn::If"?: unknown[] }) => s["Fn::If"])["Fn::If"];
   assert.equal(passRole[0], "HasInstanceRole");
   assert.deepEqual(passRole[1].Resource, { Ref: "InstanceRoleArn" });
+  // The table and each of its indexes (every index the table defines, no other).
+  const indexes = template.toJSON().Resources.NodesTable.Properties.GlobalSecondaryIndexes.map((i: { IndexName: string }) => i.IndexName);
+  assert.deepEqual(indexes, ["by-instance", "by-group", "by-kind"]);
   template.hasResourceProperties("AWS::IAM::ManagedPolicy", {
-    PolicyDocument: { Statement: [Match.objectLike({ Resource: [{ "Fn::GetAtt": ["NodesTable", "Arn"] }, { "Fn::Sub": "${NodesTable.Arn}/index/by-instance" }, { "Fn::Sub": "${NodesTable.Arn}/index/by-group" }] })] },
+    PolicyDocument: {
+      Statement: [
+        Match.objectLike({
+          Resource: [{ "Fn::GetAtt": ["NodesTable", "Arn"] }, ...indexes.map((name: string) => ({ "Fn::Sub": `\${NodesTable.Arn}/index/${name}` }))],
+        }),
+      ],
+    },
   });
 });
 
-test("the event queues: SSE-SQS, 4 days, redriven to their dead-letter queue after 5 receives; EventBridge may send from its rule only", () => {
+test("the event queues: SSE-SQS, 4 days, redriven to their dead-letter queue after 5 receives; EventBridge may send from this account's rules only", () => {
   for (const name of ["Interruption", "StateChange"]) {
     template.hasResourceProperties("AWS::SQS::Queue", {
       SqsManagedSseEnabled: true,
@@ -112,7 +146,7 @@ test("the event queues: SSE-SQS, 4 days, redriven to their dead-letter queue aft
             Principal: { Service: "events.amazonaws.com" },
             Action: "sqs:SendMessage",
             Resource: { "Fn::GetAtt": [`${name}Queue`, "Arn"] },
-            Condition: { ArnEquals: { "aws:SourceArn": { "Fn::GetAtt": [`${name}Rule`, "Arn"] } } },
+            Condition: EVENTBRIDGE_FROM_THIS_ACCOUNT,
           },
         ],
       },
@@ -121,6 +155,19 @@ test("the event queues: SSE-SQS, 4 days, redriven to their dead-letter queue aft
 });
 
 // ---- both stacks ----
+
+/** The logical ids a value names: `Ref`, `Fn::GetAtt`, and `${Id}` / `${Id.Attr}` in `Fn::Sub`. */
+function references(value: any): string[] {
+  if (Array.isArray(value)) return value.flatMap(references);
+  if (!value || typeof value !== "object") return [];
+  const named: string[] = [];
+  if (typeof value.Ref === "string") named.push(value.Ref);
+  if (Array.isArray(value["Fn::GetAtt"])) named.push(value["Fn::GetAtt"][0]);
+  const sub = value["Fn::Sub"];
+  const text = Array.isArray(sub) ? sub[0] : sub;
+  if (typeof text === "string") named.push(...[...text.matchAll(/\$\{([^}.!]+)[^}]*\}/g)].map((m) => m[1]));
+  return [...named, ...Object.values(value).flatMap(references)].filter((id) => !id.startsWith("AWS::"));
+}
 
 const stacks = [samView(), cdkView(template.toJSON())];
 const QUEUED = { InterruptionFunction: "InterruptionQueue", StateChangeFunction: "StateChangeQueue" };
@@ -153,6 +200,27 @@ for (const stack of stacks) {
     assert.equal(stack.reservedConcurrency("ApiFunction"), undefined, "the API is not counted");
     assert.equal(stack.reservedConcurrency("InterruptionFunction"), undefined);
     assert.equal(stack.reservedConcurrency("StateChangeFunction"), undefined);
+  });
+
+  test(`${stack.name}: each event rule waits for its queue's policy, which names no rule (the permission exists before the rule sends to the queue)`, () => {
+    const resources = stack.template.Resources;
+    for (const queue of Object.values(QUEUED)) {
+      const name = queue.replace(/Queue$/, "");
+      const policy = resources[`${name}QueuePolicy`];
+      assert.equal(policy.Type, "AWS::SQS::QueuePolicy");
+      assert.deepEqual(policy.Properties.Queues, [{ Ref: queue }]);
+      const [statement, ...others] = policy.Properties.PolicyDocument.Statement;
+      assert.deepEqual(others, []);
+      assert.deepEqual(statement.Principal, { Service: "events.amazonaws.com" });
+      assert.equal(statement.Action, "sqs:SendMessage");
+      assert.deepEqual(statement.Condition, EVENTBRIDGE_FROM_THIS_ACCOUNT);
+      // Nothing in the policy waits for a rule: neither a reference nor a DependsOn.
+      const waitsFor = [...references(policy.Properties), ...([] as string[]).concat(policy.DependsOn ?? [])];
+      assert.deepEqual(waitsFor.filter((id) => resources[id]?.Type === "AWS::Events::Rule"), [], `${stack.name} ${name}QueuePolicy waits for a rule`);
+      const rule = resources[`${name}Rule`];
+      assert.equal(logicalId(rule.Properties.Targets[0].Arn), queue);
+      assert.ok(([] as string[]).concat(rule.DependsOn ?? []).includes(`${name}QueuePolicy`), `${stack.name} ${name}Rule does not wait for ${name}QueuePolicy`);
+    }
   });
 
   test(`${stack.name}: each queue's visibility timeout is 6 × its function's timeout; the mappings report batch item failures`, () => {
