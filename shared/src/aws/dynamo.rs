@@ -7,8 +7,9 @@
 //!
 //! Node items written before `kind` existed are not in `by-kind`: until the reconciler has
 //! given every node item its `kind` (`maintain_listing`, which then writes the item
-//! `index#by-kind`), listing scans the table as it used to. It checks again every hour, so
-//! a record written meanwhile by an older function (during an upgrade) joins the index.
+//! `index#by-kind`), and while DynamoDB still builds the index, listing scans the table as
+//! it used to. It checks again every hour, so a record written meanwhile by an older
+//! function (during an upgrade) joins the index.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -306,7 +307,17 @@ impl NodeStore for DynamoNodeStore {
 
     async fn list(&self, limit: usize, start_after: Option<&NodeId>) -> Result<(Vec<Node>, Option<NodeId>), AwsError> {
         if self.kind_index_checked_at().await?.is_some() {
-            return self.list_from_index(limit, start_after).await;
+            match self.list_from_index(limit, start_after).await {
+                // CloudFormation does not wait for a new index's backfill: until it is
+                // active DynamoDB refuses to read it (`ValidationException`: "Cannot read
+                // from backfilling global secondary index"); an index not there at all is
+                // `ResourceNotFoundException` (so is a table not there, which the scan
+                // reports in turn). Either way the table is scanned instead.
+                Err(e) if matches!(e.code.as_deref(), Some("ValidationException" | "ResourceNotFoundException")) => {
+                    tracing::warn!(error = %e, "the by-kind index cannot be read yet; listing scans the table");
+                }
+                listed => return listed,
+            }
         }
         let (nodes, last) = self.scan_prefix("node#", limit, start_after.map(node_key), |item| from_item("Scan", item)).await?;
         Ok((nodes, last.and_then(|key| key.strip_prefix("node#").and_then(NodeId::parse))))

@@ -236,6 +236,14 @@ impl Tether {
         }
     }
 
+    /// What is known of the node before EC2 is read (whether it is stuck), and whether its
+    /// state is one whose instance and network EC2 is read for.
+    fn unobserved(&self, node: &Node) -> (Observed, bool) {
+        let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
+        let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
+        (Observed { instance: None, eni_exists: true, elastic_ip: None, stuck }, watched)
+    }
+
     /// What the bulk view says about the node, if it can say: the record is older than the
     /// view, and everything the node records is in it (what is missing, or newer, is read
     /// for this node alone: a fresh answer, never an eventually consistent absence).
@@ -243,16 +251,14 @@ impl Tether {
         if node.updated_at >= bulk.taken_at {
             return None;
         }
-        let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
-        let mut seen = Observed { instance: None, eni_exists: true, elastic_ip: None, stuck };
-        if !matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused) {
+        let (mut seen, watched) = self.unobserved(node);
+        if !watched {
             return Some(seen);
         }
         if let (Some(instance_id), false) = (node.instance_id(), node.state == NodeState::Paused) {
             seen.instance = Some(instance_state(&bulk.instances.get(instance_id)?.resource.state));
         }
-        let attached = matches!(seen.instance, Some(InstanceState::Pending | InstanceState::Running | InstanceState::Stopping | InstanceState::Stopped));
-        if let (Some(eni), false) = (&node.eni, attached) {
+        if let (Some(eni), false) = (&node.eni, eni_attached(&seen)) {
             bulk.enis.iter().find(|t| t.resource.id == eni.id && t.node_id == node.id)?;
         }
         if let Some(eip) = &node.elastic_ip {
@@ -263,9 +269,7 @@ impl Tether {
 
     /// What EC2 says about the node, reading only what its state needs.
     async fn observe(&self, node: &Node) -> Result<Observed, TetherError> {
-        let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
-        let mut seen = Observed { instance: None, eni_exists: true, elastic_ip: None, stuck };
-        let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
+        let (mut seen, watched) = self.unobserved(node);
         if !watched {
             return Ok(seen);
         }
@@ -273,8 +277,7 @@ impl Tether {
             let summary = self.instances.describe_instance(instance_id).await?;
             seen.instance = summary.map(|s| instance_state(&s.state));
         }
-        let attached = matches!(seen.instance, Some(InstanceState::Pending | InstanceState::Running | InstanceState::Stopping | InstanceState::Stopped));
-        if let (Some(eni), false) = (&node.eni, attached) {
+        if let (Some(eni), false) = (&node.eni, eni_attached(&seen)) {
             // An attached ENI cannot be deleted; a detached one may have been.
             seen.eni_exists = self.network.find_node_eni(&node.id).await?.is_some_and(|found| found.id == eni.id);
         }
@@ -395,4 +398,9 @@ fn instance_state(name: &str) -> InstanceState {
         "stopped" => InstanceState::Stopped,
         _ => InstanceState::Terminated,
     }
+}
+
+/// Whether the instance seen holds the node's ENI (an attached ENI cannot be deleted).
+fn eni_attached(seen: &Observed) -> bool {
+    matches!(seen.instance, Some(InstanceState::Pending | InstanceState::Running | InstanceState::Stopping | InstanceState::Stopped))
 }

@@ -335,3 +335,28 @@ async fn listing_reads_only_nodes_once_the_reconciler_has_put_old_records_in_the
     assert_eq!(indexed.scanned_count(), 4, "the index holds the 4 nodes and nothing else");
     Ok(())
 }
+
+#[tokio::test]
+async fn listing_scans_while_the_index_cannot_be_read() -> Result<(), SetupError> {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use tether::aws::dynamo::{DynamoNodeStore, PARTITION_KEY};
+    let fx = Fixture::new().await?;
+    // A table whose `by-kind` index DynamoDB does not serve (yet): as while CloudFormation's
+    // update has added it and its backfill runs.
+    let table = format!("{}-building", fx.table_name);
+    fx.dynamodb
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name(PARTITION_KEY).attribute_type(ScalarAttributeType::S).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name(PARTITION_KEY).key_type(KeyType::Hash).build()?)
+        .send()
+        .await?;
+    let store = DynamoNodeStore::new(fx.dynamodb.clone(), table);
+    let node = Node::new(fx.spec(&["m5.large"]), Persistence::default(), chrono::Utc::now());
+    store.create(&node).await?;
+    assert_eq!(store.maintain_listing(chrono::Utc::now()).await?, 0, "every record has its kind");
+    let (listed, _) = store.list(0, None).await?;
+    assert_eq!(listed.iter().map(|n| &n.id).collect::<Vec<_>>(), vec![&node.id], "listed by a scan");
+    Ok(())
+}
