@@ -303,7 +303,7 @@ export class TetherStack extends Stack {
             ],
           },
         });
-        rule.addDependency(queuePolicy);
+        rule.addResourceDependency(queuePolicy);
         this.alarm(
           `${spec.name}QueueAgeAlarm`,
           `${capitalized} events have waited in the queue for over 15 minutes (Tether is behind; see the functions' logs and the concurrency share).`,
