@@ -135,8 +135,6 @@ pub struct Fixture {
     /// Tether's EC2 adapter on an uncounted client: how tests and the demo interrupt and observe.
     pub cloud: Ec2Cloud,
     pub tether: Tether,
-    /// The service's ports (counted clients), for a service with other settings.
-    pub ports: Ports,
     /// The management API on the same service, as the `api` function runs it.
     pub api: Arc<tether_api::Api>,
     pub vpc_id: String,
@@ -223,7 +221,7 @@ impl Fixture {
             network: counted_cloud.clone(),
             instances: counted_cloud,
         };
-        let tether = Tether::new(ports.clone(), settings);
+        let tether = Tether::new(ports, settings);
         let idempotency = tether::aws::idempotency::DynamoIdempotencyStore::new(dynamodb.clone(), table_name.clone());
         let api = Arc::new(tether_api::Api::new(tether.clone(), Arc::new(idempotency), API_ACTION_BUDGET));
         let cloud = Ec2Cloud::new(ec2.clone(), table_name.clone());
@@ -236,7 +234,6 @@ impl Fixture {
             store,
             cloud,
             tether,
-            ports,
             api,
             vpc_id,
             subnet_id,
@@ -246,11 +243,6 @@ impl Fixture {
             image_id,
             table_name,
         })
-    }
-
-    /// The service on this fixture's counted clients, with other settings.
-    pub fn tether_with(&self, settings: Settings) -> Tether {
-        Tether::new(self.ports.clone(), settings)
     }
 
     /// A node spec for this fixture's subnet.
@@ -287,6 +279,62 @@ impl Fixture {
             out.allocation_id().ok_or("no allocation id")?.to_owned(),
             out.public_ip().ok_or("no public ip")?.to_owned(),
         ))
+    }
+
+    /// `count` running nodes on `spec` (each with its ENI, and an Elastic IP on it if
+    /// `elastic_ips`), made straight through EC2 and the table, a few at a time: the service's
+    /// own first launch looks its ENI up by tag, which the emulator answers in time linear in
+    /// the ENIs (thousands would take an hour). Their ids, in the order made.
+    pub async fn stage_running_nodes(&self, spec: &tether::NodeSpec, count: usize, elastic_ips: bool) -> Result<Vec<tether::NodeId>, SetupError> {
+        use futures_util::StreamExt;
+        let started = std::time::Instant::now();
+        let staged: Vec<Result<tether::NodeId, SetupError>> = futures_util::stream::iter(0..count)
+            .map(|_| self.stage_running_node(spec, elastic_ips))
+            .buffered(8)
+            .enumerate()
+            .map(|(n, staged)| {
+                if n % 500 == 499 {
+                    println!("set up {} of {count} nodes in {:.0} s", n + 1, started.elapsed().as_secs_f64());
+                }
+                staged
+            })
+            .collect()
+            .await;
+        staged.into_iter().collect()
+    }
+
+    async fn stage_running_node(&self, spec: &tether::NodeSpec, elastic_ip: bool) -> Result<tether::NodeId, SetupError> {
+        use tether::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+        let mut node = tether::Node::new(spec.clone(), tether::Persistence { allocate_elastic_ip: elastic_ip, ..tether::Persistence::default() }, chrono::Utc::now() - chrono::Duration::minutes(10));
+        let tag = |key: &str, value: &str| Tag::builder().key(key).value(value).build();
+        let tags = |kind| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .tags(tag(TAG_NODE_ID, node.id.as_str()))
+                .tags(tag(TAG_GENERATION, "1"))
+                .tags(tag(TAG_MANAGED, "true"))
+                .build()
+        };
+        let eni = self.ec2.create_network_interface().subnet_id(&spec.subnet_id).groups(&self.security_group_id).tag_specifications(tags(ResourceType::NetworkInterface)).send().await?;
+        let eni = eni.network_interface().ok_or("CreateNetworkInterface returned no ENI")?;
+        let eni_id = eni.network_interface_id().ok_or("no ENI id")?.to_owned();
+        let private_ip = eni.private_ip_address().ok_or("no private IP")?.parse().map_err(|e| format!("{e}"))?;
+        let mac_address = eni.mac_address().unwrap_or_default().to_owned();
+        let run = self.run_one().network_interfaces(on_eni(&eni_id)).tag_specifications(tags(ResourceType::Instance)).send().await?;
+        let instance_id = run.instances().first().and_then(|i| i.instance_id()).ok_or("RunInstances returned no instance")?.to_owned();
+        if elastic_ip {
+            let address = self.ec2.allocate_address().domain(aws_sdk_ec2::types::DomainType::Vpc).tag_specifications(tags(ResourceType::ElasticIp)).send().await?;
+            let allocation_id = address.allocation_id().ok_or("no allocation id")?.to_owned();
+            self.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&eni_id).send().await?;
+            let public_ip = address.public_ip().ok_or("no public IP")?.to_owned();
+            node.elastic_ip = Some(tether::model::ElasticIpRecord { allocation_id, public_ip, allocated_by_tether: true });
+        }
+        node.eni = Some(tether::model::EniRecord { id: eni_id, private_ip, mac_address, availability_zone: self.availability_zone.clone() });
+        node.instance = Some(tether::model::InstanceRecord { id: instance_id, generation: 1, instance_type: "t3.micro".into(), market: tether::Market::Spot, launched_at: node.created_at });
+        node.generation = 1;
+        node.state = tether::NodeState::Running;
+        tether::ports::NodeStore::create(&self.store, &node).await?;
+        Ok(node.id)
     }
 
     /// What EC2 says about one instance.

@@ -31,6 +31,7 @@ pub struct LocalQueue {
     pub dead_letter_url: String,
     /// Which function consumes it.
     pub to_state_change: bool,
+    pub visibility: Duration,
 }
 
 /// What one batch did.
@@ -72,8 +73,13 @@ impl LocalQueues {
     }
 
     /// One receive on `queue` and, if it returned messages, one invocation of its function
-    /// with them (`batch_size` at most); `None` when no message was visible.
+    /// with them (`batch_size` at most) that has `budget` before its deadline; `None` when
+    /// no message was visible.
     pub async fn deliver_batch(&self, tether: &Tether, requeue: &SqsEventQueue, queue: &LocalQueue, batch_size: i32, budget: Duration) -> Result<Option<Batch>, SetupError> {
+        if budget > queue.visibility {
+            // Lambda refuses such a mapping: the batch would reappear while still handled.
+            return Err(format!("a function timeout of {budget:?} over the queue's visibility timeout of {:?}", queue.visibility).into());
+        }
         let received = self
             .sqs
             .receive_message()
@@ -107,7 +113,15 @@ impl LocalQueues {
                 continue;
             }
             if let Some(handle) = message.receipt_handle() {
-                self.sqs.delete_message().queue_url(&queue.url).receipt_handle(handle).send().await?;
+                match self.sqs.delete_message().queue_url(&queue.url).receipt_handle(handle).send().await {
+                    // A handle from before the message was received again: SQS answers
+                    // success and may keep the message (moto refuses it); either way it
+                    // comes back, as on AWS.
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_receipt_handle_is_invalid()) => {}
+                    deleted => {
+                        deleted?;
+                    }
+                }
             }
         }
         Ok(Some(Batch { bodies, failed: again.len(), error }))
@@ -165,7 +179,7 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str, visibility: Duratio
         .ok_or("CreateQueue returned no URL")?
         .to_owned();
     let arn = queue_arn(sqs, &url).await?;
-    Ok(LocalQueue { url, arn, dead_letter_url, to_state_change })
+    Ok(LocalQueue { url, arn, dead_letter_url, to_state_change, visibility })
 }
 
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<String, SetupError> {

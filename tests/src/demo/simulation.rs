@@ -31,9 +31,10 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 /// Each invocation's time before its deadline.
 const BUDGET: Duration = Duration::from_secs(30);
-/// How long a received message stays hidden: the stack's is 6 × the function's timeout;
-/// a demo need not wait minutes for a failed event to come back.
-pub const VISIBILITY: Duration = Duration::from_secs(2);
+/// How long a received message stays hidden, and each event invocation's time (Lambda
+/// requires the first to be at least the second; the stack's is 6 × the function's
+/// timeout): a demo need not wait minutes for a failed event to come back.
+pub const VISIBILITY: Duration = Duration::from_secs(10);
 
 /// What the run did, for the final report.
 #[derive(Debug, Default)]
@@ -240,7 +241,7 @@ impl<'a> Simulation<'a> {
     async fn deliver(&mut self, queue: &LocalQueue) -> Result<bool, SetupError> {
         let started = Instant::now();
         self.fx.calls.take();
-        let Some(batch) = self.queues.deliver_batch(&self.fx.tether, &self.fx.requeue, queue, 1, BUDGET).await? else { return Ok(false) };
+        let Some(batch) = self.queues.deliver_batch(&self.fx.tether, &self.fx.requeue, queue, 1, VISIBILITY).await? else { return Ok(false) };
         let calls = self.fx.calls.take();
         let Some(payload) = batch.bodies.first() else { return Ok(true) };
         let instance_id = payload["detail"]["instance-id"].as_str().unwrap_or("?").to_owned();

@@ -225,42 +225,11 @@ async fn runs_take_turns_through_more_nodes_than_one_run_checks() -> Result<(), 
 #[ignore = "a measurement: run it by name"]
 async fn a_reconciler_run_over_2000_nodes_costs_pages_not_nodes() -> Result<(), SetupError> {
     const NODES: usize = 2000;
-    // The set-up's launches are not what is measured: nothing paces them.
-    let fx = Fixture::with_settings(tether::Settings { pace: false, ..tether_tests::fast_settings() }).await?;
+    let fx = Fixture::new().await?;
     let subnet = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.16.0/20").availability_zone(&fx.availability_zone).send().await?;
     let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned();
-    let spec = tether::NodeSpec { subnet_id: subnet_id.clone(), ..fx.spec(&["m5.large"]) };
-    // Set up as a running node is, straight through EC2 and the table (the service's own
-    // first launch looks its ENI up by tag, which the emulator answers in time linear in the
-    // ENIs: 2,000 of them would take an hour).
-    let started = std::time::Instant::now();
-    for n in 0..NODES {
-        let mut node = Node::new(spec.clone(), Persistence::default(), chrono::Utc::now() - chrono::Duration::minutes(10));
-        let tag = |key: &str, value: &str| aws_sdk_ec2::types::Tag::builder().key(key).value(value).build();
-        let tags = |kind| {
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(kind)
-                .tags(tag(tether::aws::ec2::TAG_NODE_ID, node.id.as_str()))
-                .tags(tag(tether::aws::ec2::TAG_GENERATION, "1"))
-                .tags(tag(tether::aws::ec2::TAG_MANAGED, "true"))
-                .build()
-        };
-        let eni = fx.ec2.create_network_interface().subnet_id(&subnet_id).tag_specifications(tags(aws_sdk_ec2::types::ResourceType::NetworkInterface)).send().await?;
-        let eni = eni.network_interface().ok_or("no ENI")?;
-        let eni_id = eni.network_interface_id().ok_or("no ENI id")?.to_owned();
-        let private_ip = eni.private_ip_address().ok_or("no IP")?.parse().map_err(|e| format!("{e}"))?;
-        let mac = eni.mac_address().unwrap_or_default().to_owned();
-        let run = fx.run_one().network_interfaces(tether_tests::on_eni(&eni_id)).tag_specifications(tags(aws_sdk_ec2::types::ResourceType::Instance)).send().await?;
-        let instance_id = run.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
-        node.eni = Some(tether::model::EniRecord { id: eni_id, private_ip, mac_address: mac, availability_zone: fx.availability_zone.clone() });
-        node.instance = Some(tether::model::InstanceRecord { id: instance_id, generation: 1, instance_type: "t3.micro".into(), market: tether::Market::Spot, launched_at: node.created_at });
-        node.generation = 1;
-        node.state = NodeState::Running;
-        fx.store.create(&node).await?;
-        if n % 500 == 499 {
-            println!("set up {} of {NODES} nodes in {:.0} s", n + 1, started.elapsed().as_secs_f64());
-        }
-    }
+    let spec = tether::NodeSpec { subnet_id, ..fx.spec(&["m5.large"]) };
+    fx.stage_running_nodes(&spec, NODES, false).await?;
     fx.calls.take();
     // The emulator answers a page of 1,000 instances in seconds, not AWS's milliseconds: the
     // run gets the time it needs here.
