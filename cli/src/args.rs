@@ -185,6 +185,12 @@ pub struct LaunchArgs {
     /// or in a daily window HH:MM-HH:MM (UTC)
     #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, default_value = "never")]
     pub revert_to_spot: RevertToSpot,
+    /// Let the instance metadata service answer IMDSv1 requests too (default: IMDSv2 only)
+    #[arg(long)]
+    pub imds_v1: bool,
+    /// Network hops a metadata answer may take, 1 to 64 (default 2; 1 keeps it on the instance)
+    #[arg(long, value_name = "HOPS", value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub metadata_hop_limit: Option<u8>,
 }
 
 /// The launch settings `PATCH /nodes/{id}` accepts; only those given change.
@@ -231,6 +237,16 @@ pub struct LaunchChangeArgs {
     /// After a fallback to on-demand, go back to spot: never, always, or HH:MM-HH:MM (UTC)
     #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot, group = "change")]
     pub revert_to_spot: Option<RevertToSpot>,
+    /// Let the metadata service answer IMDSv1 requests too (replaces the metadata settings:
+    /// those not given take their defaults)
+    #[arg(long, group = "change", conflicts_with = "imds_v2_only")]
+    pub imds_v1: bool,
+    /// IMDSv2 only (replaces the metadata settings, as --imds-v1)
+    #[arg(long, group = "change")]
+    pub imds_v2_only: bool,
+    /// Network hops a metadata answer may take, 1 to 64 (replaces the metadata settings, as --imds-v1)
+    #[arg(long, value_name = "HOPS", value_parser = clap::value_parser!(u8).range(1..=64), group = "change")]
+    pub metadata_hop_limit: Option<u8>,
 }
 
 #[derive(Debug, Args)]

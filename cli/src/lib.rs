@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tether::group::MemberTemplate;
 use tether::lifecycle::NodePatch;
-use tether::model::Persistence;
+use tether::model::{HttpTokens, MetadataOptions, Persistence};
 use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, Problem};
 use tether::ImportRequest;
 
@@ -325,6 +325,18 @@ fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
         tags: args.tags.iter().cloned().collect(),
         fallback_to_on_demand: !args.no_on_demand_fallback,
         revert_to_spot: args.revert_to_spot,
+        // Nothing given: the API's default (IMDSv2 required).
+        metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
+    })
+}
+
+/// Metadata settings from the flags, when `given`; the ones not given take their defaults.
+fn metadata_options(imds_v1: bool, given: bool, hop_limit: Option<u8>) -> Option<MetadataOptions> {
+    let defaults = MetadataOptions::default();
+    given.then(|| MetadataOptions {
+        http_tokens: if imds_v1 { HttpTokens::Optional } else { HttpTokens::Required },
+        http_put_response_hop_limit: hop_limit.unwrap_or(defaults.http_put_response_hop_limit),
+        ..defaults
     })
 }
 
@@ -343,6 +355,7 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
         revert_to_spot: args.revert_to_spot,
         key_name: args.key_name.clone(),
         iam_instance_profile: args.instance_profile.clone(),
+        metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.imds_v2_only || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
         ..NodePatch::default()
     })
 }

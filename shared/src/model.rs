@@ -96,6 +96,94 @@ pub struct NodeSpec {
     /// Whether a node that fell back to on-demand goes back to spot, and when.
     #[serde(default)]
     pub revert_to_spot: RevertToSpot,
+    /// The instance metadata service of every instance. Absent at create: IMDSv2 required
+    /// (see `MetadataOptions::default`). Absent on a node created before this field existed:
+    /// the AMI's and the account's defaults, as then, until a PATCH sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_options: Option<MetadataOptions>,
+}
+
+/// The instance metadata service (IMDS) settings EC2 launches an instance with
+/// (`RunInstances`' `MetadataOptions`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataOptions {
+    /// `required` (IMDSv2: session tokens only, what most organisations' policies demand) or
+    /// `optional` (IMDSv1 answers too).
+    #[serde(default)]
+    pub http_tokens: HttpTokens,
+    /// How many network hops a metadata answer may take, 1 to 64: 1 keeps it on the
+    /// instance; containers behind a bridge need 2.
+    #[serde(default = "default_hop_limit")]
+    #[schemars(range(min = 1, max = 64))]
+    pub http_put_response_hop_limit: u8,
+    /// Whether the metadata service answers at all.
+    #[serde(default = "enabled")]
+    pub http_endpoint: Switch,
+    /// Whether the instance's tags are readable through the metadata service.
+    #[serde(default = "disabled")]
+    pub instance_metadata_tags: Switch,
+}
+
+impl Default for MetadataOptions {
+    /// IMDSv2 required, 2 hops (what Amazon Linux 2023's AMIs ask for), tags not exposed.
+    fn default() -> Self {
+        MetadataOptions {
+            http_tokens: HttpTokens::Required,
+            http_put_response_hop_limit: default_hop_limit(),
+            http_endpoint: Switch::Enabled,
+            instance_metadata_tags: Switch::Disabled,
+        }
+    }
+}
+
+/// EC2's hop limits: 1 to 64.
+pub const METADATA_HOP_LIMITS: std::ops::RangeInclusive<u8> = 1..=64;
+
+fn default_hop_limit() -> u8 {
+    2
+}
+
+fn enabled() -> Switch {
+    Switch::Enabled
+}
+
+fn disabled() -> Switch {
+    Switch::Disabled
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpTokens {
+    #[default]
+    Required,
+    Optional,
+}
+
+impl HttpTokens {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpTokens::Required => "required",
+            HttpTokens::Optional => "optional",
+        }
+    }
+}
+
+/// An EC2 setting that is `enabled` or `disabled`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Switch {
+    Enabled,
+    Disabled,
+}
+
+impl Switch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Switch::Enabled => "enabled",
+            Switch::Disabled => "disabled",
+        }
+    }
 }
 
 /// When a node running on-demand after a fallback is moved back to spot. Moving is a
@@ -414,6 +502,7 @@ pub(crate) fn test_spec(instance_types: &[&str], fallback_to_on_demand: bool) ->
         tags: BTreeMap::new(),
         fallback_to_on_demand,
         revert_to_spot: RevertToSpot::Never,
+        metadata_options: None,
     }
 }
 

@@ -258,6 +258,7 @@ impl Fixture {
             tags: [("team".to_owned(), "data".to_owned())].into_iter().collect(),
             fallback_to_on_demand: true,
             revert_to_spot: tether::model::RevertToSpot::Never,
+            metadata_options: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod emulator {
     pub mod iam;
     pub mod local_api;
     pub mod scenarios;
+    pub mod launch;
     pub mod queued;
     pub mod reconciler;
     pub mod chaos;

@@ -151,6 +151,7 @@ struct Instance {
     image_id: String,
     key_name: Option<String>,
     iam_instance_profile: Option<String>,
+    metadata_options: Option<crate::model::MetadataOptions>,
     tags: BTreeMap<String, String>,
     subnet_id: String,
     az: String,
@@ -179,6 +180,7 @@ struct LaunchParams {
     key_name: Option<String>,
     iam_instance_profile: Option<String>,
     user_data: Option<String>,
+    metadata_options: Option<crate::model::MetadataOptions>,
     tags: BTreeMap<String, String>,
 }
 
@@ -328,6 +330,7 @@ fn launch_params(request: &LaunchRequest<'_>) -> LaunchParams {
         key_name: spec.key_name.clone(),
         iam_instance_profile: spec.iam_instance_profile.clone(),
         user_data: spec.user_data.clone(),
+        metadata_options: spec.metadata_options,
         tags,
     }
 }
@@ -600,6 +603,13 @@ impl FakeEc2 {
             image_id: image_id.to_owned(),
             key_name: None,
             iam_instance_profile: None,
+            // What EC2 gives an instance launched without metadata options (and an AMI
+            // that asks for none): IMDSv1 allowed, one hop.
+            metadata_options: Some(crate::model::MetadataOptions {
+                http_tokens: crate::model::HttpTokens::Optional,
+                http_put_response_hop_limit: 1,
+                ..crate::model::MetadataOptions::default()
+            }),
             tags: BTreeMap::new(),
             subnet_id: subnet_id.to_owned(),
             az: eni.availability_zone,

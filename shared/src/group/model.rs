@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{hex_digest, push_newest, Node, NodeId, NodeSpec, NodeState, RevertToSpot, HISTORY_LIMIT};
+use crate::model::{hex_digest, push_newest, MetadataOptions, Node, NodeId, NodeSpec, NodeState, RevertToSpot, HISTORY_LIMIT};
 
 /// A group's id: `tg-` followed by 32 hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -80,6 +80,9 @@ pub struct MemberTemplate {
     pub fallback_to_on_demand: bool,
     #[serde(default)]
     pub revert_to_spot: RevertToSpot,
+    /// As a node's (absent at create: IMDSv2 required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_options: Option<MetadataOptions>,
 }
 
 fn yes() -> bool {
@@ -100,6 +103,7 @@ impl MemberTemplate {
             tags: self.tags.clone(),
             fallback_to_on_demand: self.fallback_to_on_demand,
             revert_to_spot: self.revert_to_spot,
+            metadata_options: self.metadata_options,
         }
     }
 
@@ -115,6 +119,7 @@ impl MemberTemplate {
             tags: spec.tags,
             fallback_to_on_demand: spec.fallback_to_on_demand,
             revert_to_spot: spec.revert_to_spot,
+            metadata_options: spec.metadata_options,
         }
     }
 }

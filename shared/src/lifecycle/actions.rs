@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{begin_launch, Action, Step};
-use crate::model::{Node, NodeSpec, NodeState, RevertToSpot};
+use crate::model::{MetadataOptions, Node, NodeSpec, NodeState, RevertToSpot, METADATA_HOP_LIMITS};
 
 /// Resume: at the first resume the ENI is created; then an instance is launched on it.
 pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
@@ -140,6 +140,11 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.iam_instance_profile = Some(profile.clone()).filter(|p| !p.is_empty());
         changed.push("iam_instance_profile");
     }
+    if let Some(options) = patch.metadata_options {
+        check_metadata_options(&options).map_err(|reason| PatchError { field: "metadata_options.http_put_response_hop_limit", reason })?;
+        spec.metadata_options = Some(options);
+        changed.push("metadata_options");
+    }
     Ok(changed)
 }
 
@@ -168,6 +173,9 @@ pub struct NodePatch {
     pub key_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iam_instance_profile: Option<String>,
+    /// Replaces the instance metadata settings (every field of it, with its defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_options: Option<MetadataOptions>,
     /// Refused: the ENI is bound to its subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
@@ -211,4 +219,12 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     let changed = patch_spec(&mut next.spec, patch)?;
     next.record_by(now, format!("spec changed ({}); takes effect at the next launch", changed.join(", ")), by);
     Ok(next)
+}
+
+/// What EC2 refuses in metadata options that their type allows: a hop limit outside 1 to 64.
+pub fn check_metadata_options(options: &MetadataOptions) -> Result<(), String> {
+    if METADATA_HOP_LIMITS.contains(&options.http_put_response_hop_limit) {
+        return Ok(());
+    }
+    Err(format!("{} is outside EC2's 1 to 64 hops (1 keeps metadata on the instance; 2 lets containers reach it)", options.http_put_response_hop_limit))
 }

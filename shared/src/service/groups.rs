@@ -13,8 +13,8 @@ use super::manage::{check_name, check_private_ip, check_tags};
 use super::{Tether, TetherError, MAX_CONFLICTS};
 use crate::error::ErrorClass;
 use crate::group::{self, Group, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Rollout};
-use crate::lifecycle::patch_spec;
-use crate::model::{Node, NodeState};
+use crate::lifecycle::{check_metadata_options, patch_spec};
+use crate::model::{MetadataOptions, Node, NodeState};
 use crate::ports::{Address, Expect, Reservation, Write, MAX_WRITES};
 use crate::views::{CreateGroup, GroupPatch};
 
@@ -51,7 +51,9 @@ impl Tether {
 
     /// `create_group` with the id chosen by the caller: the chaos test derives it from its
     /// seed, so that a scenario (whose members' ids derive from it) replays exactly.
-    pub(crate) async fn create_group_as(&self, id: GroupId, request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
+    pub(crate) async fn create_group_as(&self, id: GroupId, mut request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
+        // IMDSv2 required unless the request says otherwise, as for a node.
+        request.template.metadata_options.get_or_insert_with(MetadataOptions::default);
         check_group_name("name", &request.name)?;
         check_template("template", &request.template)?;
         self.check_instance_types(&request.template.instance_types, "template.instance_types").await?;
@@ -577,6 +579,9 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     }
     if let Some(profile) = &template.iam_instance_profile {
         check_name(&format!("{field}.iam_instance_profile"), profile)?;
+    }
+    if let Some(options) = &template.metadata_options {
+        check_metadata_options(options).map_err(|reason| TetherError::invalid(format!("{field}.metadata_options.http_put_response_hop_limit"), reason))?;
     }
     check_tags(&format!("{field}.tags"), &template.tags)
 }

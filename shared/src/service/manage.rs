@@ -12,7 +12,8 @@ use tracing::{info, warn};
 use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::model::{ElasticIpRecord, InstanceRecord, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
+use crate::lifecycle::check_metadata_options;
+use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
 
 /// What importing an existing instance takes.
@@ -39,8 +40,10 @@ impl Tether {
 
     /// `create_node` with the id chosen by the caller: the chaos test and the benchmark
     /// derive it from their seed, so that a run replays exactly.
-    pub async fn create_node_as(&self, id: NodeId, spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
+    pub async fn create_node_as(&self, id: NodeId, mut spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
         check_shapes(&spec, &persistence)?;
+        // IMDSv2 required unless the request says otherwise (nodes made before keep theirs).
+        spec.metadata_options.get_or_insert_with(MetadataOptions::default);
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
         })?;
@@ -341,6 +344,9 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         check_name("spec.iam_instance_profile", profile)?;
     }
     check_tags("spec.tags", &spec.tags)?;
+    if let Some(options) = &spec.metadata_options {
+        check_metadata_options(options).map_err(|reason| TetherError::invalid("spec.metadata_options.http_put_response_hop_limit", reason))?;
+    }
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }

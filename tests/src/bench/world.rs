@@ -81,6 +81,7 @@ impl World {
             tags: Default::default(),
             fallback_to_on_demand: true,
             revert_to_spot: Default::default(),
+            metadata_options: None,
         };
         let persistence = Persistence { allocate_elastic_ip: true, ..Persistence::default() };
         let started = std::time::Instant::now();

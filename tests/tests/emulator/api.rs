@@ -220,6 +220,11 @@ async fn import_adopts_a_running_instance_with_its_ip_and_eip() -> Result<(), Se
     let replacement = fx.instance(after.instance_id().ok_or("no instance")?).await?;
     assert_eq!(replacement.private_ip_address(), Some("10.0.1.80"));
     assert_eq!(replacement.public_ip_address(), Some(public_ip.as_str()));
+    // The instance's metadata settings were copied (the emulator's default: IMDSv1 allowed,
+    // one hop) and the replacement keeps them.
+    assert_eq!(node["spec"]["metadata_options"]["http_tokens"], "optional", "{node}");
+    let tokens = replacement.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str().to_owned());
+    assert_eq!(tokens.as_deref(), Some("optional"));
     Ok(())
 }
 

@@ -177,6 +177,16 @@ async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() ->
     assert_eq!(node.spec.image_id, other_image, "kept");
     let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--no-tags", "--on-demand-fallback"]).await?)?;
     assert!(node.spec.tags.is_empty() && node.spec.fallback_to_on_demand, "{:?}", node.spec);
+    // Created without metadata flags: IMDSv2 required; the flags replace the settings.
+    let defaults = tether::model::MetadataOptions::default();
+    assert_eq!(node.spec.metadata_options, Some(defaults));
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--imds-v1", "--metadata-hop-limit", "3"]).await?)?;
+    let allowing_v1 = tether::model::MetadataOptions { http_tokens: tether::model::HttpTokens::Optional, http_put_response_hop_limit: 3, ..defaults };
+    assert_eq!(node.spec.metadata_options, Some(allowing_v1));
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--imds-v2-only"]).await?)?;
+    assert_eq!(node.spec.metadata_options, Some(defaults), "the hop limit not given takes its default");
+    let out_of_range = tether(&env, &["nodes", "update", &id, "--metadata-hop-limit", "65"]).await;
+    assert_eq!(out_of_range.code, 2, "clap refuses it before any request: {out_of_range:?}");
     let history = tether(&env, &["nodes", "history", &id]).await;
     assert!(history.stdout.contains("spec changed (image_id)"), "{}", history.stdout);
 

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    Filter, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
     InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
     NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
 };
@@ -12,7 +13,7 @@ use aws_smithy_types::retry::RetryConfig;
 use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::model::{EniRecord, Market, NodeId, NodeSpec, RevertToSpot};
+use crate::model::{EniRecord, HttpTokens, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, Switch};
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
 /// The states of an instance that still exists (or will run again).
@@ -146,6 +147,14 @@ impl Instances for Ec2Cloud {
             .set_key_name(spec.key_name.clone())
             .set_iam_instance_profile(profile)
             .set_user_data(spec.user_data.as_deref().map(|u| base64::encode(u.as_bytes())))
+            .set_metadata_options(spec.metadata_options.map(|m| {
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::from(m.http_tokens.as_str()))
+                    .http_put_response_hop_limit(i32::from(m.http_put_response_hop_limit))
+                    .http_endpoint(InstanceMetadataEndpointState::from(m.http_endpoint.as_str()))
+                    .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_str()))
+                    .build()
+            }))
             .tag_specifications(tags_for(ResourceType::Instance, instance_tags))
             .customize()
             // No SDK retries here: EC2 answers InsufficientInstanceCapacity with HTTP 500, which the
@@ -253,6 +262,7 @@ impl Instances for Ec2Cloud {
             tags: user_tags.collect(),
             fallback_to_on_demand: true,
             revert_to_spot: RevertToSpot::Never,
+            metadata_options: instance.metadata_options().map(metadata_options_of),
         };
         Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
     }
@@ -282,5 +292,29 @@ impl Instances for Ec2Cloud {
             .await
             .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))?;
         Ok(())
+    }
+}
+
+/// An instance's metadata settings as EC2 reports them (a value EC2 adds later reads as the
+/// safe choice: tokens required, the endpoint on, tags off).
+fn metadata_options_of(options: &aws_sdk_ec2::types::InstanceMetadataOptionsResponse) -> MetadataOptions {
+    let defaults = MetadataOptions::default();
+    MetadataOptions {
+        http_tokens: match options.http_tokens() {
+            Some(HttpTokensState::Optional) => HttpTokens::Optional,
+            _ => HttpTokens::Required,
+        },
+        http_put_response_hop_limit: options
+            .http_put_response_hop_limit()
+            .and_then(|h| u8::try_from(h).ok())
+            .unwrap_or(defaults.http_put_response_hop_limit),
+        http_endpoint: match options.http_endpoint() {
+            Some(InstanceMetadataEndpointState::Disabled) => Switch::Disabled,
+            _ => Switch::Enabled,
+        },
+        instance_metadata_tags: match options.instance_metadata_tags() {
+            Some(InstanceMetadataTagsState::Enabled) => Switch::Enabled,
+            _ => Switch::Disabled,
+        },
     }
 }

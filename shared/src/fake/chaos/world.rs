@@ -656,6 +656,12 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
             // The scenarios start at 08:00 UTC: a window the chaos phase runs into.
             _ => RevertToSpot::Window { start: time(8, 1), end: time(8, 20) },
         },
+        metadata_options: match rng.u8(0..3) {
+            // Absent: the create fills in IMDSv2 required.
+            0 => None,
+            1 => Some(crate::model::MetadataOptions::default()),
+            _ => Some(crate::model::MetadataOptions { http_tokens: crate::model::HttpTokens::Optional, http_put_response_hop_limit: rng.u8(1..=64), ..Default::default() }),
+        },
     }
 }
 

@@ -204,6 +204,7 @@ impl Instances for FakeEc2 {
                 tags: instance.tags.iter().filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("tether:")).map(|(k, v)| (k.clone(), v.clone())).collect(),
                 fallback_to_on_demand: true,
                 revert_to_spot: crate::model::RevertToSpot::Never,
+                metadata_options: instance.metadata_options,
             };
             let mut record = eni.record();
             record.availability_zone = instance.az.clone();

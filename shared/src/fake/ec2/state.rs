@@ -304,6 +304,7 @@ impl State {
                 image_id: params.image_id.clone(),
                 key_name: params.key_name.clone(),
                 iam_instance_profile: params.iam_instance_profile.clone(),
+                metadata_options: params.metadata_options,
                 tags: params.tags.clone(),
                 subnet_id,
                 az,

@@ -1,0 +1,87 @@
+//! What every instance of a node launches with, read back from the emulator's instances:
+//! the instance metadata service's settings (IMDSv2 required unless the spec says otherwise).
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{HttpTokensState, Instance};
+use tether::lifecycle::NodePatch;
+use tether::model::{HttpTokens, MetadataOptions};
+use tether::ports::NodeStore;
+use tether::{Node, Persistence, TetherError};
+use tether_tests::event_source::invoke_target;
+use tether_tests::events::state_change;
+use tether_tests::{Fixture, SetupError};
+
+const BUDGET: Duration = Duration::from_secs(30);
+
+/// The current instance of `node`, as the emulator reports it.
+async fn current_instance(fx: &Fixture, node: &Node) -> Result<Instance, SetupError> {
+    let node = fx.tether.node(&node.id).await?;
+    fx.instance(node.instance_id().ok_or("the node runs no instance")?).await
+}
+
+/// (tokens, hop limit) of an instance's metadata service.
+fn metadata(instance: &Instance) -> (Option<HttpTokensState>, Option<i32>) {
+    let options = instance.metadata_options();
+    (options.and_then(|o| o.http_tokens()).cloned(), options.and_then(|o| o.http_put_response_hop_limit()))
+}
+
+/// Interrupts the node's instance and delivers its `terminated` event: the next generation runs.
+async fn interrupt(fx: &Fixture, node: &Node) -> Result<(), SetupError> {
+    let instance_id = fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?.to_owned();
+    fx.interrupt(&instance_id).await?;
+    let answer = invoke_target(&fx.tether, &fx.requeue, state_change(&instance_id, "terminated"), BUDGET).await?;
+    assert_eq!(answer["outcome"], "launched", "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn imdsv2_is_required_by_default_on_every_generation_until_a_patch_changes_it() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let node = fx.tether.create_node(fx.spec(&["m5.large"]), Persistence::default(), None).await?;
+    assert_eq!(node.spec.metadata_options, Some(MetadataOptions::default()), "the create fills in the default");
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Required), Some(2)), "generation 1");
+    interrupt(&fx, &node).await?;
+    assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Required), Some(2)), "generation 2");
+
+    let optional = MetadataOptions { http_tokens: HttpTokens::Optional, http_put_response_hop_limit: 1, ..MetadataOptions::default() };
+    fx.tether.patch(&node.id, &NodePatch { metadata_options: Some(optional), ..NodePatch::default() }, None).await?;
+    interrupt(&fx, &node).await?;
+    assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Optional), Some(1)), "generation 3, after the patch");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_made_before_metadata_options_launches_as_it_did() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    // A record written before the field existed: no metadata options in its spec.
+    let node = Node::new(fx.spec(&["m5.large"]), Persistence::default(), chrono::Utc::now());
+    assert_eq!(node.spec.metadata_options, None);
+    fx.store.create(&node).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    // Nothing sent: EC2's (here the emulator's) own default, IMDSv1 allowed.
+    assert_eq!(metadata(&current_instance(&fx, &node).await?).0, Some(HttpTokensState::Optional));
+    assert_eq!(fx.tether.node(&node.id).await?.spec.metadata_options, None, "kept until a patch sets it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hop_limit_ec2_refuses_is_refused_naming_the_field() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    for hops in [0, 65] {
+        let spec = tether::NodeSpec { metadata_options: Some(MetadataOptions { http_put_response_hop_limit: hops, ..MetadataOptions::default() }), ..fx.spec(&["m5.large"]) };
+        match fx.tether.create_node(spec, Persistence::default(), None).await {
+            Err(TetherError::Invalid { field, reason }) => {
+                assert_eq!(field, "spec.metadata_options.http_put_response_hop_limit");
+                assert!(reason.contains("1 to 64"), "{reason}");
+            }
+            other => panic!("{hops} hops: {other:?}"),
+        }
+    }
+    let node = fx.tether.create_node(fx.spec(&["m5.large"]), Persistence::default(), None).await?;
+    let patch = NodePatch { metadata_options: Some(MetadataOptions { http_put_response_hop_limit: 65, ..MetadataOptions::default() }), ..NodePatch::default() };
+    let refused = fx.tether.patch(&node.id, &patch, None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "metadata_options.http_put_response_hop_limit"), "{refused:?}");
+    Ok(())
+}
