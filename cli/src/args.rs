@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tether::model::RevertToSpot;
+use tether::volumes::{BlockDevice, VolumeType};
 
 mod groups;
 
@@ -191,6 +192,11 @@ pub struct LaunchArgs {
     /// Network hops a metadata answer may take, 1 to 64 (default 2; 1 keeps it on the instance)
     #[arg(long, value_name = "HOPS", value_parser = clap::value_parser!(u8).range(1..=64))]
     pub metadata_hop_limit: Option<u8>,
+    /// A volume of every instance, DEVICE=SIZE_GIB[:TYPE] (the AMI's root device name sets the
+    /// root volume, e.g. /dev/xvda=100:gp3; repeat the flag; TYPE gp3 by default; IOPS,
+    /// throughput and encryption through the API)
+    #[arg(long = "block-device", value_name = "DEVICE=SIZE[:TYPE]", value_parser = parse_block_device)]
+    pub block_devices: Vec<BlockDevice>,
 }
 
 /// The launch settings `PATCH /nodes/{id}` accepts; only those given change.
@@ -247,6 +253,12 @@ pub struct LaunchChangeArgs {
     /// Network hops a metadata answer may take, 1 to 64 (replaces the metadata settings, as --imds-v1)
     #[arg(long, value_name = "HOPS", value_parser = clap::value_parser!(u8).range(1..=64), group = "change")]
     pub metadata_hop_limit: Option<u8>,
+    /// A volume of every instance, DEVICE=SIZE_GIB[:TYPE] (repeat the flag; replaces every block device)
+    #[arg(long = "block-device", value_name = "DEVICE=SIZE[:TYPE]", value_parser = parse_block_device, group = "change", conflicts_with = "no_block_devices")]
+    pub block_devices: Vec<BlockDevice>,
+    /// Launch with the AMI's volumes again
+    #[arg(long, group = "change")]
+    pub no_block_devices: bool,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +290,27 @@ pub(crate) fn parse_tag(raw: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.to_owned(), value.to_owned())),
         _ => Err(format!("`{raw}` is not KEY=VALUE")),
     }
+}
+
+/// `DEVICE=SIZE_GIB[:TYPE]`, e.g. `/dev/xvda=100:gp3`; the API checks the values.
+pub(crate) fn parse_block_device(raw: &str) -> Result<BlockDevice, String> {
+    let (device_name, volume) = raw.split_once('=').ok_or("expected DEVICE=SIZE_GIB[:TYPE], e.g. /dev/xvda=100:gp3")?;
+    let (size, kind) = volume.split_once(':').map_or((volume, None), |(s, t)| (s, Some(t)));
+    let volume_size_gib = size.parse().map_err(|_| format!("`{size}` is no size in GiB"))?;
+    let volume_type = match kind {
+        None => VolumeType::default(),
+        Some(kind) => serde_json::from_value(serde_json::Value::String(kind.to_owned())).map_err(|_| format!("`{kind}` is no volume type: gp3, gp2, io1, io2, st1, sc1 or standard"))?,
+    };
+    Ok(BlockDevice {
+        device_name: device_name.to_owned(),
+        volume_size_gib,
+        volume_type,
+        iops: None,
+        throughput_mibps: None,
+        encrypted: None,
+        kms_key_id: None,
+        delete_on_termination: true,
+    })
 }
 
 pub(crate) fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {

@@ -17,6 +17,7 @@ pub mod model;
 pub mod ports;
 pub mod service;
 pub mod views;
+pub mod volumes;
 
 pub use error::{AwsError, ErrorClass};
 pub use model::{Market, Node, NodeId, NodeSpec, NodeState, Persistence};

@@ -101,6 +101,10 @@ pub struct NodeSpec {
     /// the AMI's and the account's defaults, as then, until a PATCH sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_options: Option<MetadataOptions>,
+    /// The root volume's size and type, and extra volumes, of every instance (see
+    /// `volumes::BlockDevice`). Empty: the AMI's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_devices: Vec<crate::volumes::BlockDevice>,
 }
 
 /// The instance metadata service (IMDS) settings EC2 launches an instance with
@@ -503,6 +507,7 @@ pub(crate) fn test_spec(instance_types: &[&str], fallback_to_on_demand: bool) ->
         fallback_to_on_demand,
         revert_to_spot: RevertToSpot::Never,
         metadata_options: None,
+        block_devices: Vec::new(),
     }
 }
 

@@ -259,6 +259,7 @@ impl Fixture {
             fallback_to_on_demand: true,
             revert_to_spot: tether::model::RevertToSpot::Never,
             metadata_options: None,
+            block_devices: Vec::new(),
         }
     }
 

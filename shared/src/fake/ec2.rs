@@ -181,6 +181,7 @@ struct LaunchParams {
     iam_instance_profile: Option<String>,
     user_data: Option<String>,
     metadata_options: Option<crate::model::MetadataOptions>,
+    block_devices: Vec<crate::volumes::BlockDevice>,
     tags: BTreeMap<String, String>,
 }
 
@@ -331,6 +332,7 @@ fn launch_params(request: &LaunchRequest<'_>) -> LaunchParams {
         iam_instance_profile: spec.iam_instance_profile.clone(),
         user_data: spec.user_data.clone(),
         metadata_options: spec.metadata_options,
+        block_devices: spec.block_devices.clone(),
         tags,
     }
 }

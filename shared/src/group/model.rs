@@ -83,6 +83,9 @@ pub struct MemberTemplate {
     /// As a node's (absent at create: IMDSv2 required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_options: Option<MetadataOptions>,
+    /// As a node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_devices: Vec<crate::volumes::BlockDevice>,
 }
 
 fn yes() -> bool {
@@ -104,6 +107,7 @@ impl MemberTemplate {
             fallback_to_on_demand: self.fallback_to_on_demand,
             revert_to_spot: self.revert_to_spot,
             metadata_options: self.metadata_options,
+            block_devices: self.block_devices.clone(),
         }
     }
 
@@ -120,6 +124,7 @@ impl MemberTemplate {
             fallback_to_on_demand: spec.fallback_to_on_demand,
             revert_to_spot: spec.revert_to_spot,
             metadata_options: spec.metadata_options,
+            block_devices: spec.block_devices,
         }
     }
 }

@@ -104,14 +104,14 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
     let mut changed = Vec::new();
     if let Some(types) = &patch.instance_types {
         if types.is_empty() || types.iter().any(|t| t.trim().is_empty()) {
-            return Err(PatchError { field: "instance_types", reason: "list at least one instance type, in order of preference".into() });
+            return Err(PatchError { field: "instance_types".into(), reason: "list at least one instance type, in order of preference".into() });
         }
         spec.instance_types = types.clone();
         changed.push("instance_types");
     }
     if let Some(image) = &patch.image_id {
         if !image.starts_with("ami-") {
-            return Err(PatchError { field: "image_id", reason: "must be an AMI id like ami-0123456789abcdef0".into() });
+            return Err(PatchError { field: "image_id".into(), reason: "must be an AMI id like ami-0123456789abcdef0".into() });
         }
         spec.image_id = image.clone();
         changed.push("image_id");
@@ -141,9 +141,14 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         changed.push("iam_instance_profile");
     }
     if let Some(options) = patch.metadata_options {
-        check_metadata_options(&options).map_err(|reason| PatchError { field: "metadata_options.http_put_response_hop_limit", reason })?;
+        check_metadata_options(&options).map_err(|reason| PatchError { field: "metadata_options.http_put_response_hop_limit".into(), reason })?;
         spec.metadata_options = Some(options);
         changed.push("metadata_options");
+    }
+    if let Some(devices) = &patch.block_devices {
+        crate::volumes::check_block_devices(devices).map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+        spec.block_devices = devices.clone();
+        changed.push("block_devices");
     }
     Ok(changed)
 }
@@ -176,6 +181,9 @@ pub struct NodePatch {
     /// Replaces the instance metadata settings (every field of it, with its defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_options: Option<MetadataOptions>,
+    /// Replaces the list of block devices (`[]`: the AMI's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_devices: Option<Vec<crate::volumes::BlockDevice>>,
     /// Refused: the ENI is bound to its subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
@@ -188,18 +196,18 @@ pub struct NodePatch {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct PatchError {
-    pub field: &'static str,
+    pub field: std::borrow::Cow<'static, str>,
     pub reason: String,
 }
 
 /// The node with `patch` applied to its spec.
 pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {
     if matches!(node.state, NodeState::Deallocating | NodeState::Deallocated) {
-        return Err(PatchError { field: "state", reason: gone(node) });
+        return Err(PatchError { field: "state".into(), reason: gone(node) });
     }
     if patch.subnet_id.as_ref().is_some_and(|s| *s != node.spec.subnet_id) {
         return Err(PatchError {
-            field: "subnet_id",
+            field: "subnet_id".into(),
             reason: format!(
                 "cannot change: the node's ENI is bound to {} and its Availability Zone; create a new node in the other subnet",
                 node.spec.subnet_id
@@ -210,7 +218,7 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     if let Some(ip) = &patch.private_ip {
         if current_ip.map(|c| c.to_string()).as_deref() != Some(ip.as_str()) {
             return Err(PatchError {
-                field: "private_ip",
+                field: "private_ip".into(),
                 reason: "cannot change: the node keeps its private IP for life; create a new node for another address".into(),
             });
         }

@@ -304,13 +304,13 @@ fn a_patch_changes_launch_settings_and_refuses_the_network_identity() {
     assert_eq!(next.generation, node.generation, "takes effect at the next launch");
 
     let subnet = NodePatch { subnet_id: Some("subnet-2".into()), ..NodePatch::default() };
-    assert_eq!(patched(&node, &subnet, Utc::now(), None).map_err(|e| e.field), Err("subnet_id"));
+    assert_eq!(patched(&node, &subnet, Utc::now(), None).map_err(|e| e.field.into_owned()), Err("subnet_id".to_owned()));
     let same_subnet = NodePatch { subnet_id: Some("subnet-1".into()), ..NodePatch::default() };
     assert!(patched(&node, &same_subnet, Utc::now(), None).is_ok(), "restating the subnet is no change");
     let ip = NodePatch { private_ip: Some("10.0.1.51".into()), ..NodePatch::default() };
-    assert_eq!(patched(&node, &ip, Utc::now(), None).map_err(|e| e.field), Err("private_ip"));
+    assert_eq!(patched(&node, &ip, Utc::now(), None).map_err(|e| e.field.into_owned()), Err("private_ip".to_owned()));
     let empty = NodePatch { instance_types: Some(vec![]), ..NodePatch::default() };
-    assert_eq!(patched(&node, &empty, Utc::now(), None).map_err(|e| e.field), Err("instance_types"));
+    assert_eq!(patched(&node, &empty, Utc::now(), None).map_err(|e| e.field.into_owned()), Err("instance_types".to_owned()));
 }
 
 #[test]

@@ -583,5 +583,6 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     if let Some(options) = &template.metadata_options {
         check_metadata_options(options).map_err(|reason| TetherError::invalid(format!("{field}.metadata_options.http_put_response_hop_limit"), reason))?;
     }
+    crate::volumes::check_block_devices(&template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     check_tags(&format!("{field}.tags"), &template.tags)
 }

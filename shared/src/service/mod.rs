@@ -112,7 +112,7 @@ impl TetherError {
 
 impl From<PatchError> for TetherError {
     fn from(e: PatchError) -> Self {
-        match e.field {
+        match e.field.as_ref() {
             // The node's state, not the request, is at odds: as for actions, a conflict.
             "state" => TetherError::Conflict(e.reason),
             field => TetherError::Invalid { field: field.to_owned(), reason: e.reason },

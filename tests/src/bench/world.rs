@@ -82,6 +82,7 @@ impl World {
             fallback_to_on_demand: true,
             revert_to_spot: Default::default(),
             metadata_options: None,
+            block_devices: Vec::new(),
         };
         let persistence = Persistence { allocate_elastic_ip: true, ..Persistence::default() };
         let started = std::time::Instant::now();

@@ -187,6 +187,14 @@ async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() ->
     assert_eq!(node.spec.metadata_options, Some(defaults), "the hop limit not given takes its default");
     let out_of_range = tether(&env, &["nodes", "update", &id, "--metadata-hop-limit", "65"]).await;
     assert_eq!(out_of_range.code, 2, "clap refuses it before any request: {out_of_range:?}");
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--block-device", "/dev/xvda=100:gp3", "--block-device", "/dev/sdf=20"]).await?)?;
+    let devices: Vec<(&str, u32, &str)> = node.spec.block_devices.iter().map(|d| (d.device_name.as_str(), d.volume_size_gib, d.volume_type.as_str())).collect();
+    assert_eq!(devices, [("/dev/xvda", 100, "gp3"), ("/dev/sdf", 20, "gp3")]);
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--no-block-devices"]).await?)?;
+    assert!(node.spec.block_devices.is_empty(), "back to the AMI's volumes");
+    let refused = tether(&env, &["nodes", "update", &id, "--block-device", "/dev/sdf=5:st1"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("field: block_devices[0].volume_size_gib"), "{}", refused.stderr);
     let history = tether(&env, &["nodes", "history", &id]).await;
     assert!(history.stdout.contains("spec changed (image_id)"), "{}", history.stdout);
 

@@ -85,3 +85,55 @@ async fn a_hop_limit_ec2_refuses_is_refused_naming_the_field() -> Result<(), Set
     assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "metadata_options.http_put_response_hop_limit"), "{refused:?}");
     Ok(())
 }
+
+/// (device, size GiB, type, encrypted) of every volume attached to an instance, by device.
+async fn volumes(fx: &Fixture, instance: &Instance) -> Result<Vec<(String, i32, String, bool)>, SetupError> {
+    let mut found = Vec::new();
+    for mapping in instance.block_device_mappings() {
+        let volume_id = mapping.ebs().and_then(|e| e.volume_id()).ok_or("a mapping without its volume")?;
+        let described = fx.ec2.describe_volumes().volume_ids(volume_id).send().await?;
+        let volume = described.volumes().first().ok_or("volume not found")?;
+        let kind = volume.volume_type().map(|t| t.as_str().to_owned()).unwrap_or_default();
+        found.push((mapping.device_name().unwrap_or_default().to_owned(), volume.size().unwrap_or(0), kind, volume.encrypted().unwrap_or(false)));
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[tokio::test]
+async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupError> {
+    use tether::volumes::{BlockDevice, VolumeType};
+    let fx = Fixture::new().await?;
+    let root = BlockDevice {
+        device_name: "/dev/sda1".into(),
+        volume_size_gib: 100,
+        volume_type: VolumeType::Gp3,
+        iops: Some(6_000),
+        throughput_mibps: Some(250),
+        encrypted: None,
+        kms_key_id: None,
+        delete_on_termination: true,
+    };
+    let scratch = BlockDevice { device_name: "/dev/sdf".into(), volume_size_gib: 20, volume_type: VolumeType::Gp2, iops: None, throughput_mibps: None, encrypted: Some(true), ..root.clone() };
+    let spec = tether::NodeSpec { block_devices: vec![root, scratch], ..fx.spec(&["m5.large"]) };
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let wanted = vec![("/dev/sda1".to_owned(), 100, "gp3".to_owned(), false), ("/dev/sdf".to_owned(), 20, "gp2".to_owned(), true)];
+    assert_eq!(volumes(&fx, &current_instance(&fx, &node).await?).await?, wanted, "generation 1");
+    interrupt(&fx, &node).await?;
+    assert_eq!(volumes(&fx, &current_instance(&fx, &node).await?).await?, wanted, "generation 2");
+
+    // Back to the AMI's volumes: the emulator's default root of 8 GiB.
+    fx.tether.patch(&node.id, &NodePatch { block_devices: Some(Vec::new()), ..NodePatch::default() }, None).await?;
+    interrupt(&fx, &node).await?;
+    let after = volumes(&fx, &current_instance(&fx, &node).await?).await?;
+    assert_eq!(after.iter().map(|(d, s, ..)| (d.as_str(), *s)).collect::<Vec<_>>(), [("/dev/sda1", 8)], "generation 3: {after:?}");
+
+    // What EC2 would refuse is refused before anything is made, naming the field.
+    let bad = tether::volumes::BlockDevice { volume_type: VolumeType::Io1, iops: None, ..tether::volumes::BlockDevice { device_name: "/dev/sdg".into(), volume_size_gib: 50, volume_type: VolumeType::Gp3, iops: None, throughput_mibps: None, encrypted: None, kms_key_id: None, delete_on_termination: true } };
+    let refused = fx.tether.create_node(tether::NodeSpec { block_devices: vec![bad.clone()], ..fx.spec(&["m5.large"]) }, Persistence::default(), None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "spec.block_devices[0].iops"), "{refused:?}");
+    let refused = fx.tether.patch(&node.id, &NodePatch { block_devices: Some(vec![bad]), ..NodePatch::default() }, None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "block_devices[0].iops"), "{refused:?}");
+    Ok(())
+}

@@ -2,10 +2,10 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
     InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
-    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, VolumeType,
 };
 use aws_smithy_types::base64;
 use aws_smithy_types::retry::RetryConfig;
@@ -14,6 +14,7 @@ use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag,
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, HttpTokens, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, Switch};
+use crate::volumes::BlockDevice;
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
 /// The states of an instance that still exists (or will run again).
@@ -147,6 +148,7 @@ impl Instances for Ec2Cloud {
             .set_key_name(spec.key_name.clone())
             .set_iam_instance_profile(profile)
             .set_user_data(spec.user_data.as_deref().map(|u| base64::encode(u.as_bytes())))
+            .set_block_device_mappings(Some(spec.block_devices.iter().map(block_device_mapping).collect()).filter(|m: &Vec<_>| !m.is_empty()))
             .set_metadata_options(spec.metadata_options.map(|m| {
                 InstanceMetadataOptionsRequest::builder()
                     .http_tokens(HttpTokensState::from(m.http_tokens.as_str()))
@@ -263,6 +265,8 @@ impl Instances for Ec2Cloud {
             fallback_to_on_demand: true,
             revert_to_spot: RevertToSpot::Never,
             metadata_options: instance.metadata_options().map(metadata_options_of),
+            // The instance's own volumes stay its own; the node launches with the AMI's.
+            block_devices: Vec::new(),
         };
         Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
     }
@@ -317,4 +321,18 @@ fn metadata_options_of(options: &aws_sdk_ec2::types::InstanceMetadataOptionsResp
             _ => Switch::Disabled,
         },
     }
+}
+
+/// A block device of the spec as RunInstances takes it.
+fn block_device_mapping(device: &BlockDevice) -> BlockDeviceMapping {
+    let ebs = EbsBlockDevice::builder()
+        .volume_size(i32::try_from(device.volume_size_gib).unwrap_or(i32::MAX))
+        .volume_type(VolumeType::from(device.volume_type.as_str()))
+        .set_iops(device.iops.and_then(|i| i32::try_from(i).ok()))
+        .set_throughput(device.throughput_mibps.and_then(|t| i32::try_from(t).ok()))
+        .set_encrypted(device.encrypted)
+        .set_kms_key_id(device.kms_key_id.clone())
+        .delete_on_termination(device.delete_on_termination)
+        .build();
+    BlockDeviceMapping::builder().device_name(&device.device_name).ebs(ebs).build()
 }

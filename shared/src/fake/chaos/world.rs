@@ -662,6 +662,18 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
             1 => Some(crate::model::MetadataOptions::default()),
             _ => Some(crate::model::MetadataOptions { http_tokens: crate::model::HttpTokens::Optional, http_put_response_hop_limit: rng.u8(1..=64), ..Default::default() }),
         },
+        block_devices: (0..rng.usize(0..3))
+            .map(|i| crate::volumes::BlockDevice {
+                device_name: format!("/dev/sd{}", char::from(b'f' + i as u8)),
+                volume_size_gib: rng.u32(8..=200),
+                volume_type: crate::volumes::VolumeType::Gp3,
+                iops: None,
+                throughput_mibps: None,
+                encrypted: Some(rng.bool()),
+                kms_key_id: None,
+                delete_on_termination: true,
+            })
+            .collect(),
     }
 }
 
