@@ -118,7 +118,7 @@ pub struct MetadataOptions {
     pub http_tokens: HttpTokens,
     /// How many network hops a metadata answer may take, 1 to 64: 1 keeps it on the
     /// instance; containers behind a bridge need 2.
-    #[serde(default = "default_hop_limit")]
+    #[serde(default = "default_hop_limit", deserialize_with = "crate::views::count::small")]
     #[schemars(range(min = 1, max = 64))]
     pub http_put_response_hop_limit: u8,
     /// Whether the metadata service answers at all.

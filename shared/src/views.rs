@@ -197,11 +197,17 @@ pub struct Scale {
 /// Counts in request bodies: any whole JSON number, `10.0` included (JSON Schema's
 /// `integer` allows it); one too large for a u32 saturates, and the service then names the
 /// field and its range.
-mod count {
+/// Counts and sizes as JSON Schema's `integer` allows them: `3` and `3.0` alike.
+pub(crate) mod count {
     use serde::{Deserialize, Deserializer};
 
     pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         of(f64::deserialize(d)?)
+    }
+
+    /// A small whole number: one over 255 reads as 255, for the caller's range check to name.
+    pub fn small<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        Ok(u8::try_from(whole(d)?).unwrap_or(u8::MAX))
     }
 
     /// An optional count: `null` (as the schema allows) is none.
