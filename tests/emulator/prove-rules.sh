@@ -14,6 +14,7 @@ rules=(
   "cidr-reservation random_private_ips_never_take_an_explicit_reservation"
   "client-token a_client_token_used_again_returns_the_original_instance"
   "eni-az       an_eni_is_used_only_in_its_own_availability_zone"
+  "volume-settings a_launch_s_block_device_settings_provision_its_volumes"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

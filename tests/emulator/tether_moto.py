@@ -62,6 +62,7 @@ PATCH_NAMES = (
     "client-token",
     "eni-az",
     "capacity",
+    "volume-settings",
 )
 
 log = logging.getLogger("tether_moto")
@@ -934,6 +935,47 @@ def patch_capacity() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: volume-settings
+# --------------------------------------------------------------------------
+
+
+def patch_volume_settings() -> None:
+    """A launch's block device settings provision the volumes it creates.
+
+    AWS (EC2 API Reference, RunInstances and EbsBlockDevice): each mapping's Iops
+    (gp3, io1, io2) and Throughput (gp3) provision the volume made for it, and
+    DescribeVolumes reports them.
+
+    moto 5.2.5: drops both from a launch's block device mappings (it parses Iops
+    but never passes it on, and does not parse Throughput): the volumes report none.
+    """
+    original_parse = InstanceResponse._parse_block_device_mapping
+
+    def parse(self: Any) -> list[dict[str, Any]]:
+        mappings = original_parse(self)
+        given = self._get_param("BlockDeviceMappings", [])
+        for mapping, request in zip(mappings, given):
+            mapping["Ebs"]["Throughput"] = (request.get("Ebs") or {}).get("Throughput")
+        return mappings
+
+    def follow_up(backend: Any, kwargs: dict[str, Any], reservation: Any) -> None:
+        for mapping in kwargs.get("block_device_mappings") or []:
+            ebs = mapping.get("Ebs") or {}
+            for instance in reservation.instances:
+                block = instance.block_device_mapping.get(mapping.get("DeviceName"))
+                if block is None:
+                    continue
+                volume = backend.get_volume(block.volume_id)
+                if ebs.get("Iops") is not None:
+                    volume.iops = int(ebs["Iops"])
+                if ebs.get("Throughput") is not None:
+                    volume.throughput = int(ebs["Throughput"])
+
+    InstanceResponse._parse_block_device_mapping = parse
+    _launch_follow_ups.append(follow_up)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -948,6 +990,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "eni-release": patch_eni_release,
     "client-token": patch_client_token,
     "capacity": patch_capacity,
+    "volume-settings": patch_volume_settings,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

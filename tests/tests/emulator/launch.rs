@@ -86,6 +86,15 @@ async fn a_hop_limit_ec2_refuses_is_refused_naming_the_field() -> Result<(), Set
     Ok(())
 }
 
+/// (IOPS, throughput) of the volume an instance has at `device`.
+async fn provisioned(fx: &Fixture, instance: &Instance, device: &str) -> Result<(Option<i32>, Option<i32>), SetupError> {
+    let mapping = instance.block_device_mappings().iter().find(|m| m.device_name() == Some(device)).ok_or("no such device")?;
+    let volume_id = mapping.ebs().and_then(|e| e.volume_id()).ok_or("a mapping without its volume")?;
+    let described = fx.ec2.describe_volumes().volume_ids(volume_id).send().await?;
+    let volume = described.volumes().first().ok_or("volume not found")?;
+    Ok((volume.iops(), volume.throughput()))
+}
+
 /// (device, size GiB, type, encrypted) of every volume attached to an instance, by device.
 async fn volumes(fx: &Fixture, instance: &Instance) -> Result<Vec<(String, i32, String, bool)>, SetupError> {
     let mut found = Vec::new();
@@ -119,9 +128,14 @@ async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupErro
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
     fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     let wanted = vec![("/dev/sda1".to_owned(), 100, "gp3".to_owned(), false), ("/dev/sdf".to_owned(), 20, "gp2".to_owned(), true)];
-    assert_eq!(volumes(&fx, &current_instance(&fx, &node).await?).await?, wanted, "generation 1");
-    interrupt(&fx, &node).await?;
-    assert_eq!(volumes(&fx, &current_instance(&fx, &node).await?).await?, wanted, "generation 2");
+    for generation in 1..=2 {
+        if generation > 1 {
+            interrupt(&fx, &node).await?;
+        }
+        let instance = current_instance(&fx, &node).await?;
+        assert_eq!(volumes(&fx, &instance).await?, wanted, "generation {generation}");
+        assert_eq!(provisioned(&fx, &instance, "/dev/sda1").await?, (Some(6_000), Some(250)), "generation {generation}'s root IOPS and throughput");
+    }
 
     // Back to the AMI's volumes: the emulator's default root of 8 GiB.
     fx.tether.patch(&node.id, &NodePatch { block_devices: Some(Vec::new()), ..NodePatch::default() }, None).await?;

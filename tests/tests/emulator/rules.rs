@@ -351,3 +351,19 @@ fn sdk_code(err: &SetupError) -> String {
         .unwrap_or("not an EC2 error")
         .to_owned()
 }
+
+#[tokio::test]
+async fn a_launch_s_block_device_settings_provision_its_volumes() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, VolumeType};
+    let fx = Fixture::new().await?;
+    let ebs = EbsBlockDevice::builder().volume_size(100).volume_type(VolumeType::Gp3).iops(6000).throughput(250).delete_on_termination(true).build();
+    let run = fx.run_one().block_device_mappings(BlockDeviceMapping::builder().device_name("/dev/sdf").ebs(ebs).build()).send().await?;
+    let instance_id = run.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let instance = fx.instance(&instance_id).await?;
+    let mapping = instance.block_device_mappings().iter().find(|m| m.device_name() == Some("/dev/sdf")).ok_or("no /dev/sdf")?;
+    let volume_id = mapping.ebs().and_then(|e| e.volume_id()).ok_or("no volume")?;
+    let described = fx.ec2.describe_volumes().volume_ids(volume_id).send().await?;
+    let volume = described.volumes().first().ok_or("volume not found")?;
+    assert_eq!((volume.size(), volume.iops(), volume.throughput()), (Some(100), Some(6000), Some(250)), "the volume as the launch asked: {volume:?}");
+    Ok(())
+}
