@@ -94,7 +94,11 @@ async fn a_group_keeps_its_pool_addresses_and_elastic_ips_across_scaling() -> Re
         let instance = fx.instance(member["instance_id"].as_str().ok_or("no instance")?).await?;
         assert_eq!(instance.private_ip_address(), member["pool_ip"].as_str(), "the instance runs on its pool address");
         assert_eq!(instance.public_ip_address(), member["public_ip"].as_str());
+        // The template said nothing of the metadata service: IMDSv2 required, as for a node.
+        let tokens = instance.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str().to_owned());
+        assert_eq!(tokens.as_deref(), Some("required"), "{:?}", instance.metadata_options());
     }
+    assert_eq!(group["template"]["metadata_options"]["http_tokens"], "required", "{group}");
     // The pool addresses are kept from EC2's random picks (explicit subnet CIDR reservations).
     let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&fx.subnet_id).send().await?;
     let mut cidrs: Vec<&str> = reserved.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect();
