@@ -8,7 +8,7 @@ mod reconcile;
 
 use chrono::{DateTime, Utc};
 
-pub use actions::{check_metadata_options, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
+pub use actions::{check_launch_settings, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
 pub use metrics::{metrics_of, Metric};
 pub use reconcile::{eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
 

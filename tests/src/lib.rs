@@ -283,6 +283,12 @@ impl Fixture {
         ))
     }
 
+    /// Another subnet of the fixture's VPC in its AZ (`cidr` inside 10.0.0.0/16, not 10.0.1.0/24).
+    pub async fn subnet(&self, cidr: &str) -> Result<String, SetupError> {
+        let subnet = self.ec2.create_subnet().vpc_id(&self.vpc_id).cidr_block(cidr).availability_zone(&self.availability_zone).send().await?;
+        Ok(subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned())
+    }
+
     /// `count` running nodes on `spec` (each with its ENI, and an Elastic IP on it if
     /// `elastic_ips`), made straight through EC2 and the table, a few at a time: the service's
     /// own first launch looks its ENI up by tag, which the emulator answers in time linear in

@@ -127,24 +127,6 @@ impl LocalQueues {
         Ok(Some(Batch { bodies, failed: again.len(), error }))
     }
 
-    /// Delivers batches from both queues until neither has a visible message; the number
-    /// of messages delivered.
-    pub async fn drain(&self, tether: &Tether, requeue: &SqsEventQueue, budget: Duration) -> Result<usize, SetupError> {
-        let mut delivered = 0;
-        loop {
-            let mut any = false;
-            for queue in [&self.interruptions, &self.state_changes] {
-                if let Some(batch) = self.deliver_batch(tether, requeue, queue, BATCH_SIZE, budget).await? {
-                    delivered += batch.bodies.len();
-                    any = true;
-                }
-            }
-            if !any {
-                return Ok(delivered);
-            }
-        }
-    }
-
     /// Messages in both queues, visible, in flight or delayed.
     pub async fn in_queues(&self) -> Result<u64, SetupError> {
         let mut total = 0;

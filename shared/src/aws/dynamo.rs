@@ -108,13 +108,7 @@ impl DynamoNodeStore {
                 .send()
                 .await
                 .map_err(|e| aws_error("DynamoDB", "Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
-                match from_item::<Node>("Query", item) {
-                    Ok(node) => nodes.push(node),
-                    Err(e) => tracing::error!(pk = key, error = %e, "unreadable record skipped"),
-                }
-            }
+            nodes.extend(out.items.unwrap_or_default().into_iter().filter_map(|item| readable(item, |i| from_item::<Node>("Query", i))).map(|(_, node)| node));
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() && (limit == 0 || nodes.len() < limit) => start = Some(key),
                 Some(key) if !key.is_empty() => {
@@ -214,14 +208,8 @@ impl DynamoNodeStore {
                 .await
                 .map_err(|e| aws_error("DynamoDB", "Scan", e))?;
             for item in out.items.unwrap_or_default() {
-                let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
-                match parse(item) {
-                    Ok(value) => found.push((key, value)),
-                    Err(e) => {
-                        tracing::error!(pk = key, error = %e, "unreadable record skipped");
-                        continue;
-                    }
-                }
+                let Some(read) = readable(item, &parse) else { continue };
+                found.push(read);
                 if found.len() == limit {
                     // The scan can go on from the last item returned, whatever page it was on.
                     let last = found.last().map(|(key, _)| key.clone());
@@ -232,6 +220,19 @@ impl DynamoNodeStore {
                 Some(key) if !key.is_empty() => start = Some(key),
                 _ => return Ok((found.into_iter().map(|(_, v)| v).collect(), None)),
             }
+        }
+    }
+}
+
+/// An item's key and what `parse` makes of it; an item that does not parse is logged and
+/// skipped: one damaged record must not hide every other.
+fn readable<T>(item: HashMap<String, AttributeValue>, parse: impl Fn(HashMap<String, AttributeValue>) -> Result<T, AwsError>) -> Option<(String, T)> {
+    let key = item.get(PARTITION_KEY).and_then(|k| k.as_s().ok()).cloned().unwrap_or_default();
+    match parse(item) {
+        Ok(value) => Some((key, value)),
+        Err(e) => {
+            tracing::error!(pk = key, error = %e, "unreadable record skipped");
+            None
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{begin_launch, Action, Step};
 use crate::model::{MetadataOptions, Node, NodeSpec, NodeState, RevertToSpot, METADATA_HOP_LIMITS};
+use crate::volumes::{check_block_devices, BlockDevice};
 
 /// Resume: at the first resume the ENI is created; then an instance is launched on it.
 pub fn on_resume(node: &Node, now: DateTime<Utc>, by: Option<&str>) -> Step {
@@ -140,13 +141,13 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.iam_instance_profile = Some(profile.clone()).filter(|p| !p.is_empty());
         changed.push("iam_instance_profile");
     }
+    check_launch_settings(patch.metadata_options.as_ref(), patch.block_devices.as_deref().unwrap_or_default())
+        .map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
     if let Some(options) = patch.metadata_options {
-        check_metadata_options(&options).map_err(|reason| PatchError { field: "metadata_options.http_put_response_hop_limit".into(), reason })?;
         spec.metadata_options = Some(options);
         changed.push("metadata_options");
     }
     if let Some(devices) = &patch.block_devices {
-        crate::volumes::check_block_devices(devices).map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
         spec.block_devices = devices.clone();
         changed.push("block_devices");
     }
@@ -229,10 +230,15 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     Ok(next)
 }
 
-/// What EC2 refuses in metadata options that their type allows: a hop limit outside 1 to 64.
-pub fn check_metadata_options(options: &MetadataOptions) -> Result<(), String> {
-    if METADATA_HOP_LIMITS.contains(&options.http_put_response_hop_limit) {
-        return Ok(());
+/// What EC2 refuses in launch settings that their types allow: a metadata hop limit outside
+/// 1 to 64, volumes (`volumes::check_block_devices`). The field is relative to the spec (or
+/// the template, or the patch).
+pub fn check_launch_settings(metadata: Option<&MetadataOptions>, block_devices: &[BlockDevice]) -> Result<(), (String, String)> {
+    if let Some(hops) = metadata.map(|m| m.http_put_response_hop_limit).filter(|h| !METADATA_HOP_LIMITS.contains(h)) {
+        return Err((
+            "metadata_options.http_put_response_hop_limit".into(),
+            format!("{hops} is outside EC2's 1 to 64 hops (1 keeps metadata on the instance; 2 lets containers reach it)"),
+        ));
     }
-    Err(format!("{} is outside EC2's 1 to 64 hops (1 keeps metadata on the instance; 2 lets containers reach it)", options.http_put_response_hop_limit))
+    check_block_devices(block_devices)
 }

@@ -13,7 +13,7 @@ use super::manage::{check_name, check_private_ip, check_tags};
 use super::{Tether, TetherError, MAX_CONFLICTS};
 use crate::error::ErrorClass;
 use crate::group::{self, Group, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Rollout};
-use crate::lifecycle::{check_metadata_options, patch_spec};
+use crate::lifecycle::{check_launch_settings, patch_spec};
 use crate::model::{MetadataOptions, Node, NodeState};
 use crate::ports::{Address, Expect, Reservation, Write, MAX_WRITES};
 use crate::views::{CreateGroup, GroupPatch};
@@ -580,9 +580,6 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     if let Some(profile) = &template.iam_instance_profile {
         check_name(&format!("{field}.iam_instance_profile"), profile)?;
     }
-    if let Some(options) = &template.metadata_options {
-        check_metadata_options(options).map_err(|reason| TetherError::invalid(format!("{field}.metadata_options.http_put_response_hop_limit"), reason))?;
-    }
-    crate::volumes::check_block_devices(&template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
+    check_launch_settings(template.metadata_options.as_ref(), &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     check_tags(&format!("{field}.tags"), &template.tags)
 }

@@ -12,8 +12,7 @@ use tracing::{info, warn};
 use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::lifecycle::check_metadata_options;
-use crate::volumes::check_block_devices;
+use crate::lifecycle::check_launch_settings;
 use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
 
@@ -345,10 +344,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         check_name("spec.iam_instance_profile", profile)?;
     }
     check_tags("spec.tags", &spec.tags)?;
-    if let Some(options) = &spec.metadata_options {
-        check_metadata_options(options).map_err(|reason| TetherError::invalid("spec.metadata_options.http_put_response_hop_limit", reason))?;
-    }
-    check_block_devices(&spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
+    check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }

@@ -55,8 +55,7 @@ async fn deliver_until_empty(fx: &Fixture, tether: &tether::Tether, queues: &Loc
 async fn two_hundred_nodes_reclaimed_at_once_come_back_through_the_queues_on_their_enis() -> Result<(), SetupError> {
     const NODES: usize = 200;
     let fx = Fixture::new().await?;
-    let subnet = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.16.0/22").availability_zone(&fx.availability_zone).send().await?;
-    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned();
+    let subnet_id = fx.subnet("10.0.16.0/22").await?;
     let spec = tether::NodeSpec { subnet_id, ..fx.spec(&["m5.large", "m6i.large"]) };
     let started = Instant::now();
     let nodes = fx.stage_running_nodes(&spec, NODES, true).await?;

@@ -226,8 +226,7 @@ async fn runs_take_turns_through_more_nodes_than_one_run_checks() -> Result<(), 
 async fn a_reconciler_run_over_2000_nodes_costs_pages_not_nodes() -> Result<(), SetupError> {
     const NODES: usize = 2000;
     let fx = Fixture::new().await?;
-    let subnet = fx.ec2.create_subnet().vpc_id(&fx.vpc_id).cidr_block("10.0.16.0/20").availability_zone(&fx.availability_zone).send().await?;
-    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned();
+    let subnet_id = fx.subnet("10.0.16.0/20").await?;
     let spec = tether::NodeSpec { subnet_id, ..fx.spec(&["m5.large"]) };
     fx.stage_running_nodes(&spec, NODES, false).await?;
     fx.calls.take();
