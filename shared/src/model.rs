@@ -9,6 +9,9 @@ use chrono::{DateTime, NaiveTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::launch_options::{CapacityReservation, CpuCredits, LaunchTemplateRef, Placement};
+pub use crate::network_identity::{ExtraEni, ExtraEniRecord, Ipv6Request, PublicIpAssignment, SecondaryIps};
+
 /// How many history entries a node keeps; older ones are dropped first.
 pub const HISTORY_LIMIT: usize = 50;
 /// How many applied EventBridge event ids a node remembers. An instance emits about eight
@@ -105,6 +108,90 @@ pub struct NodeSpec {
     /// `volumes::BlockDevice`). Empty: the AMI's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_devices: Vec<crate::volumes::BlockDevice>,
+    /// The launch template every launch is based on; the fields above win where set (an
+    /// empty `image_id` or `instance_types` takes the template's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    /// Secondary private IPv4 addresses on the node's ENI, kept for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_private_ips: Option<SecondaryIps>,
+    /// IPv6 addresses on the node's ENI (its subnet needs an IPv6 CIDR), kept for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Request>,
+    /// ENIs beyond the primary, at device indexes 1 and up, kept for the node's life.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_enis: Vec<ExtraEni>,
+    /// Whether each instance gets a public IPv4 address (a new one each time: a public
+    /// address that never changes is an Elastic IP).
+    #[serde(default)]
+    pub public_ip_assignment: PublicIpAssignment,
+    /// `false` for a NAT instance or a router: the ENIs pass traffic not addressed to them.
+    #[serde(default = "default_true")]
+    pub source_dest_check: bool,
+    /// After a spot interruption warning that the instance will be terminated, Tether
+    /// terminates it itself this many seconds later (0 to 110), so that the ENI is free and
+    /// the replacement starts up to two minutes sooner: a drain window for the workload.
+    /// Absent: AWS terminates it, about two minutes after the warning.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_small")]
+    #[schemars(range(min = 0, max = 110))]
+    pub handover_after_warning_seconds: Option<u8>,
+    /// Where the on-demand fallback takes reserved capacity from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_reservation: Option<CapacityReservation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebs_optimized: Option<bool>,
+    /// CloudWatch metrics every minute instead of every five (charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detailed_monitoring: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_credits: Option<CpuCredits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// The most to pay per hour for spot, in USD (`"0.05"`). Absent: the on-demand price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_max_price: Option<String>,
+    /// Tags for every instance's volumes (beside Tether's node id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_tags: BTreeMap<String, String>,
+    /// Tags for the node's ENIs, set when they are made and kept in step by a PATCH.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eni_tags: BTreeMap<String, String>,
+}
+
+impl Default for NodeSpec {
+    /// Every setting at its default, with no subnet, image or instance type: for building
+    /// specs field by field (`NodeSpec { subnet_id, ..NodeSpec::default() }`).
+    fn default() -> Self {
+        NodeSpec {
+            subnet_id: String::new(),
+            image_id: String::new(),
+            instance_types: Vec::new(),
+            security_group_ids: Vec::new(),
+            key_name: None,
+            iam_instance_profile: None,
+            user_data: None,
+            tags: BTreeMap::new(),
+            fallback_to_on_demand: true,
+            revert_to_spot: RevertToSpot::Never,
+            metadata_options: None,
+            block_devices: Vec::new(),
+            launch_template: None,
+            secondary_private_ips: None,
+            ipv6: None,
+            extra_enis: Vec::new(),
+            public_ip_assignment: PublicIpAssignment::None,
+            source_dest_check: true,
+            handover_after_warning_seconds: None,
+            capacity_reservation: None,
+            ebs_optimized: None,
+            detailed_monitoring: None,
+            cpu_credits: None,
+            placement: None,
+            spot_max_price: None,
+            volume_tags: BTreeMap::new(),
+            eni_tags: BTreeMap::new(),
+        }
+    }
 }
 
 /// The instance metadata service (IMDS) settings EC2 launches an instance with
@@ -323,6 +410,11 @@ pub struct EniRecord {
     pub private_ip: Ipv4Addr,
     pub mac_address: String,
     pub availability_zone: String,
+    /// The secondary private IPs EC2 assigned (as asked in `spec.secondary_private_ips`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondary_private_ips: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_addresses: Vec<std::net::Ipv6Addr>,
 }
 
 /// The Elastic IP on the node's ENI.
@@ -384,6 +476,9 @@ pub struct Node {
     pub generation: u64,
     #[serde(default)]
     pub eni: Option<EniRecord>,
+    /// The ENIs at device indexes 1 and up (`spec.extra_enis`), once created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_enis: Vec<ExtraEniRecord>,
     #[serde(default)]
     pub elastic_ip: Option<ElasticIpRecord>,
     /// Set by a deallocation that keeps the ENI.
@@ -431,6 +526,7 @@ impl Node {
             version: 0,
             generation: 0,
             eni: None,
+            extra_enis: Vec::new(),
             elastic_ip: None,
             keep_eni: false,
             instance: None,
@@ -500,14 +596,8 @@ pub(crate) fn test_spec(instance_types: &[&str], fallback_to_on_demand: bool) ->
         image_id: "ami-1".into(),
         instance_types: instance_types.iter().map(|t| t.to_string()).collect(),
         security_group_ids: vec!["sg-1".into()],
-        key_name: None,
-        iam_instance_profile: None,
-        user_data: None,
-        tags: BTreeMap::new(),
         fallback_to_on_demand,
-        revert_to_spot: RevertToSpot::Never,
-        metadata_options: None,
-        block_devices: Vec::new(),
+        ..NodeSpec::default()
     }
 }
 

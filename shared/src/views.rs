@@ -215,6 +215,11 @@ pub(crate) mod count {
         Option::<f64>::deserialize(d)?.map(of).transpose()
     }
 
+    /// An optional small count (see `small`).
+    pub fn some_small<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+        Ok(some(d)?.map(|n| u8::try_from(n).unwrap_or(u8::MAX)))
+    }
+
     fn of<E: serde::de::Error>(n: f64) -> Result<u32, E> {
         if n.fract() != 0.0 || n < 0.0 || !n.is_finite() {
             return Err(E::custom(format!("expected a whole number from 0, not {n}")));

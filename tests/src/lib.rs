@@ -252,14 +252,9 @@ impl Fixture {
             image_id: self.image_id.clone(),
             instance_types: instance_types.iter().map(|t| t.to_string()).collect(),
             security_group_ids: vec![self.security_group_id.clone()],
-            key_name: None,
-            iam_instance_profile: None,
             user_data: Some("#!/bin/sh\necho tether\n".into()),
             tags: [("team".to_owned(), "data".to_owned())].into_iter().collect(),
-            fallback_to_on_demand: true,
-            revert_to_spot: tether::model::RevertToSpot::Never,
-            metadata_options: None,
-            block_devices: Vec::new(),
+            ..tether::NodeSpec::default()
         }
     }
 
@@ -337,7 +332,7 @@ impl Fixture {
             let public_ip = address.public_ip().ok_or("no public IP")?.to_owned();
             node.elastic_ip = Some(tether::model::ElasticIpRecord { allocation_id, public_ip, allocated_by_tether: true });
         }
-        node.eni = Some(tether::model::EniRecord { id: eni_id, private_ip, mac_address, availability_zone: self.availability_zone.clone() });
+        node.eni = Some(tether::model::EniRecord { id: eni_id, private_ip, mac_address, availability_zone: self.availability_zone.clone(), secondary_private_ips: Vec::new(), ipv6_addresses: Vec::new() });
         node.instance = Some(tether::model::InstanceRecord { id: instance_id, generation: 1, instance_type: "t3.micro".into(), market: tether::Market::Spot, launched_at: node.created_at });
         node.generation = 1;
         node.state = tether::NodeState::Running;

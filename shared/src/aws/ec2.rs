@@ -84,6 +84,13 @@ fn eni_record(operation: &'static str, eni: &NetworkInterface) -> Result<EniReco
         private_ip,
         mac_address: field(eni.mac_address(), "MAC address")?,
         availability_zone: field(eni.availability_zone(), "availability zone")?,
+        secondary_private_ips: eni
+            .private_ip_addresses()
+            .iter()
+            .filter(|a| a.primary() != Some(true))
+            .filter_map(|a| a.private_ip_address()?.parse().ok())
+            .collect(),
+        ipv6_addresses: eni.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()?.parse().ok()).collect(),
     })
 }
 

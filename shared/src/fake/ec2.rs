@@ -139,7 +139,7 @@ struct Eni {
 
 impl Eni {
     fn record(&self) -> EniRecord {
-        EniRecord { id: self.id.clone(), private_ip: self.private_ip, mac_address: self.mac.clone(), availability_zone: self.az.clone() }
+        EniRecord { id: self.id.clone(), private_ip: self.private_ip, mac_address: self.mac.clone(), availability_zone: self.az.clone(), secondary_private_ips: Vec::new(), ipv6_addresses: Vec::new() }
     }
 }
 

@@ -108,6 +108,7 @@ impl MemberTemplate {
             revert_to_spot: self.revert_to_spot,
             metadata_options: self.metadata_options,
             block_devices: self.block_devices.clone(),
+            ..NodeSpec::default()
         }
     }
 

@@ -321,6 +321,8 @@ fn deallocated_forgets_the_network_unless_the_eni_is_kept() {
         private_ip: "10.0.1.9".parse().expect("ip"),
         mac_address: "0e:00:00:00:00:01".into(),
         availability_zone: "us-east-1a".into(),
+        secondary_private_ips: Vec::new(),
+        ipv6_addresses: Vec::new(),
     });
     assert_eq!(deallocated(&node, Utc::now()).eni, None);
     node.keep_eni = true;
@@ -352,6 +354,8 @@ fn with_network(state: NodeState) -> Node {
         private_ip: "10.0.1.10".parse().expect("an IP"),
         mac_address: "02:00:00:00:00:01".into(),
         availability_zone: "us-east-1a".into(),
+        secondary_private_ips: Vec::new(),
+        ipv6_addresses: Vec::new(),
     });
     node.elastic_ip = Some(crate::model::ElasticIpRecord { allocation_id: "eipalloc-1".into(), public_ip: "198.18.0.1".into(), allocated_by_tether: false });
     node

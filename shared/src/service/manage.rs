@@ -344,6 +344,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         check_name("spec.iam_instance_profile", profile)?;
     }
     check_tags("spec.tags", &spec.tags)?;
+    refuse_unbuilt(spec)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
@@ -355,6 +356,32 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         ));
     }
     Ok(())
+}
+
+/// The settings of the spec whose launch is still being built (issue 14): refused rather
+/// than stored and ignored.
+fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
+    let set = [
+        ("spec.launch_template", spec.launch_template.is_some()),
+        ("spec.secondary_private_ips", spec.secondary_private_ips.is_some()),
+        ("spec.ipv6", spec.ipv6.is_some()),
+        ("spec.extra_enis", !spec.extra_enis.is_empty()),
+        ("spec.public_ip_assignment", spec.public_ip_assignment != crate::model::PublicIpAssignment::None),
+        ("spec.source_dest_check", !spec.source_dest_check),
+        ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
+        ("spec.capacity_reservation", spec.capacity_reservation.is_some()),
+        ("spec.ebs_optimized", spec.ebs_optimized.is_some()),
+        ("spec.detailed_monitoring", spec.detailed_monitoring.is_some()),
+        ("spec.cpu_credits", spec.cpu_credits.is_some()),
+        ("spec.placement", spec.placement.is_some()),
+        ("spec.spot_max_price", spec.spot_max_price.is_some()),
+        ("spec.volume_tags", !spec.volume_tags.is_empty()),
+        ("spec.eni_tags", !spec.eni_tags.is_empty()),
+    ];
+    match set.into_iter().find(|(_, given)| *given) {
+        Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),
+        None => Ok(()),
+    }
 }
 
 /// A requested private IP must lie in the subnet and not be one of the 5 addresses AWS

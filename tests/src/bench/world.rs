@@ -74,15 +74,7 @@ impl World {
             subnet_id: SUBNET.to_owned(),
             image_id: "ami-bench".to_owned(),
             instance_types: INSTANCE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
-            security_group_ids: Vec::new(),
-            key_name: None,
-            iam_instance_profile: None,
-            user_data: None,
-            tags: Default::default(),
-            fallback_to_on_demand: true,
-            revert_to_spot: Default::default(),
-            metadata_options: None,
-            block_devices: Vec::new(),
+            ..NodeSpec::default()
         };
         let persistence = Persistence { allocate_elastic_ip: true, ..Persistence::default() };
         let started = std::time::Instant::now();

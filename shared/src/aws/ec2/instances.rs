@@ -13,7 +13,7 @@ use aws_smithy_types::retry::RetryConfig;
 use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::model::{EniRecord, HttpTokens, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, Switch};
+use crate::model::{EniRecord, HttpTokens, Ipv6Request, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, SecondaryIps, Switch};
 use crate::volumes::BlockDevice;
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
@@ -245,6 +245,13 @@ impl Instances for Ec2Cloud {
                 .ok_or_else(|| missing(op, "primary private IP"))?,
             mac_address: field(primary.mac_address(), "MAC address")?,
             availability_zone: field(instance.placement().and_then(|p| p.availability_zone()), "availability zone")?,
+            secondary_private_ips: primary
+                .private_ip_addresses()
+                .iter()
+                .filter(|a| a.primary() != Some(true))
+                .filter_map(|a| a.private_ip_address()?.parse().ok())
+                .collect(),
+            ipv6_addresses: primary.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()?.parse().ok()).collect(),
         };
         let attachment_id = field(primary.attachment().and_then(|a| a.attachment_id()), "attachment id")?;
         let user_tags = instance
@@ -267,6 +274,11 @@ impl Instances for Ec2Cloud {
             metadata_options: instance.metadata_options().map(metadata_options_of),
             // The instance's own volumes stay its own; the node launches with the AMI's.
             block_devices: Vec::new(),
+            // Already on the ENI, which the node keeps: recorded as the addresses they are.
+            secondary_private_ips: Some(SecondaryIps { count: None, addresses: eni.secondary_private_ips.clone() }).filter(|s| !s.addresses.is_empty()),
+            ipv6: Some(Ipv6Request { count: None, addresses: eni.ipv6_addresses.clone() }).filter(|s| !s.addresses.is_empty()),
+            source_dest_check: primary.source_dest_check().unwrap_or(true),
+            ..NodeSpec::default()
         };
         Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
     }

@@ -645,10 +645,6 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
         image_id: "ami-chaos".into(),
         instance_types: types,
         security_group_ids: vec!["sg-chaos".into()],
-        key_name: None,
-        iam_instance_profile: None,
-        user_data: None,
-        tags: BTreeMap::new(),
         fallback_to_on_demand: rng.u8(0..4) > 0,
         revert_to_spot: match rng.u8(0..3) {
             0 => RevertToSpot::Never,
@@ -674,6 +670,7 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
                 delete_on_termination: true,
             })
             .collect(),
+        ..NodeSpec::default()
     }
 }
 

@@ -205,7 +205,7 @@ impl Instances for FakeEc2 {
                 fallback_to_on_demand: true,
                 revert_to_spot: crate::model::RevertToSpot::Never,
                 metadata_options: instance.metadata_options,
-                block_devices: Vec::new(),
+                ..NodeSpec::default()
             };
             let mut record = eni.record();
             record.availability_zone = instance.az.clone();
