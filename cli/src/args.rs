@@ -146,6 +146,8 @@ pub struct CreateArgs {
     /// Let Tether allocate an Elastic IP at the first resume (released at deallocation)
     #[arg(long)]
     pub allocate_elastic_ip: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Resume the node right away: create its ENI and launch its first instance
     #[arg(long)]
     pub resume: bool,
@@ -207,6 +209,65 @@ pub struct UpdateArgs {
     pub id: String,
     #[command(flatten)]
     pub launch: LaunchChangeArgs,
+    #[command(flatten)]
+    pub identity: IdentityChangeArgs,
+}
+
+/// The node's network identity on its ENI beyond the primary IP (`nodes create`).
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// A secondary private IP on the node's ENI, kept for life (repeat the flag)
+    #[arg(long = "secondary-ip", value_name = "IP", conflicts_with = "secondary_ip_count")]
+    pub secondary_ips: Vec<Ipv4Addr>,
+    /// How many secondary private IPs EC2 picks for the ENI, kept for life
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u8).range(1..=49))]
+    pub secondary_ip_count: Option<u8>,
+    /// How many IPv6 addresses EC2 picks for the ENI (the subnet needs an IPv6 block)
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u8).range(1..=49))]
+    pub ipv6_count: Option<u8>,
+    /// Turn the ENI's source/destination check off (a NAT instance, a router)
+    #[arg(long)]
+    pub no_source_dest_check: bool,
+    /// A tag of the node's ENI (repeat the flag)
+    #[arg(long = "eni-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub eni_tags: Vec<(String, String)>,
+}
+
+/// Changes of the node's ENI, made at once (`nodes update`).
+#[derive(Debug, Args)]
+pub struct IdentityChangeArgs {
+    /// A secondary private IP (repeat the flag; replaces them all: unassigns the others)
+    #[arg(long = "secondary-ip", value_name = "IP", group = "change", conflicts_with_all = ["secondary_ip_count", "no_secondary_ips"])]
+    pub secondary_ips: Vec<Ipv4Addr>,
+    /// How many secondary private IPs (keeps those the ENI has, adds or removes the newest)
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u8).range(1..=49), group = "change", conflicts_with = "no_secondary_ips")]
+    pub secondary_ip_count: Option<u8>,
+    /// Unassign every secondary private IP
+    #[arg(long, group = "change")]
+    pub no_secondary_ips: bool,
+    /// How many IPv6 addresses
+    #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u8).range(1..=49), group = "change", conflicts_with = "no_ipv6")]
+    pub ipv6_count: Option<u8>,
+    /// Unassign every IPv6 address
+    #[arg(long, group = "change")]
+    pub no_ipv6: bool,
+    /// The ENI's source/destination check: on or off
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, group = "change")]
+    pub source_dest_check: Option<bool>,
+    /// A tag of the ENI (repeat the flag; replaces every tag but Tether's)
+    #[arg(long = "eni-tag", value_name = "KEY=VALUE", value_parser = parse_tag, group = "change", conflicts_with = "no_eni_tags")]
+    pub eni_tags: Vec<(String, String)>,
+    /// Remove every tag of the ENI but Tether's
+    #[arg(long, group = "change")]
+    pub no_eni_tags: bool,
+}
+
+pub(crate) fn parse_on_off(raw: &str) -> Result<bool, String> {
+    match raw {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{raw}`: give on or off")),
+    }
 }
 
 /// Changes of the launch settings (`nodes update`, `groups update`): each is in the

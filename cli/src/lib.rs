@@ -22,12 +22,13 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tether::group::MemberTemplate;
 use tether::lifecycle::NodePatch;
-use tether::model::{HttpTokens, MetadataOptions, Persistence};
+use tether::model::{HttpTokens, MetadataOptions, NodeSpec, Persistence};
+use tether::network_identity::AddressRequest;
 use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, Problem};
 use tether::ImportRequest;
 
 pub use args::{
-    Cli, CommaList, Command, CreateArgs, GroupActionArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
+    Cli, CommaList, Command, CreateArgs, GroupActionArgs, IdentityChangeArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
     UpdateArgs, WaitArgs,
 };
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
@@ -297,10 +298,20 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, wait.timeout())
         }
-        NodesCommand::Update(args) => Planned::patch(node_path(&args.id, ""), to_json(&launch_patch(&args.launch)?)?, None),
+        NodesCommand::Update(args) => {
+            let patch = identity_patch(&args.identity, launch_patch(&args.launch)?);
+            Planned::patch(node_path(&args.id, ""), to_json(&patch)?, None)
+        }
         NodesCommand::Create(args) => {
+            let identity = &args.identity;
             let request = CreateNode {
-                spec: template(&args.launch)?.spec_in(&args.subnet),
+                spec: NodeSpec {
+                    secondary_private_ips: addresses(identity.secondary_ip_count, &identity.secondary_ips),
+                    ipv6: addresses(identity.ipv6_count, &[]),
+                    source_dest_check: !identity.no_source_dest_check,
+                    eni_tags: identity.eni_tags.iter().cloned().collect(),
+                    ..template(&args.launch)?.spec_in(&args.subnet)
+                },
                 persistence: Persistence {
                     private_ip: args.private_ip,
                     elastic_ip_allocation_id: args.elastic_ip.clone(),
@@ -360,6 +371,27 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
         block_devices: (args.no_block_devices || !args.block_devices.is_empty()).then(|| args.block_devices.clone()),
         ..NodePatch::default()
     })
+}
+
+/// The ENI changes of `nodes update`, added to `patch`.
+fn identity_patch(args: &IdentityChangeArgs, patch: NodePatch) -> NodePatch {
+    NodePatch {
+        secondary_private_ips: addresses(args.secondary_ip_count, &args.secondary_ips).or_else(|| args.no_secondary_ips.then(none)),
+        ipv6: addresses(args.ipv6_count, &[]).or_else(|| args.no_ipv6.then(none)),
+        source_dest_check: args.source_dest_check,
+        eni_tags: (args.no_eni_tags || !args.eni_tags.is_empty()).then(|| args.eni_tags.iter().cloned().collect()),
+        ..patch
+    }
+}
+
+/// No addresses (`{}`): a PATCH's "none".
+fn none<A>() -> AddressRequest<A> {
+    AddressRequest { count: None, addresses: Vec::new() }
+}
+
+/// A count or a list of addresses, if either is given.
+fn addresses<A: Clone>(count: Option<u8>, listed: &[A]) -> Option<AddressRequest<A>> {
+    (count.is_some() || !listed.is_empty()).then(|| AddressRequest { count, addresses: listed.to_vec() })
 }
 
 fn read_user_data(file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {

@@ -45,11 +45,22 @@ pub struct EniRequest {
     pub security_group_ids: Vec<String>,
     /// `None`: EC2 picks a free address.
     pub private_ip: Option<Ipv4Addr>,
+    /// Secondary private IPs EC2 picks at creation (named ones are assigned after: the
+    /// launch converges the ENI on the spec, which a retry repeats harmlessly).
+    pub secondary_ip_count: u8,
+    /// IPv6 addresses EC2 picks at creation.
+    pub ipv6_count: u8,
+    /// The user's tags (`spec.eni_tags`), beside Tether's.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetInfo {
     pub cidr: Ipv4Net,
+    /// The subnet's IPv6 CIDR blocks (none: no IPv6 addresses can be had in it).
+    pub ipv6_cidrs: Vec<ipnet::Ipv6Net>,
+    /// Its "auto-assign public IPv4 address" setting.
+    pub map_public_ip_on_launch: bool,
     pub availability_zone: String,
     pub vpc_id: String,
 }
@@ -100,6 +111,15 @@ pub fn eip_not_found(allocation_id: &str) -> AwsError {
         Some(&format!("Elastic IP allocation {allocation_id} does not exist")),
         None,
     )
+}
+
+/// An unassign of an address no longer on the ENI (a retry after the first went through)
+/// counts as done.
+pub fn not_assigned_is_done(result: Result<(), AwsError>) -> Result<(), AwsError> {
+    match result {
+        Err(e) if e.code_is("InvalidParameterValue") && e.message.contains("not assigned") => Ok(()),
+        other => other,
+    }
 }
 
 /// An address Tether reserves for the node or group that claims it, so that no two records
@@ -307,6 +327,18 @@ pub trait Network: Send + Sync {
     /// The Elastic IP associated with an ENI, if any.
     async fn eip_on_eni(&self, eni_id: &str) -> Result<Option<ElasticIpInfo>, AwsError>;
     async fn describe_subnet(&self, subnet_id: &str) -> Result<Option<SubnetInfo>, AwsError>;
+    /// Assigns secondary private IPs to an ENI: `addresses`, or `count` EC2 picks. Returns
+    /// the ENI as it is then.
+    async fn assign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr], count: u8) -> Result<EniRecord, AwsError>;
+    /// Unassigns secondary private IPs (one no longer on the ENI counts as unassigned).
+    async fn unassign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), AwsError>;
+    /// Assigns IPv6 addresses: `addresses`, or `count` EC2 picks; the ENI as it is then.
+    async fn assign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr], count: u8) -> Result<EniRecord, AwsError>;
+    async fn unassign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr]) -> Result<(), AwsError>;
+    /// Turns the ENI's source/destination check on or off.
+    async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError>;
+    /// Sets `tags` on the ENI and removes the tag keys in `removed` (never Tether's own).
+    async fn retag_eni(&self, eni_id: &str, tags: &std::collections::BTreeMap<String, String>, removed: &[String]) -> Result<(), AwsError>;
     /// Every ENI carrying a `tether:node-id` tag (the reconciler's observation in bulk, and
     /// its search for leftovers), in pages of 1,000.
     async fn node_enis(&self) -> Result<Vec<Tagged<EniRecord>>, AwsError>;

@@ -28,6 +28,11 @@ pub struct NodeView {
     pub public_ip: Option<String>,
     pub eni_id: Option<String>,
     pub mac_address: Option<String>,
+    /// The secondary private IPs on the ENI, kept for life.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondary_private_ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6_addresses: Vec<String>,
     pub availability_zone: Option<String>,
     pub elastic_ip_allocation_id: Option<String>,
     pub last_error: Option<String>,
@@ -56,6 +61,8 @@ impl From<&Node> for NodeView {
             public_ip: node.elastic_ip.as_ref().map(|e| e.public_ip.clone()),
             eni_id: node.eni.as_ref().map(|e| e.id.clone()),
             mac_address: node.eni.as_ref().map(|e| e.mac_address.clone()),
+            secondary_private_ips: node.eni.iter().flat_map(|e| &e.secondary_private_ips).map(ToString::to_string).collect(),
+            ipv6_addresses: node.eni.iter().flat_map(|e| &e.ipv6_addresses).map(ToString::to_string).collect(),
             availability_zone: node.eni.as_ref().map(|e| e.availability_zone.clone()),
             elastic_ip_allocation_id: node.elastic_ip.as_ref().map(|e| e.allocation_id.clone()),
             last_error: node.last_error.clone(),

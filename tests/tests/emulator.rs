@@ -11,6 +11,7 @@ mod emulator {
     pub mod local_api;
     pub mod scenarios;
     pub mod launch;
+    pub mod identity;
     pub mod queued;
     pub mod reconciler;
     pub mod chaos;

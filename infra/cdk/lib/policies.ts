@@ -54,6 +54,20 @@ export function ec2PolicyStatements(): object[] {
       Resource: [arn("instance/*"), arn("network-interface/*"), arn("elastic-ip/*")],
       Condition: managed,
     },
+    {
+      Sid: "IdentityOnTaggedEni",
+      Effect: "Allow",
+      Action: [
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+        "ec2:AssignIpv6Addresses",
+        "ec2:UnassignIpv6Addresses",
+        "ec2:CreateTags",
+        "ec2:DeleteTags",
+      ],
+      Resource: arn("network-interface/*"),
+      Condition: managed,
+    },
     { Sid: "AllocateTaggedAddress", Effect: "Allow", Action: "ec2:AllocateAddress", Resource: arn("elastic-ip/*"), Condition: requestsManaged },
     { Sid: "AddressOnTaggedEni", Effect: "Allow", Action: "ec2:AssociateAddress", Resource: arn("network-interface/*"), Condition: managed },
     // The user's own Elastic IP is not Tether's to tag: only the ENI side can be scoped.

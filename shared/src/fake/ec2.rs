@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
 use super::clock::{yield_now, CallTiming, Timing};
-use crate::ports::Clock;
+use crate::ports::{not_assigned_is_done, Clock};
 use std::sync::Arc;
 use super::faults::{aws, Fault, FaultInjection, Faults, When};
 use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
@@ -113,6 +113,8 @@ struct Subnet {
     cidr: Ipv4Net,
     az: String,
     vpc_id: String,
+    ipv6: Option<ipnet::Ipv6Net>,
+    map_public_ip_on_launch: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +133,9 @@ struct Eni {
     az: String,
     security_groups: Vec<String>,
     tags: BTreeMap<String, String>,
+    secondary_ips: Vec<Ipv4Addr>,
+    ipv6: Vec<std::net::Ipv6Addr>,
+    source_dest_check: bool,
     /// Always at device index 0: Tether only ever attaches ENIs as the primary.
     attachment: Option<Attachment>,
     /// EC2 picked its address (none was asked for).
@@ -139,7 +144,7 @@ struct Eni {
 
 impl Eni {
     fn record(&self) -> EniRecord {
-        EniRecord { id: self.id.clone(), private_ip: self.private_ip, mac_address: self.mac.clone(), availability_zone: self.az.clone(), secondary_private_ips: Vec::new(), ipv6_addresses: Vec::new() }
+        EniRecord { id: self.id.clone(), private_ip: self.private_ip, mac_address: self.mac.clone(), availability_zone: self.az.clone(), secondary_private_ips: self.secondary_ips.clone(), ipv6_addresses: self.ipv6.clone() }
     }
 }
 
@@ -283,6 +288,10 @@ pub struct EniView {
     pub instance_id: Option<String>,
     pub delete_on_termination: Option<bool>,
     pub node_id: Option<String>,
+    pub secondary_private_ips: Vec<Ipv4Addr>,
+    pub ipv6_addresses: Vec<std::net::Ipv6Addr>,
+    pub source_dest_check: bool,
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -429,9 +438,17 @@ impl FakeEc2 {
 
     /// `add_subnet`, in VPC `vpc_id`.
     pub fn add_subnet_in(&self, vpc_id: &str, subnet_id: &str, cidr: Ipv4Net, availability_zone: &str) {
-        let subnet = Subnet { cidr, az: availability_zone.to_owned(), vpc_id: vpc_id.to_owned() };
+        let subnet = Subnet { cidr, az: availability_zone.to_owned(), vpc_id: vpc_id.to_owned(), ipv6: None, map_public_ip_on_launch: false };
         self.lock().subnets.insert(subnet_id.to_owned(), subnet);
     }
+
+    /// Gives the subnet an IPv6 CIDR block.
+    pub fn add_ipv6_cidr(&self, subnet_id: &str, cidr: ipnet::Ipv6Net) {
+        if let Some(subnet) = self.lock().subnets.get_mut(subnet_id) {
+            subnet.ipv6 = Some(cidr);
+        }
+    }
+
 
     /// Makes the Region offer `instance_type` too.
     pub fn add_instance_type(&self, instance_type: &str) {
@@ -645,6 +662,10 @@ impl FakeEc2 {
                 instance_id: e.attachment.as_ref().map(|a| a.instance_id.clone()),
                 delete_on_termination: e.attachment.as_ref().map(|a| a.delete_on_termination),
                 node_id: e.tags.get(TAG_NODE_ID).cloned(),
+                secondary_private_ips: e.secondary_ips.clone(),
+                ipv6_addresses: e.ipv6.clone(),
+                source_dest_check: e.source_dest_check,
+                tags: e.tags.clone(),
             })
             .collect()
     }

@@ -24,7 +24,7 @@ fn node_id(n: u8) -> NodeId {
 }
 
 fn eni_request(node: u8, private_ip: Option<Ipv4Addr>) -> EniRequest {
-    EniRequest { node_id: node_id(node), subnet_id: SUBNET.into(), security_group_ids: vec!["sg-1".into()], private_ip }
+    EniRequest { node_id: node_id(node), subnet_id: SUBNET.into(), security_group_ids: vec!["sg-1".into()], private_ip, secondary_ip_count: 0, ipv6_count: 0, tags: Default::default() }
 }
 
 async fn eni(ec2: &FakeEc2, node: u8) -> String {

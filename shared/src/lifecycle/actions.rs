@@ -151,6 +151,22 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.block_devices = devices.clone();
         changed.push("block_devices");
     }
+    if let Some(ips) = &patch.secondary_private_ips {
+        spec.secondary_private_ips = Some(ips.clone()).filter(|s| s.wanted() > 0);
+        changed.push("secondary_private_ips");
+    }
+    if let Some(ipv6) = &patch.ipv6 {
+        spec.ipv6 = Some(ipv6.clone()).filter(|s| s.wanted() > 0);
+        changed.push("ipv6");
+    }
+    if let Some(check) = patch.source_dest_check {
+        spec.source_dest_check = check;
+        changed.push("source_dest_check");
+    }
+    if let Some(tags) = &patch.eni_tags {
+        spec.eni_tags = tags.clone();
+        changed.push("eni_tags");
+    }
     Ok(changed)
 }
 
@@ -185,12 +201,32 @@ pub struct NodePatch {
     /// Replaces the list of block devices (`[]`: the AMI's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_devices: Option<Vec<crate::volumes::BlockDevice>>,
+    /// Replaces the secondary private IPs, on the ENI at once (`{}`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_private_ips: Option<crate::model::SecondaryIps>,
+    /// Replaces the IPv6 addresses, on the ENI at once (`{}`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<crate::model::Ipv6Request>,
+    /// On the ENI at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_dest_check: Option<bool>,
+    /// Replaces the ENI's tags (Tether's own are kept), on the ENI at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eni_tags: Option<BTreeMap<String, String>>,
     /// Refused: the ENI is bound to its subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
     /// Refused: the ENI keeps its private IP for life.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
+}
+
+impl NodePatch {
+    /// The first of the fields that live on the ENI (`ON_THE_ENI`) the patch sets.
+    pub fn eni_field(&self) -> Option<&'static str> {
+        let set = [self.secondary_private_ips.is_some(), self.ipv6.is_some(), self.source_dest_check.is_some(), self.eni_tags.is_some()];
+        ON_THE_ENI.into_iter().zip(set).find(|(_, set)| *set).map(|(field, _)| field)
+    }
 }
 
 /// Why a patch is refused: the field and what to do instead.
@@ -200,6 +236,9 @@ pub struct PatchError {
     pub field: std::borrow::Cow<'static, str>,
     pub reason: String,
 }
+
+/// The spec fields that live on the kept ENI: a PATCH changes the ENI at once.
+pub const ON_THE_ENI: [&str; 4] = ["secondary_private_ips", "ipv6", "source_dest_check", "eni_tags"];
 
 /// The node with `patch` applied to its spec.
 pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {
@@ -226,7 +265,14 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     }
     let mut next = node.clone();
     let changed = patch_spec(&mut next.spec, patch)?;
-    next.record_by(now, format!("spec changed ({}); takes effect at the next launch", changed.join(", ")), by);
+    let (on_eni, at_launch): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| ON_THE_ENI.contains(f));
+    if !at_launch.is_empty() {
+        next.record_by(now, format!("spec changed ({}); takes effect at the next launch", at_launch.join(", ")), by);
+    }
+    if !on_eni.is_empty() {
+        let when = if node.eni.is_some() { "the ENI is changed in place" } else { "the ENI is made with it at the first resume" };
+        next.record_by(now, format!("spec changed ({}); {when}", on_eni.join(", ")), by);
+    }
     Ok(next)
 }
 

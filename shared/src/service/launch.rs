@@ -219,11 +219,15 @@ impl Tether {
                         if let Err(reason) = self.claim_before_launch(&node).await? {
                             return self.fail(&node, reason).await.map(Err);
                         }
+                        let spec = &node.spec;
                         let request = EniRequest {
                             node_id: node.id.clone(),
-                            subnet_id: node.spec.subnet_id.clone(),
-                            security_group_ids: node.spec.security_group_ids.clone(),
+                            subnet_id: spec.subnet_id.clone(),
+                            security_group_ids: spec.security_group_ids.clone(),
                             private_ip: node.persistence.private_ip,
+                            secondary_ip_count: spec.secondary_private_ips.as_ref().and_then(|s| s.count).unwrap_or(0),
+                            ipv6_count: spec.ipv6.as_ref().and_then(|s| s.count).unwrap_or(0),
+                            tags: spec.eni_tags.clone(),
                         };
                         match self.network.create_eni(&request).await {
                             Ok(eni) => eni,
@@ -247,9 +251,19 @@ impl Tether {
                         }
                     }
                 };
+                // The addresses and settings the ENI could not be made with (named secondaries,
+                // the source/destination check), before anything runs on it.
+                let eni = match self.converge_eni(&node.spec, None, &eni).await? {
+                    Ok((eni, _)) => eni,
+                    Err(refused) => {
+                        node.eni = Some(eni);
+                        let node = self.store.save(&node).await?;
+                        return self.fail(&node, refused.reason()).await.map(Err);
+                    }
+                };
                 info!(eni_id = eni.id, private_ip = %eni.private_ip, az = eni.availability_zone, "ENI ready");
                 node.eni = Some(eni.clone());
-                node.record(self.clock.now(), format!("ENI {} with private IP {} ready", eni.id, eni.private_ip));
+                node.record(self.clock.now(), eni_ready(&eni));
                 node = self.store.save(&node).await?;
                 eni
             }
@@ -353,6 +367,18 @@ impl Tether {
         self.count_transition(node, &saved);
         Ok(Outcome::Failed { node_id: saved.id, reason })
     }
+}
+
+/// The history's words for a new ENI and its addresses.
+fn eni_ready(eni: &EniRecord) -> String {
+    let mut what = format!("ENI {} with private IP {}", eni.id, eni.private_ip);
+    if !eni.secondary_private_ips.is_empty() {
+        what += &format!(", secondary IPs {}", eni.secondary_private_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
+    if !eni.ipv6_addresses.is_empty() {
+        what += &format!(", IPv6 {}", eni.ipv6_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
+    what + " ready"
 }
 
 /// Backoff sleeps on the service's clock.

@@ -14,7 +14,8 @@ use crate::error::ErrorClass;
 use crate::lifecycle;
 use crate::lifecycle::check_launch_settings;
 use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
-use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
+use crate::network_identity::check_address_request;
+use crate::ports::{Address, Expect, Reservation, SubnetInfo, SubnetReservation, Write};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -47,6 +48,12 @@ impl Tether {
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
         })?;
+        check_eni_addresses("spec.", &spec, persistence.private_ip, &subnet)?;
+        for ip in spec.secondary_private_ips.iter().flat_map(|s| &s.addresses) {
+            if self.network.private_ip_in_use(&spec.subnet_id, *ip).await? {
+                return Err(TetherError::invalid("spec.secondary_private_ips.addresses", format!("{ip} is already in use in {}; choose a free address, or give a count", spec.subnet_id)));
+            }
+        }
         if let Some(ip) = persistence.private_ip {
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;
             let address = Address::PrivateIp { subnet_id: spec.subnet_id.clone(), ip };
@@ -344,6 +351,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         check_name("spec.iam_instance_profile", profile)?;
     }
     check_tags("spec.tags", &spec.tags)?;
+    check_tags("spec.eni_tags", &spec.eni_tags)?;
     refuse_unbuilt(spec)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
@@ -363,11 +371,8 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
 fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
     let set = [
         ("spec.launch_template", spec.launch_template.is_some()),
-        ("spec.secondary_private_ips", spec.secondary_private_ips.is_some()),
-        ("spec.ipv6", spec.ipv6.is_some()),
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
         ("spec.public_ip_assignment", spec.public_ip_assignment != crate::model::PublicIpAssignment::None),
-        ("spec.source_dest_check", !spec.source_dest_check),
         ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
         ("spec.capacity_reservation", spec.capacity_reservation.is_some()),
         ("spec.ebs_optimized", spec.ebs_optimized.is_some()),
@@ -376,12 +381,40 @@ fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
         ("spec.placement", spec.placement.is_some()),
         ("spec.spot_max_price", spec.spot_max_price.is_some()),
         ("spec.volume_tags", !spec.volume_tags.is_empty()),
-        ("spec.eni_tags", !spec.eni_tags.is_empty()),
     ];
     match set.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),
         None => Ok(()),
     }
+}
+
+/// What EC2 would refuse in the addresses a spec asks for on its ENI beyond the primary,
+/// given its subnet: inside it, not reserved, not the primary IP, IPv6 only where the subnet
+/// has an IPv6 CIDR block. `prefix` goes before the field (`spec.`, or nothing for a PATCH).
+pub(crate) fn check_eni_addresses(prefix: &str, spec: &NodeSpec, primary: Option<std::net::Ipv4Addr>, subnet: &SubnetInfo) -> Result<(), TetherError> {
+    if let Some(ips) = &spec.secondary_private_ips {
+        check_address_request(ips, |ip| {
+            if Some(ip) == primary {
+                return Err(format!("{ip} is the node's primary private IP"));
+            }
+            check_private_ip(subnet.cidr, ip)
+        })
+        .map_err(|(field, reason)| TetherError::invalid(format!("{prefix}secondary_private_ips.{field}"), reason))?;
+    }
+    if let Some(ipv6) = spec.ipv6.as_ref().filter(|r| r.wanted() > 0) {
+        if subnet.ipv6_cidrs.is_empty() {
+            return Err(TetherError::invalid(
+                format!("{prefix}ipv6"),
+                format!("subnet {} has no IPv6 CIDR block: associate one with it (and its VPC), or leave ipv6 out", spec.subnet_id),
+            ));
+        }
+        check_address_request(ipv6, |ip| match subnet.ipv6_cidrs.iter().any(|c| c.contains(&ip)) {
+            true => Ok(()),
+            false => Err(format!("{ip} is outside the subnet's IPv6 range {}", subnet.ipv6_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))),
+        })
+        .map_err(|(field, reason)| TetherError::invalid(format!("{prefix}ipv6.{field}"), reason))?;
+    }
+    Ok(())
 }
 
 /// A requested private IP must lie in the subnet and not be one of the 5 addresses AWS

@@ -4,6 +4,7 @@
 mod addresses;
 mod group_run;
 mod groups;
+mod identity;
 mod launch;
 mod manage;
 mod pace;
@@ -336,6 +337,9 @@ impl Tether {
         if let Some(tags) = &patch.tags {
             manage::check_tags("tags", tags)?;
         }
+        if let Some(tags) = &patch.eni_tags {
+            manage::check_tags("eni_tags", tags)?;
+        }
         if let Some(types) = &patch.instance_types {
             for instance_type in types {
                 manage::check_name("instance_types", instance_type)?;
@@ -350,7 +354,30 @@ impl Tether {
                     membership.group_id, membership.group_id
                 )));
             }
-            match self.store.save(&lifecycle::patched(&node, patch, self.clock.now(), by)?).await {
+            let mut next = lifecycle::patched(&node, patch, self.clock.now(), by)?;
+            if next.spec.secondary_private_ips != node.spec.secondary_private_ips || next.spec.ipv6 != node.spec.ipv6 {
+                let subnet = self.network.describe_subnet(&node.spec.subnet_id).await?.ok_or_else(|| {
+                    TetherError::Conflict(format!("the node's subnet {} no longer exists", node.spec.subnet_id))
+                })?;
+                let primary = node.eni.as_ref().map(|e| e.private_ip).or(node.persistence.private_ip);
+                manage::check_eni_addresses("", &next.spec, primary, &subnet)?;
+            }
+            // The ENI's own settings change at once (before the record says so: a refusal
+            // leaves the spec as it was), from the ENI as EC2 has it (a try that lost a race
+            // may have changed it already); what was done is in the history.
+            if let Some(recorded) = node.eni.as_ref().filter(|_| patch.eni_field().is_some()) {
+                let eni = self.network.find_node_eni(&node.id).await?.filter(|e| e.id == recorded.id).unwrap_or_else(|| recorded.clone());
+                match self.converge_eni(&next.spec, Some(&node.spec), &eni).await? {
+                    Ok((eni, done)) => {
+                        if !done.is_empty() {
+                            next.record_by(self.clock.now(), format!("ENI {}: {}", eni.id, done.join("; ")), by);
+                        }
+                        next.eni = Some(eni);
+                    }
+                    Err(refused) => return Err(TetherError::invalid(refused.field, refused.reason())),
+                }
+            }
+            match self.store.save(&next).await {
                 Err(e) if e.class == ErrorClass::Conflict => continue,
                 other => return Ok(other?),
             }

@@ -292,6 +292,10 @@ impl World {
                 instance_id: e.attachment().filter(|a| a.device_index() == Some(0)).and_then(|a| a.instance_id()).map(str::to_owned),
                 delete_on_termination: e.attachment().and_then(|a| a.delete_on_termination()),
                 node_id: tag(e.tag_set(), "tether:node-id"),
+                secondary_private_ips: e.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).filter_map(|a| a.private_ip_address()?.parse().ok()).collect(),
+                ipv6_addresses: e.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()?.parse().ok()).collect(),
+                source_dest_check: e.source_dest_check().unwrap_or(true),
+                tags: e.tag_set().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect(),
             })
             .collect();
         let ours: BTreeSet<&str> = self.nodes.iter().map(NodeId::as_str).collect();

@@ -3,13 +3,15 @@
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{Address, DomainType, Filter, ResourceType};
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Address, AttributeBooleanValue, DomainType, Filter, ResourceType, Tag};
 
 use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
-use crate::ports::{eip_not_found, ElasticIpInfo, EniRequest, Network, SubnetCidr, SubnetInfo, SubnetReservation, Tagged};
+use crate::ports::{eip_not_found, not_assigned_is_done, ElasticIpInfo, EniRequest, Network, SubnetCidr, SubnetInfo, SubnetReservation, Tagged};
 
 fn eip_info(address: &Address) -> Option<ElasticIpInfo> {
     Some(ElasticIpInfo {
@@ -102,12 +104,14 @@ impl Network for Ec2Cloud {
             .subnet_id(&request.subnet_id)
             .set_groups(Some(request.security_group_ids.clone()).filter(|g| !g.is_empty()))
             .set_private_ip_address(request.private_ip.map(|ip| ip.to_string()))
+            .set_secondary_private_ip_address_count(Some(i32::from(request.secondary_ip_count)).filter(|n| *n > 0))
+            .set_ipv6_address_count(Some(i32::from(request.ipv6_count)).filter(|n| *n > 0))
             .description(format!("Tether node {}", request.node_id))
             // A retried create (timeout, concurrent resume) returns the same ENI, never a second one.
             .client_token(format!("{}-eni", request.node_id))
             .tag_specifications(tags_for(
                 ResourceType::NetworkInterface,
-                [tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")],
+                request.tags.iter().map(|(k, v)| tag(k, v)).chain([tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")]),
             ))
             .send()
             .await
@@ -226,6 +230,14 @@ impl Network for Ec2Cloud {
             .ok_or_else(|| missing("DescribeSubnets", "IPv4 CIDR block"))?;
         Ok(Some(SubnetInfo {
             cidr,
+            ipv6_cidrs: subnet
+                .ipv6_cidr_block_association_set()
+                .iter()
+                // Blocks on their way out (or that failed) are not the subnet's.
+                .filter(|a| !matches!(a.ipv6_cidr_block_state().and_then(|s| s.state()).map(|s| s.as_str()), Some("disassociating" | "disassociated" | "failing" | "failed")))
+                .filter_map(|a| a.ipv6_cidr_block()?.parse().ok())
+                .collect(),
+            map_public_ip_on_launch: subnet.map_public_ip_on_launch().unwrap_or(false),
             availability_zone: subnet.availability_zone().ok_or_else(|| missing("DescribeSubnets", "availability zone"))?.to_owned(),
             vpc_id: subnet.vpc_id().unwrap_or_default().to_owned(),
         }))
@@ -253,5 +265,104 @@ impl Network for Ec2Cloud {
 
     async fn subnet_reservations(&self, subnet_id: &str) -> Result<Vec<SubnetCidr>, AwsError> {
         self.list_subnet_reservations(subnet_id).await
+    }
+
+    async fn assign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr], count: u8) -> Result<EniRecord, AwsError> {
+        self.client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_private_ip_addresses(Some(addresses.iter().map(Ipv4Addr::to_string).collect()).filter(|a: &Vec<_>| !a.is_empty()))
+            .set_secondary_private_ip_address_count(Some(i32::from(count)).filter(|n| *n > 0))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "AssignPrivateIpAddresses", e))?;
+        self.eni(eni_id).await
+    }
+
+    async fn unassign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), AwsError> {
+        let unassigned = self
+            .client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_private_ip_addresses(Some(addresses.iter().map(Ipv4Addr::to_string).collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("EC2", "UnassignPrivateIpAddresses", e));
+        not_assigned_is_done(unassigned)
+    }
+
+    async fn assign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr], count: u8) -> Result<EniRecord, AwsError> {
+        self.client
+            .assign_ipv6_addresses()
+            .network_interface_id(eni_id)
+            .set_ipv6_addresses(Some(addresses.iter().map(ToString::to_string).collect()).filter(|a: &Vec<_>| !a.is_empty()))
+            .set_ipv6_address_count(Some(i32::from(count)).filter(|n| *n > 0))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "AssignIpv6Addresses", e))?;
+        self.eni(eni_id).await
+    }
+
+    async fn unassign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr]) -> Result<(), AwsError> {
+        let unassigned = self
+            .client
+            .unassign_ipv6_addresses()
+            .network_interface_id(eni_id)
+            .set_ipv6_addresses(Some(addresses.iter().map(ToString::to_string).collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("EC2", "UnassignIpv6Addresses", e));
+        not_assigned_is_done(unassigned)
+    }
+
+    async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .source_dest_check(AttributeBooleanValue::builder().value(enabled).build())
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))
+    }
+
+    async fn retag_eni(&self, eni_id: &str, tags: &BTreeMap<String, String>, removed: &[String]) -> Result<(), AwsError> {
+        if !tags.is_empty() {
+            self.client
+                .create_tags()
+                .resources(eni_id)
+                .set_tags(Some(tags.iter().map(|(k, v)| tag(k, v)).collect()))
+                .send()
+                .await
+                .map_err(|e| aws_error("EC2", "CreateTags", e))?;
+        }
+        let removed: Vec<_> = removed.iter().filter(|k| !k.starts_with("tether:")).map(|k| Tag::builder().key(k).build()).collect();
+        if !removed.is_empty() {
+            self.client
+                .delete_tags()
+                .resources(eni_id)
+                .set_tags(Some(removed))
+                .send()
+                .await
+                .map_err(|e| aws_error("EC2", "DeleteTags", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Ec2Cloud {
+    /// One ENI as EC2 describes it now.
+    async fn eni(&self, eni_id: &str) -> Result<EniRecord, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .network_interface_ids(eni_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        let eni = out.network_interfaces().first().ok_or_else(|| missing("DescribeNetworkInterfaces", "network interface"))?;
+        eni_record("DescribeNetworkInterfaces", eni)
     }
 }

@@ -93,6 +93,39 @@ impl Network for FakeEc2 {
         absent_if_unknown(self.call("DescribeSubnets", |s| s.describe_subnet(subnet_id)).await)
     }
 
+    async fn assign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr], count: u8) -> Result<EniRecord, AwsError> {
+        self.call("AssignPrivateIpAddresses", |s| s.assign_private_ip_addresses(eni_id, addresses, count)).await
+    }
+
+    async fn unassign_private_ips(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), AwsError> {
+        not_assigned_is_done(self.call("UnassignPrivateIpAddresses", |s| s.unassign_private_ip_addresses(eni_id, addresses)).await)
+    }
+
+    async fn assign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr], count: u8) -> Result<EniRecord, AwsError> {
+        self.call("AssignIpv6Addresses", |s| s.assign_ipv6_addresses(eni_id, addresses, count)).await
+    }
+
+    async fn unassign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr]) -> Result<(), AwsError> {
+        not_assigned_is_done(self.call("UnassignIpv6Addresses", |s| s.unassign_ipv6_addresses(eni_id, addresses)).await)
+    }
+
+    async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
+        self.call("ModifyNetworkInterfaceAttribute", |s| {
+            let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("ModifyNetworkInterfaceAttribute", eni_id))?;
+            eni.source_dest_check = enabled;
+            Ok(())
+        }).await
+    }
+
+    async fn retag_eni(&self, eni_id: &str, tags: &BTreeMap<String, String>, removed: &[String]) -> Result<(), AwsError> {
+        self.call("CreateTags", |s| {
+            let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("CreateTags", eni_id))?;
+            eni.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            eni.tags.retain(|k, _| k.starts_with("tether:") || !removed.contains(k));
+            Ok(())
+        }).await
+    }
+
     async fn private_ip_in_use(&self, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, AwsError> {
         self.call("DescribeNetworkInterfaces", |s| Ok(s.ip_taken(subnet_id, ip))).await
     }

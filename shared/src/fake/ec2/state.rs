@@ -51,7 +51,7 @@ impl State {
     }
 
     pub(super) fn ip_taken(&self, subnet_id: &str, ip: Ipv4Addr) -> bool {
-        self.enis.values().any(|e| e.subnet_id == subnet_id && e.private_ip == ip)
+        self.enis.values().any(|e| e.subnet_id == subnet_id && (e.private_ip == ip || e.secondary_ips.contains(&ip)))
     }
 
     /// Whether a subnet CIDR reservation holds `ip`: EC2 never picks it for an ENI that does
@@ -99,7 +99,20 @@ impl State {
         let c = self.counter;
         let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", (c >> 24) & 0xff, (c >> 16) & 0xff, (c >> 8) & 0xff, c & 0xff);
         let az = self.subnets[subnet_id].az.clone();
-        let eni = Eni { id: id.clone(), subnet_id: subnet_id.to_owned(), private_ip, mac, az, security_groups, tags, attachment: None, picked };
+        let eni = Eni {
+            id: id.clone(),
+            subnet_id: subnet_id.to_owned(),
+            private_ip,
+            mac,
+            az,
+            security_groups,
+            tags,
+            secondary_ips: Vec::new(),
+            ipv6: Vec::new(),
+            source_dest_check: true,
+            attachment: None,
+            picked,
+        };
         let record = eni.record();
         self.enis.insert(id, eni);
         record
@@ -143,7 +156,13 @@ impl State {
         let s = self.subnets.get(subnet_id).ok_or_else(|| {
             aws(EC2, "DescribeSubnets", "InvalidSubnetID.NotFound", format!("The subnet ID '{subnet_id}' does not exist"))
         })?;
-        Ok(SubnetInfo { cidr: s.cidr, availability_zone: s.az.clone(), vpc_id: s.vpc_id.clone() })
+        Ok(SubnetInfo {
+            cidr: s.cidr,
+            availability_zone: s.az.clone(),
+            vpc_id: s.vpc_id.clone(),
+            ipv6_cidrs: s.ipv6.into_iter().collect(),
+            map_public_ip_on_launch: s.map_public_ip_on_launch,
+        })
     }
 
     pub(super) fn create_network_interface(&mut self, request: &EniRequest) -> Result<EniRecord, AwsError> {
@@ -159,10 +178,95 @@ impl State {
             aws(EC2, op, "InvalidSubnetID.NotFound", format!("The subnet ID '{}' does not exist", request.subnet_id))
         })?;
         let ip = self.private_ip_for(op, &request.subnet_id, subnet.cidr, request.private_ip)?;
-        let tags = BTreeMap::from([(TAG_NODE_ID.to_owned(), request.node_id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]);
+        let mut tags = request.tags.clone();
+        tags.extend([(TAG_NODE_ID.to_owned(), request.node_id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]);
+        if request.ipv6_count > 0 && subnet.ipv6.is_none() {
+            return Err(no_ipv6(op, &request.subnet_id));
+        }
         let record = self.new_eni(&request.subnet_id, ip, request.private_ip.is_none(), request.security_group_ids.clone(), tags);
+        let record = self.assign_private_ip_addresses(&record.id, &[], request.secondary_ip_count)?;
+        let record = self.assign_ipv6_addresses(&record.id, &[], request.ipv6_count)?;
         self.eni_tokens.insert(token, (request.clone(), record.clone()));
         Ok(record)
+    }
+
+    pub(super) fn assign_private_ip_addresses(&mut self, eni_id: &str, addresses: &[Ipv4Addr], count: u8) -> Result<EniRecord, AwsError> {
+        let op = "AssignPrivateIpAddresses";
+        let eni = self.enis.get(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+        let (subnet_id, cidr) = (eni.subnet_id.clone(), self.subnets[&eni.subnet_id].cidr);
+        if eni.secondary_ips.len() + addresses.len() + usize::from(count) > usize::from(crate::network_identity::MAX_EXTRA_ADDRESSES) {
+            return Err(aws(EC2, op, "PrivateIpAddressLimitExceeded", "Number of private addresses will exceed limit."));
+        }
+        let mut picked = Vec::new();
+        for wanted in addresses.iter().map(|a| Some(*a)).chain((0..count).map(|_| None)) {
+            // One already on this ENI is assigned already (a retry).
+            if wanted.is_some_and(|ip| self.enis[eni_id].secondary_ips.contains(&ip)) {
+                continue;
+            }
+            let ip = self.private_ip_for(op, &subnet_id, cidr, wanted)?;
+            picked.push(ip);
+            if let Some(eni) = self.enis.get_mut(eni_id) {
+                eni.secondary_ips.push(ip);
+            }
+        }
+        Ok(self.enis[eni_id].record())
+    }
+
+    pub(super) fn unassign_private_ip_addresses(&mut self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), AwsError> {
+        let op = "UnassignPrivateIpAddresses";
+        let eni = self.enis.get_mut(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+        if let Some(missing) = addresses.iter().find(|a| !eni.secondary_ips.contains(a)) {
+            return Err(aws(EC2, op, "InvalidParameterValue", format!("Some of the specified addresses are not assigned to interface {eni_id}: {missing}")));
+        }
+        eni.secondary_ips.retain(|ip| !addresses.contains(ip));
+        Ok(())
+    }
+
+    pub(super) fn assign_ipv6_addresses(&mut self, eni_id: &str, addresses: &[std::net::Ipv6Addr], count: u8) -> Result<EniRecord, AwsError> {
+        let op = "AssignIpv6Addresses";
+        let eni = self.enis.get(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+        if addresses.is_empty() && count == 0 {
+            return Ok(eni.record());
+        }
+        let subnet_id = eni.subnet_id.clone();
+        let Some(cidr) = self.subnets[&subnet_id].ipv6 else { return Err(no_ipv6(op, &subnet_id)) };
+        let taken = |s: &Self, ip: &std::net::Ipv6Addr| s.enis.values().any(|e| e.subnet_id == subnet_id && e.ipv6.contains(ip));
+        for ip in addresses {
+            if self.enis[eni_id].ipv6.contains(ip) {
+                continue;
+            }
+            if !cidr.contains(ip) {
+                return Err(aws(EC2, op, "InvalidParameterValue", format!("Address {ip} does not fall within the subnet's IPv6 range {cidr}")));
+            }
+            if taken(self, ip) {
+                return Err(aws(EC2, op, "InvalidIPAddress.InUse", format!("Address {ip} is in use.")));
+            }
+            if let Some(eni) = self.enis.get_mut(eni_id) {
+                eni.ipv6.push(*ip);
+            }
+        }
+        for _ in 0..count {
+            let ip = loop {
+                let candidate = std::net::Ipv6Addr::from(u128::from(cidr.network()) | u128::from(self.rng.u32(16..u32::MAX)));
+                if !taken(self, &candidate) {
+                    break candidate;
+                }
+            };
+            if let Some(eni) = self.enis.get_mut(eni_id) {
+                eni.ipv6.push(ip);
+            }
+        }
+        Ok(self.enis[eni_id].record())
+    }
+
+    pub(super) fn unassign_ipv6_addresses(&mut self, eni_id: &str, addresses: &[std::net::Ipv6Addr]) -> Result<(), AwsError> {
+        let op = "UnassignIpv6Addresses";
+        let eni = self.enis.get_mut(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+        if let Some(missing) = addresses.iter().find(|a| !eni.ipv6.contains(a)) {
+            return Err(aws(EC2, op, "InvalidParameterValue", format!("Some of the specified addresses are not assigned to interface {eni_id}: {missing}")));
+        }
+        eni.ipv6.retain(|ip| !addresses.contains(ip));
+        Ok(())
     }
 
     pub(super) fn delete_network_interface(&mut self, eni_id: &str) -> Result<(), AwsError> {
@@ -404,4 +508,9 @@ impl State {
             client_token: instance.client_token.clone(),
         }
     }
+}
+
+/// EC2's refusal of IPv6 addresses in a subnet without an IPv6 CIDR block.
+fn no_ipv6(operation: &'static str, subnet_id: &str) -> AwsError {
+    aws(EC2, operation, "InvalidParameterValue", format!("You cannot specify IPv6 addresses: subnet {subnet_id} has no IPv6 CIDR block"))
 }

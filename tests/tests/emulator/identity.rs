@@ -1,0 +1,109 @@
+//! A node's network identity beyond its primary IP, read back from the emulator: secondary
+//! private IPs, IPv6 addresses, the source/destination check and the ENI's tags, made with
+//! the ENI, the same on every generation, and changed in place by a PATCH.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tether::lifecycle::NodePatch;
+use tether::model::{Ipv6Request, SecondaryIps};
+use tether::{Node, NodeSpec, Persistence, TetherError};
+use tether_tests::event_source::invoke_target;
+use tether_tests::events::state_change;
+use tether_tests::{Fixture, SetupError};
+
+const BUDGET: Duration = Duration::from_secs(30);
+
+/// A subnet of the fixture's VPC with an IPv6 /64 (the VPC gets an Amazon-provided /56).
+async fn dual_stack_subnet(fx: &Fixture) -> Result<String, SetupError> {
+    let associated = fx.ec2.associate_vpc_cidr_block().vpc_id(&fx.vpc_id).amazon_provided_ipv6_cidr_block(true).send().await?;
+    let block = associated.ipv6_cidr_block_association().and_then(|a| a.ipv6_cidr_block()).ok_or("no IPv6 block")?;
+    let vpc_block: ipnet::Ipv6Net = block.parse().map_err(|e| format!("{block}: {e}"))?;
+    let subnet_block = vpc_block.subnets(64).map_err(|e| e.to_string())?.next().ok_or("no /64")?;
+    let subnet = fx
+        .ec2
+        .create_subnet()
+        .vpc_id(&fx.vpc_id)
+        .cidr_block("10.0.7.0/24")
+        .ipv6_cidr_block(subnet_block.to_string())
+        .availability_zone(&fx.availability_zone)
+        .send()
+        .await?;
+    Ok(subnet.subnet().and_then(|s| s.subnet_id()).ok_or("CreateSubnet returned no id")?.to_owned())
+}
+
+/// What the emulator says is on the node's current instance's primary ENI: (ENI id,
+/// secondary private IPs, IPv6 addresses, source/dest check, the `role` tag).
+async fn on_the_eni(fx: &Fixture, node: &Node) -> Result<(String, Vec<String>, Vec<String>, Option<bool>, Option<String>), SetupError> {
+    let node = fx.tether.node(&node.id).await?;
+    let instance = fx.instance(node.instance_id().ok_or("no instance")?).await?;
+    let primary = instance
+        .network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .and_then(|n| n.network_interface_id())
+        .ok_or("no primary ENI")?;
+    let eni = fx.eni(primary).await?;
+    let secondary = eni.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).filter_map(|a| a.private_ip_address()).map(str::to_owned).collect();
+    let ipv6 = eni.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()).map(str::to_owned).collect();
+    let role = eni.tag_set().iter().find(|t| t.key() == Some("role")).and_then(|t| t.value()).map(str::to_owned);
+    Ok((primary.to_owned(), secondary, ipv6, eni.source_dest_check(), role))
+}
+
+async fn interrupt(fx: &Fixture, node: &Node) -> Result<(), SetupError> {
+    let instance_id = fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?.to_owned();
+    fx.interrupt(&instance_id).await?;
+    let answer = invoke_target(&fx.tether, &fx.requeue, state_change(&instance_id, "terminated"), BUDGET).await?;
+    assert_eq!(answer["outcome"], "launched", "{answer}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn secondary_ips_ipv6_and_the_source_dest_check_stay_on_the_eni_of_every_generation() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let subnet_id = dual_stack_subnet(&fx).await?;
+    let ip = |host| Ipv4Addr::new(10, 0, 7, host);
+    let spec = NodeSpec {
+        subnet_id,
+        secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![ip(20), ip(21)] }),
+        ipv6: Some(Ipv6Request { count: Some(1), addresses: Vec::new() }),
+        source_dest_check: false,
+        eni_tags: [("role".to_owned(), "nat".to_owned())].into(),
+        ..fx.spec(&["m5.large"])
+    };
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let first = on_the_eni(&fx, &node).await?;
+    assert_eq!(first.1, vec!["10.0.7.20", "10.0.7.21"], "secondary IPs on generation 1");
+    assert_eq!(first.2.len(), 1, "one IPv6 address: {first:?}");
+    assert_eq!((first.3, first.4.as_deref()), (Some(false), Some("nat")));
+    for generation in 2..=3 {
+        interrupt(&fx, &node).await?;
+        assert_eq!(on_the_eni(&fx, &node).await?, first, "generation {generation}");
+    }
+
+    // A count keeps the two and adds one; nothing is launched for it.
+    let instance = fx.tether.node(&node.id).await?.instance_id().map(str::to_owned);
+    let patch = NodePatch { secondary_private_ips: Some(SecondaryIps { count: Some(3), addresses: Vec::new() }), source_dest_check: Some(true), ..NodePatch::default() };
+    let patched = fx.tether.patch(&node.id, &patch, None).await?;
+    let now = on_the_eni(&fx, &node).await?;
+    assert_eq!((now.1.len(), &now.1[..2], now.3), (3, &first.1[..], Some(true)), "{now:?}");
+    assert_eq!(patched.instance_id().map(str::to_owned), instance, "the instance runs on");
+    let said = patched.history.iter().map(|h| h.what.as_str()).collect::<Vec<_>>().join("\n");
+    assert!(said.contains(&format!("secondary private IPs {} assigned", now.1[2])) && said.contains("source/destination check on"), "{said}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ipv6_in_a_subnet_without_an_ipv6_block_is_refused_naming_the_field() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let spec = NodeSpec { ipv6: Some(Ipv6Request { count: Some(1), addresses: Vec::new() }), ..fx.spec(&["m5.large"]) };
+    match fx.tether.create_node(spec, Persistence::default(), None).await {
+        Err(TetherError::Invalid { field, reason }) => {
+            assert_eq!(field, "spec.ipv6");
+            assert!(reason.contains("no IPv6 CIDR block"), "{reason}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    Ok(())
+}
