@@ -95,3 +95,54 @@ impl Tenancy {
         }
     }
 }
+
+/// What EC2 would refuse in these settings, before anything is sent: a spot price that is
+/// not a positive amount of USD, a placement group or capacity reservation that cannot be
+/// one. The error is (field relative to the spec, reason).
+pub fn check_launch_options(
+    spot_max_price: Option<&str>,
+    placement: Option<&Placement>,
+    capacity_reservation: Option<&CapacityReservation>,
+) -> Result<(), (String, String)> {
+    if let Some(price) = spot_max_price {
+        let valid = price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0) && price.chars().all(|c| c.is_ascii_digit() || c == '.');
+        if !valid {
+            return Err(("spot_max_price".into(), format!("`{}` is not a price in USD per hour like \"0.05\"; leave it out to pay at most the on-demand price", price.escape_debug())));
+        }
+    }
+    if let Some(group) = placement.and_then(|p| p.group_name.as_deref()) {
+        if group.is_empty() || group.len() > 255 || !group.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(("placement.group_name".into(), "must be a placement group's name (1 to 255 ASCII characters)".into()));
+        }
+    }
+    match capacity_reservation {
+        Some(CapacityReservation::ReservationId(id)) if !id.starts_with("cr-") || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Err(("capacity_reservation.reservation_id".into(), "must be a capacity reservation id like cr-0123456789abcdef0".into()))
+        }
+        Some(CapacityReservation::GroupArn(arn)) if !arn.starts_with("arn:") || !arn.contains(":resource-groups:") => Err((
+            "capacity_reservation.group_arn".into(),
+            "must be a capacity reservation group's ARN (arn:aws:resource-groups:REGION:ACCOUNT:group/NAME)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_ec2_would_refuse_are_named() {
+        let field = |r: Result<(), (String, String)>| r.err().map(|e| e.0);
+        assert_eq!(field(check_launch_options(Some("0.05"), None, None)), None);
+        for bad in ["-1", "0", "abc", "1e3", ""] {
+            assert_eq!(field(check_launch_options(Some(bad), None, None)).as_deref(), Some("spot_max_price"), "{bad}");
+        }
+        let group = Placement { group_name: Some(String::new()), ..Placement::default() };
+        assert_eq!(field(check_launch_options(None, Some(&group), None)).as_deref(), Some("placement.group_name"));
+        let id = CapacityReservation::ReservationId("r-1".into());
+        assert_eq!(field(check_launch_options(None, None, Some(&id))).as_deref(), Some("capacity_reservation.reservation_id"));
+        let arn = CapacityReservation::GroupArn("arn:aws:resource-groups:us-east-1:123456789012:group/db".into());
+        assert_eq!(field(check_launch_options(None, None, Some(&arn))), None);
+    }
+}

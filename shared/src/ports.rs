@@ -384,6 +384,18 @@ pub struct LaunchRequest<'a> {
     pub client_token: String,
 }
 
+impl LaunchRequest<'_> {
+    /// The spot price cap, on a spot launch.
+    pub fn spot_max_price(&self) -> Option<&str> {
+        self.spec.spot_max_price.as_deref().filter(|_| self.market == Market::Spot)
+    }
+
+    /// The capacity reservation, on an on-demand launch (EC2 has no reserved spot capacity).
+    pub fn capacity_reservation(&self) -> Option<&crate::model::CapacityReservation> {
+        self.spec.capacity_reservation.as_ref().filter(|_| self.market == Market::OnDemand)
+    }
+}
+
 /// The instance a launch (or an earlier launch with the same ClientToken) started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchedInstance {

@@ -188,6 +188,15 @@ struct LaunchParams {
     metadata_options: Option<crate::model::MetadataOptions>,
     block_devices: Vec<crate::volumes::BlockDevice>,
     tags: BTreeMap<String, String>,
+    /// The rest of RunInstances' settings, as sent (spot price on spot only, the capacity
+    /// reservation on on-demand only: `LaunchRequest`'s rule).
+    ebs_optimized: Option<bool>,
+    detailed_monitoring: Option<bool>,
+    cpu_credits: Option<crate::model::CpuCredits>,
+    placement: Option<crate::model::Placement>,
+    spot_max_price: Option<String>,
+    capacity_reservation: Option<crate::model::CapacityReservation>,
+    volume_tags: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -343,6 +352,13 @@ fn launch_params(request: &LaunchRequest<'_>) -> LaunchParams {
         metadata_options: spec.metadata_options,
         block_devices: spec.block_devices.clone(),
         tags,
+        ebs_optimized: spec.ebs_optimized,
+        detailed_monitoring: spec.detailed_monitoring,
+        cpu_credits: spec.cpu_credits,
+        placement: spec.placement.clone(),
+        spot_max_price: request.spot_max_price().map(str::to_owned),
+        capacity_reservation: request.capacity_reservation().cloned(),
+        volume_tags: spec.volume_tags.clone(),
     }
 }
 

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{begin_launch, Action, Step};
+use crate::launch_options::check_launch_options;
 use crate::model::{MetadataOptions, Node, NodeSpec, NodeState, RevertToSpot, METADATA_HOP_LIMITS};
 use crate::volumes::{check_block_devices, BlockDevice};
 
@@ -151,6 +152,40 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.block_devices = devices.clone();
         changed.push("block_devices");
     }
+    check_launch_options(
+        patch.spot_max_price.as_ref().and_then(Option::as_deref),
+        patch.placement.as_ref().and_then(Option::as_ref),
+        patch.capacity_reservation.as_ref().and_then(Option::as_ref),
+    )
+    .map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+    if let Some(v) = patch.ebs_optimized {
+        spec.ebs_optimized = v;
+        changed.push("ebs_optimized");
+    }
+    if let Some(v) = patch.detailed_monitoring {
+        spec.detailed_monitoring = v;
+        changed.push("detailed_monitoring");
+    }
+    if let Some(v) = patch.cpu_credits {
+        spec.cpu_credits = v;
+        changed.push("cpu_credits");
+    }
+    if let Some(v) = &patch.placement {
+        spec.placement = v.clone();
+        changed.push("placement");
+    }
+    if let Some(v) = &patch.spot_max_price {
+        spec.spot_max_price = v.clone();
+        changed.push("spot_max_price");
+    }
+    if let Some(v) = &patch.capacity_reservation {
+        spec.capacity_reservation = v.clone();
+        changed.push("capacity_reservation");
+    }
+    if let Some(tags) = &patch.volume_tags {
+        spec.volume_tags = tags.clone();
+        changed.push("volume_tags");
+    }
     if let Some(ips) = &patch.secondary_private_ips {
         spec.secondary_private_ips = Some(ips.clone()).filter(|s| s.wanted() > 0);
         changed.push("secondary_private_ips");
@@ -201,6 +236,24 @@ pub struct NodePatch {
     /// Replaces the list of block devices (`[]`: the AMI's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_devices: Option<Vec<crate::volumes::BlockDevice>>,
+    /// `true` or `false`; `null` leaves it to the instance type.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub ebs_optimized: Option<Option<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub detailed_monitoring: Option<Option<bool>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub cpu_credits: Option<Option<crate::model::CpuCredits>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub placement: Option<Option<crate::model::Placement>>,
+    /// `null` removes the cap (the on-demand price).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub spot_max_price: Option<Option<String>>,
+    /// `null` removes it (EC2's default: any open reservation).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub capacity_reservation: Option<Option<crate::model::CapacityReservation>>,
+    /// Replaces the volumes' tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_tags: Option<BTreeMap<String, String>>,
     /// Replaces the secondary private IPs, on the ENI at once (`{}`: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secondary_private_ips: Option<crate::model::SecondaryIps>,
@@ -222,11 +275,31 @@ pub struct NodePatch {
 }
 
 impl NodePatch {
+    /// The first field the patch sets that a group's member template does not carry yet.
+    pub fn node_only_field(&self) -> Option<&'static str> {
+        let launch = [
+            ("ebs_optimized", self.ebs_optimized.is_some()),
+            ("detailed_monitoring", self.detailed_monitoring.is_some()),
+            ("cpu_credits", self.cpu_credits.is_some()),
+            ("placement", self.placement.is_some()),
+            ("spot_max_price", self.spot_max_price.is_some()),
+            ("capacity_reservation", self.capacity_reservation.is_some()),
+            ("volume_tags", self.volume_tags.is_some()),
+        ];
+        self.eni_field().or_else(|| launch.into_iter().find(|(_, set)| *set).map(|(field, _)| field))
+    }
+
     /// The first of the fields that live on the ENI (`ON_THE_ENI`) the patch sets.
     pub fn eni_field(&self) -> Option<&'static str> {
         let set = [self.secondary_private_ips.is_some(), self.ipv6.is_some(), self.source_dest_check.is_some(), self.eni_tags.is_some()];
         ON_THE_ENI.into_iter().zip(set).find(|(_, set)| *set).map(|(field, _)| field)
     }
+}
+
+/// A field given in a patch, `null` included (`Some(None)`: remove the setting); absent
+/// fields are `None` through `#[serde(default)]`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Why a patch is refused: the field and what to do instead.

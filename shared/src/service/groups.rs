@@ -256,7 +256,7 @@ impl Tether {
                 let field = if template.subnet_id.is_some() { "template.subnet_id" } else { "template.private_ip" };
                 return Err(TetherError::invalid(field, "a group's members take their subnets from subnet_ids and their addresses from private_ip_pool"));
             }
-            if let Some(field) = template.eni_field() {
+            if let Some(field) = template.node_only_field() {
                 return Err(TetherError::invalid(format!("template.{field}"), "not supported for a group's members yet: set it on single nodes"));
             }
         }

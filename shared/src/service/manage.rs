@@ -14,6 +14,7 @@ use crate::error::ErrorClass;
 use crate::lifecycle;
 use crate::lifecycle::check_launch_settings;
 use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
+use crate::launch_options::check_launch_options;
 use crate::network_identity::check_address_request;
 use crate::ports::{Address, Expect, Reservation, SubnetInfo, SubnetReservation, Write};
 
@@ -352,6 +353,9 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     }
     check_tags("spec.tags", &spec.tags)?;
     check_tags("spec.eni_tags", &spec.eni_tags)?;
+    check_tags("spec.volume_tags", &spec.volume_tags)?;
+    check_launch_options(spec.spot_max_price.as_deref(), spec.placement.as_ref(), spec.capacity_reservation.as_ref())
+        .map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     refuse_unbuilt(spec)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
@@ -374,13 +378,6 @@ fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
         ("spec.public_ip_assignment", spec.public_ip_assignment != crate::model::PublicIpAssignment::None),
         ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
-        ("spec.capacity_reservation", spec.capacity_reservation.is_some()),
-        ("spec.ebs_optimized", spec.ebs_optimized.is_some()),
-        ("spec.detailed_monitoring", spec.detailed_monitoring.is_some()),
-        ("spec.cpu_credits", spec.cpu_credits.is_some()),
-        ("spec.placement", spec.placement.is_some()),
-        ("spec.spot_max_price", spec.spot_max_price.is_some()),
-        ("spec.volume_tags", !spec.volume_tags.is_empty()),
     ];
     match set.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),

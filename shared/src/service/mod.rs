@@ -340,6 +340,9 @@ impl Tether {
         if let Some(tags) = &patch.eni_tags {
             manage::check_tags("eni_tags", tags)?;
         }
+        if let Some(tags) = &patch.volume_tags {
+            manage::check_tags("volume_tags", tags)?;
+        }
         if let Some(types) = &patch.instance_types {
             for instance_type in types {
                 manage::check_name("instance_types", instance_type)?;

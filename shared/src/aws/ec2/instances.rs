@@ -5,7 +5,8 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
     InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
-    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, VolumeType,
+    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, VolumeType, CapacityReservationPreference,
+    CapacityReservationSpecification, CapacityReservationTarget, CreditSpecificationRequest, RunInstancesMonitoringEnabled, TagSpecification, Tenancy,
 };
 use aws_smithy_types::base64;
 use aws_smithy_types::retry::RetryConfig;
@@ -13,7 +14,7 @@ use aws_smithy_types::retry::RetryConfig;
 use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::model::{EniRecord, HttpTokens, Ipv6Request, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, SecondaryIps, Switch};
+use crate::model::{CapacityReservation, EniRecord, HttpTokens, Ipv6Request, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, SecondaryIps, Switch};
 use crate::volumes::BlockDevice;
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
@@ -119,6 +120,7 @@ impl Instances for Ec2Cloud {
                         SpotMarketOptions::builder()
                             .spot_instance_type(SpotInstanceType::OneTime)
                             .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .set_max_price(request.spot_max_price().map(str::to_owned))
                             .build(),
                     )
                     .build(),
@@ -157,7 +159,14 @@ impl Instances for Ec2Cloud {
                     .instance_metadata_tags(InstanceMetadataTagsState::from(m.instance_metadata_tags.as_str()))
                     .build()
             }))
-            .tag_specifications(tags_for(ResourceType::Instance, instance_tags))
+            .set_ebs_optimized(spec.ebs_optimized)
+            .set_monitoring(spec.detailed_monitoring.map(|on| RunInstancesMonitoringEnabled::builder().enabled(on).build()))
+            .set_credit_specification(spec.cpu_credits.map(|c| CreditSpecificationRequest::builder().cpu_credits(c.as_str()).build()))
+            .set_placement(spec.placement.as_ref().map(|p| {
+                aws_sdk_ec2::types::Placement::builder().set_group_name(p.group_name.clone()).tenancy(Tenancy::from(p.tenancy.as_str())).build()
+            }))
+            .set_capacity_reservation_specification(request.capacity_reservation().map(capacity_reservation))
+            .set_tag_specifications(Some([tags_for(ResourceType::Instance, instance_tags)].into_iter().chain(volume_tags(request)).collect()))
             .customize()
             // No SDK retries here: EC2 answers InsufficientInstanceCapacity with HTTP 500, which the
             // SDK would retry 3 times against the 5/2 RunInstances bucket before Tether could fall
@@ -333,6 +342,26 @@ fn metadata_options_of(options: &aws_sdk_ec2::types::InstanceMetadataOptionsResp
             _ => Switch::Disabled,
         },
     }
+}
+
+/// The capacity reservation setting as RunInstances takes it.
+fn capacity_reservation(reservation: &CapacityReservation) -> CapacityReservationSpecification {
+    let builder = CapacityReservationSpecification::builder();
+    let target = |t: CapacityReservationTarget| builder.clone().capacity_reservation_target(t).build();
+    match reservation {
+        CapacityReservation::Open => builder.capacity_reservation_preference(CapacityReservationPreference::Open).build(),
+        CapacityReservation::None => builder.capacity_reservation_preference(CapacityReservationPreference::None).build(),
+        CapacityReservation::ReservationId(id) => target(CapacityReservationTarget::builder().capacity_reservation_id(id).build()),
+        CapacityReservation::GroupArn(arn) => target(CapacityReservationTarget::builder().capacity_reservation_resource_group_arn(arn).build()),
+    }
+}
+
+/// The volumes' tag specification (with the node id, so that a volume left over can be
+/// traced), when the spec names any tags for them.
+fn volume_tags(request: &LaunchRequest<'_>) -> Option<TagSpecification> {
+    let tags = &request.spec.volume_tags;
+    let with_node = tags.iter().map(|(k, v)| tag(k, v)).chain([tag(TAG_NODE_ID, request.node_id.as_str())]);
+    (!tags.is_empty()).then(|| tags_for(ResourceType::Volume, with_node))
 }
 
 /// A block device of the spec as RunInstances takes it.
