@@ -63,6 +63,10 @@ PATCH_NAMES = (
     "eni-az",
     "capacity",
     "volume-settings",
+    "nic-sg",
+    "device-index",
+    "secondary-ip",
+    "ipv6",
 )
 
 log = logging.getLogger("tether_moto")
@@ -860,7 +864,9 @@ def patch_eni_az() -> None:
         its subnet fails with InvalidParameterValue "Value (<az>) for parameter
         availabilityZone is invalid. Subnet '<subnet>' is in the availability
         zone <subnet-az>"; the same error is used for an existing ENI (whose
-        subnet fixes its AZ) and for a subnet given with SubnetId.
+        subnet fixes its AZ) at any device index, not only the primary, and for
+        a subnet given with SubnetId. Without a Placement, the interface at the
+        lowest device index sets the AZ and any other interface elsewhere fails.
 
     moto 5.2.5: attaches across AZs, launches an instance on an ENI in any AZ
     requested, and ignores Placement when SubnetId names a subnet elsewhere.
@@ -874,12 +880,15 @@ def patch_eni_az() -> None:
         )
 
     def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
-        subnets = [eni.subnet for _, eni in existing_enis(backend, kwargs)]
+        # (device index, subnet) of every interface, existing or new, at any
+        # index; without a Placement the primary's (lowest index) sets the AZ.
+        placed = [(index, eni.subnet) for index, eni in existing_enis(backend, kwargs)]
         if kwargs.get("subnet_id"):
-            subnets.append(backend.get_subnet(kwargs["subnet_id"]))
+            placed.append((0, backend.get_subnet(kwargs["subnet_id"])))
         for spec in nic_specs(kwargs):
             if spec.get("SubnetId") and not spec.get("NetworkInterfaceId"):
-                subnets.append(backend.get_subnet(spec["SubnetId"]))
+                placed.append((device_index(spec), backend.get_subnet(spec["SubnetId"])))
+        subnets = [subnet for _, subnet in sorted(placed, key=lambda p: p[0])]
         zone = kwargs.get("placement") or (subnets[0].availability_zone if subnets else None)
         for subnet in subnets:
             if subnet.availability_zone != zone:
@@ -976,12 +985,343 @@ def patch_volume_settings() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: nic-sg
+# --------------------------------------------------------------------------
+
+
+def patch_nic_sg() -> None:
+    """RunInstances refuses NetworkInterfaces together with instance-level
+    security groups.
+
+    AWS (EC2 API Reference, RunInstances, SecurityGroupIds and SecurityGroups:
+    "If you specify a network interface, you must specify any security groups
+    as part of the network interface instead of using this parameter"): a
+    request naming NetworkInterfaces (an existing ENI or a new one) and
+    SecurityGroupIds or SecurityGroups fails with InvalidParameterCombination
+    "Network interfaces and an instance-level security groups may not be
+    specified on the same request" (AWS's wording, quoted in public bug reports:
+    aws/aws-sdk-ruby#662, hashicorp/terraform#1188, aws/aws-cli#518 (with
+    --security-groups), aws/aws-sdk-php#601). Nothing is launched.
+
+    moto 5.2.5: launches, adding the instance-level groups to each new
+    interface (an existing ENI keeps its own); it refuses only the subnet
+    combination ("... an instance-level subnet ID ...").
+    """
+    original = InstanceResponse.run_instances
+
+    def run_instances(self: Any) -> Any:
+        if self._get_param("NetworkInterfaces", []) and (
+            self._get_param("SecurityGroupIds", []) or self._get_param("SecurityGroups", [])
+        ):
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "Network interfaces and an instance-level security groups may not be "
+                "specified on the same request",
+            )
+        return original(self)
+
+    InstanceResponse.run_instances = run_instances
+
+
+# --------------------------------------------------------------------------
+# Patch: device-index
+# --------------------------------------------------------------------------
+
+
+def patch_device_index() -> None:
+    """RunInstances refuses two network interfaces at the same device index.
+
+    AWS (EC2 Auto Scaling User Guide, "Network interfaces" in launch templates:
+    "You also cannot specify duplicate device indexes across network
+    interfaces"; the EC2 message, as Auto Scaling passes it on for a template's
+    interfaces: "Each network interface requires a unique device index.",
+    Young-ook/terraform-aws-eks#148): RunInstances whose NetworkInterfaces name
+    the same DeviceIndex twice (on the same NetworkCardIndex, 0 when unset)
+    fails with InvalidParameterValue (the code EC2 gives its sibling "Each
+    network interface requires a device index.", hashicorp/packer#2242) and
+    launches nothing.
+
+    moto 5.2.5: attaches every interface anyway; the last one at an index wins
+    the instance's slot, the others stay `in-use`, attached to an instance that
+    does not list them.
+    """
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        seen: set[tuple[int, int]] = set()
+        for spec in nic_specs(kwargs):
+            slot = (int(spec.get("NetworkCardIndex") or 0), device_index(spec))
+            if slot in seen:
+                raise ec2_error(
+                    "InvalidParameterValue", "Each network interface requires a unique device index."
+                )
+            seen.add(slot)
+
+    _launch_checks.append(check_launch)
+
+
+# --------------------------------------------------------------------------
+# Patch: secondary-ip
+# --------------------------------------------------------------------------
+
+
+def patch_secondary_ip() -> None:
+    """AssignPrivateIpAddresses holds private-ip's rules for secondary addresses.
+
+    AWS (EC2 API Reference, AssignPrivateIpAddresses: "You can specify specific
+    secondary IP addresses, or you can specify the number of secondary IP
+    addresses to be automatically assigned from the subnet's CIDR block range";
+    AllowReassignment: "Indicates whether to allow an IP address that is already
+    assigned to another network interface or instance to be reassigned to the
+    specified network interface"; VPC User Guide, "Subnet CIDR blocks": the 5
+    reserved addresses; "Error codes": InvalidIPAddress.InUse,
+    InsufficientFreeAddressesInSubnet): a secondary private IPv4 address is
+    unique in its subnet across every ENI's primary and secondary addresses.
+    Naming an address
+      - held by any ENI (primary or secondary; this one included) fails with
+        InvalidIPAddress.InUse, unless AllowReassignment=true and another ENI
+        holds it as a secondary address, which then moves here;
+      - outside the subnet, or one of its 5 reserved addresses, fails with
+        InvalidParameterValue (private-ip's CreateNetworkInterface messages).
+    SecondaryPrivateIpAddressCount picks free, non-reserved addresses, never one
+    in a subnet CIDR reservation (with cidr-reservation), all or nothing:
+    InsufficientFreeAddressesInSubnet when too few are left. A failed request
+    assigns nothing. (CreateNetworkInterface's PrivateIpAddresses and
+    SecondaryPrivateIpAddressCount already follow these rules under private-ip.)
+
+    moto 5.2.5: assigns any named address (held by another ENI, reserved, outside
+    the subnet) and ignores AllowReassignment; for a count it picks random
+    addresses of the whole CIDR, checked against this ENI's own only (so they
+    may be reserved, held elsewhere or in a reservation), and loops forever when
+    the CIDR has none left.
+    """
+    original_assign = EC2Backend.assign_private_ip_addresses
+    original_response = ElasticNetworkInterfaces.assign_private_ip_addresses
+    reassignment = threading.local()
+
+    def held_by(backend: Any, subnet: Subnet, ip: str) -> list[tuple[Any, bool]]:
+        """(ENI, is its primary) for each ENI of `subnet` holding `ip`."""
+        holders = []
+        for eni in backend.enis.values():
+            if eni.subnet is None or eni.subnet.id != subnet.id:
+                continue
+            if eni.private_ip_address == ip:
+                holders.append((eni, True))
+            elif any(entry.get("PrivateIpAddress") == ip for entry in eni.private_ip_addresses):
+                holders.append((eni, False))
+        return holders
+
+    @locked
+    def assign_private_ip_addresses(
+        self: Any,
+        eni_id: str,
+        private_ip_addresses: list[str] | None = None,
+        secondary_ips_count: int | None = None,
+    ) -> Any:
+        allow_reassignment = getattr(reassignment, "allow", False)
+        eni = self.get_network_interface(eni_id)
+        subnet = eni.subnet
+        if not is_ipv4_subnet(subnet):
+            return original_assign(self, eni_id, private_ip_addresses, secondary_ips_count)
+        if private_ip_addresses:
+            moves: list[tuple[Any, str]] = []
+            for ip in private_ip_addresses:
+                if private_ip_addresses.count(ip) > 1:
+                    raise ec2_error("InvalidIPAddress.InUse", "The specified address is already in use.")
+                holders = held_by(self, subnet, ip)
+                movable = [
+                    (other, ip) for other, primary in holders if other is not eni and not primary
+                ]
+                if allow_reassignment and holders and len(movable) == len(holders):
+                    moves += movable
+                    continue
+                validate_requested_ip(self, subnet, ip, "AssignPrivateIpAddresses")
+            for other, ip in moves:
+                other.private_ip_addresses = [
+                    e for e in other.private_ip_addresses if e.get("PrivateIpAddress") != ip
+                ]
+            eni.private_ip_addresses.extend(
+                {"Primary": False, "PrivateIpAddress": ip} for ip in private_ip_addresses
+            )
+            return eni
+        picked: set[str] = set()
+        for _ in range(int(secondary_ips_count or 0)):
+            picked.add(allocate_address(self, subnet, "AssignPrivateIpAddresses", picked))
+        eni.private_ip_addresses.extend(
+            {"Primary": False, "PrivateIpAddress": ip} for ip in sorted(picked)
+        )
+        return eni
+
+    def assign_response(self: Any) -> Any:
+        # moto's response drops AllowReassignment: hand it to the backend call.
+        reassignment.allow = is_true(self._get_param("AllowReassignment"))
+        try:
+            return original_response(self)
+        finally:
+            reassignment.allow = False
+
+    EC2Backend.assign_private_ip_addresses = assign_private_ip_addresses
+    ElasticNetworkInterfaces.assign_private_ip_addresses = assign_response
+
+
+# --------------------------------------------------------------------------
+# Patch: ipv6
+# --------------------------------------------------------------------------
+
+
+def subnet_ipv6_cidr(subnet: Subnet) -> ipaddress.IPv6Network | None:
+    """The subnet's IPv6 CIDR block, or None for an IPv4-only subnet."""
+    for association in subnet.ipv6_cidr_block_associations.values():
+        block = association.get("ipv6CidrBlock")
+        if block:
+            return ipaddress.IPv6Network(block, strict=False)
+    return None
+
+
+def ipv6_in_use(backend: Any, subnet: Subnet) -> set[ipaddress.IPv6Address]:
+    used = set()
+    for eni in backend.enis.values():
+        if eni.subnet is not None and eni.subnet.id == subnet.id:
+            for ip in eni.ipv6_addresses:
+                try:
+                    used.add(ipaddress.IPv6Address(ip))
+                except ValueError:
+                    pass
+    return used
+
+
+def patch_ipv6() -> None:
+    """IPv6 addresses only from the subnet's IPv6 CIDR, each on one ENI.
+
+    AWS (EC2 API Reference, CreateNetworkInterface and AssignIpv6Addresses:
+    Ipv6Addresses are "from the IPv6 CIDR block range of your subnet",
+    Ipv6AddressCount: "Amazon EC2 automatically selects the IPv6 addresses from
+    the subnet range", and the two cannot be combined; VPC User Guide, "Subnet
+    CIDR blocks": "The first four IPv6 addresses and the last IPv6 address in
+    each subnet CIDR block are not available for your use, and they cannot be
+    assigned to an EC2 instance"):
+      - Ipv6AddressCount or Ipv6Addresses on an ENI in a subnet with no IPv6
+        CIDR block: InvalidParameterValue (code and message are our reading,
+        not seen in an AWS response; RunInstances' top-level Ipv6AddressCount
+        for a new interface in such a subnet is refused the same way, before
+        anything launches);
+      - both on one request: InvalidParameterCombination "IPv6 addresses and
+        IPv6 address count may not be specified on the same request" (AWS's
+        RunInstances wording, ansible/ansible#40334; used for
+        CreateNetworkInterface too);
+      - a named address outside the subnet's IPv6 CIDR, or one of its 5
+        reserved ones: InvalidParameterValue; one another ENI (or this one)
+        holds: InvalidIPAddress.InUse ("Error codes"; the message is ours);
+      - picked addresses are free, not reserved, and distinct.
+    A request that fails assigns nothing.
+
+    moto 5.2.5: a count on an IPv4-only subnet silently gives no address
+    (AssignIpv6Addresses answers HTTP 500); named addresses are taken as they
+    come (any subnet, outside the CIDR, held by another ENI); both parameters
+    together are accepted; picks are random in the CIDR, checked against the
+    same ENI only.
+    """
+    original_create_eni = EC2Backend.create_network_interface
+    original_assign = EC2Backend.assign_ipv6_addresses
+
+    def no_ipv6(subnet: Subnet) -> EC2ClientError:
+        return ec2_error(
+            "InvalidParameterValue",
+            f"The subnet '{subnet.id}' has no IPv6 CIDR block, so IPv6 addresses "
+            "cannot be assigned to its network interfaces.",
+        )
+
+    def reserved6(cidr: ipaddress.IPv6Network) -> set[ipaddress.IPv6Address]:
+        return {cidr.network_address + i for i in range(4)} | {cidr.broadcast_address}
+
+    def checked(backend: Any, subnet: Subnet, named: list[str], count: int) -> list[str]:
+        """The addresses to give: `named` validated, or `count` picked."""
+        if named and count:
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "IPv6 addresses and IPv6 address count may not be specified on the same request",
+            )
+        if not named and not count:
+            return []
+        cidr = subnet_ipv6_cidr(subnet)
+        if cidr is None:
+            raise no_ipv6(subnet)
+        used = ipv6_in_use(backend, subnet)
+        given: list[ipaddress.IPv6Address] = []
+        for ip in named:
+            try:
+                address = ipaddress.IPv6Address(ip)
+            except ValueError:
+                raise ec2_error(
+                    "InvalidParameterValue", f"Value ({ip}) for parameter ipv6Address is invalid."
+                ) from None
+            if address not in cidr:
+                raise ec2_error(
+                    "InvalidParameterValue",
+                    f"Address {ip} does not fall within the subnet's IPv6 address range",
+                )
+            if address in reserved6(cidr):
+                raise ec2_error(
+                    "InvalidParameterValue", f"Address {ip} is in subnet's reserved address range"
+                )
+            if address in used or address in given:
+                raise ec2_error("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+            given.append(address)
+        taken = used | reserved6(cidr)
+        while len(given) < len(named) + count:
+            candidate = cidr.network_address + random.getrandbits(128 - cidr.prefixlen)
+            if candidate not in taken and candidate not in given:
+                given.append(candidate)
+        return [str(a) for a in given]
+
+    @locked
+    def create_network_interface(
+        self: Any, subnet: Any, private_ip_address: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        subnet_obj = self.get_subnet(subnet) if isinstance(subnet, str) else subnet
+        kwargs["ipv6_addresses"] = checked(
+            self,
+            subnet_obj,
+            list(kwargs.get("ipv6_addresses") or []),
+            int(kwargs.get("ipv6_address_count") or 0),
+        )
+        kwargs["ipv6_address_count"] = 0
+        return original_create_eni(self, subnet, private_ip_address, *args, **kwargs)
+
+    @locked
+    def assign_ipv6_addresses(
+        self: Any, eni_id: str, ipv6_addresses: list[str] | None = None, ipv6_count: int | None = None
+    ) -> Any:
+        eni = self.get_network_interface(eni_id)
+        given = checked(self, eni.subnet, list(ipv6_addresses or []), int(ipv6_count or 0))
+        return original_assign(self, eni_id, given, 0)
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        # moto gives the top-level Ipv6AddressCount to each interface it creates.
+        if not kwargs.get("ipv6_address_count"):
+            return
+        subnet_ids = [kwargs.get("subnet_id")] + [
+            spec.get("SubnetId") for spec in nic_specs(kwargs) if not spec.get("NetworkInterfaceId")
+        ]
+        for subnet_id in filter(None, subnet_ids):
+            subnet = backend.get_subnet(subnet_id)
+            if subnet_ipv6_cidr(subnet) is None:
+                raise no_ipv6(subnet)
+
+    EC2Backend.create_network_interface = create_network_interface
+    EC2Backend.assign_ipv6_addresses = assign_ipv6_addresses
+    _launch_checks.append(check_launch)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
 PATCHES: dict[str, Callable[[], None]] = {
     # Order matters only for RunInstances checks: the AZ check sees the
     # caller's Placement before eni-in-use fills it in from the ENI.
+    # Request-shape checks first, as AWS validates parameters before resources.
+    "nic-sg": patch_nic_sg,
+    "device-index": patch_device_index,
     "eni-az": patch_eni_az,
     "eni-in-use": patch_eni_in_use,
     "eni-delete": patch_eni_delete,
@@ -991,6 +1331,8 @@ PATCHES: dict[str, Callable[[], None]] = {
     "client-token": patch_client_token,
     "capacity": patch_capacity,
     "volume-settings": patch_volume_settings,
+    "secondary-ip": patch_secondary_ip,
+    "ipv6": patch_ipv6,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 
