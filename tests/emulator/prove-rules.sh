@@ -22,6 +22,7 @@ rules=(
   "secondary-ip picked_secondary_private_ips_are_free_and_never_reserved"
   "cidr-reservation picked_secondary_private_ips_are_free_and_never_reserved"
   "ipv6         ipv6_addresses_come_from_the_subnet_s_ipv6_cidr_and_are_unique"
+  "public-ip    an_eni_s_public_ip_setting_applies_while_it_is_eth0"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

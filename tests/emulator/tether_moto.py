@@ -43,6 +43,7 @@ import moto
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2 import utils as ec2_utils
+from moto.ec2.utils import random_public_ip
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
@@ -67,6 +68,7 @@ PATCH_NAMES = (
     "device-index",
     "secondary-ip",
     "ipv6",
+    "public-ip",
 )
 
 log = logging.getLogger("tether_moto")
@@ -1313,6 +1315,123 @@ def patch_ipv6() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: public-ip
+# --------------------------------------------------------------------------
+
+# The ENI attribute ModifyNetworkInterfaceAttribute AssociatePublicIpAddress sets.
+_PUBLIC_IP_ATTR = "_tether_associate_public_ip"
+
+
+def patch_public_ip() -> None:
+    """An existing ENI's public IPv4 setting, and RunInstances' limits on it.
+
+    AWS (EC2 API Reference, ModifyNetworkInterfaceAttribute,
+    AssociatePublicIpAddress: "Indicates whether to assign a public IPv4 address
+    to a network interface. This option can be enabled for any network interface
+    but will only apply to the primary network interface (eth0)"; EC2 User
+    Guide, "Manage the IPv4 addresses for your EC2 instances": "You can unassign
+    the public IP address from your instance after launch by managing the IP
+    addresses associated with a network interface", "You can't auto-assign a
+    public IP address if you specify more than one network interface.
+    Additionally, you cannot override the subnet setting using the auto-assign
+    public IP feature if you specify an existing network interface for device
+    index 0"; InstanceNetworkInterfaceSpecification.AssociatePublicIpAddress:
+    "can only be assigned to a network interface for eth0, and can only be
+    assigned to a new network interface, not an existing one"):
+      - ModifyNetworkInterfaceAttribute AssociatePublicIpAddress=true on an ENI
+        attached at device index 0 of a live instance gives it a new public IPv4
+        address from Amazon's pool (unless an Elastic IP is associated, which
+        stays the public address): DescribeInstances' PublicIpAddress and
+        DescribeNetworkInterfaces' Association.PublicIp show it. false removes
+        it (an Elastic IP stays). The setting may be made on any ENI, attached
+        elsewhere or detached, and stays on the ENI: it applies whenever the ENI
+        is eth0, so an instance launched later on the ENI (at device index 0)
+        gets a new public IP. That it persists is our reading of "can be enabled
+        for any network interface but will only apply to ... eth0"; AWS does not
+        state it outright. The address itself is released when the instance
+        terminates (eni-release).
+      - RunInstances naming AssociatePublicIpAddress (any value) for an existing
+        ENI: InvalidParameterCombination "The associatePublicIPAddress parameter
+        cannot be specified for a network interface with an ID." (AWS's message,
+        quoted in a public restore script); with more than one interface:
+        InvalidParameterCombination "The associatePublicIPAddress parameter
+        cannot be specified when launching with multiple network interfaces."
+        (quoted in public bug reports, e.g. erlcloud/erlcloud#284, where false
+        was refused too); on an interface other than device index 0: "The
+        associatePublicIPAddress parameter can only be specified for the network
+        interface with DeviceIndex 0." (Spot Fleet's event documentation; code
+        assumed InvalidParameterCombination). Nothing is launched.
+
+    moto 5.2.5: ignores AssociatePublicIpAddress in ModifyNetworkInterfaceAttribute,
+    and at RunInstances ignores it for an existing ENI and applies it to a new
+    primary interface whatever else the request holds.
+    """
+
+    def refuse(message: str) -> EC2ClientError:
+        return ec2_error("InvalidParameterCombination", message)
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        specs = nic_specs(kwargs)
+        asking = [s for s in specs if s.get("AssociatePublicIpAddress") is not None]
+        if not asking:
+            return
+        if any(s.get("NetworkInterfaceId") for s in asking):
+            raise refuse(
+                "The associatePublicIPAddress parameter cannot be specified for a network "
+                "interface with an ID."
+            )
+        if len(specs) > 1:
+            raise refuse(
+                "The associatePublicIPAddress parameter cannot be specified when launching "
+                "with multiple network interfaces."
+            )
+        if any(device_index(s) != 0 for s in asking):
+            raise refuse(
+                "The associatePublicIPAddress parameter can only be specified for the "
+                "network interface with DeviceIndex 0."
+            )
+
+    def apply(backend: Any, eni: Any) -> None:
+        """Give or take the ENI's public IP as its setting and position say."""
+        if eips_on(backend, eni):
+            return  # the Elastic IP is the public address
+        wanted = eni.__dict__.get(_PUBLIC_IP_ATTR)
+        live_eth0 = (
+            eni.instance is not None
+            and eni.instance.state != "terminated"
+            and eni.device_index == 0
+        )
+        if wanted and live_eth0:
+            if not eni.public_ip:
+                eni.public_ip = random_public_ip()
+        elif wanted is False:
+            eni.public_ip = None
+
+    def launch_follow_up(backend: Any, kwargs: dict[str, Any], reservation: Any) -> None:
+        for instance in reservation.instances:
+            eni = primary_eni(instance)
+            if eni is not None and eni.__dict__.get(_PUBLIC_IP_ATTR):
+                apply(backend, eni)
+
+    original_modify = ElasticNetworkInterfaces.modify_network_interface_attribute
+
+    def modify_network_interface_attribute(self: Any) -> Any:
+        value = self._get_param("AssociatePublicIpAddress")
+        if value is None:
+            return original_modify(self)
+        with EC2_LOCK:
+            eni = self.ec2_backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+            answer = original_modify(self)
+            eni.__dict__[_PUBLIC_IP_ATTR] = is_true(value)
+            apply(self.ec2_backend, eni)
+            return answer
+
+    ElasticNetworkInterfaces.modify_network_interface_attribute = modify_network_interface_attribute
+    _launch_checks.append(check_launch)
+    _launch_follow_ups.append(launch_follow_up)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -1333,6 +1452,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "volume-settings": patch_volume_settings,
     "secondary-ip": patch_secondary_ip,
     "ipv6": patch_ipv6,
+    "public-ip": patch_public_ip,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

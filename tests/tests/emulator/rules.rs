@@ -665,3 +665,68 @@ async fn ipv6_addresses_come_from_the_subnet_s_ipv6_cidr_and_are_unique() -> Res
     }
     Ok(())
 }
+
+/// The public IPv4 address DescribeNetworkInterfaces shows on an ENI.
+async fn eni_public_ip(fx: &Fixture, eni_id: &str) -> Result<Option<String>, SetupError> {
+    let eni = fx.eni(eni_id).await?;
+    Ok(eni.association().and_then(|a| a.public_ip()).filter(|ip| !ip.is_empty()).map(str::to_owned))
+}
+
+/// The public IPv4 address DescribeInstances shows for an instance, and on its primary interface.
+async fn instance_public_ip(fx: &Fixture, instance_id: &str) -> Result<(Option<String>, Option<String>), SetupError> {
+    let instance = fx.instance(instance_id).await?;
+    let primary = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+    let on_primary = primary.and_then(|n| n.association()).and_then(|a| a.public_ip()).filter(|ip| !ip.is_empty()).map(str::to_owned);
+    Ok((instance.public_ip_address().filter(|ip| !ip.is_empty()).map(str::to_owned), on_primary))
+}
+
+#[tokio::test]
+async fn an_eni_s_public_ip_setting_applies_while_it_is_eth0() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let extra = create_eni(&fx, None).await?;
+    let set = |id: String, on: bool| fx.ec2.modify_network_interface_attribute().network_interface_id(id).associate_public_ip_address(on).send();
+
+    // Set on a detached ENI: kept, no address until the ENI is an instance's eth0.
+    set(eni.clone(), true).await?;
+    assert_eq!(eni_public_ip(&fx, &eni).await?, None, "a detached ENI gets no public IP");
+    let out = fx.run_one().network_interfaces(existing_nic(0, &eni)).network_interfaces(existing_nic(1, &extra)).send().await?;
+    let first = out.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let (shown, on_eth0) = instance_public_ip(&fx, &first).await?;
+    assert!(shown.is_some(), "the instance launched on the ENI has a public IP");
+    let address = shown.clone().unwrap_or_default();
+    assert_eq!(on_eth0, shown, "PublicIpAddress is eth0's");
+    assert_eq!(eni_public_ip(&fx, &eni).await?, shown, "the ENI shows it too");
+
+    // Only eth0 gets one: the setting on the ENI at device index 1 gives it none.
+    set(extra.clone(), true).await?;
+    assert_eq!(eni_public_ip(&fx, &extra).await?, None, "device index 1 gets no public IP");
+    assert_eq!(instance_public_ip(&fx, &first).await?.0.as_deref(), Some(address.as_str()));
+
+    // false removes it; true gives a new one.
+    set(eni.clone(), false).await?;
+    assert_eq!(instance_public_ip(&fx, &first).await?, (None, None), "false removes the public IP");
+    assert_eq!(eni_public_ip(&fx, &eni).await?, None);
+    set(eni.clone(), true).await?;
+    let again = instance_public_ip(&fx, &first).await?;
+    assert!(again.0.is_some() && again.0 == again.1, "true gives a public IP again: {again:?}");
+
+    // The address goes with the instance; the setting stays on the ENI for the next one.
+    fx.interrupt(&first).await?;
+    assert_eq!(eni_public_ip(&fx, &eni).await?, None, "released with the instance");
+    let next = launch_on_eni(&fx, &eni).await?;
+    let (shown, on_eth0) = instance_public_ip(&fx, &next).await?;
+    assert!(shown.is_some() && shown == on_eth0, "the next instance on the ENI gets a public IP: {shown:?} {on_eth0:?}");
+
+    // RunInstances may not ask for one on an existing ENI, nor with several interfaces.
+    let spare = create_eni(&fx, None).await?;
+    let with_id = aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder().device_index(0).network_interface_id(&spare).associate_public_ip_address(true).build();
+    let err = fx.run_one().network_interfaces(with_id).send().await.expect_err("AssociatePublicIpAddress on an existing ENI");
+    assert_eq!(err.code(), Some("InvalidParameterCombination"), "{err:?}");
+    let new_eth0 = aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder().device_index(0).subnet_id(&fx.subnet_id).associate_public_ip_address(true).build();
+    let err = fx.run_one().network_interfaces(new_eth0).network_interfaces(existing_nic(1, &spare)).send().await.expect_err("AssociatePublicIpAddress with two interfaces");
+    assert_eq!(err.code(), Some("InvalidParameterCombination"), "{err:?}");
+    assert_eq!(fx.eni(&spare).await?.status(), Some(&NetworkInterfaceStatus::Available), "nothing launched on the spare ENI");
+    assert_eq!(fx.instances_in_vpc().await?, vec![next], "only the instance on the ENI runs");
+    Ok(())
+}
