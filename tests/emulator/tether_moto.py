@@ -48,6 +48,8 @@ from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.subnets import Subnet
+from moto.core.utils import utcnow
+from moto.ec2.responses import EC2Response
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.subnets import Subnets
 from moto.ec2.responses.instances import InstanceResponse
@@ -69,6 +71,7 @@ PATCH_NAMES = (
     "secondary-ip",
     "ipv6",
     "public-ip",
+    "capacity-reservation",
 )
 
 log = logging.getLogger("tether_moto")
@@ -1432,6 +1435,231 @@ def patch_public_ip() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: capacity-reservation
+# --------------------------------------------------------------------------
+
+
+def patch_capacity_reservation() -> None:
+    """On-Demand Capacity Reservations, and a launch's CapacityReservationSpecification.
+
+    AWS (EC2 API Reference, RunInstances CapacityReservationSpecification: "If
+    you do not specify this parameter, the instance's Capacity Reservation
+    preference defaults to open, which enables it to run in any open Capacity
+    Reservation that has matching attributes"; CapacityReservationSpecification
+    / ...Response; CreateCapacityReservation, DescribeCapacityReservations;
+    "Error codes"):
+      - DescribeInstances reports each instance's CapacityReservationSpecification
+        (CapacityReservationPreference open | none | capacity-reservations-only,
+        and the CapacityReservationTarget it was launched with) and, when it runs
+        in one, its CapacityReservationId. Unspecified: preference `open`.
+      - A target naming a reservation that does not exist:
+        InvalidCapacityReservationId.NotFound. A target whose reservation has no
+        instance left, is not active, or does not match the launch's instance type
+        and Availability Zone: ReservationCapacityExceeded "The requested
+        reservation does not have sufficient compatible and available capacity
+        for this request." (AWS's message, hashicorp/terraform-provider-aws#35745).
+      - An on-demand launch with preference `open` runs in an active reservation
+        with InstanceMatchCriteria `open` and the same instance type and AZ, if one
+        has an instance left; a targeted launch takes one of its target's.
+        TerminateInstances gives the instance back.
+      - A Spot launch (InstanceMarketOptions spot) with a target or with
+        `capacity-reservations-only`: InvalidParameterCombination (code and message
+        are ours: AWS documents that reservations are for On-Demand instances, we
+        saw no response).
+      - CreateCapacityReservation (InstanceType, InstancePlatform, AvailabilityZone,
+        InstanceCount, InstanceMatchCriteria open | targeted, TagSpecifications)
+        makes an `active` reservation at once; DescribeCapacityReservations lists
+        them (by id: unknown ids fail with InvalidCapacityReservationId.NotFound);
+        CancelCapacityReservation makes one `cancelled`. The platform is recorded,
+        not matched (moto's AMIs report odd platforms). Nothing else (end dates,
+        tenancy, fleets, resource groups, billing) is emulated.
+    Nothing is launched when a check fails.
+
+    moto 5.2.5: has no capacity reservations (the three actions are unknown) and
+    drops CapacityReservationSpecification: DescribeInstances shows none.
+    """
+    pending = threading.local()
+
+    def reservations(backend: Any) -> dict[str, dict[str, Any]]:
+        return backend.__dict__.setdefault("_tether_capacity_reservations", {})
+
+    def not_found(reservation_id: str) -> EC2ClientError:
+        return ec2_error(
+            "InvalidCapacityReservationId.NotFound",
+            f"The capacity reservation ID '{reservation_id}' does not exist",
+        )
+
+    def exceeded() -> EC2ClientError:
+        return ec2_error(
+            "ReservationCapacityExceeded",
+            "The requested reservation does not have sufficient compatible and available "
+            "capacity for this request.",
+        )
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        spec = getattr(pending, "spec", None) or {}
+        preference = spec.get("CapacityReservationPreference") or (
+            None if spec.get("CapacityReservationTarget") else "open"
+        )
+        target = (spec.get("CapacityReservationTarget") or {}).get("CapacityReservationId")
+        spot = str(kwargs.get("instance_market_options") or "").lower() == "spot"
+        if spot and (target or preference == "capacity-reservations-only"):
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "Capacity Reservations are for On-Demand Instances: a Spot launch cannot "
+                "target one.",
+            )
+        # The launch's AZ: Placement (eni-in-use sets it from an existing ENI), or its subnet's.
+        zone = kwargs.get("placement")
+        subnet_id = kwargs.get("subnet_id") or next(
+            (s.get("SubnetId") for s in nic_specs(kwargs) if s.get("SubnetId")), None
+        )
+        if not zone and subnet_id:
+            zone = backend.get_subnet(subnet_id).availability_zone
+
+        def fits(reservation: dict[str, Any]) -> bool:
+            return (
+                reservation["State"] == "active"
+                and reservation["AvailableInstanceCount"] >= count
+                and reservation["InstanceType"] == kwargs.get("instance_type")
+                and reservation["AvailabilityZone"] == zone
+            )
+
+        chosen = None
+        if target:
+            reservation = reservations(backend).get(target)
+            if reservation is None:
+                raise not_found(target)
+            if not fits(reservation):
+                raise exceeded()
+            chosen = reservation
+        elif preference == "open" and not spot:
+            chosen = next(
+                (
+                    r
+                    for r in reservations(backend).values()
+                    if r["InstanceMatchCriteria"] == "open" and fits(r)
+                ),
+                None,
+            )
+        elif preference == "capacity-reservations-only":
+            chosen = next((r for r in reservations(backend).values() if fits(r)), None)
+            if chosen is None:
+                raise exceeded()
+        shown: dict[str, Any] = {"CapacityReservationPreference": preference} if preference else {}
+        if target:
+            shown["CapacityReservationTarget"] = {"CapacityReservationId": target}
+        pending.shown = shown or {"CapacityReservationPreference": "open"}
+        pending.chosen = chosen
+
+    def launch_follow_up(backend: Any, kwargs: dict[str, Any], reservation: Any) -> None:
+        chosen = getattr(pending, "chosen", None)
+        for instance in reservation.instances:
+            instance.capacity_reservation_specification = copy.deepcopy(
+                getattr(pending, "shown", None) or {"CapacityReservationPreference": "open"}
+            )
+            if chosen is not None:
+                instance.capacity_reservation_id = chosen["CapacityReservationId"]
+                chosen["AvailableInstanceCount"] -= 1
+
+    original_run = InstanceResponse.run_instances
+
+    def run_instances(self: Any) -> Any:
+        pending.spec = self._get_param("CapacityReservationSpecification") or {}
+        pending.shown = pending.chosen = None
+        try:
+            return original_run(self)
+        finally:
+            pending.spec = pending.shown = pending.chosen = None
+
+    original_terminate = Instance.terminate
+
+    def terminate(self: Instance) -> Any:
+        with EC2_LOCK:
+            live = self.state != "terminated"
+            answer = original_terminate(self)
+            reservation_id = self.__dict__.get("capacity_reservation_id")
+            if live and reservation_id:
+                reservation = reservations(self.ec2_backend).get(reservation_id)
+                if reservation is not None and reservation["State"] == "active":
+                    reservation["AvailableInstanceCount"] += 1
+            return answer
+
+    def create_capacity_reservation(self: Any) -> Any:
+        backend = self.ec2_backend
+        count = self._get_int_param("InstanceCount", 0)
+        zone = self._get_param("AvailabilityZone")
+        for name, value in (
+            ("InstanceType", self._get_param("InstanceType")),
+            ("InstancePlatform", self._get_param("InstancePlatform")),
+            ("AvailabilityZone", zone),
+        ):
+            if not value:
+                raise ec2_error("MissingParameter", f"The request must contain the parameter {name}.")
+        if count < 1:
+            raise ec2_error(
+                "InvalidParameterValue", f"Value ({count}) for parameter instanceCount is invalid."
+            )
+        self.error_on_dryrun()
+        reservation_id = "cr-" + random.randbytes(9).hex()[:17]
+        tags = [
+            {"Key": k, "Value": v}
+            for spec in self._get_param("TagSpecifications", [])
+            for k, v in ((t.get("Key"), t.get("Value")) for t in spec.get("Tags", []))
+        ]
+        reservation = {
+            "CapacityReservationId": reservation_id,
+            "OwnerId": backend.account_id,
+            "CapacityReservationArn": f"arn:aws:ec2:{backend.region_name}:{backend.account_id}:"
+            f"capacity-reservation/{reservation_id}",
+            "InstanceType": self._get_param("InstanceType"),
+            "InstancePlatform": self._get_param("InstancePlatform"),
+            "AvailabilityZone": zone,
+            "Tenancy": self._get_param("Tenancy") or "default",
+            "TotalInstanceCount": count,
+            "AvailableInstanceCount": count,
+            "EbsOptimized": is_true(self._get_param("EbsOptimized")),
+            "EphemeralStorage": False,
+            "State": "active",
+            "EndDateType": self._get_param("EndDateType") or "unlimited",
+            "InstanceMatchCriteria": self._get_param("InstanceMatchCriteria") or "open",
+            "CreateDate": utcnow(),
+            "Tags": tags,
+        }
+        with EC2_LOCK:
+            reservations(backend)[reservation_id] = reservation
+        return ActionResult({"CapacityReservation": reservation})
+
+    def describe_capacity_reservations(self: Any) -> Any:
+        backend = self.ec2_backend
+        ids = self._get_param("CapacityReservationIds", [])
+        known = reservations(backend)
+        for reservation_id in ids:
+            if reservation_id not in known:
+                raise not_found(reservation_id)
+        listed = [known[i] for i in ids] if ids else list(known.values())
+        return ActionResult({"CapacityReservations": listed})
+
+    def cancel_capacity_reservation(self: Any) -> Any:
+        reservation_id = self._get_param("CapacityReservationId")
+        with EC2_LOCK:
+            reservation = reservations(self.ec2_backend).get(reservation_id)
+            if reservation is None:
+                raise not_found(reservation_id)
+            reservation["State"] = "cancelled"
+            reservation["AvailableInstanceCount"] = 0
+        return ActionResult({"Return": True})
+
+    InstanceResponse.run_instances = run_instances
+    Instance.terminate = terminate
+    EC2Response.create_capacity_reservation = create_capacity_reservation
+    EC2Response.describe_capacity_reservations = describe_capacity_reservations
+    EC2Response.cancel_capacity_reservation = cancel_capacity_reservation
+    _launch_checks.append(check_launch)
+    _launch_follow_ups.append(launch_follow_up)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -1453,6 +1681,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "secondary-ip": patch_secondary_ip,
     "ipv6": patch_ipv6,
     "public-ip": patch_public_ip,
+    "capacity-reservation": patch_capacity_reservation,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

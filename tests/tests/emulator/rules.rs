@@ -730,3 +730,65 @@ async fn an_eni_s_public_ip_setting_applies_while_it_is_eth0() -> Result<(), Set
     assert_eq!(fx.instances_in_vpc().await?, vec![next], "only the instance on the ENI runs");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_launch_keeps_its_capacity_reservation_specification() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::{
+        CapacityReservationInstancePlatform, CapacityReservationPreference, CapacityReservationSpecification, CapacityReservationTarget,
+        InstanceMarketOptionsRequest, InstanceMatchCriteria, MarketType,
+    };
+    let fx = Fixture::new().await?;
+    let launched = |out: aws_sdk_ec2::operation::run_instances::RunInstancesOutput| out.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_owned();
+    let preference = |p: CapacityReservationPreference| CapacityReservationSpecification::builder().capacity_reservation_preference(p).build();
+    let shown = |instance: &aws_sdk_ec2::types::Instance| {
+        let spec = instance.capacity_reservation_specification();
+        (
+            spec.and_then(|s| s.capacity_reservation_preference()).cloned(),
+            spec.and_then(|s| s.capacity_reservation_target()).and_then(|t| t.capacity_reservation_id()).map(str::to_owned),
+            instance.capacity_reservation_id().map(str::to_owned),
+        )
+    };
+
+    // Unspecified: open; `none` is kept as given.
+    let plain = launched(fx.run_one().subnet_id(&fx.subnet_id).send().await?);
+    assert_eq!(shown(&fx.instance(&plain).await?), (Some(CapacityReservationPreference::Open), None, None), "unspecified means open");
+    let none = launched(fx.run_one().subnet_id(&fx.subnet_id).capacity_reservation_specification(preference(CapacityReservationPreference::None)).send().await?);
+    assert_eq!(shown(&fx.instance(&none).await?).0, Some(CapacityReservationPreference::None));
+
+    // A targeted reservation for one t3.micro in the fixture's AZ.
+    let reservation = fx.ec2.create_capacity_reservation().instance_type("t3.micro").instance_platform(CapacityReservationInstancePlatform::LinuxUnix)
+        .availability_zone(&fx.availability_zone).instance_count(1).instance_match_criteria(InstanceMatchCriteria::Targeted).send().await?;
+    let reservation_id = reservation.capacity_reservation().and_then(|r| r.capacity_reservation_id()).ok_or("no reservation id")?.to_owned();
+    let target = |id: &str| CapacityReservationSpecification::builder().capacity_reservation_target(CapacityReservationTarget::builder().capacity_reservation_id(id).build()).build();
+    let available = || async {
+        let out = fx.ec2.describe_capacity_reservations().capacity_reservation_ids(&reservation_id).send().await?;
+        Ok::<_, SetupError>(out.capacity_reservations().first().and_then(|r| r.available_instance_count()))
+    };
+    assert_eq!(available().await?, Some(1));
+
+    // An on-demand launch on an ENI targeting it runs in it.
+    let eni = create_eni(&fx, None).await?;
+    let on_eni = launched(fx.run_one().network_interfaces(on_eni(&eni)).capacity_reservation_specification(target(&reservation_id)).send().await?);
+    let (_, targeted, running_in) = shown(&fx.instance(&on_eni).await?);
+    assert_eq!(targeted.as_deref(), Some(reservation_id.as_str()), "the target is kept");
+    assert_eq!(running_in.as_deref(), Some(reservation_id.as_str()), "the instance runs in the reservation");
+    assert_eq!(available().await?, Some(0));
+
+    // Refused: no instance left; an unknown reservation; a Spot launch with a target. Nothing launches.
+    let before = fx.instances_in_vpc().await?.len();
+    let full = fx.run_one().subnet_id(&fx.subnet_id).capacity_reservation_specification(target(&reservation_id)).send().await.expect_err("the reservation is used up");
+    assert_eq!(full.code(), Some("ReservationCapacityExceeded"), "{full:?}");
+    let unknown = fx.run_one().subnet_id(&fx.subnet_id).capacity_reservation_specification(target("cr-0123456789abcdef0")).send().await.expect_err("no such reservation");
+    assert_eq!(unknown.code(), Some("InvalidCapacityReservationId.NotFound"), "{unknown:?}");
+    let spot = InstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).build();
+    let on_spot = fx.run_one().subnet_id(&fx.subnet_id).instance_market_options(spot).capacity_reservation_specification(target(&reservation_id)).send().await.expect_err("Spot cannot use a reservation");
+    assert_eq!(on_spot.code(), Some("InvalidParameterCombination"), "{on_spot:?}");
+    assert_eq!(fx.instances_in_vpc().await?.len(), before, "nothing launched");
+
+    // Terminating gives the instance back.
+    fx.interrupt(&on_eni).await?;
+    assert_eq!(available().await?, Some(1));
+    let again = launched(fx.run_one().subnet_id(&fx.subnet_id).capacity_reservation_specification(target(&reservation_id)).send().await?);
+    assert_eq!(shown(&fx.instance(&again).await?).2.as_deref(), Some(reservation_id.as_str()));
+    Ok(())
+}
