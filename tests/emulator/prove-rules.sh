@@ -24,6 +24,7 @@ rules=(
   "ipv6         ipv6_addresses_come_from_the_subnet_s_ipv6_cidr_and_are_unique"
   "public-ip    an_eni_s_public_ip_setting_applies_while_it_is_eth0"
   "capacity-reservation a_launch_keeps_its_capacity_reservation_specification"
+  "launch-template launch_template_versions_read_back_as_stored"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

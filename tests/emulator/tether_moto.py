@@ -41,18 +41,20 @@ from typing import Any
 
 import moto
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.exceptions import EC2ClientError, InvalidLaunchTemplateVersionNotFound
 from moto.ec2 import utils as ec2_utils
 from moto.ec2.utils import random_public_ip
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
+from moto.ec2.models.launch_templates import LaunchTemplate
 from moto.ec2.models.subnets import Subnet
 from moto.core.utils import utcnow
 from moto.ec2.responses import EC2Response
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.subnets import Subnets
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 PINNED_MOTO_VERSION = "5.2.5"
@@ -72,6 +74,7 @@ PATCH_NAMES = (
     "ipv6",
     "public-ip",
     "capacity-reservation",
+    "launch-template",
 )
 
 log = logging.getLogger("tether_moto")
@@ -1660,6 +1663,81 @@ def patch_capacity_reservation() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: launch-template
+# --------------------------------------------------------------------------
+
+
+def patch_launch_template() -> None:
+    """Launch template versions: numbers that exist, and SourceVersion's data.
+
+    AWS (EC2 API Reference, CreateLaunchTemplateVersion, SourceVersion: "The
+    version of the launch template on which to base the new version.
+    Snapshots applied to the block device mapping are ignored when creating a
+    new version unless they are explicitly included"; EC2 User Guide, "Modify a
+    launch template (manage launch template versions)": the new version takes
+    the source version's parameters, and those you specify replace them;
+    DescribeLaunchTemplateVersions, Versions: "$Latest", "$Default" or a version
+    number; errors as AWS words them, quoted in public bug reports:
+    InvalidLaunchTemplateId.VersionNotFound "Could not find the specified version
+    1 for the launch template with ID lt-…" (eksctl-io/eksctl#7786),
+    InvalidLaunchTemplateName.NotFoundException "The specified launch template,
+    with template name …, does not exist." (getmoto/moto#5477)):
+      - CreateLaunchTemplateVersion with SourceVersion: the new version's
+        LaunchTemplateData is the source version's, each top-level parameter the
+        request gives replacing the source's. An unknown SourceVersion:
+        InvalidLaunchTemplateId.VersionNotFound, nothing created.
+      - A version number that does not exist (0 and negative numbers included)
+        in DescribeLaunchTemplateVersions or CreateLaunchTemplateVersion's
+        SourceVersion: InvalidLaunchTemplateId.VersionNotFound (moto already
+        checks ModifyLaunchTemplate's DefaultVersion). A version that is no number and
+        no alias gets the same error (AWS's answer for it is not verified).
+
+    moto 5.2.5: a new version from SourceVersion holds only the parameters the
+    request gives (the source's others are lost); version 0 (or -1, ...) silently
+    names the latest version (Python's negative indexing); a non-numeric version
+    answers HTTP 500. What moto already did right: the stored LaunchTemplateData
+    round-trips as given; $Default/$Latest/numbers by id and by name; unknown
+    template id/name and too-high numbers give AWS's codes and messages.
+    """
+    original_get_version = LaunchTemplate.get_version
+    original_create_version = LaunchTemplates.create_launch_template_version
+
+    def get_version(self: LaunchTemplate, num: Any) -> Any:
+        alias = str(num).lower()
+        if alias in ("$latest", "$default"):
+            return original_get_version(self, num)
+        try:
+            number = int(str(num))
+        except ValueError:
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num) from None
+        if number < 1 or number > len(self.versions):
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+        return self.versions[number - 1]
+
+    def create_launch_template_version(self: Any) -> Any:
+        source = self._get_param("SourceVersion")
+        if source is None:
+            return original_create_version(self)
+        with EC2_LOCK:
+            name = self._get_param("LaunchTemplateName")
+            template_id = self._get_param("LaunchTemplateId")
+            template = (
+                self.ec2_backend.get_launch_template(template_id)
+                if template_id
+                else self.ec2_backend.get_launch_template_by_name(name)
+            )
+            base = copy.deepcopy(template.get_version(source).data)  # raises before creating
+            answer = original_create_version(self)
+            created = template.versions[-1]
+            for key, value in base.items():
+                created.data.setdefault(key, value)  # the same dict the answer holds
+            return answer
+
+    LaunchTemplate.get_version = get_version
+    LaunchTemplates.create_launch_template_version = create_launch_template_version
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -1682,6 +1760,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "ipv6": patch_ipv6,
     "public-ip": patch_public_ip,
     "capacity-reservation": patch_capacity_reservation,
+    "launch-template": patch_launch_template,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

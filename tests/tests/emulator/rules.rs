@@ -792,3 +792,103 @@ async fn a_launch_keeps_its_capacity_reservation_specification() -> Result<(), S
     assert_eq!(shown(&fx.instance(&again).await?).2.as_deref(), Some(reservation_id.as_str()));
     Ok(())
 }
+
+#[tokio::test]
+async fn launch_template_versions_read_back_as_stored() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::{
+        CreditSpecificationRequest, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
+        LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateInstanceMarketOptionsRequest, LaunchTemplateInstanceMetadataOptionsRequest,
+        LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, LaunchTemplatePlacementRequest, LaunchTemplateSpotMarketOptionsRequest,
+        LaunchTemplateTagSpecificationRequest, LaunchTemplatesMonitoringRequest, MarketType, RequestLaunchTemplateData, ResourceType, Tag, VolumeType,
+    };
+    let fx = Fixture::new().await?;
+    let name = format!("tether-{}", fx.table_name);
+    let user_data = "IyEvYmluL3NoCmVjaG8gdGV0aGVyCg==";
+    let data = |instance_type: &str| {
+        RequestLaunchTemplateData::builder()
+            .image_id(&fx.image_id)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(instance_type))
+            .security_group_ids(&fx.security_group_id)
+            .metadata_options(LaunchTemplateInstanceMetadataOptionsRequest::builder().http_tokens(LaunchTemplateHttpTokensState::Required).http_put_response_hop_limit(2).build())
+            .block_device_mappings(
+                LaunchTemplateBlockDeviceMappingRequest::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(LaunchTemplateEbsBlockDeviceRequest::builder().volume_size(20).volume_type(VolumeType::Gp3).iops(4000).throughput(200).delete_on_termination(true).encrypted(true).build())
+                    .build(),
+            )
+            .network_interfaces(LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder().device_index(0).subnet_id(&fx.subnet_id).groups(&fx.security_group_id).delete_on_termination(true).build())
+            .tag_specifications(LaunchTemplateTagSpecificationRequest::builder().resource_type(ResourceType::Instance).tags(Tag::builder().key("team").value("data").build()).build())
+            .iam_instance_profile(LaunchTemplateIamInstanceProfileSpecificationRequest::builder().name("tether-node").build())
+            .instance_market_options(LaunchTemplateInstanceMarketOptionsRequest::builder().market_type(MarketType::Spot).spot_options(LaunchTemplateSpotMarketOptionsRequest::builder().max_price("0.05").build()).build())
+            .placement(LaunchTemplatePlacementRequest::builder().availability_zone(&fx.availability_zone).build())
+            .credit_specification(CreditSpecificationRequest::builder().cpu_credits("unlimited").build())
+            .ebs_optimized(true)
+            .monitoring(LaunchTemplatesMonitoringRequest::builder().enabled(true).build())
+            .user_data(user_data)
+            .build()
+    };
+    let created = fx.ec2.create_launch_template().launch_template_name(&name).launch_template_data(data("t3.micro")).send().await?;
+    let id = created.launch_template().and_then(|t| t.launch_template_id()).ok_or("no template id")?.to_owned();
+    fx.ec2.create_launch_template_version().launch_template_id(&id).launch_template_data(data("t3.small")).send().await?;
+    // Version 3 from version 1, naming only its instance type: it keeps all of version 1's other settings.
+    let only_type = RequestLaunchTemplateData::builder().instance_type(aws_sdk_ec2::types::InstanceType::T3Large).build();
+    fx.ec2.create_launch_template_version().launch_template_id(&id).source_version("1").launch_template_data(only_type).send().await?;
+
+    // (version number, default?, data) for one Versions value, by id or by name.
+    let read = |by_name: bool, version: &str| {
+        let request = fx.ec2.describe_launch_template_versions().versions(version);
+        let request = if by_name { request.launch_template_name(&name) } else { request.launch_template_id(&id) };
+        async move {
+            let out = request.send().await?;
+            let v = out.launch_template_versions().first().cloned().ok_or("no version")?;
+            Ok::<_, SetupError>((v.version_number(), v.default_version(), v.launch_template_data().cloned().ok_or("no data")?))
+        }
+    };
+    let check = |data: &aws_sdk_ec2::types::ResponseLaunchTemplateData, instance_type: &str| {
+        assert_eq!(data.instance_type().map(|t| t.as_str()), Some(instance_type));
+        assert_eq!(data.image_id(), Some(fx.image_id.as_str()));
+        assert_eq!(data.security_group_ids(), [fx.security_group_id.clone()]);
+        let metadata = data.metadata_options().expect("MetadataOptions");
+        assert_eq!((metadata.http_tokens(), metadata.http_put_response_hop_limit()), (Some(&LaunchTemplateHttpTokensState::Required), Some(2)));
+        let mapping = data.block_device_mappings().first().expect("a block device mapping");
+        let ebs = mapping.ebs().expect("Ebs");
+        assert_eq!(mapping.device_name(), Some("/dev/xvda"));
+        assert_eq!((ebs.volume_size(), ebs.volume_type(), ebs.iops(), ebs.throughput(), ebs.delete_on_termination(), ebs.encrypted()), (Some(20), Some(&VolumeType::Gp3), Some(4000), Some(200), Some(true), Some(true)));
+        let nic = data.network_interfaces().first().expect("a network interface");
+        assert_eq!((nic.device_index(), nic.subnet_id(), nic.groups(), nic.delete_on_termination()), (Some(0), Some(fx.subnet_id.as_str()), [fx.security_group_id.clone()].as_slice(), Some(true)));
+        let tags = data.tag_specifications().first().expect("a tag specification");
+        assert_eq!(tags.resource_type(), Some(&ResourceType::Instance));
+        assert_eq!(tags.tags().iter().map(|t| (t.key(), t.value())).collect::<Vec<_>>(), [(Some("team"), Some("data"))]);
+        assert_eq!(data.iam_instance_profile().and_then(|p| p.name()), Some("tether-node"));
+        let market = data.instance_market_options().expect("InstanceMarketOptions");
+        assert_eq!((market.market_type(), market.spot_options().and_then(|s| s.max_price())), (Some(&MarketType::Spot), Some("0.05")));
+        assert_eq!(data.placement().and_then(|p| p.availability_zone()), Some(fx.availability_zone.as_str()));
+        assert_eq!(data.credit_specification().and_then(|c| c.cpu_credits()), Some("unlimited"));
+        assert_eq!((data.ebs_optimized(), data.monitoring().and_then(|m| m.enabled()), data.user_data()), (Some(true), Some(true), Some(user_data)));
+    };
+
+    for by_name in [false, true] {
+        let (number, default, first) = read(by_name, "$Default").await?;
+        assert_eq!((number, default), (Some(1), Some(true)), "by name: {by_name}");
+        check(&first, "t3.micro");
+        let (number, _, second) = read(by_name, "2").await?;
+        assert_eq!(number, Some(2));
+        check(&second, "t3.small");
+        let (number, default, third) = read(by_name, "$Latest").await?;
+        assert_eq!((number, default), (Some(3), Some(false)));
+        check(&third, "t3.large");
+    }
+    fx.ec2.modify_launch_template().launch_template_id(&id).default_version("2").send().await?;
+    assert_eq!(read(true, "$Default").await?.0, Some(2), "$Default follows ModifyLaunchTemplate");
+
+    // Errors: an unknown template (by id, by name) or version.
+    let err = fx.ec2.describe_launch_template_versions().launch_template_id("lt-0123456789abcdef0").versions("$Latest").send().await.expect_err("no such template id");
+    assert_eq!(err.code(), Some("InvalidLaunchTemplateId.NotFound"), "{err:?}");
+    let err = fx.ec2.describe_launch_template_versions().launch_template_name("tether-no-such-template").versions("$Latest").send().await.expect_err("no such template name");
+    assert_eq!(err.code(), Some("InvalidLaunchTemplateName.NotFoundException"), "{err:?}");
+    for version in ["7", "0"] {
+        let err = fx.ec2.describe_launch_template_versions().launch_template_id(&id).versions(version).send().await.expect_err("no such version");
+        assert_eq!(err.code(), Some("InvalidLaunchTemplateId.VersionNotFound"), "version {version}: {err:?}");
+    }
+    Ok(())
+}
