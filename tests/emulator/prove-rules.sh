@@ -25,6 +25,7 @@ rules=(
   "public-ip    an_eni_s_public_ip_setting_applies_while_it_is_eth0"
   "capacity-reservation a_launch_keeps_its_capacity_reservation_specification"
   "launch-template launch_template_versions_read_back_as_stored"
+  "source-dest  an_instance_s_source_dest_check_is_its_primary_eni_s"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

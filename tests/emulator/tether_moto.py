@@ -75,6 +75,7 @@ PATCH_NAMES = (
     "public-ip",
     "capacity-reservation",
     "launch-template",
+    "source-dest",
 )
 
 log = logging.getLogger("tether_moto")
@@ -1738,6 +1739,56 @@ def patch_launch_template() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: source-dest
+# --------------------------------------------------------------------------
+
+
+def patch_source_dest() -> None:
+    """An instance's SourceDestCheck is its primary network interface's.
+
+    AWS (EC2 API Reference, NetworkInterface.SourceDestCheck and
+    ModifyNetworkInterfaceAttribute SourceDestCheck; Instance.SourceDestCheck;
+    ModifyInstanceAttribute SourceDestCheck): source/destination checking is an
+    attribute of a network interface; the instance-level attribute is that of its
+    primary interface (device index 0): DescribeInstances' SourceDestCheck shows
+    the primary ENI's value, and ModifyInstanceAttribute SourceDestCheck writes
+    through to it (as observed against AWS in hashicorp/terraform#14068 and
+    hashicorp/terraform-provider-aws#49198: "ModifyInstanceAttribute, which
+    writes straight through to the primary ENI", "Read populates it from the
+    primary ENI"). On an instance with more than one interface,
+    ModifyInstanceAttribute SourceDestCheck fails with InvalidInstanceID "There
+    are multiple interfaces attached to instance 'i-…'. Please specify an
+    interface ID for the operation instead." (AWS's message, quoted in
+    aws/aws-cdk#13791 and bobtfish/AWSnycast#28).
+
+    moto 5.2.5: keeps a separate instance attribute, always true at launch: an
+    ENI launched with SourceDestCheck=false shows false on the ENI and true on
+    the instance, and ModifyInstanceAttribute changes only the latter.
+    """
+
+    def get(self: Instance) -> bool:
+        eni = self.__dict__.get("nics", {}).get(0)
+        if eni is not None:
+            return bool(eni.source_dest_check)
+        return self.__dict__.get("_tether_source_dest_check", True)
+
+    def set_(self: Instance, value: Any) -> None:
+        nics = self.__dict__.get("nics") or {}
+        if not nics:  # Instance.__init__ sets it before the NICs exist
+            self.__dict__["_tether_source_dest_check"] = is_true(value)
+            return
+        if len(nics) > 1:
+            raise ec2_error(
+                "InvalidInstanceID",
+                f"There are multiple interfaces attached to instance '{self.id}'. "
+                "Please specify an interface ID for the operation instead.",
+            )
+        nics[min(nics)].source_dest_check = is_true(value)
+
+    Instance.source_dest_check = property(get, set_)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -1761,6 +1812,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "public-ip": patch_public_ip,
     "capacity-reservation": patch_capacity_reservation,
     "launch-template": patch_launch_template,
+    "source-dest": patch_source_dest,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

@@ -892,3 +892,38 @@ async fn launch_template_versions_read_back_as_stored() -> Result<(), SetupError
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_instance_s_source_dest_check_is_its_primary_eni_s() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::AttributeBooleanValue;
+    let fx = Fixture::new().await?;
+    let eni = create_eni(&fx, None).await?;
+    let check = |on: bool| AttributeBooleanValue::builder().value(on).build();
+    let on_eni = |id: &str, on: bool| fx.ec2.modify_network_interface_attribute().network_interface_id(id).source_dest_check(check(on)).send();
+    let shown = |instance: aws_sdk_ec2::types::Instance| {
+        let primary = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0)).and_then(|n| n.source_dest_check());
+        (instance.source_dest_check(), primary)
+    };
+
+    // Off on a detached ENI: DescribeNetworkInterfaces shows it, and so does the instance launched on it.
+    on_eni(&eni, false).await?;
+    assert_eq!(fx.eni(&eni).await?.source_dest_check(), Some(false));
+    let instance = launch_on_eni(&fx, &eni).await?;
+    assert_eq!(shown(fx.instance(&instance).await?), (Some(false), Some(false)), "the instance's check is its primary ENI's");
+    // On again through the ENI, then off through the instance: one attribute.
+    on_eni(&eni, true).await?;
+    assert_eq!(shown(fx.instance(&instance).await?), (Some(true), Some(true)));
+    fx.ec2.modify_instance_attribute().instance_id(&instance).source_dest_check(check(false)).send().await?;
+    assert_eq!(fx.eni(&eni).await?.source_dest_check(), Some(false), "ModifyInstanceAttribute writes to the primary ENI");
+    assert_eq!(shown(fx.instance(&instance).await?), (Some(false), Some(false)));
+
+    // With two interfaces the instance-level call cannot tell which one is meant.
+    let primary = create_eni(&fx, None).await?;
+    let extra = create_eni(&fx, None).await?;
+    let out = fx.run_one().network_interfaces(existing_nic(0, &primary)).network_interfaces(existing_nic(1, &extra)).send().await?;
+    let two = out.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let err = fx.ec2.modify_instance_attribute().instance_id(&two).source_dest_check(check(false)).send().await.expect_err("two interfaces");
+    assert_eq!(err.code(), Some("InvalidInstanceID"), "{err:?}");
+    assert_eq!((fx.eni(&primary).await?.source_dest_check(), fx.eni(&extra).await?.source_dest_check()), (Some(true), Some(true)), "nothing changed");
+    Ok(())
+}
