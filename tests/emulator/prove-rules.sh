@@ -15,6 +15,17 @@ rules=(
   "client-token a_client_token_used_again_returns_the_original_instance"
   "eni-az       an_eni_is_used_only_in_its_own_availability_zone"
   "volume-settings a_launch_s_block_device_settings_provision_its_volumes"
+  "nic-sg       network_interfaces_exclude_instance_level_security_groups"
+  "device-index two_network_interfaces_at_one_device_index_are_refused"
+  "eni-az       an_extra_eni_from_another_availability_zone_is_refused"
+  "secondary-ip secondary_private_ips_are_unique_in_the_subnet_and_never_reserved"
+  "secondary-ip picked_secondary_private_ips_are_free_and_never_reserved"
+  "cidr-reservation picked_secondary_private_ips_are_free_and_never_reserved"
+  "ipv6         ipv6_addresses_come_from_the_subnet_s_ipv6_cidr_and_are_unique"
+  "public-ip    an_eni_s_public_ip_setting_applies_while_it_is_eth0"
+  "capacity-reservation a_launch_keeps_its_capacity_reservation_specification"
+  "launch-template launch_template_versions_read_back_as_stored"
+  "source-dest  an_instance_s_source_dest_check_is_its_primary_eni_s"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

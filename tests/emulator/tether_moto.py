@@ -41,15 +41,20 @@ from typing import Any
 
 import moto
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.exceptions import EC2ClientError, InvalidLaunchTemplateVersionNotFound
 from moto.ec2 import utils as ec2_utils
+from moto.ec2.utils import random_public_ip
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
+from moto.ec2.models.launch_templates import LaunchTemplate
 from moto.ec2.models.subnets import Subnet
+from moto.core.utils import utcnow
+from moto.ec2.responses import EC2Response
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.subnets import Subnets
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 PINNED_MOTO_VERSION = "5.2.5"
@@ -63,6 +68,14 @@ PATCH_NAMES = (
     "eni-az",
     "capacity",
     "volume-settings",
+    "nic-sg",
+    "device-index",
+    "secondary-ip",
+    "ipv6",
+    "public-ip",
+    "capacity-reservation",
+    "launch-template",
+    "source-dest",
 )
 
 log = logging.getLogger("tether_moto")
@@ -860,7 +873,9 @@ def patch_eni_az() -> None:
         its subnet fails with InvalidParameterValue "Value (<az>) for parameter
         availabilityZone is invalid. Subnet '<subnet>' is in the availability
         zone <subnet-az>"; the same error is used for an existing ENI (whose
-        subnet fixes its AZ) and for a subnet given with SubnetId.
+        subnet fixes its AZ) at any device index, not only the primary, and for
+        a subnet given with SubnetId. Without a Placement, the interface at the
+        lowest device index sets the AZ and any other interface elsewhere fails.
 
     moto 5.2.5: attaches across AZs, launches an instance on an ENI in any AZ
     requested, and ignores Placement when SubnetId names a subnet elsewhere.
@@ -874,12 +889,15 @@ def patch_eni_az() -> None:
         )
 
     def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
-        subnets = [eni.subnet for _, eni in existing_enis(backend, kwargs)]
+        # (device index, subnet) of every interface, existing or new, at any
+        # index; without a Placement the primary's (lowest index) sets the AZ.
+        placed = [(index, eni.subnet) for index, eni in existing_enis(backend, kwargs)]
         if kwargs.get("subnet_id"):
-            subnets.append(backend.get_subnet(kwargs["subnet_id"]))
+            placed.append((0, backend.get_subnet(kwargs["subnet_id"])))
         for spec in nic_specs(kwargs):
             if spec.get("SubnetId") and not spec.get("NetworkInterfaceId"):
-                subnets.append(backend.get_subnet(spec["SubnetId"]))
+                placed.append((device_index(spec), backend.get_subnet(spec["SubnetId"])))
+        subnets = [subnet for _, subnet in sorted(placed, key=lambda p: p[0])]
         zone = kwargs.get("placement") or (subnets[0].availability_zone if subnets else None)
         for subnet in subnets:
             if subnet.availability_zone != zone:
@@ -976,12 +994,810 @@ def patch_volume_settings() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: nic-sg
+# --------------------------------------------------------------------------
+
+
+def patch_nic_sg() -> None:
+    """RunInstances refuses NetworkInterfaces together with instance-level
+    security groups.
+
+    AWS (EC2 API Reference, RunInstances, SecurityGroupIds and SecurityGroups:
+    "If you specify a network interface, you must specify any security groups
+    as part of the network interface instead of using this parameter"): a
+    request naming NetworkInterfaces (an existing ENI or a new one) and
+    SecurityGroupIds or SecurityGroups fails with InvalidParameterCombination
+    "Network interfaces and an instance-level security groups may not be
+    specified on the same request" (AWS's wording, quoted in public bug reports:
+    aws/aws-sdk-ruby#662, hashicorp/terraform#1188, aws/aws-cli#518 (with
+    --security-groups), aws/aws-sdk-php#601). Nothing is launched.
+
+    moto 5.2.5: launches, adding the instance-level groups to each new
+    interface (an existing ENI keeps its own); it refuses only the subnet
+    combination ("... an instance-level subnet ID ...").
+    """
+    original = InstanceResponse.run_instances
+
+    def run_instances(self: Any) -> Any:
+        if self._get_param("NetworkInterfaces", []) and (
+            self._get_param("SecurityGroupIds", []) or self._get_param("SecurityGroups", [])
+        ):
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "Network interfaces and an instance-level security groups may not be "
+                "specified on the same request",
+            )
+        return original(self)
+
+    InstanceResponse.run_instances = run_instances
+
+
+# --------------------------------------------------------------------------
+# Patch: device-index
+# --------------------------------------------------------------------------
+
+
+def patch_device_index() -> None:
+    """RunInstances refuses two network interfaces at the same device index.
+
+    AWS (EC2 Auto Scaling User Guide, "Network interfaces" in launch templates:
+    "You also cannot specify duplicate device indexes across network
+    interfaces"; the EC2 message, as Auto Scaling passes it on for a template's
+    interfaces: "Each network interface requires a unique device index.",
+    Young-ook/terraform-aws-eks#148): RunInstances whose NetworkInterfaces name
+    the same DeviceIndex twice (on the same NetworkCardIndex, 0 when unset)
+    fails with InvalidParameterValue (the code EC2 gives its sibling "Each
+    network interface requires a device index.", hashicorp/packer#2242) and
+    launches nothing.
+
+    moto 5.2.5: attaches every interface anyway; the last one at an index wins
+    the instance's slot, the others stay `in-use`, attached to an instance that
+    does not list them.
+    """
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        seen: set[tuple[int, int]] = set()
+        for spec in nic_specs(kwargs):
+            slot = (int(spec.get("NetworkCardIndex") or 0), device_index(spec))
+            if slot in seen:
+                raise ec2_error(
+                    "InvalidParameterValue", "Each network interface requires a unique device index."
+                )
+            seen.add(slot)
+
+    _launch_checks.append(check_launch)
+
+
+# --------------------------------------------------------------------------
+# Patch: secondary-ip
+# --------------------------------------------------------------------------
+
+
+def patch_secondary_ip() -> None:
+    """AssignPrivateIpAddresses holds private-ip's rules for secondary addresses.
+
+    AWS (EC2 API Reference, AssignPrivateIpAddresses: "You can specify specific
+    secondary IP addresses, or you can specify the number of secondary IP
+    addresses to be automatically assigned from the subnet's CIDR block range";
+    AllowReassignment: "Indicates whether to allow an IP address that is already
+    assigned to another network interface or instance to be reassigned to the
+    specified network interface"; VPC User Guide, "Subnet CIDR blocks": the 5
+    reserved addresses; "Error codes": InvalidIPAddress.InUse,
+    InsufficientFreeAddressesInSubnet): a secondary private IPv4 address is
+    unique in its subnet across every ENI's primary and secondary addresses.
+    Naming an address
+      - held by any ENI (primary or secondary; this one included) fails with
+        InvalidIPAddress.InUse, unless AllowReassignment=true and another ENI
+        holds it as a secondary address, which then moves here;
+      - outside the subnet, or one of its 5 reserved addresses, fails with
+        InvalidParameterValue (private-ip's CreateNetworkInterface messages).
+    SecondaryPrivateIpAddressCount picks free, non-reserved addresses, never one
+    in a subnet CIDR reservation (with cidr-reservation), all or nothing:
+    InsufficientFreeAddressesInSubnet when too few are left. A failed request
+    assigns nothing. (CreateNetworkInterface's PrivateIpAddresses and
+    SecondaryPrivateIpAddressCount already follow these rules under private-ip.)
+
+    moto 5.2.5: assigns any named address (held by another ENI, reserved, outside
+    the subnet) and ignores AllowReassignment; for a count it picks random
+    addresses of the whole CIDR, checked against this ENI's own only (so they
+    may be reserved, held elsewhere or in a reservation), and loops forever when
+    the CIDR has none left.
+    """
+    original_assign = EC2Backend.assign_private_ip_addresses
+    original_response = ElasticNetworkInterfaces.assign_private_ip_addresses
+    reassignment = threading.local()
+
+    def held_by(backend: Any, subnet: Subnet, ip: str) -> list[tuple[Any, bool]]:
+        """(ENI, is its primary) for each ENI of `subnet` holding `ip`."""
+        holders = []
+        for eni in backend.enis.values():
+            if eni.subnet is None or eni.subnet.id != subnet.id:
+                continue
+            if eni.private_ip_address == ip:
+                holders.append((eni, True))
+            elif any(entry.get("PrivateIpAddress") == ip for entry in eni.private_ip_addresses):
+                holders.append((eni, False))
+        return holders
+
+    @locked
+    def assign_private_ip_addresses(
+        self: Any,
+        eni_id: str,
+        private_ip_addresses: list[str] | None = None,
+        secondary_ips_count: int | None = None,
+    ) -> Any:
+        allow_reassignment = getattr(reassignment, "allow", False)
+        eni = self.get_network_interface(eni_id)
+        subnet = eni.subnet
+        if not is_ipv4_subnet(subnet):
+            return original_assign(self, eni_id, private_ip_addresses, secondary_ips_count)
+        if private_ip_addresses:
+            moves: list[tuple[Any, str]] = []
+            for ip in private_ip_addresses:
+                if private_ip_addresses.count(ip) > 1:
+                    raise ec2_error("InvalidIPAddress.InUse", "The specified address is already in use.")
+                holders = held_by(self, subnet, ip)
+                movable = [
+                    (other, ip) for other, primary in holders if other is not eni and not primary
+                ]
+                if allow_reassignment and holders and len(movable) == len(holders):
+                    moves += movable
+                    continue
+                validate_requested_ip(self, subnet, ip, "AssignPrivateIpAddresses")
+            for other, ip in moves:
+                other.private_ip_addresses = [
+                    e for e in other.private_ip_addresses if e.get("PrivateIpAddress") != ip
+                ]
+            eni.private_ip_addresses.extend(
+                {"Primary": False, "PrivateIpAddress": ip} for ip in private_ip_addresses
+            )
+            return eni
+        picked: set[str] = set()
+        for _ in range(int(secondary_ips_count or 0)):
+            picked.add(allocate_address(self, subnet, "AssignPrivateIpAddresses", picked))
+        eni.private_ip_addresses.extend(
+            {"Primary": False, "PrivateIpAddress": ip} for ip in sorted(picked)
+        )
+        return eni
+
+    def assign_response(self: Any) -> Any:
+        # moto's response drops AllowReassignment: hand it to the backend call.
+        reassignment.allow = is_true(self._get_param("AllowReassignment"))
+        try:
+            return original_response(self)
+        finally:
+            reassignment.allow = False
+
+    EC2Backend.assign_private_ip_addresses = assign_private_ip_addresses
+    ElasticNetworkInterfaces.assign_private_ip_addresses = assign_response
+
+
+# --------------------------------------------------------------------------
+# Patch: ipv6
+# --------------------------------------------------------------------------
+
+
+def subnet_ipv6_cidr(subnet: Subnet) -> ipaddress.IPv6Network | None:
+    """The subnet's IPv6 CIDR block, or None for an IPv4-only subnet."""
+    for association in subnet.ipv6_cidr_block_associations.values():
+        block = association.get("ipv6CidrBlock")
+        if block:
+            return ipaddress.IPv6Network(block, strict=False)
+    return None
+
+
+def ipv6_in_use(backend: Any, subnet: Subnet) -> set[ipaddress.IPv6Address]:
+    used = set()
+    for eni in backend.enis.values():
+        if eni.subnet is not None and eni.subnet.id == subnet.id:
+            for ip in eni.ipv6_addresses:
+                try:
+                    used.add(ipaddress.IPv6Address(ip))
+                except ValueError:
+                    pass
+    return used
+
+
+def patch_ipv6() -> None:
+    """IPv6 addresses only from the subnet's IPv6 CIDR, each on one ENI.
+
+    AWS (EC2 API Reference, CreateNetworkInterface and AssignIpv6Addresses:
+    Ipv6Addresses are "from the IPv6 CIDR block range of your subnet",
+    Ipv6AddressCount: "Amazon EC2 automatically selects the IPv6 addresses from
+    the subnet range", and the two cannot be combined; VPC User Guide, "Subnet
+    CIDR blocks": "The first four IPv6 addresses and the last IPv6 address in
+    each subnet CIDR block are not available for your use, and they cannot be
+    assigned to an EC2 instance"):
+      - Ipv6AddressCount or Ipv6Addresses on an ENI in a subnet with no IPv6
+        CIDR block: InvalidParameterValue (code and message are our reading,
+        not seen in an AWS response; RunInstances' top-level Ipv6AddressCount
+        for a new interface in such a subnet is refused the same way, before
+        anything launches);
+      - both on one request: InvalidParameterCombination "IPv6 addresses and
+        IPv6 address count may not be specified on the same request" (AWS's
+        RunInstances wording, ansible/ansible#40334; used for
+        CreateNetworkInterface too);
+      - a named address outside the subnet's IPv6 CIDR, or one of its 5
+        reserved ones: InvalidParameterValue; one another ENI (or this one)
+        holds: InvalidIPAddress.InUse ("Error codes"; the message is ours);
+      - picked addresses are free, not reserved, and distinct.
+    A request that fails assigns nothing.
+
+    moto 5.2.5: a count on an IPv4-only subnet silently gives no address
+    (AssignIpv6Addresses answers HTTP 500); named addresses are taken as they
+    come (any subnet, outside the CIDR, held by another ENI); both parameters
+    together are accepted; picks are random in the CIDR, checked against the
+    same ENI only.
+    """
+    original_create_eni = EC2Backend.create_network_interface
+    original_assign = EC2Backend.assign_ipv6_addresses
+
+    def no_ipv6(subnet: Subnet) -> EC2ClientError:
+        return ec2_error(
+            "InvalidParameterValue",
+            f"The subnet '{subnet.id}' has no IPv6 CIDR block, so IPv6 addresses "
+            "cannot be assigned to its network interfaces.",
+        )
+
+    def reserved6(cidr: ipaddress.IPv6Network) -> set[ipaddress.IPv6Address]:
+        return {cidr.network_address + i for i in range(4)} | {cidr.broadcast_address}
+
+    def checked(backend: Any, subnet: Subnet, named: list[str], count: int) -> list[str]:
+        """The addresses to give: `named` validated, or `count` picked."""
+        if named and count:
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "IPv6 addresses and IPv6 address count may not be specified on the same request",
+            )
+        if not named and not count:
+            return []
+        cidr = subnet_ipv6_cidr(subnet)
+        if cidr is None:
+            raise no_ipv6(subnet)
+        used = ipv6_in_use(backend, subnet)
+        given: list[ipaddress.IPv6Address] = []
+        for ip in named:
+            try:
+                address = ipaddress.IPv6Address(ip)
+            except ValueError:
+                raise ec2_error(
+                    "InvalidParameterValue", f"Value ({ip}) for parameter ipv6Address is invalid."
+                ) from None
+            if address not in cidr:
+                raise ec2_error(
+                    "InvalidParameterValue",
+                    f"Address {ip} does not fall within the subnet's IPv6 address range",
+                )
+            if address in reserved6(cidr):
+                raise ec2_error(
+                    "InvalidParameterValue", f"Address {ip} is in subnet's reserved address range"
+                )
+            if address in used or address in given:
+                raise ec2_error("InvalidIPAddress.InUse", f"Address {ip} is in use.")
+            given.append(address)
+        taken = used | reserved6(cidr)
+        while len(given) < len(named) + count:
+            candidate = cidr.network_address + random.getrandbits(128 - cidr.prefixlen)
+            if candidate not in taken and candidate not in given:
+                given.append(candidate)
+        return [str(a) for a in given]
+
+    @locked
+    def create_network_interface(
+        self: Any, subnet: Any, private_ip_address: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        subnet_obj = self.get_subnet(subnet) if isinstance(subnet, str) else subnet
+        kwargs["ipv6_addresses"] = checked(
+            self,
+            subnet_obj,
+            list(kwargs.get("ipv6_addresses") or []),
+            int(kwargs.get("ipv6_address_count") or 0),
+        )
+        kwargs["ipv6_address_count"] = 0
+        return original_create_eni(self, subnet, private_ip_address, *args, **kwargs)
+
+    @locked
+    def assign_ipv6_addresses(
+        self: Any, eni_id: str, ipv6_addresses: list[str] | None = None, ipv6_count: int | None = None
+    ) -> Any:
+        eni = self.get_network_interface(eni_id)
+        given = checked(self, eni.subnet, list(ipv6_addresses or []), int(ipv6_count or 0))
+        return original_assign(self, eni_id, given, 0)
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        # moto gives the top-level Ipv6AddressCount to each interface it creates.
+        if not kwargs.get("ipv6_address_count"):
+            return
+        subnet_ids = [kwargs.get("subnet_id")] + [
+            spec.get("SubnetId") for spec in nic_specs(kwargs) if not spec.get("NetworkInterfaceId")
+        ]
+        for subnet_id in filter(None, subnet_ids):
+            subnet = backend.get_subnet(subnet_id)
+            if subnet_ipv6_cidr(subnet) is None:
+                raise no_ipv6(subnet)
+
+    EC2Backend.create_network_interface = create_network_interface
+    EC2Backend.assign_ipv6_addresses = assign_ipv6_addresses
+    _launch_checks.append(check_launch)
+
+
+# --------------------------------------------------------------------------
+# Patch: public-ip
+# --------------------------------------------------------------------------
+
+# The ENI attribute ModifyNetworkInterfaceAttribute AssociatePublicIpAddress sets.
+_PUBLIC_IP_ATTR = "_tether_associate_public_ip"
+
+
+def patch_public_ip() -> None:
+    """An existing ENI's public IPv4 setting, and RunInstances' limits on it.
+
+    AWS (EC2 API Reference, ModifyNetworkInterfaceAttribute,
+    AssociatePublicIpAddress: "Indicates whether to assign a public IPv4 address
+    to a network interface. This option can be enabled for any network interface
+    but will only apply to the primary network interface (eth0)"; EC2 User
+    Guide, "Manage the IPv4 addresses for your EC2 instances": "You can unassign
+    the public IP address from your instance after launch by managing the IP
+    addresses associated with a network interface", "You can't auto-assign a
+    public IP address if you specify more than one network interface.
+    Additionally, you cannot override the subnet setting using the auto-assign
+    public IP feature if you specify an existing network interface for device
+    index 0"; InstanceNetworkInterfaceSpecification.AssociatePublicIpAddress:
+    "can only be assigned to a network interface for eth0, and can only be
+    assigned to a new network interface, not an existing one"):
+      - ModifyNetworkInterfaceAttribute AssociatePublicIpAddress=true on an ENI
+        attached at device index 0 of a live instance gives it a new public IPv4
+        address from Amazon's pool (unless an Elastic IP is associated, which
+        stays the public address): DescribeInstances' PublicIpAddress and
+        DescribeNetworkInterfaces' Association.PublicIp show it. false removes
+        it (an Elastic IP stays). The setting may be made on any ENI, attached
+        elsewhere or detached, and stays on the ENI: it applies whenever the ENI
+        is eth0, so an instance launched later on the ENI (at device index 0)
+        gets a new public IP. That it persists is our reading of "can be enabled
+        for any network interface but will only apply to ... eth0"; AWS does not
+        state it outright. The address itself is released when the instance
+        terminates (eni-release).
+      - RunInstances naming AssociatePublicIpAddress (any value) for an existing
+        ENI: InvalidParameterCombination "The associatePublicIPAddress parameter
+        cannot be specified for a network interface with an ID." (AWS's message,
+        quoted in a public restore script); with more than one interface:
+        InvalidParameterCombination "The associatePublicIPAddress parameter
+        cannot be specified when launching with multiple network interfaces."
+        (quoted in public bug reports, e.g. erlcloud/erlcloud#284, where false
+        was refused too); on an interface other than device index 0: "The
+        associatePublicIPAddress parameter can only be specified for the network
+        interface with DeviceIndex 0." (Spot Fleet's event documentation; code
+        assumed InvalidParameterCombination). Nothing is launched.
+
+    moto 5.2.5: ignores AssociatePublicIpAddress in ModifyNetworkInterfaceAttribute,
+    and at RunInstances ignores it for an existing ENI and applies it to a new
+    primary interface whatever else the request holds.
+    """
+
+    def refuse(message: str) -> EC2ClientError:
+        return ec2_error("InvalidParameterCombination", message)
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        specs = nic_specs(kwargs)
+        asking = [s for s in specs if s.get("AssociatePublicIpAddress") is not None]
+        if not asking:
+            return
+        if any(s.get("NetworkInterfaceId") for s in asking):
+            raise refuse(
+                "The associatePublicIPAddress parameter cannot be specified for a network "
+                "interface with an ID."
+            )
+        if len(specs) > 1:
+            raise refuse(
+                "The associatePublicIPAddress parameter cannot be specified when launching "
+                "with multiple network interfaces."
+            )
+        if any(device_index(s) != 0 for s in asking):
+            raise refuse(
+                "The associatePublicIPAddress parameter can only be specified for the "
+                "network interface with DeviceIndex 0."
+            )
+
+    def apply(backend: Any, eni: Any) -> None:
+        """Give or take the ENI's public IP as its setting and position say."""
+        if eips_on(backend, eni):
+            return  # the Elastic IP is the public address
+        wanted = eni.__dict__.get(_PUBLIC_IP_ATTR)
+        live_eth0 = (
+            eni.instance is not None
+            and eni.instance.state != "terminated"
+            and eni.device_index == 0
+        )
+        if wanted and live_eth0:
+            if not eni.public_ip:
+                eni.public_ip = random_public_ip()
+        elif wanted is False:
+            eni.public_ip = None
+
+    def launch_follow_up(backend: Any, kwargs: dict[str, Any], reservation: Any) -> None:
+        for instance in reservation.instances:
+            eni = primary_eni(instance)
+            if eni is not None and eni.__dict__.get(_PUBLIC_IP_ATTR):
+                apply(backend, eni)
+
+    original_modify = ElasticNetworkInterfaces.modify_network_interface_attribute
+
+    def modify_network_interface_attribute(self: Any) -> Any:
+        value = self._get_param("AssociatePublicIpAddress")
+        if value is None:
+            return original_modify(self)
+        with EC2_LOCK:
+            eni = self.ec2_backend.get_network_interface(self._get_param("NetworkInterfaceId"))
+            answer = original_modify(self)
+            eni.__dict__[_PUBLIC_IP_ATTR] = is_true(value)
+            apply(self.ec2_backend, eni)
+            return answer
+
+    ElasticNetworkInterfaces.modify_network_interface_attribute = modify_network_interface_attribute
+    _launch_checks.append(check_launch)
+    _launch_follow_ups.append(launch_follow_up)
+
+
+# --------------------------------------------------------------------------
+# Patch: capacity-reservation
+# --------------------------------------------------------------------------
+
+
+def patch_capacity_reservation() -> None:
+    """On-Demand Capacity Reservations, and a launch's CapacityReservationSpecification.
+
+    AWS (EC2 API Reference, RunInstances CapacityReservationSpecification: "If
+    you do not specify this parameter, the instance's Capacity Reservation
+    preference defaults to open, which enables it to run in any open Capacity
+    Reservation that has matching attributes"; CapacityReservationSpecification
+    / ...Response; CreateCapacityReservation, DescribeCapacityReservations;
+    "Error codes"):
+      - DescribeInstances reports each instance's CapacityReservationSpecification
+        (CapacityReservationPreference open | none | capacity-reservations-only,
+        and the CapacityReservationTarget it was launched with) and, when it runs
+        in one, its CapacityReservationId. Unspecified: preference `open`.
+      - A target naming a reservation that does not exist:
+        InvalidCapacityReservationId.NotFound. A target whose reservation has no
+        instance left, is not active, or does not match the launch's instance type
+        and Availability Zone: ReservationCapacityExceeded "The requested
+        reservation does not have sufficient compatible and available capacity
+        for this request." (AWS's message, hashicorp/terraform-provider-aws#35745).
+      - An on-demand launch with preference `open` runs in an active reservation
+        with InstanceMatchCriteria `open` and the same instance type and AZ, if one
+        has an instance left; a targeted launch takes one of its target's.
+        TerminateInstances gives the instance back.
+      - A Spot launch (InstanceMarketOptions spot) with a target or with
+        `capacity-reservations-only`: InvalidParameterCombination (code and message
+        are ours: AWS documents that reservations are for On-Demand instances, we
+        saw no response).
+      - CreateCapacityReservation (InstanceType, InstancePlatform, AvailabilityZone,
+        InstanceCount, InstanceMatchCriteria open | targeted, TagSpecifications)
+        makes an `active` reservation at once; DescribeCapacityReservations lists
+        them (by id: unknown ids fail with InvalidCapacityReservationId.NotFound);
+        CancelCapacityReservation makes one `cancelled`. The platform is recorded,
+        not matched (moto's AMIs report odd platforms). Nothing else (end dates,
+        tenancy, fleets, resource groups, billing) is emulated.
+    Nothing is launched when a check fails.
+
+    moto 5.2.5: has no capacity reservations (the three actions are unknown) and
+    drops CapacityReservationSpecification: DescribeInstances shows none.
+    """
+    pending = threading.local()
+
+    def reservations(backend: Any) -> dict[str, dict[str, Any]]:
+        return backend.__dict__.setdefault("_tether_capacity_reservations", {})
+
+    def not_found(reservation_id: str) -> EC2ClientError:
+        return ec2_error(
+            "InvalidCapacityReservationId.NotFound",
+            f"The capacity reservation ID '{reservation_id}' does not exist",
+        )
+
+    def exceeded() -> EC2ClientError:
+        return ec2_error(
+            "ReservationCapacityExceeded",
+            "The requested reservation does not have sufficient compatible and available "
+            "capacity for this request.",
+        )
+
+    def check_launch(backend: Any, count: int, kwargs: dict[str, Any]) -> None:
+        spec = getattr(pending, "spec", None) or {}
+        preference = spec.get("CapacityReservationPreference") or (
+            None if spec.get("CapacityReservationTarget") else "open"
+        )
+        target = (spec.get("CapacityReservationTarget") or {}).get("CapacityReservationId")
+        spot = str(kwargs.get("instance_market_options") or "").lower() == "spot"
+        if spot and (target or preference == "capacity-reservations-only"):
+            raise ec2_error(
+                "InvalidParameterCombination",
+                "Capacity Reservations are for On-Demand Instances: a Spot launch cannot "
+                "target one.",
+            )
+        # The launch's AZ: Placement (eni-in-use sets it from an existing ENI), or its subnet's.
+        zone = kwargs.get("placement")
+        subnet_id = kwargs.get("subnet_id") or next(
+            (s.get("SubnetId") for s in nic_specs(kwargs) if s.get("SubnetId")), None
+        )
+        if not zone and subnet_id:
+            zone = backend.get_subnet(subnet_id).availability_zone
+
+        def fits(reservation: dict[str, Any]) -> bool:
+            return (
+                reservation["State"] == "active"
+                and reservation["AvailableInstanceCount"] >= count
+                and reservation["InstanceType"] == kwargs.get("instance_type")
+                and reservation["AvailabilityZone"] == zone
+            )
+
+        chosen = None
+        if target:
+            reservation = reservations(backend).get(target)
+            if reservation is None:
+                raise not_found(target)
+            if not fits(reservation):
+                raise exceeded()
+            chosen = reservation
+        elif preference == "open" and not spot:
+            chosen = next(
+                (
+                    r
+                    for r in reservations(backend).values()
+                    if r["InstanceMatchCriteria"] == "open" and fits(r)
+                ),
+                None,
+            )
+        elif preference == "capacity-reservations-only":
+            chosen = next((r for r in reservations(backend).values() if fits(r)), None)
+            if chosen is None:
+                raise exceeded()
+        shown: dict[str, Any] = {"CapacityReservationPreference": preference} if preference else {}
+        if target:
+            shown["CapacityReservationTarget"] = {"CapacityReservationId": target}
+        pending.shown = shown or {"CapacityReservationPreference": "open"}
+        pending.chosen = chosen
+
+    def launch_follow_up(backend: Any, kwargs: dict[str, Any], reservation: Any) -> None:
+        chosen = getattr(pending, "chosen", None)
+        for instance in reservation.instances:
+            instance.capacity_reservation_specification = copy.deepcopy(
+                getattr(pending, "shown", None) or {"CapacityReservationPreference": "open"}
+            )
+            if chosen is not None:
+                instance.capacity_reservation_id = chosen["CapacityReservationId"]
+                chosen["AvailableInstanceCount"] -= 1
+
+    original_run = InstanceResponse.run_instances
+
+    def run_instances(self: Any) -> Any:
+        pending.spec = self._get_param("CapacityReservationSpecification") or {}
+        pending.shown = pending.chosen = None
+        try:
+            return original_run(self)
+        finally:
+            pending.spec = pending.shown = pending.chosen = None
+
+    original_terminate = Instance.terminate
+
+    def terminate(self: Instance) -> Any:
+        with EC2_LOCK:
+            live = self.state != "terminated"
+            answer = original_terminate(self)
+            reservation_id = self.__dict__.get("capacity_reservation_id")
+            if live and reservation_id:
+                reservation = reservations(self.ec2_backend).get(reservation_id)
+                if reservation is not None and reservation["State"] == "active":
+                    reservation["AvailableInstanceCount"] += 1
+            return answer
+
+    def create_capacity_reservation(self: Any) -> Any:
+        backend = self.ec2_backend
+        count = self._get_int_param("InstanceCount", 0)
+        zone = self._get_param("AvailabilityZone")
+        for name, value in (
+            ("InstanceType", self._get_param("InstanceType")),
+            ("InstancePlatform", self._get_param("InstancePlatform")),
+            ("AvailabilityZone", zone),
+        ):
+            if not value:
+                raise ec2_error("MissingParameter", f"The request must contain the parameter {name}.")
+        if count < 1:
+            raise ec2_error(
+                "InvalidParameterValue", f"Value ({count}) for parameter instanceCount is invalid."
+            )
+        self.error_on_dryrun()
+        reservation_id = "cr-" + random.randbytes(9).hex()[:17]
+        tags = [
+            {"Key": k, "Value": v}
+            for spec in self._get_param("TagSpecifications", [])
+            for k, v in ((t.get("Key"), t.get("Value")) for t in spec.get("Tags", []))
+        ]
+        reservation = {
+            "CapacityReservationId": reservation_id,
+            "OwnerId": backend.account_id,
+            "CapacityReservationArn": f"arn:aws:ec2:{backend.region_name}:{backend.account_id}:"
+            f"capacity-reservation/{reservation_id}",
+            "InstanceType": self._get_param("InstanceType"),
+            "InstancePlatform": self._get_param("InstancePlatform"),
+            "AvailabilityZone": zone,
+            "Tenancy": self._get_param("Tenancy") or "default",
+            "TotalInstanceCount": count,
+            "AvailableInstanceCount": count,
+            "EbsOptimized": is_true(self._get_param("EbsOptimized")),
+            "EphemeralStorage": False,
+            "State": "active",
+            "EndDateType": self._get_param("EndDateType") or "unlimited",
+            "InstanceMatchCriteria": self._get_param("InstanceMatchCriteria") or "open",
+            "CreateDate": utcnow(),
+            "Tags": tags,
+        }
+        with EC2_LOCK:
+            reservations(backend)[reservation_id] = reservation
+        return ActionResult({"CapacityReservation": reservation})
+
+    def describe_capacity_reservations(self: Any) -> Any:
+        backend = self.ec2_backend
+        ids = self._get_param("CapacityReservationIds", [])
+        known = reservations(backend)
+        for reservation_id in ids:
+            if reservation_id not in known:
+                raise not_found(reservation_id)
+        listed = [known[i] for i in ids] if ids else list(known.values())
+        return ActionResult({"CapacityReservations": listed})
+
+    def cancel_capacity_reservation(self: Any) -> Any:
+        reservation_id = self._get_param("CapacityReservationId")
+        with EC2_LOCK:
+            reservation = reservations(self.ec2_backend).get(reservation_id)
+            if reservation is None:
+                raise not_found(reservation_id)
+            reservation["State"] = "cancelled"
+            reservation["AvailableInstanceCount"] = 0
+        return ActionResult({"Return": True})
+
+    InstanceResponse.run_instances = run_instances
+    Instance.terminate = terminate
+    EC2Response.create_capacity_reservation = create_capacity_reservation
+    EC2Response.describe_capacity_reservations = describe_capacity_reservations
+    EC2Response.cancel_capacity_reservation = cancel_capacity_reservation
+    _launch_checks.append(check_launch)
+    _launch_follow_ups.append(launch_follow_up)
+
+
+# --------------------------------------------------------------------------
+# Patch: launch-template
+# --------------------------------------------------------------------------
+
+
+def patch_launch_template() -> None:
+    """Launch template versions: numbers that exist, and SourceVersion's data.
+
+    AWS (EC2 API Reference, CreateLaunchTemplateVersion, SourceVersion: "The
+    version of the launch template on which to base the new version.
+    Snapshots applied to the block device mapping are ignored when creating a
+    new version unless they are explicitly included"; EC2 User Guide, "Modify a
+    launch template (manage launch template versions)": the new version takes
+    the source version's parameters, and those you specify replace them;
+    DescribeLaunchTemplateVersions, Versions: "$Latest", "$Default" or a version
+    number; errors as AWS words them, quoted in public bug reports:
+    InvalidLaunchTemplateId.VersionNotFound "Could not find the specified version
+    1 for the launch template with ID lt-…" (eksctl-io/eksctl#7786),
+    InvalidLaunchTemplateName.NotFoundException "The specified launch template,
+    with template name …, does not exist." (getmoto/moto#5477)):
+      - CreateLaunchTemplateVersion with SourceVersion: the new version's
+        LaunchTemplateData is the source version's, each top-level parameter the
+        request gives replacing the source's. An unknown SourceVersion:
+        InvalidLaunchTemplateId.VersionNotFound, nothing created.
+      - A version number that does not exist (0 and negative numbers included)
+        in DescribeLaunchTemplateVersions or CreateLaunchTemplateVersion's
+        SourceVersion: InvalidLaunchTemplateId.VersionNotFound (moto already
+        checks ModifyLaunchTemplate's DefaultVersion). A version that is no number and
+        no alias gets the same error (AWS's answer for it is not verified).
+
+    moto 5.2.5: a new version from SourceVersion holds only the parameters the
+    request gives (the source's others are lost); version 0 (or -1, ...) silently
+    names the latest version (Python's negative indexing); a non-numeric version
+    answers HTTP 500. What moto already did right: the stored LaunchTemplateData
+    round-trips as given; $Default/$Latest/numbers by id and by name; unknown
+    template id/name and too-high numbers give AWS's codes and messages.
+    """
+    original_get_version = LaunchTemplate.get_version
+    original_create_version = LaunchTemplates.create_launch_template_version
+
+    def get_version(self: LaunchTemplate, num: Any) -> Any:
+        alias = str(num).lower()
+        if alias in ("$latest", "$default"):
+            return original_get_version(self, num)
+        try:
+            number = int(str(num))
+        except ValueError:
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num) from None
+        if number < 1 or number > len(self.versions):
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+        return self.versions[number - 1]
+
+    def create_launch_template_version(self: Any) -> Any:
+        source = self._get_param("SourceVersion")
+        if source is None:
+            return original_create_version(self)
+        with EC2_LOCK:
+            name = self._get_param("LaunchTemplateName")
+            template_id = self._get_param("LaunchTemplateId")
+            template = (
+                self.ec2_backend.get_launch_template(template_id)
+                if template_id
+                else self.ec2_backend.get_launch_template_by_name(name)
+            )
+            base = copy.deepcopy(template.get_version(source).data)  # raises before creating
+            answer = original_create_version(self)
+            created = template.versions[-1]
+            for key, value in base.items():
+                created.data.setdefault(key, value)  # the same dict the answer holds
+            return answer
+
+    LaunchTemplate.get_version = get_version
+    LaunchTemplates.create_launch_template_version = create_launch_template_version
+
+
+# --------------------------------------------------------------------------
+# Patch: source-dest
+# --------------------------------------------------------------------------
+
+
+def patch_source_dest() -> None:
+    """An instance's SourceDestCheck is its primary network interface's.
+
+    AWS (EC2 API Reference, NetworkInterface.SourceDestCheck and
+    ModifyNetworkInterfaceAttribute SourceDestCheck; Instance.SourceDestCheck;
+    ModifyInstanceAttribute SourceDestCheck): source/destination checking is an
+    attribute of a network interface; the instance-level attribute is that of its
+    primary interface (device index 0): DescribeInstances' SourceDestCheck shows
+    the primary ENI's value, and ModifyInstanceAttribute SourceDestCheck writes
+    through to it (as observed against AWS in hashicorp/terraform#14068 and
+    hashicorp/terraform-provider-aws#49198: "ModifyInstanceAttribute, which
+    writes straight through to the primary ENI", "Read populates it from the
+    primary ENI"). On an instance with more than one interface,
+    ModifyInstanceAttribute SourceDestCheck fails with InvalidInstanceID "There
+    are multiple interfaces attached to instance 'i-…'. Please specify an
+    interface ID for the operation instead." (AWS's message, quoted in
+    aws/aws-cdk#13791 and bobtfish/AWSnycast#28).
+
+    moto 5.2.5: keeps a separate instance attribute, always true at launch: an
+    ENI launched with SourceDestCheck=false shows false on the ENI and true on
+    the instance, and ModifyInstanceAttribute changes only the latter.
+    """
+
+    def get(self: Instance) -> bool:
+        eni = self.__dict__.get("nics", {}).get(0)
+        if eni is not None:
+            return bool(eni.source_dest_check)
+        return self.__dict__.get("_tether_source_dest_check", True)
+
+    def set_(self: Instance, value: Any) -> None:
+        nics = self.__dict__.get("nics") or {}
+        if not nics:  # Instance.__init__ sets it before the NICs exist
+            self.__dict__["_tether_source_dest_check"] = is_true(value)
+            return
+        if len(nics) > 1:
+            raise ec2_error(
+                "InvalidInstanceID",
+                f"There are multiple interfaces attached to instance '{self.id}'. "
+                "Please specify an interface ID for the operation instead.",
+            )
+        nics[min(nics)].source_dest_check = is_true(value)
+
+    Instance.source_dest_check = property(get, set_)
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
 PATCHES: dict[str, Callable[[], None]] = {
     # Order matters only for RunInstances checks: the AZ check sees the
     # caller's Placement before eni-in-use fills it in from the ENI.
+    # Request-shape checks first, as AWS validates parameters before resources.
+    "nic-sg": patch_nic_sg,
+    "device-index": patch_device_index,
     "eni-az": patch_eni_az,
     "eni-in-use": patch_eni_in_use,
     "eni-delete": patch_eni_delete,
@@ -991,6 +1807,12 @@ PATCHES: dict[str, Callable[[], None]] = {
     "client-token": patch_client_token,
     "capacity": patch_capacity,
     "volume-settings": patch_volume_settings,
+    "secondary-ip": patch_secondary_ip,
+    "ipv6": patch_ipv6,
+    "public-ip": patch_public_ip,
+    "capacity-reservation": patch_capacity_reservation,
+    "launch-template": patch_launch_template,
+    "source-dest": patch_source_dest,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 
