@@ -55,6 +55,9 @@ pub const CAPACITY_CODES: &[&str] = &[
     "InstanceLimitExceeded",
     "VcpuLimitExceeded",
     "InsufficientCapacity",
+    // The targeted capacity reservation is used up (or matches no candidate): the next
+    // candidate, then a later retry when an instance in it terminates.
+    "ReservationCapacityExceeded",
 ];
 
 /// Throttling and server-side faults: a later retry can succeed.

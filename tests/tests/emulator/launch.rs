@@ -151,3 +151,60 @@ async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupErro
     assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "block_devices[0].iops"), "{refused:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn launch_options_reach_the_instance_and_a_reservation_only_the_on_demand_fallback() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::{CapacityReservationInstancePlatform, Filter, MonitoringState};
+    use tether::model::CapacityReservation;
+    let fx = Fixture::new().await?;
+    // The emulator has no spot capacity for p5.48xlarge: the node falls back to on-demand.
+    let reservation = fx
+        .ec2
+        .create_capacity_reservation()
+        .instance_type("p5.48xlarge")
+        .instance_platform(CapacityReservationInstancePlatform::LinuxUnix)
+        .availability_zone(&fx.availability_zone)
+        .instance_count(1)
+        .send()
+        .await?;
+    let reservation_id = reservation.capacity_reservation().and_then(|r| r.capacity_reservation_id()).ok_or("no reservation id")?.to_owned();
+    let spec = tether::NodeSpec {
+        ebs_optimized: Some(true),
+        detailed_monitoring: Some(true),
+        spot_max_price: Some("0.50".into()),
+        capacity_reservation: Some(CapacityReservation::ReservationId(reservation_id.clone())),
+        volume_tags: [("backup".to_owned(), "daily".to_owned())].into(),
+        ..fx.spec(&["p5.48xlarge"])
+    };
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let instance = current_instance(&fx, &node).await?;
+    assert_eq!(instance.instance_lifecycle(), None, "on-demand after the spot attempt found no capacity");
+    assert_eq!(instance.capacity_reservation_id(), Some(reservation_id.as_str()), "runs in the reservation");
+    assert_eq!(instance.ebs_optimized(), Some(true));
+    assert_eq!(instance.monitoring().and_then(|m| m.state()), Some(&MonitoringState::Enabled));
+    let instance_id = instance.instance_id().ok_or("no id")?;
+    let volumes = fx.ec2.describe_volumes().filters(Filter::builder().name("attachment.instance-id").values(instance_id).build()).send().await?;
+    assert!(!volumes.volumes().is_empty(), "the instance has volumes");
+    for volume in volumes.volumes() {
+        let tag = |key: &str| volume.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
+        assert_eq!((tag("backup"), tag("tether:node-id")), (Some("daily".to_owned()), Some(node.id.to_string())), "{volume:?}");
+    }
+
+    // A spot node with the same reservation launches on spot without it (EC2 refuses a
+    // reservation target on a spot launch).
+    let spot = tether::NodeSpec { capacity_reservation: Some(CapacityReservation::ReservationId(reservation_id)), ..fx.spec(&["m5.large"]) };
+    let spot = fx.tether.create_node(spot, Persistence::default(), None).await?;
+    fx.tether.resume(&spot.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let instance = current_instance(&fx, &spot).await?;
+    assert_eq!(instance.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    assert_eq!(instance.capacity_reservation_specification().and_then(|s| s.capacity_reservation_target()), None);
+
+    // Refused before anything is made, naming the field.
+    let bad = tether::NodeSpec { spot_max_price: Some("cheap".into()), ..fx.spec(&["m5.large"]) };
+    match fx.tether.create_node(bad, Persistence::default(), None).await {
+        Err(TetherError::Invalid { field, .. }) => assert_eq!(field, "spec.spot_max_price"),
+        other => panic!("not refused: {other:?}"),
+    }
+    Ok(())
+}
