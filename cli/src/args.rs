@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tether::model::RevertToSpot;
+use tether::model::{PublicIpAssignment, RevertToSpot};
 use tether::volumes::{BlockDevice, VolumeType};
 
 mod groups;
@@ -228,6 +228,10 @@ pub struct IdentityArgs {
     /// Turn the ENI's source/destination check off (a NAT instance, a router)
     #[arg(long)]
     pub no_source_dest_check: bool,
+    /// A public IPv4 address for each instance: assign, none (default) or subnet-default
+    /// (a new one each time: a public IP that never changes is an Elastic IP)
+    #[arg(long, value_name = "WHETHER", value_parser = parse_public_ip)]
+    pub public_ip: Option<PublicIpAssignment>,
     /// A tag of the node's ENI (repeat the flag)
     #[arg(long = "eni-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub eni_tags: Vec<(String, String)>,
@@ -254,12 +258,24 @@ pub struct IdentityChangeArgs {
     /// The ENI's source/destination check: on or off
     #[arg(long, value_name = "on|off", value_parser = parse_on_off, group = "change")]
     pub source_dest_check: Option<bool>,
+    /// A public IPv4 address for the instance: assign, none or subnet-default (at once)
+    #[arg(long, value_name = "WHETHER", value_parser = parse_public_ip, group = "change")]
+    pub public_ip: Option<PublicIpAssignment>,
     /// A tag of the ENI (repeat the flag; replaces every tag but Tether's)
     #[arg(long = "eni-tag", value_name = "KEY=VALUE", value_parser = parse_tag, group = "change", conflicts_with = "no_eni_tags")]
     pub eni_tags: Vec<(String, String)>,
     /// Remove every tag of the ENI but Tether's
     #[arg(long, group = "change")]
     pub no_eni_tags: bool,
+}
+
+pub(crate) fn parse_public_ip(raw: &str) -> Result<PublicIpAssignment, String> {
+    match raw {
+        "assign" => Ok(PublicIpAssignment::Assign),
+        "none" => Ok(PublicIpAssignment::None),
+        "subnet-default" => Ok(PublicIpAssignment::SubnetDefault),
+        _ => Err(format!("`{raw}`: give assign, none or subnet-default")),
+    }
 }
 
 pub(crate) fn parse_on_off(raw: &str) -> Result<bool, String> {

@@ -309,6 +309,7 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     secondary_private_ips: addresses(identity.secondary_ip_count, &identity.secondary_ips),
                     ipv6: addresses(identity.ipv6_count, &[]),
                     source_dest_check: !identity.no_source_dest_check,
+                    public_ip_assignment: identity.public_ip.unwrap_or_default(),
                     eni_tags: identity.eni_tags.iter().cloned().collect(),
                     ..template(&args.launch)?.spec_in(&args.subnet)
                 },
@@ -379,6 +380,7 @@ fn identity_patch(args: &IdentityChangeArgs, patch: NodePatch) -> NodePatch {
         secondary_private_ips: addresses(args.secondary_ip_count, &args.secondary_ips).or_else(|| args.no_secondary_ips.then(none)),
         ipv6: addresses(args.ipv6_count, &[]).or_else(|| args.no_ipv6.then(none)),
         source_dest_check: args.source_dest_check,
+        public_ip_assignment: args.public_ip,
         eni_tags: (args.no_eni_tags || !args.eni_tags.is_empty()).then(|| args.eni_tags.iter().cloned().collect()),
         ..patch
     }

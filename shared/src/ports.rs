@@ -335,6 +335,10 @@ pub trait Network: Send + Sync {
     /// Assigns IPv6 addresses: `addresses`, or `count` EC2 picks; the ENI as it is then.
     async fn assign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr], count: u8) -> Result<EniRecord, AwsError>;
     async fn unassign_ipv6(&self, eni_id: &str, addresses: &[std::net::Ipv6Addr]) -> Result<(), AwsError>;
+    /// Whether the ENI, as an instance's eth0, has a public IPv4 address from Amazon's pool
+    /// (ModifyNetworkInterfaceAttribute AssociatePublicIpAddress: kept on the ENI, applied to
+    /// each instance launched on it).
+    async fn set_public_ip(&self, eni_id: &str, assign: bool) -> Result<(), AwsError>;
     /// Turns the ENI's source/destination check on or off.
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError>;
     /// Sets `tags` on the ENI and removes the tag keys in `removed` (never Tether's own).

@@ -136,6 +136,8 @@ struct Eni {
     secondary_ips: Vec<Ipv4Addr>,
     ipv6: Vec<std::net::Ipv6Addr>,
     source_dest_check: bool,
+    /// AssociatePublicIpAddress is on: its instance has a public IP (EC2's pool).
+    public_ip: bool,
     /// Always at device index 0: Tether only ever attaches ENIs as the primary.
     attachment: Option<Attachment>,
     /// EC2 picked its address (none was asked for).
@@ -272,7 +274,7 @@ pub struct InstanceView {
     /// The ENI at device index 0 (none once terminated).
     pub primary_eni_id: Option<String>,
     pub private_ip: Option<Ipv4Addr>,
-    /// The Elastic IP on its primary ENI.
+    /// The Elastic IP on its primary ENI, else one from Amazon's pool.
     pub public_ip: Option<String>,
     pub node_id: Option<String>,
     pub generation: Option<u64>,
@@ -300,6 +302,8 @@ pub struct EniView {
     pub secondary_private_ips: Vec<Ipv4Addr>,
     pub ipv6_addresses: Vec<std::net::Ipv6Addr>,
     pub source_dest_check: bool,
+    /// AssociatePublicIpAddress is on.
+    pub public_ip: bool,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -681,6 +685,7 @@ impl FakeEc2 {
                 secondary_private_ips: e.secondary_ips.clone(),
                 ipv6_addresses: e.ipv6.clone(),
                 source_dest_check: e.source_dest_check,
+                public_ip: e.public_ip,
                 tags: e.tags.clone(),
             })
             .collect()

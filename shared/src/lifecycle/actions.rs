@@ -202,6 +202,10 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.eni_tags = tags.clone();
         changed.push("eni_tags");
     }
+    if let Some(assignment) = patch.public_ip_assignment {
+        spec.public_ip_assignment = assignment;
+        changed.push("public_ip_assignment");
+    }
     Ok(changed)
 }
 
@@ -263,6 +267,9 @@ pub struct NodePatch {
     /// On the ENI at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_dest_check: Option<bool>,
+    /// On the ENI at once; the running instance gets (or loses) a public IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip_assignment: Option<crate::model::PublicIpAssignment>,
     /// Replaces the ENI's tags (Tether's own are kept), on the ENI at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eni_tags: Option<BTreeMap<String, String>>,
@@ -291,7 +298,13 @@ impl NodePatch {
 
     /// The first of the fields that live on the ENI (`ON_THE_ENI`) the patch sets.
     pub fn eni_field(&self) -> Option<&'static str> {
-        let set = [self.secondary_private_ips.is_some(), self.ipv6.is_some(), self.source_dest_check.is_some(), self.eni_tags.is_some()];
+        let set = [
+            self.secondary_private_ips.is_some(),
+            self.ipv6.is_some(),
+            self.source_dest_check.is_some(),
+            self.eni_tags.is_some(),
+            self.public_ip_assignment.is_some(),
+        ];
         ON_THE_ENI.into_iter().zip(set).find(|(_, set)| *set).map(|(field, _)| field)
     }
 }
@@ -311,7 +324,7 @@ pub struct PatchError {
 }
 
 /// The spec fields that live on the kept ENI: a PATCH changes the ENI at once.
-pub const ON_THE_ENI: [&str; 4] = ["secondary_private_ips", "ipv6", "source_dest_check", "eni_tags"];
+pub const ON_THE_ENI: [&str; 5] = ["secondary_private_ips", "ipv6", "source_dest_check", "eni_tags", "public_ip_assignment"];
 
 /// The node with `patch` applied to its spec.
 pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {

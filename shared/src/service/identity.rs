@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::Tether;
 use crate::error::AwsError;
-use crate::model::{EniRecord, NodeSpec};
+use crate::model::{EniRecord, NodeSpec, PublicIpAssignment};
 use crate::network_identity::address_changes;
 
 /// Why the ENI could not be made to match the spec: the spec field and EC2's refusal.
@@ -57,6 +57,21 @@ impl Tether {
             };
             let new: Vec<_> = eni.ipv6_addresses.iter().filter(|ip| !had.contains(ip)).copied().collect();
             done.push(format!("IPv6 addresses {} assigned", list(&new)));
+        }
+        // A new ENI has no public IP (EC2's default for one made by CreateNetworkInterface).
+        let assigned_before = before.map_or(PublicIpAssignment::None, |b| b.public_ip_assignment);
+        if spec.public_ip_assignment != assigned_before {
+            let assign = match spec.public_ip_assignment {
+                PublicIpAssignment::Assign => true,
+                PublicIpAssignment::None => false,
+                PublicIpAssignment::SubnetDefault => self.network.describe_subnet(&spec.subnet_id).await?.is_some_and(|s| s.map_public_ip_on_launch),
+            };
+            if assign || before.is_some() {
+                if let Err(e) = self.network.set_public_ip(&eni.id, assign).await {
+                    return refused("public_ip_assignment", e);
+                }
+                done.push(format!("public IP {}", if assign { "assigned (a new one with each instance)" } else { "removed" }));
+            }
         }
         // A new ENI has the check on (EC2's default).
         if spec.source_dest_check != before.map_or(true, |b| b.source_dest_check) {

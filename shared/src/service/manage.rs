@@ -361,6 +361,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }
+    check_public_ip(spec.public_ip_assignment, persistence).map_err(|reason| TetherError::invalid("spec.public_ip_assignment", reason))?;
     if persistence.elastic_ip_allocation_id.is_some() && persistence.allocate_elastic_ip {
         return Err(TetherError::invalid(
             "persistence.allocate_elastic_ip",
@@ -376,12 +377,23 @@ fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
     let set = [
         ("spec.launch_template", spec.launch_template.is_some()),
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
-        ("spec.public_ip_assignment", spec.public_ip_assignment != crate::model::PublicIpAssignment::None),
         ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
     ];
     match set.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),
         None => Ok(()),
+    }
+}
+
+/// A public IP from Amazon's pool beside an Elastic IP: the Elastic IP takes eth0's public
+/// address, so the pool's would never be seen.
+pub(crate) fn check_public_ip(assignment: crate::model::PublicIpAssignment, persistence: &Persistence) -> Result<(), String> {
+    let has_eip = persistence.elastic_ip_allocation_id.is_some() || persistence.allocate_elastic_ip;
+    match (assignment, has_eip) {
+        (crate::model::PublicIpAssignment::Assign | crate::model::PublicIpAssignment::SubnetDefault, true) => {
+            Err("the node has an Elastic IP, which is its public address: leave public_ip_assignment none".into())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -358,6 +358,7 @@ impl Tether {
                 )));
             }
             let mut next = lifecycle::patched(&node, patch, self.clock.now(), by)?;
+            manage::check_public_ip(next.spec.public_ip_assignment, &node.persistence).map_err(|reason| TetherError::invalid("public_ip_assignment", reason))?;
             if next.spec.secondary_private_ips != node.spec.secondary_private_ips || next.spec.ipv6 != node.spec.ipv6 {
                 let subnet = self.network.describe_subnet(&node.spec.subnet_id).await?.ok_or_else(|| {
                     TetherError::Conflict(format!("the node's subnet {} no longer exists", node.spec.subnet_id))

@@ -295,6 +295,8 @@ impl World {
                 secondary_private_ips: e.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).filter_map(|a| a.private_ip_address()?.parse().ok()).collect(),
                 ipv6_addresses: e.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()?.parse().ok()).collect(),
                 source_dest_check: e.source_dest_check().unwrap_or(true),
+                // What the API describes is the address, not the setting: read off the association.
+                public_ip: e.association().and_then(|a| a.public_ip()).is_some() && e.association().and_then(|a| a.allocation_id()).is_none(),
                 tags: e.tag_set().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect(),
             })
             .collect();

@@ -107,3 +107,45 @@ async fn ipv6_in_a_subnet_without_an_ipv6_block_is_refused_naming_the_field() ->
     }
     Ok(())
 }
+
+/// The public IPv4 address EC2 reports for the node's current instance.
+async fn public_ip(fx: &Fixture, node: &Node) -> Result<Option<String>, SetupError> {
+    let node = fx.tether.node(&node.id).await?;
+    Ok(fx.instance(node.instance_id().ok_or("no instance")?).await?.public_ip_address().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn an_assigned_public_ip_comes_with_every_generation_and_a_patch_takes_it_away() -> Result<(), SetupError> {
+    use tether::model::PublicIpAssignment;
+    let fx = Fixture::new().await?;
+    let spec = NodeSpec { public_ip_assignment: PublicIpAssignment::Assign, ..fx.spec(&["m5.large"]) };
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    assert!(public_ip(&fx, &node).await?.is_some(), "generation 1 has a public IP");
+    interrupt(&fx, &node).await?;
+    assert!(public_ip(&fx, &node).await?.is_some(), "generation 2 has one too (the setting is the ENI's)");
+
+    let patch = NodePatch { public_ip_assignment: Some(PublicIpAssignment::None), ..NodePatch::default() };
+    let patched = fx.tether.patch(&node.id, &patch, None).await?;
+    assert_eq!(public_ip(&fx, &node).await?, None, "taken away from the running instance");
+    assert!(patched.history.iter().any(|h| h.what.contains("public IP removed")), "{:?}", patched.history);
+    interrupt(&fx, &node).await?;
+    assert_eq!(public_ip(&fx, &node).await?, None, "and from the next generation");
+
+    // `subnet_default` follows the subnet's auto-assign setting.
+    let subnet_id = fx.subnet("10.0.8.0/24").await?;
+    let on = aws_sdk_ec2::types::AttributeBooleanValue::builder().value(true).build();
+    fx.ec2.modify_subnet_attribute().subnet_id(&subnet_id).map_public_ip_on_launch(on).send().await?;
+    let spec = NodeSpec { subnet_id, public_ip_assignment: PublicIpAssignment::SubnetDefault, ..fx.spec(&["m5.large"]) };
+    let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    assert!(public_ip(&fx, &node).await?.is_some(), "the subnet assigns public IPs");
+
+    // Beside an Elastic IP it is refused: the Elastic IP is the public address.
+    let with_eip = Persistence { allocate_elastic_ip: true, ..Persistence::default() };
+    match fx.tether.create_node(NodeSpec { public_ip_assignment: PublicIpAssignment::Assign, ..fx.spec(&["m5.large"]) }, with_eip, None).await {
+        Err(TetherError::Invalid { field, .. }) => assert_eq!(field, "spec.public_ip_assignment"),
+        other => panic!("not refused: {other:?}"),
+    }
+    Ok(())
+}

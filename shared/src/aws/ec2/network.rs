@@ -317,6 +317,17 @@ impl Network for Ec2Cloud {
         not_assigned_is_done(unassigned)
     }
 
+    async fn set_public_ip(&self, eni_id: &str, assign: bool) -> Result<(), AwsError> {
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .associate_public_ip_address(assign)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))
+    }
+
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
         self.client
             .modify_network_interface_attribute()

@@ -109,6 +109,14 @@ impl Network for FakeEc2 {
         not_assigned_is_done(self.call("UnassignIpv6Addresses", |s| s.unassign_ipv6_addresses(eni_id, addresses)).await)
     }
 
+    async fn set_public_ip(&self, eni_id: &str, assign: bool) -> Result<(), AwsError> {
+        self.call("ModifyNetworkInterfaceAttribute", |s| {
+            let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("ModifyNetworkInterfaceAttribute", eni_id))?;
+            eni.public_ip = assign;
+            Ok(())
+        }).await
+    }
+
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
         self.call("ModifyNetworkInterfaceAttribute", |s| {
             let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("ModifyNetworkInterfaceAttribute", eni_id))?;

@@ -110,6 +110,7 @@ impl State {
             secondary_ips: Vec::new(),
             ipv6: Vec::new(),
             source_dest_check: true,
+            public_ip: false,
             attachment: None,
             picked,
         };
@@ -502,7 +503,12 @@ impl State {
             market: instance.market,
             primary_eni_id: instance.primary_eni.clone(),
             private_ip: attached.then_some(instance.private_ip),
-            public_ip: instance.primary_eni.as_deref().and_then(|e| self.eip_on(e)).map(|(_, eip)| eip.public_ip.clone()),
+            // The Elastic IP on its primary ENI, else one from Amazon's pool if the ENI asks
+            // (one per instance: derived from its id here).
+            public_ip: instance.primary_eni.as_deref().and_then(|e| self.eip_on(e)).map(|(_, eip)| eip.public_ip.clone()).or_else(|| {
+                let pooled = instance.primary_eni.as_deref().and_then(|e| self.enis.get(e)).is_some_and(|e| e.public_ip) && attached;
+                pooled.then(|| format!("3.0.{}.{}", id.len() % 256, id.bytes().fold(0u8, |a, b| a.wrapping_add(b))))
+            }),
             node_id: instance.tags.get(TAG_NODE_ID).cloned(),
             generation: instance.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok()),
             client_token: instance.client_token.clone(),
