@@ -28,6 +28,26 @@ fn default_version() -> String {
 }
 
 impl LaunchTemplateRef {
+    /// What EC2 would refuse in the reference itself: (field relative to it, reason).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        match (&self.id, &self.name) {
+            (Some(_), Some(_)) | (None, None) => return Err(("id".into(), "give the template's id (lt-…) or its name, one of them".into())),
+            (Some(id), None) if !id.starts_with("lt-") || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                return Err(("id".into(), "must be a launch template id like lt-0123456789abcdef0".into()))
+            }
+            (None, Some(name)) if name.len() < 3 || name.len() > 128 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"()./_-".contains(&b)) => {
+                return Err(("name".into(), "must be a launch template name: 3 to 128 letters, digits and ( ) . / _ -".into()))
+            }
+            _ => {}
+        }
+        let numbered = self.version.parse::<i64>().is_ok_and(|n| n >= 1);
+        if !numbered && self.version != "$Default" && self.version != "$Latest" {
+            return Err(("version".into(), "give $Default, $Latest or a version number".into()));
+        }
+        Ok(())
+    }
+
+
     /// The template as people name it: its id, else its name, with the version.
     pub fn describe(&self) -> String {
         let template = self.id.as_deref().or(self.name.as_deref()).unwrap_or("?");
@@ -145,4 +165,80 @@ mod tests {
         let arn = CapacityReservation::GroupArn("arn:aws:resource-groups:us-east-1:123456789012:group/db".into());
         assert_eq!(field(check_launch_options(None, None, Some(&arn))), None);
     }
+}
+
+/// What a launch template version sets that Tether carries over, as read at create, PATCH
+/// and each launch (`Instances::launch_template`). Every field is the template's; `None` or
+/// empty where it sets nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TemplateSettings {
+    /// The version read (a number, whatever `$Default` or `$Latest` named).
+    pub version: i64,
+    pub image_id: Option<String>,
+    pub instance_type: Option<String>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile: Option<String>,
+    /// Decoded from the template's base64.
+    pub user_data: Option<String>,
+    /// Instance-level security groups: they go on the node's ENI.
+    pub security_group_ids: Vec<String>,
+    pub block_devices: Vec<crate::volumes::BlockDevice>,
+    pub metadata_options: Option<crate::model::MetadataOptions>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub volume_tags: std::collections::BTreeMap<String, String>,
+    pub ebs_optimized: Option<bool>,
+    pub detailed_monitoring: Option<bool>,
+    pub cpu_credits: Option<CpuCredits>,
+    pub placement: Option<Placement>,
+    pub capacity_reservation: Option<CapacityReservation>,
+    /// What the template sets that Tether refuses (its name in the template, and why): the
+    /// node's ENI owns the network, Tether owns the market, and what Tether cannot carry
+    /// over is not silently dropped.
+    pub refused: Vec<(String, String)>,
+}
+
+/// The spec a launch uses: `spec` where it sets a field, the template's where it does not.
+/// Tags are the template's with the spec's over them.
+pub fn with_template(spec: &crate::model::NodeSpec, template: &TemplateSettings) -> crate::model::NodeSpec {
+    let mut tags = template.tags.clone();
+    tags.extend(spec.tags.clone());
+    let mut volume_tags = template.volume_tags.clone();
+    volume_tags.extend(spec.volume_tags.clone());
+    let or = |mine: &Option<String>, theirs: &Option<String>| mine.clone().or_else(|| theirs.clone());
+    crate::model::NodeSpec {
+        image_id: Some(spec.image_id.clone()).filter(|i| !i.is_empty()).or_else(|| template.image_id.clone()).unwrap_or_default(),
+        instance_types: if spec.instance_types.is_empty() { template.instance_type.iter().cloned().collect() } else { spec.instance_types.clone() },
+        security_group_ids: if spec.security_group_ids.is_empty() { template.security_group_ids.clone() } else { spec.security_group_ids.clone() },
+        key_name: or(&spec.key_name, &template.key_name),
+        iam_instance_profile: or(&spec.iam_instance_profile, &template.iam_instance_profile),
+        user_data: or(&spec.user_data, &template.user_data),
+        tags,
+        volume_tags,
+        metadata_options: spec.metadata_options.or(template.metadata_options),
+        block_devices: if spec.block_devices.is_empty() { template.block_devices.clone() } else { spec.block_devices.clone() },
+        ebs_optimized: spec.ebs_optimized.or(template.ebs_optimized),
+        detailed_monitoring: spec.detailed_monitoring.or(template.detailed_monitoring),
+        cpu_credits: spec.cpu_credits.or(template.cpu_credits),
+        placement: spec.placement.clone().or_else(|| template.placement.clone()),
+        capacity_reservation: spec.capacity_reservation.clone().or_else(|| template.capacity_reservation.clone()),
+        ..spec.clone()
+    }
+}
+
+/// Why a template cannot be a node's base, if it cannot: it sets what Tether refuses, or
+/// the spec and the template together still lack an image or an instance type. The error is
+/// (field of the spec, reason).
+pub fn check_template(spec: &crate::model::NodeSpec, template: &TemplateSettings) -> Result<(), (String, String)> {
+    let name = spec.launch_template.as_ref().map(LaunchTemplateRef::describe).unwrap_or_default();
+    if let Some((what, why)) = template.refused.first() {
+        return Err(("launch_template".into(), format!("{name} sets {what}, which Tether refuses: {why}")));
+    }
+    let merged = with_template(spec, template);
+    if merged.image_id.is_empty() {
+        return Err(("image_id".into(), format!("give an AMI id: {name} sets no ImageId")));
+    }
+    if merged.instance_types.is_empty() {
+        return Err(("instance_types".into(), format!("list at least one instance type: {name} sets no InstanceType")));
+    }
+    Ok(())
 }

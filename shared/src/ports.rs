@@ -339,6 +339,8 @@ pub trait Network: Send + Sync {
     /// (ModifyNetworkInterfaceAttribute AssociatePublicIpAddress: kept on the ENI, applied to
     /// each instance launched on it).
     async fn set_public_ip(&self, eni_id: &str, assign: bool) -> Result<(), AwsError>;
+    /// Replaces the ENI's security groups.
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), AwsError>;
     /// Turns the ENI's source/destination check on or off.
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError>;
     /// Sets `tags` on the ENI and removes the tag keys in `removed` (never Tether's own).
@@ -452,6 +454,9 @@ pub trait Instances: Send + Sync {
     async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError>;
     /// Every instance not terminated or shutting down that carries a `tether:node-id` tag.
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError>;
+    /// The launch template version, as Tether carries it over; `None` when the template or
+    /// the version does not exist.
+    async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError>;
     /// Of these instance types, the ones this Region does not offer.
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError>;
     /// A running instance with its primary ENI, as import needs it; `None` if unknown.

@@ -18,6 +18,7 @@ export function ec2PolicyStatements(): object[] {
         "ec2:DescribeAddresses",
         "ec2:DescribeSubnets",
         "ec2:DescribeInstanceTypes",
+        "ec2:DescribeLaunchTemplateVersions",
         "ec2:GetSubnetCidrReservations",
       ],
       Resource: "*",

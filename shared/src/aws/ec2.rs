@@ -4,6 +4,7 @@
 mod instances;
 mod network;
 mod subnet_reservations;
+mod templates;
 
 use std::net::Ipv4Addr;
 

@@ -239,6 +239,8 @@ struct State {
     eni_tokens: HashMap<String, (EniRequest, EniRecord)>,
     out_of_capacity: HashSet<(String, &'static str)>,
     extra_types: BTreeSet<String>,
+    /// Launch templates by id: (name, default version, versions from 1).
+    templates: BTreeMap<String, (String, i64, Vec<crate::launch_options::TemplateSettings>)>,
     eip_limit: Option<usize>,
     rng: fastrand::Rng,
     counter: u64,
@@ -380,6 +382,7 @@ impl FakeEc2 {
                 eni_tokens: HashMap::new(),
                 out_of_capacity: HashSet::new(),
                 extra_types: BTreeSet::new(),
+                templates: BTreeMap::new(),
                 eip_limit: None,
                 rng: fastrand::Rng::with_seed(seed),
                 counter: 0,
@@ -469,6 +472,12 @@ impl FakeEc2 {
         }
     }
 
+
+    /// A launch template `id` named `name` with `versions` (1, 2, …; the first is the default).
+    pub fn add_launch_template(&self, id: &str, name: &str, versions: Vec<crate::launch_options::TemplateSettings>) {
+        let versions = versions.into_iter().enumerate().map(|(i, v)| crate::launch_options::TemplateSettings { version: i as i64 + 1, ..v }).collect();
+        self.lock().templates.insert(id.to_owned(), (name.to_owned(), 1, versions));
+    }
 
     /// Makes the Region offer `instance_type` too.
     pub fn add_instance_type(&self, instance_type: &str) {

@@ -158,6 +158,17 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         patch.capacity_reservation.as_ref().and_then(Option::as_ref),
     )
     .map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+    if let Some(template) = &patch.launch_template {
+        if let Some((field, reason)) = template.as_ref().and_then(|t| t.check().err()) {
+            return Err(PatchError { field: format!("launch_template.{field}").into(), reason });
+        }
+        spec.launch_template = template.clone();
+        changed.push("launch_template");
+    }
+    if spec.launch_template.is_none() && (spec.image_id.is_empty() || spec.instance_types.is_empty()) {
+        let field = if spec.image_id.is_empty() { "image_id" } else { "instance_types" };
+        return Err(PatchError { field: field.into(), reason: "without a launch template the spec must name an image and instance types".into() });
+    }
     if let Some(v) = patch.ebs_optimized {
         spec.ebs_optimized = v;
         changed.push("ebs_optimized");
@@ -240,6 +251,10 @@ pub struct NodePatch {
     /// Replaces the list of block devices (`[]`: the AMI's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_devices: Option<Vec<crate::volumes::BlockDevice>>,
+    /// Another launch template (read and checked now); `null` removes it (the spec must then
+    /// name an image and instance types).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub launch_template: Option<Option<crate::model::LaunchTemplateRef>>,
     /// `true` or `false`; `null` leaves it to the instance type.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub ebs_optimized: Option<Option<bool>>,
@@ -285,6 +300,7 @@ impl NodePatch {
     /// The first field the patch sets that a group's member template does not carry yet.
     pub fn node_only_field(&self) -> Option<&'static str> {
         let launch = [
+            ("launch_template", self.launch_template.is_some()),
             ("ebs_optimized", self.ebs_optimized.is_some()),
             ("detailed_monitoring", self.detailed_monitoring.is_some()),
             ("cpu_credits", self.cpu_credits.is_some()),

@@ -22,10 +22,18 @@ impl Tether {
     /// Launches the node's current generation on its ENI, creating the ENI and
     /// associating the EIP first if this is the first launch.
     pub(super) async fn launch(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
-        let (node, eni, fresh_eni) = match self.ensure_network(node, deadline).await? {
+        let spec = match self.launch_spec(&node).await? {
+            Ok(spec) => spec,
+            Err(reason) => return self.fail(&node, reason).await,
+        };
+        let (node, eni, fresh_eni) = match self.ensure_network(node, &spec, deadline).await? {
             Ok(ready) => ready,
             Err(outcome) => return Ok(outcome),
         };
+        // A later template version may have changed its security groups: the ENI carries them.
+        if spec.launch_template.is_some() && node.spec.security_group_ids.is_empty() && !fresh_eni {
+            self.network.set_security_groups(&eni.id, &spec.security_group_ids).await?;
+        }
         let client_token = node.id.client_token(node.generation);
         let started = self.clock.now();
         // The first slot comes before the order of the candidates: it carries the pools EC2
@@ -44,11 +52,11 @@ impl Tether {
         let pace = std::sync::Mutex::new(pace);
         let mut tried = Vec::new();
         let mut last_capacity_error = None;
-        for (instance_type, market) in interruption_aware(candidates(&node.spec), &eni.availability_zone, &refused, reclaimed.as_deref()) {
+        for (instance_type, market) in interruption_aware(candidates(&spec), &eni.availability_zone, &refused, reclaimed.as_deref()) {
             let request = LaunchRequest {
                 node_id: &node.id,
                 generation: node.generation,
-                spec: &node.spec,
+                spec: &spec,
                 eni_id: &eni.id,
                 instance_type,
                 market,
@@ -203,7 +211,7 @@ impl Tether {
     /// earlier attempt may have made it) or created, and recorded on the node before
     /// anything runs on it; the third value then says EC2 may not know it everywhere yet.
     /// `Err(outcome)`: the node went to ERROR.
-    async fn ensure_network(&self, mut node: Node, deadline: DateTime<Utc>) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
+    async fn ensure_network(&self, mut node: Node, launch_spec: &NodeSpec, deadline: DateTime<Utc>) -> Result<Result<(Node, EniRecord, bool), Outcome>, TetherError> {
         let first_launch = node.generation == 1;
         let wants_eip = node.persistence.elastic_ip_allocation_id.is_some() || node.persistence.allocate_elastic_ip;
         // An Elastic IP not on record yet is still to be chosen and associated (a first
@@ -223,7 +231,8 @@ impl Tether {
                         let request = EniRequest {
                             node_id: node.id.clone(),
                             subnet_id: spec.subnet_id.clone(),
-                            security_group_ids: spec.security_group_ids.clone(),
+                            // The template's, when the spec names none.
+                            security_group_ids: launch_spec.security_group_ids.clone(),
                             private_ip: node.persistence.private_ip,
                             secondary_ip_count: spec.secondary_private_ips.as_ref().and_then(|s| s.count).unwrap_or(0),
                             ipv6_count: spec.ipv6.as_ref().and_then(|s| s.count).unwrap_or(0),
@@ -358,6 +367,21 @@ impl Tether {
     /// How long since `started`, on the service's clock.
     pub(super) fn waited_since(&self, started: DateTime<Utc>) -> Duration {
         (self.clock.now() - started).to_std().unwrap_or_default()
+    }
+
+    /// The spec this launch uses: the node's, over its launch template's version as it is now
+    /// (`Err`: why the node cannot launch: the template or version is gone, or now sets what
+    /// Tether refuses).
+    async fn launch_spec(&self, node: &Node) -> Result<Result<NodeSpec, String>, TetherError> {
+        let Some(template) = &node.spec.launch_template else { return Ok(Ok(node.spec.clone())) };
+        let Some(settings) = self.instances.launch_template(template).await? else {
+            return Ok(Err(format!("{} no longer exists: point launch_template at another (PATCH), or remove it", template.describe())));
+        };
+        if let Err((field, reason)) = crate::launch_options::check_template(&node.spec, &settings) {
+            return Ok(Err(format!("{field}: {reason}")));
+        }
+        info!(template = template.describe(), version = settings.version, "launch template read");
+        Ok(Ok(crate::launch_options::with_template(&node.spec, &settings)))
     }
 
     /// Puts the node in ERROR with `reason`; the request itself succeeded in deciding that.

@@ -44,8 +44,12 @@ impl Tether {
     /// derive it from their seed, so that a run replays exactly.
     pub async fn create_node_as(&self, id: NodeId, mut spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
         check_shapes(&spec, &persistence)?;
-        // IMDSv2 required unless the request says otherwise (nodes made before keep theirs).
-        spec.metadata_options.get_or_insert_with(MetadataOptions::default);
+        let template = self.template_of(&spec, "spec.").await?;
+        // IMDSv2 required unless the request (or its template) says otherwise (nodes made
+        // before keep theirs).
+        if template.as_ref().is_none_or(|t| t.metadata_options.is_none()) {
+            spec.metadata_options.get_or_insert_with(MetadataOptions::default);
+        }
         let subnet = self.network.describe_subnet(&spec.subnet_id).await?.ok_or_else(|| {
             TetherError::invalid("spec.subnet_id", format!("subnet {} does not exist in this Region", spec.subnet_id))
         })?;
@@ -74,7 +78,11 @@ impl Tether {
                 ));
             }
         }
-        self.check_instance_types(&spec.instance_types, "spec.instance_types").await?;
+        let instance_types = match &template {
+            Some(t) => crate::launch_options::with_template(&spec, t).instance_types,
+            None => spec.instance_types.clone(),
+        };
+        self.check_instance_types(&instance_types, "spec.instance_types").await?;
         let mut node = Node::new(spec, persistence, self.clock.now());
         node.id = id;
         if let Some(who) = by {
@@ -99,6 +107,17 @@ impl Tether {
         created?;
         info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
+    }
+
+    /// The launch template version `spec` is based on, read now and checked (`prefix` goes
+    /// before the field named in a refusal: `spec.`, or nothing for a PATCH).
+    pub(super) async fn template_of(&self, spec: &NodeSpec, prefix: &str) -> Result<Option<crate::launch_options::TemplateSettings>, TetherError> {
+        let Some(template) = &spec.launch_template else { return Ok(None) };
+        let settings = self.instances.launch_template(template).await?.ok_or_else(|| {
+            TetherError::invalid(format!("{prefix}launch_template"), format!("{} does not exist in this Region", template.describe()))
+        })?;
+        crate::launch_options::check_template(spec, &settings).map_err(|(field, reason)| TetherError::invalid(format!("{prefix}{field}"), reason))?;
+        Ok(Some(settings))
     }
 
     /// Writes a new node with the reservations of its chosen addresses, in one transaction;
@@ -331,10 +350,15 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     if !spec.subnet_id.starts_with("subnet-") {
         return Err(TetherError::invalid("spec.subnet_id", "must be a subnet id like subnet-0123456789abcdef0"));
     }
-    if !spec.image_id.starts_with("ami-") {
+    // With a launch template, an empty image or type list takes the template's.
+    let templated = spec.launch_template.is_some();
+    if !spec.image_id.starts_with("ami-") && !(templated && spec.image_id.is_empty()) {
         return Err(TetherError::invalid("spec.image_id", "must be an AMI id like ami-0123456789abcdef0"));
     }
-    if spec.instance_types.is_empty() || spec.instance_types.iter().any(|t| t.trim().is_empty()) {
+    if let Some(template) = &spec.launch_template {
+        template.check().map_err(|(field, reason)| TetherError::invalid(format!("spec.launch_template.{field}"), reason))?;
+    }
+    if (spec.instance_types.is_empty() && !templated) || spec.instance_types.iter().any(|t| t.trim().is_empty()) {
         return Err(TetherError::invalid("spec.instance_types", "list at least one instance type, in order of preference"));
     }
     for instance_type in &spec.instance_types {
@@ -344,7 +368,9 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         return Err(TetherError::invalid("spec.security_group_ids", format!("`{}` is not a security group id like sg-0123", sg.escape_debug())));
     }
     check_name("spec.subnet_id", &spec.subnet_id)?;
-    check_name("spec.image_id", &spec.image_id)?;
+    if !spec.image_id.is_empty() {
+        check_name("spec.image_id", &spec.image_id)?;
+    }
     if let Some(key) = &spec.key_name {
         check_name("spec.key_name", key)?;
     }
@@ -375,7 +401,6 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
 /// than stored and ignored.
 fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
     let set = [
-        ("spec.launch_template", spec.launch_template.is_some()),
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
         ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
     ];

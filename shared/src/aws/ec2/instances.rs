@@ -211,6 +211,10 @@ impl Instances for Ec2Cloud {
         Ok(self.instance(instance_id).await?.map(|i| summary(instance_id, &i)))
     }
 
+    async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError> {
+        self.template_version(template).await
+    }
+
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
         let mut unknown = Vec::new();
         for instance_type in instance_types {

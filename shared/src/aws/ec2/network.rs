@@ -328,6 +328,17 @@ impl Network for Ec2Cloud {
             .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))
     }
 
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), AwsError> {
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .set_groups(Some(groups.to_vec()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))
+    }
+
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
         self.client
             .modify_network_interface_attribute()

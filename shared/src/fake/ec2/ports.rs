@@ -117,6 +117,14 @@ impl Network for FakeEc2 {
         }).await
     }
 
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), AwsError> {
+        self.call("ModifyNetworkInterfaceAttribute", |s| {
+            let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("ModifyNetworkInterfaceAttribute", eni_id))?;
+            eni.security_groups = groups.to_vec();
+            Ok(())
+        }).await
+    }
+
     async fn set_source_dest_check(&self, eni_id: &str, enabled: bool) -> Result<(), AwsError> {
         self.call("ModifyNetworkInterfaceAttribute", |s| {
             let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni("ModifyNetworkInterfaceAttribute", eni_id))?;
@@ -210,6 +218,19 @@ impl Instances for FakeEc2 {
 
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<InstanceSummary>, AwsError> {
         absent_if_unknown(self.call("DescribeInstances", |s| s.summary(instance_id)).await)
+    }
+
+    async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError> {
+        self.call("DescribeLaunchTemplateVersions", |s| {
+            let found = s.templates.iter().find(|(id, (name, _, _))| template.id.as_deref() == Some(id.as_str()) || template.name.as_deref() == Some(name.as_str()));
+            let Some((_, (_, default, versions))) = found else { return Ok(None) };
+            let number = match template.version.as_str() {
+                "$Default" => *default,
+                "$Latest" => versions.len() as i64,
+                n => n.parse().unwrap_or(0),
+            };
+            Ok(usize::try_from(number - 1).ok().and_then(|i| versions.get(i)).cloned())
+        }).await
     }
 
     async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
