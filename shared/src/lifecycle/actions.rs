@@ -151,6 +151,11 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.block_devices = devices.clone();
         changed.push("block_devices");
     }
+    if let Some(handover) = patch.handover_after_warning_seconds {
+        super::check_handover(handover).map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+        spec.handover_after_warning_seconds = handover;
+        changed.push("handover_after_warning_seconds");
+    }
     Ok(changed)
 }
 
@@ -185,6 +190,13 @@ pub struct NodePatch {
     /// Replaces the list of block devices (`[]`: the AMI's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_devices: Option<Vec<crate::volumes::BlockDevice>>,
+    /// Seconds after a spot interruption warning (terminate) at which Tether terminates the
+    /// instance itself to hand the ENI over early (0 to 110); `null` turns it off (AWS
+    /// terminates the instance, about two minutes after the warning). Takes effect at once,
+    /// for a warning already received too.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_nullable_small")]
+    #[schemars(range(min = 0, max = 110))]
+    pub handover_after_warning_seconds: Option<Option<u8>>,
     /// Refused: the ENI is bound to its subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::lifecycle::check_launch_settings;
+use crate::lifecycle::{check_handover, check_launch_settings};
 use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write};
 
@@ -346,6 +346,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     check_tags("spec.tags", &spec.tags)?;
     refuse_unbuilt(spec)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
+    check_handover(spec.handover_after_warning_seconds).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }
@@ -368,7 +369,6 @@ fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
         ("spec.public_ip_assignment", spec.public_ip_assignment != crate::model::PublicIpAssignment::None),
         ("spec.source_dest_check", !spec.source_dest_check),
-        ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
         ("spec.capacity_reservation", spec.capacity_reservation.is_some()),
         ("spec.ebs_optimized", spec.ebs_optimized.is_some()),
         ("spec.detailed_monitoring", spec.detailed_monitoring.is_some()),
