@@ -165,7 +165,10 @@ fn on_warning(node: &Node, action: InterruptionAction, sent_at: Option<DateTime<
         return Step::Ignore("interruption warning already recorded");
     }
     let mut next = node.clone();
-    next.interruption = Some(InterruptionRecord { instance_id, action, noticed_at: now, sent_at, handed_over_at: None });
+    // An instance Tether terminated to hand over is never handed over again, whatever
+    // warning about it comes next.
+    let handed_over_at = node.interruption.as_ref().filter(|i| i.instance_id == instance_id).and_then(|i| i.handed_over_at);
+    next.interruption = Some(InterruptionRecord { instance_id, action, noticed_at: now, sent_at, handed_over_at });
     match action {
         InterruptionAction::Terminate => {
             // A warning after `stopped` or during recovery keeps that state.

@@ -580,6 +580,20 @@ mod handover {
         assert_eq!(node.history.iter().filter(|h| h.what.starts_with("spot interruption warning")).count(), 1);
     }
 
+    /// Another warning about an instance already handed over (AWS may announce a stop,
+    /// then a terminate): it is not handed over a second time.
+    #[test]
+    fn an_instance_handed_over_is_never_handed_over_again() {
+        let handed = written(&deliver(&warned(5), t(5))).expect("handed over").clone();
+        let stop = on_delivered_event(&handed, "ev-stop", &warning(InterruptionAction::Stop), Some(t(6)), t(6));
+        let after_stop = written(&stop).expect("the stop warning is recorded").clone();
+        let again = on_delivered_event(&after_stop, "ev-terminate-2", &warning(InterruptionAction::Terminate), Some(t(7)), t(20));
+        assert!(!terminates(&again), "{again:?}");
+        let after = written(&again).expect("recorded").clone();
+        assert_eq!(after.history.iter().filter(|h| h.what.contains("to hand over early")).count(), 1);
+        assert_eq!(after.interruption.and_then(|i| i.handed_over_at), Some(t(5)));
+    }
+
     #[test]
     fn stop_and_hibernate_warnings_never_hand_over() {
         for action in [InterruptionAction::Stop, InterruptionAction::Hibernate] {
