@@ -427,5 +427,9 @@ mod tests {
         let both = Persistence { elastic_ip_allocation_id: Some("eipalloc-1".into()), allocate_elastic_ip: true, ..Persistence::default() };
         assert!(check_shapes(&test_spec(&["m5.large"], true), &both).is_err());
         assert!(check_shapes(&test_spec(&["m5.large"], true), &Persistence::default()).is_ok());
+        let handing_over = |seconds| NodeSpec { handover_after_warning_seconds: Some(seconds), ..test_spec(&["m5.large"], true) };
+        assert!(check_shapes(&handing_over(110), &Persistence::default()).is_ok(), "hand-over is built");
+        let err = check_shapes(&handing_over(111), &Persistence::default()).expect_err("too late");
+        assert!(err.to_string().starts_with("spec.handover_after_warning_seconds: must be 0 to 110"), "{err}");
     }
 }
