@@ -216,7 +216,7 @@ async fn duplicated_warnings_terminate_once() {
     let warning = world.warning("ev-warning", &first, InterruptionAction::Terminate);
     world.deliver(&[warning.clone(), warning.clone()]).await;
     world.pass(4);
-    world.deliver(&[warning.clone()]).await;
+    world.deliver(std::slice::from_ref(&warning)).await;
     assert!(world.waiting() >= 2, "each copy waits on the queue: {}", world.waiting());
     world.run_queue_for(20).await;
     world.deliver(&[warning]).await;

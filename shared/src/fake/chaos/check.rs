@@ -7,6 +7,8 @@ use crate::fake::{EipView, EniView, InstanceView};
 use crate::model::{Node, NodeId, NodeState};
 
 /// Everything wrong with the world; empty when every invariant holds.
+// Each argument is one of the world's own records, read from the fakes or the scenario.
+#[allow(clippy::too_many_arguments)]
 pub fn violations(
     created: &[NodeId],
     nodes: &[Node],
