@@ -199,6 +199,11 @@ pub struct LaunchArgs {
     /// throughput and encryption through the API)
     #[arg(long = "block-device", value_name = "DEVICE=SIZE[:TYPE]", value_parser = parse_block_device)]
     pub block_devices: Vec<BlockDevice>,
+    /// After a spot interruption warning (terminate), terminate the instance this many
+    /// seconds after it, 0 to 110, so that the replacement starts sooner: the workload's
+    /// drain window (default: AWS terminates it, about 120 s after the warning)
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u8).range(0..=110))]
+    pub handover_after_warning: Option<u8>,
 }
 
 /// The launch settings `PATCH /nodes/{id}` accepts; only those given change.
@@ -336,6 +341,24 @@ pub struct LaunchChangeArgs {
     /// Launch with the AMI's volumes again
     #[arg(long, group = "change")]
     pub no_block_devices: bool,
+    /// Seconds after a spot interruption warning (terminate) at which Tether terminates the
+    /// instance to hand its ENI over early, 0 to 110; `off`: AWS terminates it (takes effect at once)
+    #[arg(long, value_name = "SECONDS|off", value_parser = parse_handover, group = "change")]
+    pub handover_after_warning: Option<HandoverChange>,
+}
+
+/// `--handover-after-warning` of an update: a number of seconds, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandoverChange(pub Option<u8>);
+
+pub(crate) fn parse_handover(raw: &str) -> Result<HandoverChange, String> {
+    if raw == "off" {
+        return Ok(HandoverChange(None));
+    }
+    match raw.parse::<u8>() {
+        Ok(seconds) if tether::model::HANDOVER_AFTER_WARNING_SECONDS.contains(&seconds) => Ok(HandoverChange(Some(seconds))),
+        _ => Err(format!("`{raw}` is neither 0 to 110 seconds nor `off`")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -340,6 +340,7 @@ fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
         // Nothing given: the API's default (IMDSv2 required).
         metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
         block_devices: args.block_devices.clone(),
+        handover_after_warning_seconds: args.handover_after_warning,
     })
 }
 
@@ -370,6 +371,7 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
         iam_instance_profile: args.instance_profile.clone(),
         metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.imds_v2_only || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
         block_devices: (args.no_block_devices || !args.block_devices.is_empty()).then(|| args.block_devices.clone()),
+        handover_after_warning_seconds: args.handover_after_warning.map(|h| h.0),
         ..NodePatch::default()
     })
 }

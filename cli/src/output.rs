@@ -144,6 +144,7 @@ pub(crate) fn launch_fields(t: &MemberTemplate) -> Vec<(&'static str, String)> {
         ("instance types", t.instance_types.join(", ")),
         ("on-demand fallback", yes_no(t.fallback_to_on_demand)),
         ("back to spot", t.revert_to_spot.to_string()),
+        ("hand over", t.handover_after_warning_seconds.map_or_else(|| "- (AWS terminates)".to_owned(), |s| format!("{s} s after a spot warning"))),
         ("security groups", or_dash(Some(&t.security_group_ids.join(", ")))),
         ("key name", or_dash(t.key_name.as_deref())),
         ("instance profile", or_dash(t.iam_instance_profile.as_deref())),

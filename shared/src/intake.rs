@@ -7,8 +7,9 @@
 //! - handled, ignored, or never processable (not JSON, not an event this function serves):
 //!   acknowledged (the latter logged and counted, never retried);
 //! - waiting (no pace slot within the horizon, the ENI still attached, another invocation
-//!   holding the event): put on the queue again with a delay and acknowledged, so that a
-//!   healthy event never reaches the dead-letter queue for having waited;
+//!   holding the event, a hand-over not yet due): put on the queue again with a delay and
+//!   acknowledged, so that a healthy event never reaches the dead-letter queue for having
+//!   waited;
 //! - failed in a way a retry can help (throttling, a lost race): delivered again by SQS after
 //!   its visibility timeout, counting a receive (the dead-letter queue takes it after
 //!   `maxReceiveCount`).
@@ -23,7 +24,7 @@ use tracing::{error, warn};
 
 use crate::events::ReceivedEvent;
 use crate::ports::EventQueue;
-use crate::service::{Tether, TetherError};
+use crate::service::{Outcome, Tether, TetherError};
 
 /// The longest delay SQS allows on a message.
 pub const MAX_DELAY: Duration = Duration::from_secs(900);
@@ -132,7 +133,10 @@ async fn handle_body(tether: &Tether, message: &Message<'_>, request_id: &str, d
     // One delivery of this message: the event's claim names it.
     let invocation_id = format!("{request_id}/{}", message.id);
     let event_id = received.id.clone().unwrap_or_else(|| message.id.to_owned());
-    match tether.handle_event(&event_id, &invocation_id, &received.event, deadline).await {
+    match tether.handle_event_sent_at(&event_id, &invocation_id, &received.event, received.time, deadline).await {
+        // A hand-over due later: the event comes back then (at least a second on, as SQS
+        // counts delays in whole seconds).
+        Ok(Outcome::Deferred { until, .. }) => Handled::Wait(tether.time_until(until).max(Duration::from_secs(1))),
         Ok(_) => Handled::Done,
         Err(TetherError::Paced { retry_after, .. }) => Handled::Wait(retry_after.max(Duration::from_secs(1))),
         Err(TetherError::EniStillAttached { .. }) => Handled::Wait(WAIT_FOR_ENI),

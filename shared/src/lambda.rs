@@ -151,7 +151,13 @@ pub async fn handle_eventbridge(
     // EventBridge always sets an id; a hand-made payload without one is its own event.
     let event_id = received.id.as_deref().unwrap_or(invocation_id);
     // The service logs the outcome (with the node's id, instance id and generation).
-    match tether.handle_event(event_id, invocation_id, &received.event, deadline).await {
+    match tether.handle_event_sent_at(event_id, invocation_id, &received.event, received.time, deadline).await {
+        Ok(outcome @ crate::service::Outcome::Deferred { .. }) => {
+            // Invoked without a queue, nothing can deliver the event again at the due time:
+            // the reconciler hands the instance over at its next run, or AWS terminates it.
+            warn!(request_id = event.context.request_id, "hand-over deferred, but this invocation came without a queue to deliver the warning again: the reconciler or AWS terminates the instance");
+            Ok(json!(outcome))
+        }
         Ok(outcome) => Ok(json!(outcome)),
         Err(e) if e.is_retryable() => Err(e),
         Err(e) => {

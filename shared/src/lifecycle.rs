@@ -3,11 +3,13 @@
 //! service performs what a step asks for.
 
 mod actions;
+mod handover;
 mod metrics;
 mod reconcile;
 
 use chrono::{DateTime, Utc};
 
+pub use handover::{check_handover, handover, handover_recorded, Handover};
 pub use actions::{check_launch_settings, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
 pub use metrics::{metrics_of, Metric};
 pub use reconcile::{eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
@@ -31,6 +33,10 @@ pub enum Action {
     /// Once the instance is gone: delete the ENI unless kept, release or disassociate
     /// the Elastic IP, and mark the node deallocated.
     ReleaseNetwork,
+    /// Deliver this event again at this time and decide then, on the node as it is then
+    /// (a hand-over not yet due: see `handover`). The queued intake puts the event's
+    /// message back on its queue with the delay; nothing waits meanwhile.
+    DecideAgainAt(DateTime<Utc>),
 }
 
 /// What to do about a trigger.
@@ -55,23 +61,34 @@ impl Step {
     }
 }
 
-/// Reacts to one delivery of EventBridge event `event_id`. EventBridge delivers at least
-/// once: a transition this event already applied (its id is on the record) is not applied
-/// again, however late the duplicate comes; work it started and that is still under way
-/// (a launch, a release) is carried on, as Lambda's retry after a crash needs.
-pub fn on_delivered_event(node: &Node, event_id: &str, event: &InstanceEvent, now: DateTime<Utc>) -> Step {
-    match on_instance_event(node, event, now) {
+/// Reacts to one delivery of EventBridge event `event_id`, sent at `sent_at` (EventBridge's
+/// `time`, if the event said). EventBridge delivers at least once: a transition this event
+/// already applied (its id is on the record) is not applied again, however late the
+/// duplicate comes; work it started and that is still under way (a launch, a release) is
+/// carried on, as Lambda's retry after a crash needs. A terminate warning may also hand
+/// the instance over early (`handover`), on its first delivery or a later one.
+pub fn on_delivered_event(node: &Node, event_id: &str, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Step {
+    let step = match on_event(node, event, sent_at, now) {
         Step::Apply { .. } if node.applied(event_id) => Step::Ignore("this event was applied already (a duplicate delivery)"),
         Step::Apply { mut next, actions } => {
             next.note_applied(event_id);
             Step::Apply { next, actions }
         }
         other => other,
+    };
+    match event {
+        InstanceEvent::InterruptionWarning { instance_id, action: InterruptionAction::Terminate } => handover::after_warning(node, instance_id, step, now),
+        _ => step,
     }
 }
 
 /// Reacts to an EC2 event about `event.instance_id()`.
 pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>) -> Step {
+    on_event(node, event, None, now)
+}
+
+/// The same, for an event sent at `sent_at`, if known.
+fn on_event(node: &Node, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Step {
     use InstanceEvent::{InterruptionWarning, RebalanceRecommendation, StateChange};
     use InstanceState as I;
     use NodeState as N;
@@ -94,7 +111,7 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
             Step::Apply { next, actions: vec![Action::Launch] }
         }
 
-        (_, InterruptionWarning { action, .. }) => on_warning(node, *action, now),
+        (_, InterruptionWarning { action, .. }) => on_warning(node, *action, sent_at, now),
         (_, RebalanceRecommendation { instance_id }) => {
             let already = node.history.iter().any(|h| {
                 h.instance_id.as_deref() == Some(instance_id.as_str()) && h.what == REBALANCE_RECORDED
@@ -142,13 +159,16 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
 /// The rebalance recommendation's history text; also how a duplicate is recognised.
 const REBALANCE_RECORDED: &str = "rebalance recommendation: elevated interruption risk";
 
-fn on_warning(node: &Node, action: InterruptionAction, now: DateTime<Utc>) -> Step {
+fn on_warning(node: &Node, action: InterruptionAction, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Step {
     let instance_id = node.instance_id().unwrap_or_default().to_owned();
     if node.interruption.as_ref().is_some_and(|i| i.instance_id == instance_id && i.action == action) {
         return Step::Ignore("interruption warning already recorded");
     }
     let mut next = node.clone();
-    next.interruption = Some(InterruptionRecord { instance_id, action, noticed_at: now });
+    // An instance Tether terminated to hand over is never handed over again, whatever
+    // warning about it comes next.
+    let handed_over_at = node.interruption.as_ref().filter(|i| i.instance_id == instance_id).and_then(|i| i.handed_over_at);
+    next.interruption = Some(InterruptionRecord { instance_id, action, noticed_at: now, sent_at, handed_over_at });
     match action {
         InterruptionAction::Terminate => {
             // A warning after `stopped` or during recovery keeps that state.

@@ -231,6 +231,10 @@ impl Default for MetadataOptions {
 /// EC2's hop limits: 1 to 64.
 pub const METADATA_HOP_LIMITS: std::ops::RangeInclusive<u8> = 1..=64;
 
+/// `spec.handover_after_warning_seconds`: 0 to 110. AWS terminates a spot instance about
+/// 120 s after its warning; a hand-over later than 110 s would save next to nothing.
+pub const HANDOVER_AFTER_WARNING_SECONDS: std::ops::RangeInclusive<u8> = 0..=110;
+
 fn default_hop_limit() -> u8 {
     2
 }
@@ -449,7 +453,16 @@ pub enum InterruptionAction {
 pub struct InterruptionRecord {
     pub instance_id: String,
     pub action: InterruptionAction,
+    /// When Tether applied the warning.
     pub noticed_at: DateTime<Utc>,
+    /// When EC2 sent it (EventBridge's `time`), if the event said: what a handover's delay
+    /// (`spec.handover_after_warning_seconds`) counts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When Tether terminated the instance itself to hand the ENI over early: set once, so
+    /// that a duplicated warning never terminates twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

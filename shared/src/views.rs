@@ -227,6 +227,12 @@ pub(crate) mod count {
         Ok(some(d)?.map(|n| u8::try_from(n).unwrap_or(u8::MAX)))
     }
 
+    /// A PATCH's optional small count, given: `null` turns the setting off (`Some(None)`).
+    /// Absent, the field is `None` (`#[serde(default)]`): left as it is.
+    pub fn some_nullable_small<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u8>>, D::Error> {
+        Ok(Some(some_small(d)?))
+    }
+
     fn of<E: serde::de::Error>(n: f64) -> Result<u32, E> {
         if n.fract() != 0.0 || n < 0.0 || !n.is_finite() {
             return Err(E::custom(format!("expected a whole number from 0, not {n}")));

@@ -1,5 +1,7 @@
 //! `tether-interruption`: the spot interruption warning and the rebalance
-//! recommendation. Records them on the node and marks it as being recovered.
+//! recommendation. Records them on the node and marks it as being recovered; for a node
+//! with `handover_after_warning_seconds`, puts the warning back on its queue until the
+//! hand-over is due, then terminates the instance (see `tether::lifecycle::handover`).
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;

@@ -37,6 +37,11 @@ pub fn queue_url(queue_arn: &str) -> Option<String> {
     Some(format!("https://sqs.{region}.{domain}/{account}/{name}"))
 }
 
+/// SQS's `DelaySeconds` for `delay`: whole seconds, rounded up.
+fn delay_seconds(delay: Duration) -> u64 {
+    delay.as_secs() + u64::from(delay.subsec_nanos() > 0)
+}
+
 #[async_trait]
 impl EventQueue for SqsEventQueue {
     async fn requeue(&self, queue_arn: &str, body: &str, delay: Duration) -> Result<(), AwsError> {
@@ -49,7 +54,8 @@ impl EventQueue for SqsEventQueue {
                 class: ErrorClass::Permanent,
             });
         };
-        let delay_seconds = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX).min(900);
+        // Whole seconds, rounded up: the event must not come back before it is due.
+        let delay_seconds = i32::try_from(delay_seconds(delay)).unwrap_or(i32::MAX).min(900);
         self.client
             .send_message()
             .queue_url(url)
@@ -64,7 +70,15 @@ impl EventQueue for SqsEventQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::queue_url;
+    use super::{delay_seconds, queue_url};
+    use std::time::Duration;
+
+    #[test]
+    fn a_delay_is_rounded_up_to_whole_seconds() {
+        assert_eq!(delay_seconds(Duration::from_millis(29_001)), 30);
+        assert_eq!(delay_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(delay_seconds(Duration::ZERO), 0);
+    }
 
     #[test]
     fn a_queue_url_comes_from_its_arn() {

@@ -27,6 +27,8 @@ pub use store::{FakeIdempotency, FakeStore};
 #[cfg(test)]
 mod group_tests;
 #[cfg(test)]
+mod handover_tests;
+#[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
 mod observability_tests;

@@ -86,6 +86,11 @@ pub struct MemberTemplate {
     /// As a node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_devices: Vec<crate::volumes::BlockDevice>,
+    /// As a node's: each member hands its ENI over this many seconds after a spot
+    /// interruption warning (0 to 110); absent, AWS terminates the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_small")]
+    #[schemars(range(min = 0, max = 110))]
+    pub handover_after_warning_seconds: Option<u8>,
 }
 
 fn yes() -> bool {
@@ -108,6 +113,7 @@ impl MemberTemplate {
             revert_to_spot: self.revert_to_spot,
             metadata_options: self.metadata_options,
             block_devices: self.block_devices.clone(),
+            handover_after_warning_seconds: self.handover_after_warning_seconds,
             ..NodeSpec::default()
         }
     }
@@ -126,6 +132,7 @@ impl MemberTemplate {
             revert_to_spot: spec.revert_to_spot,
             metadata_options: spec.metadata_options,
             block_devices: spec.block_devices,
+            handover_after_warning_seconds: spec.handover_after_warning_seconds,
         }
     }
 }

@@ -217,6 +217,11 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.public_ip_assignment = assignment;
         changed.push("public_ip_assignment");
     }
+    if let Some(handover) = patch.handover_after_warning_seconds {
+        super::check_handover(handover).map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+        spec.handover_after_warning_seconds = handover;
+        changed.push("handover_after_warning_seconds");
+    }
     Ok(changed)
 }
 
@@ -288,6 +293,13 @@ pub struct NodePatch {
     /// Replaces the ENI's tags (Tether's own are kept), on the ENI at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eni_tags: Option<BTreeMap<String, String>>,
+    /// Seconds after a spot interruption warning (terminate) at which Tether terminates the
+    /// instance itself to hand the ENI over early (0 to 110); `null` turns it off (AWS
+    /// terminates the instance, about two minutes after the warning). Takes effect at once,
+    /// for a warning already received too.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_nullable_small")]
+    #[schemars(range(min = 0, max = 110))]
+    pub handover_after_warning_seconds: Option<Option<u8>>,
     /// Refused: the ENI is bound to its subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,

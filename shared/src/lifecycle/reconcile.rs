@@ -57,6 +57,10 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
                 let event = InstanceEvent::StateChange { instance_id: instance_id.to_owned(), state };
                 return on_instance_event(node, &event, now);
             }
+            // A hand-over whose warning's delivery at the due time was lost.
+            if let Some(step) = super::handover::on_reconcile(node, state == InstanceState::Running, now) {
+                return step;
+            }
             match network_drift(node, seen, now) {
                 Step::Ignore(_) if spot_revert_due(node, now) => back_to_spot(node, now),
                 step => step,

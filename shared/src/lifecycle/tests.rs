@@ -148,7 +148,7 @@ fn a_late_duplicate_of_an_applied_event_is_not_applied_again() {
     let running = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Running };
     let mut node = node_in(NodeState::Running);
     for (id, event) in [("ev-1", &warning), ("ev-2", &stopped), ("ev-3", &running)] {
-        node = written(&on_delivered_event(&node, id, event, Utc::now())).expect("applied").clone();
+        node = written(&on_delivered_event(&node, id, event, None, Utc::now())).expect("applied").clone();
     }
     assert_eq!(node.state, NodeState::Running);
     assert_eq!(node.applied_events, ["ev-1", "ev-2", "ev-3"]);
@@ -156,7 +156,7 @@ fn a_late_duplicate_of_an_applied_event_is_not_applied_again() {
     // cannot tell a duplicate from a new interruption of the restarted instance.
     assert!(written(&on_instance_event(&node, &warning, Utc::now())).is_some());
     for (id, event) in [("ev-1", &warning), ("ev-2", &stopped)] {
-        let again = on_delivered_event(&node, id, event, Utc::now());
+        let again = on_delivered_event(&node, id, event, None, Utc::now());
         assert!(matches!(again, Step::Ignore(_)), "{id} delivered again gave {again:?}");
     }
 }
@@ -165,10 +165,10 @@ fn a_late_duplicate_of_an_applied_event_is_not_applied_again() {
 #[test]
 fn a_retried_event_carries_on_the_work_it_started() {
     let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
-    let step = on_delivered_event(&node_in(NodeState::Running), "ev-9", &terminated, Utc::now());
+    let step = on_delivered_event(&node_in(NodeState::Running), "ev-9", &terminated, None, Utc::now());
     let launching = written(&step).expect("applied").clone();
     assert!(launching.applied("ev-9"));
-    let retried = on_delivered_event(&launching, "ev-9", &terminated, Utc::now());
+    let retried = on_delivered_event(&launching, "ev-9", &terminated, None, Utc::now());
     assert_eq!(retried, Step::Continue(vec![Action::Launch]));
 }
 
@@ -474,4 +474,258 @@ fn repairs_are_lost_events_a_free_elastic_ip_and_stalled_work_not_errors_or_poli
     let step = on_reconcile(&on_demand, &healthy, now);
     assert_eq!(kind(&step).0, "launch", "moved back to spot");
     assert!(!repairs_drift(&on_demand, &step));
+}
+
+// ---- the hand-over after a spot interruption warning (`handover`) ----
+
+mod handover {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::lifecycle::{check_handover, on_deallocate, on_pause, on_recycle, patch_spec, NodePatch};
+
+    const WARNING: &str = "ev-warning";
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).unwrap_or_default()
+    }
+
+    fn warning(action: InterruptionAction) -> InstanceEvent {
+        InstanceEvent::InterruptionWarning { instance_id: CURRENT.into(), action }
+    }
+
+    /// A running node that hands over `seconds` after a warning.
+    fn handing_over(seconds: Option<u8>) -> Node {
+        let mut node = with_network(NodeState::Running);
+        node.spec.handover_after_warning_seconds = seconds;
+        node
+    }
+
+    /// One delivery of the terminate warning EC2 sent at t(0), at `now`.
+    fn deliver(node: &Node, now: DateTime<Utc>) -> Step {
+        on_delivered_event(node, WARNING, &warning(InterruptionAction::Terminate), Some(t(0)), now)
+    }
+
+    fn terminates(step: &Step) -> bool {
+        match step {
+            Step::Apply { actions, .. } | Step::Continue(actions) => actions.iter().any(|a| matches!(a, Action::Terminate(_))),
+            _ => false,
+        }
+    }
+
+    /// The node once the warning's first delivery at t(1) is written.
+    fn warned(seconds: u8) -> Node {
+        written(&deliver(&handing_over(Some(seconds)), t(1))).expect("the warning is recorded").clone()
+    }
+
+    #[test]
+    fn a_terminate_warning_hands_over_once_the_delay_has_passed_and_not_before() {
+        let step = deliver(&handing_over(Some(30)), t(1));
+        let Step::Apply { next: warned, actions } = &step else { panic!("{step:?}") };
+        assert_eq!(warned.state, NodeState::Recovering);
+        assert_eq!(actions, &vec![Action::DecideAgainAt(t(30))], "come back when due: 30 s after EC2 sent it");
+        let record = warned.interruption.as_ref().expect("recorded");
+        assert_eq!((record.sent_at, record.noticed_at, record.handed_over_at), (Some(t(0)), t(1), None));
+        // Delivered again early (the re-queued message, or a duplicate): decided again, later.
+        for early in [t(2), t(29)] {
+            assert_eq!(deliver(warned, early), Step::Continue(vec![Action::DecideAgainAt(t(30))]), "at {early}");
+        }
+        // Due: recorded, then terminated.
+        let step = deliver(warned, t(30));
+        let Step::Apply { next: handed, actions } = &step else { panic!("not handed over: {step:?}") };
+        assert_eq!(actions, &vec![Action::Terminate(CURRENT.into())], "only the warned instance");
+        assert_eq!(handed.state, NodeState::Recovering, "the replacement follows its termination, as always");
+        assert_eq!(handed.interruption.as_ref().and_then(|i| i.handed_over_at), Some(t(30)));
+        let last = handed.history.last().expect("history");
+        assert_eq!(last.what, "terminated 30 s after the spot interruption warning to hand over early");
+        assert_eq!((last.instance_id.as_deref(), last.generation), (Some(CURRENT), 3));
+        assert_eq!(handed.generation, warned.generation, "no generation of its own");
+        // Every later delivery, however late: nothing more.
+        for late in [t(30), t(31), t(500)] {
+            assert!(matches!(deliver(handed, late), Step::Ignore(_)), "at {late}");
+        }
+        // Then the instance's termination launches the replacement, as without the setting.
+        let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
+        let step = on_delivered_event(handed, "ev-terminated", &terminated, Some(t(33)), t(33));
+        assert_eq!(kind(&step), ("launch", Some(NodeState::Launching)));
+    }
+
+    #[test]
+    fn a_warning_first_delivered_after_the_delay_hands_over_at_once() {
+        for (seconds, now) in [(0, t(0)), (0, t(2)), (30, t(45))] {
+            let step = deliver(&handing_over(Some(seconds)), now);
+            let Step::Apply { next, actions } = &step else { panic!("{step:?}") };
+            assert_eq!(actions, &vec![Action::Terminate(CURRENT.into())], "{seconds} s at {now}");
+            assert_eq!(next.state, NodeState::Recovering);
+            let texts: Vec<&str> = next.history.iter().rev().take(2).map(|h| h.what.as_str()).collect();
+            assert!(texts[1].starts_with("spot interruption warning (terminate)") && texts[0].contains("to hand over early"), "{texts:?}");
+            assert!(next.applied(WARNING));
+        }
+    }
+
+    #[test]
+    fn duplicated_warnings_terminate_once() {
+        let mut node = warned(10);
+        let mut terminations = 0;
+        // Deliveries every second from t(1) to t(40), each written as the service would.
+        for s in 1..=40 {
+            let step = deliver(&node, t(s));
+            terminations += usize::from(terminates(&step));
+            if let Some(next) = written(&step) {
+                node = next.clone();
+            }
+        }
+        assert_eq!(terminations, 1);
+        assert_eq!(node.history.iter().filter(|h| h.what.contains("to hand over early")).count(), 1);
+        assert_eq!(node.history.iter().filter(|h| h.what.starts_with("spot interruption warning")).count(), 1);
+    }
+
+    /// Another warning about an instance already handed over (AWS may announce a stop,
+    /// then a terminate): it is not handed over a second time.
+    #[test]
+    fn an_instance_handed_over_is_never_handed_over_again() {
+        let handed = written(&deliver(&warned(5), t(5))).expect("handed over").clone();
+        let stop = on_delivered_event(&handed, "ev-stop", &warning(InterruptionAction::Stop), Some(t(6)), t(6));
+        let after_stop = written(&stop).expect("the stop warning is recorded").clone();
+        let again = on_delivered_event(&after_stop, "ev-terminate-2", &warning(InterruptionAction::Terminate), Some(t(7)), t(20));
+        assert!(!terminates(&again), "{again:?}");
+        let after = written(&again).expect("recorded").clone();
+        assert_eq!(after.history.iter().filter(|h| h.what.contains("to hand over early")).count(), 1);
+        assert_eq!(after.interruption.and_then(|i| i.handed_over_at), Some(t(5)));
+    }
+
+    #[test]
+    fn stop_and_hibernate_warnings_never_hand_over() {
+        for action in [InterruptionAction::Stop, InterruptionAction::Hibernate] {
+            let node = handing_over(Some(0));
+            let event = warning(action);
+            let step = on_delivered_event(&node, WARNING, &event, Some(t(0)), t(200));
+            let Step::Apply { next, actions } = &step else { panic!("{step:?}") };
+            assert!(actions.is_empty(), "{action:?}: {actions:?}");
+            assert_eq!(next.state, NodeState::Running);
+            assert!(matches!(on_delivered_event(next, WARNING, &event, Some(t(0)), t(300)), Step::Ignore(_)));
+            // A terminate warning on a node stopped by a stop interruption keeps it stopped: no hand-over.
+            let stopped = Node { state: NodeState::Stopped, ..next.clone() };
+            assert!(!terminates(&on_delivered_event(&stopped, "ev-2", &warning(InterruptionAction::Terminate), Some(t(0)), t(300))));
+        }
+    }
+
+    /// The node moved on between the warning and the due time: paused, recycled,
+    /// deallocated, replaced (its instance terminated early), in error, or a new instance:
+    /// the re-delivered warning leaves it alone.
+    #[test]
+    fn a_node_that_moved_on_since_the_warning_is_left_alone() {
+        let warned = warned(30);
+        let applied = |step: Step| written(&step).expect("applied").clone();
+        let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
+        let mut replaced = applied(on_instance_event(&warned, &terminated, t(5)));
+        let replaced_launching = replaced.clone();
+        replaced = crate::lifecycle::launched(&replaced, "i-00000000000000009".into(), "m5.large".into(), Market::Spot, t(8));
+        let moved_on = [
+            ("paused", applied(on_pause(&warned, t(5), None))),
+            ("recycled", applied(on_recycle(&warned, t(5), None))),
+            ("deallocating", applied(on_deallocate(&warned, false, t(5), None))),
+            ("replacement launching", replaced_launching),
+            ("replaced", replaced),
+            ("in error", crate::lifecycle::failed(&warned, "Elastic IP moved".into(), t(5))),
+        ];
+        for (what, node) in moved_on {
+            for now in [t(30), t(60)] {
+                let step = deliver(&node, now);
+                assert!(!terminates(&step), "{what}: {step:?}");
+                assert!(!matches!(&step, Step::Continue(a) | Step::Apply { actions: a, .. } if a.iter().any(|a| matches!(a, Action::DecideAgainAt(_)))), "{what}: {step:?}");
+            }
+        }
+        // A warning about an instance that is not the node's current one: nothing.
+        let other = InstanceEvent::InterruptionWarning { instance_id: OTHER.into(), action: InterruptionAction::Terminate };
+        assert!(matches!(on_delivered_event(&handing_over(Some(0)), "ev-o", &other, Some(t(0)), t(60)), Step::Ignore(_)));
+    }
+
+    #[test]
+    fn without_the_setting_every_event_is_handled_exactly_as_before() {
+        // Before the hand-over: the event's transition, its id noted, nothing else.
+        let before = |node: &Node, id: &str, event: &InstanceEvent, now| match on_instance_event(node, event, now) {
+            Step::Apply { .. } if node.applied(id) => Step::Ignore("this event was applied already (a duplicate delivery)"),
+            Step::Apply { mut next, actions } => {
+                next.note_applied(id);
+                Step::Apply { next, actions }
+            }
+            other => other,
+        };
+        for state in STATES {
+            for event in all_events(CURRENT) {
+                let node = node_in(state);
+                assert_eq!(on_delivered_event(&node, "ev-1", &event, None, t(500)), before(&node, "ev-1", &event, t(500)), "{state:?} {event:?}");
+                // With the event's time: only the warning's record says when it was sent.
+                let mut with_time = on_delivered_event(&node, "ev-1", &event, Some(t(0)), t(500));
+                if let Step::Apply { next, .. } = &mut with_time {
+                    if let Some(record) = next.interruption.as_mut().filter(|_| node.interruption.is_none()) {
+                        assert_eq!(record.sent_at.take(), Some(t(0)));
+                    }
+                }
+                assert_eq!(with_time, before(&node, "ev-1", &event, t(500)), "{state:?} {event:?} with its time");
+                // With the setting, every other event is handled as before too.
+                if !matches!(event, InstanceEvent::InterruptionWarning { action: InterruptionAction::Terminate, .. }) {
+                    let mut setting = node.clone();
+                    setting.spec.handover_after_warning_seconds = Some(0);
+                    assert_eq!(on_delivered_event(&setting, "ev-1", &event, None, t(500)), before(&setting, "ev-1", &event, t(500)), "{state:?} {event:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_delay_counts_from_the_warnings_time_else_from_when_it_was_applied() {
+        let node = handing_over(Some(20));
+        let unknown = on_delivered_event(&node, WARNING, &warning(InterruptionAction::Terminate), None, t(7));
+        let Step::Apply { actions, .. } = &unknown else { panic!("{unknown:?}") };
+        assert_eq!(actions, &vec![Action::DecideAgainAt(t(27))]);
+    }
+
+    #[test]
+    fn the_setting_as_it_is_at_the_due_time_counts() {
+        let warned = warned(60);
+        let mut off = warned.clone();
+        patch_spec(&mut off.spec, &NodePatch { handover_after_warning_seconds: Some(None), ..NodePatch::default() }).expect("a valid patch");
+        assert!(matches!(deliver(&off, t(60)), Step::Ignore(_)), "turned off meanwhile");
+        let mut sooner = warned.clone();
+        patch_spec(&mut sooner.spec, &NodePatch { handover_after_warning_seconds: Some(Some(10)), ..NodePatch::default() }).expect("a valid patch");
+        assert!(terminates(&deliver(&sooner, t(10))), "shortened meanwhile");
+        // The handover's own decision, for the record.
+        assert_eq!(crate::lifecycle::handover(&warned, CURRENT, t(59)), crate::lifecycle::Handover::DueAt(t(60)));
+        assert_eq!(crate::lifecycle::handover(&warned, CURRENT, t(61)), crate::lifecycle::Handover::Due { since_warning: TimeDelta::seconds(61) });
+    }
+
+    #[test]
+    fn the_reconciler_hands_over_when_the_due_delivery_was_lost() {
+        let warned = warned(30);
+        let running = observed(Some(InstanceState::Running), true, Some(ElasticIpFound::OnEni), false);
+        assert_eq!(kind(&on_reconcile(&warned, &running, t(29))).0, "ignore", "not due");
+        let step = on_reconcile(&warned, &running, t(40));
+        let Step::Apply { next, actions } = &step else { panic!("{step:?}") };
+        assert_eq!(actions, &vec![Action::Terminate(CURRENT.into())]);
+        assert!(next.history.last().is_some_and(|h| h.what == "terminated 40 s after the spot interruption warning to hand over early"));
+        assert!(repairs_drift(&warned, &step), "a lost delivery repaired");
+        assert_eq!(kind(&on_reconcile(next, &running, t(50))).0, "ignore", "once");
+        let shutting_down = observed(Some(InstanceState::ShuttingDown), true, Some(ElasticIpFound::OnEni), false);
+        assert!(!terminates(&on_reconcile(&warned, &shutting_down, t(40))), "AWS is terminating it already");
+        assert_eq!(kind(&on_reconcile(&with_network(NodeState::Running), &running, t(40))).0, "ignore", "no warning");
+    }
+
+    #[test]
+    fn the_setting_is_0_to_110_seconds() {
+        assert!(check_handover(None).is_ok() && check_handover(Some(0)).is_ok() && check_handover(Some(110)).is_ok());
+        let (field, reason) = check_handover(Some(111)).expect_err("too late");
+        assert_eq!(field, "handover_after_warning_seconds");
+        assert!(reason.contains("0 to 110"), "{reason}");
+        let mut spec = test_spec(&["m5.large"], true);
+        let refused = patch_spec(&mut spec, &NodePatch { handover_after_warning_seconds: Some(Some(200)), ..NodePatch::default() }).expect_err("refused");
+        assert_eq!(refused.field, "handover_after_warning_seconds");
+        let changed = patch_spec(&mut spec, &NodePatch { handover_after_warning_seconds: Some(Some(45)), ..NodePatch::default() }).expect("valid");
+        assert_eq!((changed, spec.handover_after_warning_seconds), (vec!["handover_after_warning_seconds"], Some(45)));
+        // A PATCH's JSON: absent leaves it, null turns it off, a number sets it.
+        let patch = |json: &str| serde_json::from_str::<NodePatch>(json).expect("a valid patch").handover_after_warning_seconds;
+        assert_eq!((patch("{}"), patch(r#"{"handover_after_warning_seconds":null}"#), patch(r#"{"handover_after_warning_seconds":30}"#)), (None, Some(None), Some(Some(30))));
+        assert_eq!(serde_json::to_string(&NodePatch { handover_after_warning_seconds: Some(None), ..NodePatch::default() }).ok().as_deref(), Some(r#"{"handover_after_warning_seconds":null}"#));
+    }
 }

@@ -312,5 +312,6 @@ fn outcome_words(outcome: &Outcome) -> String {
         Outcome::Ignored { reason } => format!("nothing to do: {reason}"),
         Outcome::Failed { reason, .. } => format!("went to ERROR: {reason}"),
         Outcome::Refused { reason } => format!("refused: {reason}"),
+        Outcome::Deferred { until, reason, .. } => format!("deferred until {until}: {reason}"),
     }
 }

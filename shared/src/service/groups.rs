@@ -13,7 +13,7 @@ use super::manage::{check_name, check_private_ip, check_tags};
 use super::{Tether, TetherError, MAX_CONFLICTS};
 use crate::error::ErrorClass;
 use crate::group::{self, Group, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Rollout};
-use crate::lifecycle::{check_launch_settings, patch_spec};
+use crate::lifecycle::{check_handover, check_launch_settings, patch_spec};
 use crate::model::{MetadataOptions, Node, NodeState};
 use crate::ports::{Address, Expect, Reservation, Write, MAX_WRITES};
 use crate::views::{CreateGroup, GroupPatch};
@@ -584,5 +584,6 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
         check_name(&format!("{field}.iam_instance_profile"), profile)?;
     }
     check_launch_settings(template.metadata_options.as_ref(), &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
+    check_handover(template.handover_after_warning_seconds).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     check_tags(&format!("{field}.tags"), &template.tags)
 }

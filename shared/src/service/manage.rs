@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
-use crate::lifecycle::check_launch_settings;
+use crate::lifecycle::{check_handover, check_launch_settings};
 use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::launch_options::check_launch_options;
 use crate::network_identity::check_address_request;
@@ -384,6 +384,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         .map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     refuse_unbuilt(spec)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
+    check_handover(spec.handover_after_warning_seconds).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }
@@ -402,7 +403,6 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
 fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
     let set = [
         ("spec.extra_enis", !spec.extra_enis.is_empty()),
-        ("spec.handover_after_warning_seconds", spec.handover_after_warning_seconds.is_some()),
     ];
     match set.into_iter().find(|(_, given)| *given) {
         Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),
@@ -494,5 +494,9 @@ mod tests {
         let both = Persistence { elastic_ip_allocation_id: Some("eipalloc-1".into()), allocate_elastic_ip: true, ..Persistence::default() };
         assert!(check_shapes(&test_spec(&["m5.large"], true), &both).is_err());
         assert!(check_shapes(&test_spec(&["m5.large"], true), &Persistence::default()).is_ok());
+        let handing_over = |seconds| NodeSpec { handover_after_warning_seconds: Some(seconds), ..test_spec(&["m5.large"], true) };
+        assert!(check_shapes(&handing_over(110), &Persistence::default()).is_ok(), "hand-over is built");
+        let err = check_shapes(&handing_over(111), &Persistence::default()).expect_err("too late");
+        assert!(err.to_string().starts_with("spec.handover_after_warning_seconds: must be 0 to 110"), "{err}");
     }
 }

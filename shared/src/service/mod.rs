@@ -131,6 +131,9 @@ pub enum Outcome {
     /// The node went to ERROR; `reason` says why (AWS's code included).
     Failed { node_id: NodeId, reason: String },
     Refused { reason: String },
+    /// Recorded; the event is to be delivered again at `until` and decided then (a
+    /// hand-over not yet due): the queued intake puts it back on its queue with the delay.
+    Deferred { node_id: NodeId, until: DateTime<Utc>, reason: String },
 }
 
 /// Tunables, read once from the environment (see `config`).
@@ -249,6 +252,11 @@ impl Tether {
     /// The deadline `budget` from now, on the service's clock.
     pub fn deadline_in(&self, budget: Duration) -> DateTime<Utc> {
         self.clock.now() + budget
+    }
+
+    /// How long from now until `at`, on the service's clock (zero if it has passed).
+    pub fn time_until(&self, at: DateTime<Utc>) -> Duration {
+        (at - self.clock.now()).to_std().unwrap_or_default()
     }
 
     pub async fn node(&self, id: &NodeId) -> Result<Node, TetherError> {
@@ -416,11 +424,24 @@ impl Tether {
         event: &InstanceEvent,
         deadline: DateTime<Utc>,
     ) -> Result<Outcome, TetherError> {
+        self.handle_event_sent_at(event_id, invocation_id, event, None, deadline).await
+    }
+
+    /// `handle_event` for an event EC2 sent at `sent_at` (EventBridge's `time`, if the event
+    /// says): a hand-over's delay counts from it.
+    pub async fn handle_event_sent_at(
+        &self,
+        event_id: &str,
+        invocation_id: &str,
+        event: &InstanceEvent,
+        sent_at: Option<DateTime<Utc>>,
+        deadline: DateTime<Utc>,
+    ) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
         // `instance_id` follows the node (a replacement's once launched); `event` keeps what
         // the event was about.
         let span = tracing::info_span!("delivery", event_id, event = ?event, instance_id, node_id = Empty, generation = Empty);
-        let result = self.handle_delivery(event_id, invocation_id, event, deadline).instrument(span.clone()).await;
+        let result = self.handle_delivery(event_id, invocation_id, event, sent_at, deadline).instrument(span.clone()).await;
         let _in_span = span.enter();
         match &result {
             // Most of an account's state changes are about instances no node runs.
@@ -433,14 +454,14 @@ impl Tether {
     }
 
     /// `handle_event` within its span, which it completes with the node's id and generation.
-    async fn handle_delivery(&self, event_id: &str, invocation_id: &str, event: &InstanceEvent, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+    async fn handle_delivery(&self, event_id: &str, invocation_id: &str, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let instance_id = event.instance_id();
         let Some(node) = self.store.find_by_instance(instance_id).await? else {
             debug!("no node has this instance as its current one; ignored");
             return Ok(Outcome::Ignored { reason: format!("instance {instance_id} is no node's current instance") });
         };
         tracing::Span::current().record("node_id", node.id.to_string()).record("generation", node.generation);
-        let decide = |node: &Node, now| lifecycle::on_delivered_event(node, event_id, event, now);
+        let decide = |node: &Node, now| lifecycle::on_delivered_event(node, event_id, event, sent_at, now);
         match self.events.claim(event_id, invocation_id, self.clock.now(), deadline).await? {
             EventClaim::Claimed => {}
             // Another invocation, alive until its deadline, holds the event. If the event
@@ -457,8 +478,10 @@ impl Tether {
             }
         }
         let result = self.decide_and_act(node, deadline, decide).await;
-        if result.as_ref().is_err_and(TetherError::is_retryable) {
-            // So that Lambda's retry need not wait for this invocation's deadline.
+        let deferred = matches!(result, Ok(Outcome::Deferred { .. }));
+        if deferred || result.as_ref().is_err_and(TetherError::is_retryable) {
+            // So that Lambda's retry (or the deferred delivery) need not wait for this
+            // invocation's deadline.
             if let Err(e) = self.events.release(event_id, invocation_id).await {
                 warn!(error = %e, "could not release the event's claim; it lapses at the deadline");
             }
@@ -527,6 +550,11 @@ impl Tether {
                 }
                 Action::Launch => outcome = self.launch(node.clone(), deadline).await?,
                 Action::ReleaseNetwork => outcome = self.release_network(node.clone(), deadline).await?,
+                Action::DecideAgainAt(until) => {
+                    let wait = (until - self.clock.now()).num_milliseconds().max(0) as f64 / 1000.0;
+                    info!(%until, wait_s = wait, "hand-over not yet due; the warning is to be delivered again then");
+                    outcome = Outcome::Deferred { node_id: node.id.clone(), until, reason: "hand-over after the spot interruption warning not yet due".into() };
+                }
             }
         }
         Ok(outcome)

@@ -100,7 +100,7 @@ impl World {
         self.settle().await?;
         let nodes = self.node_records().await?;
         let (instances, enis, eips) = self.observe().await?;
-        Ok(tether::fake::chaos::violations(&self.nodes, &nodes, &instances, &enis, &eips, &BTreeSet::new(), &self.warnings_sent))
+        Ok(tether::fake::chaos::violations(&self.nodes, &nodes, &instances, &enis, &eips, &BTreeSet::new(), &self.warnings_sent, &BTreeMap::new()))
     }
 
     async fn chaos_move(&mut self) -> Result<(), SetupError> {

@@ -153,8 +153,9 @@ async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() ->
     let env = environment(&api.url, SECRET_ACCESS_KEY);
     let images = fx.ec2.describe_images().owners("amazon").send().await?;
     let other_image = images.images().iter().filter_map(|i| i.image_id()).find(|i| *i != fx.image_id).ok_or("one AMI only")?.to_owned();
-    let created = tether_json(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--tag", "team=data", "--key-name", "ops"]).await?;
+    let created = tether_json(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--tag", "team=data", "--key-name", "ops", "--handover-after-warning", "30"]).await?;
     let id = created["id"].as_str().ok_or("no id")?.to_owned();
+    assert_eq!(created["spec"]["handover_after_warning_seconds"], 30, "{created}");
 
     let updated = tether(&env, &["nodes", "update", &id, "--image", &other_image]).await;
     assert_eq!(updated.code, 0, "{updated:?}");
@@ -187,6 +188,14 @@ async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() ->
     assert_eq!(node.spec.metadata_options, Some(defaults), "the hop limit not given takes its default");
     let out_of_range = tether(&env, &["nodes", "update", &id, "--metadata-hop-limit", "65"]).await;
     assert_eq!(out_of_range.code, 2, "clap refuses it before any request: {out_of_range:?}");
+    let handing_over = tether(&env, &["nodes", "update", &id, "--handover-after-warning", "45"]).await;
+    assert_eq!(field(&handing_over.stdout, "hand over"), Some("45 s after a spot warning"), "{handing_over:?}");
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    assert_eq!(node.spec.handover_after_warning_seconds, Some(45));
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--handover-after-warning", "off"]).await?)?;
+    assert_eq!(node.spec.handover_after_warning_seconds, None, "`off`: AWS terminates the instance");
+    let too_late = tether(&env, &["nodes", "update", &id, "--handover-after-warning", "111"]).await;
+    assert_eq!(too_late.code, 2, "clap refuses it before any request: {too_late:?}");
     let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "update", &id, "--block-device", "/dev/xvda=100:gp3", "--block-device", "/dev/sdf=20"]).await?)?;
     let devices: Vec<(&str, u32, &str)> = node.spec.block_devices.iter().map(|d| (d.device_name.as_str(), d.volume_size_gib, d.volume_type.as_str())).collect();
     assert_eq!(devices, [("/dev/xvda", 100, "gp3"), ("/dev/sdf", 20, "gp3")]);

@@ -274,6 +274,72 @@ async fn a_stop_interruption_is_recorded_and_not_replaced() -> Result<(), SetupE
     Ok(())
 }
 
+/// `spec.handover_after_warning_seconds`, through the stack's queued intake on the
+/// emulator's SQS: the warning's first delivery records it and puts its message back for the
+/// rest of the delay (no invocation waits); nothing is terminated meanwhile; delivered again
+/// once due, Tether terminates the instance itself, and its `terminated` event launches the
+/// replacement on the same ENI, private IP and Elastic IP.
+#[tokio::test]
+async fn a_node_that_hands_over_early_is_terminated_by_tether_after_the_delay_and_replaced_on_its_eni() -> Result<(), SetupError> {
+    use tether_tests::queues::{LocalQueues, BATCH_SIZE};
+    const DELAY: u8 = 4;
+    let fx = Fixture::new().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+    let spec = tether::NodeSpec { handover_after_warning_seconds: Some(DELAY), ..fx.spec(&["m5.large"]) };
+    let persistence = Persistence { private_ip: Some(fx.subnet_ip(61)), elastic_ip_allocation_id: Some(allocation_id), ..Persistence::default() };
+    let created = fx.tether.create_node(spec, persistence, None).await?;
+    fx.tether.resume(&created.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let node = fx.tether.node(&created.id).await?;
+    let eni = node.eni.clone().ok_or("no ENI")?;
+    let first = instance_id(&node)?;
+    let queues = LocalQueues::create(&fx.sqs, &format!("{}-handover", fx.table_name), Duration::from_secs(180)).await?;
+    let ec2_state = |instance: aws_sdk_ec2::types::Instance| instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default();
+
+    let warning = interruption_warning(&first, "terminate");
+    let sent: chrono::DateTime<chrono::Utc> = warning["time"].as_str().ok_or("no time")?.parse()?;
+    let due = sent + chrono::Duration::seconds(i64::from(DELAY));
+    queues.send(&warning).await?;
+    fx.calls.take();
+    let first_delivery = queues.deliver_batch(&fx.tether, &fx.requeue, &queues.interruptions, BATCH_SIZE, BUDGET).await?.ok_or("the warning is not on its queue")?;
+    assert_eq!((first_delivery.failed, first_delivery.error), (0, None), "acknowledged");
+    assert!(fx.calls.take().contains(&"SQS.SendMessage".to_owned()), "put back on its queue for the delay");
+    assert_eq!(fx.tether.node(&node.id).await?.state, NodeState::Recovering);
+
+    // Until the message comes back: nothing terminated.
+    let mut before_due = Vec::new();
+    let handed_over_delivery = loop {
+        if let Some(batch) = queues.deliver_batch(&fx.tether, &fx.requeue, &queues.interruptions, BATCH_SIZE, BUDGET).await? {
+            break batch;
+        }
+        before_due.extend(fx.calls.take());
+        assert_eq!(ec2_state(fx.instance(&first).await?), "running", "nothing before the delay");
+        assert!(chrono::Utc::now() < due + chrono::Duration::seconds(20), "the warning never came back");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let handed_at = chrono::Utc::now();
+    assert_eq!(handed_over_delivery.failed, 0);
+    assert!(!before_due.iter().any(|c| c == "EC2.TerminateInstances"), "{before_due:?}");
+    let calls = fx.calls.take();
+    assert_eq!(calls.iter().filter(|c| *c == "EC2.TerminateInstances").count(), 1, "{calls:?}");
+    assert!(handed_at >= due, "handed over at {handed_at}, due at {due}");
+    assert_eq!(ec2_state(fx.instance(&first).await?), "terminated", "terminated by Tether, not by the test");
+    let handed = fx.tether.node(&node.id).await?;
+    assert_eq!(handed.interruption.as_ref().and_then(|i| i.handed_over_at).map(|at| at >= due), Some(true), "{:?}", handed.interruption);
+    let last = handed.history.last().ok_or("no history")?;
+    assert!(last.what.starts_with("terminated ") && last.what.ends_with(" s after the spot interruption warning to hand over early"), "{}", last.what);
+    assert_eq!(last.instance_id.as_deref(), Some(first.as_str()));
+
+    // EventBridge reports the termination: the replacement boots on the same ENI.
+    let replaced = deliver(&fx, state_change(&first, "terminated")).await?;
+    assert_eq!((outcome(&replaced), &replaced["generation"]), ("launched", &serde_json::json!(2)), "{replaced}");
+    let after = fx.tether.node(&node.id).await?;
+    assert_eq!(after.eni.as_ref(), Some(&eni));
+    assert_identity_kept(&fx, &after, Some(&public_ip)).await?;
+    assert_eq!((queues.in_queues().await?, queues.dead_lettered().await?), (0, 0), "nothing left waiting");
+    println!("handed over {:.1} s after the warning's time (delay {DELAY} s); replacement {}", (handed_at - sent).num_milliseconds() as f64 / 1000.0, instance_id(&after)?);
+    Ok(())
+}
+
 /// A stop interruption runs its course; then EventBridge delivers the warning once more:
 /// it is acknowledged, not recorded as a second interruption.
 #[tokio::test]

@@ -7,6 +7,8 @@ use crate::fake::{EipView, EniView, InstanceView};
 use crate::model::{Node, NodeId, NodeState};
 
 /// Everything wrong with the world; empty when every invariant holds.
+// Each argument is one of the world's own records, read from the fakes or the scenario.
+#[allow(clippy::too_many_arguments)]
 pub fn violations(
     created: &[NodeId],
     nodes: &[Node],
@@ -15,6 +17,7 @@ pub fn violations(
     eips: &[EipView],
     drifted: &BTreeSet<NodeId>,
     warnings_sent: &BTreeMap<String, usize>,
+    terminate_warned: &BTreeMap<String, chrono::DateTime<chrono::Utc>>,
 ) -> Vec<String> {
     let mut found = Vec::new();
     let by_id: BTreeMap<&str, &Node> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
@@ -47,6 +50,7 @@ pub fn violations(
     for node in nodes {
         check_node(node, instances, enis, eips, drifted.contains(&node.id), &mut found);
         check_history(node, warnings_sent, &mut found);
+        check_handovers(node, terminate_warned, &mut found);
     }
     // No leaks: every ENI and Elastic IP Tether made belongs to a node that keeps it.
     for eni in enis {
@@ -157,5 +161,28 @@ fn check_history(node: &Node, warnings_sent: &BTreeMap<String, usize>, found: &m
         if count > sent {
             found.push(format!("node {}: {count} interruption warnings recorded for {instance_id}, EC2 sent {sent}", node.id));
         }
+    }
+}
+
+/// A hand-over terminates only an instance EC2 warned would be terminated, never before the
+/// node's delay has passed since that warning, and once at most per instance.
+fn check_handovers(node: &Node, terminate_warned: &BTreeMap<String, chrono::DateTime<chrono::Utc>>, found: &mut Vec<String>) {
+    let mut per_instance: BTreeMap<&str, usize> = BTreeMap::new();
+    for entry in node.history.iter().filter(|h| h.what.contains("to hand over early")) {
+        let instance_id = entry.instance_id.as_deref().unwrap_or_default();
+        *per_instance.entry(instance_id).or_default() += 1;
+        // EventBridge's `time` is in whole seconds: the delay counts from it.
+        let Some(warned) = terminate_warned.get(instance_id).map(|w| chrono::SubsecRound::trunc_subsecs(*w, 0)) else {
+            found.push(format!("node {}: {instance_id} handed over without a terminate warning ({})", node.id, entry.what));
+            continue;
+        };
+        let delay = node.spec.handover_after_warning_seconds.map(|s| chrono::TimeDelta::seconds(i64::from(s)));
+        match delay {
+            Some(delay) if entry.at >= warned + delay => {}
+            _ => found.push(format!("node {}: {instance_id} handed over at {} ({}), warned at {warned}, delay {:?}", node.id, entry.at, entry.what, node.spec.handover_after_warning_seconds)),
+        }
+    }
+    for (instance_id, count) in per_instance.into_iter().filter(|(_, n)| *n > 1) {
+        found.push(format!("node {}: {instance_id} handed over {count} times", node.id));
     }
 }

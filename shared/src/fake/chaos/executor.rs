@@ -52,6 +52,8 @@ pub enum Origin {
 pub struct Delivery {
     pub id: String,
     pub event: crate::events::InstanceEvent,
+    /// When EC2 sent it (EventBridge's `time`).
+    pub sent: chrono::DateTime<chrono::Utc>,
     /// 0 for the first delivery; Lambda's asynchronous invocation retries twice. Through a
     /// queue: the message's receives so far (dead-lettered after `MAX_RECEIVES`).
     pub attempt: u8,

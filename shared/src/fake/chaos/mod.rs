@@ -67,7 +67,7 @@ pub fn run_scenario(seed: u64, config: ChaosConfig) -> Result<(), Violation> {
     let enis = world.ec2.enis();
     let mut records = world.created.clone();
     records.extend(world.members_seen.iter().cloned());
-    problems.extend(check::violations(&records, &nodes, &world.ec2.instances(), &enis, &world.ec2.eips(), &world.drifted, &world.warnings_sent));
+    problems.extend(check::violations(&records, &nodes, &world.ec2.instances(), &enis, &world.ec2.eips(), &world.drifted, &world.warnings_sent, &world.terminate_warned));
     let seen = check_groups::Seen {
         groups: &world.store.groups_now(),
         nodes: &nodes,

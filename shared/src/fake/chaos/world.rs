@@ -135,11 +135,15 @@ pub struct World {
     queued: bool,
     /// What the functions put back on the queue (bodies), for the bus.
     requeued: Arc<queue::ChaosQueue>,
+    /// Messages put back with a delay: on the bus again once the clock has passed it.
+    delayed: Vec<(DateTime<Utc>, Delivery)>,
     running: Vec<Invocation>,
     /// Instances warned of an interruption, reclaimed (or stopped) later.
     doomed: Vec<(String, InterruptionAction)>,
     /// How many interruption warnings EC2 sent per instance.
     pub warnings_sent: BTreeMap<String, usize>,
+    /// When EC2 first warned an instance that it would be terminated.
+    pub terminate_warned: BTreeMap<String, DateTime<Utc>>,
     /// Nodes a hand-made drift (or their chosen private IP taken by another ENI) may rightly
     /// have put in ERROR.
     pub drifted: BTreeSet<NodeId>,
@@ -176,9 +180,11 @@ impl World {
             bus: Vec::new(),
             queued: rng.bool(),
             requeued: Arc::default(),
+            delayed: Vec::new(),
             running: Vec::new(),
             doomed: Vec::new(),
             warnings_sent: BTreeMap::new(),
+            terminate_warned: BTreeMap::new(),
             drifted: BTreeSet::new(),
             seen_generations: BTreeMap::new(),
             events_emitted: 0,
@@ -241,7 +247,7 @@ impl World {
         let job: super::executor::Job = match origin.clone() {
             Origin::Event(delivery) => Box::pin(async move {
                 let id = delivery.id.clone();
-                Finished::of(tether.handle_event(&id, &invocation_id, &delivery.event, deadline).await)
+                Finished::of(tether.handle_event_sent_at(&id, &invocation_id, &delivery.event, Some(delivery.sent), deadline).await)
             }),
             Origin::User { node_id, action } => Box::pin(async move {
                 match action {
@@ -318,12 +324,15 @@ impl World {
         self.ec2.advance_clock(by);
     }
 
-    /// EC2's events go on the bus, each with its own id.
+    /// EC2's events go on the bus, each with its own id; so do the messages put back on a
+    /// queue whose delay has passed.
     fn collect_events(&mut self) {
+        let sent = self.now();
         for event in self.ec2.take_events() {
             self.events_emitted += 1;
-            self.bus.push(Delivery { id: format!("ev-{}", self.events_emitted), event, attempt: 0 });
+            self.bus.push(Delivery { id: format!("ev-{}", self.events_emitted), event, sent, attempt: 0 });
         }
+        self.release_delayed();
     }
 
     /// The interruption a warning announced.
@@ -411,6 +420,10 @@ impl World {
                     self.note(format!("spot warning ({action:?}) for {id}"));
                     self.ec2.warn_interruption(&id, action);
                     *self.warnings_sent.entry(id.clone()).or_default() += 1;
+                    if action == InterruptionAction::Terminate {
+                        let now = self.now();
+                        self.terminate_warned.entry(id.clone()).or_insert(now);
+                    }
                     self.doomed.push((id, action));
                 }
             }
@@ -574,7 +587,7 @@ impl World {
             self.collect_events();
             self.after_move()?;
             let now = self.fingerprint();
-            if self.bus.is_empty() && now == last {
+            if self.bus.is_empty() && self.delayed.is_empty() && now == last {
                 unchanged += 1;
                 if unchanged == QUIET_ROUNDS {
                     return Ok(());
@@ -657,6 +670,13 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
             0 => None,
             1 => Some(crate::model::MetadataOptions::default()),
             _ => Some(crate::model::MetadataOptions { http_tokens: crate::model::HttpTokens::Optional, http_put_response_hop_limit: rng.u8(1..=64), ..Default::default() }),
+        },
+        // A third of the nodes hand over early: half of them within a few seconds (the
+        // chaos phase's clock moves slowly, and reclaims come at random), half at any delay.
+        handover_after_warning_seconds: match rng.u8(0..6) {
+            0 => Some(rng.u8(0..=5)),
+            1 => Some(rng.u8(0..=110)),
+            _ => None,
         },
         block_devices: (0..rng.usize(0..3))
             .map(|i| crate::volumes::BlockDevice {

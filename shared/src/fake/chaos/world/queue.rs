@@ -21,15 +21,15 @@ use crate::service::Tether;
 const MAX_RECEIVES: u8 = 5;
 const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:tether-chaos";
 
-/// The bodies the functions put back on the queue.
+/// The bodies the functions put back on the queue, with their delays.
 #[derive(Default)]
-pub struct ChaosQueue(Mutex<Vec<String>>);
+pub struct ChaosQueue(Mutex<Vec<(String, Duration)>>);
 
 #[async_trait]
 impl EventQueue for ChaosQueue {
-    async fn requeue(&self, _queue_arn: &str, body: &str, _delay: Duration) -> Result<(), AwsError> {
+    async fn requeue(&self, _queue_arn: &str, body: &str, delay: Duration) -> Result<(), AwsError> {
         crate::fake::clock::yield_now().await;
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(body.to_owned());
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push((body.to_owned(), delay));
         Ok(())
     }
 }
@@ -38,11 +38,10 @@ impl EventQueue for ChaosQueue {
 /// chaos test has one bus for all of them).
 pub fn job(tether: Tether, queue: Arc<ChaosQueue>, deliveries: Vec<Delivery>, invocation_id: String, deadline: DateTime<Utc>) -> Job {
     Box::pin(async move {
-        let sent = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let records: Vec<serde_json::Value> = deliveries
             .iter()
             .enumerate()
-            .map(|(i, d)| serde_json::json!({"messageId": format!("m{i}"), "body": d.event.to_eventbridge(&d.id, sent).to_string(), "eventSourceARN": QUEUE_ARN}))
+            .map(|(i, d)| serde_json::json!({"messageId": format!("m{i}"), "body": d.event.to_eventbridge(&d.id, d.sent).to_string(), "eventSourceARN": QUEUE_ARN}))
             .collect();
         let payload = serde_json::json!({"Records": records});
         let served = [SPOT_INTERRUPTION_WARNING, REBALANCE_RECOMMENDATION, STATE_CHANGE_NOTIFICATION];
@@ -84,17 +83,29 @@ impl World {
         }
     }
 
-    /// The events the functions put back on the queue: new messages (no receives yet).
+    /// The events the functions put back on the queue: new messages (no receives yet),
+    /// shown once their delay (in whole seconds, as SQS counts it) has passed.
     pub(super) fn take_requeued(&mut self) {
         let bodies = std::mem::take(&mut *self.requeued.0.lock().unwrap_or_else(PoisonError::into_inner));
-        for body in bodies {
+        for (body, delay) in bodies {
             let Ok(received) = serde_json::from_str(&body).map_err(|e| e.to_string()).and_then(|v| ReceivedEvent::parse(v).map_err(|e| e.to_string())) else {
                 self.note(format!("unreadable re-queued body: {body}"));
                 continue;
             };
             let id = received.id.unwrap_or_default();
-            self.note(format!("event {id} re-queued by its function"));
-            self.bus.push(Delivery { id, event: received.event, attempt: 0 });
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            self.note(format!("event {id} re-queued by its function for {seconds} s"));
+            let sent = received.time.unwrap_or_else(|| self.now());
+            self.delayed.push((self.now() + Duration::from_secs(seconds), Delivery { id, event: received.event, sent, attempt: 0 }));
         }
+        self.release_delayed();
+    }
+
+    /// The delayed messages whose delay has passed go on the bus.
+    pub(super) fn release_delayed(&mut self) {
+        let now = self.now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|(at, _)| *at <= now);
+        self.delayed = later;
+        self.bus.extend(due.into_iter().map(|(_, delivery)| delivery));
     }
 }
