@@ -548,7 +548,9 @@ impl Tether {
                         info!(allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
                     }
                 }
-                Action::Launch => outcome = self.launch(node.clone(), deadline).await?,
+                // Boxed: a launch's future (network, template, retries) is large, and every
+                // entry point (events, the API, the reconciler) would carry it on its stack.
+                Action::Launch => outcome = Box::pin(self.launch(node.clone(), deadline)).await?,
                 Action::ReleaseNetwork => outcome = self.release_network(node.clone(), deadline).await?,
                 Action::DecideAgainAt(until) => {
                     let wait = (until - self.clock.now()).num_milliseconds().max(0) as f64 / 1000.0;
