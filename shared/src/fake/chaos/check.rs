@@ -112,6 +112,7 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
             if eni.instance_id.as_deref() != Some(instance.id.as_str()) || instance.primary_eni_id.as_deref() != Some(eni.id.as_str()) {
                 found.push(format!("node {id}: {} is not on its ENI {} at device 0", instance.id, eni.id));
             }
+            check_eni_identity(node, eni, found);
             if instance.private_ip != Some(eni.private_ip) || node.persistence.private_ip.is_some_and(|ip| ip != eni.private_ip) {
                 found.push(format!("node {id}: private IP {:?}, wanted {} ({:?} chosen)", instance.private_ip, eni.private_ip, node.persistence.private_ip));
             }
@@ -148,6 +149,21 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
     }
 }
 
+/// A running node's ENI carries every address and setting its spec asks for, and the node
+/// records the addresses EC2 gave it: kept across every replacement.
+fn check_eni_identity(node: &Node, eni: &EniView, found: &mut Vec<String>) {
+    let id = &node.id;
+    let wanted = node.spec.secondary_private_ips.as_ref().map_or(0, |s| s.wanted());
+    if eni.secondary_private_ips.len() != wanted {
+        found.push(format!("node {id}: ENI {} has {} secondary IPs, the spec asks {wanted}", eni.id, eni.secondary_private_ips.len()));
+    }
+    if node.eni.as_ref().is_some_and(|e| e.secondary_private_ips != eni.secondary_private_ips) {
+        found.push(format!("node {id}: records secondary IPs {:?}, its ENI has {:?}", node.eni.as_ref().map(|e| &e.secondary_private_ips), eni.secondary_private_ips));
+    }
+    if eni.source_dest_check != node.spec.source_dest_check {
+        found.push(format!("node {id}: ENI {} source/dest check {}, the spec asks {}", eni.id, eni.source_dest_check, node.spec.source_dest_check));
+    }
+}
 
 /// The history tells what happened, once: no more interruption warnings recorded for an
 /// instance than EC2 sent (a duplicate delivery applied twice would add one).

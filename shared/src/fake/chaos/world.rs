@@ -690,6 +690,11 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
                 delete_on_termination: true,
             })
             .collect(),
+        // Drawn last, so that the draws above follow the seed as before. The ENI's own
+        // identity: a third of the nodes with 1 to 3 secondary IPs EC2 picks, a quarter with
+        // the source/destination check off.
+        secondary_private_ips: (rng.u8(0..3) == 0).then(|| crate::model::SecondaryIps { count: Some(rng.u8(1..=3)), addresses: Vec::new() }),
+        source_dest_check: rng.u8(0..4) > 0,
         ..NodeSpec::default()
     }
 }
