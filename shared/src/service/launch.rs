@@ -347,7 +347,8 @@ impl Tether {
     /// (or that deallocation) deletes, or it was deleted since. `None`: someone keeps it.
     async fn leftover_holding(&self, node: &Node) -> Result<Option<String>, TetherError> {
         let Some(ip) = node.persistence.private_ip else { return Ok(None) };
-        for tagged in self.network.node_enis().await?.into_iter().filter(|t| t.resource.private_ip == ip && t.node_id != node.id) {
+        // One ENI at most holds the address: the subnet's addresses are unique.
+        if let Some(tagged) = self.network.node_enis().await?.into_iter().find(|t| t.resource.private_ip == ip && t.node_id != node.id) {
             let Some(owner) = self.store.get(&tagged.node_id).await? else { return Ok(None) };
             let kept = owner.keep_eni && owner.eni.as_ref().is_some_and(|e| e.id == tagged.resource.id);
             if !matches!(owner.state, NodeState::Deallocated | NodeState::Deallocating) || kept {
