@@ -402,6 +402,17 @@ impl Fixture {
         Ok(self.cloud.terminate(instance_id).await?)
     }
 
+    /// Interrupts the node's current instance from outside Tether and delivers its
+    /// `terminated` event through the state-change handler, within `budget`: the node's
+    /// next generation must be launched.
+    pub async fn interrupt_node(&self, node_id: &tether::NodeId, budget: std::time::Duration) -> Result<(), SetupError> {
+        let instance_id = self.tether.node(node_id).await?.instance_id().ok_or("no instance")?.to_owned();
+        self.interrupt(&instance_id).await?;
+        let answer = event_source::invoke_target(&self.tether, &self.requeue, events::state_change(&instance_id, "terminated"), budget).await?;
+        assert_eq!(answer["outcome"], "launched", "{answer}");
+        Ok(())
+    }
+
     /// What EC2 says about one Elastic IP.
     pub async fn cloud_eip(&self, allocation_id: &str) -> Result<aws_sdk_ec2::types::Address, SetupError> {
         let out = self.ec2.describe_addresses().allocation_ids(allocation_id).send().await?;

@@ -8,8 +8,6 @@ use std::time::Duration;
 use tether::lifecycle::NodePatch;
 use tether::model::{Ipv6Request, SecondaryIps};
 use tether::{Node, NodeSpec, Persistence, TetherError};
-use tether_tests::event_source::invoke_target;
-use tether_tests::events::state_change;
 use tether_tests::{Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
@@ -50,14 +48,6 @@ async fn on_the_eni(fx: &Fixture, node: &Node) -> Result<(String, Vec<String>, V
     Ok((primary.to_owned(), secondary, ipv6, eni.source_dest_check(), role))
 }
 
-async fn interrupt(fx: &Fixture, node: &Node) -> Result<(), SetupError> {
-    let instance_id = fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?.to_owned();
-    fx.interrupt(&instance_id).await?;
-    let answer = invoke_target(&fx.tether, &fx.requeue, state_change(&instance_id, "terminated"), BUDGET).await?;
-    assert_eq!(answer["outcome"], "launched", "{answer}");
-    Ok(())
-}
-
 #[tokio::test]
 async fn secondary_ips_ipv6_and_the_source_dest_check_stay_on_the_eni_of_every_generation() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
@@ -78,7 +68,7 @@ async fn secondary_ips_ipv6_and_the_source_dest_check_stay_on_the_eni_of_every_g
     assert_eq!(first.2.len(), 1, "one IPv6 address: {first:?}");
     assert_eq!((first.3, first.4.as_deref()), (Some(false), Some("nat")));
     for generation in 2..=3 {
-        interrupt(&fx, &node).await?;
+        fx.interrupt_node(&node.id, BUDGET).await?;
         assert_eq!(on_the_eni(&fx, &node).await?, first, "generation {generation}");
     }
 
@@ -122,14 +112,14 @@ async fn an_assigned_public_ip_comes_with_every_generation_and_a_patch_takes_it_
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
     fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     assert!(public_ip(&fx, &node).await?.is_some(), "generation 1 has a public IP");
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     assert!(public_ip(&fx, &node).await?.is_some(), "generation 2 has one too (the setting is the ENI's)");
 
     let patch = NodePatch { public_ip_assignment: Some(PublicIpAssignment::None), ..NodePatch::default() };
     let patched = fx.tether.patch(&node.id, &patch, None).await?;
     assert_eq!(public_ip(&fx, &node).await?, None, "taken away from the running instance");
     assert!(patched.history.iter().any(|h| h.what.contains("public IP removed")), "{:?}", patched.history);
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     assert_eq!(public_ip(&fx, &node).await?, None, "and from the next generation");
 
     // `subnet_default` follows the subnet's auto-assign setting.

@@ -8,8 +8,6 @@ use tether::lifecycle::NodePatch;
 use tether::model::{HttpTokens, MetadataOptions};
 use tether::ports::NodeStore;
 use tether::{Node, Persistence, TetherError};
-use tether_tests::event_source::invoke_target;
-use tether_tests::events::state_change;
 use tether_tests::{Fixture, SetupError};
 
 const BUDGET: Duration = Duration::from_secs(30);
@@ -26,15 +24,6 @@ fn metadata(instance: &Instance) -> (Option<HttpTokensState>, Option<i32>) {
     (options.and_then(|o| o.http_tokens()).cloned(), options.and_then(|o| o.http_put_response_hop_limit()))
 }
 
-/// Interrupts the node's instance and delivers its `terminated` event: the next generation runs.
-async fn interrupt(fx: &Fixture, node: &Node) -> Result<(), SetupError> {
-    let instance_id = fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?.to_owned();
-    fx.interrupt(&instance_id).await?;
-    let answer = invoke_target(&fx.tether, &fx.requeue, state_change(&instance_id, "terminated"), BUDGET).await?;
-    assert_eq!(answer["outcome"], "launched", "{answer}");
-    Ok(())
-}
-
 #[tokio::test]
 async fn imdsv2_is_required_by_default_on_every_generation_until_a_patch_changes_it() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
@@ -42,12 +31,12 @@ async fn imdsv2_is_required_by_default_on_every_generation_until_a_patch_changes
     assert_eq!(node.spec.metadata_options, Some(MetadataOptions::default()), "the create fills in the default");
     fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Required), Some(2)), "generation 1");
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Required), Some(2)), "generation 2");
 
     let optional = MetadataOptions { http_tokens: HttpTokens::Optional, http_put_response_hop_limit: 1, ..MetadataOptions::default() };
     fx.tether.patch(&node.id, &NodePatch { metadata_options: Some(optional), ..NodePatch::default() }, None).await?;
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     assert_eq!(metadata(&current_instance(&fx, &node).await?), (Some(HttpTokensState::Optional), Some(1)), "generation 3, after the patch");
     Ok(())
 }
@@ -130,7 +119,7 @@ async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupErro
     let wanted = vec![("/dev/sda1".to_owned(), 100, "gp3".to_owned(), false), ("/dev/sdf".to_owned(), 20, "gp2".to_owned(), true)];
     for generation in 1..=2 {
         if generation > 1 {
-            interrupt(&fx, &node).await?;
+            fx.interrupt_node(&node.id, BUDGET).await?;
         }
         let instance = current_instance(&fx, &node).await?;
         assert_eq!(volumes(&fx, &instance).await?, wanted, "generation {generation}");
@@ -139,7 +128,7 @@ async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupErro
 
     // Back to the AMI's volumes: the emulator's default root of 8 GiB.
     fx.tether.patch(&node.id, &NodePatch { block_devices: Some(Vec::new()), ..NodePatch::default() }, None).await?;
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     let after = volumes(&fx, &current_instance(&fx, &node).await?).await?;
     assert_eq!(after.iter().map(|(d, s, ..)| (d.as_str(), *s)).collect::<Vec<_>>(), [("/dev/sda1", 8)], "generation 3: {after:?}");
 

@@ -66,14 +66,6 @@ async fn launched_as(fx: &Fixture, node: &Node) -> Result<(String, String, Vec<S
     ))
 }
 
-async fn interrupt(fx: &Fixture, node: &Node) -> Result<(), SetupError> {
-    let instance_id = fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?.to_owned();
-    fx.interrupt(&instance_id).await?;
-    let answer = invoke_target(&fx.tether, &fx.requeue, state_change(&instance_id, "terminated"), BUDGET).await?;
-    assert_eq!(answer["outcome"], "launched", "{answer}");
-    Ok(())
-}
-
 fn based_on(template_id: &str) -> Option<LaunchTemplateRef> {
     Some(LaunchTemplateRef { id: Some(template_id.to_owned()), name: None, version: "$Latest".into() })
 }
@@ -102,14 +94,14 @@ async fn a_node_from_a_template_with_instance_security_groups_keeps_everything_o
     assert_eq!(first.4, (100, "gp3".to_owned()), "the spec's root");
     assert_eq!((first.5.clone(), first.6, first.7.as_str()), (Some(HttpTokensState::Required), Some(1), "m5.large"), "the template's metadata and type");
     for generation in 2..=4 {
-        interrupt(&fx, &node).await?;
+        fx.interrupt_node(&node.id, BUDGET).await?;
         assert_eq!(launched_as(&fx, &node).await?, first, "generation {generation}");
     }
 
     // A new version with another group: the next launch puts it on the ENI.
     let data = RequestLaunchTemplateData::builder().security_group_ids(&db).build();
     fx.ec2.create_launch_template_version().launch_template_id(&template_id).source_version("1").launch_template_data(data).send().await?;
-    interrupt(&fx, &node).await?;
+    fx.interrupt_node(&node.id, BUDGET).await?;
     let after = launched_as(&fx, &node).await?;
     assert_eq!((after.0.as_str(), after.3.clone()), (first.0.as_str(), vec![db]), "same ENI, the new version's group");
     assert_eq!((after.5, after.6), (first.5, first.6), "the rest of the template as before");
