@@ -116,7 +116,9 @@ impl AwsError {
             Some(c) if CAPACITY_CODES.contains(&c) => ErrorClass::NoCapacity,
             Some(c) if TRANSIENT_CODES.contains(&c) => ErrorClass::Transient,
             Some(c) if MISCONFIGURED_CODES.contains(&c) => ErrorClass::Misconfigured,
-            Some(c) if c.ends_with(".NotFound") => ErrorClass::NotFound,
+            // EC2's launch templates answer a missing version `….VersionNotFound` and a
+            // missing name `….NotFoundException`.
+            Some(c) if c.ends_with(".NotFound") || c.ends_with(".VersionNotFound") || c.ends_with(".NotFoundException") => ErrorClass::NotFound,
             Some(_) if status.is_some_and(|s| s >= 500) => ErrorClass::Transient,
             Some(_) => ErrorClass::Permanent,
         };
@@ -151,6 +153,8 @@ mod tests {
         assert_eq!(class("RequestLimitExceeded", 503), ErrorClass::Transient);
         assert_eq!(class("ConditionalCheckFailedException", 400), ErrorClass::Conflict);
         assert_eq!(class("InvalidNetworkInterfaceID.NotFound", 400), ErrorClass::NotFound);
+        assert_eq!(class("InvalidLaunchTemplateId.VersionNotFound", 400), ErrorClass::NotFound);
+        assert_eq!(class("InvalidLaunchTemplateName.NotFoundException", 400), ErrorClass::NotFound);
         assert_eq!(class("InvalidAMIID.Malformed", 400), ErrorClass::Permanent);
         assert_eq!(class("VcpuLimitExceeded", 400), ErrorClass::NoCapacity);
         assert_eq!(class("ResourceNotFoundException", 400), ErrorClass::Misconfigured);

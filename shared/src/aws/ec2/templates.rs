@@ -28,21 +28,13 @@ impl Ec2Cloud {
             .send()
             .await
             .map_err(|e| aws_error("EC2", "DescribeLaunchTemplateVersions", e));
-        let Some(out) = absent_if_unknown(not_found_version(described))? else { return Ok(None) };
+        let Some(out) = absent_if_unknown(described)? else { return Ok(None) };
         Ok(out.launch_template_versions().first().map(|v| {
             let mut settings = v.launch_template_data().map(settings_of).unwrap_or_default();
             settings.version = v.version_number().unwrap_or_default();
             settings
         }))
     }
-}
-
-/// A version that does not exist is an absent one, as a template that does not is.
-fn not_found_version<T>(result: Result<T, AwsError>) -> Result<T, AwsError> {
-    result.map_err(|e| match e.code.as_deref() {
-        Some(c) if c.contains("VersionNotFound") || c.contains("NotFound") => AwsError { class: crate::error::ErrorClass::NotFound, ..e },
-        _ => e,
-    })
 }
 
 fn settings_of(data: &ResponseLaunchTemplateData) -> TemplateSettings {
