@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 pub use handover::{check_handover, handover, handover_recorded, Handover};
 pub use actions::{check_launch_settings, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
 pub use metrics::{metrics_of, Metric};
-pub use reconcile::{eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
+pub use reconcile::{eni_deleted, extra_eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};
@@ -225,6 +225,7 @@ pub fn deallocated(node: &Node, now: DateTime<Utc>) -> Node {
     if !node.keep_eni {
         // A kept ENI keeps its Elastic IP (and its record, so an operator can find it).
         next.eni = None;
+        next.extra_enis.clear();
         next.elastic_ip = None;
     }
     next.record(now, if node.keep_eni { "deallocated; ENI kept" } else { "deallocated" });

@@ -80,7 +80,7 @@ pub struct ExtraEni {
 }
 
 /// A kept ENI beyond the primary, as created.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExtraEniRecord {
     pub device_index: u8,
     pub id: String,

@@ -52,6 +52,19 @@ pub struct EniRequest {
     pub ipv6_count: u8,
     /// The user's tags (`spec.eni_tags`), beside Tether's.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// 0 for the node's primary ENI; 1 and up for an extra ENI (`spec.extra_enis`), which
+    /// is tagged with it (`tether:device-index`) and has its own ClientToken.
+    pub device_index: u8,
+}
+
+impl EniRequest {
+    /// The ClientToken that makes a retried create return the same ENI.
+    pub fn client_token(&self) -> String {
+        match self.device_index {
+            0 => format!("{}-eni", self.node_id),
+            index => format!("{}-eni{index}", self.node_id),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,6 +321,8 @@ pub trait Registry: Send + Sync {
 pub trait Network: Send + Sync {
     /// The ENI Tether created for this node earlier (found by its `tether:node-id` tag).
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError>;
+    /// The node's extra ENI at `device_index` (tagged with it), if it exists.
+    async fn find_extra_eni(&self, node_id: &NodeId, device_index: u8) -> Result<Option<EniRecord>, AwsError>;
     /// Creates the node's ENI, tagged with the node id.
     async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError>;
     /// Deletes an ENI; one that no longer exists counts as deleted.
@@ -372,19 +387,23 @@ pub struct Tagged<T> {
     pub node_id: NodeId,
     /// The `tether:generation` tag (instances only).
     pub generation: Option<u64>,
+    /// The `tether:device-index` tag (extra ENIs only; a node's primary ENI has none).
+    pub device_index: Option<u8>,
     /// An ENI attached to an instance, an Elastic IP associated with anything; always
     /// true for an instance.
     pub attached: bool,
     pub resource: T,
 }
 
-/// One launch attempt: one instance on the node's ENI at device index 0.
+/// One launch attempt: one instance on the node's ENI at device index 0, and its extra
+/// ENIs at theirs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchRequest<'a> {
     pub node_id: &'a NodeId,
     pub generation: u64,
     pub spec: &'a NodeSpec,
     pub eni_id: &'a str,
+    pub extra_enis: &'a [crate::model::ExtraEniRecord],
     pub instance_type: &'a str,
     pub market: Market,
     pub client_token: String,
@@ -457,8 +476,9 @@ pub trait Instances: Send + Sync {
     /// The launch template version, as Tether carries it over; `None` when the template or
     /// the version does not exist.
     async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError>;
-    /// Of these instance types, the ones this Region does not offer.
-    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError>;
+    /// Each of these instance types with the most network interfaces it takes (EC2's
+    /// `NetworkInfo.MaximumNetworkInterfaces`); `None` for a type this Region does not offer.
+    async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError>;
     /// A running instance with its primary ENI, as import needs it; `None` if unknown.
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError>;
     /// Adopts an imported instance: its primary ENI outlives it (DeleteOnTermination=false),

@@ -35,6 +35,9 @@ pub struct NodeView {
     pub ipv6_addresses: Vec<String>,
     pub availability_zone: Option<String>,
     pub elastic_ip_allocation_id: Option<String>,
+    /// The extra ENIs (`spec.extra_enis`), once made: kept for life like the node's ENI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_enis: Vec<crate::model::ExtraEniRecord>,
     pub last_error: Option<String>,
     pub spec: NodeSpec,
     pub persistence: Persistence,
@@ -65,6 +68,7 @@ impl From<&Node> for NodeView {
             ipv6_addresses: node.eni.iter().flat_map(|e| &e.ipv6_addresses).map(ToString::to_string).collect(),
             availability_zone: node.eni.as_ref().map(|e| e.availability_zone.clone()),
             elastic_ip_allocation_id: node.elastic_ip.as_ref().map(|e| e.allocation_id.clone()),
+            extra_enis: node.extra_enis.clone(),
             last_error: node.last_error.clone(),
             spec: node.spec.clone(),
             persistence: node.persistence.clone(),

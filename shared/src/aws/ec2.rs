@@ -21,6 +21,8 @@ pub(crate) const PAGE_SIZE: i32 = 1000;
 pub const TAG_NODE_ID: &str = "tether:node-id";
 pub const TAG_GENERATION: &str = "tether:generation";
 pub const TAG_MANAGED: &str = "tether:managed";
+/// On a node's extra ENI: its device index (1 and up); the primary ENI has none.
+pub const TAG_DEVICE_INDEX: &str = "tether:device-index";
 
 #[derive(Clone, Debug)]
 pub struct Ec2Cloud {

@@ -14,7 +14,7 @@ use super::clock::{yield_now, CallTiming, Timing};
 use crate::ports::{not_assigned_is_done, Clock};
 use std::sync::Arc;
 use super::faults::{aws, Fault, FaultInjection, Faults, When};
-use crate::aws::ec2::{TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
+use crate::aws::ec2::{TAG_DEVICE_INDEX, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
@@ -36,6 +36,18 @@ pub const KNOWN_INSTANCE_TYPES: &[&str] = &[
     "t3.micro", "t3.small", "t3.medium", "t3.large", "m5.large", "m5.xlarge", "m6i.large", "m6i.xlarge", "m7i.large",
     "c5.large", "c6i.large", "c7i.large", "r5.large", "r6i.large", "p5.48xlarge", "u-6tb1.112xlarge",
 ];
+
+/// The most network interfaces an instance type takes (EC2's `MaximumNetworkInterfaces`,
+/// as DescribeInstanceTypes gives it for the known types); 3 for one added by a test.
+fn interface_limit(instance_type: &str) -> u8 {
+    match instance_type {
+        "t3.micro" => 2,
+        "m5.xlarge" | "m6i.xlarge" => 4,
+        "u-6tb1.112xlarge" => 15,
+        "p5.48xlarge" => 64,
+        _ => 3,
+    }
+}
 
 /// EC2's published throttling figures, per account and Region and per API action (each
 /// action has its own bucket): (what, capacity, refill per second). AWS's "Request
@@ -122,6 +134,7 @@ struct Attachment {
     id: String,
     instance_id: String,
     delete_on_termination: bool,
+    device_index: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -138,13 +151,17 @@ struct Eni {
     source_dest_check: bool,
     /// AssociatePublicIpAddress is on: its instance has a public IP (EC2's pool).
     public_ip: bool,
-    /// Always at device index 0: Tether only ever attaches ENIs as the primary.
     attachment: Option<Attachment>,
     /// EC2 picked its address (none was asked for).
     picked: bool,
 }
 
 impl Eni {
+    /// Its `tether:device-index` tag (an extra ENI's), as the adapter reads it.
+    fn device_index(&self) -> Option<u8> {
+        self.tags.get(TAG_DEVICE_INDEX).and_then(|i| i.parse().ok()).filter(|i| *i > 0)
+    }
+
     fn record(&self) -> EniRecord {
         EniRecord { id: self.id.clone(), private_ip: self.private_ip, mac_address: self.mac.clone(), availability_zone: self.az.clone(), secondary_private_ips: self.secondary_ips.clone(), ipv6_addresses: self.ipv6.clone() }
     }
@@ -164,6 +181,8 @@ struct Instance {
     az: String,
     /// The ENI at device index 0 while attached (until the instance has terminated).
     primary_eni: Option<String>,
+    /// The ENIs at device indexes 1 and up, while attached.
+    extra_enis: Vec<String>,
     private_ip: Ipv4Addr,
     client_token: Option<String>,
 }
@@ -184,6 +203,8 @@ struct LaunchParams {
     instance_type: String,
     market: Market,
     eni_id: String,
+    /// (device index, ENI id) of each extra ENI.
+    extra_enis: Vec<(u8, String)>,
     key_name: Option<String>,
     iam_instance_profile: Option<String>,
     user_data: Option<String>,
@@ -297,8 +318,9 @@ pub struct EniView {
     pub private_ip: Ipv4Addr,
     pub mac_address: String,
     pub availability_zone: String,
-    /// The instance it is attached to at device index 0.
+    /// The instance it is attached to, and at which device index.
     pub instance_id: Option<String>,
+    pub device_index: Option<u8>,
     pub delete_on_termination: Option<bool>,
     pub node_id: Option<String>,
     pub secondary_private_ips: Vec<Ipv4Addr>,
@@ -352,6 +374,7 @@ fn launch_params(request: &LaunchRequest<'_>) -> LaunchParams {
         instance_type: request.instance_type.to_owned(),
         market: request.market,
         eni_id: request.eni_id.to_owned(),
+        extra_enis: request.extra_enis.iter().map(|e| (e.device_index, e.id.clone())).collect(),
         key_name: spec.key_name.clone(),
         iam_instance_profile: spec.iam_instance_profile.clone(),
         user_data: spec.user_data.clone(),
@@ -643,7 +666,7 @@ impl FakeEc2 {
         let instance_id = state.next_id("i");
         let attachment_id = state.next_id("eni-attach");
         state.enis.get_mut(&eni.id).expect("just made").attachment =
-            Some(Attachment { id: attachment_id, instance_id: instance_id.clone(), delete_on_termination: true });
+            Some(Attachment { id: attachment_id, instance_id: instance_id.clone(), delete_on_termination: true, device_index: 0 });
         let instance = Instance {
             life: Life::Running,
             instance_type: instance_type.to_owned(),
@@ -662,6 +685,7 @@ impl FakeEc2 {
             subnet_id: subnet_id.to_owned(),
             az: eni.availability_zone,
             primary_eni: Some(eni.id),
+            extra_enis: Vec::new(),
             private_ip: ip,
             client_token: None,
         };
@@ -689,6 +713,7 @@ impl FakeEc2 {
                 mac_address: e.mac.clone(),
                 availability_zone: e.az.clone(),
                 instance_id: e.attachment.as_ref().map(|a| a.instance_id.clone()),
+                device_index: e.attachment.as_ref().map(|a| a.device_index),
                 delete_on_termination: e.attachment.as_ref().map(|a| a.delete_on_termination),
                 node_id: e.tags.get(TAG_NODE_ID).cloned(),
                 secondary_private_ips: e.secondary_ips.clone(),

@@ -589,7 +589,7 @@ async fn a_members_launch_waits_for_a_leftover_eni_on_its_address() {
     let mut gone = Node::new(spec, Persistence::default(), chrono::Utc::now());
     gone.state = NodeState::Deallocated;
     w.store.create(&gone).await.expect("a record");
-    let request = EniRequest { node_id: gone.id.clone(), subnet_id: "subnet-a".into(), security_group_ids: vec![], private_ip: Some(ip(10)), secondary_ip_count: 0, ipv6_count: 0, tags: Default::default() };
+    let request = EniRequest { node_id: gone.id.clone(), subnet_id: "subnet-a".into(), security_group_ids: vec![], private_ip: Some(ip(10)), secondary_ip_count: 0, ipv6_count: 0, tags: Default::default(), device_index: 0 };
     w.ec2.create_eni(&request).await.expect("the leftover");
     w.tether.scale_group(&group.id, 1, None).await.expect("scaled");
     let _ = w.tether.run_group(&group.id, deadline()).await.expect("a run");

@@ -24,7 +24,7 @@ fn node_id(n: u8) -> NodeId {
 }
 
 fn eni_request(node: u8, private_ip: Option<Ipv4Addr>) -> EniRequest {
-    EniRequest { node_id: node_id(node), subnet_id: SUBNET.into(), security_group_ids: vec!["sg-1".into()], private_ip, secondary_ip_count: 0, ipv6_count: 0, tags: Default::default() }
+    EniRequest { node_id: node_id(node), subnet_id: SUBNET.into(), security_group_ids: vec!["sg-1".into()], private_ip, secondary_ip_count: 0, ipv6_count: 0, tags: Default::default(), device_index: 0 }
 }
 
 async fn eni(ec2: &FakeEc2, node: u8) -> String {
@@ -32,7 +32,7 @@ async fn eni(ec2: &FakeEc2, node: u8) -> String {
 }
 
 fn request<'a>(id: &'a NodeId, spec: &'a NodeSpec, eni_id: &'a str, generation: u64, instance_type: &'a str, market: Market) -> LaunchRequest<'a> {
-    LaunchRequest { node_id: id, generation, spec, eni_id, instance_type, market, client_token: id.client_token(generation) }
+    LaunchRequest { node_id: id, generation, spec, eni_id, extra_enis: &[], instance_type, market, client_token: id.client_token(generation) }
 }
 
 fn code(e: &crate::AwsError) -> &str {
@@ -385,12 +385,13 @@ async fn fail_next_after_applies_the_effect_and_still_fails() {
 // ---- instance types and import ----
 
 #[tokio::test]
-async fn unknown_instance_types_are_those_not_offered() {
+async fn types_not_offered_have_no_interface_limit() {
     let ec2 = ec2();
-    let asked = ["m5.large".to_owned(), "x9.huge".to_owned(), "z1.tiny".to_owned()];
-    assert_eq!(ec2.unknown_instance_types(&asked).await.unwrap(), ["x9.huge", "z1.tiny"]);
+    let asked = ["m5.large".to_owned(), "x9.huge".to_owned(), "t3.micro".to_owned()];
+    let limits = |l: Vec<(String, Option<u8>)>| l.into_iter().map(|(_, m)| m).collect::<Vec<_>>();
+    assert_eq!(limits(ec2.interface_limits(&asked).await.unwrap()), [Some(3), None, Some(2)]);
     ec2.add_instance_type("x9.huge");
-    assert_eq!(ec2.unknown_instance_types(&asked).await.unwrap(), ["z1.tiny"]);
+    assert_eq!(limits(ec2.interface_limits(&asked).await.unwrap()), [Some(3), Some(3), Some(2)]);
 }
 
 #[tokio::test]

@@ -16,6 +16,8 @@ pub struct Observed {
     pub instance: Option<InstanceState>,
     /// Whether the ENI on record still exists.
     pub eni_exists: bool,
+    /// The device index of an extra ENI on record that no longer exists.
+    pub deleted_extra_eni: Option<u8>,
     /// Where the Elastic IP on record is; `None` when the node has none on record.
     pub elastic_ip: Option<ElasticIpFound>,
     /// Nothing was recorded on the node for the reconciler's `stuck_after`.
@@ -106,6 +108,9 @@ fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
     if let (Some(eni), false) = (&node.eni, seen.eni_exists) {
         return Step::Apply { next: failed(node, eni_deleted(eni), now), actions: Vec::new() };
     }
+    if let Some(extra) = seen.deleted_extra_eni.and_then(|i| node.extra_enis.iter().find(|e| e.device_index == i)) {
+        return Step::Apply { next: failed(node, extra_eni_deleted(extra), now), actions: Vec::new() };
+    }
     let (Some(eip), Some(found)) = (&node.elastic_ip, &seen.elastic_ip) else { return Step::Ignore("network as recorded") };
     match found {
         ElasticIpFound::OnEni => Step::Ignore("network as recorded"),
@@ -129,6 +134,14 @@ fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
             Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
         }
     }
+}
+
+/// The ERROR reason for a node whose extra ENI is gone.
+pub fn extra_eni_deleted(eni: &crate::model::ExtraEniRecord) -> String {
+    format!(
+        "extra ENI {} ({}, device index {}) was deleted outside Tether: the node cannot launch with its network as it was; deallocate this node and create a new one",
+        eni.id, eni.private_ip, eni.device_index
+    )
 }
 
 /// The ERROR reason for a node whose ENI is gone.

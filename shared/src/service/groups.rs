@@ -56,7 +56,7 @@ impl Tether {
         request.template.metadata_options.get_or_insert_with(MetadataOptions::default);
         check_group_name("name", &request.name)?;
         check_template("template", &request.template)?;
-        self.check_instance_types(&request.template.instance_types, "template.instance_types").await?;
+        self.check_instance_types(&request.template.instance_types, "template.instance_types", 0, "template.instance_types").await?;
         check_target("target_capacity", request.target_capacity)?;
         check_max_unavailable(request.max_unavailable)?;
         let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
@@ -293,7 +293,7 @@ impl Tether {
                 next.template = MemberTemplate::of_spec(spec);
                 check_template("template", &next.template)?;
                 if let Some(types) = template.instance_types.as_ref().filter(|_| next.template.instance_types != group.template.instance_types) {
-                    self.check_instance_types(types, "template.instance_types").await?;
+                    self.check_instance_types(types, "template.instance_types", 0, "template.instance_types").await?;
                 }
                 if !changed.is_empty() {
                     what.push(format!("template ({}; every member's next launch uses it)", changed.join(", ")));

@@ -58,6 +58,7 @@ impl Tether {
                 generation: node.generation,
                 spec: &spec,
                 eni_id: &eni.id,
+                extra_enis: &node.extra_enis,
                 instance_type,
                 market,
                 client_token: client_token.clone(),
@@ -87,7 +88,14 @@ impl Tether {
                 }
                 Err(e) if e.class == ErrorClass::EniInUse => return Err(TetherError::eni_still_attached(&node, &eni.id, self.waited_since(started), e)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) if e.code_is("InvalidNetworkInterfaceID.NotFound") => return self.fail(&node, lifecycle::eni_deleted(&eni)).await,
+                Err(e) if e.code_is("InvalidNetworkInterfaceID.NotFound") => {
+                    // EC2 names the ENI it does not know.
+                    let reason = match node.extra_enis.iter().find(|x| e.message.contains(&x.id)) {
+                        Some(extra) => lifecycle::extra_eni_deleted(extra),
+                        None => lifecycle::eni_deleted(&eni),
+                    };
+                    return self.fail(&node, reason).await;
+                }
                 Err(e) => return self.fail(&node, format!("launch on ENI {} failed: {e}", eni.id)).await,
             }
         }
@@ -217,8 +225,9 @@ impl Tether {
         // An Elastic IP not on record yet is still to be chosen and associated (a first
         // attempt may have died before that).
         let eip_pending = wants_eip && node.elastic_ip.is_none();
+        let extras_pending = node.extra_enis.len() < node.spec.extra_enis.len();
         let eni = match node.eni.clone() {
-            Some(eni) if !first_launch && !eip_pending => return Ok(Ok((node, eni, false))),
+            Some(eni) if !first_launch && !eip_pending && !extras_pending => return Ok(Ok((node, eni, false))),
             Some(eni) => eni,
             None => {
                 let eni = match self.network.find_node_eni(&node.id).await? {
@@ -237,6 +246,7 @@ impl Tether {
                             secondary_ip_count: spec.secondary_private_ips.as_ref().and_then(|s| s.count).unwrap_or(0),
                             ipv6_count: spec.ipv6.as_ref().and_then(|s| s.count).unwrap_or(0),
                             tags: spec.eni_tags.clone(),
+                            device_index: 0,
                         };
                         match self.network.create_eni(&request).await {
                             Ok(eni) => eni,
@@ -316,6 +326,10 @@ impl Tether {
                 }
             }
         }
+        let node = match self.ensure_extra_enis(node, deadline).await? {
+            Ok(node) => node,
+            Err(outcome) => return Ok(Err(outcome)),
+        };
         Ok(Ok((node, eni, true)))
     }
 
@@ -350,7 +364,7 @@ impl Tether {
         // One ENI at most holds the address: the subnet's addresses are unique.
         if let Some(tagged) = self.network.node_enis().await?.into_iter().find(|t| t.resource.private_ip == ip && t.node_id != node.id) {
             let Some(owner) = self.store.get(&tagged.node_id).await? else { return Ok(None) };
-            let kept = owner.keep_eni && owner.eni.as_ref().is_some_and(|e| e.id == tagged.resource.id);
+            let kept = owner.keep_eni && (owner.eni.as_ref().is_some_and(|e| e.id == tagged.resource.id) || owner.extra_enis.iter().any(|e| e.id == tagged.resource.id));
             if !matches!(owner.state, NodeState::Deallocated | NodeState::Deallocating) || kept {
                 return Ok(None);
             }

@@ -82,7 +82,8 @@ impl Tether {
             Some(t) => crate::launch_options::with_template(&spec, t).instance_types,
             None => spec.instance_types.clone(),
         };
-        self.check_instance_types(&instance_types, "spec.instance_types").await?;
+        self.check_extra_enis(&spec, &subnet).await?;
+        self.check_instance_types(&instance_types, "spec.instance_types", spec.extra_enis.len(), "spec.extra_enis").await?;
         let mut node = Node::new(spec, persistence, self.clock.now());
         node.id = id;
         if let Some(who) = by {
@@ -172,15 +173,6 @@ impl Tether {
         Ok(())
     }
 
-    pub(super) async fn check_instance_types(&self, instance_types: &[String], field: &str) -> Result<(), TetherError> {
-        let unknown = self.instances.unknown_instance_types(instance_types).await?;
-        if unknown.is_empty() {
-            Ok(())
-        } else {
-            Err(TetherError::invalid(field, format!("not offered in this Region: {}", unknown.join(", "))))
-        }
-    }
-
     /// Adopts a running instance as a running node: its primary ENI becomes the node's
     /// (DeleteOnTermination turned off), its private IP and any Elastic IP are kept.
     pub async fn import_instance(&self, request: &ImportRequest, by: Option<&str>) -> Result<Node, TetherError> {
@@ -214,7 +206,7 @@ impl Tether {
             for instance_type in types {
                 check_name("instance_types", instance_type)?;
             }
-            self.check_instance_types(types, "instance_types").await?;
+            self.check_instance_types(types, "instance_types", 0, "instance_types").await?;
             spec.instance_types = types.clone();
         }
         if let Some(fallback) = request.fallback_to_on_demand {
@@ -263,7 +255,8 @@ impl Tether {
     }
 
     /// After the instance is gone: the Elastic IP is disassociated (and released if Tether
-    /// allocated it), the ENI deleted, unless the ENI is kept (with its Elastic IP).
+    /// allocated it), the ENI and the extra ENIs deleted, unless the ENIs are kept (with
+    /// their Elastic IPs).
     pub(super) async fn release_network(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let mut note = None;
         if !node.keep_eni {
@@ -279,6 +272,7 @@ impl Tether {
                     other => other?,
                 }
             }
+            self.release_extra_enis(&node, deadline).await?;
             if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
                 // Someone associated it with something else meanwhile: theirs now, not released.
                 match self.network.describe_eip(&eip.allocation_id).await? {
@@ -382,7 +376,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     check_tags("spec.volume_tags", &spec.volume_tags)?;
     check_launch_options(spec.spot_max_price.as_deref(), spec.placement.as_ref(), spec.capacity_reservation.as_ref())
         .map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
-    refuse_unbuilt(spec)?;
+    super::extra_enis::check_extra_eni_shapes(spec, persistence)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     check_handover(spec.handover_after_warning_seconds).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
@@ -396,18 +390,6 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         ));
     }
     Ok(())
-}
-
-/// The settings of the spec whose launch is still being built (issue 14): refused rather
-/// than stored and ignored.
-fn refuse_unbuilt(spec: &NodeSpec) -> Result<(), TetherError> {
-    let set = [
-        ("spec.extra_enis", !spec.extra_enis.is_empty()),
-    ];
-    match set.into_iter().find(|(_, given)| *given) {
-        Some((field, _)) => Err(TetherError::invalid(field, "not supported by this version of Tether yet; leave it out")),
-        None => Ok(()),
-    }
 }
 
 /// A public IP from Amazon's pool beside an Elastic IP: the Elastic IP takes eth0's public

@@ -2,6 +2,7 @@
 //! ports. Every node write is conditional; a lost race is re-read and re-decided.
 
 mod addresses;
+mod extra_enis;
 mod group_run;
 mod groups;
 mod identity;
@@ -355,10 +356,12 @@ impl Tether {
             for instance_type in types {
                 manage::check_name("instance_types", instance_type)?;
             }
-            self.check_instance_types(types, "instance_types").await?;
         }
         for _ in 0..MAX_CONFLICTS {
             let node = self.node(id).await?;
+            if let Some(types) = &patch.instance_types {
+                self.check_instance_types(types, "instance_types", node.spec.extra_enis.len(), "instance_types").await?;
+            }
             if let Some(membership) = &node.group {
                 return Err(TetherError::Conflict(format!(
                     "node {id} is a member of group {}: its launch settings are the group's template; change them with PATCH /groups/{} (CLI: tether groups update)",

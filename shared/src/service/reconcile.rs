@@ -241,7 +241,7 @@ impl Tether {
     fn unobserved(&self, node: &Node) -> (Observed, bool) {
         let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
         let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
-        (Observed { instance: None, eni_exists: true, elastic_ip: None, stuck }, watched)
+        (Observed { instance: None, eni_exists: true, deleted_extra_eni: None, elastic_ip: None, stuck }, watched)
     }
 
     /// What the bulk view says about the node, if it can say: the record is older than the
@@ -260,6 +260,9 @@ impl Tether {
         }
         if let (Some(eni), false) = (&node.eni, eni_attached(&seen)) {
             bulk.enis.iter().find(|t| t.resource.id == eni.id && t.node_id == node.id)?;
+            for extra in &node.extra_enis {
+                bulk.enis.iter().find(|t| t.resource.id == extra.id && t.node_id == node.id)?;
+            }
         }
         if let Some(eip) = &node.elastic_ip {
             seen.elastic_ip = Some(elastic_ip_found(bulk.eips.get(&eip.allocation_id)?, node));
@@ -280,6 +283,11 @@ impl Tether {
         if let (Some(eni), false) = (&node.eni, eni_attached(&seen)) {
             // An attached ENI cannot be deleted; a detached one may have been.
             seen.eni_exists = self.network.find_node_eni(&node.id).await?.is_some_and(|found| found.id == eni.id);
+            for extra in &node.extra_enis {
+                if !self.network.find_extra_eni(&node.id, extra.device_index).await?.is_some_and(|found| found.id == extra.id) {
+                    seen.deleted_extra_eni = Some(extra.device_index);
+                }
+            }
         }
         if let Some(eip) = &node.elastic_ip {
             seen.elastic_ip = Some(match self.network.describe_eip(&eip.allocation_id).await? {
@@ -345,7 +353,8 @@ impl Tether {
         let mut deleted_enis = BTreeSet::new();
         for tagged in bulk.enis.iter().filter(|t| !t.attached) {
             let node = nodes.get(&tagged.node_id);
-            if leftover(node, |n| n.eni.as_ref().map(|e| e.id.as_str()), &tagged.resource.id) {
+            let index = tagged.device_index;
+            if leftover(node, |n| recorded_eni(n, index), &tagged.resource.id) {
                 self.network.delete_eni(&tagged.resource.id).await?;
                 deleted_enis.insert(tagged.resource.id.as_str());
                 warn!(node_id = %tagged.node_id, eni_id = tagged.resource.id, "ENI no node records; deleted");
@@ -376,6 +385,14 @@ fn leftover(node: Option<&Node>, recorded: impl Fn(&Node) -> Option<&str>, id: &
         (NodeState::Deallocating, _) => false,
         (_, Some(other)) => other != id,
         (_, None) => false,
+    }
+}
+
+/// The ENI the node records at a device index (`None`: its own ENI, index 0).
+fn recorded_eni(node: &Node, device_index: Option<u8>) -> Option<&str> {
+    match device_index {
+        None => node.eni.as_ref().map(|e| e.id.as_str()),
+        Some(index) => node.extra_enis.iter().find(|e| e.device_index == index).map(|e| e.id.as_str()),
     }
 }
 

@@ -37,7 +37,7 @@ fn launched_instance(operation: &'static str, instance: &Instance) -> Result<Lau
 fn tagged(instance: &Instance) -> Option<Tagged<InstanceSummary>> {
     let node_id = tag_value(instance.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
     let generation = tag_value(instance.tags(), TAG_GENERATION).and_then(|g| g.parse().ok());
-    Some(Tagged { node_id, generation, attached: true, resource: summary(instance.instance_id()?, instance) })
+    Some(Tagged { node_id, generation, device_index: None, attached: true, resource: summary(instance.instance_id()?, instance) })
 }
 
 fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
@@ -138,14 +138,20 @@ impl Instances for Ec2Cloud {
             .min_count(1)
             .max_count(1)
             .client_token(&request.client_token)
-            // Subnet, security groups and private IP come from the ENI, never from here.
-            .network_interfaces(
-                InstanceNetworkInterfaceSpecification::builder()
-                    .device_index(0)
-                    .network_interface_id(request.eni_id)
-                    .delete_on_termination(false)
-                    .build(),
-            )
+            // Subnet, security groups and private IPs come from the ENIs, never from here.
+            .set_network_interfaces(Some(
+                [(0, request.eni_id)]
+                    .into_iter()
+                    .chain(request.extra_enis.iter().map(|e| (e.device_index, e.id.as_str())))
+                    .map(|(index, eni_id)| {
+                        InstanceNetworkInterfaceSpecification::builder()
+                            .device_index(i32::from(index))
+                            .network_interface_id(eni_id)
+                            .delete_on_termination(false)
+                            .build()
+                    })
+                    .collect(),
+            ))
             .set_instance_market_options(market)
             .set_key_name(spec.key_name.clone())
             .set_iam_instance_profile(profile)
@@ -215,28 +221,33 @@ impl Instances for Ec2Cloud {
         self.template_version(template).await
     }
 
-    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
-        let mut unknown = Vec::new();
+    async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError> {
+        let mut limits = Vec::new();
         for instance_type in instance_types {
-            let known = self
+            let described = self
                 .client
                 .describe_instance_types()
                 .instance_types(InstanceType::from(instance_type.as_str()))
                 .send()
                 .await;
-            match known {
-                Ok(out) if !out.instance_types().is_empty() => {}
-                Ok(_) => unknown.push(instance_type.clone()),
+            let limit = match described {
+                // A type EC2 describes without the figure takes at least its primary ENI.
+                Ok(out) => out.instance_types().first().map(|t| {
+                    let most = t.network_info().and_then(|n| n.maximum_network_interfaces()).unwrap_or(1);
+                    u8::try_from(most).unwrap_or(u8::MAX)
+                }),
                 Err(e) => {
                     let e = aws_error("EC2", "DescribeInstanceTypes", e);
                     if e.is_retryable() {
                         return Err(e);
                     }
-                    unknown.push(instance_type.clone());
+                    // EC2 refuses a name it does not know (InvalidInstanceType).
+                    None
                 }
-            }
+            };
+            limits.push((instance_type.clone(), limit));
         }
-        Ok(unknown)
+        Ok(limits)
     }
 
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {

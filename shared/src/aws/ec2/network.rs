@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Address, AttributeBooleanValue, DomainType, Filter, ResourceType, Tag};
 
-use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_MANAGED, TAG_NODE_ID};
+use super::{tag_value, absent_if_unknown, eni_record, gone_is_done, missing, tag, tags_for, Ec2Cloud, TAG_DEVICE_INDEX, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
 use crate::model::{EniRecord, NodeId};
@@ -53,7 +53,8 @@ impl Network for Ec2Cloud {
             for eni in page.network_interfaces() {
                 let Some(node_id) = tag_value(eni.tag_set(), TAG_NODE_ID).and_then(NodeId::parse) else { continue };
                 let attached = eni.attachment().and_then(|a| a.instance_id()).is_some();
-                found.push(Tagged { node_id, generation: None, attached, resource: eni_record("DescribeNetworkInterfaces", eni)? });
+                let device_index = device_index_of(eni);
+                found.push(Tagged { node_id, generation: None, device_index, attached, resource: eni_record("DescribeNetworkInterfaces", eni)? });
             }
         }
         Ok(found)
@@ -72,7 +73,7 @@ impl Network for Ec2Cloud {
             .iter()
             .filter_map(|a| {
                 let node_id = tag_value(a.tags(), TAG_NODE_ID).and_then(NodeId::parse)?;
-                Some(Tagged { node_id, generation: None, attached: a.association_id().is_some(), resource: eip_info(a)? })
+                Some(Tagged { node_id, generation: None, device_index: None, attached: a.association_id().is_some(), resource: eip_info(a)? })
             })
             .collect())
     }
@@ -91,10 +92,24 @@ impl Network for Ec2Cloud {
             .send()
             .await
             .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        // The node's extra ENIs carry its id too: the primary is the one without an index.
         out.network_interfaces()
-            .first()
+            .iter()
+            .find(|eni| device_index_of(eni).is_none())
             .map(|eni| eni_record("DescribeNetworkInterfaces", eni))
             .transpose()
+    }
+
+    async fn find_extra_eni(&self, node_id: &NodeId, device_index: u8) -> Result<Option<EniRecord>, AwsError> {
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .filters(Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build())
+            .filters(Filter::builder().name(format!("tag:{TAG_DEVICE_INDEX}")).values(device_index.to_string()).build())
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        out.network_interfaces().first().map(|eni| eni_record("DescribeNetworkInterfaces", eni)).transpose()
     }
 
     async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
@@ -106,12 +121,20 @@ impl Network for Ec2Cloud {
             .set_private_ip_address(request.private_ip.map(|ip| ip.to_string()))
             .set_secondary_private_ip_address_count(Some(i32::from(request.secondary_ip_count)).filter(|n| *n > 0))
             .set_ipv6_address_count(Some(i32::from(request.ipv6_count)).filter(|n| *n > 0))
-            .description(format!("Tether node {}", request.node_id))
+            .description(match request.device_index {
+                0 => format!("Tether node {}", request.node_id),
+                index => format!("Tether node {} (device index {index})", request.node_id),
+            })
             // A retried create (timeout, concurrent resume) returns the same ENI, never a second one.
-            .client_token(format!("{}-eni", request.node_id))
+            .client_token(request.client_token())
             .tag_specifications(tags_for(
                 ResourceType::NetworkInterface,
-                request.tags.iter().map(|(k, v)| tag(k, v)).chain([tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")]),
+                request
+                    .tags
+                    .iter()
+                    .map(|(k, v)| tag(k, v))
+                    .chain([tag(TAG_NODE_ID, request.node_id.as_str()), tag(TAG_MANAGED, "true")])
+                    .chain((request.device_index > 0).then(|| tag(TAG_DEVICE_INDEX, &request.device_index.to_string()))),
             ))
             .send()
             .await
@@ -372,6 +395,11 @@ impl Network for Ec2Cloud {
         }
         Ok(())
     }
+}
+
+/// An extra ENI's `tether:device-index` tag; `None` for a primary ENI (or an unreadable tag).
+fn device_index_of(eni: &aws_sdk_ec2::types::NetworkInterface) -> Option<u8> {
+    tag_value(eni.tag_set(), TAG_DEVICE_INDEX).and_then(|i| i.parse().ok()).filter(|i| *i > 0)
 }
 
 impl Ec2Cloud {

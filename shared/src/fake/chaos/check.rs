@@ -55,7 +55,10 @@ pub fn violations(
     // No leaks: every ENI and Elastic IP Tether made belongs to a node that keeps it.
     for eni in enis {
         let Some(node) = eni.node_id.as_deref().and_then(|id| by_id.get(id)) else { continue };
-        let recorded = node.eni.as_ref().map(|e| e.id.as_str());
+        let recorded = match eni.tags.get("tether:device-index").and_then(|i| i.parse::<u8>().ok()) {
+            Some(index) => node.extra_enis.iter().find(|e| e.device_index == index).map(|e| e.id.as_str()),
+            None => node.eni.as_ref().map(|e| e.id.as_str()),
+        };
         let kept = match node.state {
             NodeState::Deallocated => recorded == Some(eni.id.as_str()),
             _ => recorded.is_none() || recorded == Some(eni.id.as_str()),
@@ -113,6 +116,7 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
                 found.push(format!("node {id}: {} is not on its ENI {} at device 0", instance.id, eni.id));
             }
             check_eni_identity(node, eni, found);
+            check_extra_enis(node, instance, enis, found);
             if instance.private_ip != Some(eni.private_ip) || node.persistence.private_ip.is_some_and(|ip| ip != eni.private_ip) {
                 found.push(format!("node {id}: private IP {:?}, wanted {} ({:?} chosen)", instance.private_ip, eni.private_ip, node.persistence.private_ip));
             }
@@ -145,6 +149,21 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
             if node.keep_eni && node.eni.is_some() && eni.is_none() && !drifted {
                 found.push(format!("deallocated node {id} was to keep its ENI, which is gone"));
             }
+        }
+    }
+}
+
+/// A running node has every extra ENI its spec asks for, recorded, and attached to its
+/// instance at the device index asked.
+fn check_extra_enis(node: &Node, instance: &InstanceView, enis: &[EniView], found: &mut Vec<String>) {
+    for wanted in &node.spec.extra_enis {
+        let Some(record) = node.extra_enis.iter().find(|e| e.device_index == wanted.device_index) else {
+            found.push(format!("running node {}: no extra ENI recorded at device index {}", node.id, wanted.device_index));
+            continue;
+        };
+        let on_instance = enis.iter().any(|e| e.id == record.id && e.instance_id.as_deref() == Some(instance.id.as_str()) && e.device_index == Some(wanted.device_index));
+        if !on_instance {
+            found.push(format!("running node {}: extra ENI {} is not on {} at device index {}", node.id, record.id, instance.id, wanted.device_index));
         }
     }
 }

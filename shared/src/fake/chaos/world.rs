@@ -20,6 +20,8 @@ mod queue;
 pub const SUBNET: &str = "subnet-chaos";
 /// A group's second subnet, in another Availability Zone.
 pub const SUBNET_B: &str = "subnet-chaos-b";
+/// A second subnet in the nodes' Availability Zone, for their extra ENIs.
+const SUBNET_EXTRA: &str = "subnet-chaos-extra";
 const INSTANCE_TYPES: &[&str] = &["m5.large", "m6i.large", "c5.large"];
 /// A Lambda function's timeout, as the invocations' deadline.
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,6 +164,7 @@ impl World {
         let ec2 = Arc::new(FakeEc2::new(seed));
         ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().expect("a valid CIDR"), "us-east-1a");
         ec2.add_subnet(SUBNET_B, "10.0.2.0/24".parse().expect("a valid CIDR"), "us-east-1b");
+        ec2.add_subnet(SUBNET_EXTRA, "10.0.3.0/24".parse().expect("a valid CIDR"), "us-east-1a");
         let store = Arc::new(FakeStore::new());
         let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
         let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
@@ -695,6 +698,18 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
         // the source/destination check off.
         secondary_private_ips: (rng.u8(0..3) == 0).then(|| crate::model::SecondaryIps { count: Some(rng.u8(1..=3)), addresses: Vec::new() }),
         source_dest_check: rng.u8(0..4) > 0,
+        // A quarter of the nodes are multi-homed: an extra ENI at device index 1 in another
+        // subnet of their AZ (every chaos instance type takes at least 3 interfaces).
+        extra_enis: (rng.u8(0..4) == 0)
+            .then(|| crate::model::ExtraEni {
+                device_index: 1,
+                subnet_id: SUBNET_EXTRA.into(),
+                security_group_ids: vec!["sg-chaos".into()],
+                private_ip: None,
+                elastic_ip_allocation_id: None,
+            })
+            .into_iter()
+            .collect(),
         ..NodeSpec::default()
     }
 }

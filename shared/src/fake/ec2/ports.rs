@@ -11,7 +11,7 @@ impl Network for FakeEc2 {
                 .values()
                 .filter_map(|e| {
                     let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
-                    Some(Tagged { node_id, generation: None, attached: e.attachment.is_some(), resource: e.record() })
+                    Some(Tagged { node_id, generation: None, device_index: e.device_index(), attached: e.attachment.is_some(), resource: e.record() })
                 })
                 .collect())
         }).await?;
@@ -29,7 +29,7 @@ impl Network for FakeEc2 {
                 .iter()
                 .filter_map(|(id, e)| {
                     let node_id = e.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
-                    Some(Tagged { node_id, generation: None, attached: e.association_id.is_some(), resource: s.eip_info(id, e) })
+                    Some(Tagged { node_id, generation: None, device_index: None, attached: e.association_id.is_some(), resource: s.eip_info(id, e) })
                 })
                 .collect())
         }).await
@@ -37,7 +37,13 @@ impl Network for FakeEc2 {
 
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
         self.call("DescribeNetworkInterfaces", |s| {
-            Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str())).map(Eni::record))
+            Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str()) && e.device_index().is_none()).map(Eni::record))
+        }).await
+    }
+
+    async fn find_extra_eni(&self, node_id: &NodeId, device_index: u8) -> Result<Option<EniRecord>, AwsError> {
+        self.call("DescribeNetworkInterfaces", |s| {
+            Ok(s.enis.values().find(|e| e.tags.get(TAG_NODE_ID).map(String::as_str) == Some(node_id.as_str()) && e.device_index() == Some(device_index)).map(Eni::record))
         }).await
     }
 
@@ -233,20 +239,19 @@ impl Instances for FakeEc2 {
         }).await
     }
 
-    async fn unknown_instance_types(&self, instance_types: &[String]) -> Result<Vec<String>, AwsError> {
-        let mut unknown = Vec::new();
+    async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError> {
+        let mut limits = Vec::new();
         for instance_type in instance_types {
             // One DescribeInstanceTypes per type, as the adapter does; an unknown type is an
             // `InvalidInstanceType` error there, which the adapter counts as unknown.
-            let known = self.call("DescribeInstanceTypes", |s| Ok(s.is_known_type(instance_type))).await;
-            match known {
-                Ok(true) => {}
-                Ok(false) => unknown.push(instance_type.clone()),
+            let limit = match self.call("DescribeInstanceTypes", |s| Ok(s.interface_limit(instance_type))).await {
+                Ok(limit) => limit,
                 Err(e) if e.is_retryable() => return Err(e),
-                Err(_) => unknown.push(instance_type.clone()),
-            }
+                Err(_) => None,
+            };
+            limits.push((instance_type.clone(), limit));
         }
-        Ok(unknown)
+        Ok(limits)
     }
 
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {

@@ -30,6 +30,11 @@ impl State {
         KNOWN_INSTANCE_TYPES.contains(&instance_type) || self.extra_types.contains(instance_type)
     }
 
+    /// The most network interfaces the type takes; `None` for a type not offered.
+    pub(super) fn interface_limit(&self, instance_type: &str) -> Option<u8> {
+        self.is_known_type(instance_type).then(|| interface_limit(instance_type))
+    }
+
     pub(super) fn eip_info(&self, allocation_id: &str, eip: &Eip) -> ElasticIpInfo {
         let instance_id = eip
             .eni
@@ -168,7 +173,7 @@ impl State {
 
     pub(super) fn create_network_interface(&mut self, request: &EniRequest) -> Result<EniRecord, AwsError> {
         let op = "CreateNetworkInterface";
-        let token = format!("{}-eni", request.node_id);
+        let token = request.client_token();
         if let Some((earlier, record)) = self.eni_tokens.get(&token) {
             if earlier != request {
                 return Err(idempotent_mismatch(op));
@@ -181,6 +186,9 @@ impl State {
         let ip = self.private_ip_for(op, &request.subnet_id, subnet.cidr, request.private_ip)?;
         let mut tags = request.tags.clone();
         tags.extend([(TAG_NODE_ID.to_owned(), request.node_id.to_string()), (TAG_MANAGED.to_owned(), "true".to_owned())]);
+        if request.device_index > 0 {
+            tags.insert(TAG_DEVICE_INDEX.to_owned(), request.device_index.to_string());
+        }
         if request.ipv6_count > 0 && subnet.ipv6.is_none() {
             return Err(no_ipv6(op, &request.subnet_id));
         }
@@ -381,8 +389,24 @@ impl State {
         if eni.attachment.is_some() {
             return Err(aws(EC2, op, "InvalidNetworkInterface.InUse", format!("Interface: [{}] in use.", params.eni_id)));
         }
-        if !self.is_known_type(&params.instance_type) {
+        let Some(most) = self.interface_limit(&params.instance_type) else {
             return Err(aws(EC2, op, "InvalidParameterValue", format!("Invalid value '{}' for InstanceType.", params.instance_type)));
+        };
+        for (index, (device_index, extra_id)) in params.extra_enis.iter().enumerate() {
+            let extra = self.enis.get(extra_id).ok_or_else(|| not_found_eni(op, extra_id))?;
+            if extra.attachment.is_some() {
+                return Err(aws(EC2, op, "InvalidNetworkInterface.InUse", format!("Interface: [{extra_id}] in use.")));
+            }
+            if extra.az != eni.az {
+                return Err(aws(EC2, op, "InvalidParameterCombination", format!("Network interface {extra_id} is in {}, not in the instance's {}.", extra.az, eni.az)));
+            }
+            if *device_index == 0 || params.extra_enis[..index].iter().any(|(i, _)| i == device_index) {
+                return Err(aws(EC2, op, "InvalidParameterValue", format!("Each network interface requires a unique device index; {device_index} is repeated.")));
+            }
+        }
+        if params.extra_enis.len() + 1 > usize::from(most) {
+            let message = format!("The instance type {} supports a maximum of {most} network interfaces.", params.instance_type);
+            return Err(aws(EC2, op, "InvalidParameterValue", message));
         }
         if self.out_of_capacity.contains(&(params.instance_type.clone(), params.market.as_str())) {
             return Err(aws(
@@ -399,7 +423,12 @@ impl State {
         let instance_id = self.next_id("i");
         let attachment_id = self.next_id("eni-attach");
         let eni = self.enis.get_mut(&params.eni_id).expect("checked above");
-        eni.attachment = Some(Attachment { id: attachment_id, instance_id: instance_id.clone(), delete_on_termination: false });
+        eni.attachment = Some(Attachment { id: attachment_id, instance_id: instance_id.clone(), delete_on_termination: false, device_index: 0 });
+        for (device_index, extra_id) in &params.extra_enis {
+            let id = self.next_id("eni-attach");
+            let extra = self.enis.get_mut(extra_id).expect("checked above");
+            extra.attachment = Some(Attachment { id, instance_id: instance_id.clone(), delete_on_termination: false, device_index: *device_index });
+        }
         self.instances.insert(
             instance_id.clone(),
             Instance {
@@ -414,6 +443,7 @@ impl State {
                 subnet_id,
                 az,
                 primary_eni: Some(params.eni_id.clone()),
+                extra_enis: params.extra_enis.iter().map(|(_, id)| id.clone()).collect(),
                 private_ip,
                 client_token: Some(client_token.to_owned()),
             },
@@ -453,8 +483,8 @@ impl State {
             Life::Stopping => self.set_life(instance_id, Life::Stopped),
             Life::Stopped => self.set_life(instance_id, Life::Pending),
             Life::ShuttingDown => {
-                let eni_id = instance.primary_eni.clone();
-                if let Some(eni_id) = eni_id {
+                let enis: Vec<String> = instance.primary_eni.iter().chain(&instance.extra_enis).cloned().collect();
+                for eni_id in enis {
                     let delete = self.enis.get_mut(&eni_id).and_then(|e| e.attachment.take()).is_some_and(|a| a.delete_on_termination);
                     if delete {
                         self.remove_eni(&eni_id);
@@ -462,6 +492,7 @@ impl State {
                 }
                 if let Some(instance) = self.instances.get_mut(instance_id) {
                     instance.primary_eni = None;
+                    instance.extra_enis.clear();
                 }
                 self.set_life(instance_id, Life::Terminated);
             }
@@ -491,7 +522,7 @@ impl State {
         let instance = self.instances.get(instance_id)?;
         let node_id = instance.tags.get(TAG_NODE_ID).and_then(|t| NodeId::parse(t))?;
         let generation = instance.tags.get(TAG_GENERATION).and_then(|g| g.parse().ok());
-        Some(Tagged { node_id, generation, attached: true, resource: self.summary(instance_id).ok()? })
+        Some(Tagged { node_id, generation, device_index: None, attached: true, resource: self.summary(instance_id).ok()? })
     }
 
     pub(super) fn view(&self, id: &str, instance: &Instance) -> InstanceView {
