@@ -12,6 +12,7 @@ mod emulator {
     pub mod scenarios;
     pub mod launch;
     pub mod identity;
+    pub mod extra_enis;
     pub mod templates;
     pub mod queued;
     pub mod reconciler;

@@ -273,8 +273,8 @@ impl Planner<'_> {
                 }
             }
         }
-        let mut next_ordinal = self.members.iter().filter(|m| pool_ip(m).is_none()).map(|m| ordinal(m)).max().unwrap_or(0) + 1;
-        for _ in 0..count {
+        let first_ordinal = self.members.iter().filter(|m| pool_ip(m).is_none()).map(|m| ordinal(m)).max().unwrap_or(0) + 1;
+        for next_ordinal in (first_ordinal..).take(count) {
             // The emptiest subnet; on a tie, the first in the user's order.
             let Some(subnet) = self.group.subnets.iter().min_by_key(|s| per_subnet.get(s.id.as_str()).copied().unwrap_or(0)) else { return };
             if let Some(n) = per_subnet.get_mut(subnet.id.as_str()) {
@@ -288,7 +288,6 @@ impl Planner<'_> {
                 resume: true,
                 elastic_ip: free_eips.pop(),
             });
-            next_ordinal += 1;
         }
     }
 

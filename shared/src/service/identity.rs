@@ -74,7 +74,7 @@ impl Tether {
             }
         }
         // A new ENI has the check on (EC2's default).
-        if spec.source_dest_check != before.map_or(true, |b| b.source_dest_check) {
+        if spec.source_dest_check != before.is_none_or(|b| b.source_dest_check) {
             if let Err(e) = self.network.set_source_dest_check(&eni.id, spec.source_dest_check).await {
                 return refused("source_dest_check", e);
             }

@@ -346,7 +346,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     }
     // With a launch template, an empty image or type list takes the template's.
     let templated = spec.launch_template.is_some();
-    if !spec.image_id.starts_with("ami-") && !(templated && spec.image_id.is_empty()) {
+    if !(spec.image_id.starts_with("ami-") || templated && spec.image_id.is_empty()) {
         return Err(TetherError::invalid("spec.image_id", "must be an AMI id like ami-0123456789abcdef0"));
     }
     if let Some(template) = &spec.launch_template {

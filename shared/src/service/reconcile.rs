@@ -284,7 +284,7 @@ impl Tether {
             // An attached ENI cannot be deleted; a detached one may have been.
             seen.eni_exists = self.network.find_node_eni(&node.id).await?.is_some_and(|found| found.id == eni.id);
             for extra in &node.extra_enis {
-                if !self.network.find_extra_eni(&node.id, extra.device_index).await?.is_some_and(|found| found.id == extra.id) {
+                if self.network.find_extra_eni(&node.id, extra.device_index).await?.is_none_or(|found| found.id != extra.id) {
                     seen.deleted_extra_eni = Some(extra.device_index);
                 }
             }

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     RequestLaunchTemplateData,
 };
 use tether::launch_options::LaunchTemplateRef;
-use tether::model::SecondaryIps;
+use tether::model::{ExtraEni, SecondaryIps};
 use tether::volumes::{BlockDevice, VolumeType};
 use tether::{Node, NodeSpec, NodeState, Persistence, TetherError};
 use tether_tests::event_source::invoke_target;
@@ -41,8 +41,11 @@ async fn template(fx: &Fixture, groups: &[String]) -> Result<String, SetupError>
 }
 
 /// What each generation must show the same: (ENI, private IP, secondary IPs, the ENI's
-/// groups, root size and type, tokens, hop limit, instance type).
-async fn launched_as(fx: &Fixture, node: &Node) -> Result<(String, String, Vec<String>, Vec<String>, (i32, String), Option<HttpTokensState>, Option<i32>, String), SetupError> {
+/// groups, root size and type, tokens, hop limit, instance type, the ENI and private IP at
+/// device index 1).
+type Launched = (String, String, Vec<String>, Vec<String>, (i32, String), Option<HttpTokensState>, Option<i32>, String, Option<(String, String)>);
+
+async fn launched_as(fx: &Fixture, node: &Node) -> Result<Launched, SetupError> {
     let node = fx.tether.node(&node.id).await?;
     let instance: Instance = fx.instance(node.instance_id().ok_or("no instance")?).await?;
     let primary = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0)).ok_or("no primary ENI")?;
@@ -54,6 +57,7 @@ async fn launched_as(fx: &Fixture, node: &Node) -> Result<(String, String, Vec<S
     let described = fx.ec2.describe_volumes().volume_ids(root).send().await?;
     let volume = described.volumes().first().ok_or("no root volume")?;
     let metadata = instance.metadata_options();
+    let extra = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(1));
     Ok((
         eni.network_interface_id().unwrap_or_default().to_owned(),
         eni.private_ip_address().unwrap_or_default().to_owned(),
@@ -63,6 +67,7 @@ async fn launched_as(fx: &Fixture, node: &Node) -> Result<(String, String, Vec<S
         metadata.and_then(|m| m.http_tokens()).cloned(),
         metadata.and_then(|m| m.http_put_response_hop_limit()),
         instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        extra.map(|n| (n.network_interface_id().unwrap_or_default().to_owned(), n.private_ip_address().unwrap_or_default().to_owned())),
     ))
 }
 
@@ -75,6 +80,7 @@ async fn a_node_from_a_template_with_instance_security_groups_keeps_everything_o
     let fx = Fixture::new().await?;
     let (web, db) = (security_group(&fx, "web").await?, security_group(&fx, "db").await?);
     let template_id = template(&fx, &[web.clone()]).await?;
+    let back = fx.subnet("10.0.8.0/24").await?;
     let root = BlockDevice { device_name: "/dev/sda1".into(), volume_size_gib: 100, volume_type: VolumeType::Gp3, iops: None, throughput_mibps: None, encrypted: None, kms_key_id: None, delete_on_termination: true };
     let spec = NodeSpec {
         image_id: String::new(),
@@ -83,6 +89,7 @@ async fn a_node_from_a_template_with_instance_security_groups_keeps_everything_o
         launch_template: based_on(&template_id),
         block_devices: vec![root],
         secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![Ipv4Addr::new(10, 0, 1, 20), Ipv4Addr::new(10, 0, 1, 21)] }),
+        extra_enis: vec![ExtraEni { device_index: 1, subnet_id: back, security_group_ids: vec![db.clone()], private_ip: None, elastic_ip_allocation_id: None }],
         ..fx.spec(&[])
     };
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
@@ -93,6 +100,9 @@ async fn a_node_from_a_template_with_instance_security_groups_keeps_everything_o
     assert_eq!(first.3, vec![web.clone()], "the template's instance-level group is on the ENI");
     assert_eq!(first.4, (100, "gp3".to_owned()), "the spec's root");
     assert_eq!((first.5.clone(), first.6, first.7.as_str()), (Some(HttpTokensState::Required), Some(1), "m5.large"), "the template's metadata and type");
+    let extra = fx.tether.node(&node.id).await?.extra_enis.first().map(|e| (e.id.clone(), e.private_ip.to_string()));
+    assert!(extra.is_some() && first.8 == extra, "the extra ENI at device index 1: {:?}, recorded {extra:?}", first.8);
+    assert_eq!(fx.eni(&first.8.clone().unwrap_or_default().0).await?.groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(), vec![db.as_str()], "its own group");
     for generation in 2..=4 {
         fx.interrupt_node(&node.id, BUDGET).await?;
         assert_eq!(launched_as(&fx, &node).await?, first, "generation {generation}");
