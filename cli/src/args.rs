@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tether::model::{PublicIpAssignment, RevertToSpot};
+use tether::launch_options::{CapacityReservation, CpuCredits, LaunchTemplateRef};
+use tether::model::{ExtraEni, PublicIpAssignment, RevertToSpot};
 use tether::volumes::{BlockDevice, VolumeType};
 
 mod groups;
@@ -148,6 +149,8 @@ pub struct CreateArgs {
     pub allocate_elastic_ip: bool,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub options: LaunchOptionArgs,
     /// Resume the node right away: create its ENI and launch its first instance
     #[arg(long)]
     pub resume: bool,
@@ -160,12 +163,17 @@ pub struct CreateArgs {
 /// What every instance launches with (`nodes create`, `groups create`).
 #[derive(Debug, Args)]
 pub struct LaunchArgs {
-    /// The AMI every instance boots
-    #[arg(long, value_name = "AMI_ID")]
-    pub image: String,
-    /// Instance types in order of preference, spot first (repeat the flag)
-    #[arg(long = "instance-type", value_name = "TYPE", required = true)]
+    /// The AMI every instance boots (with --launch-template: the template's if not given)
+    #[arg(long, value_name = "AMI_ID", required_unless_present = "launch_template")]
+    pub image: Option<String>,
+    /// Instance types in order of preference, spot first (repeat the flag; with
+    /// --launch-template: the template's if not given)
+    #[arg(long = "instance-type", value_name = "TYPE", required_unless_present = "launch_template")]
     pub instance_types: Vec<String>,
+    /// A launch template as the base of every launch, ID_OR_NAME[:VERSION] (lt-… is an id;
+    /// VERSION a number, latest or default, the default); the flags given win over it (nodes only)
+    #[arg(long, value_name = "ID_OR_NAME[:VERSION]", value_parser = parse_launch_template)]
+    pub launch_template: Option<LaunchTemplateRef>,
     /// Security groups of the ENI (repeat the flag)
     #[arg(long = "security-group", value_name = "SG_ID")]
     pub security_groups: Vec<String>,
@@ -240,6 +248,92 @@ pub struct IdentityArgs {
     /// A tag of the node's ENI (repeat the flag)
     #[arg(long = "eni-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub eni_tags: Vec<(String, String)>,
+}
+
+/// RunInstances' further settings and the extra ENIs (`nodes create`).
+#[derive(Debug, Args)]
+pub struct LaunchOptionArgs {
+    /// An extra ENI kept for life, INDEX:SUBNET[:IP[:EIPALLOC]] (device index 1 to 14, a
+    /// subnet in the node's AZ, an address or EC2's pick, your Elastic IP; repeat the flag)
+    #[arg(long = "extra-eni", value_name = "INDEX:SUBNET[:IP[:EIPALLOC]]", value_parser = parse_extra_eni)]
+    pub extra_enis: Vec<ExtraEni>,
+    /// Launch EBS-optimized
+    #[arg(long)]
+    pub ebs_optimized: bool,
+    /// Detailed (1-minute) CloudWatch monitoring
+    #[arg(long)]
+    pub detailed_monitoring: bool,
+    /// Burstable types' CPU credits: standard or unlimited
+    #[arg(long, value_name = "standard|unlimited", value_parser = parse_cpu_credits)]
+    pub cpu_credits: Option<CpuCredits>,
+    /// A placement group in the node's AZ
+    #[arg(long, value_name = "NAME")]
+    pub placement_group: Option<String>,
+    /// Run on dedicated hardware
+    #[arg(long)]
+    pub dedicated: bool,
+    /// The most to pay per hour on spot, in USD (default: the on-demand price)
+    #[arg(long, value_name = "USD")]
+    pub spot_max_price: Option<String>,
+    /// The capacity the on-demand fallback may use: open, none, a reservation (cr-…) or a
+    /// reservation group's ARN
+    #[arg(long, value_name = "open|none|cr-…|ARN", value_parser = parse_capacity_reservation)]
+    pub capacity_reservation: Option<CapacityReservation>,
+    /// A tag of every volume (repeat the flag)
+    #[arg(long = "volume-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub volume_tags: Vec<(String, String)>,
+}
+
+/// `ID_OR_NAME[:VERSION]`: `lt-…` is an id; VERSION a number, `latest` or `default`
+/// (`$Latest`, `$Default` too).
+pub(crate) fn parse_launch_template(raw: &str) -> Result<LaunchTemplateRef, String> {
+    let (template, version) = raw.split_once(':').map_or((raw, None), |(t, v)| (t, Some(v)));
+    if template.is_empty() {
+        return Err("give a launch template id (lt-…) or name".into());
+    }
+    let version = match version {
+        None | Some("default" | "$Default") => "$Default".to_owned(),
+        Some("latest" | "$Latest") => "$Latest".to_owned(),
+        Some(n) if n.parse::<u64>().is_ok_and(|n| n > 0) => n.to_owned(),
+        Some(other) => return Err(format!("`{other}` is no version: give a number, latest or default")),
+    };
+    let is_id = template.starts_with("lt-");
+    Ok(LaunchTemplateRef { id: is_id.then(|| template.to_owned()), name: (!is_id).then(|| template.to_owned()), version })
+}
+
+/// `INDEX:SUBNET[:IP[:EIPALLOC]]`; the API checks the values.
+pub(crate) fn parse_extra_eni(raw: &str) -> Result<ExtraEni, String> {
+    let mut parts = raw.split(':');
+    let index = parts.next().unwrap_or_default();
+    let device_index = index.parse().map_err(|_| format!("`{index}` is no device index (1 to 14): give INDEX:SUBNET[:IP[:EIPALLOC]]"))?;
+    let subnet_id = parts.next().filter(|s| !s.is_empty()).ok_or("give INDEX:SUBNET[:IP[:EIPALLOC]], e.g. 1:subnet-0123")?.to_owned();
+    let private_ip = match parts.next().filter(|ip| !ip.is_empty()) {
+        Some(ip) => Some(ip.parse().map_err(|_| format!("`{ip}` is no IPv4 address"))?),
+        None => None,
+    };
+    let elastic_ip_allocation_id = parts.next().filter(|a| !a.is_empty()).map(str::to_owned);
+    if let Some(extra) = parts.next() {
+        return Err(format!("`{extra}`: nothing comes after the Elastic IP allocation"));
+    }
+    Ok(ExtraEni { device_index, subnet_id, security_group_ids: Vec::new(), private_ip, elastic_ip_allocation_id })
+}
+
+pub(crate) fn parse_cpu_credits(raw: &str) -> Result<CpuCredits, String> {
+    match raw {
+        "standard" => Ok(CpuCredits::Standard),
+        "unlimited" => Ok(CpuCredits::Unlimited),
+        _ => Err(format!("`{raw}`: give standard or unlimited")),
+    }
+}
+
+pub(crate) fn parse_capacity_reservation(raw: &str) -> Result<CapacityReservation, String> {
+    match raw {
+        "open" => Ok(CapacityReservation::Open),
+        "none" => Ok(CapacityReservation::None),
+        id if id.starts_with("cr-") => Ok(CapacityReservation::ReservationId(id.to_owned())),
+        arn if arn.starts_with("arn:") => Ok(CapacityReservation::GroupArn(arn.to_owned())),
+        _ => Err(format!("`{raw}`: give open, none, a reservation id (cr-…) or a reservation group's ARN")),
+    }
 }
 
 /// Changes of the node's ENI, made at once (`nodes update`).
@@ -345,6 +439,19 @@ pub struct LaunchChangeArgs {
     /// instance to hand its ENI over early, 0 to 110; `off`: AWS terminates it (takes effect at once)
     #[arg(long, value_name = "SECONDS|off", value_parser = parse_handover, group = "change")]
     pub handover_after_warning: Option<HandoverChange>,
+    /// Base the next launches on a launch template, ID_OR_NAME[:VERSION] (nodes only)
+    #[arg(long, value_name = "ID_OR_NAME[:VERSION]", value_parser = parse_launch_template, group = "change", conflicts_with = "no_launch_template")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    /// Stop using a launch template (the spec must then name an image and instance types)
+    #[arg(long, group = "change")]
+    pub no_launch_template: bool,
+    /// The most to pay per hour on spot, in USD; `off`: the on-demand price (nodes only)
+    #[arg(long, value_name = "USD|off", group = "change")]
+    pub spot_max_price: Option<String>,
+    /// The capacity the on-demand fallback may use: open, none, cr-…, a group's ARN, or
+    /// `off` to send none (nodes only)
+    #[arg(long, value_name = "open|none|cr-…|ARN|off", group = "change")]
+    pub capacity_reservation: Option<String>,
 }
 
 /// `--handover-after-warning` of an update: a number of seconds, or `off`.

@@ -21,6 +21,7 @@ use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tether::group::MemberTemplate;
+use tether::launch_options::{Placement, Tenancy};
 use tether::lifecycle::NodePatch;
 use tether::model::{HttpTokens, MetadataOptions, NodeSpec, Persistence};
 use tether::network_identity::AddressRequest;
@@ -303,7 +304,7 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             Planned::patch(node_path(&args.id, ""), to_json(&patch)?, None)
         }
         NodesCommand::Create(args) => {
-            let identity = &args.identity;
+            let (identity, options) = (&args.identity, &args.options);
             let request = CreateNode {
                 spec: NodeSpec {
                     secondary_private_ips: addresses(identity.secondary_ip_count, &identity.secondary_ips),
@@ -311,6 +312,18 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     source_dest_check: !identity.no_source_dest_check,
                     public_ip_assignment: identity.public_ip.unwrap_or_default(),
                     eni_tags: identity.eni_tags.iter().cloned().collect(),
+                    launch_template: args.launch.launch_template.clone(),
+                    extra_enis: options.extra_enis.clone(),
+                    ebs_optimized: options.ebs_optimized.then_some(true),
+                    detailed_monitoring: options.detailed_monitoring.then_some(true),
+                    cpu_credits: options.cpu_credits,
+                    placement: (options.placement_group.is_some() || options.dedicated).then(|| Placement {
+                        group_name: options.placement_group.clone(),
+                        tenancy: if options.dedicated { Tenancy::Dedicated } else { Tenancy::Default },
+                    }),
+                    spot_max_price: options.spot_max_price.clone(),
+                    capacity_reservation: options.capacity_reservation.clone(),
+                    volume_tags: options.volume_tags.iter().cloned().collect(),
                     ..template(&args.launch)?.spec_in(&args.subnet)
                 },
                 persistence: Persistence {
@@ -325,10 +338,11 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
     })
 }
 
-/// The launch settings of `nodes create` and `groups create`.
+/// The launch settings of `nodes create` and `groups create` (`--launch-template` aside:
+/// the node's own).
 fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
     Ok(MemberTemplate {
-        image_id: args.image.clone(),
+        image_id: args.image.clone().unwrap_or_default(),
         instance_types: args.instance_types.clone(),
         security_group_ids: args.security_groups.clone(),
         key_name: args.key_name.clone(),
@@ -372,6 +386,14 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
         metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.imds_v2_only || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
         block_devices: (args.no_block_devices || !args.block_devices.is_empty()).then(|| args.block_devices.clone()),
         handover_after_warning_seconds: args.handover_after_warning.map(|h| h.0),
+        launch_template: args.launch_template.clone().map(Some).or_else(|| args.no_launch_template.then_some(None)),
+        spot_max_price: args.spot_max_price.as_deref().map(|p| (p != "off").then(|| p.to_owned())),
+        capacity_reservation: args
+            .capacity_reservation
+            .as_deref()
+            .map(|c| if c == "off" { Ok(None) } else { args::parse_capacity_reservation(c).map(Some) })
+            .transpose()
+            .map_err(|e| CliError::Usage(format!("--capacity-reservation {e}")))?,
         ..NodePatch::default()
     })
 }

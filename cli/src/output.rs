@@ -122,8 +122,10 @@ pub fn node_block(n: &NodeView) -> String {
         ("source/dest check", if n.spec.source_dest_check { "on" } else { "off" }.to_owned()),
         ("availability zone", or_dash(n.availability_zone.as_deref())),
         ("elastic IP", or_dash(n.elastic_ip_allocation_id.as_deref())),
+        ("extra ENIs", or_dash(Some(extra_enis(n)).filter(|s| !s.is_empty()).as_deref())),
         ("last error", or_dash(n.last_error.as_deref())),
         ("subnet", n.spec.subnet_id.clone()),
+        ("launch template", or_dash(n.spec.launch_template.as_ref().map(|t| t.describe()).as_deref())),
     ];
     fields.extend(launch_fields(&MemberTemplate::of_spec(n.spec.clone())));
     fields.extend([
@@ -134,6 +136,14 @@ pub fn node_block(n: &NodeView) -> String {
         ("version", n.version.to_string()),
     ]);
     block(&fields)
+}
+
+/// The node's extra ENIs, one per line: those made (`#1 eni-… 10.0.2.20 (subnet-…)`), else
+/// those asked for (`#1 in subnet-…, made at the first resume`).
+fn extra_enis(n: &NodeView) -> String {
+    let made = n.extra_enis.iter().map(|e| format!("#{} {} {} ({})", e.device_index, e.id, e.private_ip, e.subnet_id));
+    let asked = n.spec.extra_enis.iter().filter(|x| !n.extra_enis.iter().any(|e| e.device_index == x.device_index));
+    made.chain(asked.map(|x| format!("#{} in {}, made at the first resume", x.device_index, x.subnet_id))).collect::<Vec<_>>().join("\n")
 }
 
 /// The launch settings of a node's spec or a group's template.

@@ -231,6 +231,53 @@ async fn update_changes_launch_settings_and_prints_the_field_of_a_bad_value() ->
     Ok(())
 }
 
+/// `nodes create` takes a launch template (no --image or --instance-type then), extra ENIs
+/// and the launch options; `nodes show` lists the extra ENIs; `nodes update` switches the
+/// template and turns options off.
+#[tokio::test]
+async fn create_takes_a_launch_template_extra_enis_and_launch_options() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let back = fx.subnet("10.0.8.0/24").await?;
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&fx.image_id).instance_type(aws_sdk_ec2::types::InstanceType::M5Large).build();
+    let name = format!("cli-{}", fx.table_name);
+    let made = fx.ec2.create_launch_template().launch_template_name(&name).launch_template_data(data).send().await?;
+    let template_id = made.launch_template().and_then(|t| t.launch_template_id()).ok_or("no template id")?.to_owned();
+
+    let extra = format!("1:{back}:10.0.8.30");
+    let args = [
+        "nodes", "create", "--subnet", &fx.subnet_id, "--launch-template", &format!("{name}:latest"), "--extra-eni", &extra, "--ebs-optimized",
+        "--volume-tag", "backup=daily", "--capacity-reservation", "open", "--spot-max-price", "0.05",
+    ];
+    let node: NodeView = serde_json::from_value(tether_json(&env, &args).await?)?;
+    let template = node.spec.launch_template.clone().ok_or("no template")?;
+    assert_eq!((template.name.as_deref(), template.version.as_str(), node.spec.image_id.as_str()), (Some(name.as_str()), "$Latest", ""), "the template's image");
+    assert_eq!(node.spec.extra_enis.iter().map(|e| (e.device_index, e.subnet_id.as_str(), e.private_ip.map(|ip| ip.to_string()))).collect::<Vec<_>>(), [(1, back.as_str(), Some("10.0.8.30".to_owned()))]);
+    assert_eq!((node.spec.ebs_optimized, node.spec.spot_max_price.as_deref()), (Some(true), Some("0.05")));
+    assert_eq!(node.spec.capacity_reservation, Some(tether::launch_options::CapacityReservation::Open));
+    assert_eq!(node.spec.volume_tags.get("backup").map(String::as_str), Some("daily"));
+    let id = node.id.to_string();
+    let resumed = tether(&env, &["nodes", "resume", &id, "--wait"]).await;
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let shown = tether(&env, &["nodes", "show", &id]).await;
+    let extra_line = field(&shown.stdout, "extra ENIs").ok_or_else(|| format!("no extra ENIs line: {}", shown.stdout))?;
+    assert!(extra_line.starts_with("#1 eni-") && extra_line.contains("10.0.8.30") && extra_line.contains(&back), "{extra_line}");
+    assert_eq!(field(&shown.stdout, "instance type"), Some("m5.large"), "the template's type: {}", shown.stdout);
+
+    let args = ["nodes", "update", &id, "--launch-template", &format!("{template_id}:1"), "--spot-max-price", "off", "--capacity-reservation", "off"];
+    let node: NodeView = serde_json::from_value(tether_json(&env, &args).await?)?;
+    assert_eq!(node.spec.launch_template.as_ref().map(|t| (t.id.as_deref(), t.version.as_str())), Some((Some(template_id.as_str()), "1")));
+    assert_eq!((node.spec.spot_max_price.as_ref(), node.spec.capacity_reservation.as_ref()), (None, None), "`off` removes them");
+
+    // Neither an image nor a template, or a malformed extra ENI: clap's usage errors.
+    let no_image = tether(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--instance-type", "m5.large"]).await;
+    assert!(no_image.code == 2 && no_image.stderr.contains("--image"), "{no_image:?}");
+    let bad_extra = tether(&env, &["nodes", "create", "--subnet", &fx.subnet_id, "--launch-template", &name, "--extra-eni", "one:subnet-1"]).await;
+    assert!(bad_extra.code == 2 && bad_extra.stderr.contains("device index"), "{bad_extra:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn problems_print_error_and_field_and_exit_1() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
