@@ -492,6 +492,9 @@ pub struct Node {
     /// The ENIs at device indexes 1 and up (`spec.extra_enis`), once created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_enis: Vec<ExtraEniRecord>,
+    /// An imported node's instance's own volumes, as import found them (not the node's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imported_volumes: Vec<crate::volumes::ImportedVolume>,
     #[serde(default)]
     pub elastic_ip: Option<ElasticIpRecord>,
     /// Set by a deallocation that keeps the ENI.
@@ -540,6 +543,7 @@ impl Node {
             generation: 0,
             eni: None,
             extra_enis: Vec::new(),
+            imported_volumes: Vec::new(),
             elastic_ip: None,
             keep_eni: false,
             instance: None,

@@ -456,6 +456,19 @@ pub struct ImportableInstance {
     pub attachment_id: String,
     /// Tags already on the instance (a `tether:node-id` tag means it is managed already).
     pub node_tag: Option<String>,
+    /// Its ENIs at device indexes 1 and up, kept as the node's extra ENIs.
+    pub extra_enis: Vec<ImportedEni>,
+    /// Its EBS volumes (root first); `spec.block_devices` has their shapes.
+    pub volumes: Vec<crate::volumes::ImportedVolume>,
+}
+
+/// An imported instance's ENI beyond its primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedEni {
+    pub record: crate::model::ExtraEniRecord,
+    pub security_group_ids: Vec<String>,
+    /// Its attachment, whose DeleteOnTermination Tether turns off.
+    pub attachment_id: String,
 }
 
 /// The instance calls Tether makes.
@@ -481,8 +494,8 @@ pub trait Instances: Send + Sync {
     async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError>;
     /// A running instance with its primary ENI, as import needs it; `None` if unknown.
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError>;
-    /// Adopts an imported instance: its primary ENI outlives it (DeleteOnTermination=false),
-    /// and it and the ENI are tagged with the node id.
+    /// Adopts an imported instance: its ENIs outlive it (DeleteOnTermination=false), and it
+    /// and the ENIs are tagged with the node id (the extra ENIs with their device index).
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
 }
 

@@ -38,6 +38,10 @@ pub struct NodeView {
     /// The extra ENIs (`spec.extra_enis`), once made: kept for life like the node's ENI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_enis: Vec<crate::model::ExtraEniRecord>,
+    /// An imported node's: the imported instance's own EBS volumes, and whether each
+    /// outlives it. None follows the node: each replacement gets new, empty volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imported_volumes: Vec<crate::volumes::ImportedVolume>,
     pub last_error: Option<String>,
     pub spec: NodeSpec,
     pub persistence: Persistence,
@@ -69,6 +73,7 @@ impl From<&Node> for NodeView {
             availability_zone: node.eni.as_ref().map(|e| e.availability_zone.clone()),
             elastic_ip_allocation_id: node.elastic_ip.as_ref().map(|e| e.allocation_id.clone()),
             extra_enis: node.extra_enis.clone(),
+            imported_volumes: node.imported_volumes.clone(),
             last_error: node.last_error.clone(),
             spec: node.spec.clone(),
             persistence: node.persistence.clone(),

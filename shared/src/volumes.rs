@@ -47,6 +47,39 @@ fn yes() -> bool {
     true
 }
 
+/// One EBS volume of an instance Tether imported, as it found it. It stays that instance's:
+/// a replacement gets a new, empty volume of the same shape (the node's `block_devices`),
+/// never this one or its data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ImportedVolume {
+    pub volume_id: String,
+    pub device_name: String,
+    pub size_gib: u32,
+    /// EC2's name for the type (`gp3`, `io2`, …).
+    pub volume_type: String,
+    /// The imported instance's root volume.
+    pub root: bool,
+    /// Whether the volume itself outlives the imported instance (DeleteOnTermination off):
+    /// then it is left detached, with its data, when that instance goes; Tether never
+    /// attaches it to a replacement.
+    pub survives_replacement: bool,
+}
+
+impl ImportedVolume {
+    /// Words for the node's history: what becomes of the volume and its data.
+    pub fn fate(&self, instance_id: &str) -> String {
+        let after = if self.survives_replacement {
+            "it outlives the instance (DeleteOnTermination off), detached, and Tether does not attach it again: keep or delete it by hand"
+        } else {
+            "EC2 deletes it, and its data, with the instance (DeleteOnTermination)"
+        };
+        format!(
+            "volume {} at {} ({} GiB {}) is instance {instance_id}'s own: a replacement gets a new, empty volume at {} instead, not its data; {after}",
+            self.volume_id, self.device_name, self.size_gib, self.volume_type, self.device_name
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VolumeType {

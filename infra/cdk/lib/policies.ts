@@ -19,6 +19,8 @@ export function ec2PolicyStatements(): object[] {
         "ec2:DescribeSubnets",
         "ec2:DescribeInstanceTypes",
         "ec2:DescribeLaunchTemplateVersions",
+        "ec2:DescribeVolumes",
+        "ec2:DescribeInstanceAttribute",
         "ec2:GetSubnetCidrReservations",
       ],
       Resource: "*",
@@ -96,7 +98,7 @@ export const IMPORT_POLICY_STATEMENTS: object[] = [
     Effect: "Allow",
     Action: "ec2:CreateTags",
     Resource: [arn("instance/*"), arn("network-interface/*")],
-    Condition: { "ForAllValues:StringEquals": { "aws:TagKeys": ["tether:node-id", "tether:managed"] } },
+    Condition: { "ForAllValues:StringEquals": { "aws:TagKeys": ["tether:node-id", "tether:managed", "tether:device-index"] } },
   },
 ];
 

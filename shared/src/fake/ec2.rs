@@ -19,7 +19,7 @@ use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{EniRecord, InterruptionAction, Market, NodeId, NodeSpec};
 use crate::ports::{
-    described_by, eip_not_found, tether_description, ElasticIpInfo, EniRequest, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
+    described_by, eip_not_found, tether_description, ElasticIpInfo, EniRequest, ImportableInstance, ImportedEni, InstanceSummary, Instances, LaunchRequest, LaunchedInstance, Network,
     SubnetCidr, SubnetInfo, SubnetReservation, Tagged,
 };
 

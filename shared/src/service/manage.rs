@@ -13,7 +13,7 @@ use super::{addresses, Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
 use crate::lifecycle;
 use crate::lifecycle::{check_handover, check_launch_settings};
-use crate::model::{ElasticIpRecord, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
+use crate::model::{ElasticIpRecord, ExtraEni, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::launch_options::check_launch_options;
 use crate::network_identity::check_address_request;
 use crate::ports::{Address, Expect, Reservation, SubnetInfo, SubnetReservation, Write};
@@ -206,7 +206,7 @@ impl Tether {
             for instance_type in types {
                 check_name("instance_types", instance_type)?;
             }
-            self.check_instance_types(types, "instance_types", 0, "instance_types").await?;
+            self.check_instance_types(types, "instance_types", found.extra_enis.len(), "instance_types").await?;
             spec.instance_types = types.clone();
         }
         if let Some(fallback) = request.fallback_to_on_demand {
@@ -214,6 +214,22 @@ impl Tether {
         }
         if let Some(policy) = request.revert_to_spot {
             spec.revert_to_spot = policy;
+        }
+        // Its extra ENIs are kept as the node's, with the addresses and Elastic IPs they have.
+        for extra in &found.extra_enis {
+            spec.extra_enis.push(ExtraEni {
+                device_index: extra.record.device_index,
+                subnet_id: extra.record.subnet_id.clone(),
+                security_group_ids: extra.security_group_ids.clone(),
+                private_ip: Some(extra.record.private_ip),
+                elastic_ip_allocation_id: self.network.eip_on_eni(&extra.record.id).await?.map(|e| e.allocation_id),
+            });
+        }
+        // The instance's volumes' shapes, for the replacements' new volumes, where Tether can
+        // launch them (a shape it would refuse is left out, and the history says so).
+        let unusable_volumes = crate::volumes::check_block_devices(&spec.block_devices).err();
+        if unusable_volumes.is_some() {
+            spec.block_devices.clear();
         }
         let eip = self.network.eip_on_eni(&found.eni.id).await?;
         let persistence = Persistence {
@@ -237,6 +253,17 @@ impl Tether {
             launched_at: now,
         });
         node.record_by(now, format!("imported instance {instance_id} with ENI {} ({})", found.eni.id, found.eni.private_ip), by);
+        for extra in found.extra_enis.iter().map(|e| &e.record) {
+            node.record(now, format!("extra ENI {} ({}) at device index {} kept", extra.id, extra.private_ip, extra.device_index));
+            node.extra_enis.push(extra.clone());
+        }
+        if let Some((field, reason)) = unusable_volumes {
+            node.record(now, format!("the instance's volumes are not copied to the replacements ({field}: {reason}): they launch with the AMI's"));
+        }
+        for volume in found.volumes.iter().filter(|v| !v.root) {
+            node.record(now, volume.fate(instance_id));
+        }
+        node.imported_volumes = found.volumes.clone();
         for address in addresses::chosen_addresses(&node) {
             if let Some(r) = self.registry.reservation(&address).await? {
                 return Err(TetherError::Conflict(format!("instance {instance_id}'s {}", addresses::taken(&address, &r))));

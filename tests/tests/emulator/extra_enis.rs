@@ -111,3 +111,57 @@ async fn extra_enis_ec2_would_refuse_are_refused_naming_the_field() -> Result<()
     assert_eq!(fx.tether.node(&node.id).await?.spec.instance_types, vec!["m5.large"], "unchanged");
     Ok(())
 }
+
+/// An import keeps the instance's extra ENI (tagged, kept when the instance goes) and copies
+/// its user data and its volumes' shapes; it lists each volume and says it stays the
+/// instance's: the replacement gets a new, empty one at the same device, and the old one
+/// (kept by hand: DeleteOnTermination off) is left detached with its data.
+#[tokio::test]
+async fn an_import_keeps_the_extra_eni_and_says_the_volumes_stay_the_instance_s() -> Result<(), SetupError> {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceNetworkInterfaceSpecification, VolumeType};
+    let fx = Fixture::new().await?;
+    let back = fx.subnet("10.0.8.0/24").await?;
+    let made = fx.ec2.create_network_interface().subnet_id(&back).private_ip_address("10.0.8.40").send().await?;
+    let extra_id = made.network_interface().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
+    let nic = |index: i32| InstanceNetworkInterfaceSpecification::builder().device_index(index);
+    let volume = |device: &str, size: i32, kind: VolumeType, delete: bool| {
+        BlockDeviceMapping::builder().device_name(device).ebs(EbsBlockDevice::builder().volume_size(size).volume_type(kind).delete_on_termination(delete).build()).build()
+    };
+    let launched = fx
+        .run_one()
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .network_interfaces(nic(0).subnet_id(&fx.subnet_id).private_ip_address("10.0.1.81").build())
+        .network_interfaces(nic(1).network_interface_id(&extra_id).build())
+        .block_device_mappings(volume("/dev/sda1", 30, VolumeType::Gp3, true))
+        .block_device_mappings(volume("/dev/sdf", 20, VolumeType::Gp2, false))
+        .user_data(aws_smithy_types::base64::encode("#!/bin/sh\necho imported\n"))
+        .send()
+        .await?;
+    let instance_id = launched.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+
+    let request = tether::ImportRequest { instance_id: instance_id.clone(), instance_types: None, fallback_to_on_demand: None, revert_to_spot: None };
+    let node = fx.tether.import_instance(&request, None).await?;
+    let [extra] = node.extra_enis.as_slice() else { return Err(format!("one extra ENI: {:?}", node.extra_enis).into()) };
+    assert_eq!((extra.id.as_str(), extra.device_index, extra.private_ip), (extra_id.as_str(), 1, Ipv4Addr::new(10, 0, 8, 40)));
+    assert_eq!(node.spec.extra_enis.first().map(|e| (e.subnet_id.as_str(), e.private_ip)), Some((back.as_str(), Some(extra.private_ip))));
+    assert_eq!(node.spec.user_data.as_deref(), Some("#!/bin/sh\necho imported\n"), "user data copied");
+    let shapes: Vec<(&str, u32, &str)> = node.spec.block_devices.iter().map(|d| (d.device_name.as_str(), d.volume_size_gib, d.volume_type.as_str())).collect();
+    assert_eq!(shapes, [("/dev/sda1", 30, "gp3"), ("/dev/sdf", 20, "gp2")], "the volumes' shapes");
+    let listed: Vec<(&str, bool, bool)> = node.imported_volumes.iter().map(|v| (v.device_name.as_str(), v.root, v.survives_replacement)).collect();
+    assert_eq!(listed, [("/dev/sda1", true, false), ("/dev/sdf", false, true)]);
+    let old_data = node.imported_volumes[1].volume_id.clone();
+    let said = node.history.iter().find(|h| h.what.contains(&old_data)).map(|h| h.what.clone()).unwrap_or_default();
+    assert!(said.contains("a new, empty volume at /dev/sdf") && said.contains("not its data") && said.contains("does not attach it again"), "{said}");
+    let adopted = fx.eni(&extra_id).await?;
+    assert_eq!(adopted.attachment().and_then(|a| a.delete_on_termination()), Some(false), "the extra ENI outlives the instance");
+    assert!(adopted.tag_set().iter().any(|t| t.key() == Some("tether:device-index") && t.value() == Some("1")));
+
+    fx.interrupt_node(&node.id, BUDGET).await?;
+    assert_eq!(attached_at(&fx, &node, 1).await?, (extra_id.clone(), "10.0.8.40".to_owned()), "the replacement has the extra ENI");
+    let replacement = fx.instance(fx.tether.node(&node.id).await?.instance_id().ok_or("no instance")?).await?;
+    let sdf = replacement.block_device_mappings().iter().find(|m| m.device_name() == Some("/dev/sdf")).and_then(|m| m.ebs()).and_then(|e| e.volume_id()).ok_or("no /dev/sdf")?;
+    assert_ne!(sdf, old_data, "a new volume, not the imported instance's");
+    let old = fx.ec2.describe_volumes().volume_ids(&old_data).send().await?;
+    assert_eq!(old.volumes().first().and_then(|v| v.state()).map(|s| s.as_str()), Some("available"), "kept by hand, detached, with its data");
+    Ok(())
+}

@@ -5,7 +5,7 @@ use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
     InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
-    NetworkInterfaceAttachmentChanges, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, VolumeType, CapacityReservationPreference,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, VolumeType, CapacityReservationPreference,
     CapacityReservationSpecification, CapacityReservationTarget, CreditSpecificationRequest, RunInstancesMonitoringEnabled, TagSpecification, Tenancy,
 };
 use aws_smithy_types::base64;
@@ -14,7 +14,7 @@ use aws_smithy_types::retry::RetryConfig;
 use super::{tag_value, absent_if_unknown, gone_is_done, market_of, missing, tag, tags_for, Ec2Cloud, TAG_GENERATION, TAG_MANAGED, TAG_NODE_ID};
 use crate::aws::aws_error;
 use crate::error::AwsError;
-use crate::model::{CapacityReservation, EniRecord, HttpTokens, Ipv6Request, Market, MetadataOptions, NodeId, NodeSpec, RevertToSpot, SecondaryIps, Switch};
+use crate::model::{CapacityReservation, Market, NodeId};
 use crate::volumes::BlockDevice;
 use crate::ports::{Tagged, ImportableInstance, InstanceSummary, Instances, LaunchRequest, LaunchedInstance};
 
@@ -40,7 +40,7 @@ fn tagged(instance: &Instance) -> Option<Tagged<InstanceSummary>> {
     Some(Tagged { node_id, generation, device_index: None, attached: true, resource: summary(instance.instance_id()?, instance) })
 }
 
-fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
+pub(super) fn summary(instance_id: &str, instance: &Instance) -> InstanceSummary {
     let primary_eni_id = instance
         .network_interfaces()
         .iter()
@@ -252,110 +252,11 @@ impl Instances for Ec2Cloud {
 
     async fn importable(&self, instance_id: &str) -> Result<Option<ImportableInstance>, AwsError> {
         let Some(instance) = self.instance(instance_id).await? else { return Ok(None) };
-        let op = "DescribeInstances";
-        let Some(primary) = instance
-            .network_interfaces()
-            .iter()
-            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
-        else {
-            return Ok(None);
-        };
-        let field = |value: Option<&str>, what| value.map(str::to_owned).ok_or_else(|| missing(op, what));
-        let eni = EniRecord {
-            id: field(primary.network_interface_id(), "primary ENI id")?,
-            private_ip: primary
-                .private_ip_address()
-                .and_then(|ip| ip.parse().ok())
-                .ok_or_else(|| missing(op, "primary private IP"))?,
-            mac_address: field(primary.mac_address(), "MAC address")?,
-            availability_zone: field(instance.placement().and_then(|p| p.availability_zone()), "availability zone")?,
-            secondary_private_ips: primary
-                .private_ip_addresses()
-                .iter()
-                .filter(|a| a.primary() != Some(true))
-                .filter_map(|a| a.private_ip_address()?.parse().ok())
-                .collect(),
-            ipv6_addresses: primary.ipv6_addresses().iter().filter_map(|a| a.ipv6_address()?.parse().ok()).collect(),
-        };
-        let attachment_id = field(primary.attachment().and_then(|a| a.attachment_id()), "attachment id")?;
-        let user_tags = instance
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-            .filter(|(k, _)| !k.starts_with("aws:") && !k.starts_with("tether:"));
-        let node_tag = instance.tags().iter().find(|t| t.key() == Some(TAG_NODE_ID)).and_then(|t| t.value()).map(str::to_owned);
-        let spec = NodeSpec {
-            subnet_id: field(primary.subnet_id().or(instance.subnet_id()), "subnet id")?,
-            image_id: field(instance.image_id(), "image id")?,
-            instance_types: vec![field(instance.instance_type().map(|t| t.as_str()), "instance type")?],
-            security_group_ids: primary.groups().iter().filter_map(|g| g.group_id()).map(str::to_owned).collect(),
-            key_name: instance.key_name().map(str::to_owned),
-            iam_instance_profile: instance.iam_instance_profile().and_then(|p| p.arn()).map(str::to_owned),
-            user_data: None,
-            tags: user_tags.collect(),
-            fallback_to_on_demand: true,
-            revert_to_spot: RevertToSpot::Never,
-            metadata_options: instance.metadata_options().map(metadata_options_of),
-            // The instance's own volumes stay its own; the node launches with the AMI's.
-            block_devices: Vec::new(),
-            // Already on the ENI, which the node keeps: recorded as the addresses they are.
-            secondary_private_ips: Some(SecondaryIps { count: None, addresses: eni.secondary_private_ips.clone() }).filter(|s| !s.addresses.is_empty()),
-            ipv6: Some(Ipv6Request { count: None, addresses: eni.ipv6_addresses.clone() }).filter(|s| !s.addresses.is_empty()),
-            source_dest_check: primary.source_dest_check().unwrap_or(true),
-            ..NodeSpec::default()
-        };
-        Ok(Some(ImportableInstance { summary: summary(instance_id, &instance), spec, eni, attachment_id, node_tag }))
+        self.read_importable(instance_id, &instance).await
     }
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
-        // Tagged first: the deploy's IAM policy lets Tether change only ENIs tagged
-        // `tether:managed`, the attribute below included.
-        self.client
-            .create_tags()
-            .resources(&instance.summary.id)
-            .resources(&instance.eni.id)
-            .tags(tag(TAG_NODE_ID, node_id.as_str()))
-            .tags(tag(TAG_MANAGED, "true"))
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "CreateTags", e))?;
-        self.client
-            .modify_network_interface_attribute()
-            .network_interface_id(&instance.eni.id)
-            .attachment(
-                NetworkInterfaceAttachmentChanges::builder()
-                    .attachment_id(&instance.attachment_id)
-                    .delete_on_termination(false)
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "ModifyNetworkInterfaceAttribute", e))?;
-        Ok(())
-    }
-}
-
-/// An instance's metadata settings as EC2 reports them (a value EC2 adds later reads as the
-/// safe choice: tokens required, the endpoint on, tags off).
-fn metadata_options_of(options: &aws_sdk_ec2::types::InstanceMetadataOptionsResponse) -> MetadataOptions {
-    let defaults = MetadataOptions::default();
-    MetadataOptions {
-        http_tokens: match options.http_tokens() {
-            Some(HttpTokensState::Optional) => HttpTokens::Optional,
-            _ => HttpTokens::Required,
-        },
-        http_put_response_hop_limit: options
-            .http_put_response_hop_limit()
-            .and_then(|h| u8::try_from(h).ok())
-            .unwrap_or(defaults.http_put_response_hop_limit),
-        http_endpoint: match options.http_endpoint() {
-            Some(InstanceMetadataEndpointState::Disabled) => Switch::Disabled,
-            _ => Switch::Enabled,
-        },
-        instance_metadata_tags: match options.instance_metadata_tags() {
-            Some(InstanceMetadataTagsState::Enabled) => Switch::Enabled,
-            _ => Switch::Disabled,
-        },
+        self.adopt_imported(node_id, instance).await
     }
 }
 

@@ -276,38 +276,63 @@ impl Instances for FakeEc2 {
             };
             let mut record = eni.record();
             record.availability_zone = instance.az.clone();
-            Ok(Some(ImportableInstance { summary, spec, eni: record, attachment_id, node_tag: instance.tags.get(TAG_NODE_ID).cloned() }))
+            let extra_enis = instance
+                .extra_enis
+                .iter()
+                .filter_map(|id| s.enis.get(id))
+                .filter_map(|e| {
+                    let attachment = e.attachment.as_ref()?;
+                    let record = crate::model::ExtraEniRecord { device_index: attachment.device_index, id: e.id.clone(), subnet_id: e.subnet_id.clone(), private_ip: e.private_ip, mac_address: e.mac.clone() };
+                    Some(ImportedEni { record, security_group_ids: e.security_groups.clone(), attachment_id: attachment.id.clone() })
+                })
+                .collect();
+            // The fake keeps no volumes: an imported instance shows none.
+            Ok(Some(ImportableInstance { summary, spec, eni: record, attachment_id, node_tag: instance.tags.get(TAG_NODE_ID).cloned(), extra_enis, volumes: Vec::new() }))
         }).await)?;
         Ok(found.flatten())
     }
 
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
-        // Tagged first, as the adapter does.
+        // Tagged first, as the adapter does: the node's keys on all, then each extra ENI's index.
+        let enis: Vec<&String> = std::iter::once(&instance.eni.id).chain(instance.extra_enis.iter().map(|e| &e.record.id)).collect();
         self.call("CreateTags", |s| {
             let tags = [(TAG_NODE_ID, node_id.to_string()), (TAG_MANAGED, "true".to_owned())];
             // CreateTags checks every resource before tagging any.
             if !s.instances.contains_key(&instance.summary.id) {
                 return Err(aws(EC2, "CreateTags", "InvalidInstanceID.NotFound", format!("The instance ID '{}' does not exist", instance.summary.id)));
             }
-            if !s.enis.contains_key(&instance.eni.id) {
-                return Err(not_found_eni("CreateTags", &instance.eni.id));
+            if let Some(missing) = enis.iter().find(|e| !s.enis.contains_key(e.as_str())) {
+                return Err(not_found_eni("CreateTags", missing));
             }
             for (k, v) in &tags {
                 s.instances.get_mut(&instance.summary.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
-                s.enis.get_mut(&instance.eni.id).expect("checked").tags.insert((*k).to_owned(), v.clone());
+                for eni in &enis {
+                    s.enis.get_mut(eni.as_str()).expect("checked").tags.insert((*k).to_owned(), v.clone());
+                }
             }
             Ok(())
         }).await?;
-        self.call("ModifyNetworkInterfaceAttribute", |s| {
-            let op = "ModifyNetworkInterfaceAttribute";
-            let eni = s.enis.get_mut(&instance.eni.id).ok_or_else(|| not_found_eni(op, &instance.eni.id))?;
-            match eni.attachment.as_mut().filter(|a| a.id == instance.attachment_id) {
-                Some(attachment) => {
-                    attachment.delete_on_termination = false;
-                    Ok(())
+        for extra in &instance.extra_enis {
+            self.call("CreateTags", |s| {
+                let eni = s.enis.get_mut(&extra.record.id).ok_or_else(|| not_found_eni("CreateTags", &extra.record.id))?;
+                eni.tags.insert(TAG_DEVICE_INDEX.to_owned(), extra.record.device_index.to_string());
+                Ok(())
+            }).await?;
+        }
+        let attachments = std::iter::once((&instance.eni.id, &instance.attachment_id)).chain(instance.extra_enis.iter().map(|e| (&e.record.id, &e.attachment_id)));
+        for (eni_id, attachment_id) in attachments {
+            self.call("ModifyNetworkInterfaceAttribute", |s| {
+                let op = "ModifyNetworkInterfaceAttribute";
+                let eni = s.enis.get_mut(eni_id).ok_or_else(|| not_found_eni(op, eni_id))?;
+                match eni.attachment.as_mut().filter(|a| a.id == *attachment_id) {
+                    Some(attachment) => {
+                        attachment.delete_on_termination = false;
+                        Ok(())
+                    }
+                    None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{attachment_id}' does not exist"))),
                 }
-                None => Err(aws(EC2, op, "InvalidAttachmentID.NotFound", format!("The attachment ID '{}' does not exist", instance.attachment_id))),
-            }
-        }).await
+            }).await?;
+        }
+        Ok(())
     }
 }
