@@ -171,7 +171,7 @@ pub struct LaunchArgs {
     #[arg(long = "instance-type", value_name = "TYPE", required_unless_present = "launch_template")]
     pub instance_types: Vec<String>,
     /// A launch template as the base of every launch, ID_OR_NAME[:VERSION] (lt-… is an id;
-    /// VERSION a number, latest or default, the default); the flags given win over it (nodes only)
+    /// VERSION a number, latest or default, the default); the flags given win over it
     #[arg(long, value_name = "ID_OR_NAME[:VERSION]", value_parser = parse_launch_template)]
     pub launch_template: Option<LaunchTemplateRef>,
     /// Security groups of the ENI (repeat the flag)
@@ -439,17 +439,17 @@ pub struct LaunchChangeArgs {
     /// instance to hand its ENI over early, 0 to 110; `off`: AWS terminates it (takes effect at once)
     #[arg(long, value_name = "SECONDS|off", value_parser = parse_handover, group = "change")]
     pub handover_after_warning: Option<HandoverChange>,
-    /// Base the next launches on a launch template, ID_OR_NAME[:VERSION] (nodes only)
+    /// Base the next launches on a launch template, ID_OR_NAME[:VERSION]
     #[arg(long, value_name = "ID_OR_NAME[:VERSION]", value_parser = parse_launch_template, group = "change", conflicts_with = "no_launch_template")]
     pub launch_template: Option<LaunchTemplateRef>,
     /// Stop using a launch template (the spec must then name an image and instance types)
     #[arg(long, group = "change")]
     pub no_launch_template: bool,
-    /// The most to pay per hour on spot, in USD; `off`: the on-demand price (nodes only)
+    /// The most to pay per hour on spot, in USD; `off`: the on-demand price
     #[arg(long, value_name = "USD|off", group = "change")]
     pub spot_max_price: Option<String>,
     /// The capacity the on-demand fallback may use: open, none, cr-…, a group's ARN, or
-    /// `off` to send none (nodes only)
+    /// `off` to send none
     #[arg(long, value_name = "open|none|cr-…|ARN|off", group = "change")]
     pub capacity_reservation: Option<String>,
 }

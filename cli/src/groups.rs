@@ -23,9 +23,6 @@ pub(crate) fn plan(command: &GroupsCommand) -> Result<Planned, CliError> {
         GroupsCommand::Recycle(action) => act(action, "/recycle", None),
         GroupsCommand::Deallocate { action, keep_enis } => act(action, "/deallocate", Some(to_json(&DeallocateGroup { keep_enis: *keep_enis })?)),
         GroupsCommand::Create(args) => {
-            if args.launch.launch_template.is_some() {
-                return Err(CliError::Usage("--launch-template: a group's members cannot launch from a template yet; give --image and --instance-type".into()));
-            }
             let request = CreateGroup {
                 name: args.name.clone(),
                 subnet_ids: args.subnets.clone(),

@@ -312,7 +312,6 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     source_dest_check: !identity.no_source_dest_check,
                     public_ip_assignment: identity.public_ip.unwrap_or_default(),
                     eni_tags: identity.eni_tags.iter().cloned().collect(),
-                    launch_template: args.launch.launch_template.clone(),
                     extra_enis: options.extra_enis.clone(),
                     ebs_optimized: options.ebs_optimized.then_some(true),
                     detailed_monitoring: options.detailed_monitoring.then_some(true),
@@ -338,8 +337,7 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
     })
 }
 
-/// The launch settings of `nodes create` and `groups create` (`--launch-template` aside:
-/// the node's own).
+/// The launch settings of `nodes create` and `groups create`.
 fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
     Ok(MemberTemplate {
         image_id: args.image.clone().unwrap_or_default(),
@@ -355,6 +353,8 @@ fn template(args: &LaunchArgs) -> Result<MemberTemplate, CliError> {
         metadata_options: metadata_options(args.imds_v1, args.imds_v1 || args.metadata_hop_limit.is_some(), args.metadata_hop_limit),
         block_devices: args.block_devices.clone(),
         handover_after_warning_seconds: args.handover_after_warning,
+        launch_template: args.launch_template.clone(),
+        ..MemberTemplate::of_spec(NodeSpec::default())
     })
 }
 

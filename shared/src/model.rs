@@ -492,6 +492,11 @@ pub struct Node {
     /// The ENIs at device indexes 1 and up (`spec.extra_enis`), once created.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_enis: Vec<ExtraEniRecord>,
+    /// A group member whose spec took its template's ENI settings, which its ENI does not
+    /// carry yet: set with the spec, cleared once the ENI carries them (a group run that dies
+    /// between the two leaves it set, and the next run finishes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eni_sync_pending: bool,
     /// An imported node's instance's own volumes, as import found them (not the node's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imported_volumes: Vec<crate::volumes::ImportedVolume>,
@@ -543,6 +548,7 @@ impl Node {
             generation: 0,
             eni: None,
             extra_enis: Vec::new(),
+            eni_sync_pending: false,
             imported_volumes: Vec::new(),
             elastic_ip: None,
             keep_eni: false,

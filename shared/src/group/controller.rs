@@ -169,7 +169,7 @@ impl Planner<'_> {
     /// change: the node API refuses a PATCH of a member).
     fn sync_specs(&mut self) {
         for member in self.members.iter().filter(|m| live(m) && m.state != NodeState::Deallocating) {
-            if member.spec != self.group.template.spec_in(&member.spec.subnet_id) {
+            if member.spec != self.group.template.spec_in(&member.spec.subnet_id) || member.eni_sync_pending {
                 self.actions.push(GroupAction::Sync { member: member.id.clone(), seen: member.version });
             }
         }

@@ -10,7 +10,8 @@ use ipnet::Ipv4Net;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{hex_digest, push_newest, MetadataOptions, Node, NodeId, NodeSpec, NodeState, RevertToSpot, HISTORY_LIMIT};
+use crate::launch_options::{CapacityReservation, CpuCredits, LaunchTemplateRef, Placement};
+use crate::model::{hex_digest, push_newest, Ipv6Request, MetadataOptions, Node, NodeId, NodeSpec, NodeState, PublicIpAssignment, RevertToSpot, SecondaryIps, HISTORY_LIMIT};
 
 /// A group's id: `tg-` followed by 32 hex digits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -91,6 +92,37 @@ pub struct MemberTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_small")]
     #[schemars(range(min = 0, max = 110))]
     pub handover_after_warning_seconds: Option<u8>,
+    /// As a node's: the launch template every member's launch is based on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_template: Option<LaunchTemplateRef>,
+    /// As a node's, a count only (each member's ENI gets its own addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_private_ips: Option<SecondaryIps>,
+    /// As a node's, a count only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Request>,
+    /// As a node's (refused beside an Elastic-IP pool: a pool address is the members' public IP).
+    #[serde(default)]
+    pub public_ip_assignment: PublicIpAssignment,
+    #[serde(default = "yes")]
+    pub source_dest_check: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eni_tags: BTreeMap<String, String>,
+    /// The launch options, as a node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_reservation: Option<CapacityReservation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebs_optimized: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detailed_monitoring: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_credits: Option<CpuCredits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_max_price: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_tags: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -114,11 +146,25 @@ impl MemberTemplate {
             metadata_options: self.metadata_options,
             block_devices: self.block_devices.clone(),
             handover_after_warning_seconds: self.handover_after_warning_seconds,
-            ..NodeSpec::default()
+            launch_template: self.launch_template.clone(),
+            secondary_private_ips: self.secondary_private_ips.clone(),
+            ipv6: self.ipv6.clone(),
+            public_ip_assignment: self.public_ip_assignment,
+            source_dest_check: self.source_dest_check,
+            eni_tags: self.eni_tags.clone(),
+            capacity_reservation: self.capacity_reservation.clone(),
+            ebs_optimized: self.ebs_optimized,
+            detailed_monitoring: self.detailed_monitoring,
+            cpu_credits: self.cpu_credits,
+            placement: self.placement.clone(),
+            spot_max_price: self.spot_max_price.clone(),
+            volume_tags: self.volume_tags.clone(),
+            // Extra ENIs are a single node's: a group's subnets span AZs.
+            extra_enis: Vec::new(),
         }
     }
 
-    /// The launch fields of `spec` (its subnet left out).
+    /// The launch fields of `spec` (its subnet and extra ENIs left out).
     pub fn of_spec(spec: NodeSpec) -> Self {
         MemberTemplate {
             image_id: spec.image_id,
@@ -133,6 +179,19 @@ impl MemberTemplate {
             metadata_options: spec.metadata_options,
             block_devices: spec.block_devices,
             handover_after_warning_seconds: spec.handover_after_warning_seconds,
+            launch_template: spec.launch_template,
+            secondary_private_ips: spec.secondary_private_ips,
+            ipv6: spec.ipv6,
+            public_ip_assignment: spec.public_ip_assignment,
+            source_dest_check: spec.source_dest_check,
+            eni_tags: spec.eni_tags,
+            capacity_reservation: spec.capacity_reservation,
+            ebs_optimized: spec.ebs_optimized,
+            detailed_monitoring: spec.detailed_monitoring,
+            cpu_credits: spec.cpu_credits,
+            placement: spec.placement,
+            spot_max_price: spec.spot_max_price,
+            volume_tags: spec.volume_tags,
         }
     }
 }

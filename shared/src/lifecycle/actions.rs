@@ -309,21 +309,6 @@ pub struct NodePatch {
 }
 
 impl NodePatch {
-    /// The first field the patch sets that a group's member template does not carry yet.
-    pub fn node_only_field(&self) -> Option<&'static str> {
-        let launch = [
-            ("launch_template", self.launch_template.is_some()),
-            ("ebs_optimized", self.ebs_optimized.is_some()),
-            ("detailed_monitoring", self.detailed_monitoring.is_some()),
-            ("cpu_credits", self.cpu_credits.is_some()),
-            ("placement", self.placement.is_some()),
-            ("spot_max_price", self.spot_max_price.is_some()),
-            ("capacity_reservation", self.capacity_reservation.is_some()),
-            ("volume_tags", self.volume_tags.is_some()),
-        ];
-        self.eni_field().or_else(|| launch.into_iter().find(|(_, set)| *set).map(|(field, _)| field))
-    }
-
     /// The first of the fields that live on the ENI (`ON_THE_ENI`) the patch sets.
     pub fn eni_field(&self) -> Option<&'static str> {
         let set = [
@@ -335,6 +320,15 @@ impl NodePatch {
         ];
         ON_THE_ENI.into_iter().zip(set).find(|(_, set)| *set).map(|(field, _)| field)
     }
+}
+
+/// Whether the two specs differ in what lives on the node's ENI (`ON_THE_ENI`).
+pub fn eni_settings_differ(a: &NodeSpec, b: &NodeSpec) -> bool {
+    a.secondary_private_ips != b.secondary_private_ips
+        || a.ipv6 != b.ipv6
+        || a.source_dest_check != b.source_dest_check
+        || a.eni_tags != b.eni_tags
+        || a.public_ip_assignment != b.public_ip_assignment
 }
 
 /// A field given in a patch, `null` included (`Some(None)`: remove the setting); absent

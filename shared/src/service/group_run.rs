@@ -13,6 +13,7 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tracing::{info, warn, Instrument};
 
+use super::identity::Baseline;
 use super::addresses::release_write;
 use super::{Outcome, Tether, TetherError};
 use crate::error::ErrorClass;
@@ -148,7 +149,7 @@ impl Tether {
                 }
             }
         }
-        info!(done = run.done.len(), skipped = run.skipped.len(), failed = run.failed.len(), left = run.left, "group run");
+        info!(done = run.done.len(), skipped = run.skipped.len(), skipped_why = ?run.skipped, failed = run.failed.len(), left = run.left, "group run");
         Ok(run)
     }
 
@@ -242,13 +243,56 @@ impl Tether {
                 let Some(node) = self.member_at(&member, seen).await? else { return changed() };
                 let mut next = node.clone();
                 next.spec = group.template.spec_in(&node.spec.subnet_id);
-                next.record_by(self.clock.now(), "launch settings brought to the group's template; they take effect at the next launch", by);
-                match self.store.save(&next).await {
-                    Err(e) if e.class == ErrorClass::Conflict => changed(),
-                    other => other.map(|_| Done::Did("launch settings synced".into())).map_err(Into::into),
+                if next.spec != node.spec {
+                    next.record_by(self.clock.now(), "launch settings brought to the group's template; they take effect at the next launch", by);
                 }
+                // What lives on the ENI is marked pending with the spec, so that only the run
+                // that wins this write changes the ENI (two runs changing it at once could
+                // each add the addresses a count asks for).
+                next.eni_sync_pending = node.eni.is_some() && (node.eni_sync_pending || lifecycle::eni_settings_differ(&node.spec, &next.spec));
+                let saved = match self.store.save(&next).await {
+                    Err(e) if e.class == ErrorClass::Conflict => return changed(),
+                    other => other?,
+                };
+                if !saved.eni_sync_pending {
+                    return Ok(Done::Did("launch settings synced".into()));
+                }
+                self.converge_member_eni(saved, by).await
             }
         }
+    }
+
+    /// Makes a member's ENI carry its spec's ENI settings (`eni_sync_pending`), from the ENI as
+    /// EC2 has it, every setting sent (an earlier run may have died half way), then records it.
+    async fn converge_member_eni(&self, mut node: Node, by: Option<&str>) -> Result<Done, TetherError> {
+        let Some(recorded) = node.eni.clone() else { return Ok(Done::Skipped("no ENI".into())) };
+        let (eni, done) = match self.network.find_node_eni(&node.id).await?.filter(|e| e.id == recorded.id) {
+            Some(eni) => match self.converge_eni(&node.spec, Baseline::Unknown, &eni).await? {
+                Ok(converged) => converged,
+                // Left pending: the group's status shows it, and the next run tries again.
+                Err(refused) => return Ok(Done::Skipped(format!("the template's ENI settings are not on the ENI: {}", refused.reason()))),
+            },
+            // Deleted outside Tether: nothing to change (the reconciler puts the member in error).
+            None => (recorded, Vec::new()),
+        };
+        let spec = node.spec.clone();
+        for _ in 0..super::MAX_CONFLICTS {
+            let mut next = node.clone();
+            next.eni = Some(eni.clone());
+            next.eni_sync_pending = false;
+            if !done.is_empty() {
+                next.record_by(self.clock.now(), format!("ENI {}: {}", eni.id, done.join("; ")), by);
+            }
+            match self.store.save(&next).await {
+                Err(e) if e.class == ErrorClass::Conflict => node = self.node(&node.id).await?,
+                other => return other.map(|_| Done::Did("launch settings synced, on the ENI too".into())).map_err(Into::into),
+            }
+            // Another template since: its own sync finishes the ENI.
+            if node.spec != spec || !node.eni_sync_pending {
+                return Ok(Done::Skipped("the member changed meanwhile".into()));
+            }
+        }
+        Ok(Done::Skipped("the member changed meanwhile".into()))
     }
 
     /// One lifecycle step on the member as read: a lost race skips it (the next run plans again).

@@ -52,11 +52,19 @@ impl Tether {
     /// `create_group` with the id chosen by the caller: the chaos test derives it from its
     /// seed, so that a scenario (whose members' ids derive from it) replays exactly.
     pub(crate) async fn create_group_as(&self, id: GroupId, mut request: CreateGroup, by: Option<&str>) -> Result<Group, TetherError> {
-        // IMDSv2 required unless the request says otherwise, as for a node.
-        request.template.metadata_options.get_or_insert_with(MetadataOptions::default);
         check_group_name("name", &request.name)?;
         check_template("template", &request.template)?;
-        self.check_instance_types(&request.template.instance_types, "template.instance_types", 0, "template.instance_types").await?;
+        check_public_ip_beside_pool(&request.template, &request.elastic_ip_pool)?;
+        // IMDSv2 required unless the request (or its launch template) says otherwise, as for a node.
+        let launch_template = self.template_of(&request.template.spec_in(""), "template.").await?;
+        if launch_template.as_ref().is_none_or(|t| t.metadata_options.is_none()) {
+            request.template.metadata_options.get_or_insert_with(MetadataOptions::default);
+        }
+        let instance_types = match &launch_template {
+            Some(t) => crate::launch_options::with_template(&request.template.spec_in(""), t).instance_types,
+            None => request.template.instance_types.clone(),
+        };
+        self.check_instance_types(&instance_types, "template.instance_types", 0, "template.instance_types").await?;
         check_target("target_capacity", request.target_capacity)?;
         check_max_unavailable(request.max_unavailable)?;
         let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
@@ -256,9 +264,6 @@ impl Tether {
                 let field = if template.subnet_id.is_some() { "template.subnet_id" } else { "template.private_ip" };
                 return Err(TetherError::invalid(field, "a group's members take their subnets from subnet_ids and their addresses from private_ip_pool"));
             }
-            if let Some(field) = template.node_only_field() {
-                return Err(TetherError::invalid(format!("template.{field}"), "not supported for a group's members yet: set it on single nodes"));
-            }
         }
         // Subnet CIDR reservations made ahead of claims, undone if the change is refused.
         let mut ahead = Vec::new();
@@ -292,6 +297,9 @@ impl Tether {
                 let changed = patch_spec(&mut spec, template).map_err(|e| TetherError::invalid(format!("template.{}", e.field), e.reason))?;
                 next.template = MemberTemplate::of_spec(spec);
                 check_template("template", &next.template)?;
+                if next.template.launch_template.is_some() && next.template != group.template {
+                    self.template_of(&next.template.spec_in(""), "template.").await?;
+                }
                 if let Some(types) = template.instance_types.as_ref().filter(|_| next.template.instance_types != group.template.instance_types) {
                     self.check_instance_types(types, "template.instance_types", 0, "template.instance_types").await?;
                 }
@@ -352,6 +360,7 @@ impl Tether {
                 }
                 next.elastic_ip_pool = pool.clone();
             }
+            check_public_ip_beside_pool(&next.template, &next.elastic_ip_pool)?;
             if let Some(pool) = &patch.private_ip_pool {
                 let claims = self.claim_private_ips(&next, pool).await?;
                 ahead.extend(claims.iter().cloned());
@@ -565,10 +574,15 @@ fn check_max_unavailable(max: u32) -> Result<(), TetherError> {
 
 /// A template's fields, as a node's spec is checked.
 fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherError> {
-    if !template.image_id.starts_with("ami-") || check_name("", &template.image_id).is_err() {
+    // With a launch template, an empty image or type list takes the template's.
+    let templated = template.launch_template.is_some();
+    if let Some(launch_template) = &template.launch_template {
+        launch_template.check().map_err(|(name, reason)| TetherError::invalid(format!("{field}.launch_template.{name}"), reason))?;
+    }
+    if !((template.image_id.starts_with("ami-") && check_name("", &template.image_id).is_ok()) || templated && template.image_id.is_empty()) {
         return Err(TetherError::invalid(format!("{field}.image_id"), "must be an AMI id like ami-0123456789abcdef0"));
     }
-    if template.instance_types.is_empty() {
+    if template.instance_types.is_empty() && !templated {
         return Err(TetherError::invalid(format!("{field}.instance_types"), "list at least one instance type, in order of preference"));
     }
     for instance_type in &template.instance_types {
@@ -583,7 +597,36 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     if let Some(profile) = &template.iam_instance_profile {
         check_name(&format!("{field}.iam_instance_profile"), profile)?;
     }
+    // Each member's ENI is its own: addresses can only be counted, never named.
+    for (name, named) in [
+        ("secondary_private_ips", template.secondary_private_ips.as_ref().is_some_and(|r| !r.addresses.is_empty())),
+        ("ipv6", template.ipv6.as_ref().is_some_and(|r| !r.addresses.is_empty())),
+    ] {
+        if named {
+            return Err(TetherError::invalid(format!("{field}.{name}.addresses"), "a group's members each need their own addresses: give a count"));
+        }
+    }
+    let counted = [("secondary_private_ips", template.secondary_private_ips.as_ref().map(|r| r.wanted())), ("ipv6", template.ipv6.as_ref().map(|r| r.wanted()))];
+    if let Some((name, _)) = counted.into_iter().find(|(_, n)| n.is_some_and(|n| n > usize::from(crate::network_identity::MAX_EXTRA_ADDRESSES))) {
+        return Err(TetherError::invalid(format!("{field}.{name}.count"), format!("at most {} per ENI", crate::network_identity::MAX_EXTRA_ADDRESSES)));
+    }
     check_launch_settings(template.metadata_options.as_ref(), &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     check_handover(template.handover_after_warning_seconds).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
+    crate::launch_options::check_launch_options(template.spot_max_price.as_deref(), template.placement.as_ref(), template.capacity_reservation.as_ref())
+        .map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
+    check_tags(&format!("{field}.eni_tags"), &template.eni_tags)?;
+    check_tags(&format!("{field}.volume_tags"), &template.volume_tags)?;
     check_tags(&format!("{field}.tags"), &template.tags)
+}
+
+/// A public IP from Amazon's pool is refused beside an Elastic-IP pool: a pool address is
+/// the members' public IP (on eth0 it would hide the other).
+fn check_public_ip_beside_pool(template: &MemberTemplate, elastic_ip_pool: &[String]) -> Result<(), TetherError> {
+    if template.public_ip_assignment != crate::model::PublicIpAssignment::None && !elastic_ip_pool.is_empty() {
+        return Err(TetherError::invalid(
+            "template.public_ip_assignment",
+            "the group has an Elastic-IP pool: its addresses are the members' public IPs; leave public_ip_assignment out, or empty elastic_ip_pool",
+        ));
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
+use super::identity::Baseline;
 use super::pace::{interruption_aware, pool, PaceState};
 use super::{Outcome, Tether, TetherError};
 use crate::error::{AwsError, ErrorClass};
@@ -230,8 +231,9 @@ impl Tether {
             Some(eni) if !first_launch && !eip_pending && !extras_pending => return Ok(Ok((node, eni, false))),
             Some(eni) => eni,
             None => {
-                let eni = match self.network.find_node_eni(&node.id).await? {
-                    Some(eni) => eni,
+                // One an earlier attempt made may have been changed (or half changed) for another spec.
+                let (eni, baseline) = match self.network.find_node_eni(&node.id).await? {
+                    Some(eni) => (eni, Baseline::Unknown),
                     None => {
                         if let Err(reason) = self.claim_before_launch(&node).await? {
                             return self.fail(&node, reason).await.map(Err);
@@ -248,7 +250,7 @@ impl Tether {
                             tags: spec.eni_tags.clone(),
                             device_index: 0,
                         };
-                        match self.network.create_eni(&request).await {
+                        let created = match self.network.create_eni(&request).await {
                             Ok(eni) => eni,
                             Err(e) if e.is_retryable() => return Err(e.into()),
                             Err(e) if e.code_is("InvalidIPAddress.InUse") => match self.leftover_holding(&node).await? {
@@ -267,12 +269,13 @@ impl Tether {
                                 None => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
                             },
                             Err(e) => return self.fail(&node, format!("creating the node's ENI failed: {e}")).await.map(Err),
-                        }
+                        };
+                        (created, Baseline::New)
                     }
                 };
                 // The addresses and settings the ENI could not be made with (named secondaries,
                 // the source/destination check), before anything runs on it.
-                let eni = match self.converge_eni(&node.spec, None, &eni).await? {
+                let eni = match self.converge_eni(&node.spec, baseline, &eni).await? {
                     Ok((eni, _)) => eni,
                     Err(refused) => {
                         node.eni = Some(eni);

@@ -385,7 +385,7 @@ impl Tether {
             // may have changed it already); what was done is in the history.
             if let Some(recorded) = node.eni.as_ref().filter(|_| patch.eni_field().is_some()) {
                 let eni = self.network.find_node_eni(&node.id).await?.filter(|e| e.id == recorded.id).unwrap_or_else(|| recorded.clone());
-                match self.converge_eni(&next.spec, Some(&node.spec), &eni).await? {
+                match self.converge_eni(&next.spec, identity::Baseline::Was(&node.spec), &eni).await? {
                     Ok((eni, done)) => {
                         if !done.is_empty() {
                             next.record_by(self.clock.now(), format!("ENI {}: {}", eni.id, done.join("; ")), by);

@@ -454,3 +454,69 @@ async fn another_stacks_subnet_reservations_are_never_deleted() -> Result<(), Se
     assert_eq!(left, [theirs], "ours deleted with its address, theirs kept");
     Ok(())
 }
+
+/// A group's template carries what a node's spec does (but extra ENIs): a launch template,
+/// launch options and the ENI's identity (counts only). Every member launches from the
+/// template with them; a template change of the ENI settings reaches every member's ENI at
+/// once (the members' instances keep running); named addresses are refused.
+#[tokio::test]
+async fn a_group_template_carries_a_launch_template_and_eni_settings_to_every_member() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+        .image_id(&fx.image_id)
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .security_group_ids(&fx.security_group_id)
+        .build();
+    let made = fx.ec2.create_launch_template().launch_template_name(format!("group-{}", fx.table_name)).launch_template_data(data).send().await?;
+    let template_id = made.launch_template().and_then(|t| t.launch_template_id()).ok_or("no template id")?.to_owned();
+    let body = json!({
+        "name": "nat",
+        "subnet_ids": [fx.subnet_id],
+        "template": {
+            "image_id": "", "instance_types": [],
+            "launch_template": {"id": template_id},
+            "secondary_private_ips": {"count": 1}, "source_dest_check": false, "eni_tags": {"role": "nat"},
+            "ebs_optimized": true, "volume_tags": {"backup": "daily"},
+        },
+        "target_capacity": 2,
+    });
+    let (status, group) = call(&fx, Method::POST, "/groups", Some(body.clone())).await?;
+    assert_eq!(status, StatusCode::CREATED, "{group}");
+    let id = group["id"].as_str().ok_or("no id")?.to_owned();
+    let eni_of = |m: &Value| m["eni_id"].as_str().map(str::to_owned).ok_or("no ENI");
+    let list = members(&fx, &id).await?;
+    assert_eq!(running(&list), 2, "{list:?}");
+    for member in &list {
+        let eni = fx.eni(&eni_of(member)?).await?;
+        let secondary = eni.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).count();
+        let role = eni.tag_set().iter().find(|t| t.key() == Some("role")).and_then(|t| t.value());
+        assert_eq!((secondary, eni.source_dest_check(), role), (1, Some(false), Some("nat")), "{member}");
+        let groups: Vec<&str> = eni.groups().iter().filter_map(|g| g.group_id()).collect();
+        assert_eq!(groups, [fx.security_group_id.as_str()], "the launch template's group is on the member's ENI");
+        let instance = fx.instance(member["instance_id"].as_str().ok_or("no instance")?).await?;
+        assert_eq!((instance.instance_type().map(|t| t.as_str()), instance.ebs_optimized()), (Some("m5.large"), Some(true)), "the template's type");
+    }
+
+    // Two secondary IPs and the check back on: on every member's ENI, no instance replaced.
+    let instances: Vec<Value> = list.iter().map(|m| m["instance_id"].clone()).collect();
+    let patch = json!({"template": {"secondary_private_ips": {"count": 2}, "source_dest_check": true}});
+    let (status, patched) = call(&fx, Method::PATCH, &format!("/groups/{id}"), Some(patch)).await?;
+    assert!(status.is_success(), "{patched}");
+    reconcile(&fx).await?;
+    let list = members(&fx, &id).await?;
+    assert_eq!(list.iter().map(|m| m["instance_id"].clone()).collect::<Vec<_>>(), instances, "the same instances");
+    for member in &list {
+        let eni = fx.eni(&eni_of(member)?).await?;
+        let secondary: Vec<&str> = eni.private_ip_addresses().iter().filter(|a| a.primary() != Some(true)).filter_map(|a| a.private_ip_address()).collect();
+        assert_eq!((secondary.len(), eni.source_dest_check()), (2, Some(true)), "{member}");
+        assert_eq!(member["secondary_private_ips"].as_array().map(Vec::len), Some(2), "recorded on the member: {member}");
+    }
+
+    // Named addresses cannot be every member's: refused, naming the field.
+    let mut named = body;
+    named["template"]["secondary_private_ips"] = json!({"addresses": ["10.0.1.50"]});
+    named["name"] = json!("named");
+    let (status, problem) = call(&fx, Method::POST, "/groups", Some(named)).await?;
+    assert_eq!((status, problem["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("template.secondary_private_ips.addresses")), "{problem}");
+    Ok(())
+}

@@ -24,7 +24,13 @@ pub(super) async fn run(tether: &Tether, id: &GroupId, action: GroupMove, deadli
         GroupMove::Pause => Finished::of(tether.pause_group(id, by).await),
         GroupMove::Resume => Finished::of(tether.resume_group(id, by).await),
         GroupMove::Roll { n } => {
-            let template = NodePatch { image_id: Some(format!("ami-chaos{n}")), ..NodePatch::default() };
+            // A new image, and ENI settings the members' ENIs take on at once (a sync).
+            let template = NodePatch {
+                image_id: Some(format!("ami-chaos{n}")),
+                secondary_private_ips: Some(crate::model::SecondaryIps { count: Some(n), addresses: Vec::new() }),
+                source_dest_check: Some(n != 2),
+                ..NodePatch::default()
+            };
             let patch = GroupPatch { template: Some(template), ..GroupPatch::default() };
             match tether.patch_group(id, &patch, by).await {
                 Ok(_) => Finished::of(tether.recycle_group(id, by).await),
