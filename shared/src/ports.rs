@@ -462,6 +462,15 @@ pub struct ImportableInstance {
     pub volumes: Vec<crate::volumes::ImportedVolume>,
 }
 
+/// What a launch needs to know of an AMI: a root volume smaller than its snapshot is refused
+/// by RunInstances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub root_device_name: String,
+    /// The root snapshot's size in GiB (none for an instance-store AMI).
+    pub root_snapshot_gib: Option<u32>,
+}
+
 /// An imported instance's ENI beyond its primary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportedEni {
@@ -489,6 +498,9 @@ pub trait Instances: Send + Sync {
     /// The launch template version, as Tether carries it over; `None` when the template or
     /// the version does not exist.
     async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError>;
+    /// The AMI's root device and its snapshot's size; `None` when this Region has no such AMI
+    /// (or this account may not launch it).
+    async fn image(&self, image_id: &str) -> Result<Option<ImageInfo>, AwsError>;
     /// Each of these instance types with the most network interfaces it takes (EC2's
     /// `NetworkInfo.MaximumNetworkInterfaces`); `None` for a type this Region does not offer.
     async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError>;

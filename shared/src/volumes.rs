@@ -47,6 +47,20 @@ fn yes() -> bool {
     true
 }
 
+/// A root volume (a block device at the AMI's root device name) smaller than the AMI's root
+/// snapshot: RunInstances would refuse every launch. The error names the field, relative
+/// to `block_devices`.
+pub fn check_root_size(devices: &[BlockDevice], image: &crate::ports::ImageInfo) -> Result<(), (String, String)> {
+    let Some(snapshot) = image.root_snapshot_gib else { return Ok(()) };
+    match devices.iter().position(|d| d.device_name == image.root_device_name) {
+        Some(i) if devices[i].volume_size_gib < snapshot => Err((
+            format!("block_devices[{i}].volume_size_gib"),
+            format!("the AMI's root snapshot ({}) is {snapshot} GiB: give at least {snapshot}", image.root_device_name),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// One EBS volume of an instance Tether imported, as it found it. It stays that instance's:
 /// a replacement gets a new, empty volume of the same shape (the node's `block_devices`),
 /// never this one or its data.

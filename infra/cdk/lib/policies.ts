@@ -21,6 +21,7 @@ export function ec2PolicyStatements(): object[] {
         "ec2:DescribeLaunchTemplateVersions",
         "ec2:DescribeVolumes",
         "ec2:DescribeInstanceAttribute",
+        "ec2:DescribeImages",
         "ec2:GetSubnetCidrReservations",
       ],
       Resource: "*",

@@ -1,6 +1,7 @@
 //! The EC2 adapter: the node's ENI and Elastic IP (`network`), and the instances
 //! launched on the ENI (`instances`).
 
+mod images;
 mod import;
 mod instances;
 mod network;

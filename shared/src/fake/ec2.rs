@@ -262,6 +262,9 @@ struct State {
     extra_types: BTreeSet<String>,
     /// Launch templates by id: (name, default version, versions from 1).
     templates: BTreeMap<String, (String, i64, Vec<crate::launch_options::TemplateSettings>)>,
+    /// AMIs set by a test (`None`: deregistered). Any other `ami-…` exists, its root
+    /// `/dev/xvda` from an 8 GiB snapshot (Amazon Linux's): tests name AMIs freely.
+    images: BTreeMap<String, Option<crate::ports::ImageInfo>>,
     eip_limit: Option<usize>,
     rng: fastrand::Rng,
     counter: u64,
@@ -406,6 +409,7 @@ impl FakeEc2 {
                 out_of_capacity: HashSet::new(),
                 extra_types: BTreeSet::new(),
                 templates: BTreeMap::new(),
+                images: BTreeMap::new(),
                 eip_limit: None,
                 rng: fastrand::Rng::with_seed(seed),
                 counter: 0,
@@ -503,6 +507,11 @@ impl FakeEc2 {
     }
 
     /// Makes the Region offer `instance_type` too.
+    /// Sets an AMI's root device and snapshot size, or (`None`) deregisters it.
+    pub fn set_image(&self, image_id: &str, image: Option<crate::ports::ImageInfo>) {
+        self.lock().images.insert(image_id.to_owned(), image);
+    }
+
     pub fn add_instance_type(&self, instance_type: &str) {
         self.lock().extra_types.insert(instance_type.to_owned());
     }

@@ -56,15 +56,11 @@ impl Tether {
         check_template("template", &request.template)?;
         check_public_ip_beside_pool(&request.template, &request.elastic_ip_pool)?;
         // IMDSv2 required unless the request (or its launch template) says otherwise, as for a node.
-        let launch_template = self.template_of(&request.template.spec_in(""), "template.").await?;
+        let (launch, launch_template) = self.checked_launch(&request.template.spec_in(""), "template.").await?;
         if launch_template.as_ref().is_none_or(|t| t.metadata_options.is_none()) {
             request.template.metadata_options.get_or_insert_with(MetadataOptions::default);
         }
-        let instance_types = match &launch_template {
-            Some(t) => crate::launch_options::with_template(&request.template.spec_in(""), t).instance_types,
-            None => request.template.instance_types.clone(),
-        };
-        self.check_instance_types(&instance_types, "template.instance_types", 0, "template.instance_types").await?;
+        self.check_instance_types(&launch.instance_types, "template.instance_types", 0, "template.instance_types").await?;
         check_target("target_capacity", request.target_capacity)?;
         check_max_unavailable(request.max_unavailable)?;
         let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
@@ -297,8 +293,9 @@ impl Tether {
                 let changed = patch_spec(&mut spec, template).map_err(|e| TetherError::invalid(format!("template.{}", e.field), e.reason))?;
                 next.template = MemberTemplate::of_spec(spec);
                 check_template("template", &next.template)?;
-                if next.template.launch_template.is_some() && next.template != group.template {
-                    self.template_of(&next.template.spec_in(""), "template.").await?;
+                let launch_changed = next.template.image_id != group.template.image_id || next.template.block_devices != group.template.block_devices;
+                if launch_changed || (next.template.launch_template.is_some() && next.template != group.template) {
+                    self.checked_launch(&next.template.spec_in(""), "template.").await?;
                 }
                 if let Some(types) = template.instance_types.as_ref().filter(|_| next.template.instance_types != group.template.instance_types) {
                     self.check_instance_types(types, "template.instance_types", 0, "template.instance_types").await?;

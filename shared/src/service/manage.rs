@@ -44,7 +44,7 @@ impl Tether {
     /// derive it from their seed, so that a run replays exactly.
     pub async fn create_node_as(&self, id: NodeId, mut spec: NodeSpec, persistence: Persistence, by: Option<&str>) -> Result<Node, TetherError> {
         check_shapes(&spec, &persistence)?;
-        let template = self.template_of(&spec, "spec.").await?;
+        let (launch, template) = self.checked_launch(&spec, "spec.").await?;
         // IMDSv2 required unless the request (or its template) says otherwise (nodes made
         // before keep theirs).
         if template.as_ref().is_none_or(|t| t.metadata_options.is_none()) {
@@ -78,12 +78,8 @@ impl Tether {
                 ));
             }
         }
-        let instance_types = match &template {
-            Some(t) => crate::launch_options::with_template(&spec, t).instance_types,
-            None => spec.instance_types.clone(),
-        };
         self.check_extra_enis(&spec, &subnet).await?;
-        self.check_instance_types(&instance_types, "spec.instance_types", spec.extra_enis.len(), "spec.extra_enis").await?;
+        self.check_instance_types(&launch.instance_types, "spec.instance_types", spec.extra_enis.len(), "spec.extra_enis").await?;
         let mut node = Node::new(spec, persistence, self.clock.now());
         node.id = id;
         if let Some(who) = by {
@@ -108,6 +104,24 @@ impl Tether {
         created?;
         info!(node_id = %node.id, generation = node.generation, "node created");
         Ok(node)
+    }
+
+    /// The spec a launch of `spec` would use (its launch template's version, read now and
+    /// checked, under it), with its AMI checked: it exists, and a root volume the spec sets
+    /// is no smaller than the AMI's root snapshot (RunInstances would refuse every launch).
+    /// `prefix` as `template_of`'s.
+    /// Also the template version read, if any.
+    pub(super) async fn checked_launch(&self, spec: &NodeSpec, prefix: &str) -> Result<(NodeSpec, Option<crate::launch_options::TemplateSettings>), TetherError> {
+        let template = self.template_of(spec, prefix).await?;
+        let launch = match &template {
+            Some(template) => crate::launch_options::with_template(spec, template),
+            None => spec.clone(),
+        };
+        let image = self.instances.image(&launch.image_id).await?.ok_or_else(|| {
+            TetherError::invalid(format!("{prefix}image_id"), format!("AMI {} does not exist in this Region (or this account may not launch it)", launch.image_id))
+        })?;
+        crate::volumes::check_root_size(&launch.block_devices, &image).map_err(|(field, reason)| TetherError::invalid(format!("{prefix}{field}"), reason))?;
+        Ok((launch, template))
     }
 
     /// The launch template version `spec` is based on, read now and checked (`prefix` goes

@@ -369,8 +369,9 @@ impl Tether {
                 )));
             }
             let mut next = lifecycle::patched(&node, patch, self.clock.now(), by)?;
-            if next.spec.launch_template.is_some() && next.spec != node.spec {
-                self.template_of(&next.spec, "").await?;
+            let launch_changed = next.spec.image_id != node.spec.image_id || next.spec.block_devices != node.spec.block_devices;
+            if launch_changed || (next.spec.launch_template.is_some() && next.spec != node.spec) {
+                self.checked_launch(&next.spec, "").await?;
             }
             manage::check_public_ip(next.spec.public_ip_assignment, &node.persistence).map_err(|reason| TetherError::invalid("public_ip_assignment", reason))?;
             if next.spec.secondary_private_ips != node.spec.secondary_private_ips || next.spec.ipv6 != node.spec.ipv6 {

@@ -141,6 +141,42 @@ async fn the_spec_s_volumes_come_with_every_generation() -> Result<(), SetupErro
     Ok(())
 }
 
+/// The AMI is read at create and at a PATCH of the image or volumes (DescribeImages): one
+/// that does not exist, or a root volume smaller than its root snapshot, would fail every
+/// launch, so it is refused naming the field, and nothing changes.
+#[tokio::test]
+async fn an_ami_that_does_not_exist_or_a_root_smaller_than_its_snapshot_is_refused() -> Result<(), SetupError> {
+    use tether::volumes::{BlockDevice, VolumeType};
+    let fx = Fixture::new().await?;
+    let described = fx.ec2.describe_images().image_ids(&fx.image_id).send().await?;
+    let image = described.images().first().ok_or("no image")?;
+    let root = image.root_device_name().ok_or("no root device")?.to_owned();
+    let snapshot = image.block_device_mappings().iter().find(|m| m.device_name() == Some(root.as_str())).and_then(|m| m.ebs()).and_then(|e| e.volume_size()).ok_or("no snapshot size")?;
+    let volume = |size: i32| BlockDevice { device_name: root.clone(), volume_size_gib: size as u32, volume_type: VolumeType::Gp3, iops: None, throughput_mibps: None, encrypted: None, kms_key_id: None, delete_on_termination: true };
+    let field = |r: Result<Node, TetherError>| match r {
+        Err(TetherError::Invalid { field, reason }) => (field, reason),
+        other => (format!("not refused: {other:?}"), String::new()),
+    };
+
+    let missing = tether::NodeSpec { image_id: "ami-0123456789abcdef0".into(), ..fx.spec(&["m5.large"]) };
+    let (name, reason) = field(fx.tether.create_node(missing, Persistence::default(), None).await);
+    assert_eq!(name, "spec.image_id", "{reason}");
+    assert!(reason.contains("does not exist"), "{reason}");
+    let small = tether::NodeSpec { block_devices: vec![volume(snapshot - 1)], ..fx.spec(&["m5.large"]) };
+    let (name, reason) = field(fx.tether.create_node(small, Persistence::default(), None).await);
+    assert_eq!(name, "spec.block_devices[0].volume_size_gib", "{reason}");
+    assert!(reason.contains(&format!("{snapshot} GiB")), "{reason}");
+
+    let node = fx.tether.create_node(tether::NodeSpec { block_devices: vec![volume(snapshot)], ..fx.spec(&["m5.large"]) }, Persistence::default(), None).await?;
+    let (name, _) = field(fx.tether.patch(&node.id, &NodePatch { image_id: Some("ami-0123456789abcdef0".into()), ..NodePatch::default() }, None).await);
+    assert_eq!(name, "image_id");
+    let (name, _) = field(fx.tether.patch(&node.id, &NodePatch { block_devices: Some(vec![volume(1)]), ..NodePatch::default() }, None).await);
+    assert_eq!(name, "block_devices[0].volume_size_gib");
+    let kept = fx.tether.node(&node.id).await?;
+    assert_eq!((kept.spec.image_id.as_str(), kept.spec.block_devices.first().map(|d| d.volume_size_gib)), (fx.image_id.as_str(), Some(snapshot as u32)), "unchanged");
+    Ok(())
+}
+
 #[tokio::test]
 async fn launch_options_reach_the_instance_and_a_reservation_only_the_on_demand_fallback() -> Result<(), SetupError> {
     use aws_sdk_ec2::types::{CapacityReservationInstancePlatform, Filter, MonitoringState};

@@ -221,6 +221,10 @@ impl Instances for Ec2Cloud {
         self.template_version(template).await
     }
 
+    async fn image(&self, image_id: &str) -> Result<Option<crate::ports::ImageInfo>, AwsError> {
+        self.describe_image(image_id).await
+    }
+
     async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError> {
         let mut limits = Vec::new();
         for instance_type in instance_types {

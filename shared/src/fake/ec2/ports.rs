@@ -239,6 +239,16 @@ impl Instances for FakeEc2 {
         }).await
     }
 
+    async fn image(&self, image_id: &str) -> Result<Option<crate::ports::ImageInfo>, AwsError> {
+        self.call("DescribeImages", |s| {
+            let default = crate::ports::ImageInfo { root_device_name: "/dev/xvda".into(), root_snapshot_gib: Some(8) };
+            Ok(match s.images.get(image_id) {
+                Some(set) => set.clone(),
+                None => image_id.starts_with("ami-").then_some(default),
+            })
+        }).await
+    }
+
     async fn interface_limits(&self, instance_types: &[String]) -> Result<Vec<(String, Option<u8>)>, AwsError> {
         let mut limits = Vec::new();
         for instance_type in instance_types {
