@@ -132,3 +132,18 @@ async fn addresses_ec2_would_refuse_are_refused_before_anything_is_made() {
     }
     assert!(ec2.enis().is_empty());
 }
+
+/// A named secondary IP that another node chose (reserved, no ENI holds it yet) is refused
+/// at create and at a PATCH, naming the field.
+#[tokio::test]
+async fn a_secondary_ip_another_node_has_chosen_is_refused() {
+    let (_ec2, tether) = world();
+    tether.create_node(test_spec(&["m5.large"], true), Persistence { private_ip: Some(ip(50)), ..Persistence::default() }, None).await.expect("create");
+    let asking = |addresses| NodeSpec { subnet_id: SUBNET.into(), secondary_private_ips: Some(SecondaryIps { count: None, addresses }), ..test_spec(&["m5.large"], true) };
+    let refused = tether.create_node(asking(vec![ip(50)]), Persistence::default(), None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, reason }) if field == "spec.secondary_private_ips.addresses" && reason.contains("reserved")), "{refused:?}");
+    let node = tether.create_node(asking(vec![ip(51)]), Persistence::default(), None).await.expect("create");
+    let patch = NodePatch { secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![ip(51), ip(50)] }), ..NodePatch::default() };
+    let refused = tether.patch(&node.id, &patch, None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "secondary_private_ips.addresses"), "{refused:?}");
+}

@@ -58,6 +58,8 @@ impl Tether {
             if self.network.private_ip_in_use(&spec.subnet_id, *ip).await? {
                 return Err(TetherError::invalid("spec.secondary_private_ips.addresses", format!("{ip} is already in use in {}; choose a free address, or give a count", spec.subnet_id)));
             }
+            // Another node's chosen address, or a group's pool address, not taken by an ENI yet.
+            self.unreserved(&Address::PrivateIp { subnet_id: spec.subnet_id.clone(), ip: *ip }, "spec.secondary_private_ips.addresses", "").await?;
         }
         if let Some(ip) = persistence.private_ip {
             check_private_ip(subnet.cidr, ip).map_err(|reason| TetherError::invalid("persistence.private_ip", reason))?;

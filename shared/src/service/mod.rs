@@ -24,7 +24,7 @@ use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, Metric, NodePatch, PatchError, Step};
 use crate::group::GroupId;
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Clock, EventClaim, EventClaims, Instances, LaunchPace, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
+use crate::ports::{Address, Clock, EventClaim, EventClaims, Instances, LaunchPace, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
 
 pub use manage::ImportRequest;
 pub use group_run::GroupRun;
@@ -380,6 +380,10 @@ impl Tether {
                 })?;
                 let primary = node.eni.as_ref().map(|e| e.private_ip).or(node.persistence.private_ip);
                 manage::check_eni_addresses("", &next.spec, primary, &subnet)?;
+                let had = node.spec.secondary_private_ips.as_ref().map(|s| s.addresses.clone()).unwrap_or_default();
+                for ip in next.spec.secondary_private_ips.iter().flat_map(|s| &s.addresses).filter(|ip| !had.contains(ip)) {
+                    self.unreserved(&Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip: *ip }, "secondary_private_ips.addresses", node.id.as_str()).await?;
+                }
             }
             // The ENI's own settings change at once (before the record says so: a refusal
             // leaves the spec as it was), from the ENI as EC2 has it (a try that lost a race
