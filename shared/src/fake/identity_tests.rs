@@ -133,17 +133,29 @@ async fn addresses_ec2_would_refuse_are_refused_before_anything_is_made() {
     assert!(ec2.enis().is_empty());
 }
 
-/// A named secondary IP that another node chose (reserved, no ENI holds it yet) is refused
-/// at create and at a PATCH, naming the field.
+/// Named secondary IPs are reserved with the node (in the table and the subnet), like its
+/// primary IP: another node asking for one is refused, naming the field; a PATCH that
+/// drops one releases it, one that names another claims it.
 #[tokio::test]
-async fn a_secondary_ip_another_node_has_chosen_is_refused() {
-    let (_ec2, tether) = world();
+async fn named_secondary_ips_are_reserved_with_the_node_and_released_by_a_patch() {
+    let (ec2, tether) = world();
     tether.create_node(test_spec(&["m5.large"], true), Persistence { private_ip: Some(ip(50)), ..Persistence::default() }, None).await.expect("create");
     let asking = |addresses| NodeSpec { subnet_id: SUBNET.into(), secondary_private_ips: Some(SecondaryIps { count: None, addresses }), ..test_spec(&["m5.large"], true) };
     let refused = tether.create_node(asking(vec![ip(50)]), Persistence::default(), None).await;
     assert!(matches!(&refused, Err(TetherError::Invalid { field, reason }) if field == "spec.secondary_private_ips.addresses" && reason.contains("reserved")), "{refused:?}");
     let node = tether.create_node(asking(vec![ip(51)]), Persistence::default(), None).await.expect("create");
-    let patch = NodePatch { secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![ip(51), ip(50)] }), ..NodePatch::default() };
-    let refused = tether.patch(&node.id, &patch, None).await;
+    let in_subnet = |ec2: &FakeEc2| ec2.subnet_reservations().into_iter().map(|(_, _, range)| range.addr()).collect::<Vec<_>>();
+    assert!(in_subnet(&ec2).contains(&ip(51)), "kept from EC2's random picks: {:?}", in_subnet(&ec2));
+    let refused = tether.create_node(asking(vec![ip(51)]), Persistence::default(), None).await;
+    assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "spec.secondary_private_ips.addresses"), "{refused:?}");
+    let taken = NodePatch { secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![ip(51), ip(50)] }), ..NodePatch::default() };
+    let refused = tether.patch(&node.id, &taken, None).await;
     assert!(matches!(&refused, Err(TetherError::Invalid { field, .. }) if field == "secondary_private_ips.addresses"), "{refused:?}");
+
+    let moved = NodePatch { secondary_private_ips: Some(SecondaryIps { count: None, addresses: vec![ip(52)] }), ..NodePatch::default() };
+    tether.patch(&node.id, &moved, None).await.expect("patch");
+    assert!(!in_subnet(&ec2).contains(&ip(51)) && in_subnet(&ec2).contains(&ip(52)), "{:?}", in_subnet(&ec2));
+    tether.create_node(asking(vec![ip(51)]), Persistence::default(), None).await.expect("51 is free again");
+    let refused = tether.create_node(asking(vec![ip(52)]), Persistence::default(), None).await;
+    assert!(refused.is_err(), "52 is the node's now");
 }

@@ -12,14 +12,33 @@ use crate::model::{Node, NodeState};
 use crate::ports::{Address, Expect, Reservation, SubnetReservation, Write, SUBNET_RESERVATION_GRACE};
 
 /// The addresses a node claims: its chosen private IP (in its subnet) and the user's Elastic
-/// IP. A group member's pool address and pool Elastic IP are its group's (handed to it).
+/// IP, its named secondary IPs, and its extra ENIs' chosen IPs (in their subnets) and Elastic
+/// IPs. A group member's pool address and pool Elastic IP are its group's (handed to it).
 pub(crate) fn chosen_addresses(node: &Node) -> Vec<Address> {
+    claimed_fields(node).into_iter().map(|(address, _)| address).collect()
+}
+
+/// `chosen_addresses`, each with the request field that chose it (named in a conflict).
+pub(crate) fn claimed_fields(node: &Node) -> Vec<(Address, String)> {
+    let spec = &node.spec;
+    let private = |subnet_id: &str, ip| Address::PrivateIp { subnet_id: subnet_id.to_owned(), ip };
     let mut addresses = Vec::new();
     if let Some(ip) = node.persistence.private_ip {
-        addresses.push(Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip });
+        addresses.push((private(&spec.subnet_id, ip), "persistence.private_ip".to_owned()));
     }
     if let Some(allocation_id) = &node.persistence.elastic_ip_allocation_id {
-        addresses.push(Address::ElasticIp { allocation_id: allocation_id.clone() });
+        addresses.push((Address::ElasticIp { allocation_id: allocation_id.clone() }, "persistence.elastic_ip_allocation_id".to_owned()));
+    }
+    for ip in spec.secondary_private_ips.iter().flat_map(|s| &s.addresses) {
+        addresses.push((private(&spec.subnet_id, *ip), "spec.secondary_private_ips.addresses".to_owned()));
+    }
+    for (i, extra) in spec.extra_enis.iter().enumerate() {
+        if let Some(ip) = extra.private_ip {
+            addresses.push((private(&extra.subnet_id, ip), format!("spec.extra_enis[{i}].private_ip")));
+        }
+        if let Some(allocation_id) = &extra.elastic_ip_allocation_id {
+            addresses.push((Address::ElasticIp { allocation_id: allocation_id.clone() }, format!("spec.extra_enis[{i}].elastic_ip_allocation_id")));
+        }
     }
     addresses
 }
@@ -137,6 +156,31 @@ impl Tether {
                 Ok(Ok(()))
             }
         }
+    }
+
+    /// Saves `next` (a PATCH of `node`) with the reservations of the addresses it names that
+    /// `node` did not (named secondary IPs), and without those it no longer names, in one
+    /// transaction; the subnet CIDR reservations follow once it is written.
+    pub(super) async fn save_claiming(&self, node: &Node, next: &Node) -> Result<Node, crate::error::AwsError> {
+        let (before, after) = (chosen_addresses(node), chosen_addresses(next));
+        let added: Vec<Address> = after.iter().filter(|a| !before.contains(a)).cloned().collect();
+        let mut released = Vec::new();
+        for address in before.iter().filter(|a| !after.contains(a)) {
+            released.extend(self.registry.reservation(address).await?.filter(|r| r.owner == node.id.as_str()));
+        }
+        if added.is_empty() && released.is_empty() {
+            return self.store.save(next).await;
+        }
+        let claims: Vec<Reservation> = added.into_iter().map(|a| Reservation::new(a, node.id.as_str())).collect();
+        let mut writes = vec![Write::SaveNode(next.clone())];
+        writes.extend(claims.iter().map(|r| Write::PutReservation { reservation: r.clone(), expect: Expect::Absent }));
+        writes.extend(released.iter().map(release_write));
+        self.registry.write(writes).await?;
+        for claim in &claims {
+            self.reserve_in_subnet(claim).await;
+        }
+        self.unreserve_released(&released).await;
+        Ok(Node { version: next.version + 1, ..next.clone() })
     }
 
     /// The writes that release a node's reservations as it is deallocated: its own are

@@ -16,7 +16,7 @@ use crate::lifecycle::{check_handover, check_launch_settings};
 use crate::model::{ElasticIpRecord, ExtraEni, InstanceRecord, MetadataOptions, Node, NodeId, NodeSpec, NodeState, Persistence, RevertToSpot};
 use crate::launch_options::check_launch_options;
 use crate::network_identity::check_address_request;
-use crate::ports::{Address, Expect, Reservation, SubnetInfo, SubnetReservation, Write};
+use crate::ports::{Address, Expect, Reservation, SubnetInfo, Write};
 
 /// What importing an existing instance takes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -90,14 +90,12 @@ impl Tether {
         }
         // Everything else checked first: a refusal after this is undone in EC2 too.
         let mut ahead = Vec::new();
-        if let Some(ip) = node.persistence.private_ip {
-            let address = Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip };
+        for address in addresses::chosen_addresses(&node).into_iter().filter(|a| matches!(a, Address::PrivateIp { .. })) {
             let made = self.reserve_ahead(&address, node.id.as_str()).await;
             ahead.push(Reservation { subnet_reservation: made, ..Reservation::new(address, node.id.as_str()) });
         }
-        let fields = [("persistence.private_ip", "private IP"), ("persistence.elastic_ip_allocation_id", "Elastic IP")];
         let created = match self.ip_free(&node).await {
-            Ok(()) => self.create_claiming(&node, &fields, ahead.first().and_then(|r| r.subnet_reservation.clone())).await,
+            Ok(()) => self.create_claiming(&node, None, &ahead).await,
             Err(e) => Err(e),
         };
         if created.is_err() {
@@ -137,31 +135,25 @@ impl Tether {
         Ok(Some(settings))
     }
 
-    /// Writes a new node with the reservations of its chosen addresses, in one transaction;
-    /// `fields` name, for each kind of address ("private IP", "Elastic IP"), the request
-    /// field a conflict is reported on.
-    /// `reserved_ahead`: the private IP's subnet CIDR reservation, made already.
-    async fn create_claiming(&self, node: &Node, fields: &[(&str, &str)], reserved_ahead: Option<SubnetReservation>) -> Result<(), TetherError> {
-        let addresses = addresses::chosen_addresses(node);
-        if addresses.is_empty() {
+    /// Writes a new node with the reservations of its chosen addresses, in one transaction.
+    /// A conflict names the request field that chose the address (`field`, when given, for
+    /// all). `ahead`: the subnet CIDR reservations made already (`reserve_ahead`).
+    async fn create_claiming(&self, node: &Node, field: Option<&str>, ahead: &[Reservation]) -> Result<(), TetherError> {
+        let claimed = addresses::claimed_fields(node);
+        if claimed.is_empty() {
             return Ok(self.store.create(node).await?);
         }
+        let addresses: Vec<Address> = claimed.iter().map(|(a, _)| a.clone()).collect();
         let mut writes = vec![Write::CreateNode(node.clone())];
         for address in &addresses {
             let mut reservation = Reservation::new(address.clone(), node.id.as_str());
-            if matches!(address, Address::PrivateIp { .. }) {
-                reservation.subnet_reservation = reserved_ahead.clone();
-            }
+            reservation.subnet_reservation = ahead.iter().find(|r| r.address == *address).and_then(|r| r.subnet_reservation.clone());
             writes.push(Write::PutReservation { reservation, expect: Expect::Absent });
         }
         if let Err(e) = self.registry.write(writes).await {
             // Someone reserved an address since it was checked: name it.
             if e.class == ErrorClass::Conflict {
-                let field_of = |a: &Address| {
-                    let kind = if matches!(a, Address::PrivateIp { .. }) { "private IP" } else { "Elastic IP" };
-                    fields.iter().find(|(_, k)| *k == kind).map_or("persistence", |(f, _)| *f)
-                };
-                let named: Vec<(Address, &str)> = addresses.iter().map(|a| (a.clone(), field_of(a))).collect();
+                let named: Vec<(Address, &str)> = claimed.iter().map(|(a, f)| (a.clone(), field.unwrap_or(f.as_str()))).collect();
                 if let Some(taken) = self.reservation_conflict(&named, node.id.as_str()).await? {
                     return Err(taken);
                 }
@@ -287,7 +279,7 @@ impl Tether {
         }
         // The ENI must outlive the instance before Tether promises anything about it.
         self.instances.adopt(&node.id, &found).await?;
-        match self.create_claiming(&node, &[("instance_id", "private IP"), ("instance_id", "Elastic IP")], None).await {
+        match self.create_claiming(&node, Some("instance_id"), &[]).await {
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                 return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", node.id)))
             }

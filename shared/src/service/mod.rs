@@ -400,7 +400,7 @@ impl Tether {
                     Err(refused) => return Err(TetherError::invalid(refused.field, refused.reason())),
                 }
             }
-            match self.store.save(&next).await {
+            match self.save_claiming(&node, &next).await {
                 Err(e) if e.class == ErrorClass::Conflict => continue,
                 other => return Ok(other?),
             }

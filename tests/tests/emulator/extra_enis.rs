@@ -48,6 +48,9 @@ async fn an_extra_eni_and_its_elastic_ip_come_with_every_generation_and_go_with_
         ..fx.spec(&["m5.large"])
     };
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    // Its chosen address is reserved with the node, as a primary one is.
+    let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&back).send().await?;
+    assert_eq!(reserved.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect::<Vec<_>>(), ["10.0.8.20/32"]);
     fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     let running = fx.tether.node(&node.id).await?;
     let [extra] = running.extra_enis.as_slice() else { return Err(format!("one extra ENI recorded: {:?}", running.extra_enis).into()) };
@@ -73,6 +76,8 @@ async fn an_extra_eni_and_its_elastic_ip_come_with_every_generation_and_go_with_
     assert!(gone.network_interfaces().is_empty(), "the extra ENI is deleted");
     let eip = fx.cloud_eip(&allocation_id).await?;
     assert_eq!((eip.association_id(), eip.public_ip()), (None, Some(public_ip.as_str())), "free, still allocated");
+    let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&back).send().await?;
+    assert!(reserved.subnet_ipv4_cidr_reservations().is_empty(), "the chosen address is released with the node");
     Ok(())
 }
 

@@ -62,6 +62,11 @@ async fn secondary_ips_ipv6_and_the_source_dest_check_stay_on_the_eni_of_every_g
         ..fx.spec(&["m5.large"])
     };
     let node = fx.tether.create_node(spec, Persistence::default(), None).await?;
+    // Named, they are reserved with the node, as a chosen primary IP is: kept from EC2's picks.
+    let reserved = fx.ec2.get_subnet_cidr_reservations().subnet_id(&node.spec.subnet_id).send().await?;
+    let mut cidrs: Vec<&str> = reserved.subnet_ipv4_cidr_reservations().iter().filter_map(|r| r.cidr()).collect();
+    cidrs.sort();
+    assert_eq!(cidrs, ["10.0.7.20/32", "10.0.7.21/32"]);
     fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
     let first = on_the_eni(&fx, &node).await?;
     assert_eq!(first.1, vec!["10.0.7.20", "10.0.7.21"], "secondary IPs on generation 1");

@@ -43,11 +43,18 @@ pub fn violations(seen: &Seen<'_>) -> Vec<String> {
     found
 }
 
-/// The addresses a node claims: its chosen private IP (in its subnet) and Elastic IP.
+/// The addresses a node claims: its chosen private IP (in its subnet) and Elastic IP, its
+/// named secondary IPs, and its extra ENIs' chosen IPs and Elastic IPs.
 fn chosen_addresses(node: &Node) -> Vec<Address> {
-    let ip = node.persistence.private_ip.map(|ip| Address::PrivateIp { subnet_id: node.spec.subnet_id.clone(), ip });
+    let private = |subnet_id: &str, ip| Address::PrivateIp { subnet_id: subnet_id.to_owned(), ip };
+    let ip = node.persistence.private_ip.map(|ip| private(&node.spec.subnet_id, ip));
     let eip = node.persistence.elastic_ip_allocation_id.clone().map(|allocation_id| Address::ElasticIp { allocation_id });
-    ip.into_iter().chain(eip).collect()
+    let secondary = node.spec.secondary_private_ips.iter().flat_map(|s| &s.addresses).map(|ip| private(&node.spec.subnet_id, *ip));
+    let extra = node.spec.extra_enis.iter().flat_map(|e| {
+        let eip = e.elastic_ip_allocation_id.clone().map(|allocation_id| Address::ElasticIp { allocation_id });
+        e.private_ip.map(|ip| private(&e.subnet_id, ip)).into_iter().chain(eip)
+    });
+    ip.into_iter().chain(eip).chain(secondary).chain(extra).collect()
 }
 
 fn live(node: &Node) -> bool {
