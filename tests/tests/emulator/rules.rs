@@ -500,7 +500,7 @@ async fn secondary_private_ips_are_unique_in_the_subnet_and_never_reserved() -> 
     let before = eni_addresses(&fx, &second).await?;
     let assign = |addresses: &[String]| fx.ec2.assign_private_ip_addresses().network_interface_id(&second).set_private_ip_addresses(Some(addresses.to_vec())).send();
     for (taken, whose) in [(ip(20), "the other ENI's primary"), (ip(21), "the other ENI's secondary"), (before[0].0.clone(), "this ENI's primary")] {
-        let err = assign(&[taken.clone()]).await.expect_err("an address in use cannot be assigned");
+        let err = assign(std::slice::from_ref(&taken)).await.expect_err("an address in use cannot be assigned");
         assert_eq!(err.code(), Some("InvalidIPAddress.InUse"), "{taken} ({whose}): {err:?}");
     }
     for host in [0u8, 1, 2, 3, 255] {
@@ -847,7 +847,7 @@ async fn launch_template_versions_read_back_as_stored() -> Result<(), SetupError
     let check = |data: &aws_sdk_ec2::types::ResponseLaunchTemplateData, instance_type: &str| {
         assert_eq!(data.instance_type().map(|t| t.as_str()), Some(instance_type));
         assert_eq!(data.image_id(), Some(fx.image_id.as_str()));
-        assert_eq!(data.security_group_ids(), [fx.security_group_id.clone()]);
+        assert_eq!(data.security_group_ids(), std::slice::from_ref(&fx.security_group_id));
         let metadata = data.metadata_options().expect("MetadataOptions");
         assert_eq!((metadata.http_tokens(), metadata.http_put_response_hop_limit()), (Some(&LaunchTemplateHttpTokensState::Required), Some(2)));
         let mapping = data.block_device_mappings().first().expect("a block device mapping");

@@ -79,7 +79,7 @@ fn based_on(template_id: &str) -> Option<LaunchTemplateRef> {
 async fn a_node_from_a_template_with_instance_security_groups_keeps_everything_on_every_generation() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
     let (web, db) = (security_group(&fx, "web").await?, security_group(&fx, "db").await?);
-    let template_id = template(&fx, &[web.clone()]).await?;
+    let template_id = template(&fx, std::slice::from_ref(&web)).await?;
     let back = fx.subnet("10.0.8.0/24").await?;
     let root = BlockDevice { device_name: "/dev/sda1".into(), volume_size_gib: 100, volume_type: VolumeType::Gp3, iops: None, throughput_mibps: None, encrypted: None, kms_key_id: None, delete_on_termination: true };
     let spec = NodeSpec {
