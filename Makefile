@@ -25,9 +25,15 @@ demo: $(EMULATOR)
 
 test: $(EMULATOR) infra-check
 	cargo build --workspace --bins
+	cargo test --workspace --no-run --quiet
 	tests/emulator/prove-rules.sh
-	PYTHON=$(PYTHON) tests/fuzz/run.sh
-	cargo test --workspace -- --skip fake::chaos
+	@# The fuzzer mostly waits on its API (a group route runs a controller pass of up to 3 s), on
+	@# an emulator of its own: it runs beside the suite, its output kept for after it.
+	@mkdir -p target/fuzz
+	@PYTHON=$(PYTHON) tests/fuzz/run.sh > target/fuzz/run.log 2>&1 & fuzz=$$!; \
+	  cargo test --workspace -- --skip fake::chaos; suite=$$?; \
+	  wait $$fuzz; fuzzed=$$?; tail -n 25 target/fuzz/run.log; \
+	  [ $$suite -eq 0 ] && [ $$fuzzed -eq 0 ]
 	@# 200 nodes reclaimed at once through the queues: alone, so that it and the others do not
 	@# wait on each other's emulator calls (about 2.5 min alone, 5.5 more in the suite's midst).
 	cargo test -p tether-tests --test emulator -- --ignored two_hundred_nodes_reclaimed --nocapture

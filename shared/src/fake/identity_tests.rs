@@ -159,3 +159,27 @@ async fn named_secondary_ips_are_reserved_with_the_node_and_released_by_a_patch(
     let refused = tether.create_node(asking(vec![ip(52)]), Persistence::default(), None).await;
     assert!(refused.is_err(), "52 is the node's now");
 }
+
+/// An extra ENI deleted by hand while its node is paused: the reconciler puts the node in
+/// error naming it (the node cannot launch with its network as it was); a running node's
+/// sweep never deletes its extra ENI.
+#[tokio::test]
+async fn an_extra_eni_deleted_by_hand_puts_the_node_in_error_naming_it() {
+    let (ec2, tether) = world();
+    let extra = crate::model::ExtraEni { device_index: 1, subnet_id: "subnet-v4".into(), security_group_ids: Vec::new(), private_ip: None, elastic_ip_allocation_id: None };
+    let spec = NodeSpec { subnet_id: SUBNET.into(), extra_enis: vec![extra], ..test_spec(&["m5.large"], true) };
+    let node = tether.create_node(spec, Persistence::default(), None).await.expect("create");
+    tether.resume(&node.id, deadline(), None).await.expect("resume");
+    tether.reconcile(deadline()).await.expect("reconcile");
+    let running = tether.node(&node.id).await.expect("node");
+    let recorded = running.extra_enis.first().cloned().expect("an extra ENI");
+    assert!(ec2.enis().iter().any(|e| e.id == recorded.id && e.device_index == Some(1)), "attached at index 1, not swept");
+
+    tether.pause(&node.id, deadline(), None).await.expect("pause");
+    ec2.advance();
+    ec2.hand_delete_eni(&recorded.id).expect("delete by hand");
+    tether.reconcile(deadline()).await.expect("reconcile");
+    let after = tether.node(&node.id).await.expect("node");
+    assert_eq!(after.state, crate::model::NodeState::Error);
+    assert!(after.last_error.as_deref().is_some_and(|e| e.contains(&recorded.id) && e.contains("device index 1")), "{:?}", after.last_error);
+}

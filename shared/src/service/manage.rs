@@ -417,7 +417,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));
     }
-    check_public_ip(spec.public_ip_assignment, persistence).map_err(|reason| TetherError::invalid("spec.public_ip_assignment", reason))?;
+    check_public_ip(spec, persistence).map_err(|reason| TetherError::invalid("spec.public_ip_assignment", reason))?;
     if persistence.elastic_ip_allocation_id.is_some() && persistence.allocate_elastic_ip {
         return Err(TetherError::invalid(
             "persistence.allocate_elastic_ip",
@@ -427,16 +427,20 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     Ok(())
 }
 
-/// A public IP from Amazon's pool beside an Elastic IP: the Elastic IP takes eth0's public
-/// address, so the pool's would never be seen.
-pub(crate) fn check_public_ip(assignment: crate::model::PublicIpAssignment, persistence: &Persistence) -> Result<(), String> {
-    let has_eip = persistence.elastic_ip_allocation_id.is_some() || persistence.allocate_elastic_ip;
-    match (assignment, has_eip) {
-        (crate::model::PublicIpAssignment::Assign | crate::model::PublicIpAssignment::SubnetDefault, true) => {
-            Err("the node has an Elastic IP, which is its public address: leave public_ip_assignment none".into())
-        }
-        _ => Ok(()),
+/// A public IP from Amazon's pool beside an Elastic IP (which takes eth0's public address, so
+/// the pool's would never be seen), or beside extra ENIs (EC2 then gives none).
+pub(crate) fn check_public_ip(spec: &NodeSpec, persistence: &Persistence) -> Result<(), String> {
+    if spec.public_ip_assignment == crate::model::PublicIpAssignment::None {
+        return Ok(());
     }
+    if persistence.elastic_ip_allocation_id.is_some() || persistence.allocate_elastic_ip {
+        return Err("the node has an Elastic IP, which is its public address: leave public_ip_assignment none".into());
+    }
+    // EC2 gives a public IPv4 address only to an instance launched with one network interface.
+    if !spec.extra_enis.is_empty() {
+        return Err("EC2 gives a public IP only to an instance launched with one network interface, and this node has extra ENIs: give it an Elastic IP (persistence, or an extra ENI's elastic_ip_allocation_id) and leave public_ip_assignment none".into());
+    }
+    Ok(())
 }
 
 /// What EC2 would refuse in the addresses a spec asks for on its ENI beyond the primary,

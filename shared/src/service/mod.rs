@@ -373,7 +373,7 @@ impl Tether {
             if launch_changed || (next.spec.launch_template.is_some() && next.spec != node.spec) {
                 self.checked_launch(&next.spec, "").await?;
             }
-            manage::check_public_ip(next.spec.public_ip_assignment, &node.persistence).map_err(|reason| TetherError::invalid("public_ip_assignment", reason))?;
+            manage::check_public_ip(&next.spec, &node.persistence).map_err(|reason| TetherError::invalid("public_ip_assignment", reason))?;
             if next.spec.secondary_private_ips != node.spec.secondary_private_ips || next.spec.ipv6 != node.spec.ipv6 {
                 let subnet = self.network.describe_subnet(&node.spec.subnet_id).await?.ok_or_else(|| {
                     TetherError::Conflict(format!("the node's subnet {} no longer exists", node.spec.subnet_id))

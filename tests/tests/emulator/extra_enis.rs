@@ -97,6 +97,9 @@ async fn extra_enis_ec2_would_refuse_are_refused_naming_the_field() -> Result<()
     assert_eq!(invalid_field(create(with(&["m5.large"], vec![extra(0, &back)])).await), "spec.extra_enis[0].device_index");
     let outside = ExtraEni { private_ip: Some(Ipv4Addr::new(10, 0, 1, 30)), ..extra(1, &back) };
     assert_eq!(invalid_field(create(with(&["m5.large"], vec![outside])).await), "spec.extra_enis[0].private_ip");
+    // EC2 gives a public IP only to an instance launched with one network interface.
+    let public = NodeSpec { public_ip_assignment: tether::model::PublicIpAssignment::Assign, ..with(&["m5.large"], vec![extra(1, &back)]) };
+    assert_eq!(invalid_field(create(public).await), "spec.public_ip_assignment");
     // t3.micro takes 2 network interfaces (DescribeInstanceTypes): the node's and one more.
     let two = vec![extra(1, &back), extra(2, &back)];
     match create(with(&["m5.large", "t3.micro"], two.clone())).await {
