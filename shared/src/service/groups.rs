@@ -15,6 +15,7 @@ use crate::error::ErrorClass;
 use crate::group::{self, Group, GroupId, GroupState, GroupStatus, GroupSubnet, MemberTemplate, Rollout};
 use crate::lifecycle::{check_handover, check_launch_settings, patch_spec};
 use crate::model::{MetadataOptions, Node, NodeState};
+use crate::network_identity::check_address_request;
 use crate::ports::{Address, Expect, Reservation, Write, MAX_WRITES};
 use crate::views::{CreateGroup, GroupPatch};
 
@@ -595,17 +596,15 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
         check_name(&format!("{field}.iam_instance_profile"), profile)?;
     }
     // Each member's ENI is its own: addresses can only be counted, never named.
-    for (name, named) in [
-        ("secondary_private_ips", template.secondary_private_ips.as_ref().is_some_and(|r| !r.addresses.is_empty())),
-        ("ipv6", template.ipv6.as_ref().is_some_and(|r| !r.addresses.is_empty())),
-    ] {
-        if named {
-            return Err(TetherError::invalid(format!("{field}.{name}.addresses"), "a group's members each need their own addresses: give a count"));
+    let requests = [
+        ("secondary_private_ips", template.secondary_private_ips.as_ref().map(|r| check_address_request(r, named))),
+        ("ipv6", template.ipv6.as_ref().map(|r| check_address_request(r, named))),
+    ];
+    for (name, checked) in requests {
+        if let Some(Err((request_field, reason))) = checked {
+            let request_field = request_field.split('[').next().unwrap_or_default();
+            return Err(TetherError::invalid(format!("{field}.{name}.{request_field}"), reason));
         }
-    }
-    let counted = [("secondary_private_ips", template.secondary_private_ips.as_ref().map(|r| r.wanted())), ("ipv6", template.ipv6.as_ref().map(|r| r.wanted()))];
-    if let Some((name, _)) = counted.into_iter().find(|(_, n)| n.is_some_and(|n| n > usize::from(crate::network_identity::MAX_EXTRA_ADDRESSES))) {
-        return Err(TetherError::invalid(format!("{field}.{name}.count"), format!("at most {} per ENI", crate::network_identity::MAX_EXTRA_ADDRESSES)));
     }
     check_launch_settings(template.metadata_options.as_ref(), &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     check_handover(template.handover_after_warning_seconds).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
@@ -614,6 +613,11 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     check_tags(&format!("{field}.eni_tags"), &template.eni_tags)?;
     check_tags(&format!("{field}.volume_tags"), &template.volume_tags)?;
     check_tags(&format!("{field}.tags"), &template.tags)
+}
+
+/// Any named address in a group's template: each member's ENI needs its own.
+fn named<A>(_: A) -> Result<(), String> {
+    Err("a group's members each need their own addresses: give a count".to_owned())
 }
 
 /// A public IP from Amazon's pool is refused beside an Elastic-IP pool: a pool address is

@@ -85,31 +85,14 @@ impl Network for Ec2Cloud {
     }
 
     async fn find_node_eni(&self, node_id: &NodeId) -> Result<Option<EniRecord>, AwsError> {
-        let out = self
-            .client
-            .describe_network_interfaces()
-            .filters(Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build())
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
         // The node's extra ENIs carry its id too: the primary is the one without an index.
-        out.network_interfaces()
-            .iter()
-            .find(|eni| device_index_of(eni).is_none())
-            .map(|eni| eni_record("DescribeNetworkInterfaces", eni))
-            .transpose()
+        let enis = self.enis_of(node_id, None).await?;
+        enis.iter().find(|eni| device_index_of(eni).is_none()).map(|eni| eni_record("DescribeNetworkInterfaces", eni)).transpose()
     }
 
     async fn find_extra_eni(&self, node_id: &NodeId, device_index: u8) -> Result<Option<EniRecord>, AwsError> {
-        let out = self
-            .client
-            .describe_network_interfaces()
-            .filters(Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build())
-            .filters(Filter::builder().name(format!("tag:{TAG_DEVICE_INDEX}")).values(device_index.to_string()).build())
-            .send()
-            .await
-            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
-        out.network_interfaces().first().map(|eni| eni_record("DescribeNetworkInterfaces", eni)).transpose()
+        let enis = self.enis_of(node_id, Some(device_index)).await?;
+        enis.first().map(|eni| eni_record("DescribeNetworkInterfaces", eni)).transpose()
     }
 
     async fn create_eni(&self, request: &EniRequest) -> Result<EniRecord, AwsError> {
@@ -403,6 +386,20 @@ fn device_index_of(eni: &aws_sdk_ec2::types::NetworkInterface) -> Option<u8> {
 }
 
 impl Ec2Cloud {
+    /// The ENIs tagged with the node's id (and with `device_index`, when given).
+    async fn enis_of(&self, node_id: &NodeId, device_index: Option<u8>) -> Result<Vec<aws_sdk_ec2::types::NetworkInterface>, AwsError> {
+        let mut filters = vec![Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node_id.as_str()).build()];
+        filters.extend(device_index.map(|i| Filter::builder().name(format!("tag:{TAG_DEVICE_INDEX}")).values(i.to_string()).build()));
+        let out = self
+            .client
+            .describe_network_interfaces()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| aws_error("EC2", "DescribeNetworkInterfaces", e))?;
+        Ok(out.network_interfaces().to_vec())
+    }
+
     /// One ENI as EC2 describes it now.
     async fn eni(&self, eni_id: &str) -> Result<EniRecord, AwsError> {
         let out = self
