@@ -79,7 +79,7 @@ pub fn node_table(nodes: &[NodeView]) -> String {
         .map(|n| {
             vec![
                 n.id.to_string(),
-                state_name(n.state),
+                state_with_conditions(n),
                 n.generation.to_string(),
                 or_dash(n.instance_id.as_deref()),
                 or_dash(n.instance_type.as_deref()),
@@ -90,6 +90,20 @@ pub fn node_table(nodes: &[NodeView]) -> String {
         })
         .collect();
     table(&["ID", "STATE", "GEN", "INSTANCE", "TYPE", "MARKET", "PRIVATE IP", "PUBLIC IP"], &rows)
+}
+
+/// The state, marked `(degraded)` while the node has a condition.
+fn state_with_conditions(n: &NodeView) -> String {
+    match n.conditions.len() {
+        0 => state_name(n.state),
+        _ => format!("{} (degraded)", state_name(n.state)),
+    }
+}
+
+/// Each condition as `kind since TIME: message`, one per line.
+fn conditions(n: &NodeView) -> String {
+    let lines: Vec<String> = n.conditions.iter().map(|c| format!("{} since {}: {}", c.kind.as_str(), time(&c.since), c.message)).collect();
+    lines.join("\n")
 }
 
 impl Shown for NodeView {
@@ -124,6 +138,7 @@ pub fn node_block(n: &NodeView) -> String {
         ("elastic IP", or_dash(n.elastic_ip_allocation_id.as_deref())),
         ("extra ENIs", or_dash(Some(extra_enis(n)).filter(|s| !s.is_empty()).as_deref())),
         ("last error", or_dash(n.last_error.as_deref())),
+        ("conditions", or_dash(Some(conditions(n)).filter(|s| !s.is_empty()).as_deref())),
         ("subnet", n.spec.subnet_id.clone()),
         ("launch template", or_dash(n.spec.launch_template.as_ref().map(|t| t.describe()).as_deref())),
     ];

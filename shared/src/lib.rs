@@ -4,6 +4,7 @@
 //! talk to AWS (`aws`), and the functions translate Lambda events (`lambda`).
 
 pub mod aws;
+pub mod conditions;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 pub use handover::{check_handover, handover, handover_recorded, Handover};
 pub use actions::{check_launch_settings, eni_settings_differ, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
 pub use metrics::{metrics_of, Metric};
-pub use reconcile::{eni_deleted, extra_eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
+pub use reconcile::{elastic_ip_elsewhere, eni_deleted, extra_eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
 
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{InstanceRecord, InterruptionAction, InterruptionRecord, Market, Node, NodeState};

@@ -511,6 +511,10 @@ pub struct Node {
     pub interruption: Option<InterruptionRecord>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// What is wrong without stopping the node (`conditions`): it keeps running and being
+    /// recovered, and Tether clears each once its cause goes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::Condition>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
     /// The EventBridge events whose transition this record applied (newest last), written
@@ -555,6 +559,7 @@ impl Node {
             instance: None,
             interruption: None,
             last_error: None,
+            conditions: Vec::new(),
             history: Vec::new(),
             applied_events: Vec::new(),
             spot_revert_at: None,

@@ -43,6 +43,11 @@ pub struct NodeView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imported_volumes: Vec<crate::volumes::ImportedVolume>,
     pub last_error: Option<String>,
+    /// What is wrong without stopping the node: it keeps running and being recovered, and
+    /// Tether clears each condition once its cause goes (an Elastic IP freed is associated
+    /// again). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::Condition>,
     pub spec: NodeSpec,
     pub persistence: Persistence,
     /// The group it is a member of.
@@ -75,6 +80,7 @@ impl From<&Node> for NodeView {
             extra_enis: node.extra_enis.clone(),
             imported_volumes: node.imported_volumes.clone(),
             last_error: node.last_error.clone(),
+            conditions: node.conditions.clone(),
             spec: node.spec.clone(),
             persistence: node.persistence.clone(),
             group: node.group.clone(),

@@ -362,6 +362,7 @@ export class TetherStack extends Stack {
     // Tether's own metric (embedded-metric-format lines in the functions' logs): a node went
     // into ERROR, or an event could never be processed. Neither fails an invocation.
     this.alarm("NodeErrorsAlarm", "A node went into ERROR or an event could not be processed (see the functions' logs; an operator decides).", "Tether", "Errors", "Deployment", table.ref, "Sum", 300);
+    this.alarm("NodeConditionsAlarm", "A node got a condition (it runs degraded; see `tether nodes show` and its history).", "Tether", "Conditions", "Deployment", table.ref, "Sum", 300);
 
     new CfnOutput(this, "ApiUrl", { description: "The management API's endpoint (TETHER_API_URL for the tether CLI).", value: api.apiEndpoint });
     new CfnOutput(this, "NodesTableName", { description: "The DynamoDB table (retained when the stack is deleted).", value: table.ref });

@@ -53,6 +53,7 @@ fn figures(metric: &Metric) -> Vec<(&'static str, &'static str, f64)> {
         Metric::Fallback { market: Market::Spot } => vec![("Fallbacks", "Count", 1.0)],
         Metric::DriftRepair => vec![("DriftRepairs", "Count", 1.0)],
         Metric::Error => vec![("Errors", "Count", 1.0)],
+        Metric::Condition(_) => vec![("Conditions", "Count", 1.0)],
     }
 }
 
@@ -99,6 +100,7 @@ mod tests {
             Metric::Fallback { market: Market::Spot },
             Metric::DriftRepair,
             Metric::Error,
+            Metric::Condition(crate::conditions::ConditionKind::ElasticIpElsewhere),
         ];
         for metric in &metrics {
             let line = emf_line("tether-nodes", metric, Some(&node), Utc::now());

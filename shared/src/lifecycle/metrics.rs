@@ -21,6 +21,8 @@ pub enum Metric {
     DriftRepair,
     /// A node put in ERROR (an operator decides), or an event that can never be processed.
     Error,
+    /// A condition raised on a node (`conditions`): it keeps running, degraded.
+    Condition(crate::conditions::ConditionKind),
 }
 
 /// The metrics the transition from `before` to `after` (as written) counts.
@@ -46,6 +48,9 @@ pub fn metrics_of(before: &Node, after: &Node) -> Vec<Metric> {
     }
     if after.state == NodeState::Error && before.state != NodeState::Error {
         metrics.push(Metric::Error);
+    }
+    for raised in after.conditions.iter().filter(|c| before.condition(c.kind).is_none()) {
+        metrics.push(Metric::Condition(raised.kind));
     }
     metrics
 }
@@ -126,6 +131,13 @@ mod tests {
         let recycling = applied(on_recycle(&running, now, Some("alice")));
         let recycled = launched(&recycling, "i-new".into(), "m5.large".into(), Market::Spot, now);
         assert_eq!(metrics_of(&recycling, &recycled), vec![]);
+
+        let mut degraded = recycled.clone();
+        degraded.raise(crate::conditions::ConditionKind::ElasticIpReleased, "released".into(), now);
+        assert_eq!(metrics_of(&recycled, &degraded), vec![Metric::Condition(crate::conditions::ConditionKind::ElasticIpReleased)]);
+        let mut reworded = degraded.clone();
+        reworded.raise(crate::conditions::ConditionKind::ElasticIpReleased, "released, again".into(), now);
+        assert_eq!(metrics_of(&degraded, &reworded), vec![], "counted when raised, not when reworded");
 
         let broken = failed(&recycling, "ENI deleted".into(), now);
         assert_eq!(metrics_of(&recycling, &broken), vec![Metric::Error]);

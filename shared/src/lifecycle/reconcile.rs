@@ -1,12 +1,13 @@
 //! What the reconciler does about one node, given what it found in EC2: recover a node
 //! whose instance is gone without an event, carry on work that stalled, and heal or
-//! report drift (never fighting a person over an Elastic IP).
+//! report drift (never fighting a person over an Elastic IP: a condition says who has it).
 
 use chrono::{DateTime, Utc};
 
 use super::{failed, on_instance_event, Action, Step};
+use crate::conditions::ConditionKind;
 use crate::events::{InstanceEvent, InstanceState};
-use crate::model::{EniRecord, Market, Node, NodeState, SPOT_REVERT_INTERVAL};
+use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeState, SPOT_REVERT_INTERVAL};
 
 /// What the reconciler found in EC2 about a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,12 +74,16 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
 
 /// Whether the reconciler's `step` for `node` repairs drift between the record and EC2: a
 /// lost event's transition applied, the Elastic IP put back, stalled work carried on. An
-/// ERROR it finds (counted as an error) and a move back to spot (a policy) are not repairs.
+/// ERROR it finds (counted as an error), a condition raised or cleared alone (counted as a
+/// condition) and a move back to spot (a policy) are not repairs.
 pub fn repairs_drift(node: &Node, step: &Step) -> bool {
     match step {
         Step::Ignore(_) | Step::Refuse(_) => false,
         Step::Continue(_) => true,
-        Step::Apply { next, .. } => next.state != NodeState::Error && next.spot_revert_at == node.spot_revert_at,
+        Step::Apply { next, actions } => {
+            let condition_alone = actions.is_empty() && next.conditions != node.conditions;
+            next.state != NodeState::Error && next.spot_revert_at == node.spot_revert_at && !condition_alone
+        }
     }
 }
 
@@ -112,28 +117,38 @@ fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
         return Step::Apply { next: failed(node, extra_eni_deleted(extra), now), actions: Vec::new() };
     }
     let (Some(eip), Some(found)) = (&node.elastic_ip, &seen.elastic_ip) else { return Step::Ignore("network as recorded") };
-    match found {
-        ElasticIpFound::OnEni => Step::Ignore("network as recorded"),
+    let mut next = node.clone();
+    let changed = match found {
+        ElasticIpFound::OnEni => next.clear(ConditionKind::ElasticIpElsewhere, &format!("Elastic IP {} is on the ENI again", eip.allocation_id), now),
         ElasticIpFound::Free => {
-            let mut next = node.clone();
+            next.clear(ConditionKind::ElasticIpElsewhere, &format!("Elastic IP {} is free again", eip.allocation_id), now);
             next.record(now, format!("drift: Elastic IP {} ({}) found disassociated; associated again", eip.allocation_id, eip.public_ip));
-            Step::Apply { next, actions: vec![Action::AssociateElasticIp] }
+            return Step::Apply { next, actions: vec![Action::AssociateElasticIp] };
         }
-        ElasticIpFound::Elsewhere(holder) => {
-            let reason = format!(
-                "Elastic IP {} ({}) was associated with {holder} outside Tether; Tether does not take it back: disassociate it and recycle the node, or deallocate the node",
-                eip.allocation_id, eip.public_ip
-            );
-            Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
-        }
+        // Tether never takes an Elastic IP from whoever holds it: the node goes on without it.
+        ElasticIpFound::Elsewhere(holder) => next.raise(ConditionKind::ElasticIpElsewhere, elastic_ip_elsewhere(eip, holder), now),
         ElasticIpFound::Missing => {
-            let reason = format!(
-                "Elastic IP {} ({}) was released outside Tether; the node's public IP is lost: deallocate this node and create a new one",
+            let message = format!(
+                "Elastic IP {} ({}) was released outside Tether: the node runs on its ENI and private IP without its public IP; deallocate it and create a new node to have another",
                 eip.allocation_id, eip.public_ip
             );
-            Step::Apply { next: failed(node, reason, now), actions: Vec::new() }
+            next.clear(ConditionKind::ElasticIpElsewhere, "the Elastic IP was released", now);
+            next.raise(ConditionKind::ElasticIpReleased, message, now)
         }
+    };
+    if changed {
+        Step::record(next)
+    } else {
+        Step::Ignore("network as recorded")
     }
+}
+
+/// The condition's words for a node whose Elastic IP `holder` has.
+pub fn elastic_ip_elsewhere(eip: &ElasticIpRecord, holder: &str) -> String {
+    format!(
+        "Elastic IP {} ({}) is associated with {holder}, not with the node's ENI: the node runs on its ENI and private IP without it, and gets it back once it is disassociated from {holder}",
+        eip.allocation_id, eip.public_ip
+    )
 }
 
 /// The ERROR reason for a node whose extra ENI is gone.

@@ -394,24 +394,46 @@ fn the_reconciler_carries_on_only_stalled_work() {
 }
 
 #[test]
-fn the_reconciler_heals_a_free_elastic_ip_and_reports_what_it_must_not_fight() {
+fn the_reconciler_heals_a_free_elastic_ip_and_raises_a_condition_for_what_it_must_not_fight() {
+    use crate::conditions::ConditionKind;
     for state in [NodeState::Running, NodeState::Paused] {
         let node = with_network(state);
         let alive = (state == NodeState::Running).then_some(InstanceState::Running);
         let step = on_reconcile(&node, &observed(alive, true, Some(ElasticIpFound::Free), false), Utc::now());
         let Step::Apply { next, actions } = step else { panic!("free Elastic IP not healed in {state:?}") };
         assert_eq!((next.state, actions), (state, vec![Action::AssociateElasticIp]));
+
+        // Moved by a person: a condition naming the holder, the node left in its state.
         let elsewhere = observed(alive, true, Some(ElasticIpFound::Elsewhere("i-someone".into())), false);
-        let failed = written(&on_reconcile(&node, &elsewhere, Utc::now())).cloned().expect("a record");
-        let reason = failed.last_error.unwrap_or_default();
-        assert_eq!(failed.state, NodeState::Error);
-        assert!(reason.contains("eipalloc-1") && reason.contains("i-someone"), "{reason}");
-        let missing = written(&on_reconcile(&node, &observed(alive, true, Some(ElasticIpFound::Missing), false), Utc::now())).cloned().expect("a record");
-        assert_eq!(missing.state, NodeState::Error);
+        let degraded = written(&on_reconcile(&node, &elsewhere, Utc::now())).cloned().expect("a record");
+        assert_eq!((degraded.state, degraded.last_error.as_deref()), (state, None), "drift is no ERROR");
+        let message = degraded.condition(ConditionKind::ElasticIpElsewhere).map(|c| c.message.clone()).unwrap_or_default();
+        assert!(message.contains("eipalloc-1") && message.contains("i-someone"), "{message}");
+        assert_eq!(kind(&on_reconcile(&degraded, &elsewhere, Utc::now())).0, "ignore", "raised once");
+        // Freed: associated again and cleared in one step; back by other hands: cleared.
+        let Step::Apply { next, actions } = on_reconcile(&degraded, &observed(alive, true, Some(ElasticIpFound::Free), false), Utc::now()) else { panic!("not healed") };
+        assert!(next.conditions.is_empty() && actions == vec![Action::AssociateElasticIp]);
+        let back = written(&on_reconcile(&degraded, &observed(alive, true, Some(ElasticIpFound::OnEni), false), Utc::now())).cloned().expect("a record");
+        assert!(back.conditions.is_empty());
+
+        let released = written(&on_reconcile(&degraded, &observed(alive, true, Some(ElasticIpFound::Missing), false), Utc::now())).cloned().expect("a record");
+        assert_eq!(released.state, state);
+        let kinds: Vec<_> = released.conditions.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, vec![ConditionKind::ElasticIpReleased]);
     }
     let paused = with_network(NodeState::Paused);
     let no_eni = written(&on_reconcile(&paused, &observed(None, false, Some(ElasticIpFound::Free), false), Utc::now())).cloned().expect("a record");
     assert!(no_eni.last_error.unwrap_or_default().contains("eni-1 (10.0.1.10) was deleted outside Tether"));
+}
+
+#[test]
+fn a_node_with_a_condition_is_recovered_like_any_other() {
+    let mut node = with_network(NodeState::Running);
+    node.raise(crate::conditions::ConditionKind::ElasticIpElsewhere, "moved".into(), Utc::now());
+    let terminated = InstanceEvent::StateChange { instance_id: CURRENT.into(), state: InstanceState::Terminated };
+    let Step::Apply { next, actions } = on_instance_event(&node, &terminated, Utc::now()) else { panic!("not recovered") };
+    assert_eq!((next.state, actions), (NodeState::Launching, vec![Action::Launch]));
+    assert_eq!(next.conditions, node.conditions, "kept until its cause goes");
 }
 
 #[test]
@@ -466,6 +488,7 @@ fn repairs_are_lost_events_a_free_elastic_ip_and_stalled_work_not_errors_or_poli
     assert!(repairs(&with_network(NodeState::Launching), &observed(None, true, None, true)), "stalled launch");
     assert!(!repairs(&running, &healthy), "nothing to do");
     assert!(!repairs(&running, &observed(Some(InstanceState::Running), false, None, false)), "ENI deleted: ERROR");
+    assert!(!repairs(&running, &observed(Some(InstanceState::Running), true, Some(ElasticIpFound::Elsewhere("eni-x".into())), false)), "a condition");
     let mut on_demand = with_network(NodeState::Running);
     on_demand.spec.revert_to_spot = crate::model::RevertToSpot::Always;
     if let Some(instance) = on_demand.instance.as_mut() {

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::identity::Baseline;
 use super::pace::{interruption_aware, pool, PaceState};
 use super::{Outcome, Tether, TetherError};
+use crate::conditions::ConditionKind;
 use crate::error::{AwsError, ErrorClass};
 use crate::events::{InstanceEvent, InstanceState};
 use crate::lifecycle;
@@ -314,7 +315,7 @@ impl Tether {
             }
         }
         if let Some(eip) = node.elastic_ip.clone() {
-            let allocation_id = eip.allocation_id;
+            let allocation_id = eip.allocation_id.clone();
             let associate = || self.with_retries(deadline, true, || self.network.associate_eip(&allocation_id, &eni.id));
             let mut associated = associate().await;
             if associated.as_ref().is_err_and(|e| !e.is_retryable()) && self.take_back_pool_eip(&node, &allocation_id).await? {
@@ -323,6 +324,17 @@ impl Tether {
             match associated {
                 Ok(public_ip) => info!(allocation_id, public_ip, eni_id = eni.id, "Elastic IP on the ENI"),
                 Err(e) if e.is_retryable() => return Err(e.into()),
+                // Someone else holds it: the node runs without it, with a condition naming the
+                // holder, and the reconciler associates it once it is free.
+                Err(e) if e.code_is("Resource.AlreadyAssociated") => {
+                    let holder = self.network.describe_eip(&allocation_id).await?.map(|i| i.holder().to_owned()).unwrap_or_else(|| "another resource".into());
+                    warn!(allocation_id, holder, "Elastic IP held elsewhere; the node runs without it");
+                    if node.raise(ConditionKind::ElasticIpElsewhere, lifecycle::elastic_ip_elsewhere(&eip, &holder), self.clock.now()) {
+                        let before = node.clone();
+                        node = self.store.save(&node).await?;
+                        self.count_transition(&before, &node);
+                    }
+                }
                 Err(e) => {
                     let reason = format!("associating Elastic IP {allocation_id} failed: {e}");
                     return self.fail(&node, reason).await.map(Err);

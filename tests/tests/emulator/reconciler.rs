@@ -62,20 +62,40 @@ async fn an_elastic_ip_disassociated_by_hand_is_associated_again() -> Result<(),
 }
 
 #[tokio::test]
-async fn an_elastic_ip_taken_by_something_else_puts_the_node_in_error_naming_both() -> Result<(), SetupError> {
+async fn an_elastic_ip_taken_by_something_else_is_a_condition_the_node_is_recovered_with_and_healed_of() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
-    let (allocation_id, _) = fx.allocate_eip().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
     let node = running_node(&fx, Persistence { elastic_ip_allocation_id: Some(allocation_id.clone()), ..Persistence::default() }).await?;
+    let eni = node.eni.clone().ok_or("no ENI")?;
     let other = fx.ec2.create_network_interface().subnet_id(&fx.subnet_id).send().await?;
     let other_id = other.network_interface().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
     fx.ec2.associate_address().allocation_id(&allocation_id).network_interface_id(&other_id).allow_reassociation(true).send().await?;
     reconcile(&fx).await?;
+    // Interrupted while degraded: replaced on its ENI with its private IP all the same.
+    fx.interrupt_node(&node.id, BUDGET).await?;
     let after = fx.tether.node(&node.id).await?;
-    assert_eq!(after.state, NodeState::Error);
-    let reason = after.last_error.unwrap_or_default();
-    assert!(reason.contains(&allocation_id) && reason.contains(&other_id), "{reason}");
-    // No fight: the Elastic IP stays where the person put it.
+    assert_eq!((after.state, after.generation, after.last_error.as_deref()), (NodeState::Running, 2, None));
+    let instance = fx.instance(after.instance_id().ok_or("no instance")?).await?;
+    let primary = instance.network_interfaces().iter().find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+    assert_eq!(primary.and_then(|n| n.network_interface_id()), Some(eni.id.as_str()), "on its ENI");
+    assert_eq!(instance.private_ip_address(), Some(eni.private_ip.to_string().as_str()));
+    // The API shows the condition, naming the holder; no fight over the Elastic IP.
+    let view = serde_json::to_value(tether::views::NodeView::from(&after))?;
+    assert_eq!(view["conditions"][0]["kind"], "elastic_ip_elsewhere", "{view}");
+    let message = view["conditions"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&allocation_id) && message.contains(&other_id), "{message}");
     assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(other_id.as_str()));
+    assert!(after.history.iter().any(|h| h.what.starts_with("condition elastic_ip_elsewhere:")));
+
+    // Freed by the person: back on the node's ENI at the next run, and the condition cleared.
+    let association = fx.cloud_eip(&allocation_id).await?.association_id().ok_or("not associated")?.to_owned();
+    fx.ec2.disassociate_address().association_id(association).send().await?;
+    let report = reconcile(&fx).await?;
+    assert_eq!(fx.cloud_eip(&allocation_id).await?.network_interface_id(), Some(eni.id.as_str()), "{report}");
+    let healed = fx.tether.node(&node.id).await?;
+    assert!(healed.conditions.is_empty(), "{:?}", healed.conditions);
+    let instance = fx.instance(healed.instance_id().ok_or("no instance")?).await?;
+    assert_eq!(instance.public_ip_address(), Some(public_ip.as_str()));
     Ok(())
 }
 

@@ -126,9 +126,10 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
                 None => {}
                 Some(record) => {
                     let on_eni = eips.iter().any(|e| e.info.allocation_id == record.allocation_id && e.info.network_interface_id.as_deref() == Some(eni.id.as_str()));
-                    if !on_eni || instance.public_ip.as_deref() != Some(record.public_ip.as_str()) {
-                        found.push(format!("running node {id}: Elastic IP {} is not on its ENI {}", record.allocation_id, eni.id));
+                    if on_eni && instance.public_ip.as_deref() != Some(record.public_ip.as_str()) {
+                        found.push(format!("running node {id}: its instance does not show Elastic IP {}", record.allocation_id));
                     }
+                    check_elastic_ip(node, record, eni, eips, found);
                 }
             }
         }
@@ -140,14 +141,42 @@ fn check_node(node: &Node, instances: &[InstanceView], enis: &[EniView], eips: &
                 found.push(format!("paused node {id} lost its ENI {}", recorded.id));
             }
             if let (Some(record), Some(eni)) = (&node.elastic_ip, eni) {
-                if !eips.iter().any(|e| e.info.allocation_id == record.allocation_id && e.info.network_interface_id.as_deref() == Some(eni.id.as_str())) {
-                    found.push(format!("paused node {id}: Elastic IP {} is not on its ENI {}", record.allocation_id, eni.id));
-                }
+                check_elastic_ip(node, record, eni, eips, found);
             }
         }
         NodeState::Deallocated => {
             if node.keep_eni && node.eni.is_some() && eni.is_none() && !drifted {
                 found.push(format!("deallocated node {id} was to keep its ENI, which is gone"));
+            }
+        }
+    }
+}
+
+/// A node's Elastic IP is on its ENI with no Elastic IP condition; or it is held elsewhere
+/// (a person moved it: Tether never takes it back) with a condition naming the holder, or
+/// released with a condition saying so. A free one is associated again by the reconciler.
+fn check_elastic_ip(node: &Node, record: &crate::model::ElasticIpRecord, eni: &EniView, eips: &[EipView], found: &mut Vec<String>) {
+    use crate::conditions::ConditionKind;
+    let id = &node.id;
+    let seen = eips.iter().find(|e| e.info.allocation_id == record.allocation_id);
+    let condition = |kind| node.condition(kind).map(|c| c.message.as_str());
+    match seen.map(|e| (e.info.network_interface_id.as_deref(), e.info.holder())) {
+        Some((Some(on), _)) if on == eni.id => {
+            if !node.conditions.is_empty() {
+                found.push(format!("node {id}: its Elastic IP is on its ENI, but it keeps the conditions {:?}", node.conditions));
+            }
+        }
+        Some((None, _)) if seen.is_some_and(|e| e.info.association_id.is_none()) => {
+            found.push(format!("{:?} node {id}: Elastic IP {} is free, not on its ENI {}", node.state, record.allocation_id, eni.id));
+        }
+        Some((_, holder)) => {
+            if !condition(ConditionKind::ElasticIpElsewhere).is_some_and(|m| m.contains(holder)) {
+                found.push(format!("node {id}: Elastic IP {} is on {holder}, and no condition names it: {:?}", record.allocation_id, node.conditions));
+            }
+        }
+        None => {
+            if condition(ConditionKind::ElasticIpReleased).is_none() {
+                found.push(format!("node {id}: Elastic IP {} was released, and no condition says so: {:?}", record.allocation_id, node.conditions));
             }
         }
     }
