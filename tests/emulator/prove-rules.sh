@@ -2,6 +2,8 @@
 # Proves that each emulator rule is held by its patch: with that one patch disabled
 # (TETHER_MOTO_DISABLE), the rule's test must fail on one of its own checks.
 # Run by `make test` before the main test run; prints one line per rule.
+# A rule's test is named within tests/tests/emulator/rules.rs, or as `module::test` for one in
+# another module of tests/tests/emulator/ (e.g. `volume_rules::instance_status_answers_as_aws_does`).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,7 +28,13 @@ rules=(
   "capacity-reservation a_launch_keeps_its_capacity_reservation_specification"
   "launch-template launch_template_versions_read_back_as_stored"
   "source-dest  an_instance_s_source_dest_check_is_its_primary_eni_s"
+  "volume-attach volume_rules::attaching_and_detaching_volumes_check_volume_and_instance_states"
+  "volume-termination volume_rules::terminating_an_instance_honours_each_volume_s_delete_on_termination"
+  "instance-status volume_rules::instance_status_answers_as_aws_does"
 )
+# `rules::test` for a bare test name; the file whose panic proves the rule.
+test_path() { [[ $1 == *::* ]] && echo "$1" || echo "rules::$1"; }
+test_file() { local path; path=$(test_path "$1"); echo "tests/tests/emulator/${path%%::*}.rs"; }
 # One test process (and emulator) per proof, PROVE_JOBS (4) at a time: each spends most of
 # its time starting the emulator, so they overlap well even on 2 cores.
 binary=$(cargo test -q -p tether-tests --test emulator --no-run --message-format=json 2>/dev/null |
@@ -47,7 +55,7 @@ for i in "${!rules[@]}"; do
     wait -n
   done
   (
-    cd tests && TETHER_MOTO_DISABLE="$patch" RUST_BACKTRACE=0 "$binary" --exact "emulator::rules::$test" >"$logs/$i" 2>&1
+    cd tests && TETHER_MOTO_DISABLE="$patch" RUST_BACKTRACE=0 "$binary" --exact "emulator::$(test_path "$test")" >"$logs/$i" 2>&1
     echo $? >"$logs/$i.status"
   ) &
 done
@@ -56,11 +64,12 @@ status=0
 for i in "${!rules[@]}"; do
   read -r patch test <<<"${rules[$i]}"
   log=$logs/$i
+  file=$(test_file "$test")
   if [[ $(cat "$log.status") == 0 ]]; then
     echo "rule $patch: FAIL: $test passed with the patch disabled"
     status=1
-  elif grep -q "panicked at tests/tests/emulator/rules.rs" "$log"; then
-    why=$(grep -A1 -m1 "panicked at tests/tests/emulator/rules.rs" "$log" | tail -n 1 | cut -c1-100)
+  elif grep -q "panicked at $file" "$log"; then
+    why=$(grep -A1 -m1 "panicked at $file" "$log" | tail -n 1 | cut -c1-100)
     echo "rule $patch: fails without its patch: $test: $why"
   else
     echo "rule $patch: FAIL: $test failed for another reason:"

@@ -41,16 +41,23 @@ from typing import Any
 
 import moto
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import EC2ClientError, InvalidLaunchTemplateVersionNotFound
+from moto.ec2.exceptions import (
+    EC2ClientError,
+    InvalidLaunchTemplateVersionNotFound,
+    InvalidVolumeAttachmentError,
+    InvalidVolumeDetachmentError,
+)
 from moto.ec2 import utils as ec2_utils
 from moto.ec2.utils import random_public_ip
 from moto.ec2.models import EC2Backend
+from moto.ec2.models.elastic_block_store import VolumeAttachment
 from moto.ec2.models.elastic_ip_addresses import ElasticAddress
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.launch_templates import LaunchTemplate
 from moto.ec2.models.subnets import Subnet
 from moto.core.utils import utcnow
 from moto.ec2.responses import EC2Response
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.elastic_network_interfaces import ElasticNetworkInterfaces
 from moto.ec2.responses.subnets import Subnets
 from moto.ec2.responses.instances import InstanceResponse
@@ -76,6 +83,9 @@ PATCH_NAMES = (
     "capacity-reservation",
     "launch-template",
     "source-dest",
+    "volume-attach",
+    "volume-termination",
+    "instance-status",
 )
 
 log = logging.getLogger("tether_moto")
@@ -1789,6 +1799,336 @@ def patch_source_dest() -> None:
 
 
 # --------------------------------------------------------------------------
+# Patch: volume-attach
+# --------------------------------------------------------------------------
+
+# The instance states AttachVolume accepts (EC2 API Reference, AttachVolume:
+# "Attaches an Amazon EBS volume to a running or stopped instance").
+ATTACHABLE_STATES = {"running", "stopped"}
+
+
+def patch_volume_attach() -> None:
+    """AttachVolume and DetachVolume check the volume's and the instance's state.
+
+    AWS (EC2 API Reference, AttachVolume: "Attaches an Amazon EBS volume to a
+    running or stopped instance"; VolumeId: "The volume and instance must be
+    within the same Availability Zone"; "Error codes": VolumeInUse, IncorrectState,
+    InvalidVolume.ZoneMismatch, InvalidParameterValue):
+
+    - AttachVolume of a volume that is attached (`in-use`), to this instance or
+      another: VolumeInUse "vol-… is already attached to an instance" (AWS's
+      message, quoted in aws/aws-sdk-java#1623, kubernetes/kubernetes#45049);
+    - to an instance that is not running or stopped (pending, stopping,
+      shutting-down, terminated): IncorrectState "Instance 'i-…' is not
+      'running'." (AWS's message for a pending instance, quoted in
+      ansible-collections/amazon.aws#497; we give it for every such state);
+    - of a volume in another Availability Zone: InvalidVolume.ZoneMismatch "The
+      volume 'vol-…' is not in the same availability zone as instance 'i-…'"
+      (quoted in linuxkit/linuxkit#2388, kubernetes-sigs/aws-ebs-csi-driver#52);
+    - at a device name the instance already uses: InvalidParameterValue "Invalid
+      value '/dev/sdf' for unixDevice. Attachment point /dev/sdf is already in
+      use" (quoted in mantl/mantl#819, nanovms/ops#1189, rexray/rexray#425).
+    A refused attachment changes nothing.
+
+    DetachVolume of a volume that is not attached: IncorrectState "Volume 'vol-…'
+    is in the 'available' state." (AWS's response body, quoted in
+    kubernetes-sigs/aws-ebs-csi-driver#1801 and hashicorp/terraform#9023).
+    InstanceId and Device are optional (EC2 API Reference, DetachVolume).
+
+    moto 5.2.5: attached an `in-use` volume again (it moved to the new instance,
+    the old one still listing it), attached to a terminated instance, across
+    Availability Zones and at a device name in use (replacing that device's
+    volume in the instance's mapping); DetachVolume of an available volume
+    answered InvalidAttachment.NotFound, and without InstanceId HTTP 500.
+    DeleteVolume of an attached volume already failed as AWS does (VolumeInUse
+    "Volume vol-… is currently attached to i-…", as quoted in NixOS/nixops-aws#104).
+    The checks are on the API actions only: the volumes RunInstances attaches
+    go through moto as before.
+    """
+    original_attach = ElasticBlockStore.attach_volume
+
+    def attach_volume(self: Any) -> Any:
+        with EC2_LOCK:
+            backend = self.ec2_backend
+            volume = backend.get_volume(self._get_param("VolumeId"))
+            instance = backend.get_instance(self._get_param("InstanceId"))
+            device = self._get_param("Device")
+            if volume.attachment is not None:
+                raise ec2_error("VolumeInUse", f"{volume.id} is already attached to an instance")
+            if instance.state not in ATTACHABLE_STATES:
+                raise ec2_error("IncorrectState", f"Instance '{instance.id}' is not 'running'.")
+            if volume.availability_zone != instance.availability_zone:
+                raise ec2_error(
+                    "InvalidVolume.ZoneMismatch",
+                    f"The volume '{volume.id}' is not in the same availability zone as "
+                    f"instance '{instance.id}'",
+                )
+            if device in instance.block_device_mapping:
+                raise ec2_error(
+                    "InvalidParameterValue",
+                    f"Invalid value '{device}' for unixDevice. Attachment point {device} is already in use",
+                )
+            return original_attach(self)
+
+    def detach_volume(self: Any) -> Any:
+        with EC2_LOCK:
+            backend = self.ec2_backend
+            volume = backend.get_volume(self._get_param("VolumeId"))
+            instance_id = self._get_param("InstanceId")
+            if instance_id:
+                backend.get_instance(instance_id)  # InvalidInstanceID.NotFound
+            attachment = volume.attachment
+            if attachment is None:
+                raise ec2_error("IncorrectState", f"Volume '{volume.id}' is in the 'available' state.")
+            if instance_id and instance_id != attachment.instance.id:
+                raise InvalidVolumeAttachmentError(volume.id, instance_id)
+            device = self._get_param("Device")
+            if device and device != attachment.device:
+                raise InvalidVolumeDetachmentError(volume.id, attachment.instance.id, device)
+            self.error_on_dryrun()
+            detached = backend.detach_volume(volume.id, attachment.instance.id, attachment.device)
+            return ActionResult(
+                {
+                    "VolumeId": detached.volume.id,
+                    "InstanceId": detached.instance.id,
+                    "Device": detached.device,
+                    "State": "detaching",
+                    "AttachTime": detached.attach_time,
+                }
+            )
+
+    ElasticBlockStore.attach_volume = attach_volume
+    ElasticBlockStore.detach_volume = detach_volume
+
+
+# --------------------------------------------------------------------------
+# Patch: volume-termination
+# --------------------------------------------------------------------------
+
+
+def patch_volume_termination() -> None:
+    """A volume RunInstances attaches is deleted on termination unless it says otherwise.
+
+    AWS (EC2 User Guide, "Preserve data when an instance is terminated", table
+    "Default deletion behavior for EBS volumes": a root volume attached at launch
+    is deleted; a data volume attached at launch through the CLI/API is deleted;
+    any volume attached after launch is preserved. EbsBlockDevice /
+    VolumeAttachment DeleteOnTermination; ModifyInstanceAttribute
+    BlockDeviceMappings): TerminateInstances deletes each attached volume whose
+    DeleteOnTermination is true and leaves the others `available`, with no
+    attachment. RunInstances' BlockDeviceMappings without DeleteOnTermination
+    default it to true; AttachVolume's attachments to false. DescribeVolumes
+    shows each attachment's DeleteOnTermination.
+
+    moto 5.2.5: already deleted or released the volumes by their flag on
+    termination (and the 8 GiB root volume it makes for a launch without
+    BlockDeviceMappings has it true; AttachVolume false;
+    ModifyInstanceAttribute changes it), but defaulted a launch mapping without
+    DeleteOnTermination to false, so such volumes (a root volume too) outlived
+    their instance; DescribeVolumes' attachments had no DeleteOnTermination.
+    Termination itself is moto's (eni-release wraps Instance.terminate, which
+    still calls moto's, which releases the volumes), so this patch only fixes the
+    default and what DescribeVolumes shows.
+    """
+    original_parse = InstanceResponse._parse_block_device_mapping
+
+    def parse(self: Any) -> list[dict[str, Any]]:
+        mappings = original_parse(self)
+        given = self._get_param("BlockDeviceMappings", [])
+        for mapping, request in zip(mappings, given):
+            flag = (request.get("Ebs") or {}).get("DeleteOnTermination")
+            mapping["Ebs"]["DeleteOnTermination"] = True if flag is None else is_true(flag)
+        return mappings
+
+    InstanceResponse._parse_block_device_mapping = parse
+
+    def attachment_delete_on_termination(self: VolumeAttachment) -> bool:
+        block = self.instance.block_device_mapping.get(self.device)
+        return bool(block is not None and block.volume_id == self.volume.id and block.delete_on_termination)
+
+    VolumeAttachment.delete_on_termination = property(attachment_delete_on_termination)
+
+
+# --------------------------------------------------------------------------
+# Patch: instance-status
+# --------------------------------------------------------------------------
+
+# The emulator's test hook (not an AWS behaviour): an instance tagged
+# tether-emulator:status=instance-impaired fails its instance status check,
+# =system-impaired its system status check, for as long as the tag is there.
+STATUS_TAG = "tether-emulator:status"
+STATUS_CHECKS = ("instance", "system")
+
+
+def patch_instance_status() -> None:
+    """DescribeInstanceStatus as AWS answers it, and a way to impair an instance.
+
+    AWS (EC2 API Reference, DescribeInstanceStatus; InstanceStatusSummary,
+    InstanceStatusDetails): by default only running instances are described,
+    all of them with IncludeAllInstances=true. A running instance's
+    InstanceStatus and SystemStatus are `ok` with reachability `passed`, or
+    `impaired` with reachability `failed` and ImpairedSince; an instance that
+    is not running has `not-applicable` for both. Filters (AND between names,
+    OR between values): instance-status.status and system-status.status (ok |
+    impaired | initializing | insufficient-data | not-applicable),
+    instance-status.reachability and system-status.reachability (passed | failed
+    | initializing | insufficient-data), instance-state-name,
+    instance-state-code, availability-zone, availability-zone-id, event.* (the
+    emulator schedules no events, so these match nothing). MaxResults "can be
+    between 5 and 1000" (older API Reference wording) and "You cannot specify
+    this parameter and the instance IDs parameter in the same request":
+    InvalidParameterCombination "The parameter instancesSet cannot be used with
+    the parameter maxResults" (AWS's message for DescribeInstances; moto uses it
+    there) and InvalidParameterValue "Value ( 3 ) for parameter maxResults is
+    invalid. Expecting a value greater than 5." (AWS's message, quoted in
+    aws/aws-sdk-ruby#2575; its "less than 1000" form for a larger value is our
+    inference). NextToken pages on; an unknown token: InvalidPaginationToken.
+    An unknown filter name: InvalidParameterValue "The filter '…' is invalid".
+
+    The emulator's one test hook: the instance tag tether-emulator:status with
+    value instance-impaired (or system-impaired) makes that check `impaired`
+    while the instance runs. AWS has no such switch; tests set it with CreateTags
+    to simulate a failed status check.
+
+    moto 5.2.5: running-only unless IncludeAllInstances, and `ok`/`not-applicable`
+    as above, but nothing could ever be impaired; of the filters it applied only
+    instance-state-name and instance-state-code and ignored the others (so
+    instance-status.status=impaired returned every running instance); MaxResults
+    and NextToken were ignored (everything in one page, no NextToken), also
+    together with InstanceIds.
+    """
+
+    def impaired_since(instance: Instance, check: str) -> Any:
+        """When `check` failed (first reported impaired), or None if it passes."""
+        tags = instance.ec2_backend.tags.get(instance.id) or {}
+        failed = tags.get(STATUS_TAG) == f"{check}-impaired"
+        since: dict[str, Any] = instance.__dict__.setdefault("_tether_impaired_since", {})
+        if not failed:
+            since.pop(check, None)
+            return None
+        return since.setdefault(check, utcnow())
+
+    def status_summary(instance: Instance, check: str) -> dict[str, Any]:
+        if instance.state != "running":
+            return {"Status": "not-applicable"}
+        since = impaired_since(instance, check)
+        if since is None:
+            return {"Status": "ok", "Details": [{"Name": "reachability", "Status": "passed"}]}
+        return {
+            "Status": "impaired",
+            "Details": [{"Name": "reachability", "Status": "failed", "ImpairedSince": since}],
+        }
+
+    Instance.instance_status = property(lambda self: status_summary(self, "instance"))
+    Instance.system_status = property(lambda self: status_summary(self, "system"))
+
+    def zone_id(instance: Instance) -> str | None:
+        zone = instance.ec2_backend.get_zone_by_name(instance.availability_zone)
+        return zone.zone_id if zone else None
+
+    def reachability(summary: dict[str, Any]) -> str | None:
+        details = summary.get("Details") or []
+        return details[0]["Status"] if details else None
+
+    filters_by_name: dict[str, Callable[[Instance], list[str]]] = {
+        "availability-zone": lambda i: [i.availability_zone],
+        "availability-zone-id": lambda i: [zone_id(i)],
+        "instance-state-name": lambda i: [i.state],
+        "instance-state-code": lambda i: [str(i.state_code)],
+        "instance-status.status": lambda i: [i.instance_status["Status"]],
+        "instance-status.reachability": lambda i: [reachability(i.instance_status)],
+        "system-status.status": lambda i: [i.system_status["Status"]],
+        "system-status.reachability": lambda i: [reachability(i.system_status)],
+    }
+    # Documented filters on scheduled events: the emulator schedules none.
+    event_filters = {
+        "event.code",
+        "event.description",
+        "event.instance-event-id",
+        "event.not-after",
+        "event.not-before",
+        "event.not-before-deadline",
+    }
+    # Documented, not emulated: accepted and ignored (see README).
+    ignored_filters = {
+        "operator.managed",
+        "operator.principal",
+        "attached-ebs-status.status",
+        "application-status.status",
+    }
+
+    def matches(instance: Instance, filters: dict[str, list[str]]) -> bool:
+        for name, values in filters.items():
+            if name in ignored_filters:
+                continue
+            if name in event_filters:
+                return False
+            if not set(filters_by_name[name](instance)) & set(values):
+                return False
+        return True
+
+    def describe_instance_status(self: Any) -> Any:
+        instance_ids = self._get_param("InstanceIds", [])
+        max_results = self._get_param("MaxResults")
+        token = self._get_param("NextToken")
+        include_all = self._get_bool_param("IncludeAllInstances", False)
+        filters = self._filters_from_querystring()
+        for name in filters:
+            if name not in filters_by_name and name not in event_filters and name not in ignored_filters:
+                raise ec2_error("InvalidParameterValue", f"The filter '{name}' is invalid")
+        if max_results is not None:
+            if instance_ids:
+                raise ec2_error(
+                    "InvalidParameterCombination",
+                    "The parameter instancesSet cannot be used with the parameter maxResults",
+                )
+            max_results = int(max_results)
+            if max_results < 5:
+                raise ec2_error(
+                    "InvalidParameterValue",
+                    f"Value ( {max_results} ) for parameter maxResults is invalid. "
+                    "Expecting a value greater than 5.",
+                )
+            if max_results > 1000:
+                raise ec2_error(
+                    "InvalidParameterValue",
+                    f"Value ( {max_results} ) for parameter maxResults is invalid. "
+                    "Expecting a value less than 1000.",
+                )
+        self.error_on_dryrun()
+        with EC2_LOCK:
+            backend = self.ec2_backend
+            # Every instance moto knows, in launch order; terminated ones stay,
+            # so a token (the last id of a page) always keeps its place.
+            everyone = backend.all_instances()
+            start = 0
+            if token:
+                ids = [instance.id for instance in everyone]
+                if token not in ids:
+                    raise ec2_error(
+                        "InvalidPaginationToken",
+                        "The specified pagination token is not valid or is expired.",
+                    )
+                start = ids.index(token) + 1
+            if instance_ids:
+                chosen = backend.get_multi_instances_by_id(instance_ids)  # NotFound for unknown ids
+            else:
+                chosen = everyone[start:]
+            statuses = [
+                instance
+                for instance in chosen
+                if (include_all or instance.state == "running") and matches(instance, filters)
+            ]
+            next_token = None
+            if max_results is not None and len(statuses) > max_results:
+                statuses = statuses[:max_results]
+                next_token = statuses[-1].id
+        return ActionResult({"InstanceStatuses": statuses, "NextToken": next_token})
+
+    InstanceResponse.describe_instance_status = describe_instance_status
+
+
+# --------------------------------------------------------------------------
 # Wiring
 # --------------------------------------------------------------------------
 
@@ -1813,6 +2153,9 @@ PATCHES: dict[str, Callable[[], None]] = {
     "capacity-reservation": patch_capacity_reservation,
     "launch-template": patch_launch_template,
     "source-dest": patch_source_dest,
+    "volume-attach": patch_volume_attach,
+    "volume-termination": patch_volume_termination,
+    "instance-status": patch_instance_status,
 }
 assert set(PATCHES) == set(PATCH_NAMES)
 

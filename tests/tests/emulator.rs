@@ -3,6 +3,7 @@
 
 mod emulator {
     pub mod rules;
+    pub mod volume_rules;
     pub mod api;
     pub mod cli;
     pub mod cli_groups;
@@ -16,5 +17,6 @@ mod emulator {
     pub mod templates;
     pub mod queued;
     pub mod reconciler;
+    pub mod data_volumes;
     pub mod chaos;
 }
