@@ -27,6 +27,9 @@ pub enum ConditionKind {
     ElasticIpElsewhere,
     /// The node's Elastic IP was released: its public IP is gone for good.
     ElasticIpReleased,
+    /// A data volume cannot be attached to the running instance: another instance holds it
+    /// (someone attached it there), or EC2 refuses the attachment (the message says why).
+    DataVolumeNotAttached,
 }
 
 impl ConditionKind {
@@ -34,6 +37,7 @@ impl ConditionKind {
         match self {
             ConditionKind::ElasticIpElsewhere => "elastic_ip_elsewhere",
             ConditionKind::ElasticIpReleased => "elastic_ip_released",
+            ConditionKind::DataVolumeNotAttached => "data_volume_not_attached",
         }
     }
 }

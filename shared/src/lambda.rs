@@ -63,7 +63,7 @@ pub fn tether_from_sdk(sdk: &SdkConfig, config: &Config) -> Tether {
     let events = DynamoEventClaims::new(dynamodb.clone(), config.table_name.clone());
     let ec2 = Arc::new(Ec2Cloud::new(aws_sdk_ec2::Client::new(sdk), config.table_name.clone()));
     let pace = Arc::new(DynamoLaunchPace::new(dynamodb, config.table_name.clone()));
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: Arc::new(events), bookmark: store, pace, network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: Arc::new(events), bookmark: store, pace, network: ec2.clone(), volumes: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, config.settings.clone());
     // Metrics only where CloudWatch reads them; locally they would be noise on stdout.
     if in_lambda() {

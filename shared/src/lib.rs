@@ -6,6 +6,8 @@
 pub mod aws;
 pub mod conditions;
 pub mod config;
+pub mod data_volumes;
+pub mod deallocation;
 pub mod error;
 pub mod events;
 #[cfg(feature = "fakes")]

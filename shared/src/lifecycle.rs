@@ -30,6 +30,9 @@ pub enum Action {
     Launch,
     /// Put the Elastic IP on record back on the node's ENI (found disassociated).
     AssociateElasticIp,
+    /// Attach the node's data volumes to its current instance where they are not yet (a
+    /// replacement that now runs, a volume detached by hand).
+    AttachDataVolumes,
     /// Once the instance is gone: delete the ENI unless kept, release or disassociate
     /// the Elastic IP, and mark the node deallocated.
     ReleaseNetwork,
@@ -149,6 +152,9 @@ fn on_event(node: &Node, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, 
             next.record(now, "stopped instance is running again");
             Step::record(next)
         }
+        // The replacement runs: its data volumes can be attached now (AttachVolume needs a
+        // running instance; the launch tried once, the reconciler is the backstop).
+        (N::Running, StateChange { state: I::Running, .. }) if node.data_volumes_to_attach() => Step::Continue(vec![Action::AttachDataVolumes]),
         (N::Running | N::Recovering | N::Stopped, StateChange { state, .. }) => match state {
             I::Stopping => Step::Ignore("instance stopping; waiting for `stopped`"),
             _ => Step::Ignore("state already known"),
@@ -218,15 +224,18 @@ pub fn failed(node: &Node, reason: String, now: DateTime<Utc>) -> Node {
     next
 }
 
-/// The node's network is released: nothing of it is left in EC2 (but a kept ENI).
+/// The node's network is released: nothing of it is left in EC2 (but what the deallocation
+/// policy keeps: ENIs, data volumes, a Tether-allocated Elastic IP).
 pub fn deallocated(node: &Node, now: DateTime<Utc>) -> Node {
     let mut next = node.clone();
     next.state = NodeState::Deallocated;
     if !node.keep_eni {
-        // A kept ENI keeps its Elastic IP (and its record, so an operator can find it).
+        // A kept ENI keeps its Elastic IP (and its record, so an operator can find it); so
+        // does a Tether-allocated Elastic IP the policy keeps.
         next.eni = None;
         next.extra_enis.clear();
-        next.elastic_ip = None;
+        let keep_eip = node.spec.deallocation.elastic_ip == crate::deallocation::ElasticIpFate::Keep;
+        next.elastic_ip = node.elastic_ip.clone().filter(|e| e.allocated_by_tether && keep_eip);
     }
     next.record(now, if node.keep_eni { "deallocated; ENI kept" } else { "deallocated" });
     next

@@ -108,6 +108,11 @@ pub struct NodeSpec {
     /// `volumes::BlockDevice`). Empty: the AMI's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_devices: Vec<crate::volumes::BlockDevice>,
+    /// EBS volumes that belong to the node, not to an instance: made at the first resume in
+    /// the ENI's AZ, attached to every instance at the same device names, never deleted when
+    /// an instance terminates (see `data_volumes::DataVolume`). Fixed once made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volumes: Vec<crate::data_volumes::DataVolume>,
     /// The launch template every launch is based on; the fields above win where set (an
     /// empty `image_id` or `instance_types` takes the template's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +161,10 @@ pub struct NodeSpec {
     /// Tags for the node's ENIs, set when they are made and kept in step by a PATCH.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub eni_tags: BTreeMap<String, String>,
+    /// What the node's deallocation deletes (ENIs, data volumes, a Tether-allocated Elastic
+    /// IP); the defaults keep data and what Tether did not make.
+    #[serde(default)]
+    pub deallocation: crate::deallocation::DeallocationPolicy,
 }
 
 impl Default for NodeSpec {
@@ -175,6 +184,7 @@ impl Default for NodeSpec {
             revert_to_spot: RevertToSpot::Never,
             metadata_options: None,
             block_devices: Vec::new(),
+            data_volumes: Vec::new(),
             launch_template: None,
             secondary_private_ips: None,
             ipv6: None,
@@ -190,6 +200,7 @@ impl Default for NodeSpec {
             spot_max_price: None,
             volume_tags: BTreeMap::new(),
             eni_tags: BTreeMap::new(),
+            deallocation: crate::deallocation::DeallocationPolicy::default(),
         }
     }
 }
@@ -497,6 +508,9 @@ pub struct Node {
     /// between the two leaves it set, and the next run finishes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eni_sync_pending: bool,
+    /// The node's data volumes (`spec.data_volumes`, or an imported instance's kept), once made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volumes: Vec<crate::data_volumes::DataVolumeRecord>,
     /// An imported node's instance's own volumes, as import found them (not the node's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imported_volumes: Vec<crate::volumes::ImportedVolume>,
@@ -536,6 +550,9 @@ pub struct Node {
     /// The group this node is a member of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<crate::group::Membership>,
+    /// The instance this node was imported from: its ENI (and volumes) are the user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_instance: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -553,6 +570,7 @@ impl Node {
             eni: None,
             extra_enis: Vec::new(),
             eni_sync_pending: false,
+            data_volumes: Vec::new(),
             imported_volumes: Vec::new(),
             elastic_ip: None,
             keep_eni: false,
@@ -566,6 +584,7 @@ impl Node {
             replacing_lost_instance: false,
             addresses_reserved: true,
             group: None,
+            imported_instance: None,
             created_at: now,
             updated_at: now,
         };

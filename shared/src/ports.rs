@@ -395,6 +395,47 @@ pub struct Tagged<T> {
     pub resource: T,
 }
 
+/// What a node's data volume is created with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRequest<'a> {
+    pub node_id: &'a NodeId,
+    pub volume: &'a crate::data_volumes::DataVolume,
+    /// The node's ENI's: every instance of the node runs there.
+    pub availability_zone: &'a str,
+    /// The user's tags (`spec.volume_tags`), beside Tether's.
+    pub tags: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl VolumeRequest<'_> {
+    /// The ClientToken that makes a retried create return the same volume.
+    pub fn client_token(&self) -> String {
+        format!("{}-vol-{}", self.node_id, self.volume.device_name.trim_start_matches("/dev/"))
+    }
+}
+
+/// A node's data volumes in EC2. Volumes are tagged with the node id and their device
+/// name (`tether:device-name`), so an earlier attempt's volume is found again.
+#[async_trait]
+pub trait Volumes: Send + Sync {
+    /// The node's data volume for `device_name` made earlier, if any.
+    async fn find_data_volume(&self, node_id: &NodeId, device_name: &str) -> Result<Option<crate::data_volumes::VolumeInfo>, AwsError>;
+    /// Creates the volume, tagged, in the node's AZ.
+    async fn create_data_volume(&self, request: &VolumeRequest<'_>) -> Result<crate::data_volumes::VolumeInfo, AwsError>;
+    /// These volumes as EC2 has them now (one call); one EC2 does not know is left out.
+    async fn describe_volumes(&self, ids: &[String]) -> Result<Vec<crate::data_volumes::VolumeInfo>, AwsError>;
+    /// Attaches the volume to the instance at `device_name` (its DeleteOnTermination is off:
+    /// EC2's default for an attached volume).
+    async fn attach_volume(&self, volume_id: &str, instance_id: &str, device_name: &str) -> Result<(), AwsError>;
+    /// Deletes the volume (gone already counts as done); `VolumeInUse` while attached.
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), AwsError>;
+    /// The final snapshot of a volume of the node (taken now, or found: one taken by an
+    /// earlier attempt, tagged with the volume id), and its state (`pending`, `completed`,
+    /// `error`).
+    async fn final_snapshot(&self, node_id: &NodeId, volume_id: &str) -> Result<(String, String), AwsError>;
+    /// Every volume tagged with a node id (tag-filtered, paged).
+    async fn node_volumes(&self) -> Result<Vec<Tagged<crate::data_volumes::VolumeInfo>>, AwsError>;
+}
+
 /// One launch attempt: one instance on the node's ENI at device index 0, and its extra
 /// ENIs at theirs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -38,6 +38,10 @@ pub struct NodeView {
     /// The extra ENIs (`spec.extra_enis`), once made: kept for life like the node's ENI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_enis: Vec<crate::model::ExtraEniRecord>,
+    /// The node's data volumes (`spec.data_volumes`, once made), and whether each is
+    /// attached to the running instance now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volumes: Vec<DataVolumeView>,
     /// An imported node's: the imported instance's own EBS volumes, and whether each
     /// outlives it. None follows the node: each replacement gets new, empty volumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -78,6 +82,7 @@ impl From<&Node> for NodeView {
             availability_zone: node.eni.as_ref().map(|e| e.availability_zone.clone()),
             elastic_ip_allocation_id: node.elastic_ip.as_ref().map(|e| e.allocation_id.clone()),
             extra_enis: node.extra_enis.clone(),
+            data_volumes: node.data_volumes.iter().map(|v| DataVolumeView::of(node, v)).collect(),
             imported_volumes: node.imported_volumes.clone(),
             last_error: node.last_error.clone(),
             conditions: node.conditions.clone(),
@@ -86,6 +91,34 @@ impl From<&Node> for NodeView {
             group: node.group.clone(),
             created_at: node.created_at,
             updated_at: node.updated_at,
+        }
+    }
+}
+
+/// One of a node's data volumes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DataVolumeView {
+    pub device_name: String,
+    pub volume_id: String,
+    /// Attached to the node's running instance at `device_name` (as last seen by Tether). A
+    /// replacement gets it once it runs: until then, and while the node is not running, false.
+    pub attached: bool,
+    /// Tether made it; otherwise it came with the imported instance.
+    pub created_by_tether: bool,
+    /// The final snapshot its node's deallocation took of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_snapshot_id: Option<String>,
+}
+
+impl DataVolumeView {
+    fn of(node: &Node, volume: &crate::data_volumes::DataVolumeRecord) -> Self {
+        let running = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped);
+        DataVolumeView {
+            device_name: volume.device_name.clone(),
+            volume_id: volume.volume_id.clone(),
+            attached: running && volume.attached_to.is_some() && volume.attached_to.as_deref() == node.instance_id(),
+            created_by_tether: volume.created_by_tether,
+            final_snapshot_id: volume.final_snapshot_id.clone(),
         }
     }
 }

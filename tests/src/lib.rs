@@ -219,6 +219,7 @@ impl Fixture {
             events: Arc::new(tether::aws::event_claims::DynamoEventClaims::new(counted_dynamodb.clone(), table_name.clone())),
             pace: Arc::new(tether::aws::pace::DynamoLaunchPace::new(counted_dynamodb, table_name.clone())),
             network: counted_cloud.clone(),
+            volumes: counted_cloud.clone(),
             instances: counted_cloud,
         };
         let tether = Tether::new(ports, settings);

@@ -1,5 +1,5 @@
-//! The EC2 adapter: the node's ENI and Elastic IP (`network`), and the instances
-//! launched on the ENI (`instances`).
+//! The EC2 adapter: the node's ENI and Elastic IP (`network`), the instances launched on
+//! the ENI (`instances`), and its data volumes (`volumes`).
 
 mod images;
 mod import;
@@ -7,6 +7,9 @@ mod instances;
 mod network;
 mod subnet_reservations;
 mod templates;
+mod volumes;
+
+pub use volumes::{TAG_DEVICE_NAME, TAG_VOLUME_ID};
 
 use std::net::Ipv4Addr;
 

@@ -25,6 +25,9 @@ use crate::ports::{
 
 mod ports;
 mod state;
+mod volumes;
+
+pub use volumes::VolumeView;
 
 const EC2: &str = "EC2";
 
@@ -275,6 +278,9 @@ struct State {
     buckets: HashMap<String, Bucket>,
     /// Subnet CIDR reservations by id: (subnet id, range, description).
     subnet_reservations: BTreeMap<String, (String, Ipv4Net, String)>,
+    volumes: BTreeMap<String, volumes::Volume>,
+    volume_tokens: HashMap<String, String>,
+    snapshots: BTreeMap<String, volumes::Snapshot>,
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
     events: Vec<InstanceEvent>,
@@ -418,6 +424,9 @@ impl FakeEc2 {
                 throttling: true,
                 buckets: HashMap::new(),
                 subnet_reservations: BTreeMap::new(),
+                volumes: BTreeMap::new(),
+                volume_tokens: HashMap::new(),
+                snapshots: BTreeMap::new(),
                 faults: Faults::default(),
                 calls: BTreeMap::new(),
                 events: Vec::new(),
@@ -582,12 +591,12 @@ impl FakeEc2 {
     // ---- time passing in EC2 ----
 
     /// One virtual step: every pending instance runs, every shutting-down one terminates
-    /// (its ENIs detached: kept `available` with DeleteOnTermination=false, else deleted).
-    /// Returns how many instances changed state.
+    /// (its ENIs and volumes detached: kept with DeleteOnTermination=false, else deleted),
+    /// every pending snapshot completes. Returns how many things changed.
     pub fn advance(&self) -> usize {
         let mut state = self.lock();
         let ids: Vec<String> = state.instances.iter().filter(|(_, i)| i.life != Life::Terminated).map(|(id, _)| id.clone()).collect();
-        ids.iter().filter(|id| state.step(id)).count()
+        ids.iter().filter(|id| state.step(id)).count() + state.complete_snapshots()
     }
 
     /// One step of one instance only; whether it changed state.

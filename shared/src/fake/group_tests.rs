@@ -31,7 +31,7 @@ fn world_with(base: Settings) -> World {
     ec2.add_subnet("subnet-a", "10.0.1.0/24".parse().expect("cidr"), "us-east-1a");
     ec2.add_subnet("subnet-b", "10.0.2.0/24".parse().expect("cidr"), "us-east-1b");
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
     let settings = Settings {
         retry_min_delay: Duration::from_millis(1),
         retry_max_delay: Duration::from_millis(5),

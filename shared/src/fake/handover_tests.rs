@@ -55,7 +55,7 @@ impl World {
         ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().unwrap(), "us-east-1a");
         ec2.set_throttling(false);
         let store = Arc::new(FakeStore::new());
-        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
         let tether = Tether::new(ports, Settings::default()).with_clock(Arc::new(clock.clone()));
         let queue = DelayingQueue { clock: Mutex::new(Some(clock.clone())), ..DelayingQueue::default() };
         World { clock, ec2, tether, queue, deliveries: 0 }

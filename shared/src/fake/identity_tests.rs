@@ -20,7 +20,7 @@ fn world() -> (Arc<FakeEc2>, Tether) {
     ec2.add_ipv6_cidr(SUBNET, "2600:1f18:1:100::/64".parse().expect("cidr"));
     ec2.add_subnet("subnet-v4", "10.0.2.0/24".parse().expect("cidr"), "us-east-1a");
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store, network: ec2.clone(), instances: ec2.clone() };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store, network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
     let settings = Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() };
     (ec2, Tether::new(ports, settings))
 }

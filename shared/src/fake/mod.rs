@@ -19,7 +19,7 @@ mod metrics;
 mod store;
 
 pub use clock::{CallTiming, FakeClock};
-pub use ec2::{EniView, EipView, FakeEc2, InstanceView, EC2_BUCKETS, KNOWN_INSTANCE_TYPES};
+pub use ec2::{EniView, EipView, FakeEc2, InstanceView, VolumeView, EC2_BUCKETS, KNOWN_INSTANCE_TYPES};
 pub use faults::{Fault, FaultInjection, When};
 pub use metrics::RecordedMetrics;
 pub use store::{FakeIdempotency, FakeStore};
@@ -34,3 +34,5 @@ mod identity_tests;
 mod observability_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

@@ -61,7 +61,7 @@ async fn life_of_a_node() -> (Node, Vec<(Metric, Option<NodeId>)>) {
     ec2.add_subnet(SUBNET, "10.0.1.0/24".parse().unwrap(), "us-east-1a");
     let store = Arc::new(FakeStore::new());
     let metrics = Arc::new(RecordedMetrics::default());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
     let settings = Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() };
     let tether = Tether::new(ports, settings).with_metrics(metrics.clone());
     let deadline = || chrono::Utc::now() + Duration::from_secs(30);

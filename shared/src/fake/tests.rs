@@ -518,7 +518,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
     let tether = Tether::new(
-        Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() },
+        Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() },
         Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() },
     );
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
@@ -557,7 +557,7 @@ async fn a_node_comes_back_as_generation_2_on_the_same_eni_and_ip() {
 async fn reconciler_runs_take_turns_through_more_nodes_than_one_run_checks() {
     let ec2 = Arc::new(ec2());
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2 };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), volumes: ec2.clone(), instances: ec2 };
     let tether = Tether::new(ports, Settings { reconcile_max_nodes: 2, ..Settings::default() });
     let spec = NodeSpec { subnet_id: SUBNET.into(), ..test_spec(&["m5.large"], true) };
     for _ in 0..5 {
@@ -625,7 +625,7 @@ async fn a_queued_batch_acknowledges_what_it_handled_or_can_never_handle_and_req
     let ec2 = Arc::new(ec2());
     ec2.set_throttling(false);
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
     let tether = Tether::new(ports, Settings { retry_min_delay: Duration::from_millis(1), retry_max_delay: Duration::from_millis(5), ..Settings::default() });
     let deadline = chrono::Utc::now() + Duration::from_secs(30);
     let mut instances = Vec::new();
@@ -678,7 +678,7 @@ async fn a_reconciler_run_costs_pages_and_describes_alone_only_what_the_bulk_vie
     ec2.set_throttling(false);
     ec2.add_subnet("subnet-big", "10.1.0.0/20".parse().unwrap(), "us-east-1a");
     let store = Arc::new(FakeStore::new());
-    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+    let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
     let tether = Tether::new(ports, Settings { pace: false, ..Settings::default() });
     let deadline = || chrono::Utc::now() + Duration::from_secs(30);
     let spec = NodeSpec { subnet_id: "subnet-big".into(), ..test_spec(&["m5.large"], true) };

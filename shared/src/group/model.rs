@@ -87,6 +87,11 @@ pub struct MemberTemplate {
     /// As a node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block_devices: Vec<crate::volumes::BlockDevice>,
+    /// As a node's: each member gets its own data volumes at its first resume, in its
+    /// subnet's AZ, and keeps them for life (a pool address's member keeps them across
+    /// pauses and scale-downs). Fixed once a member has made them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_volumes: Vec<crate::data_volumes::DataVolume>,
     /// As a node's: each member hands its ENI over this many seconds after a spot
     /// interruption warning (0 to 110); absent, AWS terminates the instance.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::views::count::some_small")]
@@ -123,6 +128,10 @@ pub struct MemberTemplate {
     pub spot_max_price: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volume_tags: BTreeMap<String, String>,
+    /// As a node's: what a member's deallocation deletes (its pool Elastic IP always goes
+    /// back to the pool).
+    #[serde(default)]
+    pub deallocation: crate::deallocation::DeallocationPolicy,
 }
 
 fn yes() -> bool {
@@ -145,6 +154,7 @@ impl MemberTemplate {
             revert_to_spot: self.revert_to_spot,
             metadata_options: self.metadata_options,
             block_devices: self.block_devices.clone(),
+            data_volumes: self.data_volumes.clone(),
             handover_after_warning_seconds: self.handover_after_warning_seconds,
             launch_template: self.launch_template.clone(),
             secondary_private_ips: self.secondary_private_ips.clone(),
@@ -159,6 +169,7 @@ impl MemberTemplate {
             placement: self.placement.clone(),
             spot_max_price: self.spot_max_price.clone(),
             volume_tags: self.volume_tags.clone(),
+            deallocation: self.deallocation,
             // Extra ENIs are a single node's: a group's subnets span AZs.
             extra_enis: Vec::new(),
         }
@@ -178,6 +189,7 @@ impl MemberTemplate {
             revert_to_spot: spec.revert_to_spot,
             metadata_options: spec.metadata_options,
             block_devices: spec.block_devices,
+            data_volumes: spec.data_volumes,
             handover_after_warning_seconds: spec.handover_after_warning_seconds,
             launch_template: spec.launch_template,
             secondary_private_ips: spec.secondary_private_ips,
@@ -192,6 +204,7 @@ impl MemberTemplate {
             placement: spec.placement,
             spot_max_price: spec.spot_max_price,
             volume_tags: spec.volume_tags,
+            deallocation: spec.deallocation,
         }
     }
 }

@@ -94,8 +94,14 @@ pub fn on_deallocate(node: &Node, keep_eni: bool, now: DateTime<Utc>, by: Option
         _ => {
             let mut next = node.clone();
             next.state = NodeState::Deallocating;
-            next.keep_eni = keep_eni;
-            next.record_by(now, if keep_eni { "deallocate requested (keep ENI)" } else { "deallocate requested" }, by);
+            next.keep_eni = node.spec.deallocation.keeps_enis(keep_eni, node.imported());
+            let why = match (keep_eni, next.keep_eni) {
+                (true, _) => "deallocate requested (keep ENI)",
+                (false, true) if node.spec.deallocation.enis.is_some() => "deallocate requested (keep ENI: deallocation.enis)",
+                (false, true) => "deallocate requested (keep ENI: it came with the imported instance; deallocation.enis: delete deletes it)",
+                (false, false) => "deallocate requested",
+            };
+            next.record_by(now, why, by);
             Step::Apply { next, actions: stop_everything(node).into_iter().chain([Action::ReleaseNetwork]).collect() }
         }
     }
@@ -147,6 +153,10 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
     if let Some(options) = patch.metadata_options {
         spec.metadata_options = Some(options);
         changed.push("metadata_options");
+    }
+    if let Some(policy) = patch.deallocation {
+        spec.deallocation = policy;
+        changed.push("deallocation");
     }
     if let Some(devices) = &patch.block_devices {
         spec.block_devices = devices.clone();
@@ -278,6 +288,9 @@ pub struct NodePatch {
     /// Replaces the volumes' tags.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_tags: Option<BTreeMap<String, String>>,
+    /// Replaces what the node's deallocation deletes (every field of it, with its defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deallocation: Option<crate::deallocation::DeallocationPolicy>,
     /// Replaces the secondary private IPs, on the ENI at once (`{}`: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secondary_private_ips: Option<crate::model::SecondaryIps>,

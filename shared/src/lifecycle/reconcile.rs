@@ -19,6 +19,10 @@ pub struct Observed {
     pub eni_exists: bool,
     /// The device index of an extra ENI on record that no longer exists.
     pub deleted_extra_eni: Option<u8>,
+    /// A data volume on record that no longer exists.
+    pub deleted_data_volume: Option<String>,
+    /// A data volume on record is not attached to the node's running instance.
+    pub data_volume_detached: bool,
     /// Where the Elastic IP on record is; `None` when the node has none on record.
     pub elastic_ip: Option<ElasticIpFound>,
     /// Nothing was recorded on the node for the reconciler's `stuck_after`.
@@ -115,6 +119,16 @@ fn network_drift(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
     }
     if let Some(extra) = seen.deleted_extra_eni.and_then(|i| node.extra_enis.iter().find(|e| e.device_index == i)) {
         return Step::Apply { next: failed(node, extra_eni_deleted(extra), now), actions: Vec::new() };
+    }
+    // Data safety first: a node never runs without its data (its instance, if it still
+    // runs, runs without that volume since it was detached: it is stopped from going on).
+    if let Some(volume) = seen.deleted_data_volume.as_ref().and_then(|id| node.data_volumes.iter().find(|v| v.volume_id == *id)) {
+        let live = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped);
+        let actions = node.instance_id().filter(|_| live).map(|i| Action::Terminate(i.to_owned())).into_iter().collect();
+        return Step::Apply { next: failed(node, crate::data_volumes::data_volume_deleted(volume), now), actions };
+    }
+    if seen.data_volume_detached && node.state == NodeState::Running {
+        return Step::Continue(vec![Action::AttachDataVolumes]);
     }
     let (Some(eip), Some(found)) = (&node.elastic_ip, &seen.elastic_ip) else { return Step::Ignore("network as recorded") };
     let mut next = node.clone();

@@ -28,10 +28,17 @@ impl Tether {
             Ok(spec) => spec,
             Err(reason) => return self.fail(&node, reason).await,
         };
+        // The volumes the node had before this launch (one made just now may not be
+        // visible to DescribeVolumes yet: EC2's reads are eventually consistent).
+        let had: Vec<String> = node.data_volumes.iter().map(|v| v.volume_id.clone()).collect();
         let (node, eni, fresh_eni) = match self.ensure_network(node, &spec, deadline).await? {
             Ok(ready) => ready,
             Err(outcome) => return Ok(outcome),
         };
+        // Data safety first: never a launch without the node's data.
+        if let Some(reason) = self.lost_data_volume(&node, &had).await? {
+            return self.fail(&node, reason).await;
+        }
         // A later template version may have changed its security groups: the ENI carries them.
         if spec.launch_template.is_some() && node.spec.security_group_ids.is_empty() && !fresh_eni {
             self.network.set_security_groups(&eni.id, &spec.security_group_ids).await?;
@@ -184,7 +191,15 @@ impl Tether {
             return Box::pin(self.decide_and_act(saved, deadline, decide)).await;
         }
         info!(instance_type = instance.instance_type, market = ?instance.market, "launched");
-        Ok(Outcome::Launched { node_id: saved.id, generation: saved.generation, instance_id: instance.id })
+        // One try at the data volumes: an instance still pending gets them from its
+        // `running` event (or the reconciler).
+        let (node_id, generation) = (saved.id.clone(), saved.generation);
+        match self.attach_data_volumes(saved).await {
+            Ok(failed @ Outcome::Failed { .. }) => return Ok(failed),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "data volumes not attached yet; the instance's running event or the reconciler attaches them"),
+        }
+        Ok(Outcome::Launched { node_id, generation, instance_id: instance.id })
     }
 
     /// Runs `call` until it succeeds, fails for good, or the deadline nears, with jittered
@@ -228,8 +243,9 @@ impl Tether {
         // attempt may have died before that).
         let eip_pending = wants_eip && node.elastic_ip.is_none();
         let extras_pending = node.extra_enis.len() < node.spec.extra_enis.len();
+        let volumes_pending = node.data_volumes.len() < node.spec.data_volumes.len();
         let eni = match node.eni.clone() {
-            Some(eni) if !first_launch && !eip_pending && !extras_pending => return Ok(Ok((node, eni, false))),
+            Some(eni) if !first_launch && !eip_pending && !extras_pending && !volumes_pending => return Ok(Ok((node, eni, false))),
             Some(eni) => eni,
             None => {
                 // One an earlier attempt made may have been changed (or half changed) for another spec.
@@ -341,6 +357,7 @@ impl Tether {
                 }
             }
         }
+        let node = self.ensure_data_volumes(node, &eni).await?;
         let node = match self.ensure_extra_enis(node, deadline).await? {
             Ok(node) => node,
             Err(outcome) => return Ok(Err(outcome)),

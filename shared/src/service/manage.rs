@@ -121,6 +121,10 @@ impl Tether {
             TetherError::invalid(format!("{prefix}image_id"), format!("AMI {} does not exist in this Region (or this account may not launch it)", launch.image_id))
         })?;
         crate::volumes::check_root_size(&launch.block_devices, &image).map_err(|(field, reason)| TetherError::invalid(format!("{prefix}{field}"), reason))?;
+        if let Some(i) = launch.data_volumes.iter().position(|v| v.device_name == image.root_device_name) {
+            let reason = format!("{} is the AMI's root device: give the data volume another device name (/dev/sdf … /dev/sdp)", image.root_device_name);
+            return Err(TetherError::invalid(format!("{prefix}data_volumes[{i}].device_name"), reason));
+        }
         Ok((launch, template))
     }
 
@@ -252,6 +256,7 @@ impl Tether {
         node.state = NodeState::Running;
         node.generation = 1;
         node.eni = Some(found.eni.clone());
+        node.imported_instance = Some(instance_id.to_owned());
         node.elastic_ip = eip.map(|e| ElasticIpRecord { allocation_id: e.allocation_id, public_ip: e.public_ip, allocated_by_tether: false });
         node.instance = Some(InstanceRecord {
             id: instance_id.to_owned(),
@@ -290,8 +295,8 @@ impl Tether {
     }
 
     /// After the instance is gone: the Elastic IP is disassociated (and released if Tether
-    /// allocated it), the ENI and the extra ENIs deleted, unless the ENIs are kept (with
-    /// their Elastic IPs).
+    /// allocated it, unless the policy keeps it), the ENI and the extra ENIs deleted, unless
+    /// the ENIs are kept (with their Elastic IPs); the data volumes as the policy says.
     pub(super) async fn release_network(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
         let mut note = None;
         if !node.keep_eni {
@@ -308,7 +313,10 @@ impl Tether {
                 }
             }
             self.release_extra_enis(&node, deadline).await?;
-            if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
+            let keep_eip = node.spec.deallocation.elastic_ip == crate::deallocation::ElasticIpFate::Keep;
+            if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether && keep_eip) {
+                note = Some(format!("Elastic IP {} ({}) kept, allocated (deallocation.elastic_ip: keep)", eip.allocation_id, eip.public_ip));
+            } else if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
                 // Someone associated it with something else meanwhile: theirs now, not released.
                 match self.network.describe_eip(&eip.allocation_id).await? {
                     Some(info) if info.association_id.is_some() => {
@@ -320,7 +328,7 @@ impl Tether {
                 }
             }
         }
-        let mut node = node;
+        let mut node = self.release_data_volumes(node, deadline).await?;
         if let Some(note) = note {
             node.record(self.clock.now(), note);
         }
@@ -413,6 +421,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
         .map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     super::extra_enis::check_extra_eni_shapes(spec, persistence)?;
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
+    crate::data_volumes::check_data_volumes(&spec.data_volumes, &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     check_handover(spec.handover_after_warning_seconds).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));

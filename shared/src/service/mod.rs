@@ -2,6 +2,7 @@
 //! ports. Every node write is conditional; a lost race is re-read and re-decided.
 
 mod addresses;
+mod data_volumes;
 mod extra_enis;
 mod group_run;
 mod groups;
@@ -24,7 +25,7 @@ use crate::events::InstanceEvent;
 use crate::lifecycle::{self, Action, Metric, NodePatch, PatchError, Step};
 use crate::group::GroupId;
 use crate::model::{Node, NodeId, NodeState};
-use crate::ports::{Address, Clock, EventClaim, EventClaims, Instances, LaunchPace, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock};
+use crate::ports::{Address, Clock, EventClaim, EventClaims, Instances, LaunchPace, MetricsSink, Network, NoMetrics, NodeStore, ReconcilerBookmark, Registry, SystemClock, Volumes};
 
 pub use manage::ImportRequest;
 pub use group_run::GroupRun;
@@ -190,6 +191,7 @@ pub struct Ports {
     pub registry: Arc<dyn Registry>,
     pub network: Arc<dyn Network>,
     pub instances: Arc<dyn Instances>,
+    pub volumes: Arc<dyn Volumes>,
     pub events: Arc<dyn EventClaims>,
     pub bookmark: Arc<dyn ReconcilerBookmark>,
     pub pace: Arc<dyn LaunchPace>,
@@ -204,6 +206,7 @@ pub struct Tether {
     pace: Arc<dyn LaunchPace>,
     network: Arc<dyn Network>,
     instances: Arc<dyn Instances>,
+    volumes: Arc<dyn Volumes>,
     clock: Arc<dyn Clock>,
     metrics: Arc<dyn MetricsSink>,
     settings: Settings,
@@ -219,6 +222,7 @@ impl Tether {
             pace: ports.pace,
             network: ports.network,
             instances: ports.instances,
+            volumes: ports.volumes,
             clock: Arc::new(SystemClock),
             metrics: Arc::new(NoMetrics),
             settings,
@@ -556,6 +560,7 @@ impl Tether {
                         info!(allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
                     }
                 }
+                Action::AttachDataVolumes => outcome = self.attach_data_volumes(node.clone()).await?,
                 // Boxed: a launch's future (network, template, retries) is large, and every
                 // entry point (events, the API, the reconciler) would carry it on its stack.
                 Action::Launch => outcome = Box::pin(self.launch(node.clone(), deadline)).await?,

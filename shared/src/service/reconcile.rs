@@ -19,6 +19,7 @@ use crate::events::InstanceState;
 use crate::lifecycle::{self, ElasticIpFound, Metric, Observed, Step};
 use crate::group::GroupState;
 use crate::model::{EniRecord, Node, NodeId, NodeState};
+use crate::data_volumes::VolumeInfo;
 use crate::ports::{ElasticIpInfo, InstanceSummary, Reservation, Tagged};
 
 /// Nodes read per page.
@@ -43,6 +44,8 @@ struct InBulk {
     eips: HashMap<String, ElasticIpInfo>,
     /// The Elastic IPs Tether allocated (tagged).
     tagged_eips: Vec<Tagged<ElasticIpInfo>>,
+    /// The nodes' data volumes (tagged), by id.
+    volumes: HashMap<String, Tagged<VolumeInfo>>,
 }
 
 /// What one run did.
@@ -171,7 +174,8 @@ impl Tether {
         let enis = self.network.node_enis().await?;
         let eips = self.network.elastic_ips().await?.into_iter().map(|e| (e.allocation_id.clone(), e)).collect();
         let tagged_eips = self.network.node_eips().await?;
-        Ok(InBulk { taken_at, instances, enis, eips, tagged_eips })
+        let volumes = self.volumes.node_volumes().await?.into_iter().map(|t| (t.resource.id.clone(), t)).collect();
+        Ok(InBulk { taken_at, instances, enis, eips, tagged_eips, volumes })
     }
 
     /// Every group's controller, each within its share of the time left (an equal share of
@@ -241,7 +245,7 @@ impl Tether {
     fn unobserved(&self, node: &Node) -> (Observed, bool) {
         let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
         let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
-        (Observed { instance: None, eni_exists: true, deleted_extra_eni: None, elastic_ip: None, stuck }, watched)
+        (Observed { instance: None, eni_exists: true, deleted_extra_eni: None, deleted_data_volume: None, data_volume_detached: false, elastic_ip: None, stuck }, watched)
     }
 
     /// What the bulk view says about the node, if it can say: the record is older than the
@@ -267,6 +271,11 @@ impl Tether {
         if let Some(eip) = &node.elastic_ip {
             seen.elastic_ip = Some(elastic_ip_found(bulk.eips.get(&eip.allocation_id)?, node));
         }
+        let mut volumes = Vec::new();
+        for record in &node.data_volumes {
+            volumes.push(bulk.volumes.get(&record.volume_id)?.resource.clone());
+        }
+        seen.data_volume_detached = data_volume_detached(node, &seen, &volumes);
         Some(seen)
     }
 
@@ -294,6 +303,15 @@ impl Tether {
                 None => ElasticIpFound::Missing,
                 Some(info) => elastic_ip_found(&info, node),
             });
+        }
+        if !node.data_volumes.is_empty() {
+            let ids: Vec<String> = node.data_volumes.iter().map(|v| v.volume_id.clone()).collect();
+            let volumes = self.volumes.describe_volumes(&ids).await?;
+            // Gone for good only once it was seen (attached once, or recorded long ago): a
+            // volume just made may not be visible yet.
+            let gone = node.data_volumes.iter().find(|r| (r.attached_to.is_some() || seen.stuck) && !volumes.iter().any(|v| v.id == r.volume_id && v.state != "deleting"));
+            seen.deleted_data_volume = gone.map(|r| r.volume_id.clone());
+            seen.data_volume_detached = data_volume_detached(node, &seen, &volumes);
         }
         Ok(seen)
     }
@@ -361,6 +379,14 @@ impl Tether {
                 report.repaired.push(format!("{}: deleted leftover ENI {}", tagged.node_id, tagged.resource.id));
             }
         }
+        for tagged in bulk.volumes.values().filter(|t| !t.attached) {
+            let id = tagged.resource.id.as_str();
+            if leftover_volume(nodes.get(&tagged.node_id), id) {
+                self.volumes.delete_volume(id).await?;
+                warn!(node_id = %tagged.node_id, volume_id = id, "data volume no node records (a create that was retried); deleted");
+                report.repaired.push(format!("{}: deleted leftover data volume {id}", tagged.node_id));
+            }
+        }
         let free = |t: &&Tagged<ElasticIpInfo>| !t.attached || t.resource.network_interface_id.as_deref().is_some_and(|e| deleted_enis.contains(e));
         for tagged in bulk.tagged_eips.iter().filter(free) {
             let node = nodes.get(&tagged.node_id);
@@ -386,6 +412,28 @@ fn leftover(node: Option<&Node>, recorded: impl Fn(&Node) -> Option<&str>, id: &
         (_, Some(other)) => other != id,
         (_, None) => false,
     }
+}
+
+/// Whether a detached data volume tagged for `node` is left over: a duplicate of a create
+/// that was retried, which the node never recorded. Only once every volume of its spec is
+/// recorded (a create under way is not recorded yet), or the node is deallocated (what the
+/// policy kept stays recorded). Never one of a node this table does not know.
+fn leftover_volume(node: Option<&Node>, id: &str) -> bool {
+    let Some(node) = node else { return false };
+    let recorded = node.data_volumes.iter().any(|v| v.volume_id == id);
+    let all_made = node.spec.data_volumes.iter().all(|d| node.data_volumes.iter().any(|v| v.device_name == d.device_name));
+    match node.state {
+        NodeState::Deallocating => false,
+        NodeState::Deallocated => !recorded,
+        _ => all_made && !recorded,
+    }
+}
+
+/// Whether a data volume is not on the node's running instance (or not recorded there).
+fn data_volume_detached(node: &Node, seen: &Observed, volumes: &[VolumeInfo]) -> bool {
+    let (Some(current), Some(InstanceState::Running)) = (node.instance_id(), seen.instance) else { return false };
+    node.data_volumes_to_attach()
+        || volumes.iter().any(|v| node.data_volumes.iter().any(|r| r.volume_id == v.id) && v.attachment.as_ref().is_none_or(|(i, _)| i != current))
 }
 
 /// The ENI the node records at a device index (`None`: its own ENI, index 0).

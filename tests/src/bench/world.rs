@@ -56,6 +56,7 @@ impl World {
             pace: store.clone(),
             network: ec2.clone(),
             instances: ec2.clone(),
+            volumes: ec2.clone(),
         };
         let settings = Settings { jitter_seed: Some(seed), pace, ..Settings::default() };
         // The set-up is not measured: nothing paces it.

@@ -67,7 +67,7 @@ fn every_documented_route_is_routed() {
 }
 
 /// Calls the API as Lambda would after API Gateway authenticated the request.
-async fn call(fx: &Fixture, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), SetupError> {
+pub(crate) async fn call(fx: &Fixture, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Value), SetupError> {
     call_with(fx, method, path, body, &[]).await
 }
 

@@ -167,7 +167,7 @@ impl World {
         ec2.add_subnet(SUBNET_EXTRA, "10.0.3.0/24".parse().expect("a valid CIDR"), "us-east-1a");
         let store = Arc::new(FakeStore::new());
         let settings = Settings { jitter_seed: Some(seed), ..Settings::default() };
-        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone() };
+        let ports = Ports { store: store.clone(), registry: store.clone(), events: store.clone(), bookmark: store.clone(), pace: store.clone(), network: ec2.clone(), instances: ec2.clone(), volumes: ec2.clone() };
         let tether = Tether::new(ports, settings).with_clock(Arc::new(clock.clone()));
         let mut world = World {
             seed,

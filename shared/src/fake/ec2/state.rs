@@ -494,6 +494,7 @@ impl State {
                     instance.primary_eni = None;
                     instance.extra_enis.clear();
                 }
+                self.detach_volumes_of(instance_id);
                 self.set_life(instance_id, Life::Terminated);
             }
             Life::Running | Life::Terminated => return false,

@@ -1,0 +1,135 @@
+//! Data volumes and the deallocation policy against the emulator, through the API and the
+//! real handlers: the same volume on every generation, no launch without it, and what a
+//! deallocation keeps.
+
+use lambda_http::http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tether_tests::{Fixture, SetupError};
+
+use super::api::call;
+
+const BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn body_with_data(fx: &Fixture, deallocation: Value) -> Value {
+    json!({
+        "spec": {
+            "subnet_id": fx.subnet_id,
+            "image_id": fx.image_id,
+            "instance_types": ["m5.large"],
+            "security_group_ids": [fx.security_group_id],
+            "data_volumes": [{"device_name": "/dev/sdf", "volume_size_gib": 20, "volume_type": "gp3", "iops": 4000}],
+            "deallocation": deallocation,
+        },
+        "resume": true,
+    })
+}
+
+/// Where EC2 has the volume: (state, instance, device).
+async fn volume(fx: &Fixture, volume_id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, SetupError> {
+    let out = fx.ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(volume_id).build()).send().await?;
+    Ok(out.volumes().first().map(|v| {
+        let attachment = v.attachments().first();
+        (
+            v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            attachment.and_then(|a| a.instance_id()).map(str::to_owned),
+            attachment.and_then(|a| a.device()).map(str::to_owned),
+        )
+    }))
+}
+
+#[tokio::test]
+async fn the_same_data_volume_is_attached_at_the_same_device_on_each_of_three_generations() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (status, node) = call(&fx, Method::POST, "/nodes", Some(body_with_data(&fx, json!({})))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{node}");
+    let volume_id = node["data_volumes"][0]["volume_id"].as_str().ok_or("no data volume in the view")?.to_owned();
+    let id = tether::NodeId::parse(node["id"].as_str().ok_or("no id")?).ok_or("bad id")?;
+    let eni = fx.tether.node(&id).await?.eni.ok_or("no ENI")?;
+    for generation in 1..=3 {
+        let current = fx.tether.node(&id).await?;
+        assert_eq!(current.generation, generation);
+        let instance = current.instance_id().ok_or("no instance")?.to_owned();
+        let seen = volume(&fx, &volume_id).await?.ok_or("volume gone")?;
+        assert_eq!(seen, ("in-use".to_owned(), Some(instance.clone()), Some("/dev/sdf".to_owned())), "generation {generation}");
+        let (_, shown) = call(&fx, Method::GET, &format!("/nodes/{id}"), None).await?;
+        assert_eq!(shown["data_volumes"][0]["attached"], true, "{shown}");
+        assert_eq!(fx.instance(&instance).await?.placement().and_then(|p| p.availability_zone()), Some(eni.availability_zone.as_str()), "in the volume's AZ");
+        if generation < 3 {
+            fx.interrupt_node(&id, BUDGET).await?;
+        }
+    }
+    let made = fx.ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("tag:tether:node-id").values(id.as_str()).build()).send().await?;
+    assert_eq!(made.volumes().len(), 1, "one data volume made, ever");
+    assert_eq!(made.volumes()[0].iops(), Some(4000));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_node_whose_data_volume_was_deleted_is_not_resumed() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (_, node) = call(&fx, Method::POST, "/nodes", Some(body_with_data(&fx, json!({})))).await?;
+    let id = node["id"].as_str().ok_or("no id")?.to_owned();
+    let volume_id = node["data_volumes"][0]["volume_id"].as_str().ok_or("no data volume")?.to_owned();
+    let (status, paused) = call(&fx, Method::POST, &format!("/nodes/{id}/pause"), None).await?;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(volume(&fx, &volume_id).await?.map(|v| v.0).as_deref(), Some("available"), "kept by the pause, detached");
+    fx.ec2.delete_volume().volume_id(&volume_id).send().await?;
+    let before = fx.instances_in_vpc().await?;
+    let (status, refused) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&volume_id) && detail.contains("/dev/sdf"), "{detail}");
+    assert_eq!(fx.instances_in_vpc().await?, before, "nothing launched");
+    let (_, shown) = call(&fx, Method::GET, &format!("/nodes/{id}"), None).await?;
+    assert_eq!(shown["state"], "error", "{shown}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deallocation_keeps_data_unless_its_policy_deletes_it_after_a_final_snapshot() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    for (policy, kept) in [(json!({}), true), (json!({"data_volumes": "snapshot_and_delete"}), false)] {
+        let (_, node) = call(&fx, Method::POST, "/nodes", Some(body_with_data(&fx, policy.clone()))).await?;
+        let id = node["id"].as_str().ok_or("no id")?.to_owned();
+        let volume_id = node["data_volumes"][0]["volume_id"].as_str().ok_or("no data volume")?.to_owned();
+        assert_eq!(node["spec"]["deallocation"]["data_volumes"], if kept { "keep" } else { "snapshot_and_delete" }, "{node}");
+        let (status, done) = call(&fx, Method::POST, &format!("/nodes/{id}/deallocate"), None).await?;
+        assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("deallocated")), "{done}");
+        let left = volume(&fx, &volume_id).await?;
+        let snapshots = fx.ec2.describe_snapshots().owner_ids("self").filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(&volume_id).build()).send().await?;
+        if kept {
+            assert_eq!(left.map(|v| v.0).as_deref(), Some("available"), "{policy}: kept, detached");
+            assert_eq!(done["data_volumes"][0]["volume_id"], volume_id.as_str(), "kept volumes stay on record: {done}");
+            assert!(snapshots.snapshots().is_empty());
+        } else {
+            assert_eq!(left, None, "{policy}: deleted");
+            let snapshot = snapshots.snapshots().first().and_then(|s| s.snapshot_id()).ok_or("no final snapshot")?;
+            let (_, history) = call(&fx, Method::GET, &format!("/nodes/{id}/history"), None).await?;
+            assert!(history.to_string().contains(snapshot), "{history}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_imported_node_keeps_its_eni_at_deallocation_unless_its_policy_deletes_it() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    for (policy, eni_kept) in [(None, true), (Some(json!({"deallocation": {"enis": "delete"}})), false)] {
+        let launched = fx.run_one().subnet_id(&fx.subnet_id).send().await?;
+        let instance = launched.instances().first().ok_or("no instance")?;
+        let instance_id = instance.instance_id().ok_or("no id")?.to_owned();
+        let eni_id = instance.network_interfaces().first().and_then(|n| n.network_interface_id()).ok_or("no ENI")?.to_owned();
+        let (status, node) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": instance_id}))).await?;
+        assert_eq!(status, StatusCode::CREATED, "{node}");
+        let id = node["id"].as_str().ok_or("no id")?.to_owned();
+        if let Some(patch) = &policy {
+            let (status, patched) = call(&fx, Method::PATCH, &format!("/nodes/{id}"), Some(patch.clone())).await?;
+            assert_eq!(status, StatusCode::OK, "{patched}");
+        }
+        let (status, done) = call(&fx, Method::POST, &format!("/nodes/{id}/deallocate"), None).await?;
+        assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("deallocated")), "{done}");
+        let exists = fx.ec2.describe_network_interfaces().filters(aws_sdk_ec2::types::Filter::builder().name("network-interface-id").values(&eni_id).build()).send().await?;
+        assert_eq!(!exists.network_interfaces().is_empty(), eni_kept, "{policy:?}: {done}");
+    }
+    Ok(())
+}
