@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tether::data_volumes::DataVolume;
+use tether::deallocation::{DeallocationPolicy, ElasticIpFate, EniFate, VolumeFate};
 use tether::launch_options::{CapacityReservation, CpuCredits, LaunchTemplateRef};
 use tether::model::{ExtraEni, PublicIpAssignment, RevertToSpot};
 use tether::volumes::{BlockDevice, VolumeType};
@@ -99,11 +101,13 @@ pub enum NodesCommand {
         #[command(flatten)]
         post: PostArgs,
     },
-    /// Terminate the instance, delete the ENI, release (Tether's) or disassociate (yours) the Elastic IP
+    /// Terminate the instance; delete the ENI, release (Tether's) or disassociate (yours) the
+    /// Elastic IP and keep the data volumes, unless the node's deallocation policy says otherwise
     Deallocate {
         #[arg(value_name = "NODE_ID")]
         id: String,
-        /// Keep the ENI and the Elastic IP on it: the private IP stays reserved
+        /// Keep the ENI and the Elastic IP on it: the private IP stays reserved (whatever the
+        /// policy's --on-deallocate-enis says)
         #[arg(long)]
         keep_eni: bool,
         #[command(flatten)]
@@ -151,6 +155,10 @@ pub struct CreateArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub options: LaunchOptionArgs,
+    #[command(flatten)]
+    pub data: DataVolumeArgs,
+    #[command(flatten)]
+    pub deallocation: DeallocationArgs,
     /// Resume the node right away: create its ENI and launch its first instance
     #[arg(long)]
     pub resume: bool,
@@ -224,6 +232,8 @@ pub struct UpdateArgs {
     pub launch: LaunchChangeArgs,
     #[command(flatten)]
     pub identity: IdentityChangeArgs,
+    #[command(flatten)]
+    pub deallocation: DeallocationChangeArgs,
 }
 
 /// The node's network identity on its ENI beyond the primary IP (`nodes create`).
@@ -282,6 +292,174 @@ pub struct LaunchOptionArgs {
     /// A tag of every volume (repeat the flag)
     #[arg(long = "volume-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub volume_tags: Vec<(String, String)>,
+}
+
+/// The node's data volumes (`nodes create`, `groups create`): made at the first resume,
+/// attached to every instance, fixed afterwards.
+#[derive(Debug, Args)]
+pub struct DataVolumeArgs {
+    /// An EBS volume the node keeps for life, attached to every instance at DEVICE:
+    /// DEVICE:SIZE_GIB[:TYPE[:IOPS[:THROUGHPUT]]], e.g. /dev/sdf:100:gp3:4000:250 (TYPE gp3 by
+    /// default, or gp2, io1, io2, st1, sc1, standard; THROUGHPUT in MiB/s; repeat the flag;
+    /// made at the first resume, fixed afterwards)
+    #[arg(long = "data-volume", value_name = DATA_VOLUME_FORM, value_parser = parse_data_volume)]
+    pub data_volumes: Vec<DataVolume>,
+    /// Encrypt every data volume (default: as the account's EBS encryption default says)
+    #[arg(long, requires = "data_volumes")]
+    pub encrypt_data_volumes: bool,
+    /// The KMS key (id, ARN, alias/… or alias ARN) of every data volume; implies
+    /// --encrypt-data-volumes
+    #[arg(long, value_name = "KEY", requires = "data_volumes")]
+    pub data_volume_kms_key: Option<String>,
+}
+
+impl DataVolumeArgs {
+    /// The volumes with the encryption flags applied to each.
+    pub fn volumes(&self) -> Vec<DataVolume> {
+        let encrypted = self.encrypt_data_volumes || self.data_volume_kms_key.is_some();
+        self.data_volumes
+            .iter()
+            .map(|v| DataVolume { encrypted: encrypted.then_some(true).or(v.encrypted), kms_key_id: self.data_volume_kms_key.clone().or_else(|| v.kms_key_id.clone()), ..v.clone() })
+            .collect()
+    }
+}
+
+const DATA_VOLUME_FORM: &str = "DEVICE:SIZE_GIB[:TYPE[:IOPS[:THROUGHPUT]]]";
+
+/// `DEVICE:SIZE_GIB[:TYPE[:IOPS[:THROUGHPUT]]]`, empty parts taking their defaults
+/// (`/dev/sdf:100::3000`); the API checks the values.
+pub(crate) fn parse_data_volume(raw: &str) -> Result<DataVolume, String> {
+    let form = format!("give {DATA_VOLUME_FORM}, e.g. /dev/sdf:100:gp3:4000:250");
+    let mut parts = raw.split(':');
+    let device_name = parts.next().filter(|d| !d.trim().is_empty()).ok_or_else(|| format!("no device name: {form}"))?;
+    if device_name.contains('=') {
+        return Err(format!("`{device_name}`: a data volume's parts are separated by `:`, not `=`: {form}"));
+    }
+    let size = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| format!("no size in GiB: {form}"))?;
+    let volume_size_gib = size.parse().map_err(|_| format!("`{size}` is no size in GiB: {form}"))?;
+    let volume_type = match parts.next().filter(|t| !t.is_empty()) {
+        None => VolumeType::default(),
+        Some(kind) => volume_type(kind)?,
+    };
+    let mut number = |what: &str| -> Result<Option<u32>, String> {
+        match parts.next().filter(|n| !n.is_empty()) {
+            None => Ok(None),
+            Some(n) => n.parse().map(Some).map_err(|_| format!("`{n}` is no {what}: {form}")),
+        }
+    };
+    let iops = number("number of IOPS")?;
+    let throughput_mibps = number("throughput in MiB/s")?;
+    if let Some(extra) = parts.next() {
+        return Err(format!("`{extra}`: nothing comes after the throughput: {form}"));
+    }
+    Ok(DataVolume { device_name: device_name.to_owned(), volume_size_gib, volume_type, iops, throughput_mibps, encrypted: None, kms_key_id: None })
+}
+
+fn volume_type(kind: &str) -> Result<VolumeType, String> {
+    serde_json::from_value(serde_json::Value::String(kind.to_owned())).map_err(|_| format!("`{kind}` is no volume type: gp3, gp2, io1, io2, st1, sc1 or standard"))
+}
+
+/// What the node's deallocation deletes (`nodes create`, `groups create`); the flags not
+/// given take the API's defaults.
+#[derive(Debug, Args)]
+pub struct DeallocationArgs {
+    /// At deallocation, the node's ENIs (its own and the extra ones) with their private IPs:
+    /// delete, keep, or default (Tether's deleted, an imported instance's kept)
+    #[arg(long, value_name = ENI_FATES, value_parser = parse_eni_fate)]
+    pub on_deallocate_enis: Option<EniPolicy>,
+    /// At deallocation, the data volumes: keep (default), delete, or snapshot-and-delete (a
+    /// final snapshot of each, then the volume)
+    #[arg(long, value_name = VOLUME_FATES, value_parser = parse_volume_fate)]
+    pub on_deallocate_data_volumes: Option<VolumeFate>,
+    /// At deallocation, an Elastic IP Tether allocated: release (default) or keep (yours is
+    /// never released)
+    #[arg(long, value_name = ELASTIC_IP_FATES, value_parser = parse_elastic_ip_fate)]
+    pub on_deallocate_elastic_ip: Option<ElasticIpFate>,
+}
+
+impl DeallocationArgs {
+    pub fn policy(&self) -> DeallocationPolicy {
+        DeallocationChanges { enis: self.on_deallocate_enis, data_volumes: self.on_deallocate_data_volumes, elastic_ip: self.on_deallocate_elastic_ip }.apply(DeallocationPolicy::default())
+    }
+}
+
+/// Changes of the deallocation policy (`nodes update`): the CLI reads the node's policy and
+/// sends it back with these changed.
+#[derive(Debug, Args)]
+pub struct DeallocationChangeArgs {
+    /// At deallocation, the node's ENIs: delete, keep, or default (Tether's deleted, an
+    /// imported instance's kept). Each --on-deallocate-… flag changes that field of the node's
+    /// policy (read first) and keeps the others
+    #[arg(long, value_name = ENI_FATES, value_parser = parse_eni_fate, group = "change")]
+    pub on_deallocate_enis: Option<EniPolicy>,
+    /// At deallocation, the data volumes: keep, delete or snapshot-and-delete
+    #[arg(long, value_name = VOLUME_FATES, value_parser = parse_volume_fate, group = "change")]
+    pub on_deallocate_data_volumes: Option<VolumeFate>,
+    /// At deallocation, an Elastic IP Tether allocated: release or keep
+    #[arg(long, value_name = ELASTIC_IP_FATES, value_parser = parse_elastic_ip_fate, group = "change")]
+    pub on_deallocate_elastic_ip: Option<ElasticIpFate>,
+}
+
+impl DeallocationChangeArgs {
+    /// The changes given, if any.
+    pub fn changes(&self) -> Option<DeallocationChanges> {
+        let changes = DeallocationChanges { enis: self.on_deallocate_enis, data_volumes: self.on_deallocate_data_volumes, elastic_ip: self.on_deallocate_elastic_ip };
+        (changes != DeallocationChanges::default()).then_some(changes)
+    }
+}
+
+/// Fields of a deallocation policy to change; `None`: left as they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeallocationChanges {
+    pub enis: Option<EniPolicy>,
+    pub data_volumes: Option<VolumeFate>,
+    pub elastic_ip: Option<ElasticIpFate>,
+}
+
+impl DeallocationChanges {
+    /// `policy` with the fields given changed.
+    pub fn apply(self, policy: DeallocationPolicy) -> DeallocationPolicy {
+        DeallocationPolicy {
+            enis: self.enis.map_or(policy.enis, |e| e.0),
+            data_volumes: self.data_volumes.unwrap_or(policy.data_volumes),
+            elastic_ip: self.elastic_ip.unwrap_or(policy.elastic_ip),
+        }
+    }
+}
+
+/// `--on-deallocate-enis`: `delete`, `keep`, or `default` (absent from the policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EniPolicy(pub Option<EniFate>);
+
+const ENI_FATES: &str = "delete|keep|default";
+const VOLUME_FATES: &str = "keep|delete|snapshot-and-delete";
+const ELASTIC_IP_FATES: &str = "release|keep";
+
+pub(crate) fn parse_eni_fate(raw: &str) -> Result<EniPolicy, String> {
+    match raw {
+        "delete" => Ok(EniPolicy(Some(EniFate::Delete))),
+        "keep" => Ok(EniPolicy(Some(EniFate::Keep))),
+        "default" => Ok(EniPolicy(None)),
+        _ => Err(format!("`{raw}`: give delete, keep or default")),
+    }
+}
+
+/// The API's `snapshot_and_delete` is taken too.
+pub(crate) fn parse_volume_fate(raw: &str) -> Result<VolumeFate, String> {
+    match raw {
+        "keep" => Ok(VolumeFate::Keep),
+        "delete" => Ok(VolumeFate::Delete),
+        "snapshot-and-delete" | "snapshot_and_delete" => Ok(VolumeFate::SnapshotAndDelete),
+        _ => Err(format!("`{raw}`: give keep, delete or snapshot-and-delete")),
+    }
+}
+
+pub(crate) fn parse_elastic_ip_fate(raw: &str) -> Result<ElasticIpFate, String> {
+    match raw {
+        "release" => Ok(ElasticIpFate::Release),
+        "keep" => Ok(ElasticIpFate::Keep),
+        _ => Err(format!("`{raw}`: give release or keep")),
+    }
 }
 
 /// `ID_OR_NAME[:VERSION]`: `lt-…` is an id; VERSION a number, `latest` or `default`
@@ -506,7 +684,7 @@ pub(crate) fn parse_block_device(raw: &str) -> Result<BlockDevice, String> {
     let volume_size_gib = size.parse().map_err(|_| format!("`{size}` is no size in GiB"))?;
     let volume_type = match kind {
         None => VolumeType::default(),
-        Some(kind) => serde_json::from_value(serde_json::Value::String(kind.to_owned())).map_err(|_| format!("`{kind}` is no volume type: gp3, gp2, io1, io2, st1, sc1 or standard"))?,
+        Some(kind) => volume_type(kind)?,
     };
     Ok(BlockDevice {
         device_name: device_name.to_owned(),
@@ -522,4 +700,93 @@ pub(crate) fn parse_block_device(raw: &str) -> Result<BlockDevice, String> {
 
 pub(crate) fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {
     s.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume(device: &str, size: u32, volume_type: VolumeType, iops: Option<u32>, throughput_mibps: Option<u32>) -> DataVolume {
+        DataVolume { device_name: device.into(), volume_size_gib: size, volume_type, iops, throughput_mibps, encrypted: None, kms_key_id: None }
+    }
+
+    #[test]
+    fn a_data_volume_is_device_size_and_optionally_type_iops_and_throughput() {
+        assert_eq!(parse_data_volume("/dev/sdf:100"), Ok(volume("/dev/sdf", 100, VolumeType::Gp3, None, None)));
+        assert_eq!(parse_data_volume("/dev/sdf:100:gp3:4000:250"), Ok(volume("/dev/sdf", 100, VolumeType::Gp3, Some(4000), Some(250))));
+        assert_eq!(parse_data_volume("/dev/sdg:500:io2:16000"), Ok(volume("/dev/sdg", 500, VolumeType::Io2, Some(16000), None)));
+        assert_eq!(parse_data_volume("/dev/sdh:100::3000"), Ok(volume("/dev/sdh", 100, VolumeType::Gp3, Some(3000), None)), "an empty part takes its default");
+        assert_eq!(parse_data_volume("/dev/sdh:100:gp3::500"), Ok(volume("/dev/sdh", 100, VolumeType::Gp3, None, Some(500))));
+        for (raw, says) in [
+            ("", "no device name"),
+            ("/dev/sdf", "no size in GiB"),
+            ("/dev/sdf:", "no size in GiB"),
+            ("/dev/sdf:big", "`big` is no size in GiB"),
+            ("/dev/sdf=100", "separated by `:`"),
+            ("/dev/sdf:100:gp9", "`gp9` is no volume type: gp3, gp2, io1, io2, st1, sc1 or standard"),
+            ("/dev/sdf:100:gp3:many", "`many` is no number of IOPS"),
+            ("/dev/sdf:100:gp3:3000:fast", "`fast` is no throughput in MiB/s"),
+            ("/dev/sdf:100:gp3:3000:125:x", "nothing comes after the throughput"),
+        ] {
+            let why = parse_data_volume(raw).map(|v| format!("accepted: {v:?}")).unwrap_or_else(|e| e);
+            assert!(why.contains(says), "{raw}: {why}");
+            assert!(why.contains("accepted") || why.contains(DATA_VOLUME_FORM) || why.contains("no volume type"), "{raw}: names the form: {why}");
+        }
+    }
+
+    #[test]
+    fn encryption_flags_apply_to_every_data_volume_and_a_key_implies_encryption() {
+        let two = vec![volume("/dev/sdf", 10, VolumeType::Gp3, None, None), volume("/dev/sdg", 20, VolumeType::Gp2, None, None)];
+        let args = |encrypt, key: Option<&str>| DataVolumeArgs { data_volumes: two.clone(), encrypt_data_volumes: encrypt, data_volume_kms_key: key.map(str::to_owned) };
+        assert!(args(false, None).volumes().iter().all(|v| v.encrypted.is_none() && v.kms_key_id.is_none()), "the account's default decides");
+        assert!(args(true, None).volumes().iter().all(|v| v.encrypted == Some(true) && v.kms_key_id.is_none()));
+        assert!(args(false, Some("alias/data")).volumes().iter().all(|v| v.encrypted == Some(true) && v.kms_key_id.as_deref() == Some("alias/data")));
+    }
+
+    #[test]
+    fn deallocation_flags_take_the_api_s_words_and_change_only_the_fields_given() {
+        assert_eq!(parse_eni_fate("keep"), Ok(EniPolicy(Some(EniFate::Keep))));
+        assert_eq!(parse_eni_fate("default"), Ok(EniPolicy(None)));
+        assert_eq!(parse_volume_fate("snapshot-and-delete"), Ok(VolumeFate::SnapshotAndDelete));
+        assert_eq!(parse_volume_fate("snapshot_and_delete"), Ok(VolumeFate::SnapshotAndDelete), "the API's spelling too");
+        assert_eq!(parse_elastic_ip_fate("keep"), Ok(ElasticIpFate::Keep));
+        assert_eq!(parse_eni_fate("drop"), Err("`drop`: give delete, keep or default".into()));
+        assert_eq!(parse_volume_fate("snapshot"), Err("`snapshot`: give keep, delete or snapshot-and-delete".into()));
+        assert_eq!(parse_elastic_ip_fate("delete"), Err("`delete`: give release or keep".into()));
+
+        let current = DeallocationPolicy { enis: Some(EniFate::Keep), data_volumes: VolumeFate::Delete, elastic_ip: ElasticIpFate::Keep };
+        let only_volumes = DeallocationChanges { data_volumes: Some(VolumeFate::SnapshotAndDelete), ..DeallocationChanges::default() };
+        assert_eq!(only_volumes.apply(current), DeallocationPolicy { data_volumes: VolumeFate::SnapshotAndDelete, ..current });
+        let eni_default = DeallocationChanges { enis: Some(EniPolicy(None)), ..DeallocationChanges::default() };
+        assert_eq!(eni_default.apply(current), DeallocationPolicy { enis: None, ..current });
+        assert_eq!(DeallocationChanges::default().apply(current), current);
+    }
+
+    #[test]
+    fn the_flags_parse_on_the_commands_that_take_them() {
+        use clap::Parser;
+        let create = ["tether", "nodes", "create", "--subnet", "subnet-1", "--image", "ami-1", "--instance-type", "m5.large"];
+        let parse = |base: &[&str], more: &[&str]| Cli::try_parse_from(base.iter().chain(more).copied());
+        let cli = parse(&create, &["--data-volume", "/dev/sdf:100", "--data-volume", "/dev/sdg:20:io1:1000", "--encrypt-data-volumes", "--on-deallocate-data-volumes", "delete", "--on-deallocate-enis", "keep"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.data.volumes().len(), 2);
+        assert_eq!(args.deallocation.policy(), DeallocationPolicy { enis: Some(EniFate::Keep), data_volumes: VolumeFate::Delete, elastic_ip: ElasticIpFate::Release });
+
+        // Usage errors name the flag and the accepted forms.
+        let bad = parse(&create, &["--data-volume", "/dev/sdf"]).map(|_| ()).unwrap_err().to_string();
+        assert!(bad.contains("--data-volume <DEVICE:SIZE_GIB[:TYPE[:IOPS[:THROUGHPUT]]]>") && bad.contains("no size in GiB"), "{bad}");
+        let bad = parse(&create, &["--on-deallocate-data-volumes", "later"]).map(|_| ()).unwrap_err().to_string();
+        assert!(bad.contains("--on-deallocate-data-volumes <keep|delete|snapshot-and-delete>"), "{bad}");
+        let lonely = parse(&create, &["--data-volume-kms-key", "alias/data"]).map(|_| ()).unwrap_err();
+        assert_eq!(lonely.kind(), clap::error::ErrorKind::MissingRequiredArgument, "a key needs a data volume: {lonely}");
+
+        let update = parse(&["tether", "nodes", "update", "tn-1"], &["--on-deallocate-elastic-ip", "keep"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Update(args)), .. }) = update else { panic!("{update:?}") };
+        assert_eq!(args.deallocation.changes(), Some(DeallocationChanges { elastic_ip: Some(ElasticIpFate::Keep), ..DeallocationChanges::default() }));
+
+        let group = ["tether", "groups", "create", "--name", "g", "--subnet", "subnet-1", "--image", "ami-1", "--instance-type", "m5.large", "--target", "0"];
+        let cli = parse(&group, &["--data-volume", "/dev/sdf:50", "--on-deallocate-data-volumes", "snapshot-and-delete"]);
+        let Ok(Cli { command: Command::Groups(GroupsCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!((args.data.volumes().len(), args.deallocation.policy().data_volumes), (1, VolumeFate::SnapshotAndDelete));
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use tether::group::GroupState;
+use tether::group::{GroupState, MemberTemplate};
 use tether::lifecycle::NodePatch;
 use tether::views::{CreateGroup, DeallocateGroup, GroupList, GroupMembers, GroupPatch, GroupView, Scale};
 
@@ -26,7 +26,7 @@ pub(crate) fn plan(command: &GroupsCommand) -> Result<Planned, CliError> {
             let request = CreateGroup {
                 name: args.name.clone(),
                 subnet_ids: args.subnets.clone(),
-                template: template(&args.launch)?,
+                template: MemberTemplate { data_volumes: args.data.volumes(), deallocation: args.deallocation.policy(), ..template(&args.launch)? },
                 target_capacity: args.target,
                 private_ip_pool: args.private_ips.clone(),
                 elastic_ip_pool: args.elastic_ips.clone(),

@@ -20,6 +20,7 @@ use clap::Parser;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tether::deallocation::DeallocationPolicy;
 use tether::group::MemberTemplate;
 use tether::launch_options::{Placement, Tenancy};
 use tether::lifecycle::NodePatch;
@@ -29,7 +30,7 @@ use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, Problem};
 use tether::ImportRequest;
 
 pub use args::{
-    Cli, CommaList, Command, CreateArgs, GroupActionArgs, IdentityChangeArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
+    Cli, CommaList, Command, CreateArgs, DataVolumeArgs, DeallocationArgs, DeallocationChangeArgs, DeallocationChanges, EniPolicy, GroupActionArgs, IdentityChangeArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
     UpdateArgs, WaitArgs,
 };
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
@@ -299,10 +300,8 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, wait.timeout())
         }
-        NodesCommand::Update(args) => {
-            let patch = identity_patch(&args.identity, launch_patch(&args.launch)?);
-            Planned::patch(node_path(&args.id, ""), to_json(&patch)?, None)
-        }
+        // With deallocation changes, `perform` reads the node's policy first and sends it back changed.
+        NodesCommand::Update(args) => Planned::patch(node_path(&args.id, ""), to_json(&update_patch(args, None)?)?, None),
         NodesCommand::Create(args) => {
             let (identity, options) = (&args.identity, &args.options);
             let request = CreateNode {
@@ -323,6 +322,8 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     spot_max_price: options.spot_max_price.clone(),
                     capacity_reservation: options.capacity_reservation.clone(),
                     volume_tags: options.volume_tags.iter().cloned().collect(),
+                    data_volumes: args.data.volumes(),
+                    deallocation: args.deallocation.policy(),
                     ..template(&args.launch)?.spec_in(&args.subnet)
                 },
                 persistence: Persistence {
@@ -398,6 +399,14 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
     })
 }
 
+/// What `nodes update` sends: the launch settings, the ENI changes, and the whole
+/// deallocation policy when one of its fields changes (`current`: the node's, as read).
+fn update_patch(args: &UpdateArgs, current: Option<DeallocationPolicy>) -> Result<NodePatch, CliError> {
+    let patch = identity_patch(&args.identity, launch_patch(&args.launch)?);
+    let deallocation = args.deallocation.changes().zip(current).map(|(changes, policy)| changes.apply(policy));
+    Ok(NodePatch { deallocation, ..patch })
+}
+
 /// The ENI changes of `nodes update`, added to `patch`.
 fn identity_patch(args: &IdentityChangeArgs, patch: NodePatch) -> NodePatch {
     NodePatch {
@@ -471,6 +480,12 @@ impl Session<'_> {
         match command {
             NodesCommand::List { limit, all } => self.list::<NodeList>("/nodes", &request, limit, all, out, err).await,
             NodesCommand::History { .. } => self.show::<NodeHistory>(&request, out, err).await,
+            NodesCommand::Update(args) if args.deallocation.changes().is_some() => {
+                // PATCH replaces the whole policy: the node's, with the fields given changed.
+                let node: tether::views::NodeView = self.call(&Planned::get(request.path.clone()), err).await?;
+                let patch = update_patch(&args, Some(node.spec.deallocation))?;
+                self.act::<tether::views::NodeView>(&Planned::patch(request.path, to_json(&patch)?, None), out, err).await
+            }
             _ => self.act::<tether::views::NodeView>(&request, out, err).await,
         }
     }

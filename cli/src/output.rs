@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use tether::data_volumes::DataVolume;
+use tether::deallocation::{DeallocationPolicy, ElasticIpFate, EniFate, VolumeFate};
 use tether::group::MemberTemplate;
 use tether::views::{NodeHistory, NodeList, NodeView};
 use tether::NodeState;
@@ -137,6 +139,8 @@ pub fn node_block(n: &NodeView) -> String {
         ("availability zone", or_dash(n.availability_zone.as_deref())),
         ("elastic IP", or_dash(n.elastic_ip_allocation_id.as_deref())),
         ("extra ENIs", or_dash(Some(extra_enis(n)).filter(|s| !s.is_empty()).as_deref())),
+        ("data volumes", or_dash(Some(data_volumes(n)).filter(|s| !s.is_empty()).as_deref())),
+        ("deallocation", deallocation_policy(&n.spec.deallocation)),
         ("last error", or_dash(n.last_error.as_deref())),
         ("conditions", or_dash(Some(conditions(n)).filter(|s| !s.is_empty()).as_deref())),
         ("subnet", n.spec.subnet_id.clone()),
@@ -159,6 +163,68 @@ fn extra_enis(n: &NodeView) -> String {
     let made = n.extra_enis.iter().map(|e| format!("#{} {} {} ({})", e.device_index, e.id, e.private_ip, e.subnet_id));
     let asked = n.spec.extra_enis.iter().filter(|x| !n.extra_enis.iter().any(|e| e.device_index == x.device_index));
     made.chain(asked.map(|x| format!("#{} in {}, made at the first resume", x.device_index, x.subnet_id))).collect::<Vec<_>>().join("\n")
+}
+
+/// The node's data volumes, one per line: those made (`/dev/sdf vol-… attached`, with
+/// `final snapshot snap-…` once a deallocation took one), else those asked for
+/// (`/dev/sdf 100 GiB gp3, made at the first resume`, or deleted by the deallocation).
+fn data_volumes(n: &NodeView) -> String {
+    let made = n.data_volumes.iter().map(|v| {
+        let mut line = format!("{} {} {}", v.device_name, v.volume_id, if v.attached { "attached" } else { "not attached" });
+        if !v.created_by_tether {
+            line.push_str(" (the imported instance's)");
+        }
+        if let Some(snapshot) = &v.final_snapshot_id {
+            line.push_str(&format!(", final snapshot {snapshot}"));
+        }
+        line
+    });
+    let fate = match (n.state == NodeState::Deallocated && n.generation > 0, n.spec.deallocation.data_volumes.snapshots()) {
+        (false, _) => "made at the first resume",
+        (true, false) => "deleted by the deallocation",
+        (true, true) => "deleted by the deallocation after a final snapshot (see `tether nodes history`)",
+    };
+    let asked = n.spec.data_volumes.iter().filter(|x| !n.data_volumes.iter().any(|v| v.device_name == x.device_name));
+    let asked = asked.map(|x| format!("{}, {fate}", data_volume_spec(x)));
+    made.chain(asked).collect::<Vec<_>>().join("\n")
+}
+
+/// `/dev/sdf 100 GiB gp3 4000 IOPS 250 MiB/s encrypted (KMS key alias/data)`.
+pub(crate) fn data_volume_spec(v: &DataVolume) -> String {
+    let mut text = format!("{} {} GiB {}", v.device_name, v.volume_size_gib, v.volume_type.as_str());
+    if let Some(iops) = v.iops {
+        text.push_str(&format!(" {iops} IOPS"));
+    }
+    if let Some(throughput) = v.throughput_mibps {
+        text.push_str(&format!(" {throughput} MiB/s"));
+    }
+    match (v.encrypted, &v.kms_key_id) {
+        (_, Some(key)) => text.push_str(&format!(" encrypted (KMS key {key})")),
+        (Some(true), None) => text.push_str(" encrypted"),
+        (Some(false), None) => text.push_str(" not encrypted"),
+        (None, None) => {}
+    }
+    text
+}
+
+/// The deallocation policy in one line, in the flags' words:
+/// `ENIs delete, data volumes keep, Elastic IP release`.
+pub(crate) fn deallocation_policy(p: &DeallocationPolicy) -> String {
+    let enis = match p.enis {
+        Some(EniFate::Delete) => "delete",
+        Some(EniFate::Keep) => "keep",
+        None => "default (delete; an imported instance's: keep)",
+    };
+    let volumes = match p.data_volumes {
+        VolumeFate::Keep => "keep",
+        VolumeFate::Delete => "delete",
+        VolumeFate::SnapshotAndDelete => "snapshot-and-delete",
+    };
+    let elastic_ip = match p.elastic_ip {
+        ElasticIpFate::Release => "release",
+        ElasticIpFate::Keep => "keep",
+    };
+    format!("ENIs {enis}, data volumes {volumes}, Elastic IP {elastic_ip}")
 }
 
 /// The launch settings of a node's spec or a group's template.

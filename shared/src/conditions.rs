@@ -30,6 +30,9 @@ pub enum ConditionKind {
     /// A data volume cannot be attached to the running instance: another instance holds it
     /// (someone attached it there), or EC2 refuses the attachment (the message says why).
     DataVolumeNotAttached,
+    /// Auto-healing recycled the node `max_heals` times within `window_hours` and stops
+    /// there (a bad AMI must not recycle forever); it resumes once the window has passed.
+    HealingStopped,
 }
 
 impl ConditionKind {
@@ -38,6 +41,7 @@ impl ConditionKind {
             ConditionKind::ElasticIpElsewhere => "elastic_ip_elsewhere",
             ConditionKind::ElasticIpReleased => "elastic_ip_released",
             ConditionKind::DataVolumeNotAttached => "data_volume_not_attached",
+            ConditionKind::HealingStopped => "healing_stopped",
         }
     }
 }

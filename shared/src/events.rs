@@ -13,6 +13,30 @@ pub const SOURCE_EC2: &str = "aws.ec2";
 pub const SPOT_INTERRUPTION_WARNING: &str = "EC2 Spot Instance Interruption Warning";
 pub const REBALANCE_RECOMMENDATION: &str = "EC2 Instance Rebalance Recommendation";
 pub const STATE_CHANGE_NOTIFICATION: &str = "EC2 Instance State-change Notification";
+pub const SOURCE_HEALTH: &str = "aws.health";
+pub const HEALTH_EVENT: &str = "AWS Health Event";
+
+/// An AWS Health event's detail, as much of it as Tether reads (AWS's camelCase names;
+/// times in RFC 1123, `Wed, 25 Nov 2026 06:00:00 GMT`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthDetail {
+    pub event_arn: String,
+    pub service: String,
+    pub event_type_code: String,
+    #[serde(default)]
+    pub event_type_category: String,
+    pub start_time: String,
+    #[serde(default)]
+    pub affected_entities: Vec<AffectedEntity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AffectedEntity {
+    /// An instance id, or an instance ARN (`arn:aws:ec2:…:instance/i-…`): both are seen.
+    pub entity_value: String,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -52,6 +76,9 @@ pub enum InstanceEvent {
     InterruptionWarning { instance_id: String, action: InterruptionAction },
     RebalanceRecommendation { instance_id: String },
     StateChange { instance_id: String, state: InstanceState },
+    /// AWS scheduled a change to the instance (an AWS Health event: retirement, reboot,
+    /// stop, maintenance) that starts at `starts_at`.
+    MaintenanceScheduled { instance_id: String, type_code: String, event_arn: String, starts_at: DateTime<Utc> },
 }
 
 impl InstanceEvent {
@@ -63,6 +90,17 @@ impl InstanceEvent {
             }
             InstanceEvent::RebalanceRecommendation { instance_id } => (REBALANCE_RECOMMENDATION, serde_json::json!({"instance-id": instance_id})),
             InstanceEvent::StateChange { instance_id, state } => (STATE_CHANGE_NOTIFICATION, serde_json::json!({"instance-id": instance_id, "state": state})),
+            InstanceEvent::MaintenanceScheduled { instance_id, type_code, event_arn, starts_at } => {
+                return serde_json::json!({
+                    "version": "0", "id": id, "detail-type": HEALTH_EVENT, "source": SOURCE_HEALTH, "account": "123456789012",
+                    "time": time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "region": "us-east-1", "resources": [instance_id],
+                    "detail": {
+                        "eventArn": event_arn, "service": "EC2", "eventTypeCode": type_code, "eventTypeCategory": "scheduledChange",
+                        "startTime": starts_at.to_rfc2822().replace("+0000", "GMT"), "statusCode": "upcoming",
+                        "affectedEntities": [{"entityValue": instance_id, "status": "PENDING"}],
+                    },
+                });
+            }
         };
         serde_json::json!({
             "version": "0", "id": id, "detail-type": detail_type, "source": SOURCE_EC2, "account": "123456789012",
@@ -76,7 +114,8 @@ impl InstanceEvent {
         match self {
             InstanceEvent::InterruptionWarning { instance_id, .. }
             | InstanceEvent::RebalanceRecommendation { instance_id }
-            | InstanceEvent::StateChange { instance_id, .. } => instance_id,
+            | InstanceEvent::StateChange { instance_id, .. }
+            | InstanceEvent::MaintenanceScheduled { instance_id, .. } => instance_id,
         }
     }
 }
@@ -95,7 +134,7 @@ pub struct ReceivedEvent {
 pub enum EventError {
     #[error("not an EventBridge event: {0}")]
     Envelope(String),
-    #[error("source is `{0}`, expected `aws.ec2`")]
+    #[error("source is `{0}`, expected `aws.ec2` or `aws.health`")]
     Source(String),
     #[error("detail-type `{0}` is not one Tether handles")]
     DetailType(String),
@@ -104,6 +143,37 @@ pub enum EventError {
 }
 
 impl ReceivedEvent {
+    /// Every instance event a payload carries: one for an EC2 event; one per affected
+    /// instance for an AWS Health event about EC2 instances, each with its own id (the
+    /// Health event's ARN and the instance: an update of the event, under a new EventBridge
+    /// id, is the same event again for each instance).
+    pub fn parse_all(payload: Value) -> Result<Vec<Self>, EventError> {
+        if payload.get("source").and_then(Value::as_str) != Some(SOURCE_HEALTH) {
+            return Self::parse(payload).map(|one| vec![one]);
+        }
+        let envelope: EventBridgeEvent<Value> = serde_json::from_value(payload).map_err(|e| EventError::Envelope(e.to_string()))?;
+        if envelope.detail_type != HEALTH_EVENT {
+            return Err(EventError::DetailType(envelope.detail_type));
+        }
+        let d: HealthDetail = detail(HEALTH_EVENT, envelope.detail)?;
+        let invalid = |reason: String| EventError::Detail { detail_type: HEALTH_EVENT.to_owned(), reason };
+        if d.service != "EC2" || !crate::health::recycles_ahead(&d.event_type_code) {
+            return Err(invalid(format!("{} ({}) is no scheduled change to an EC2 instance Tether acts on", d.event_type_code, d.service)));
+        }
+        let starts_at = DateTime::parse_from_rfc2822(&d.start_time).map_err(|e| invalid(format!("startTime `{}`: {e}", d.start_time)))?.with_timezone(&Utc);
+        Ok(d.affected_entities
+            .iter()
+            .map(|e| e.entity_value.rsplit('/').next().unwrap_or_default())
+            .filter(|id| id.starts_with("i-"))
+            .map(|instance_id| ReceivedEvent {
+                id: Some(format!("health:{}:{instance_id}", d.event_arn)),
+                time: envelope.time,
+                event: InstanceEvent::MaintenanceScheduled { instance_id: instance_id.to_owned(), type_code: d.event_type_code.clone(), event_arn: d.event_arn.clone(), starts_at },
+            })
+            .collect())
+    }
+
+    /// One EC2 event.
     pub fn parse(payload: Value) -> Result<Self, EventError> {
         let envelope: EventBridgeEvent<Value> =
             serde_json::from_value(payload).map_err(|e| EventError::Envelope(e.to_string()))?;
@@ -182,11 +252,33 @@ mod tests {
             }
             let text = std::fs::read_to_string(&path).expect("readable sample");
             let value: Value = serde_json::from_str(&text).expect("sample is JSON");
-            let parsed = ReceivedEvent::parse(value);
-            assert!(parsed.is_ok(), "{}: {:?}", path.display(), parsed);
+            let parsed = ReceivedEvent::parse_all(value);
+            assert!(parsed.as_ref().is_ok_and(|events| !events.is_empty()), "{}: {:?}", path.display(), parsed);
             seen += 1;
         }
-        assert!(seen >= 3, "expected the three event samples, found {seen}");
+        assert!(seen >= 6, "expected the six event samples, found {seen}");
+    }
+
+    #[test]
+    fn a_health_event_is_one_event_per_instance_keyed_on_its_arn_and_the_instance() {
+        let sample = |name: &str| -> Value {
+            let text = std::fs::read_to_string(format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"))).expect("sample");
+            serde_json::from_str(&text).expect("JSON")
+        };
+        let first = ReceivedEvent::parse_all(sample("health-instance-retirement.json")).expect("parses");
+        let instances: Vec<_> = first.iter().map(|r| r.event.instance_id().to_owned()).collect();
+        assert_eq!(instances, vec!["i-0123456789abcdef0", "i-0fedcba9876543210"]);
+        let InstanceEvent::MaintenanceScheduled { starts_at, type_code, .. } = &first[0].event else { panic!("{first:?}") };
+        assert_eq!((starts_at.to_rfc3339(), type_code.as_str()), ("2026-11-25T06:00:00+00:00".to_owned(), "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED"));
+        // The update comes under a new EventBridge id: the same events again.
+        let update = ReceivedEvent::parse_all(sample("health-instance-retirement-update.json")).expect("parses");
+        assert_eq!(first.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), update.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        // An ARN as the entity names the instance too.
+        let reboot = ReceivedEvent::parse_all(sample("health-scheduled-reboot.json")).expect("parses");
+        assert!(reboot[0].event.instance_id().starts_with("i-"), "{reboot:?}");
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let event = InstanceEvent::MaintenanceScheduled { instance_id: "i-0d".into(), type_code: "AWS_EC2_INSTANCE_STOP_SCHEDULED".into(), event_arn: "arn:aws:health:us-east-1::event/EC2/x".into(), starts_at: at };
+        assert_eq!(ReceivedEvent::parse_all(event.to_eventbridge("ev", at)).expect("parses")[0].event, event);
     }
 
     #[test]

@@ -126,10 +126,28 @@ async fn handle_body(tether: &Tether, message: &Message<'_>, request_id: &str, d
     if !detail_types.contains(&detail_type) {
         return Handled::Rejected(format!("detail-type `{detail_type}` not served here"));
     }
-    let received = match ReceivedEvent::parse(payload) {
+    let received = match ReceivedEvent::parse_all(payload) {
         Ok(received) => received,
         Err(reason) => return Handled::Rejected(reason.to_string()),
     };
+    // An AWS Health event names many instances: each is an event of its own, and the message
+    // is done once every one is (one to wait for or retry brings the whole message back; the
+    // others are then duplicates, recognised by their ids).
+    let mut handled = Handled::Done;
+    for received in received {
+        let one = handle_received(tether, message, request_id, deadline, received).await;
+        handled = match (handled, one) {
+            (retry @ Handled::Retry(_), _) | (_, retry @ Handled::Retry(_)) => retry,
+            (Handled::Wait(a), Handled::Wait(b)) => Handled::Wait(a.min(b)),
+            (wait @ Handled::Wait(_), _) | (_, wait @ Handled::Wait(_)) => wait,
+            (rejected @ Handled::Rejected(_), _) | (_, rejected @ Handled::Rejected(_)) => rejected,
+            (Handled::Done, Handled::Done) => Handled::Done,
+        };
+    }
+    handled
+}
+
+async fn handle_received(tether: &Tether, message: &Message<'_>, request_id: &str, deadline: chrono::DateTime<chrono::Utc>, received: ReceivedEvent) -> Handled {
     // One delivery of this message: the event's claim names it.
     let invocation_id = format!("{request_id}/{}", message.id);
     let event_id = received.id.clone().unwrap_or_else(|| message.id.to_owned());

@@ -139,7 +139,7 @@ pub async fn handle_eventbridge(
         tether.count_unprocessable_event();
         return Ok(json!({"outcome": "rejected", "reason": format!("detail-type `{detail_type}` not served here")}));
     }
-    let received = match ReceivedEvent::parse(event.payload) {
+    let received = match ReceivedEvent::parse_all(event.payload) {
         Ok(received) => received,
         Err(reason) => {
             error!(%reason, request_id = event.context.request_id, "unprocessable event; acknowledged");
@@ -148,22 +148,30 @@ pub async fn handle_eventbridge(
         }
     };
     let invocation_id = event.context.request_id.as_str();
-    // EventBridge always sets an id; a hand-made payload without one is its own event.
-    let event_id = received.id.as_deref().unwrap_or(invocation_id);
-    // The service logs the outcome (with the node's id, instance id and generation).
-    match tether.handle_event_sent_at(event_id, invocation_id, &received.event, received.time, deadline).await {
-        Ok(outcome @ crate::service::Outcome::Deferred { .. }) => {
-            // Invoked without a queue, nothing can deliver the event again at the due time:
-            // the reconciler hands the instance over at its next run, or AWS terminates it.
-            warn!(request_id = event.context.request_id, "hand-over deferred, but this invocation came without a queue to deliver the warning again: the reconciler or AWS terminates the instance");
-            Ok(json!(outcome))
-        }
-        Ok(outcome) => Ok(json!(outcome)),
-        Err(e) if e.is_retryable() => Err(e),
-        Err(e) => {
-            tether.count_unprocessable_event();
-            Ok(json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()}))
-        }
+    // An AWS Health event names many instances: one answer each (an EC2 event: one).
+    let mut answers = Vec::new();
+    for received in received {
+        // EventBridge always sets an id; a hand-made payload without one is its own event.
+        let event_id = received.id.as_deref().unwrap_or(invocation_id);
+        // The service logs the outcome (with the node's id, instance id and generation).
+        answers.push(match tether.handle_event_sent_at(event_id, invocation_id, &received.event, received.time, deadline).await {
+            Ok(outcome @ crate::service::Outcome::Deferred { .. }) => {
+                // Invoked without a queue, nothing can deliver the event again at the due time:
+                // the reconciler hands the instance over at its next run, or AWS terminates it.
+                warn!(request_id = event.context.request_id, "hand-over deferred, but this invocation came without a queue to deliver the warning again: the reconciler or AWS terminates the instance");
+                json!(outcome)
+            }
+            Ok(outcome) => json!(outcome),
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                tether.count_unprocessable_event();
+                json!({"outcome": "rejected", "reason": e.to_string(), "code": e.aws_code()})
+            }
+        });
+    }
+    match <[Value; 1]>::try_from(answers) {
+        Ok([one]) => Ok(one),
+        Err(many) => Ok(json!({"outcomes": many})),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod events;
 #[cfg(feature = "fakes")]
 pub mod fake;
 pub mod group;
+pub mod health;
 pub mod intake;
 pub mod lambda;
 pub mod launch_options;

@@ -4,6 +4,7 @@
 
 mod actions;
 mod handover;
+mod health;
 mod metrics;
 mod reconcile;
 
@@ -11,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 pub use handover::{check_handover, handover, handover_recorded, Handover};
 pub use actions::{check_launch_settings, eni_settings_differ, on_deallocate, on_pause, on_recycle, on_resume, patch_spec, patched, NodePatch, PatchError};
+pub use health::{heal, on_maintenance, planned};
 pub use metrics::{metrics_of, Metric};
 pub use reconcile::{elastic_ip_elsewhere, eni_deleted, extra_eni_deleted, on_reconcile, repairs_drift, ElasticIpFound, Observed};
 
@@ -92,7 +94,7 @@ pub fn on_instance_event(node: &Node, event: &InstanceEvent, now: DateTime<Utc>)
 
 /// The same, for an event sent at `sent_at`, if known.
 fn on_event(node: &Node, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Step {
-    use InstanceEvent::{InterruptionWarning, RebalanceRecommendation, StateChange};
+    use InstanceEvent::{InterruptionWarning, MaintenanceScheduled, RebalanceRecommendation, StateChange};
     use InstanceState as I;
     use NodeState as N;
 
@@ -115,6 +117,8 @@ fn on_event(node: &Node, event: &InstanceEvent, sent_at: Option<DateTime<Utc>>, 
         }
 
         (_, InterruptionWarning { action, .. }) => on_warning(node, *action, sent_at, now),
+        (N::Running | N::Stopped, MaintenanceScheduled { type_code, event_arn, starts_at, .. }) => health::on_maintenance(node, type_code, event_arn, *starts_at, now),
+        (N::Recovering, MaintenanceScheduled { .. }) => Step::Ignore("the instance is being replaced already"),
         (_, RebalanceRecommendation { instance_id }) => {
             let already = node.history.iter().any(|h| {
                 h.instance_id.as_deref() == Some(instance_id.as_str()) && h.what == REBALANCE_RECORDED

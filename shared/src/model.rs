@@ -165,6 +165,14 @@ pub struct NodeSpec {
     /// IP); the defaults keep data and what Tether did not make.
     #[serde(default)]
     pub deallocation: crate::deallocation::DeallocationPolicy,
+    /// Recycling a node whose instance fails its EC2 status checks (on by default).
+    #[serde(default)]
+    pub auto_healing: crate::health::AutoHealing,
+    /// A daily window (UTC) for the recycle ahead of an AWS scheduled event (instance
+    /// retirement, scheduled reboot or stop): it runs at the start of the last window before
+    /// the event. Absent: at once, when the event arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::health::DailyWindow>,
 }
 
 impl Default for NodeSpec {
@@ -201,6 +209,8 @@ impl Default for NodeSpec {
             volume_tags: BTreeMap::new(),
             eni_tags: BTreeMap::new(),
             deallocation: crate::deallocation::DeallocationPolicy::default(),
+            auto_healing: crate::health::AutoHealing::default(),
+            maintenance_window: None,
         }
     }
 }
@@ -535,6 +545,12 @@ pub struct Node {
     /// with the transition itself: a later delivery of one of them is not applied again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_events: Vec<String>,
+    /// When auto-healing recycled the node lately (the newest `auto_healing.max_heals`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heals: Vec<DateTime<Utc>>,
+    /// A recycle planned ahead of an AWS scheduled event on the current instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_recycle: Option<crate::health::PlannedRecycle>,
     /// When the reconciler last moved the node back to spot (`spec.revert_to_spot`).
     #[serde(default)]
     pub spot_revert_at: Option<DateTime<Utc>>,
@@ -580,6 +596,8 @@ impl Node {
             conditions: Vec::new(),
             history: Vec::new(),
             applied_events: Vec::new(),
+            heals: Vec::new(),
+            planned_recycle: None,
             spot_revert_at: None,
             replacing_lost_instance: false,
             addresses_reserved: true,

@@ -536,6 +536,10 @@ pub trait Instances: Send + Sync {
     async fn instance_on_eni(&self, eni_id: &str) -> Result<Option<Tagged<InstanceSummary>>, AwsError>;
     /// Every instance not terminated or shutting down that carries a `tether:node-id` tag.
     async fn node_instances(&self) -> Result<Vec<Tagged<InstanceSummary>>, AwsError>;
+    /// Every running instance whose instance or system status check EC2 reports `impaired`,
+    /// by id (DescribeInstanceStatus filtered on each check, paged: two calls and their
+    /// pages, whatever the number of instances).
+    async fn impaired_instances(&self) -> Result<std::collections::HashMap<String, crate::health::Impaired>, AwsError>;
     /// The launch template version, as Tether carries it over; `None` when the template or
     /// the version does not exist.
     async fn launch_template(&self, template: &crate::launch_options::LaunchTemplateRef) -> Result<Option<crate::launch_options::TemplateSettings>, AwsError>;

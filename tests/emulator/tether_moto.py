@@ -1957,6 +1957,9 @@ def patch_volume_termination() -> None:
 # tether-emulator:status=instance-impaired fails its instance status check,
 # =system-impaired its system status check, for as long as the tag is there.
 STATUS_TAG = "tether-emulator:status"
+# With it, tether-emulator:impaired-since (ISO 8601) says since when the check has failed
+# (a test cannot wait minutes for it to have failed long enough); absent: since first asked.
+IMPAIRED_SINCE_TAG = "tether-emulator:impaired-since"
 STATUS_CHECKS = ("instance", "system")
 
 
@@ -1987,7 +1990,8 @@ def patch_instance_status() -> None:
 
     The emulator's one test hook: the instance tag tether-emulator:status with
     value instance-impaired (or system-impaired) makes that check `impaired`
-    while the instance runs. AWS has no such switch; tests set it with CreateTags
+    while the instance runs (since the time in tether-emulator:impaired-since,
+    if given, else since it was first described). AWS has no such switch; tests set it with CreateTags
     to simulate a failed status check.
 
     moto 5.2.5: running-only unless IncludeAllInstances, and `ok`/`not-applicable`
@@ -2006,6 +2010,10 @@ def patch_instance_status() -> None:
         if not failed:
             since.pop(check, None)
             return None
+        if tags.get(IMPAIRED_SINCE_TAG):
+            from datetime import datetime
+
+            return datetime.fromisoformat(tags[IMPAIRED_SINCE_TAG].replace("Z", "+00:00")).replace(tzinfo=None)
         return since.setdefault(check, utcnow())
 
     def status_summary(instance: Instance, check: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ use serde_json::Value;
 const WARNING: &str = include_str!("../../events/spot-interruption-warning.json");
 const REBALANCE: &str = include_str!("../../events/rebalance-recommendation.json");
 const STATE_CHANGE: &str = include_str!("../../events/instance-state-change-terminated.json");
+const RETIREMENT: &str = include_str!("../../events/health-instance-retirement.json");
 
 fn sample(text: &str, instance_id: &str) -> Value {
     let mut value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("events/ sample is not JSON: {e}"));
@@ -37,6 +38,20 @@ pub fn rebalance_recommendation(instance_id: &str) -> Value {
 pub fn state_change(instance_id: &str, state: &str) -> Value {
     let mut value = sample(STATE_CHANGE, instance_id);
     value["detail"]["state"] = Value::String(state.to_owned());
+    value
+}
+
+/// An "AWS Health Event" scheduling the retirement of `instance_ids` at `starts_at`, as the
+/// sample in `events/`, under a new EventBridge id (an update of the same event keeps
+/// `event_arn`).
+pub fn instance_retirement(event_arn: &str, instance_ids: &[&str], starts_at: chrono::DateTime<chrono::Utc>) -> Value {
+    let mut value: Value = serde_json::from_str(RETIREMENT).unwrap_or_else(|e| panic!("events/ sample is not JSON: {e}"));
+    value["id"] = Value::String(uuid::Uuid::new_v4().to_string());
+    value["time"] = Value::String(chrono_now());
+    value["resources"] = serde_json::json!(instance_ids);
+    value["detail"]["eventArn"] = Value::String(event_arn.to_owned());
+    value["detail"]["startTime"] = Value::String(starts_at.format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    value["detail"]["affectedEntities"] = serde_json::json!(instance_ids.iter().map(|i| serde_json::json!({"entityValue": i, "status": "PENDING"})).collect::<Vec<_>>());
     value
 }
 

@@ -18,5 +18,6 @@ mod emulator {
     pub mod queued;
     pub mod reconciler;
     pub mod data_volumes;
+    pub mod healing;
     pub mod chaos;
 }

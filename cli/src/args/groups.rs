@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{LaunchArgs, LaunchChangeArgs, PostArgs};
+use super::{DataVolumeArgs, DeallocationArgs, LaunchArgs, LaunchChangeArgs, PostArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -80,6 +80,12 @@ pub struct GroupCreateArgs {
     pub subnets: Vec<String>,
     #[command(flatten)]
     pub launch: LaunchArgs,
+    /// Each member's own data volumes (made at its first resume, in its subnet's AZ)
+    #[command(flatten)]
+    pub data: DataVolumeArgs,
+    /// What a member's deallocation deletes (a pool Elastic IP always goes back to the pool)
+    #[command(flatten)]
+    pub deallocation: DeallocationArgs,
     /// How many members run (0 to 500)
     #[arg(long, value_name = "N")]
     pub target: u32,

@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use tether::views::{GroupList, GroupMember, GroupMembers, GroupView};
 
-use super::{block, launch_fields, name_of, or_dash, state_name, table, time, yes_no, Shown};
+use super::{block, data_volume_spec, deallocation_policy, launch_fields, name_of, or_dash, state_name, table, time, yes_no, Shown};
 
 fn joined<T: Display>(items: &[T]) -> String {
     or_dash(Some(&items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
@@ -56,7 +56,10 @@ impl Shown for GroupView {
             ("elastic IP pool", joined(&self.elastic_ip_pool)),
         ];
         fields.extend(launch_fields(&self.template));
+        let volumes: Vec<String> = self.template.data_volumes.iter().map(data_volume_spec).collect();
         fields.extend([
+            ("data volumes", or_dash(Some(&volumes.join("\n")))),
+            ("deallocation", deallocation_policy(&self.template.deallocation)),
             ("deletion protection", if self.deletion_protection { "on" } else { "off" }.to_owned()),
             ("max unavailable", self.max_unavailable.to_string()),
             ("rollout", self.rollout.as_ref().map_or_else(|| "-".to_owned(), |r| format!("rolling recycle since {}", time(&r.started_at)))),

@@ -23,6 +23,7 @@ export function ec2PolicyStatements(): object[] {
         "ec2:DescribeInstanceAttribute",
         "ec2:DescribeImages",
         "ec2:DescribeSnapshots",
+        "ec2:DescribeInstanceStatus",
         "ec2:GetSubnetCidrReservations",
       ],
       Resource: "*",

@@ -63,14 +63,19 @@ const EVENT_FUNCTIONS: EventFunction[] = [
   {
     name: "Interruption",
     binary: "tether-interruption",
-    description: "Spot interruption warning and rebalance recommendation.",
+    description: "Spot interruption warning, rebalance recommendation, AWS Health scheduled changes.",
     timeout: 30,
     retries: 2,
     rule: "InterruptionRule",
-    ruleDescription: "Spot interruption warnings and rebalance recommendations to Tether.",
+    ruleDescription: "Spot interruption warnings, rebalance recommendations and AWS Health's scheduled changes to EC2 instances, to Tether.",
     deadLetterAlarm: "Interruption events Tether could not process (see the queue).",
     errorsAlarm: "The interruption function failed (Lambda retries; see its logs).",
-    pattern: { source: ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"] },
+    pattern: {
+      $or: [
+        { source: ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"] },
+        { source: ["aws.health"], "detail-type": ["AWS Health Event"], detail: { service: ["EC2"], eventTypeCategory: ["scheduledChange"] } },
+      ],
+    },
   },
   {
     name: "StateChange",

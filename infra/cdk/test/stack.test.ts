@@ -32,9 +32,14 @@ test("four functions on provided.al2023, the architecture a parameter (arm64 by 
   template.hasParameter("Architecture", { Default: "arm64", AllowedValues: ["arm64", "x86_64"] });
 });
 
-test("EventBridge rules for the three detail types to their queues and the reconciler's schedule to its function, each with a dead-letter queue", () => {
+test("EventBridge rules for the EC2 and AWS Health detail types to their queues and the reconciler's schedule to its function, each with a dead-letter queue", () => {
   template.hasResourceProperties("AWS::Events::Rule", {
-    EventPattern: { source: ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"] },
+    EventPattern: {
+      $or: [
+        { source: ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation"] },
+        { source: ["aws.health"], "detail-type": ["AWS Health Event"], detail: { service: ["EC2"], eventTypeCategory: ["scheduledChange"] } },
+      ],
+    },
     Targets: [Match.objectLike({ Arn: { "Fn::GetAtt": ["InterruptionQueue", "Arn"] }, DeadLetterConfig: { Arn: { "Fn::GetAtt": ["InterruptionDeadLetterQueue", "Arn"] } } })],
   });
   template.hasResourceProperties("AWS::Events::Rule", {

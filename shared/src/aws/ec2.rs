@@ -5,6 +5,7 @@ mod images;
 mod import;
 mod instances;
 mod network;
+mod status;
 mod subnet_reservations;
 mod templates;
 mod volumes;

@@ -279,6 +279,8 @@ struct State {
     /// Subnet CIDR reservations by id: (subnet id, range, description).
     subnet_reservations: BTreeMap<String, (String, Ipv4Net, String)>,
     volumes: BTreeMap<String, volumes::Volume>,
+    /// Failed status checks by (instance id, `instance status` | `system status`): since when.
+    impaired: BTreeMap<(String, String), Option<chrono::DateTime<chrono::Utc>>>,
     volume_tokens: HashMap<String, String>,
     snapshots: BTreeMap<String, volumes::Snapshot>,
     faults: Faults,
@@ -425,6 +427,7 @@ impl FakeEc2 {
                 buckets: HashMap::new(),
                 subnet_reservations: BTreeMap::new(),
                 volumes: BTreeMap::new(),
+                impaired: BTreeMap::new(),
                 volume_tokens: HashMap::new(),
                 snapshots: BTreeMap::new(),
                 faults: Faults::default(),
@@ -602,6 +605,17 @@ impl FakeEc2 {
     /// One step of one instance only; whether it changed state.
     pub fn advance_instance(&self, instance_id: &str) -> bool {
         self.lock().step(instance_id)
+    }
+
+    /// EC2 reports the instance's `check` (`instance status` or `system status`) impaired
+    /// since `since` (`None`: EC2 does not say since when); `passes` undoes it.
+    pub fn impair(&self, instance_id: &str, check: &str, since: Option<chrono::DateTime<chrono::Utc>>) {
+        self.lock().impaired.insert((instance_id.to_owned(), check.to_owned()), since);
+    }
+
+    /// The instance's checks pass again.
+    pub fn passes(&self, instance_id: &str) {
+        self.lock().impaired.retain(|(id, _), _| id != instance_id);
     }
 
     /// EC2's 2-minute spot interruption warning (an event only; the instance still runs).

@@ -29,6 +29,8 @@ mod group_tests;
 #[cfg(test)]
 mod handover_tests;
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
 mod observability_tests;

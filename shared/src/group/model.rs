@@ -132,6 +132,12 @@ pub struct MemberTemplate {
     /// back to the pool).
     #[serde(default)]
     pub deallocation: crate::deallocation::DeallocationPolicy,
+    /// As a node's.
+    #[serde(default)]
+    pub auto_healing: crate::health::AutoHealing,
+    /// As a node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<crate::health::DailyWindow>,
 }
 
 fn yes() -> bool {
@@ -170,6 +176,8 @@ impl MemberTemplate {
             spot_max_price: self.spot_max_price.clone(),
             volume_tags: self.volume_tags.clone(),
             deallocation: self.deallocation,
+            auto_healing: self.auto_healing,
+            maintenance_window: self.maintenance_window,
             // Extra ENIs are a single node's: a group's subnets span AZs.
             extra_enis: Vec::new(),
         }
@@ -205,6 +213,8 @@ impl MemberTemplate {
             spot_max_price: spec.spot_max_price,
             volume_tags: spec.volume_tags,
             deallocation: spec.deallocation,
+            auto_healing: spec.auto_healing,
+            maintenance_window: spec.maintenance_window,
         }
     }
 }

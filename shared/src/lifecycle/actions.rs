@@ -158,6 +158,15 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.deallocation = policy;
         changed.push("deallocation");
     }
+    if let Some(healing) = patch.auto_healing {
+        healing.check().map_err(|(field, reason)| PatchError { field: format!("auto_healing.{field}").into(), reason })?;
+        spec.auto_healing = healing;
+        changed.push("auto_healing");
+    }
+    if let Some(window) = patch.maintenance_window {
+        spec.maintenance_window = window;
+        changed.push("maintenance_window");
+    }
     if let Some(devices) = &patch.block_devices {
         spec.block_devices = devices.clone();
         changed.push("block_devices");
@@ -291,6 +300,12 @@ pub struct NodePatch {
     /// Replaces what the node's deallocation deletes (every field of it, with its defaults).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deallocation: Option<crate::deallocation::DeallocationPolicy>,
+    /// Replaces the auto-healing settings (every field of it, with its defaults).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_healing: Option<crate::health::AutoHealing>,
+    /// A daily window for recycles ahead of AWS scheduled events; `null` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub maintenance_window: Option<Option<crate::health::DailyWindow>>,
     /// Replaces the secondary private IPs, on the ENI at once (`{}`: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secondary_private_ips: Option<crate::model::SecondaryIps>,
@@ -362,6 +377,10 @@ pub struct PatchError {
 pub const ON_THE_ENI: [&str; 5] = ["secondary_private_ips", "ipv6", "source_dest_check", "eni_tags", "public_ip_assignment"];
 
 /// The node with `patch` applied to its spec.
+/// The spec's fields that are policies, read when they apply (a deallocation, a heal, a
+/// scheduled event), not at the next launch.
+const POLICIES: [&str; 3] = ["deallocation", "auto_healing", "maintenance_window"];
+
 pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {
     if matches!(node.state, NodeState::Deallocating | NodeState::Deallocated) {
         return Err(PatchError { field: "state".into(), reason: gone(node) });
@@ -387,6 +406,11 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     let mut next = node.clone();
     let changed = patch_spec(&mut next.spec, patch)?;
     let (on_eni, at_launch): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| ON_THE_ENI.contains(f));
+    // Policies read when they apply, not at a launch.
+    let (policies, at_launch): (Vec<_>, Vec<_>) = at_launch.into_iter().partition(|f| POLICIES.contains(f));
+    if !policies.is_empty() {
+        next.record_by(now, format!("spec changed ({}); applies from now on", policies.join(", ")), by);
+    }
     if !at_launch.is_empty() {
         next.record_by(now, format!("spec changed ({}); takes effect at the next launch", at_launch.join(", ")), by);
     }

@@ -27,6 +27,8 @@ pub struct Observed {
     pub elastic_ip: Option<ElasticIpFound>,
     /// Nothing was recorded on the node for the reconciler's `stuck_after`.
     pub stuck: bool,
+    /// What EC2's status checks say of the current instance, if it fails one.
+    pub impaired: Option<crate::health::Impaired>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +71,9 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
                 return step;
             }
             match network_drift(node, seen, now) {
-                Step::Ignore(_) if spot_revert_due(node, now) => back_to_spot(node, now),
+                Step::Ignore(reason) => super::health::planned(node, now)
+                    .or_else(|| super::health::heal(node, seen.impaired.as_ref(), now))
+                    .unwrap_or_else(|| if spot_revert_due(node, now) { back_to_spot(node, now) } else { Step::Ignore(reason) }),
                 step => step,
             }
         }
@@ -79,14 +83,15 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
 /// Whether the reconciler's `step` for `node` repairs drift between the record and EC2: a
 /// lost event's transition applied, the Elastic IP put back, stalled work carried on. An
 /// ERROR it finds (counted as an error), a condition raised or cleared alone (counted as a
-/// condition) and a move back to spot (a policy) are not repairs.
+/// condition), a move back to spot, a heal and a planned recycle (policies) are not repairs.
 pub fn repairs_drift(node: &Node, step: &Step) -> bool {
     match step {
         Step::Ignore(_) | Step::Refuse(_) => false,
         Step::Continue(_) => true,
         Step::Apply { next, actions } => {
             let condition_alone = actions.is_empty() && next.conditions != node.conditions;
-            next.state != NodeState::Error && next.spot_revert_at == node.spot_revert_at && !condition_alone
+            let policy = next.spot_revert_at != node.spot_revert_at || next.heals != node.heals || next.planned_recycle != node.planned_recycle;
+            next.state != NodeState::Error && !policy && !condition_alone
         }
     }
 }

@@ -344,7 +344,7 @@ fn launched_and_failed_finish_a_launch() {
 }
 
 fn observed(instance: Option<InstanceState>, eni_exists: bool, elastic_ip: Option<ElasticIpFound>, stuck: bool) -> Observed {
-    Observed { instance, eni_exists, deleted_extra_eni: None, deleted_data_volume: None, data_volume_detached: false, elastic_ip, stuck }
+    Observed { instance, eni_exists, deleted_extra_eni: None, deleted_data_volume: None, data_volume_detached: false, elastic_ip, stuck, impaired: None }
 }
 
 fn with_network(state: NodeState) -> Node {

@@ -608,6 +608,7 @@ fn check_template(field: &str, template: &MemberTemplate) -> Result<(), TetherEr
     }
     check_launch_settings(template.metadata_options.as_ref(), &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     crate::data_volumes::check_data_volumes(&template.data_volumes, &template.block_devices).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
+    template.auto_healing.check().map_err(|(name, reason)| TetherError::invalid(format!("{field}.auto_healing.{name}"), reason))?;
     check_handover(template.handover_after_warning_seconds).map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;
     crate::launch_options::check_launch_options(template.spot_max_price.as_deref(), template.placement.as_ref(), template.capacity_reservation.as_ref())
         .map_err(|(name, reason)| TetherError::invalid(format!("{field}.{name}"), reason))?;

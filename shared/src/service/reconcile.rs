@@ -46,6 +46,8 @@ struct InBulk {
     tagged_eips: Vec<Tagged<ElasticIpInfo>>,
     /// The nodes' data volumes (tagged), by id.
     volumes: HashMap<String, Tagged<VolumeInfo>>,
+    /// Running instances failing a status check, by id.
+    impaired: HashMap<String, crate::health::Impaired>,
 }
 
 /// What one run did.
@@ -175,7 +177,8 @@ impl Tether {
         let eips = self.network.elastic_ips().await?.into_iter().map(|e| (e.allocation_id.clone(), e)).collect();
         let tagged_eips = self.network.node_eips().await?;
         let volumes = self.volumes.node_volumes().await?.into_iter().map(|t| (t.resource.id.clone(), t)).collect();
-        Ok(InBulk { taken_at, instances, enis, eips, tagged_eips, volumes })
+        let impaired = self.instances.impaired_instances().await?;
+        Ok(InBulk { taken_at, instances, enis, eips, tagged_eips, volumes, impaired })
     }
 
     /// Every group's controller, each within its share of the time left (an equal share of
@@ -245,7 +248,7 @@ impl Tether {
     fn unobserved(&self, node: &Node) -> (Observed, bool) {
         let stuck = (self.clock.now() - node.updated_at).to_std().unwrap_or_default() >= self.settings.stuck_after;
         let watched = matches!(node.state, NodeState::Running | NodeState::Recovering | NodeState::Stopped | NodeState::Paused);
-        (Observed { instance: None, eni_exists: true, deleted_extra_eni: None, deleted_data_volume: None, data_volume_detached: false, elastic_ip: None, stuck }, watched)
+        (Observed { instance: None, eni_exists: true, deleted_extra_eni: None, deleted_data_volume: None, data_volume_detached: false, elastic_ip: None, stuck, impaired: None }, watched)
     }
 
     /// What the bulk view says about the node, if it can say: the record is older than the
@@ -261,6 +264,7 @@ impl Tether {
         }
         if let (Some(instance_id), false) = (node.instance_id(), node.state == NodeState::Paused) {
             seen.instance = Some(instance_state(&bulk.instances.get(instance_id)?.resource.state));
+            seen.impaired = bulk.impaired.get(instance_id).cloned();
         }
         if let (Some(eni), false) = (&node.eni, eni_attached(&seen)) {
             bulk.enis.iter().find(|t| t.resource.id == eni.id && t.node_id == node.id)?;

@@ -278,6 +278,114 @@ async fn create_takes_a_launch_template_extra_enis_and_launch_options() -> Resul
     Ok(())
 }
 
+/// Where EC2 has a volume: (state, instance it is attached to, device); `None`: gone.
+async fn ec2_volume(fx: &Fixture, volume_id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, SetupError> {
+    let filter = aws_sdk_ec2::types::Filter::builder().name("volume-id").values(volume_id).build();
+    let out = fx.ec2.describe_volumes().filters(filter).send().await?;
+    Ok(out.volumes().first().map(|v| {
+        let attachment = v.attachments().first();
+        (
+            v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            attachment.and_then(|a| a.instance_id()).map(str::to_owned),
+            attachment.and_then(|a| a.device()).map(str::to_owned),
+        )
+    }))
+}
+
+/// `nodes create --data-volume` with a deallocation policy; `nodes show` lists the volume
+/// attached; `nodes update` changes one field of the policy and keeps the others; the
+/// deallocation does what the policy says to the volume (a final snapshot, then deleted)
+/// and to the ENI (kept). `groups create` takes the same flags for its template.
+#[tokio::test]
+async fn data_volumes_and_the_deallocation_policy_with_the_cli() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let created = tether(
+        &env,
+        &[
+            "nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large",
+            "--data-volume", "/dev/sdf:20:gp3:4000:250", "--on-deallocate-enis", "keep", "--on-deallocate-data-volumes", "delete", "--resume", "--wait",
+        ],
+    )
+    .await;
+    assert_eq!((created.code, field(&created.stdout, "state")), (0, Some("running")), "{created:?}");
+    let id = field(&created.stdout, "id").ok_or("no id")?.to_owned();
+    let instance_id = field(&created.stdout, "instance").ok_or("no instance")?.to_owned();
+
+    let shown = tether(&env, &["nodes", "show", &id]).await;
+    assert_eq!(shown.code, 0, "{shown:?}");
+    let line = field(&shown.stdout, "data volumes").ok_or_else(|| format!("no data volumes line: {}", shown.stdout))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(words.len() == 3 && words[0] == "/dev/sdf" && words[1].starts_with("vol-") && words[2] == "attached", "{line}");
+    let volume_id = words[1].to_owned();
+    assert_eq!(field(&shown.stdout, "deallocation"), Some("ENIs keep, data volumes delete, Elastic IP release"), "{}", shown.stdout);
+    let attached = ec2_volume(&fx, &volume_id).await?;
+    assert_eq!(attached, Some(("in-use".to_owned(), Some(instance_id.clone()), Some("/dev/sdf".to_owned()))), "EC2 agrees");
+    let made = fx.ec2.describe_volumes().volume_ids(&volume_id).send().await?;
+    let made = made.volumes().first().ok_or("no volume")?;
+    assert_eq!((made.size(), made.iops(), made.throughput()), (Some(20), Some(4000), Some(250)), "{made:?}");
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    let eni_id = node.eni_id.clone().ok_or("no ENI")?;
+
+    // One field of the policy changes; the CLI sends the node's policy back with it, so the
+    // ENIs stay kept.
+    let updated = tether(&env, &["nodes", "update", &id, "--on-deallocate-data-volumes", "snapshot-and-delete"]).await;
+    assert_eq!(updated.code, 0, "{updated:?}");
+    assert_eq!(field(&updated.stdout, "deallocation"), Some("ENIs keep, data volumes snapshot-and-delete, Elastic IP release"), "{}", updated.stdout);
+    let node: NodeView = serde_json::from_value(tether_json(&env, &["nodes", "show", &id]).await?)?;
+    use tether::deallocation::{DeallocationPolicy, ElasticIpFate, EniFate, VolumeFate};
+    let policy = DeallocationPolicy { enis: Some(EniFate::Keep), data_volumes: VolumeFate::SnapshotAndDelete, elastic_ip: ElasticIpFate::Release };
+    assert_eq!(node.spec.deallocation, policy);
+    let history = tether(&env, &["nodes", "history", &id]).await;
+    assert!(history.stdout.contains("spec changed (deallocation)"), "{}", history.stdout);
+
+    let gone = tether(&env, &["nodes", "deallocate", &id, "--wait"]).await;
+    assert_eq!((gone.code, field(&gone.stdout, "state")), (0, Some("deallocated")), "{gone:?}");
+    assert_eq!(ec2_volume(&fx, &volume_id).await?, None, "the data volume is deleted");
+    let filter = aws_sdk_ec2::types::Filter::builder().name("volume-id").values(&volume_id).build();
+    let snapshots = fx.ec2.describe_snapshots().owner_ids("self").filters(filter).send().await?;
+    let snapshot = snapshots.snapshots().first().and_then(|s| s.snapshot_id()).ok_or("no final snapshot")?.to_owned();
+    assert!(fx.ec2.describe_network_interfaces().network_interface_ids(&eni_id).send().await.is_ok(), "the ENI is kept");
+    assert_eq!(field(&gone.stdout, "data volumes"), Some("/dev/sdf 20 GiB gp3 4000 IOPS 250 MiB/s, deleted by the deallocation after a final snapshot (see `tether nodes history`)"), "{}", gone.stdout);
+    let history = tether(&env, &["nodes", "history", &id]).await;
+    assert!(history.stdout.contains(&format!("data volume {volume_id} (/dev/sdf) deleted after its final snapshot {snapshot}")), "{}", history.stdout);
+
+    // Bad values are usage errors (exit 2) naming the flag and what it takes; nothing is sent.
+    let create = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large"];
+    for (more, says) in [
+        (["--data-volume", "/dev/sdf=20"], "--data-volume <DEVICE:SIZE_GIB[:TYPE[:IOPS[:THROUGHPUT]]]>"),
+        (["--data-volume", "/dev/sdf:20:gp4"], "gp3, gp2, io1, io2, st1, sc1 or standard"),
+        (["--on-deallocate-data-volumes", "snapshot"], "--on-deallocate-data-volumes <keep|delete|snapshot-and-delete>"),
+        (["--on-deallocate-enis", "drop"], "give delete, keep or default"),
+        (["--on-deallocate-elastic-ip", "delete"], "give release or keep"),
+    ] {
+        let args: Vec<&str> = create.iter().chain(&more).copied().collect();
+        let refused = tether(&env, &args).await;
+        assert_eq!(refused.code, 2, "{more:?}: {refused:?}");
+        assert!(refused.stderr.contains(says), "{more:?}: {}", refused.stderr);
+    }
+    let refused = tether(&env, &["nodes", "update", &id, "--on-deallocate-enis", "later"]).await;
+    assert!(refused.code == 2 && refused.stderr.contains("give delete, keep or default"), "{refused:?}");
+    let all: NodeList = serde_json::from_value(tether_json(&env, &["nodes", "list"]).await?)?;
+    assert_eq!(all.nodes.len(), 1, "{all:?}");
+
+    // A group's template takes the same flags.
+    let group = tether(
+        &env,
+        &[
+            "groups", "create", "--name", "data", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--target", "0",
+            "--data-volume", "/dev/sdf:50:gp3", "--encrypt-data-volumes", "--on-deallocate-data-volumes", "snapshot-and-delete", "--on-deallocate-elastic-ip", "keep",
+        ],
+    )
+    .await;
+    assert_eq!(group.code, 0, "{group:?}");
+    assert_eq!(field(&group.stdout, "data volumes"), Some("/dev/sdf 50 GiB gp3 encrypted"), "{}", group.stdout);
+    let template_policy = "ENIs default (delete; an imported instance's: keep), data volumes snapshot-and-delete, Elastic IP keep";
+    assert_eq!(field(&group.stdout, "deallocation"), Some(template_policy), "{}", group.stdout);
+    Ok(())
+}
+
 #[tokio::test]
 async fn problems_print_error_and_field_and_exit_1() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;

@@ -105,6 +105,10 @@ impl Instances for Ec2Cloud {
         Ok(found)
     }
 
+    async fn impaired_instances(&self) -> Result<std::collections::HashMap<String, crate::health::Impaired>, AwsError> {
+        super::status::impaired_instances(&self.client).await
+    }
+
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         let spec = request.spec;
         let mut instance_tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| tag(k, v)).collect();

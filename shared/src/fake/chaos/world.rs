@@ -639,7 +639,14 @@ impl World {
         let groups: Vec<(String, u64)> = self.store.groups_now().into_iter().map(|g| (g.id.to_string(), g.version)).collect();
         let reservations: Vec<String> = self.store.reservations_now().into_iter().map(|r| format!("{r:?}")).collect();
         let subnet_reservations = self.ec2.subnet_reservations();
-        format!("{nodes:?}{instances:?}{enis:?}{eips:?}{groups:?}{reservations:?}{subnet_reservations:?}")
+        // The sweep leaves a young one alone until it ages: the world is not settled while
+        // one does (it changes the sweep's answer, and so the invariants', when it does).
+        let young = self.ec2.subnet_reservations_made_since(self.now() - crate::ports::SUBNET_RESERVATION_GRACE);
+        let reserved = self.store.reservations_now();
+        let named = |subnet: &str, range: &ipnet::Ipv4Net| reserved.iter().any(|r| matches!(&r.address, crate::ports::Address::PrivateIp { subnet_id, ip } if subnet_id == subnet && range.contains(ip)));
+        let young: Vec<&String> = subnet_reservations.iter().filter(|(id, subnet, range)| young.contains(id) && !named(subnet, range)).map(|(id, _, _)| id).collect();
+        let volumes: Vec<(String, Option<(String, String)>)> = self.ec2.volumes().into_iter().map(|v| (v.id, v.attachment)).collect();
+        format!("{nodes:?}{instances:?}{enis:?}{eips:?}{groups:?}{reservations:?}{subnet_reservations:?}{young:?}{volumes:?}")
     }
 }
 

@@ -208,6 +208,26 @@ impl Instances for FakeEc2 {
         Ok(found)
     }
 
+    async fn impaired_instances(&self) -> Result<HashMap<String, crate::health::Impaired>, AwsError> {
+        // As the adapter: one filtered call per check (running instances only).
+        let mut found: HashMap<String, crate::health::Impaired> = HashMap::new();
+        for check in ["instance status", "system status"] {
+            let impaired: Vec<(String, Option<chrono::DateTime<chrono::Utc>>)> = self.call("DescribeInstanceStatus", |s| {
+                Ok(s.impaired.iter().filter(|((_, c), _)| c == check).filter(|((id, _), _)| s.instances.get(id).is_some_and(|i| i.life == Life::Running)).map(|((id, _), since)| (id.clone(), *since)).collect())
+            }).await?;
+            for (id, since) in impaired {
+                found
+                    .entry(id)
+                    .and_modify(|i| {
+                        i.checks = format!("{} and {check}", i.checks);
+                        i.since = i.since.min(since).or(i.since).or(since);
+                    })
+                    .or_insert(crate::health::Impaired { checks: check.to_owned(), since });
+            }
+        }
+        Ok(found)
+    }
+
     async fn launch(&self, request: &LaunchRequest<'_>) -> Result<LaunchedInstance, AwsError> {
         let params = launch_params(request);
         let pool = format!("{}/{}", request.instance_type, request.market.as_str());
