@@ -115,7 +115,7 @@ pub fn check_data_volumes(volumes: &[DataVolume], block_devices: &[BlockDevice])
 /// The history's (and an error's) words for a data volume gone from EC2.
 pub fn data_volume_deleted(volume: &DataVolumeRecord) -> String {
     format!(
-        "data volume {} ({}) was deleted outside Tether: the node does not run without its data; restore it from a snapshot and deallocate this node, or remove it from data_volumes (PATCH) to go on without it",
+        "data volume {} ({}) was deleted outside Tether: the node does not run without its data; deallocate this node, and create a new one (restore the data from a snapshot into its new volume)",
         volume.volume_id, volume.device_name
     )
 }

@@ -157,8 +157,9 @@ impl ReceivedEvent {
         }
         let d: HealthDetail = detail(HEALTH_EVENT, envelope.detail)?;
         let invalid = |reason: String| EventError::Detail { detail_type: HEALTH_EVENT.to_owned(), reason };
+        // Another scheduled change (a Dedicated Host's, an account notice): nothing to do.
         if d.service != "EC2" || !crate::health::recycles_ahead(&d.event_type_code) {
-            return Err(invalid(format!("{} ({}) is no scheduled change to an EC2 instance Tether acts on", d.event_type_code, d.service)));
+            return Ok(Vec::new());
         }
         let starts_at = DateTime::parse_from_rfc2822(&d.start_time).map_err(|e| invalid(format!("startTime `{}`: {e}", d.start_time)))?.with_timezone(&Utc);
         Ok(d.affected_entities

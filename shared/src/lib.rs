@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod model;
 pub mod network_identity;
 pub mod ports;
+pub mod schedules;
 pub mod service;
 pub mod views;
 pub mod volumes;

@@ -173,6 +173,9 @@ pub struct NodeSpec {
     /// the event. Absent: at once, when the event arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<crate::health::DailyWindow>,
+    /// Pause, resume or recycle on cron schedules in an IANA time zone (see `schedules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedules::Schedule>,
 }
 
 impl Default for NodeSpec {
@@ -211,6 +214,7 @@ impl Default for NodeSpec {
             deallocation: crate::deallocation::DeallocationPolicy::default(),
             auto_healing: crate::health::AutoHealing::default(),
             maintenance_window: None,
+            schedules: Vec::new(),
         }
     }
 }
@@ -548,6 +552,9 @@ pub struct Node {
     /// When auto-healing recycled the node lately (the newest `auto_healing.max_heals`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heals: Vec<DateTime<Utc>>,
+    /// When each schedule's last slot ran, by `Schedule::key`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schedule_runs: BTreeMap<String, DateTime<Utc>>,
     /// A recycle planned ahead of an AWS scheduled event on the current instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_recycle: Option<crate::health::PlannedRecycle>,
@@ -597,6 +604,7 @@ impl Node {
             history: Vec::new(),
             applied_events: Vec::new(),
             heals: Vec::new(),
+            schedule_runs: BTreeMap::new(),
             planned_recycle: None,
             spot_revert_at: None,
             replacing_lost_instance: false,

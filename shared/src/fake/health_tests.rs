@@ -127,3 +127,35 @@ async fn a_retirement_event_naming_two_nodes_recycles_both_once_in_their_window(
         assert!(*recycled[0] >= window.last_start_before(starts_at), "in the window");
     }
 }
+
+#[tokio::test]
+async fn a_schedule_pauses_and_resumes_the_node_once_per_slot_keeping_its_identity() {
+    use crate::schedules::{Schedule, ScheduledAction};
+    let (ec2, tether) = world();
+    let every_minute = |action| Schedule { action, cron: "* * * * *".into(), time_zone: "Europe/Paris".into() };
+    let node = running(&ec2, &tether, AutoHealing::default(), None).await;
+    let eni = node.eni.clone().expect("eni");
+    let patch = crate::lifecycle::NodePatch { schedules: Some(vec![every_minute(ScheduledAction::Pause)]), ..Default::default() };
+    tether.patch(&node.id, &patch, None).await.expect("patched");
+    let at_next_minute = |tether: &Tether| {
+        let clock = crate::fake::FakeClock::starting_at(Utc::now() + TimeDelta::seconds(61));
+        tether.clone().with_clock(Arc::new(clock))
+    };
+    let later = at_next_minute(&tether);
+    later.reconcile(later.deadline_in(Duration::from_secs(5))).await.expect("reconcile");
+    deliver(&ec2, &tether).await;
+    let paused = tether.node(&node.id).await.expect("node");
+    assert_eq!(paused.state, NodeState::Paused, "{:?}", paused.history.last());
+    assert_eq!(paused.history.iter().filter(|h| h.by.as_deref() == Some("schedule `* * * * *` (Europe/Paris)")).count(), 1);
+    // The same slot again: nothing.
+    later.reconcile(later.deadline_in(Duration::from_secs(5))).await.expect("reconcile");
+    assert_eq!(tether.node(&node.id).await.expect("node").version, paused.version, "once per slot");
+
+    let patch = crate::lifecycle::NodePatch { schedules: Some(vec![every_minute(ScheduledAction::Resume)]), ..Default::default() };
+    tether.patch(&node.id, &patch, None).await.expect("patched");
+    let later = at_next_minute(&tether);
+    later.reconcile(later.deadline_in(Duration::from_secs(5))).await.expect("reconcile");
+    let resumed = tether.node(&node.id).await.expect("node");
+    assert_eq!((resumed.state, resumed.generation), (NodeState::Running, 2), "{:?}", resumed.history.last());
+    assert_eq!(resumed.eni.map(|e| e.id), Some(eni.id), "the same ENI");
+}

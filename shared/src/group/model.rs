@@ -178,6 +178,8 @@ impl MemberTemplate {
             deallocation: self.deallocation,
             auto_healing: self.auto_healing,
             maintenance_window: self.maintenance_window,
+            // A group's members are paused and resumed by their group.
+            schedules: Vec::new(),
             // Extra ENIs are a single node's: a group's subnets span AZs.
             extra_enis: Vec::new(),
         }

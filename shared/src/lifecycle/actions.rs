@@ -167,6 +167,11 @@ pub fn patch_spec(spec: &mut NodeSpec, patch: &NodePatch) -> Result<Vec<&'static
         spec.maintenance_window = window;
         changed.push("maintenance_window");
     }
+    if let Some(schedules) = &patch.schedules {
+        crate::schedules::check_schedules(schedules).map_err(|(field, reason)| PatchError { field: field.into(), reason })?;
+        spec.schedules = schedules.clone();
+        changed.push("schedules");
+    }
     if let Some(devices) = &patch.block_devices {
         spec.block_devices = devices.clone();
         changed.push("block_devices");
@@ -306,6 +311,9 @@ pub struct NodePatch {
     /// A daily window for recycles ahead of AWS scheduled events; `null` removes it.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
     pub maintenance_window: Option<Option<crate::health::DailyWindow>>,
+    /// Replaces the schedules (`[]`: none). A slot that came before the change does not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<crate::schedules::Schedule>>,
     /// Replaces the secondary private IPs, on the ENI at once (`{}`: none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secondary_private_ips: Option<crate::model::SecondaryIps>,
@@ -379,7 +387,7 @@ pub const ON_THE_ENI: [&str; 5] = ["secondary_private_ips", "ipv6", "source_dest
 /// The node with `patch` applied to its spec.
 /// The spec's fields that are policies, read when they apply (a deallocation, a heal, a
 /// scheduled event), not at the next launch.
-const POLICIES: [&str; 3] = ["deallocation", "auto_healing", "maintenance_window"];
+const POLICIES: [&str; 4] = ["deallocation", "auto_healing", "maintenance_window", "schedules"];
 
 pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&str>) -> Result<Node, PatchError> {
     if matches!(node.state, NodeState::Deallocating | NodeState::Deallocated) {
@@ -405,6 +413,14 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     }
     let mut next = node.clone();
     let changed = patch_spec(&mut next.spec, patch)?;
+    // A schedule set now counts its slots from now on; a removed one is forgotten.
+    if patch.schedules.is_some() {
+        let keys: Vec<String> = next.spec.schedules.iter().map(crate::schedules::Schedule::key).collect();
+        next.schedule_runs.retain(|key, _| keys.contains(key));
+        for key in keys {
+            next.schedule_runs.entry(key).or_insert(now);
+        }
+    }
     let (on_eni, at_launch): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| ON_THE_ENI.contains(f));
     // Policies read when they apply, not at a launch.
     let (policies, at_launch): (Vec<_>, Vec<_>) = at_launch.into_iter().partition(|f| POLICIES.contains(f));

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{failed, on_instance_event, Action, Step};
 use crate::conditions::ConditionKind;
+use crate::schedules::ScheduledAction;
 use crate::events::{InstanceEvent, InstanceState};
 use crate::model::{ElasticIpRecord, EniRecord, Market, Node, NodeState, SPOT_REVERT_INTERVAL};
 
@@ -43,8 +44,48 @@ pub enum ElasticIpFound {
     Missing,
 }
 
-/// The reconciler's step for one node.
+/// The reconciler's step for one node: what EC2 shows calls for, else a scheduled action
+/// that is due.
 pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
+    match observed_step(node, seen, now) {
+        Step::Ignore(reason) => scheduled(node, now).unwrap_or(Step::Ignore(reason)),
+        step => step,
+    }
+}
+
+/// A scheduled action whose slot is due (`schedules::due_now`), recorded as run with it: once,
+/// even when there is nothing to do (pausing a paused node). Not on a node in ERROR (an
+/// operator decides) or with work under way.
+fn scheduled(node: &Node, now: DateTime<Utc>) -> Option<Step> {
+    if !matches!(node.state, NodeState::Running | NodeState::Paused | NodeState::Stopped) {
+        return None;
+    }
+    let (schedule, slot) = crate::schedules::due_now(&node.spec.schedules, &node.schedule_runs, node.created_at, now)?;
+    let by = format!("schedule `{}` ({})", schedule.cron.trim(), schedule.time_zone);
+    let step = match schedule.action {
+        ScheduledAction::Pause => super::on_pause(node, now, Some(&by)),
+        ScheduledAction::Resume => super::on_resume(node, now, Some(&by)),
+        ScheduledAction::Recycle => super::on_recycle(node, now, Some(&by)),
+    };
+    let mut step = match step {
+        Step::Apply { next, actions } => Step::Apply { next, actions },
+        Step::Ignore(why) => nothing_to_do(node, schedule.action, why, &by, now),
+        Step::Refuse(why) => nothing_to_do(node, schedule.action, &why, &by, now),
+        Step::Continue(_) => nothing_to_do(node, schedule.action, "already under way", &by, now),
+    };
+    if let Step::Apply { next, .. } = &mut step {
+        next.schedule_runs.insert(schedule.key(), slot);
+    }
+    Some(step)
+}
+
+fn nothing_to_do(node: &Node, action: ScheduledAction, why: &str, by: &str, now: DateTime<Utc>) -> Step {
+    let mut next = node.clone();
+    next.record_by(now, format!("scheduled {}: nothing to do ({why})", action.as_str()), Some(by));
+    Step::Apply { next, actions: Vec::new() }
+}
+
+fn observed_step(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
     match node.state {
         NodeState::Deallocated | NodeState::Error => Step::Ignore("nothing to reconcile"),
         NodeState::Deallocating | NodeState::Launching if !seen.stuck => Step::Ignore("work under way"),
@@ -83,14 +124,18 @@ pub fn on_reconcile(node: &Node, seen: &Observed, now: DateTime<Utc>) -> Step {
 /// Whether the reconciler's `step` for `node` repairs drift between the record and EC2: a
 /// lost event's transition applied, the Elastic IP put back, stalled work carried on. An
 /// ERROR it finds (counted as an error), a condition raised or cleared alone (counted as a
-/// condition), a move back to spot, a heal and a planned recycle (policies) are not repairs.
+/// condition), a move back to spot, a heal, a planned recycle and a scheduled action
+/// (policies) are not repairs.
 pub fn repairs_drift(node: &Node, step: &Step) -> bool {
     match step {
         Step::Ignore(_) | Step::Refuse(_) => false,
         Step::Continue(_) => true,
         Step::Apply { next, actions } => {
             let condition_alone = actions.is_empty() && next.conditions != node.conditions;
-            let policy = next.spot_revert_at != node.spot_revert_at || next.heals != node.heals || next.planned_recycle != node.planned_recycle;
+            let policy = next.spot_revert_at != node.spot_revert_at
+                || next.heals != node.heals
+                || next.planned_recycle != node.planned_recycle
+                || next.schedule_runs != node.schedule_runs;
             next.state != NodeState::Error && !policy && !condition_alone
         }
     }

@@ -17,7 +17,12 @@ use crate::ports::VolumeRequest;
 /// `IncorrectState` for a pending instance), or the volume is still held by the instance
 /// that is going away.
 fn not_yet(e: &AwsError) -> bool {
-    e.code_is("IncorrectState") || e.code_is("IncorrectInstanceState") || e.code_is("VolumeInUse")
+    instance_not_ready(e) || e.code_is("VolumeInUse")
+}
+
+/// AttachVolume's answer for an instance that is not running (yet).
+fn instance_not_ready(e: &AwsError) -> bool {
+    (e.code_is("IncorrectState") && e.message.contains("Instance")) || e.code_is("IncorrectInstanceState")
 }
 
 impl Tether {
@@ -91,6 +96,11 @@ impl Tether {
                 }
                 None => match self.volumes.attach_volume(&record.volume_id, &instance_id, &record.device_name).await {
                     Ok(()) => true,
+                    // The instance is not running yet: no volume can be attached to it now.
+                    Err(e) if instance_not_ready(&e) => {
+                        info!(code = e.code.as_deref(), "instance not running yet; its running event attaches the data volumes");
+                        break;
+                    }
                     Err(e) if not_yet(&e) => {
                         info!(volume_id = record.volume_id, code = e.code.as_deref(), "data volume not attachable yet");
                         false
@@ -125,8 +135,9 @@ impl Tether {
 
     /// After the instance is gone: each data volume's fate under the deallocation policy
     /// (kept; or deleted, after a final snapshot if asked). A final snapshot still pending is
-    /// recorded and waited for: the deallocation goes on once it completes (`Err`: retried).
-    pub(super) async fn release_data_volumes(&self, mut node: Node, deadline: DateTime<Utc>) -> Result<Node, TetherError> {
+    /// recorded and waited for (`None`: the node stays `deallocating`, its `last_error` says
+    /// why, and the reconciler carries the deallocation on after `stuck_after`).
+    pub(super) async fn release_data_volumes(&self, mut node: Node, deadline: DateTime<Utc>) -> Result<Option<Node>, TetherError> {
         let policy = node.spec.deallocation.data_volumes;
         let mut kept = Vec::new();
         for record in node.data_volumes.clone() {
@@ -144,10 +155,10 @@ impl Tether {
                                 r.final_snapshot_id = Some(snapshot_id.clone());
                                 node.record(self.clock.now(), format!("final snapshot {snapshot_id} of data volume {} ({}) taken", record.volume_id, record.device_name));
                             }
-                            node.last_error = Some(waiting.clone());
+                            info!(snapshot_id, volume_id = record.volume_id, state, "final snapshot not complete; the deallocation waits for it");
+                            node.last_error = Some(waiting);
                             self.store.save(&node).await?;
-                            let pending = AwsError::from_code("EC2", "CreateSnapshot", Some("SnapshotPending"), Some(&waiting), None);
-                            return Err(AwsError { class: ErrorClass::Transient, ..pending }.into());
+                            return Ok(None);
                         }
                         snapshot = Some(snapshot_id);
                     }
@@ -172,6 +183,6 @@ impl Tether {
         }
         node.data_volumes = kept;
         node.last_error = None;
-        Ok(node)
+        Ok(Some(node))
     }
 }

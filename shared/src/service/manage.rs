@@ -298,6 +298,7 @@ impl Tether {
     /// allocated it, unless the policy keeps it), the ENI and the extra ENIs deleted, unless
     /// the ENIs are kept (with their Elastic IPs); the data volumes as the policy says.
     pub(super) async fn release_network(&self, node: Node, deadline: DateTime<Utc>) -> Result<Outcome, TetherError> {
+        let node_id = node.id.clone();
         let mut note = None;
         if !node.keep_eni {
             if let (Some(eip), Some(eni)) = (&node.elastic_ip, &node.eni) {
@@ -328,7 +329,9 @@ impl Tether {
                 }
             }
         }
-        let mut node = self.release_data_volumes(node, deadline).await?;
+        let Some(mut node) = self.release_data_volumes(node, deadline).await? else {
+            return Ok(Outcome::Recorded { node_id: node_id.clone(), state: NodeState::Deallocating });
+        };
         if let Some(note) = note {
             node.record(self.clock.now(), note);
         }
@@ -423,6 +426,7 @@ fn check_shapes(spec: &NodeSpec, persistence: &Persistence) -> Result<(), Tether
     check_launch_settings(spec.metadata_options.as_ref(), &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     crate::data_volumes::check_data_volumes(&spec.data_volumes, &spec.block_devices).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     spec.auto_healing.check().map_err(|(field, reason)| TetherError::invalid(format!("spec.auto_healing.{field}"), reason))?;
+    crate::schedules::check_schedules(&spec.schedules).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     check_handover(spec.handover_after_warning_seconds).map_err(|(field, reason)| TetherError::invalid(format!("spec.{field}"), reason))?;
     if persistence.elastic_ip_allocation_id.as_deref().is_some_and(|a| !a.starts_with("eipalloc-") || check_name("", a).is_err()) {
         return Err(TetherError::invalid("persistence.elastic_ip_allocation_id", "must be an allocation id like eipalloc-0123"));

@@ -95,3 +95,40 @@ async fn a_retirement_event_naming_two_nodes_recycles_both_once_in_their_window(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_schedule_set_through_the_api_pauses_then_resumes_the_node_at_its_slots() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let (allocation_id, public_ip) = fx.allocate_eip().await?;
+    let node = fx.tether.create_node(fx.spec(&["m5.large"]), Persistence { elastic_ip_allocation_id: Some(allocation_id), ..Persistence::default() }, None).await?;
+    fx.tether.resume(&node.id, fx.tether.deadline_in(BUDGET), None).await?;
+    let first = fx.tether.node(&node.id).await?;
+    let path = format!("/nodes/{}", node.id);
+    let every_minute = |action: &str| json!({"schedules": [{"action": action, "cron": "* * * * *", "time_zone": "America/New_York"}]});
+    // The reconciler at the next slot: a minute on (the service's clock moved, EC2's not).
+    let at_next_slot = || {
+        let later = Utc::now() + TimeDelta::seconds(61);
+        let tether = fx.tether.clone().with_clock(std::sync::Arc::new(tether::fake::FakeClock::starting_at(later)));
+        (tether, tether_tests::events::invocation_at(scheduled_event("tether-reconciler"), later + TimeDelta::seconds(30)))
+    };
+
+    let (status, patched) = super::api::call(&fx, lambda_http::http::Method::PATCH, &path, Some(every_minute("pause"))).await?;
+    assert_eq!(status, lambda_http::http::StatusCode::OK, "{patched}");
+    assert_eq!(patched["spec"]["schedules"][0]["time_zone"], "America/New_York", "{patched}");
+    let (later, run) = at_next_slot();
+    tether_reconciler::handler(&later, run).await?;
+    let paused = fx.tether.node(&node.id).await?;
+    assert_eq!(paused.state, NodeState::Paused, "{:?}", paused.history.last());
+    assert!(fx.instances_in_vpc().await?.is_empty() || fx.instance(first.instance_id().ok_or("no instance")?).await?.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "running"));
+
+    super::api::call(&fx, lambda_http::http::Method::PATCH, &path, Some(every_minute("resume"))).await?;
+    let (later, run) = at_next_slot();
+    tether_reconciler::handler(&later, run).await?;
+    let resumed = fx.tether.node(&node.id).await?;
+    assert_eq!((resumed.state, resumed.generation), (NodeState::Running, 2), "{:?}", resumed.history);
+    let instance = fx.instance(resumed.instance_id().ok_or("no instance")?).await?;
+    assert_eq!(instance.private_ip_address(), first.eni.as_ref().map(|e| e.private_ip.to_string()).as_deref(), "the same private IP");
+    assert_eq!(instance.public_ip_address(), Some(public_ip.as_str()), "the same Elastic IP");
+    assert!(resumed.history.iter().any(|h| h.by.as_deref() == Some("schedule `* * * * *` (America/New_York)") && h.what.contains("resume")), "{:?}", resumed.history);
+    Ok(())
+}
