@@ -613,6 +613,11 @@ impl FakeEc2 {
         self.lock().impaired.insert((instance_id.to_owned(), check.to_owned()), since);
     }
 
+    /// Every failed status check: (instance id, check, since when).
+    pub fn impairments(&self) -> Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)> {
+        self.lock().impaired.iter().map(|((id, check), since)| (id.clone(), check.clone(), *since)).collect()
+    }
+
     /// The instance's checks pass again.
     pub fn passes(&self, instance_id: &str) {
         self.lock().impaired.retain(|(id, _), _| id != instance_id);

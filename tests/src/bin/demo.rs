@@ -2,17 +2,19 @@
 //! running locally, as they would in Lambda.
 //!
 //! The operator creates the nodes with the `tether` CLI (SigV4-signed, through the local
-//! API front to the `api` function): some with a chosen private IP, some with an Elastic
-//! IP (the first with both). Then, for a while, the spot market interrupts instances at
-//! random: a spot warning (an EventBridge event) goes to the `interruption` function, and
-//! the instance is reclaimed in the emulator a little later. A local event source polls
-//! the emulator and delivers EventBridge state-change events to the `state-change`
-//! function, which launches each replacement on the node's ENI; the `reconciler` runs on
-//! its schedule. The operator also creates a stateful group with the CLI (a pool of 3
-//! chosen private IPs and 2 Elastic IPs, target 3), whose members the market interrupts
-//! like any node, and scales it to 2, back to 3 and then to 4 while the market runs. At the
-//! end the market stops, every node comes back, and the verdict is computed from what the
-//! emulator reported about every generation and every member.
+//! API front to the `api` function), each with a data volume (10 GiB gp3 at /dev/sdf):
+//! some with a chosen private IP, some with an Elastic IP (the first with both). Then, for
+//! a while, the spot market interrupts instances at random: a spot warning (an EventBridge
+//! event) goes to the `interruption` function, and the instance is reclaimed in the
+//! emulator a little later. A local event source polls the emulator and delivers
+//! EventBridge state-change events to the `state-change` function, which launches each
+//! replacement on the node's ENI (and attaches the node's data volume to it once it runs);
+//! the `reconciler` runs on its schedule. The operator also creates a stateful group with
+//! the CLI (a pool of 3 chosen private IPs and 2 Elastic IPs, target 3, a data volume in
+//! the member template), whose members the market interrupts like any node, and scales it
+//! to 2, back to 3 and then to 4 while the market runs. At the end the market stops, every
+//! node comes back, and the verdict is computed from what the emulator reported about every
+//! generation and every member.
 //!
 //! Options (environment variables; `make demo DEMO_NODES=5 ...` sets them):
 //!
@@ -25,9 +27,10 @@
 //!
 //! On a terminal the view is a table redrawn in place; otherwise one line per event.
 //! Every line, and the functions' own logs, also go to `target/tether-demo.log`.
-//! Exits non-zero if a node lost its private IP or Elastic IP, if the replacements
-//! launched differ from the instances the market reclaimed, or if the group is short of a
-//! running member, a pool address, a pool Elastic IP or the paused member's own ENI.
+//! Exits non-zero if a node lost its private IP, Elastic IP or data volume, if the
+//! replacements launched differ from the instances the market reclaimed, or if the group is
+//! short of a running member, a pool address, a pool Elastic IP or the paused member's own
+//! ENI.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,17 +38,16 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use tether_cli::Environment;
 use tether_tests::demo::group::{summarize_group, DemoGroup};
+use tether_tests::demo::nodes::{chooses_private_ip, create_node};
 use tether_tests::demo::observed::median;
 use tether_tests::demo::options::Options;
-use tether_tests::demo::simulation::{short, Finished, Simulation, VISIBILITY};
-use tether_tests::demo::summary::{summarize, ElasticIpIntent, Intent};
+use tether_tests::demo::simulation::{Finished, Simulation, VISIBILITY};
+use tether_tests::demo::summary::summarize;
 use tether_tests::demo::view::View;
 use tether_tests::local_api::{LocalApi, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use tether_tests::queues::LocalQueues;
 use tether_tests::{Fixture, SetupError, REGION};
 
-/// Instance types of every node, in order of preference.
-const INSTANCE_TYPES: [&str; 2] = ["m5.large", "m6i.large"];
 /// The group's members the market may interrupt: its pool of 3, and one beyond.
 const GROUP_SLOTS: usize = 4;
 
@@ -54,7 +56,7 @@ async fn main() {
     match run().await {
         Ok(true) => {}
         Ok(false) => {
-            eprintln!("demo failed: a node did not keep its identity, replacements and reclaimed instances differ, or the group is not as scaled");
+            eprintln!("demo failed: a node did not keep its identity or data volume, replacements and reclaimed instances differ, or the group is not as scaled");
             std::process::exit(1);
         }
         Err(e) => {
@@ -140,58 +142,7 @@ async fn run() -> Result<bool, SetupError> {
     }
     println!("\n{} {}", summary.line(stats.warnings_sent), group_summary.fields());
     let every_reclaim_replaced = summary.replacements == stats.reclaimed && stats.reclaimed + stats.paused_first == stats.warnings_sent;
-    Ok(summary.same_private_ip && summary.same_eip && every_reclaim_replaced && dead_lettered == 0 && stats.problems.is_empty() && summary.problems.is_empty() && group_summary.ok())
-}
-
-/// Node `n` through the CLI, resumed and waited for: every third one (from the first)
-/// with a chosen private IP and the user's Elastic IP, then one with an IP EC2 picks and
-/// an Elastic IP Tether allocates, then one with a chosen private IP and no Elastic IP.
-async fn create_node(fx: &Fixture, env: &Environment, n: usize) -> Result<Intent, SetupError> {
-    let mut args: Vec<String> = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id].map(str::to_owned).to_vec();
-    for instance_type in INSTANCE_TYPES {
-        args.extend(["--instance-type".to_owned(), instance_type.to_owned()]);
-    }
-    args.extend(["--security-group".to_owned(), fx.security_group_id.clone()]);
-    // Hosts 50 and up: clear of the first four, which AWS reserves in every subnet.
-    let chosen_ip = chooses_private_ip(n).then(|| fx.subnet_ip(50 + n as u8).to_string());
-    if let Some(ip) = &chosen_ip {
-        args.extend(["--private-ip".to_owned(), ip.clone()]);
-    }
-    let elastic_ip = match n % 3 {
-        0 => ElasticIpIntent::Users(fx.allocate_eip().await?.0),
-        1 => ElasticIpIntent::Tethers,
-        _ => ElasticIpIntent::None,
-    };
-    match &elastic_ip {
-        ElasticIpIntent::Users(allocation) => args.extend(["--elastic-ip".to_owned(), allocation.clone()]),
-        ElasticIpIntent::Tethers => args.push("--allocate-elastic-ip".to_owned()),
-        ElasticIpIntent::None => {}
-    }
-    args.extend(["--resume".to_owned(), "--wait".to_owned()]);
-    println!("$ tether {}", args.join(" "));
-
-    let command = std::iter::once("tether").chain(std::iter::once("--json")).chain(args.iter().map(String::as_str));
-    let result = tether_cli::run_captured(command, env).await;
-    if result.code != 0 {
-        return Err(format!("`tether {}` exited with {}: {}", args.join(" "), result.code, result.stderr).into());
-    }
-    let created: serde_json::Value = serde_json::from_str(&result.stdout)?;
-    let id = created["id"].as_str().and_then(tether::NodeId::parse).ok_or("the API answered no valid node id")?;
-    println!(
-        "  {}: {}, generation {}, {} with {} / {}",
-        short(&id),
-        created["state"].as_str().unwrap_or("?"),
-        created["generation"].as_u64().unwrap_or(0),
-        created["instance_id"].as_str().unwrap_or("no instance"),
-        created["private_ip"].as_str().unwrap_or("-"),
-        created["public_ip"].as_str().unwrap_or("no public IP")
-    );
-    Ok(Intent { id, private_ip: chosen_ip, elastic_ip })
-}
-
-/// Whether node `n` asks for a private IP of its own (all but every third, from the second).
-fn chooses_private_ip(n: usize) -> bool {
-    n % 3 != 1
+    Ok(summary.ok() && every_reclaim_replaced && dead_lettered == 0 && stats.problems.is_empty() && group_summary.ok())
 }
 
 /// The functions' logs and the demo's events to `target/tether-demo.log` (`RUST_LOG`

@@ -1,7 +1,8 @@
 //! The demo's stateful group: a pool of 3 chosen private IPs and 2 Elastic IPs at target 3,
-//! created with the CLI; while the market interrupts its members, it is scaled to 2 and
-//! back to 3 (the member the scale-down paused comes back on its own ENI), then to 4 (one
-//! member beyond the pool, on an address EC2 picks). Its verdict is read from the emulator.
+//! each member with a data volume, created with the CLI; while the market interrupts its
+//! members, it is scaled to 2 and back to 3 (the member the scale-down paused comes back on
+//! its own ENI), then to 4 (one member beyond the pool, on an address EC2 picks). Its
+//! verdict is read from the emulator.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tether::ports::Registry;
 use tether::NodeId;
 use tether_cli::Environment;
 
+use super::nodes::{DATA_DEVICE, DATA_VOLUME, INSTANCE_TYPES};
 use super::observed::Snapshot;
 use super::summary::{ElasticIpIntent, Intent};
 use crate::{Fixture, SetupError};
@@ -45,7 +47,8 @@ pub async fn cli(env: &Environment, args: &[String]) -> Result<Value, SetupError
 }
 
 impl DemoGroup {
-    /// Creates the group with the CLI and waits until its target runs.
+    /// Creates the group with the CLI, each member with the demo's data volume, and waits
+    /// until its target runs.
     pub async fn create(fx: &Fixture, env: &Environment, market_time: Duration) -> Result<DemoGroup, SetupError> {
         let pool_ips: Vec<String> = POOL_HOSTS.iter().map(|h| fx.subnet_ip(*h).to_string()).collect();
         let mut pool_eips = Vec::new();
@@ -53,7 +56,7 @@ impl DemoGroup {
             pool_eips.push(fx.allocate_eip().await?.0);
         }
         let mut args: Vec<String> = ["groups", "create", "--name", "demo-ring", "--subnet", &fx.subnet_id, "--image", &fx.image_id].map(str::to_owned).to_vec();
-        for instance_type in ["m5.large", "m6i.large"] {
+        for instance_type in INSTANCE_TYPES {
             args.extend(["--instance-type".to_owned(), instance_type.to_owned()]);
         }
         args.extend(["--security-group".to_owned(), fx.security_group_id.clone(), "--target".to_owned(), TARGET.to_string()]);
@@ -63,7 +66,7 @@ impl DemoGroup {
         for eip in &pool_eips {
             args.extend(["--elastic-ip".to_owned(), eip.clone()]);
         }
-        args.push("--wait".to_owned());
+        args.extend(["--data-volume".to_owned(), DATA_VOLUME.to_owned(), "--wait".to_owned()]);
         println!("$ tether {}", args.join(" "));
         let created = cli(env, &args).await?;
         let id = created["id"].as_str().and_then(GroupId::parse).ok_or("the API answered no valid group id")?;
@@ -110,8 +113,8 @@ impl DemoGroup {
         Ok(Some(format!("$ tether groups scale {} {target}: {status}", short_group(&self.id))))
     }
 
-    /// What the demo asked for each member, for the identity summary: its pool address and
-    /// the pool Elastic IP the group handed it (or none).
+    /// What the demo asked for each member, for the identity summary: its pool address, the
+    /// pool Elastic IP the group handed it (or none), and the template's data volume.
     pub async fn intents(&self, fx: &Fixture) -> Result<Vec<Intent>, SetupError> {
         let mut intents = Vec::new();
         for member in fx.store.members(&self.id).await? {
@@ -119,7 +122,12 @@ impl DemoGroup {
                 Some(allocation) => ElasticIpIntent::Users(allocation.clone()),
                 None => ElasticIpIntent::None,
             };
-            intents.push(Intent { id: member.id, private_ip: member.persistence.private_ip.map(|ip| ip.to_string()), elastic_ip });
+            intents.push(Intent {
+                id: member.id,
+                private_ip: member.persistence.private_ip.map(|ip| ip.to_string()),
+                elastic_ip,
+                data_volume: Some(DATA_DEVICE.to_owned()),
+            });
         }
         Ok(intents)
     }

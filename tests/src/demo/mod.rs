@@ -8,9 +8,11 @@
 //! - `view`: the live table, or one line per event when stdout is not a terminal.
 //! - `summary`: the verdict, computed from the emulator.
 //! - `group`: the stateful group, its scale steps and its verdict.
+//! - `nodes`: the single nodes and the data volume every node and member asks for.
 
 pub mod group;
 pub mod market;
+pub mod nodes;
 pub mod observed;
 pub mod options;
 pub mod simulation;

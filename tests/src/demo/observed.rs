@@ -1,9 +1,10 @@
 //! What the emulator reports: one poll of the nodes' instances (`Snapshot`), and what
 //! the demo learns from the polls over the run (`Ledger`): each instance's addresses
-//! while it ran (the emulator shows none once it is terminated), and how long each node
-//! took from the delivery of its instance's `terminated` event to a replacement running.
+//! while it ran (the emulator shows none once it is terminated), the volumes seen attached
+//! to it while it ran, and how long each node took from the delivery of its instance's
+//! `terminated` event to a replacement running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Instance, InstanceStateName};
@@ -76,6 +77,10 @@ pub struct Ledger {
     /// instance's generation, until a later generation is seen running.
     awaiting: BTreeMap<NodeId, (Instant, u64)>,
     pub recoveries: Vec<Recovery>,
+    /// By instance id: every (device name, volume id) its block device mappings showed in
+    /// any poll while it ran (a data volume is attached once the instance runs, so after
+    /// its first sighting).
+    pub attachments: BTreeMap<String, BTreeSet<(String, String)>>,
 }
 
 impl Ledger {
@@ -84,7 +89,16 @@ impl Ledger {
         let mut completed = Vec::new();
         for instance in &snapshot.instances {
             let (Some(id), Some(node), Some(generation)) = (instance.instance_id(), node_of(instance), generation_of(instance)) else { continue };
-            if state_of(instance) != "running" || self.sightings.contains_key(id) {
+            if state_of(instance) != "running" {
+                continue;
+            }
+            let attached = self.attachments.entry(id.to_owned()).or_default();
+            for mapping in instance.block_device_mappings() {
+                if let (Some(device), Some(volume)) = (mapping.device_name(), mapping.ebs().and_then(|e| e.volume_id())) {
+                    attached.insert((device.to_owned(), volume.to_owned()));
+                }
+            }
+            if self.sightings.contains_key(id) {
                 continue;
             }
             let Some(node) = NodeId::parse(node) else { continue };

@@ -1,11 +1,12 @@
 //! The verdict, from what the emulator reports (never from Tether's records): the
 //! instances launched for each node, each one's addresses while it ran (the ledger's
-//! sightings), and the Elastic IP on each node's ENI now.
+//! sightings), the volumes its block device mappings showed while it ran, the Elastic IP on
+//! each node's ENI now, and the node's data volume now (DescribeVolumes).
 
 use std::collections::BTreeSet;
 
-use aws_sdk_ec2::types::Filter;
-use tether::aws::ec2::TAG_NODE_ID;
+use aws_sdk_ec2::types::{Filter, VolumeState};
+use tether::aws::ec2::{TAG_DEVICE_NAME, TAG_NODE_ID};
 use tether::NodeId;
 
 use super::observed::{Ledger, Snapshot};
@@ -20,6 +21,8 @@ pub struct Intent {
     /// `--private-ip`; `None`: EC2 picks it at the first resume.
     pub private_ip: Option<String>,
     pub elastic_ip: ElasticIpIntent,
+    /// The device name of the data volume asked for (`spec.data_volumes`), if any.
+    pub data_volume: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,31 +41,40 @@ pub struct Summary {
     pub replacements: usize,
     pub same_private_ip: bool,
     pub same_eip: bool,
-    /// One line per node: its generations and addresses.
+    /// Every generation of every node that asked for a data volume had the same volume at
+    /// the same device, and its running instance has it now.
+    pub same_volumes: bool,
+    /// One line per node: its generations, addresses and data volume.
     pub lines: Vec<String>,
     /// Why identity was not kept, per node.
     pub problems: Vec<String>,
 }
 
 impl Summary {
-    /// `summary: nodes=N interruptions=I replacements=R same_private_ip=yes same_eip=yes`.
+    /// `summary: nodes=N interruptions=I replacements=R same_private_ip=yes same_eip=yes same_volumes=yes`.
     pub fn line(&self, interruptions: usize) -> String {
         let yes = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "summary: nodes={} interruptions={interruptions} replacements={} same_private_ip={} same_eip={}",
+            "summary: nodes={} interruptions={interruptions} replacements={} same_private_ip={} same_eip={} same_volumes={}",
             self.nodes,
             self.replacements,
             yes(self.same_private_ip),
-            yes(self.same_eip)
+            yes(self.same_eip),
+            yes(self.same_volumes)
         )
+    }
+
+    /// Every node kept its private IP, Elastic IP and data volume.
+    pub fn ok(&self) -> bool {
+        self.same_private_ip && self.same_eip && self.same_volumes && self.problems.is_empty()
     }
 }
 
 pub async fn summarize(fx: &Fixture, intents: &[Intent], ledger: &Ledger, reclaimed: &BTreeSet<String>) -> Result<Summary, SetupError> {
     let ids: Vec<NodeId> = intents.iter().map(|i| i.id.clone()).collect();
     let snapshot = Snapshot::poll(&fx.ec2, &ids).await?;
-    let header = format!("{:<11}  {:<11}  {:<29}  {}", "node", "generations", "private IP", "Elastic IP");
-    let mut summary = Summary { nodes: intents.len(), replacements: 0, same_private_ip: true, same_eip: true, lines: vec![header], problems: Vec::new() };
+    let mut rows = vec![["node", "generations", "private IP", "Elastic IP", "data volume"].map(str::to_owned)];
+    let mut summary = Summary { nodes: intents.len(), replacements: 0, same_private_ip: true, same_eip: true, same_volumes: true, lines: Vec::new(), problems: Vec::new() };
     for intent in intents {
         let name = short(&intent.id);
         let mut launched: Vec<(u64, String)> = snapshot
@@ -116,9 +128,104 @@ pub async fn summarize(fx: &Fixture, intents: &[Intent], ledger: &Ledger, reclai
             let now = if on_running { "and now" } else { "but not now" };
             format!("{} on {on_all}/{} {now}, {whose}", public_ip.as_deref().unwrap_or("-"), launched.len())
         };
-        summary.lines.push(format!("{name:<11}  {generations:<11}  {private:<29}  {public}"));
+
+        let volume = match &intent.data_volume {
+            None => "none asked".to_owned(),
+            Some(device) => {
+                let seen = data_volume_on_generations(fx, &intent.id, device, &launched, ledger, &snapshot).await?;
+                if !seen.kept(launched.len()) {
+                    summary.same_volumes = false;
+                    summary.problems.push(format!("{name}: {}", seen.trouble.join("; ")));
+                }
+                let now = if seen.on_running { "and now" } else { "but not now" };
+                format!("{} at {device} on {}/{} {now}", seen.volume_id.as_deref().unwrap_or("-"), seen.on_generations, launched.len())
+            }
+        };
+        rows.push([name, generations, private, public, volume]);
     }
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    summary.lines = rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_owned()
+        })
+        .collect();
     Ok(summary)
+}
+
+/// One node's data volume at `device`, as the emulator showed it.
+#[derive(Debug, Default)]
+struct VolumeSeen {
+    /// The volume at `device` on the earliest generation that had one there.
+    volume_id: Option<String>,
+    /// Generations whose instance had that volume, and only it, at `device`, and had it
+    /// nowhere else, while it ran.
+    on_generations: usize,
+    /// The running instance has it at `device` now (DescribeVolumes: `in-use`, attached there).
+    on_running: bool,
+    trouble: Vec<String>,
+}
+
+impl VolumeSeen {
+    fn kept(&self, generations: usize) -> bool {
+        self.volume_id.is_some() && self.on_generations == generations && self.on_running && self.trouble.is_empty()
+    }
+}
+
+/// Reads the ledger's attachments of each launched generation (`launched`: generation,
+/// instance) and, now, the volumes tagged with the node (one made, and where it is).
+async fn data_volume_on_generations(fx: &Fixture, node: &NodeId, device: &str, launched: &[(u64, String)], ledger: &Ledger, snapshot: &Snapshot) -> Result<VolumeSeen, SetupError> {
+    let attached = |instance: &str| ledger.attachments.get(instance).cloned().unwrap_or_default();
+    let mut seen = VolumeSeen {
+        volume_id: launched.iter().find_map(|(_, instance)| attached(instance).into_iter().find(|(d, _)| d == device).map(|(_, v)| v)),
+        ..VolumeSeen::default()
+    };
+    let Some(volume_id) = seen.volume_id.clone() else {
+        seen.trouble.push(format!("no volume at {device} on any of its {} generations", launched.len()));
+        return Ok(seen);
+    };
+    let mut missed = Vec::new();
+    for (generation, instance) in launched {
+        // At `device` or of this volume: exactly (device, volume), nothing else.
+        let relevant: BTreeSet<(String, String)> = attached(instance).into_iter().filter(|(d, v)| d == device || *v == volume_id).collect();
+        if relevant.len() == 1 && relevant.contains(&(device.to_owned(), volume_id.clone())) {
+            seen.on_generations += 1;
+        } else {
+            let what = if relevant.is_empty() { "nothing".to_owned() } else { relevant.iter().map(|(d, v)| format!("{v} at {d}")).collect::<Vec<_>>().join(", ") };
+            missed.push(format!("generation {generation} ({instance}) had {what}"));
+        }
+    }
+    if !missed.is_empty() {
+        seen.trouble.push(format!("{volume_id} not at {device} on every generation: {}", missed.join("; ")));
+    }
+
+    // The node's data volumes (tagged with the node and a device; instances' own volumes
+    // may carry the node's tag too).
+    let tagged = Filter::builder().name(format!("tag:{TAG_NODE_ID}")).values(node.as_str()).build();
+    let data = Filter::builder().name("tag-key").values(TAG_DEVICE_NAME).build();
+    let volumes = fx.ec2.describe_volumes().filters(tagged).filters(data).send().await?;
+    let made: Vec<&str> = volumes.volumes().iter().filter_map(|v| v.volume_id()).collect();
+    if made != [volume_id.as_str()] {
+        seen.trouble.push(format!("EC2 has {} data volume(s) tagged with the node ({}), one asked", made.len(), made.join(", ")));
+    }
+    let running = snapshot.running(node).and_then(|i| i.instance_id());
+    let volume = volumes.volumes().iter().find(|v| v.volume_id() == Some(volume_id.as_str()));
+    let in_use = volume.and_then(|v| v.state()) == Some(&VolumeState::InUse);
+    let attachment = volume.and_then(|v| v.attachments().first());
+    let on = attachment.and_then(|a| a.instance_id());
+    let at = attachment.and_then(|a| a.device());
+    seen.on_running = in_use && running.is_some() && on == running && at == Some(device);
+    if !seen.on_running {
+        let state = volume.and_then(|v| v.state()).map_or("gone", |s| s.as_str());
+        seen.trouble.push(format!("{volume_id} now {state}, on {on:?} at {at:?}; the running instance is {running:?}"));
+    }
+    Ok(seen)
 }
 
 /// The Elastic IP associated with the node's ENI (the one tagged with the node's id).

@@ -133,3 +133,57 @@ async fn an_imported_node_keeps_its_eni_at_deallocation_unless_its_policy_delete
     }
     Ok(())
 }
+
+/// The demo's data volume verdict is read from the emulator: `same_volumes=yes` for a node
+/// created as the demo creates it and replaced twice, and `no` once another volume is put at
+/// its device on the running instance by hand (as if a replacement had been given a fresh
+/// volume), naming that volume.
+#[tokio::test]
+async fn the_demos_volume_summary_says_no_when_a_generation_has_another_volume() -> Result<(), SetupError> {
+    use tether_tests::demo::nodes::{create_node, DATA_DEVICE};
+    use tether_tests::demo::observed::{Ledger, Snapshot};
+    use tether_tests::demo::summary::summarize;
+    let fx = Fixture::new().await?;
+    let api = tether_tests::local_api::LocalApi::start(fx.api.clone()).await?;
+    let env = tether_cli::Environment {
+        api_url: Some(api.url.clone()),
+        region: Some(tether_tests::REGION.to_owned()),
+        credentials: Some(aws_credential_types::Credentials::new(
+            tether_tests::local_api::ACCESS_KEY_ID,
+            tether_tests::local_api::SECRET_ACCESS_KEY,
+            None,
+            None,
+            "demo-test",
+        )),
+        poll_interval: std::time::Duration::from_millis(50),
+        ..tether_cli::Environment::default()
+    };
+    let intent = create_node(&fx, &env, 0).await?;
+    let nodes = [intent.id.clone()];
+    let mut ledger = Ledger::default();
+    let mut reclaimed = std::collections::BTreeSet::new();
+    ledger.observe(&Snapshot::poll(&fx.ec2, &nodes).await?, std::time::Instant::now());
+    for _ in 0..2 {
+        reclaimed.insert(fx.tether.node(&intent.id).await?.instance_id().ok_or("no instance")?.to_owned());
+        fx.interrupt_node(&intent.id, BUDGET).await?;
+        ledger.observe(&Snapshot::poll(&fx.ec2, &nodes).await?, std::time::Instant::now());
+    }
+    let summary = summarize(&fx, std::slice::from_ref(&intent), &ledger, &reclaimed).await?;
+    assert!(summary.line(2).ends_with("replacements=2 same_private_ip=yes same_eip=yes same_volumes=yes"), "{} {:?}", summary.line(2), summary.problems);
+    assert!(summary.lines[1].ends_with(&format!("at {DATA_DEVICE} on 3/3 and now")), "{:?}", summary.lines);
+    assert!(summary.ok());
+
+    let running = fx.tether.node(&intent.id).await?.instance_id().ok_or("no instance")?.to_owned();
+    let made = fx.ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("tag:tether:node-id").values(intent.id.as_str()).build()).send().await?;
+    let volume_id = made.volumes().first().and_then(|v| v.volume_id()).ok_or("no data volume")?.to_owned();
+    fx.ec2.detach_volume().volume_id(&volume_id).send().await?;
+    let other = fx.ec2.create_volume().availability_zone(&fx.availability_zone).size(10).send().await?.volume_id().ok_or("no volume made")?.to_owned();
+    fx.ec2.attach_volume().volume_id(&other).instance_id(&running).device(DATA_DEVICE).send().await?;
+    ledger.observe(&Snapshot::poll(&fx.ec2, &nodes).await?, std::time::Instant::now());
+    let summary = summarize(&fx, std::slice::from_ref(&intent), &ledger, &reclaimed).await?;
+    assert!(summary.line(2).ends_with("same_volumes=no"), "{}", summary.line(2));
+    assert!(summary.lines[1].ends_with(&format!("{volume_id} at {DATA_DEVICE} on 2/3 but not now")), "{:?}", summary.lines);
+    assert!(summary.problems.iter().any(|p| p.contains(&format!("{other} at {DATA_DEVICE}"))), "{:?}", summary.problems);
+    assert!(!summary.ok());
+    Ok(())
+}

@@ -14,6 +14,7 @@
 
 mod check;
 mod check_groups;
+mod check_volumes;
 pub use check::violations;
 mod executor;
 mod world;
@@ -68,6 +69,7 @@ pub fn run_scenario(seed: u64, config: ChaosConfig) -> Result<(), Violation> {
     let mut records = world.created.clone();
     records.extend(world.members_seen.iter().cloned());
     problems.extend(check::violations(&records, &nodes, &world.ec2.instances(), &enis, &world.ec2.eips(), &world.drifted, &world.warnings_sent, &world.terminate_warned));
+    problems.extend(check_volumes::violations(&nodes, &world.ec2.instances(), &world.ec2.volumes(), &world.ec2.impairments(), &world.health_events, &world.drifted, world.now()));
     let seen = check_groups::Seen {
         groups: &world.store.groups_now(),
         nodes: &nodes,

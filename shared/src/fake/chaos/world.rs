@@ -73,6 +73,10 @@ enum Move {
     GroupDeallocate,
     /// A user's action on a member through the node API.
     Member,
+    /// A running instance's status check fails (auto-healing's cause).
+    Impair,
+    /// AWS Health schedules a change to one or two nodes' instances.
+    HealthEvent,
 }
 
 impl Move {
@@ -115,6 +119,8 @@ const MOVES: &[(Move, u32)] = &[
     (Move::GroupRun, 2),
     (Move::GroupDeallocate, 1),
     (Move::Member, 4),
+    (Move::Impair, 1),
+    (Move::HealthEvent, 1),
 ];
 
 pub struct World {
@@ -149,6 +155,8 @@ pub struct World {
     /// Nodes a hand-made drift (or their chosen private IP taken by another ENI) may rightly
     /// have put in ERROR.
     pub drifted: BTreeSet<NodeId>,
+    /// The AWS Health events sent: (event ARN, instance).
+    pub health_events: Vec<(String, String)>,
     seen_generations: BTreeMap<NodeId, u64>,
     events_emitted: u64,
     invocations_started: u64,
@@ -189,6 +197,7 @@ impl World {
             warnings_sent: BTreeMap::new(),
             terminate_warned: BTreeMap::new(),
             drifted: BTreeSet::new(),
+            health_events: Vec::new(),
             seen_generations: BTreeMap::new(),
             events_emitted: 0,
             invocations_started: 0,
@@ -459,6 +468,17 @@ impl World {
                 self.ec2.set_out_of_capacity(instance_type, market, out);
             }
             Move::Drift => self.drift(),
+            Move::Impair => {
+                let running: Vec<String> = self.ec2.instances().into_iter().filter(|i| i.state == "running" && i.node_id.is_some()).map(|i| i.id).collect();
+                if !running.is_empty() {
+                    let id = running[self.rng.usize(..running.len())].clone();
+                    let check = if self.rng.bool() { "instance status" } else { "system status" };
+                    let since = self.now() - chrono::TimeDelta::seconds(self.rng.i64(0..900));
+                    self.note(format!("{check} of {id} impaired since {since}"));
+                    self.ec2.impair(&id, check, Some(since));
+                }
+            }
+            Move::HealthEvent => self.health_event(),
             Move::Time => {
                 let by = Duration::from_millis(self.rng.u64(100..15_000));
                 self.pass_time(by);
@@ -484,13 +504,37 @@ impl World {
         }
     }
 
+    /// AWS Health schedules the retirement of one or two nodes' instances, days ahead: one
+    /// event for both, delivered (maybe twice) under its own id per instance, as the intake
+    /// splits it, and maybe again as an update.
+    fn health_event(&mut self) {
+        let live: Vec<String> = self.ec2.instances().into_iter().filter(|i| i.is_live() && i.node_id.is_some()).map(|i| i.id).collect();
+        if live.is_empty() {
+            return;
+        }
+        let arn = format!("arn:aws:health:us-east-1::event/EC2/AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED/chaos-{}", self.health_events.len());
+        let starts_at = self.now() + chrono::TimeDelta::hours(self.rng.i64(1..72));
+        let count = self.rng.usize(1..=live.len().min(2));
+        let sent = self.now();
+        for _ in 0..count {
+            let instance_id = live[self.rng.usize(..live.len())].clone();
+            self.note(format!("AWS Health {arn} for {instance_id}, from {starts_at}"));
+            let event = crate::events::InstanceEvent::MaintenanceScheduled { instance_id: instance_id.clone(), type_code: "AWS_EC2_INSTANCE_RETIREMENT_SCHEDULED".into(), event_arn: arn.clone(), starts_at };
+            let id = format!("health:{arn}:{instance_id}");
+            for _ in 0..self.rng.usize(1..=2) {
+                self.bus.push(Delivery { id: id.clone(), event: event.clone(), sent, attempt: 0 });
+            }
+            self.health_events.push((arn.clone(), instance_id));
+        }
+    }
+
     /// Someone changes the node's network by hand.
     fn drift(&mut self) {
         let mut targets = self.created.clone();
         targets.extend(self.live_members());
         let node_id = targets[self.rng.usize(..targets.len())].clone();
         let Some(node) = self.store.nodes().into_iter().find(|n| n.id == node_id) else { return };
-        match self.rng.u8(0..4) {
+        match self.rng.u8(0..6) {
             0 => {
                 if let Some(eip) = &node.elastic_ip {
                     self.note(format!("drift: {} disassociated from {node_id}", eip.allocation_id));
@@ -514,10 +558,27 @@ impl World {
                     }
                 }
             }
-            _ => {
+            3 => {
                 if let Some(instance_id) = node.instance_id() {
                     self.note(format!("drift: {instance_id} of {node_id} terminated by hand"));
                     self.ec2.reclaim(instance_id);
+                }
+            }
+            4 => {
+                // A data volume detached from its instance by hand: attached again.
+                if let Some(volume) = node.data_volumes.first() {
+                    if self.ec2.hand_detach_volume(&volume.volume_id) {
+                        self.note(format!("drift: data volume {} of {node_id} detached", volume.volume_id));
+                    }
+                }
+            }
+            _ => {
+                // A detached data volume deleted by hand: the node must not run without it.
+                if let Some(volume) = node.data_volumes.first() {
+                    if self.ec2.hand_delete_volume(&volume.volume_id).is_ok() {
+                        self.note(format!("drift: data volume {} of {node_id} deleted", volume.volume_id));
+                        self.drifted.insert(node_id);
+                    }
                 }
             }
         }
@@ -707,6 +768,34 @@ pub(super) fn random_launch(rng: &mut fastrand::Rng) -> NodeSpec {
                 security_group_ids: vec!["sg-chaos".into()],
                 private_ip: None,
                 elastic_ip_allocation_id: None,
+            })
+            .into_iter()
+            .collect(),
+        // Drawn after the above. A third of the nodes keep a data volume; what their
+        // deallocation does with it, and how they heal, vary; an eighth have an hourly
+        // schedule (the scenarios run for minutes: a slot may come in the chaos or the settling).
+        data_volumes: (rng.u8(0..3) == 0)
+            .then(|| crate::data_volumes::DataVolume {
+                device_name: "/dev/sdp".into(),
+                volume_size_gib: rng.u32(1..=100),
+                volume_type: crate::volumes::VolumeType::Gp3,
+                iops: None,
+                throughput_mibps: None,
+                encrypted: None,
+                kms_key_id: None,
+            })
+            .into_iter()
+            .collect(),
+        deallocation: crate::deallocation::DeallocationPolicy {
+            data_volumes: [crate::deallocation::VolumeFate::Keep, crate::deallocation::VolumeFate::Delete, crate::deallocation::VolumeFate::SnapshotAndDelete][rng.usize(..3)],
+            ..Default::default()
+        },
+        auto_healing: crate::health::AutoHealing { enabled: rng.u8(0..4) > 0, grace_period_seconds: [0, 60, 300][rng.usize(..3)], ..Default::default() },
+        schedules: (rng.u8(0..8) == 0)
+            .then(|| crate::schedules::Schedule {
+                action: [crate::schedules::ScheduledAction::Pause, crate::schedules::ScheduledAction::Resume, crate::schedules::ScheduledAction::Recycle][rng.usize(..3)],
+                cron: format!("{} * * * *", rng.u8(0..60)),
+                time_zone: "Europe/Paris".into(),
             })
             .into_iter()
             .collect(),
