@@ -12,8 +12,10 @@ use tether::model::{ExtraEni, PublicIpAssignment, RevertToSpot};
 use tether::volumes::{BlockDevice, VolumeType};
 
 mod groups;
+mod healing;
 
 pub use groups::{CommaList, GroupActionArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand};
+pub use healing::{HealingArgs, HealingChangeArgs, HealingChanges, MaxHeals, ScheduleArgs};
 
 /// `tether`: manage Tether's stateful nodes and groups through the management API.
 #[derive(Debug, Parser)]
@@ -159,6 +161,10 @@ pub struct CreateArgs {
     pub data: DataVolumeArgs,
     #[command(flatten)]
     pub deallocation: DeallocationArgs,
+    #[command(flatten)]
+    pub healing: HealingArgs,
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
     /// Resume the node right away: create its ENI and launch its first instance
     #[arg(long)]
     pub resume: bool,
@@ -234,6 +240,8 @@ pub struct UpdateArgs {
     pub identity: IdentityChangeArgs,
     #[command(flatten)]
     pub deallocation: DeallocationChangeArgs,
+    #[command(flatten)]
+    pub healing: HealingChangeArgs,
 }
 
 /// The node's network identity on its ENI beyond the primary IP (`nodes create`).
@@ -705,6 +713,8 @@ pub(crate) fn parse_revert_to_spot(s: &str) -> Result<RevertToSpot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether::health::{AutoHealing, DailyWindow};
+    use tether::schedules::{Schedule, ScheduledAction};
 
     fn volume(device: &str, size: u32, volume_type: VolumeType, iops: Option<u32>, throughput_mibps: Option<u32>) -> DataVolume {
         DataVolume { device_name: device.into(), volume_size_gib: size, volume_type, iops, throughput_mibps, encrypted: None, kms_key_id: None }
@@ -788,5 +798,118 @@ mod tests {
         let cli = parse(&group, &["--data-volume", "/dev/sdf:50", "--on-deallocate-data-volumes", "snapshot-and-delete"]);
         let Ok(Cli { command: Command::Groups(GroupsCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
         assert_eq!((args.data.volumes().len(), args.deallocation.policy().data_volumes), (1, VolumeFate::SnapshotAndDelete));
+    }
+
+    fn schedule(action: ScheduledAction, cron: &str, time_zone: &str) -> Schedule {
+        Schedule { action, cron: cron.into(), time_zone: time_zone.into() }
+    }
+
+    #[test]
+    fn a_schedule_is_an_action_five_cron_fields_and_an_optional_zone_in_one_argument() {
+        use healing::parse_schedule;
+        assert_eq!(parse_schedule("pause 0 20 * * 1-5 Europe/Paris"), Ok(schedule(ScheduledAction::Pause, "0 20 * * 1-5", "Europe/Paris")));
+        assert_eq!(parse_schedule("resume 30 7 * * MON-FRI"), Ok(schedule(ScheduledAction::Resume, "30 7 * * MON-FRI", "UTC")), "UTC by default");
+        assert_eq!(parse_schedule("  recycle   0  3 1 *  *  "), Ok(schedule(ScheduledAction::Recycle, "0 3 1 * *", "UTC")), "spaces collapse");
+        assert_eq!(parse_schedule("recycle @weekly America/New_York"), Ok(schedule(ScheduledAction::Recycle, "@weekly", "America/New_York")));
+        assert_eq!(parse_schedule("pause @daily"), Ok(schedule(ScheduledAction::Pause, "@daily", "UTC")));
+        // The fields' values are the API's to check (its 422 names spec.schedules[i].cron).
+        assert_eq!(parse_schedule("pause 61 20 * * *"), Ok(schedule(ScheduledAction::Pause, "61 20 * * *", "UTC")));
+        for (raw, says) in [
+            ("", "nothing given"),
+            ("pause", "`pause` has no cron pattern"),
+            ("stop 0 20 * * *", "`stop` is no action: pause, resume or recycle"),
+            ("pause 0 20 * *", "`0 20 * *` has 4 cron fields: give five"),
+            ("pause 0 20 * * Europe/Paris", "`0 20 * *` has 4 cron fields before the time zone Europe/Paris"),
+            ("pause 0 20 * * 1-5 Mars/Olympus", "`Mars/Olympus` is no IANA time zone"),
+            ("pause 0 0 20 * * 1-5 UTC", "has 7 words after the action"),
+            ("pause @daily UTC extra", "nothing but a time zone comes after @daily"),
+        ] {
+            let why = parse_schedule(raw).map(|s| format!("accepted: {s:?}")).unwrap_or_else(|e| e);
+            assert!(why.contains(says), "{raw:?}: {why}");
+            assert!(why.contains("'ACTION CRON [TIME_ZONE]' as one quoted argument"), "{raw:?}: names the form: {why}");
+        }
+    }
+
+    #[test]
+    fn max_heals_and_the_maintenance_window_parse_with_their_ranges() {
+        use healing::{parse_daily_window, parse_max_heals};
+        assert_eq!(parse_max_heals("3"), Ok(MaxHeals { count: 3, window_hours: None }));
+        assert_eq!(parse_max_heals("5/48"), Ok(MaxHeals { count: 5, window_hours: Some(48) }));
+        for (raw, says) in [("0", "`0` is not 1 to 20 heals"), ("21/24", "`21` is not 1 to 20 heals"), ("3/0", "`0` is not 1 to 168 hours"), ("3/169", "`169` is not 1 to 168 hours"), ("3/day", "`day` is not 1 to 168 hours"), ("", "is not 1 to 20 heals")] {
+            let why = parse_max_heals(raw).map(|m| format!("accepted: {m:?}")).unwrap_or_else(|e| e);
+            assert!(why.contains(says) && why.contains("N[/HOURS]"), "{raw:?}: {why}");
+        }
+        let at = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap_or_default();
+        assert_eq!(parse_daily_window("02:00-04:30"), Ok(DailyWindow { start: at(2, 0), end: at(4, 30) }));
+        assert_eq!(parse_daily_window("23:00-01:00"), Ok(DailyWindow { start: at(23, 0), end: at(1, 0) }), "spans midnight");
+        assert_eq!(parse_daily_window("02:00:00-04:00:00"), Ok(DailyWindow { start: at(2, 0), end: at(4, 0) }), "the API's HH:MM:SS too");
+        for (raw, says) in [("02:00", "`02:00`: give HH:MM-HH:MM"), ("2am-4am", "`2am` is no time of day"), ("02:00-25:00", "`25:00` is no time of day"), ("02:00-02:00", "an empty window")] {
+            let why = parse_daily_window(raw).map(|w| format!("accepted: {w:?}")).unwrap_or_else(|e| e);
+            assert!(why.contains(says) && why.contains("HH:MM-HH:MM (UTC)"), "{raw:?}: {why}");
+        }
+    }
+
+    #[test]
+    fn healing_flags_change_only_the_settings_given() {
+        let current = AutoHealing { enabled: true, unhealthy_duration_seconds: 600, grace_period_seconds: 120, max_heals: 5, window_hours: 48 };
+        let off = HealingChanges { enabled: Some(false), ..HealingChanges::default() };
+        assert_eq!(off.apply(current), AutoHealing { enabled: false, ..current });
+        let count_only = HealingChanges { max_heals: Some(MaxHeals { count: 2, window_hours: None }), ..HealingChanges::default() };
+        assert_eq!(count_only.apply(current), AutoHealing { max_heals: 2, ..current }, "the node's window is kept");
+        let both = HealingChanges { max_heals: Some(MaxHeals { count: 2, window_hours: Some(12) }), unhealthy_duration_seconds: Some(60), ..HealingChanges::default() };
+        assert_eq!(both.apply(current), AutoHealing { max_heals: 2, window_hours: 12, unhealthy_duration_seconds: 60, ..current });
+        assert_eq!(HealingChanges::default().apply(current), current);
+    }
+
+    #[test]
+    fn healing_and_schedule_flags_parse_on_the_commands_that_take_them() {
+        use clap::Parser;
+        let parse = |base: &[&str], more: &[&str]| Cli::try_parse_from(base.iter().chain(more).copied());
+        let create = ["tether", "nodes", "create", "--subnet", "subnet-1", "--image", "ami-1", "--instance-type", "m5.large"];
+        let cli = parse(&create, &["--unhealthy-after", "120", "--max-heals", "5/12", "--maintenance-window", "02:00-04:00", "--schedule", "pause 0 20 * * 1-5 Europe/Paris", "--schedule", "resume 0 7 * * 1-5 Europe/Paris"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.healing.policy(), AutoHealing { unhealthy_duration_seconds: 120, max_heals: 5, window_hours: 12, ..AutoHealing::default() });
+        assert_eq!(args.healing.maintenance_window.map(|w| w.start.to_string()), Some("02:00:00".to_owned()));
+        assert_eq!(args.schedules.schedules.iter().map(|s| s.action).collect::<Vec<_>>(), [ScheduledAction::Pause, ScheduledAction::Resume]);
+        let cli = parse(&create, &["--no-auto-healing"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.healing.policy(), AutoHealing { enabled: false, ..AutoHealing::default() });
+        let cli = parse(&create, &[]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!((args.healing.policy(), args.healing.maintenance_window, args.schedules.schedules.len()), (AutoHealing::default(), None, 0), "the API's defaults");
+
+        // Usage errors name the flag and the accepted form.
+        for (more, says) in [
+            (["--unhealthy-after", "30"], "--unhealthy-after <SECONDS>"),
+            (["--healing-grace", "soon"], "--healing-grace <SECONDS>"),
+            (["--max-heals", "3/0"], "--max-heals <N[/HOURS]>"),
+            (["--maintenance-window", "02:00"], "--maintenance-window <HH:MM-HH:MM>"),
+            (["--schedule", "pause"], "--schedule <ACTION CRON [TIME_ZONE]>"),
+        ] {
+            let bad = parse(&create, &more).map(|_| ()).unwrap_err();
+            assert_eq!(bad.kind(), clap::error::ErrorKind::ValueValidation, "{more:?}: {bad}");
+            assert!(bad.to_string().contains(says), "{more:?}: {bad}");
+        }
+        let both = parse(&create, &["--auto-healing", "--no-auto-healing"]).map(|_| ()).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+
+        let update = ["tether", "nodes", "update", "tn-1"];
+        let cli = parse(&update, &["--no-auto-healing", "--no-schedules", "--no-maintenance-window"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Update(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!(args.healing.changes(), Some(HealingChanges { enabled: Some(false), ..HealingChanges::default() }));
+        assert_eq!((args.healing.schedules(), args.healing.maintenance_window()), (Some(Vec::new()), Some(None)), "[] and null remove them");
+        let cli = parse(&update, &["--schedule", "recycle @weekly"]);
+        let Ok(Cli { command: Command::Nodes(NodesCommand::Update(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!((args.healing.changes(), args.healing.schedules().map(|s| s.len()), args.healing.maintenance_window()), (None, Some(1), None), "nothing else changes");
+        for conflict in [&["--schedule", "pause @daily", "--no-schedules"][..], &["--maintenance-window", "01:00-02:00", "--no-maintenance-window"], &["--auto-healing", "--no-auto-healing"]] {
+            let bad = parse(&update, conflict).map(|_| ()).unwrap_err();
+            assert_eq!(bad.kind(), clap::error::ErrorKind::ArgumentConflict, "{conflict:?}");
+        }
+
+        let group = ["tether", "groups", "create", "--name", "g", "--subnet", "subnet-1", "--image", "ami-1", "--instance-type", "m5.large", "--target", "0"];
+        let cli = parse(&group, &["--healing-grace", "0", "--maintenance-window", "23:00-01:00"]);
+        let Ok(Cli { command: Command::Groups(GroupsCommand::Create(args)), .. }) = cli else { panic!("{cli:?}") };
+        assert_eq!((args.healing.policy().grace_period_seconds, args.healing.maintenance_window.is_some()), (0, true));
+        assert!(parse(&group, &["--schedule", "pause @daily"]).is_err(), "a group's members are paused and resumed by their group");
     }
 }

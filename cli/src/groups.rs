@@ -26,12 +26,19 @@ pub(crate) fn plan(command: &GroupsCommand) -> Result<Planned, CliError> {
             let request = CreateGroup {
                 name: args.name.clone(),
                 subnet_ids: args.subnets.clone(),
-                template: MemberTemplate { data_volumes: args.data.volumes(), deallocation: args.deallocation.policy(), ..template(&args.launch)? },
+                template: MemberTemplate {
+                    data_volumes: args.data.volumes(),
+                    deallocation: args.deallocation.policy(),
+                    auto_healing: args.healing.policy(),
+                    maintenance_window: args.healing.maintenance_window,
+                    ..template(&args.launch)?
+                },
                 target_capacity: args.target,
                 private_ip_pool: args.private_ips.clone(),
                 elastic_ip_pool: args.elastic_ips.clone(),
                 max_unavailable: args.max_unavailable,
                 deletion_protection: !args.no_deletion_protection,
+                schedules: Vec::new(),
             };
             Planned::post("/groups".to_owned(), Some(to_json(&request)?), &args.post, args.wait.timeout())
         }
@@ -49,6 +56,7 @@ pub(crate) fn plan(command: &GroupsCommand) -> Result<Planned, CliError> {
                     (_, true) => Some(false),
                     _ => None,
                 },
+                ..GroupPatch::default()
             };
             Planned::patch(group_path(&args.id, ""), to_json(&patch)?, args.wait.timeout())
         }

@@ -20,7 +20,6 @@ use clap::Parser;
 use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tether::deallocation::DeallocationPolicy;
 use tether::group::MemberTemplate;
 use tether::launch_options::{Placement, Tenancy};
 use tether::lifecycle::NodePatch;
@@ -30,7 +29,7 @@ use tether::views::{CreateNode, Deallocate, NodeHistory, NodeList, Problem};
 use tether::ImportRequest;
 
 pub use args::{
-    Cli, CommaList, Command, CreateArgs, DataVolumeArgs, DeallocationArgs, DeallocationChangeArgs, DeallocationChanges, EniPolicy, GroupActionArgs, IdentityChangeArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
+    Cli, CommaList, Command, CreateArgs, DataVolumeArgs, DeallocationArgs, DeallocationChangeArgs, DeallocationChanges, EniPolicy, GroupActionArgs, HealingArgs, HealingChangeArgs, HealingChanges, MaxHeals, ScheduleArgs, IdentityChangeArgs, GroupCreateArgs, GroupUpdateArgs, GroupWaitArgs, GroupsCommand, LaunchArgs, LaunchChangeArgs, NodesCommand, PostArgs,
     UpdateArgs, WaitArgs,
 };
 pub use http::{Endpoint, RetryPolicy, SIGNING_NAME};
@@ -115,11 +114,16 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let text = e.render().to_string();
             let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
+            // `--schedule pause 0 20 * * 1-5` unquoted: the cron's fields came as arguments.
+            if e.kind() == clap::error::ErrorKind::UnknownArgument && args.iter().any(|a| a == "--schedule") {
+                let _ = writeln!(err, "hint: give each --schedule as one quoted argument, e.g. --schedule 'pause 0 20 * * 1-5 Europe/Paris'");
+            }
             return e.exit_code();
         }
     };
@@ -300,7 +304,8 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, wait.timeout())
         }
-        // With deallocation changes, `perform` reads the node's policy first and sends it back changed.
+        // With deallocation or auto-healing changes, `perform` reads the node's policies first
+        // and sends them back changed.
         NodesCommand::Update(args) => Planned::patch(node_path(&args.id, ""), to_json(&update_patch(args, None)?)?, None),
         NodesCommand::Create(args) => {
             let (identity, options) = (&args.identity, &args.options);
@@ -324,6 +329,9 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
                     volume_tags: options.volume_tags.iter().cloned().collect(),
                     data_volumes: args.data.volumes(),
                     deallocation: args.deallocation.policy(),
+                    auto_healing: args.healing.policy(),
+                    maintenance_window: args.healing.maintenance_window,
+                    schedules: args.schedules.schedules.clone(),
                     ..template(&args.launch)?.spec_in(&args.subnet)
                 },
                 persistence: Persistence {
@@ -399,12 +407,19 @@ fn launch_patch(args: &LaunchChangeArgs) -> Result<NodePatch, CliError> {
     })
 }
 
-/// What `nodes update` sends: the launch settings, the ENI changes, and the whole
-/// deallocation policy when one of its fields changes (`current`: the node's, as read).
-fn update_patch(args: &UpdateArgs, current: Option<DeallocationPolicy>) -> Result<NodePatch, CliError> {
+/// What `nodes update` sends: the launch settings, the ENI changes, the maintenance window
+/// and schedules given, and the whole deallocation policy or auto-healing settings when one
+/// of their fields changes (`current`: the node's spec, as read).
+fn update_patch(args: &UpdateArgs, current: Option<&NodeSpec>) -> Result<NodePatch, CliError> {
     let patch = identity_patch(&args.identity, launch_patch(&args.launch)?);
-    let deallocation = args.deallocation.changes().zip(current).map(|(changes, policy)| changes.apply(policy));
-    Ok(NodePatch { deallocation, ..patch })
+    let deallocation = args.deallocation.changes().zip(current).map(|(changes, spec)| changes.apply(spec.deallocation));
+    let auto_healing = args.healing.changes().zip(current).map(|(changes, spec)| changes.apply(spec.auto_healing));
+    Ok(NodePatch { deallocation, auto_healing, maintenance_window: args.healing.maintenance_window(), schedules: args.healing.schedules(), ..patch })
+}
+
+/// Whether `nodes update` must read the node first: the PATCH replaces whole policies.
+fn reads_first(args: &UpdateArgs) -> bool {
+    args.deallocation.changes().is_some() || args.healing.changes().is_some()
 }
 
 /// The ENI changes of `nodes update`, added to `patch`.
@@ -480,10 +495,10 @@ impl Session<'_> {
         match command {
             NodesCommand::List { limit, all } => self.list::<NodeList>("/nodes", &request, limit, all, out, err).await,
             NodesCommand::History { .. } => self.show::<NodeHistory>(&request, out, err).await,
-            NodesCommand::Update(args) if args.deallocation.changes().is_some() => {
-                // PATCH replaces the whole policy: the node's, with the fields given changed.
+            NodesCommand::Update(args) if reads_first(&args) => {
+                // PATCH replaces whole policies: the node's, with the fields given changed.
                 let node: tether::views::NodeView = self.call(&Planned::get(request.path.clone()), err).await?;
-                let patch = update_patch(&args, Some(node.spec.deallocation))?;
+                let patch = update_patch(&args, Some(&node.spec))?;
                 self.act::<tether::views::NodeView>(&Planned::patch(request.path, to_json(&patch)?, None), out, err).await
             }
             _ => self.act::<tether::views::NodeView>(&request, out, err).await,

@@ -1,10 +1,12 @@
 //! Human output: tables and key/value blocks.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use serde::Serialize;
 use tether::data_volumes::DataVolume;
 use tether::deallocation::{DeallocationPolicy, ElasticIpFate, EniFate, VolumeFate};
 use tether::group::MemberTemplate;
+use tether::health::{AutoHealing, DailyWindow};
+use tether::schedules::Schedule;
 use tether::views::{NodeHistory, NodeList, NodeView};
 use tether::NodeState;
 
@@ -141,6 +143,9 @@ pub fn node_block(n: &NodeView) -> String {
         ("extra ENIs", or_dash(Some(extra_enis(n)).filter(|s| !s.is_empty()).as_deref())),
         ("data volumes", or_dash(Some(data_volumes(n)).filter(|s| !s.is_empty()).as_deref())),
         ("deallocation", deallocation_policy(&n.spec.deallocation)),
+        ("auto-healing", auto_healing(&n.spec.auto_healing)),
+        ("maintenance window", maintenance_window(n.spec.maintenance_window.as_ref())),
+        ("schedules", or_dash(Some(&schedules(&n.spec.schedules)))),
         ("last error", or_dash(n.last_error.as_deref())),
         ("conditions", or_dash(Some(conditions(n)).filter(|s| !s.is_empty()).as_deref())),
         ("subnet", n.spec.subnet_id.clone()),
@@ -225,6 +230,26 @@ pub(crate) fn deallocation_policy(p: &DeallocationPolicy) -> String {
         ElasticIpFate::Keep => "keep",
     };
     format!("ENIs {enis}, data volumes {volumes}, Elastic IP {elastic_ip}")
+}
+
+/// Auto-healing in one line: `on, after 300 s impaired, grace 300 s, at most 3 heals per 24 h`, or `off`.
+pub(crate) fn auto_healing(h: &AutoHealing) -> String {
+    if !h.enabled {
+        return "off".to_owned();
+    }
+    let heals = if h.max_heals == 1 { "heal" } else { "heals" };
+    format!("on, after {} s impaired, grace {} s, at most {} {heals} per {} h", h.unhealthy_duration_seconds, h.grace_period_seconds, h.max_heals, h.window_hours)
+}
+
+/// `02:00-04:00 UTC`, or `-`.
+pub(crate) fn maintenance_window(w: Option<&DailyWindow>) -> String {
+    let time = |t: &chrono::NaiveTime| if t.second() == 0 { t.format("%H:%M").to_string() } else { t.format("%H:%M:%S").to_string() };
+    w.map_or_else(|| "-".to_owned(), |w| format!("{}-{} UTC", time(&w.start), time(&w.end)))
+}
+
+/// One schedule per line: `pause 0 20 * * 1-5 (Europe/Paris)`.
+fn schedules(schedules: &[Schedule]) -> String {
+    schedules.iter().map(|s| format!("{} {} ({})", s.action.as_str(), s.cron.trim(), s.time_zone)).collect::<Vec<_>>().join("\n")
 }
 
 /// The launch settings of a node's spec or a group's template.

@@ -203,6 +203,9 @@ pub struct CreateGroup {
     /// While on (the default), the group cannot be deallocated.
     #[serde(default = "yes")]
     pub deletion_protection: bool,
+    /// Pause, resume or recycle the whole group on cron schedules in an IANA time zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedules::Schedule>,
 }
 
 fn one() -> u32 {
@@ -239,6 +242,9 @@ pub struct GroupPatch {
     pub max_unavailable: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
+    /// The whole new list of the group's schedules (`[]`: none); slots count from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Vec<crate::schedules::Schedule>>,
 }
 
 /// `POST /groups/{id}/scale`.
@@ -312,6 +318,8 @@ pub struct GroupView {
     pub elastic_ip_pool: Vec<String>,
     pub max_unavailable: u32,
     pub deletion_protection: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedules::Schedule>,
     /// A rolling recycle under way.
     pub rollout: Option<Rollout>,
     pub version: u64,
@@ -335,6 +343,7 @@ impl GroupView {
             elastic_ip_pool: group.elastic_ip_pool.clone(),
             max_unavailable: group.max_unavailable,
             deletion_protection: group.deletion_protection,
+            schedules: group.schedules.clone(),
             rollout: group.rollout.clone(),
             version: group.version,
             history: group.history.clone(),

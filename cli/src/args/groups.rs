@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{DataVolumeArgs, DeallocationArgs, LaunchArgs, LaunchChangeArgs, PostArgs};
+use super::{DataVolumeArgs, DeallocationArgs, HealingArgs, LaunchArgs, LaunchChangeArgs, PostArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -86,6 +86,9 @@ pub struct GroupCreateArgs {
     /// What a member's deallocation deletes (a pool Elastic IP always goes back to the pool)
     #[command(flatten)]
     pub deallocation: DeallocationArgs,
+    /// Each member's auto-healing and maintenance window
+    #[command(flatten)]
+    pub healing: HealingArgs,
     /// How many members run (0 to 500)
     #[arg(long, value_name = "N")]
     pub target: u32,

@@ -4,7 +4,7 @@ use std::fmt::Display;
 
 use tether::views::{GroupList, GroupMember, GroupMembers, GroupView};
 
-use super::{block, data_volume_spec, deallocation_policy, launch_fields, name_of, or_dash, state_name, table, time, yes_no, Shown};
+use super::{auto_healing, block, data_volume_spec, deallocation_policy, launch_fields, maintenance_window, name_of, or_dash, state_name, table, time, yes_no, Shown};
 
 fn joined<T: Display>(items: &[T]) -> String {
     or_dash(Some(&items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
@@ -60,6 +60,8 @@ impl Shown for GroupView {
         fields.extend([
             ("data volumes", or_dash(Some(&volumes.join("\n")))),
             ("deallocation", deallocation_policy(&self.template.deallocation)),
+            ("auto-healing", auto_healing(&self.template.auto_healing)),
+            ("maintenance window", maintenance_window(self.template.maintenance_window.as_ref())),
             ("deletion protection", if self.deletion_protection { "on" } else { "off" }.to_owned()),
             ("max unavailable", self.max_unavailable.to_string()),
             ("rollout", self.rollout.as_ref().map_or_else(|| "-".to_owned(), |r| format!("rolling recycle since {}", time(&r.started_at)))),

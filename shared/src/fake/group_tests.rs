@@ -65,6 +65,7 @@ fn request(pool: &[u8], eips: Vec<String>, target: u32) -> CreateGroup {
         elastic_ip_pool: eips,
         max_unavailable: 1,
         deletion_protection: true,
+        schedules: Vec::new(),
     }
 }
 
@@ -625,4 +626,20 @@ async fn a_pool_elastic_ip_left_on_a_deallocated_members_kept_eni_is_taken_back(
     assert_eq!(next.state, NodeState::Running, "{:?}", next.last_error);
     let on = w.ec2.eips().into_iter().find(|e| e.info.allocation_id == eips[0]).and_then(|e| e.info.network_interface_id);
     assert_eq!(on, next.eni.as_ref().map(|e| e.id.clone()), "on the new member's ENI");
+}
+
+#[tokio::test]
+async fn a_group_schedule_pauses_the_whole_group_once_per_slot() {
+    let w = world();
+    let mut create = request(&[20, 21], Vec::new(), 2);
+    create.schedules = vec![crate::schedules::Schedule { action: crate::schedules::ScheduledAction::Pause, cron: "* * * * *".into(), time_zone: "Asia/Tokyo".into() }];
+    let group = w.tether.create_group(create, None).await.expect("created");
+    let later = w.tether.clone().with_clock(Arc::new(crate::fake::FakeClock::starting_at(chrono::Utc::now() + chrono::TimeDelta::seconds(61))));
+    later.reconcile(later.deadline_in(Duration::from_secs(5))).await.expect("reconcile");
+    let paused = w.tether.group(&group.id).await.expect("group");
+    assert_eq!(paused.state, GroupState::Paused, "{:?}", paused.history);
+    let runs = paused.history.iter().filter(|h| h.by.as_deref() == Some("schedule `* * * * *` (Asia/Tokyo)")).count();
+    later.reconcile(later.deadline_in(Duration::from_secs(5))).await.expect("reconcile");
+    let again = w.tether.group(&group.id).await.expect("group");
+    assert_eq!(again.history.iter().filter(|h| h.by.as_deref() == Some("schedule `* * * * *` (Asia/Tokyo)")).count(), runs, "once per slot");
 }

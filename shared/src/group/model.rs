@@ -285,6 +285,12 @@ pub struct Group {
     /// Holds placed before this moment no longer count (the group was resumed since).
     #[serde(default)]
     pub holds_cleared_at: Option<DateTime<Utc>>,
+    /// Pause, resume or recycle the group on cron schedules (see `schedules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedules::Schedule>,
+    /// When each schedule's last slot ran, by `Schedule::key`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schedule_runs: std::collections::BTreeMap<String, DateTime<Utc>>,
     pub version: u64,
     #[serde(default)]
     pub history: Vec<GroupHistoryEntry>,

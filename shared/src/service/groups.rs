@@ -64,6 +64,7 @@ impl Tether {
         self.check_instance_types(&launch.instance_types, "template.instance_types", 0, "template.instance_types").await?;
         check_target("target_capacity", request.target_capacity)?;
         check_max_unavailable(request.max_unavailable)?;
+        crate::schedules::check_schedules(&request.schedules).map_err(|(field, reason)| TetherError::invalid(field, reason))?;
         let subnets = self.group_subnets(&request.subnet_ids, &[]).await?;
         let now = self.clock.now();
         let mut group = Group {
@@ -80,6 +81,8 @@ impl Tether {
             keep_enis: false,
             rollout: None,
             holds_cleared_at: None,
+            schedules: request.schedules,
+            schedule_runs: Default::default(),
             version: 0,
             history: Vec::new(),
             created_at: now,
@@ -317,6 +320,16 @@ impl Tether {
                 what.push(format!("deletion protection {}", if on { "on" } else { "off" }));
                 next.deletion_protection = on;
             }
+            if let Some(schedules) = patch.schedules.as_ref().filter(|s| **s != group.schedules) {
+                crate::schedules::check_schedules(schedules).map_err(|(field, reason)| TetherError::invalid(field, reason))?;
+                what.push(format!("schedules: {}", schedules.iter().map(|s| s.key()).collect::<Vec<_>>().join("; ")));
+                let keys: Vec<String> = schedules.iter().map(crate::schedules::Schedule::key).collect();
+                next.schedule_runs.retain(|key, _| keys.contains(key));
+                for key in keys {
+                    next.schedule_runs.entry(key).or_insert(now);
+                }
+                next.schedules = schedules.clone();
+            }
             let members = self.registry.members(id).await?;
             if let Some(ids) = &patch.subnet_ids {
                 next.subnets = self.group_subnets(ids, &group.subnets).await?;
@@ -489,6 +502,36 @@ impl Tether {
             ))),
         })
         .await
+    }
+
+    /// Runs the group's scheduled action whose slot is due (`schedules::due_now`), then records
+    /// the slot as run: a pause, resume or recycle of the group as the API's (one with nothing
+    /// to do, or refused, recorded as such). What it did, if anything.
+    pub(super) async fn run_group_schedule(&self, group: &Group) -> Result<Option<String>, TetherError> {
+        if !matches!(group.state, GroupState::Active | GroupState::Paused) {
+            return Ok(None);
+        }
+        let Some((schedule, slot)) = crate::schedules::due_now(&group.schedules, &group.schedule_runs, group.created_at, self.clock.now()) else { return Ok(None) };
+        let by = format!("schedule `{}` ({})", schedule.cron.trim(), schedule.time_zone);
+        let action = schedule.action;
+        let done = match action {
+            crate::schedules::ScheduledAction::Pause => self.pause_group(&group.id, Some(&by)).await,
+            crate::schedules::ScheduledAction::Resume => self.resume_group(&group.id, Some(&by)).await,
+            crate::schedules::ScheduledAction::Recycle => self.recycle_group(&group.id, Some(&by)).await,
+        };
+        let what = match done {
+            Ok(_) => format!("scheduled {} run", action.as_str()),
+            Err(e @ (TetherError::Conflict(_) | TetherError::ConflictOn { .. })) => format!("scheduled {}: nothing to do ({e})", action.as_str()),
+            Err(e) => return Err(e),
+        };
+        let key = schedule.key();
+        self.change_group(&group.id, Some(&by), |g, _| {
+            let mut next = g.clone();
+            next.schedule_runs.insert(key.clone(), slot);
+            Ok(Some((what.clone(), next)))
+        })
+        .await?;
+        Ok(Some(what))
     }
 
     /// Writes what `decide` makes of the group (nothing for `None`), recorded with its words;

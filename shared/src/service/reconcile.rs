@@ -195,6 +195,11 @@ impl Tether {
                     return Ok(());
                 }
                 report.groups_checked += 1;
+                match self.run_group_schedule(group).await {
+                    Ok(Some(what)) => report.repaired.push(format!("{}: {what}", group.id)),
+                    Ok(None) => {}
+                    Err(e) => report.failed.push(format!("{}: schedule: {e}", group.id)),
+                }
                 let left = (deadline - self.clock.now()).to_std().unwrap_or_default();
                 let share = (left / (active.len() - done) as u32).max(GROUP_BUDGET);
                 let group_deadline = deadline.min(self.deadline_in(share));

@@ -386,6 +386,112 @@ async fn data_volumes_and_the_deallocation_policy_with_the_cli() -> Result<(), S
     Ok(())
 }
 
+/// The node's record as the API stored it.
+async fn stored_spec(fx: &Fixture, id: &str) -> Result<tether::NodeSpec, SetupError> {
+    let id = tether::NodeId::parse(id).ok_or("bad node id")?;
+    Ok(fx.store.get(&id).await?.ok_or("node not stored")?.spec)
+}
+
+/// `nodes create` with schedules, a maintenance window and auto-healing settings; `nodes show`
+/// prints them; `nodes update` turns healing off keeping its settings, removes the
+/// schedules, changes one setting keeping the others, removes the window; the record says
+/// so each time. Malformed values are usage errors, a cron the API refuses its 422.
+#[tokio::test]
+async fn auto_healing_the_maintenance_window_and_schedules_with_the_cli() -> Result<(), SetupError> {
+    use tether::health::{AutoHealing, DailyWindow};
+    use tether::schedules::{Schedule, ScheduledAction};
+    let fx = Fixture::new().await?;
+    let api = LocalApi::start(fx.api.clone()).await?;
+    let env = environment(&api.url, SECRET_ACCESS_KEY);
+    let create = ["nodes", "create", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large"];
+    let flags = [
+        "--schedule", "pause 0 20 * * 1-5 Europe/Paris", "--schedule", "resume 0 7 * * 1-5 Europe/Paris",
+        "--maintenance-window", "02:00-04:30", "--unhealthy-after", "120", "--max-heals", "5/12",
+    ];
+    let created = tether(&env, &create.iter().chain(&flags).copied().collect::<Vec<_>>()).await;
+    assert_eq!(created.code, 0, "{created:?}");
+    let id = field(&created.stdout, "id").ok_or("no id")?.to_owned();
+    let healing = AutoHealing { enabled: true, unhealthy_duration_seconds: 120, grace_period_seconds: 300, max_heals: 5, window_hours: 12 };
+    let at = |h, m| chrono::NaiveTime::from_hms_opt(h, m, 0).unwrap_or_default();
+    let window = DailyWindow { start: at(2, 0), end: at(4, 30) };
+    let paris = |action, cron: &str| Schedule { action, cron: cron.into(), time_zone: "Europe/Paris".into() };
+    let spec = stored_spec(&fx, &id).await?;
+    assert_eq!((spec.auto_healing, spec.maintenance_window), (healing, Some(window)));
+    assert_eq!(spec.schedules, [paris(ScheduledAction::Pause, "0 20 * * 1-5"), paris(ScheduledAction::Resume, "0 7 * * 1-5")]);
+
+    let shown = tether(&env, &["nodes", "show", &id]).await;
+    assert_eq!(shown.code, 0, "{shown:?}");
+    let block = &shown.stdout;
+    assert_eq!(field(block, "auto-healing"), Some("on, after 120 s impaired, grace 300 s, at most 5 heals per 12 h"), "{block}");
+    assert_eq!(field(block, "maintenance window"), Some("02:00-04:30 UTC"), "{block}");
+    assert_eq!(field(block, "schedules"), Some("pause 0 20 * * 1-5 (Europe/Paris)"), "{block}");
+    assert!(block.contains("\nschedules           pause 0 20 * * 1-5 (Europe/Paris)\n                    resume 0 7 * * 1-5 (Europe/Paris)\n"), "one line each: {block}");
+    assert_eq!(created.stdout, *block, "create printed the same node");
+
+    // Healing off: its other settings are kept (the CLI sends the node's back); the
+    // schedules go, the window stays.
+    let updated = tether(&env, &["nodes", "update", &id, "--no-auto-healing", "--no-schedules"]).await;
+    assert_eq!(updated.code, 0, "{updated:?}");
+    assert_eq!((field(&updated.stdout, "auto-healing"), field(&updated.stdout, "schedules")), (Some("off"), Some("-")), "{}", updated.stdout);
+    assert_eq!(field(&updated.stdout, "maintenance window"), Some("02:00-04:30 UTC"));
+    let spec = stored_spec(&fx, &id).await?;
+    assert_eq!((spec.auto_healing, spec.maintenance_window, spec.schedules.len()), (AutoHealing { enabled: false, ..healing }, Some(window), 0));
+    let history = tether(&env, &["nodes", "history", &id]).await;
+    assert!(history.stdout.contains("spec changed (auto_healing, schedules)"), "{}", history.stdout);
+
+    // On again with fewer heals in the node's window (12 h, kept); the window removed; a
+    // schedule in UTC.
+    let updated = tether(&env, &["nodes", "update", &id, "--auto-healing", "--max-heals", "2", "--no-maintenance-window", "--schedule", "recycle @weekly"]).await;
+    assert_eq!(updated.code, 0, "{updated:?}");
+    assert_eq!(field(&updated.stdout, "auto-healing"), Some("on, after 120 s impaired, grace 300 s, at most 2 heals per 12 h"), "{}", updated.stdout);
+    assert_eq!((field(&updated.stdout, "maintenance window"), field(&updated.stdout, "schedules")), (Some("-"), Some("recycle @weekly (UTC)")));
+    let spec = stored_spec(&fx, &id).await?;
+    assert_eq!((spec.auto_healing, spec.maintenance_window), (AutoHealing { max_heals: 2, ..healing }, None));
+    assert_eq!(spec.schedules, [Schedule { action: ScheduledAction::Recycle, cron: "@weekly".into(), time_zone: "UTC".into() }]);
+
+    // Malformed values are usage errors (exit 2) naming the flag and the form; nothing is sent.
+    for (more, says) in [
+        (["--schedule", "pause 0 20 * *"], "`0 20 * *` has 4 cron fields: give five"),
+        (["--schedule", "stop 0 20 * * *"], "`stop` is no action: pause, resume or recycle"),
+        (["--schedule", "pause 0 20 * * * Europe/Pariss"], "`Europe/Pariss` is no IANA time zone"),
+        (["--maintenance-window", "2-4"], "--maintenance-window <HH:MM-HH:MM>"),
+        (["--max-heals", "30"], "--max-heals <N[/HOURS]>"),
+        (["--unhealthy-after", "10"], "--unhealthy-after <SECONDS>"),
+    ] {
+        for base in [&create[..], &["nodes", "update", &id]] {
+            let refused = tether(&env, &base.iter().chain(&more).copied().collect::<Vec<_>>()).await;
+            assert_eq!(refused.code, 2, "{more:?}: {refused:?}");
+            assert!(refused.stderr.contains(says), "{more:?}: {}", refused.stderr);
+        }
+    }
+    let refused = tether(&env, &["nodes", "update", &id, "--schedule", "pause", "0", "20", "*", "*", "*"]).await;
+    assert!(refused.code == 2 && refused.stderr.contains("hint: give each --schedule as one quoted argument"), "unquoted: {refused:?}");
+    // A pattern the API refuses: its 422, naming the schedule's field.
+    let refused = tether(&env, &["nodes", "update", &id, "--schedule", "pause @daily", "--schedule", "pause 61 20 * * *"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.lines().any(|l| l.starts_with("field: ") && l.ends_with("schedules[1].cron")), "{}", refused.stderr);
+    let refused = tether(&env, &create.iter().chain(&["--schedule", "pause 0 20 * * 1-5 UTC", "--schedule", "resume 0 25 * * *"]).copied().collect::<Vec<_>>()).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.lines().any(|l| l == "field: spec.schedules[1].cron"), "{}", refused.stderr);
+    assert_eq!(stored_spec(&fx, &id).await?.schedules.len(), 1, "unchanged");
+    let all: NodeList = serde_json::from_value(tether_json(&env, &["nodes", "list"]).await?)?;
+    assert_eq!(all.nodes.len(), 1, "{all:?}");
+
+    // A group's template takes the healing flags and the window (not schedules).
+    let group = tether(
+        &env,
+        &[
+            "groups", "create", "--name", "healing", "--subnet", &fx.subnet_id, "--image", &fx.image_id, "--instance-type", "m5.large", "--target", "0",
+            "--healing-grace", "600", "--max-heals", "1/6", "--maintenance-window", "23:00-01:00",
+        ],
+    )
+    .await;
+    assert_eq!(group.code, 0, "{group:?}");
+    assert_eq!(field(&group.stdout, "auto-healing"), Some("on, after 300 s impaired, grace 600 s, at most 1 heal per 6 h"), "{}", group.stdout);
+    assert_eq!(field(&group.stdout, "maintenance window"), Some("23:00-01:00 UTC"), "{}", group.stdout);
+    Ok(())
+}
+
 #[tokio::test]
 async fn problems_print_error_and_field_and_exit_1() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;

@@ -42,6 +42,8 @@ fn group(pool: &[u8], eips: usize, target: u32) -> Group {
         keep_enis: false,
         rollout: None,
         holds_cleared_at: None,
+        schedules: Vec::new(),
+        schedule_runs: Default::default(),
         version: 1,
         history: Vec::new(),
         created_at: at(0),

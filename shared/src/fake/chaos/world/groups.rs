@@ -76,6 +76,15 @@ impl World {
             elastic_ip_pool: eips,
             max_unavailable: rng.u32(1..=2),
             deletion_protection: true,
+            // Drawn last: an eighth of the groups pause, resume or recycle every hour.
+            schedules: (rng.u8(0..8) == 0)
+                .then(|| crate::schedules::Schedule {
+                    action: [crate::schedules::ScheduledAction::Pause, crate::schedules::ScheduledAction::Resume, crate::schedules::ScheduledAction::Recycle][rng.usize(..3)],
+                    cron: format!("{} * * * *", rng.u8(0..60)),
+                    time_zone: "UTC".into(),
+                })
+                .into_iter()
+                .collect(),
         };
         let id = GroupId::derived(&format!("chaos-{}", self.seed));
         let group = block_on(self.tether.create_group_as(id, request, Some("chaos"))).expect("a valid group");
