@@ -194,7 +194,8 @@ impl Tether {
         // One try at the data volumes: an instance still pending gets them from its
         // `running` event (or the reconciler).
         let (node_id, generation) = (saved.id.clone(), saved.generation);
-        match self.attach_data_volumes(saved).await {
+        // Boxed: every launch's future would carry it on its stack.
+        match Box::pin(self.attach_data_volumes(saved)).await {
             Ok(failed @ Outcome::Failed { .. }) => return Ok(failed),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "data volumes not attached yet; the instance's running event or the reconciler attaches them"),
@@ -357,7 +358,7 @@ impl Tether {
                 }
             }
         }
-        let node = self.ensure_data_volumes(node, &eni).await?;
+        let node = Box::pin(self.ensure_data_volumes(node, &eni)).await?;
         let node = match self.ensure_extra_enis(node, deadline).await? {
             Ok(node) => node,
             Err(outcome) => return Ok(Err(outcome)),

@@ -329,7 +329,7 @@ impl Tether {
                 }
             }
         }
-        let Some(mut node) = self.release_data_volumes(node, deadline).await? else {
+        let Some(mut node) = Box::pin(self.release_data_volumes(node, deadline)).await? else {
             return Ok(Outcome::Recorded { node_id: node_id.clone(), state: NodeState::Deallocating });
         };
         if let Some(note) = note {

@@ -509,7 +509,7 @@ impl Tether {
         decide: impl Fn(&Node, DateTime<Utc>) -> Step,
     ) -> Result<Outcome, TetherError> {
         for _ in 0..MAX_CONFLICTS {
-            match self.act(&node, decide(&node, self.clock.now()), deadline).await {
+            match Box::pin(self.act(&node, decide(&node, self.clock.now()), deadline)).await {
                 Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                     debug!("node changed meanwhile; re-reading");
                     node = self.node(&node.id).await?;
@@ -560,7 +560,7 @@ impl Tether {
                         info!(allocation_id = eip.allocation_id, eni_id = eni.id, "Elastic IP associated again");
                     }
                 }
-                Action::AttachDataVolumes => outcome = self.attach_data_volumes(node.clone()).await?,
+                Action::AttachDataVolumes => outcome = Box::pin(self.attach_data_volumes(node.clone())).await?,
                 // Boxed: a launch's future (network, template, retries) is large, and every
                 // entry point (events, the API, the reconciler) would carry it on its stack.
                 Action::Launch => outcome = Box::pin(self.launch(node.clone(), deadline)).await?,

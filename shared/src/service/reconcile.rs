@@ -82,7 +82,9 @@ impl Tether {
         report.started_after = cursor.clone();
         // EC2 first, then the table: a record is never older than the view of EC2 it is
         // compared with (one written since is seen as newer and observed alone).
-        let bulk = match self.observe_in_bulk().await {
+        // Boxed, as the sweep and each node's repair: a run's future would otherwise carry
+        // them all on the stack of the invocation that polls it.
+        let bulk = match Box::pin(self.observe_in_bulk()).await {
             Ok(bulk) => Some(bulk),
             Err(e) => {
                 warn!(error = %e, code = e.code.as_deref(), "EC2 not observed in bulk; nodes observed one by one, the sweep waits for the next run");
@@ -110,7 +112,7 @@ impl Tether {
         // First what no node owns (bounded by what exists), so that stalled nodes cannot starve it.
         // The reservations as the sweep read them, and the subnets it went through.
         let mut swept = (None, BTreeSet::new());
-        if let Err(e) = self.sweep(&mut report, &mut swept, bulk.as_ref(), &nodes).await {
+        if let Err(e) = Box::pin(self.sweep(&mut report, &mut swept, bulk.as_ref(), &nodes)).await {
             warn!(error = %e, code = e.aws_code(), "sweep failed; next run retries");
             report.failed.push(format!("sweep: {e}"));
         }
@@ -126,7 +128,7 @@ impl Tether {
             last_checked = Some(node.id.clone());
             let span = super::node_span("reconcile", node);
             let node_deadline = deadline.min(self.deadline_in(NODE_BUDGET));
-            match self.reconcile_node(node, node_deadline, bulk.as_ref()).instrument(span).await {
+            match Box::pin(self.reconcile_node(node, node_deadline, bulk.as_ref()).instrument(span)).await {
                 Ok(Some(what)) => report.repaired.push(format!("{}: {what}", node.id)),
                 Ok(None) => {}
                 Err(e) => {
@@ -195,7 +197,7 @@ impl Tether {
                     return Ok(());
                 }
                 report.groups_checked += 1;
-                match self.run_group_schedule(group).await {
+                match Box::pin(self.run_group_schedule(group)).await {
                     Ok(Some(what)) => report.repaired.push(format!("{}: {what}", group.id)),
                     Ok(None) => {}
                     Err(e) => report.failed.push(format!("{}: schedule: {e}", group.id)),
