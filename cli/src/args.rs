@@ -130,6 +130,10 @@ pub enum NodesCommand {
         /// After a fallback to on-demand, go back to spot: never, always, or HH:MM-HH:MM (UTC)
         #[arg(long, value_name = "POLICY", value_parser = parse_revert_to_spot)]
         revert_to_spot: Option<RevertToSpot>,
+        /// Keep the instance's own EBS volumes (all but its root) as the node's data volumes:
+        /// every replacement gets them, with their data
+        #[arg(long)]
+        keep_volumes: bool,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]

@@ -295,12 +295,13 @@ fn plan(command: &NodesCommand) -> Result<Planned, CliError> {
             let body = to_json(&Deallocate { keep_eni: *keep_eni })?;
             post(node_path(id, "/deallocate"), Some(body), p, wait.timeout())
         }
-        NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, revert_to_spot, wait, post: p } => {
+        NodesCommand::Import { instance_id, instance_types, no_on_demand_fallback, revert_to_spot, keep_volumes, wait, post: p } => {
             let body = ImportRequest {
                 instance_id: instance_id.clone(),
                 instance_types: Some(instance_types.clone()).filter(|t| !t.is_empty()),
                 fallback_to_on_demand: no_on_demand_fallback.then_some(false),
                 revert_to_spot: *revert_to_spot,
+                keep_volumes: *keep_volumes,
             };
             post("/nodes/import".to_owned(), Some(to_json(&body)?), p, wait.timeout())
         }

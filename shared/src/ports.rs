@@ -554,6 +554,9 @@ pub trait Instances: Send + Sync {
     /// Adopts an imported instance: its ENIs outlive it (DeleteOnTermination=false), and it
     /// and the ENIs are tagged with the node id (the extra ENIs with their device index).
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError>;
+    /// Keeps an adopted instance's volumes as the node's data volumes: each tagged with the
+    /// node id and its device name, and its DeleteOnTermination turned off.
+    async fn keep_volumes(&self, node_id: &NodeId, instance_id: &str, volumes: &[crate::volumes::ImportedVolume]) -> Result<(), AwsError>;
 }
 
 /// Where the last reconciler run stopped, so that the next one goes on from there: with more

@@ -61,7 +61,7 @@ export function ec2PolicyStatements(): object[] {
     {
       Sid: "ChangeTaggedResources",
       Effect: "Allow",
-      Action: ["ec2:TerminateInstances", "ec2:DeleteNetworkInterface", "ec2:ModifyNetworkInterfaceAttribute", "ec2:ReleaseAddress", "ec2:DeleteVolume"],
+      Action: ["ec2:TerminateInstances", "ec2:DeleteNetworkInterface", "ec2:ModifyNetworkInterfaceAttribute", "ec2:ReleaseAddress", "ec2:DeleteVolume", "ec2:ModifyInstanceAttribute"],
       Resource: [arn("instance/*"), arn("network-interface/*"), arn("elastic-ip/*"), arn("volume/*")],
       Condition: managed,
     },
@@ -105,8 +105,8 @@ export const IMPORT_POLICY_STATEMENTS: object[] = [
     Sid: "TagImported",
     Effect: "Allow",
     Action: "ec2:CreateTags",
-    Resource: [arn("instance/*"), arn("network-interface/*")],
-    Condition: { "ForAllValues:StringEquals": { "aws:TagKeys": ["tether:node-id", "tether:managed", "tether:device-index"] } },
+    Resource: [arn("instance/*"), arn("network-interface/*"), arn("volume/*")],
+    Condition: { "ForAllValues:StringEquals": { "aws:TagKeys": ["tether:node-id", "tether:managed", "tether:device-index", "tether:device-name"] } },
   },
 ];
 

@@ -31,6 +31,13 @@ pub struct ImportRequest {
     /// Default: `never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_to_spot: Option<RevertToSpot>,
+    /// Keep the instance's own EBS volumes (all but its root) as the node's data volumes:
+    /// attached to every replacement at the same device names, never deleted when an
+    /// instance terminates, and deleted at deallocation only if `deallocation.data_volumes`
+    /// says so explicitly. Default: not kept (each replacement gets new, empty volumes of
+    /// the same shape, and these stay the imported instance's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_volumes: bool,
 }
 
 impl Tether {
@@ -273,8 +280,30 @@ impl Tether {
         if let Some((field, reason)) = unusable_volumes {
             node.record(now, format!("the instance's volumes are not copied to the replacements ({field}: {reason}): they launch with the AMI's"));
         }
-        for volume in found.volumes.iter().filter(|v| !v.root) {
+        let kept: Vec<crate::volumes::ImportedVolume> = found.volumes.iter().filter(|v| !v.root && request.keep_volumes).cloned().collect();
+        for volume in found.volumes.iter().filter(|v| !v.root && !request.keep_volumes) {
             node.record(now, volume.fate(instance_id));
+        }
+        for volume in &kept {
+            // The replacements get this volume at its device, not a new one.
+            node.spec.block_devices.retain(|d| d.device_name != volume.device_name);
+            node.spec.data_volumes.push(crate::data_volumes::DataVolume {
+                device_name: volume.device_name.clone(),
+                volume_size_gib: volume.size_gib,
+                volume_type: serde_json::from_value(serde_json::json!(volume.volume_type)).unwrap_or_default(),
+                iops: None,
+                throughput_mibps: None,
+                encrypted: None,
+                kms_key_id: None,
+            });
+            node.data_volumes.push(crate::data_volumes::DataVolumeRecord {
+                device_name: volume.device_name.clone(),
+                volume_id: volume.volume_id.clone(),
+                created_by_tether: false,
+                attached_to: Some(instance_id.to_owned()),
+                final_snapshot_id: None,
+            });
+            node.record(now, format!("volume {} at {} ({} GiB {}) kept as the node's data volume: every replacement gets it", volume.volume_id, volume.device_name, volume.size_gib, volume.volume_type));
         }
         node.imported_volumes = found.volumes.clone();
         for address in addresses::chosen_addresses(&node) {
@@ -284,6 +313,7 @@ impl Tether {
         }
         // The ENI must outlive the instance before Tether promises anything about it.
         self.instances.adopt(&node.id, &found).await?;
+        self.instances.keep_volumes(&node.id, instance_id, &kept).await?;
         match self.create_claiming(&node, Some("instance_id"), &[]).await {
             Err(TetherError::Aws(e)) if e.class == ErrorClass::Conflict => {
                 return Err(TetherError::Conflict(format!("instance {instance_id} is already imported as node {}", node.id)))

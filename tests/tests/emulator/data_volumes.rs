@@ -187,3 +187,31 @@ async fn the_demos_volume_summary_says_no_when_a_generation_has_another_volume()
     assert!(!summary.ok());
     Ok(())
 }
+
+#[tokio::test]
+async fn an_imported_instance_s_own_volume_kept_at_import_follows_the_node() -> Result<(), SetupError> {
+    let fx = Fixture::new().await?;
+    let data = aws_sdk_ec2::types::BlockDeviceMapping::builder()
+        .device_name("/dev/sdg")
+        .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().volume_size(30).volume_type(aws_sdk_ec2::types::VolumeType::Gp3).build())
+        .build();
+    let launched = fx.run_one().subnet_id(&fx.subnet_id).block_device_mappings(data).send().await?;
+    let instance_id = launched.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
+    let own = fx.instance(&instance_id).await?;
+    let volume_id = own.block_device_mappings().iter().find(|m| m.device_name() == Some("/dev/sdg")).and_then(|m| m.ebs()).and_then(|e| e.volume_id()).ok_or("no volume at /dev/sdg")?.to_owned();
+    let (status, node) = call(&fx, Method::POST, "/nodes/import", Some(json!({"instance_id": instance_id, "keep_volumes": true}))).await?;
+    assert_eq!(status, StatusCode::CREATED, "{node}");
+    assert_eq!((node["data_volumes"][0]["volume_id"].as_str(), node["data_volumes"][0]["created_by_tether"].as_bool()), (Some(volume_id.as_str()), Some(false)), "{node}");
+    let id = tether::NodeId::parse(node["id"].as_str().ok_or("no id")?).ok_or("bad id")?;
+    // The instance goes: the volume outlives it, and the replacement gets it at /dev/sdg.
+    fx.interrupt_node(&id, BUDGET).await?;
+    let after = fx.tether.node(&id).await?;
+    assert_eq!(after.generation, 2);
+    let seen = volume(&fx, &volume_id).await?.ok_or("the kept volume was deleted with the instance")?;
+    assert_eq!(seen, ("in-use".to_owned(), after.instance_id().map(str::to_owned), Some("/dev/sdg".to_owned())));
+    // Deallocated with the default policy: the user's volume is kept.
+    let (_, done) = call(&fx, Method::POST, &format!("/nodes/{id}/deallocate"), None).await?;
+    assert_eq!(done["state"], "deallocated", "{done}");
+    assert_eq!(volume(&fx, &volume_id).await?.map(|v| v.0).as_deref(), Some("available"));
+    Ok(())
+}

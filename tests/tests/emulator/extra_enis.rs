@@ -147,7 +147,7 @@ async fn an_import_keeps_the_extra_eni_and_says_the_volumes_stay_the_instance_s(
         .await?;
     let instance_id = launched.instances().first().and_then(|i| i.instance_id()).ok_or("no instance")?.to_owned();
 
-    let request = tether::ImportRequest { instance_id: instance_id.clone(), instance_types: None, fallback_to_on_demand: None, revert_to_spot: None };
+    let request = tether::ImportRequest { instance_id: instance_id.clone(), instance_types: None, fallback_to_on_demand: None, revert_to_spot: None, keep_volumes: false };
     let node = fx.tether.import_instance(&request, None).await?;
     let [extra] = node.extra_enis.as_slice() else { return Err(format!("one extra ENI: {:?}", node.extra_enis).into()) };
     assert_eq!((extra.id.as_str(), extra.device_index, extra.private_ip), (extra_id.as_str(), 1, Ipv4Addr::new(10, 0, 8, 40)));

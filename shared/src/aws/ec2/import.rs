@@ -169,6 +169,39 @@ impl Ec2Cloud {
     }
 }
 
+impl Ec2Cloud {
+    /// The imported instance's `volumes` become the node's data volumes: tagged as Tether's
+    /// own are (node id, device name: the reconciler finds them in bulk), then made to
+    /// outlive the instance (the instance is tagged already: the deploy's IAM policy lets
+    /// Tether change only instances tagged `tether:managed`).
+    pub(super) async fn keep_imported_volumes(&self, node_id: &NodeId, instance_id: &str, volumes: &[crate::volumes::ImportedVolume]) -> Result<(), AwsError> {
+        for volume in volumes {
+            self.client
+                .create_tags()
+                .resources(&volume.volume_id)
+                .tags(tag(TAG_NODE_ID, node_id.as_str()))
+                .tags(tag(TAG_MANAGED, "true"))
+                .tags(tag(super::TAG_DEVICE_NAME, &volume.device_name))
+                .send()
+                .await
+                .map_err(|e| aws_error("EC2", "CreateTags", e))?;
+            // EC2 takes one device per call; the value always given (absent, it means true).
+            let mapping = aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
+                .device_name(&volume.device_name)
+                .ebs(aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder().delete_on_termination(false).build())
+                .build();
+            self.client
+                .modify_instance_attribute()
+                .instance_id(instance_id)
+                .block_device_mappings(mapping)
+                .send()
+                .await
+                .map_err(|e| aws_error("EC2", "ModifyInstanceAttribute", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// An instance's metadata settings as EC2 reports them (a value EC2 adds later reads as the
 /// safe choice: tokens required, the endpoint on, tags off).
 fn metadata_options_of(options: &aws_sdk_ec2::types::InstanceMetadataOptionsResponse) -> MetadataOptions {

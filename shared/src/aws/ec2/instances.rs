@@ -266,6 +266,10 @@ impl Instances for Ec2Cloud {
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
         self.adopt_imported(node_id, instance).await
     }
+
+    async fn keep_volumes(&self, node_id: &NodeId, instance_id: &str, volumes: &[crate::volumes::ImportedVolume]) -> Result<(), AwsError> {
+        self.keep_imported_volumes(node_id, instance_id, volumes).await
+    }
 }
 
 /// The capacity reservation setting as RunInstances takes it.

@@ -322,6 +322,10 @@ impl Instances for FakeEc2 {
         Ok(found.flatten())
     }
 
+    async fn keep_volumes(&self, node_id: &NodeId, _instance_id: &str, volumes: &[crate::volumes::ImportedVolume]) -> Result<(), AwsError> {
+        self.keep_imported_volumes(node_id, volumes).await
+    }
+
     async fn adopt(&self, node_id: &NodeId, instance: &ImportableInstance) -> Result<(), AwsError> {
         // Tagged first, as the adapter does: the node's keys on all, then each extra ENI's index.
         let enis: Vec<&String> = std::iter::once(&instance.eni.id).chain(instance.extra_enis.iter().map(|e| &e.record.id)).collect();

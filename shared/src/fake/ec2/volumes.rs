@@ -198,6 +198,30 @@ impl Volumes for FakeEc2 {
 }
 
 impl FakeEc2 {
+    /// `Instances::keep_volumes` on the fake: the volumes it holds are tagged and made to
+    /// outlive their instance, as the adapter does (one CreateTags and one
+    /// ModifyInstanceAttribute per volume).
+    pub(super) async fn keep_imported_volumes(&self, node_id: &NodeId, volumes: &[crate::volumes::ImportedVolume]) -> Result<(), AwsError> {
+        for kept in volumes {
+            self.call("CreateTags", |s| {
+                let volume = s.volumes.get_mut(&kept.volume_id).ok_or_else(|| not_found("CreateTags", &kept.volume_id))?;
+                volume.tags.insert(TAG_NODE_ID.into(), node_id.to_string());
+                volume.tags.insert(TAG_MANAGED.into(), "true".into());
+                volume.tags.insert(TAG_DEVICE_NAME.into(), kept.device_name.clone());
+                Ok(())
+            })
+            .await?;
+            self.call("ModifyInstanceAttribute", |s| {
+                if let Some((_, _, delete)) = s.volumes.get_mut(&kept.volume_id).and_then(|v| v.attachment.as_mut()) {
+                    *delete = false;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Every volume, as the invariants read them.
     pub fn volumes(&self) -> Vec<VolumeView> {
         let state = self.lock();
