@@ -245,11 +245,14 @@ async fn instance_status_answers_as_aws_does() -> Result<(), SetupError> {
     assert_eq!(all.get(&terminated), Some(&pair("not-applicable", "not-applicable")), "{all:?}");
     assert_eq!(all.len(), 5);
 
-    // Filters on the checks (across the whole emulator: only this test impairs instances).
-    let impaired = statuses(&fx.ec2.describe_instance_status().filters(filter("instance-status.status", "impaired")).send().await?);
-    assert_eq!(impaired.keys().cloned().collect::<Vec<_>>(), { let mut s = sick.clone(); s.sort(); s }, "instance-status.status=impaired");
-    let impaired = statuses(&fx.ec2.describe_instance_status().filters(filter("system-status.status", "impaired")).send().await?);
-    assert_eq!(impaired.keys().collect::<Vec<_>>(), [&sick_system], "system-status.status=impaired");
+    // Filters on the checks, across the whole emulator (other tests impair instances of
+    // their own too): of this test's instances, the impaired ones.
+    let launched: std::collections::BTreeSet<&String> = ours.iter().chain(&sick).collect();
+    let of_ours = |found: Statuses| found.into_keys().filter(|k| launched.contains(k)).collect::<Vec<_>>();
+    let impaired = of_ours(statuses(&fx.ec2.describe_instance_status().filters(filter("instance-status.status", "impaired")).send().await?));
+    assert_eq!(impaired, { let mut s = sick.clone(); s.sort(); s }, "instance-status.status=impaired");
+    let impaired = of_ours(statuses(&fx.ec2.describe_instance_status().filters(filter("system-status.status", "impaired")).send().await?));
+    assert_eq!(impaired, [sick_system.clone()], "system-status.status=impaired");
     let mine = fx.ec2.describe_instance_status().set_instance_ids(Some(ours.to_vec())).include_all_instances(true);
     let not_applicable = statuses(&mine.clone().filters(filter("instance-status.status", "not-applicable")).send().await?);
     assert_eq!(not_applicable.keys().cloned().collect::<std::collections::BTreeSet<_>>(), [stopped.clone(), terminated.clone()].into(), "not-applicable");
@@ -272,10 +275,14 @@ async fn instance_status_answers_as_aws_does() -> Result<(), SetupError> {
             break;
         }
     }
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [5, 1], "6 impaired instances in pages of 5: {pages:?}");
+    // At least this test's 6 impaired instances, in pages of 5 (all full but the last).
+    assert!(pages.len() >= 2 && pages[..pages.len() - 1].iter().all(|p| p.len() == 5) && pages.last().is_some_and(|p| (1..=5).contains(&p.len())), "pages of 5: {pages:?}");
     let mut listed: Vec<String> = pages.concat();
     listed.sort();
-    assert_eq!(listed, { let mut s = sick.clone(); s.sort(); s }, "each once");
+    let total = listed.len();
+    listed.dedup();
+    assert_eq!(listed.len(), total, "each once: {pages:?}");
+    assert_eq!(listed.into_iter().filter(|k| launched.contains(k)).collect::<Vec<_>>(), { let mut s = sick.clone(); s.sort(); s }, "each of ours listed");
 
     // The tag gone, the check passes again.
     fx.ec2.delete_tags().resources(&sick[0]).tags(Tag::builder().key(STATUS_TAG).build()).send().await?;
