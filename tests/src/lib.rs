@@ -414,6 +414,20 @@ impl Fixture {
         Ok(())
     }
 
+    /// Where EC2 has a volume: (state, instance it is attached to, device); `None`: gone.
+    pub async fn volume_state(&self, volume_id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, SetupError> {
+        let filter = aws_sdk_ec2::types::Filter::builder().name("volume-id").values(volume_id).build();
+        let out = self.ec2.describe_volumes().filters(filter).send().await?;
+        Ok(out.volumes().first().map(|v| {
+            let attachment = v.attachments().first();
+            (
+                v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                attachment.and_then(|a| a.instance_id()).map(str::to_owned),
+                attachment.and_then(|a| a.device()).map(str::to_owned),
+            )
+        }))
+    }
+
     /// What EC2 says about one Elastic IP.
     pub async fn cloud_eip(&self, allocation_id: &str) -> Result<aws_sdk_ec2::types::Address, SetupError> {
         let out = self.ec2.describe_addresses().allocation_ids(allocation_id).send().await?;

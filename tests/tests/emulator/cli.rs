@@ -278,20 +278,6 @@ async fn create_takes_a_launch_template_extra_enis_and_launch_options() -> Resul
     Ok(())
 }
 
-/// Where EC2 has a volume: (state, instance it is attached to, device); `None`: gone.
-async fn ec2_volume(fx: &Fixture, volume_id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, SetupError> {
-    let filter = aws_sdk_ec2::types::Filter::builder().name("volume-id").values(volume_id).build();
-    let out = fx.ec2.describe_volumes().filters(filter).send().await?;
-    Ok(out.volumes().first().map(|v| {
-        let attachment = v.attachments().first();
-        (
-            v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            attachment.and_then(|a| a.instance_id()).map(str::to_owned),
-            attachment.and_then(|a| a.device()).map(str::to_owned),
-        )
-    }))
-}
-
 /// `nodes create --data-volume` with a deallocation policy; `nodes show` lists the volume
 /// attached; `nodes update` changes one field of the policy and keeps the others; the
 /// deallocation does what the policy says to the volume (a final snapshot, then deleted)
@@ -320,7 +306,7 @@ async fn data_volumes_and_the_deallocation_policy_with_the_cli() -> Result<(), S
     assert!(words.len() == 3 && words[0] == "/dev/sdf" && words[1].starts_with("vol-") && words[2] == "attached", "{line}");
     let volume_id = words[1].to_owned();
     assert_eq!(field(&shown.stdout, "deallocation"), Some("ENIs keep, data volumes delete, Elastic IP release"), "{}", shown.stdout);
-    let attached = ec2_volume(&fx, &volume_id).await?;
+    let attached = fx.volume_state(&volume_id).await?;
     assert_eq!(attached, Some(("in-use".to_owned(), Some(instance_id.clone()), Some("/dev/sdf".to_owned()))), "EC2 agrees");
     let made = fx.ec2.describe_volumes().volume_ids(&volume_id).send().await?;
     let made = made.volumes().first().ok_or("no volume")?;
@@ -342,7 +328,7 @@ async fn data_volumes_and_the_deallocation_policy_with_the_cli() -> Result<(), S
 
     let gone = tether(&env, &["nodes", "deallocate", &id, "--wait"]).await;
     assert_eq!((gone.code, field(&gone.stdout, "state")), (0, Some("deallocated")), "{gone:?}");
-    assert_eq!(ec2_volume(&fx, &volume_id).await?, None, "the data volume is deleted");
+    assert_eq!(fx.volume_state(&volume_id).await?, None, "the data volume is deleted");
     let filter = aws_sdk_ec2::types::Filter::builder().name("volume-id").values(&volume_id).build();
     let snapshots = fx.ec2.describe_snapshots().owner_ids("self").filters(filter).send().await?;
     let snapshot = snapshots.snapshots().first().and_then(|s| s.snapshot_id()).ok_or("no final snapshot")?.to_owned();

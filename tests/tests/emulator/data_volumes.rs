@@ -24,19 +24,6 @@ fn body_with_data(fx: &Fixture, deallocation: Value) -> Value {
     })
 }
 
-/// Where EC2 has the volume: (state, instance, device).
-async fn volume(fx: &Fixture, volume_id: &str) -> Result<Option<(String, Option<String>, Option<String>)>, SetupError> {
-    let out = fx.ec2.describe_volumes().filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(volume_id).build()).send().await?;
-    Ok(out.volumes().first().map(|v| {
-        let attachment = v.attachments().first();
-        (
-            v.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
-            attachment.and_then(|a| a.instance_id()).map(str::to_owned),
-            attachment.and_then(|a| a.device()).map(str::to_owned),
-        )
-    }))
-}
-
 #[tokio::test]
 async fn the_same_data_volume_is_attached_at_the_same_device_on_each_of_three_generations() -> Result<(), SetupError> {
     let fx = Fixture::new().await?;
@@ -49,7 +36,7 @@ async fn the_same_data_volume_is_attached_at_the_same_device_on_each_of_three_ge
         let current = fx.tether.node(&id).await?;
         assert_eq!(current.generation, generation);
         let instance = current.instance_id().ok_or("no instance")?.to_owned();
-        let seen = volume(&fx, &volume_id).await?.ok_or("volume gone")?;
+        let seen = fx.volume_state(&volume_id).await?.ok_or("volume gone")?;
         assert_eq!(seen, ("in-use".to_owned(), Some(instance.clone()), Some("/dev/sdf".to_owned())), "generation {generation}");
         let (_, shown) = call(&fx, Method::GET, &format!("/nodes/{id}"), None).await?;
         assert_eq!(shown["data_volumes"][0]["attached"], true, "{shown}");
@@ -72,7 +59,7 @@ async fn a_paused_node_whose_data_volume_was_deleted_is_not_resumed() -> Result<
     let volume_id = node["data_volumes"][0]["volume_id"].as_str().ok_or("no data volume")?.to_owned();
     let (status, paused) = call(&fx, Method::POST, &format!("/nodes/{id}/pause"), None).await?;
     assert_eq!(status, StatusCode::OK, "{paused}");
-    assert_eq!(volume(&fx, &volume_id).await?.map(|v| v.0).as_deref(), Some("available"), "kept by the pause, detached");
+    assert_eq!(fx.volume_state(&volume_id).await?.map(|v| v.0).as_deref(), Some("available"), "kept by the pause, detached");
     fx.ec2.delete_volume().volume_id(&volume_id).send().await?;
     let before = fx.instances_in_vpc().await?;
     let (status, refused) = call(&fx, Method::POST, &format!("/nodes/{id}/resume"), None).await?;
@@ -95,7 +82,7 @@ async fn deallocation_keeps_data_unless_its_policy_deletes_it_after_a_final_snap
         assert_eq!(node["spec"]["deallocation"]["data_volumes"], if kept { "keep" } else { "snapshot_and_delete" }, "{node}");
         let (status, done) = call(&fx, Method::POST, &format!("/nodes/{id}/deallocate"), None).await?;
         assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("deallocated")), "{done}");
-        let left = volume(&fx, &volume_id).await?;
+        let left = fx.volume_state(&volume_id).await?;
         let snapshots = fx.ec2.describe_snapshots().owner_ids("self").filters(aws_sdk_ec2::types::Filter::builder().name("volume-id").values(&volume_id).build()).send().await?;
         if kept {
             assert_eq!(left.map(|v| v.0).as_deref(), Some("available"), "{policy}: kept, detached");
@@ -207,11 +194,11 @@ async fn an_imported_instance_s_own_volume_kept_at_import_follows_the_node() -> 
     fx.interrupt_node(&id, BUDGET).await?;
     let after = fx.tether.node(&id).await?;
     assert_eq!(after.generation, 2);
-    let seen = volume(&fx, &volume_id).await?.ok_or("the kept volume was deleted with the instance")?;
+    let seen = fx.volume_state(&volume_id).await?.ok_or("the kept volume was deleted with the instance")?;
     assert_eq!(seen, ("in-use".to_owned(), after.instance_id().map(str::to_owned), Some("/dev/sdg".to_owned())));
     // Deallocated with the default policy: the user's volume is kept.
     let (_, done) = call(&fx, Method::POST, &format!("/nodes/{id}/deallocate"), None).await?;
     assert_eq!(done["state"], "deallocated", "{done}");
-    assert_eq!(volume(&fx, &volume_id).await?.map(|v| v.0).as_deref(), Some("available"));
+    assert_eq!(fx.volume_state(&volume_id).await?.map(|v| v.0).as_deref(), Some("available"));
     Ok(())
 }
