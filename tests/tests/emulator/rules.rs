@@ -498,6 +498,8 @@ async fn secondary_private_ips_are_unique_in_the_subnet_and_never_reserved() -> 
     // AssignPrivateIpAddresses naming an address: the same rules.
     let second = create_eni(&fx, None).await?;
     let before = eni_addresses(&fx, &second).await?;
+    // A free address for the assignments below: not the one EC2 picked for this ENI.
+    let free: u8 = if before[0].0 == ip(40) { 41 } else { 40 };
     let assign = |addresses: &[String]| fx.ec2.assign_private_ip_addresses().network_interface_id(&second).set_private_ip_addresses(Some(addresses.to_vec())).send();
     for (taken, whose) in [(ip(20), "the other ENI's primary"), (ip(21), "the other ENI's secondary"), (before[0].0.clone(), "this ENI's primary")] {
         let err = assign(std::slice::from_ref(&taken)).await.expect_err("an address in use cannot be assigned");
@@ -510,21 +512,21 @@ async fn secondary_private_ips_are_unique_in_the_subnet_and_never_reserved() -> 
     let outside = assign(&["10.0.2.10".to_owned()]).await.expect_err("outside the subnet");
     assert_eq!(outside.code(), Some("InvalidParameterValue"), "{outside:?}");
     // One bad address fails the whole request.
-    let mixed = assign(&[ip(40), ip(21)]).await.expect_err("10.0.1.21 is in use");
+    let mixed = assign(&[ip(free), ip(21)]).await.expect_err("10.0.1.21 is in use");
     assert_eq!(mixed.code(), Some("InvalidIPAddress.InUse"), "{mixed:?}");
     assert_eq!(eni_addresses(&fx, &second).await?, before, "a failed assignment assigns nothing");
     // A free address is assigned, as a secondary, and is then in use.
-    assign(&[ip(40)]).await?;
+    assign(&[ip(free)]).await?;
     let mut expected = before.clone();
-    expected.push((ip(40), false));
+    expected.push((ip(free), false));
     expected.sort();
     assert_eq!(eni_addresses(&fx, &second).await?, expected);
-    let again = fx.ec2.assign_private_ip_addresses().network_interface_id(&first).private_ip_addresses(ip(40)).send().await.expect_err("10.0.1.40 is now in use");
+    let again = fx.ec2.assign_private_ip_addresses().network_interface_id(&first).private_ip_addresses(ip(free)).send().await.expect_err("the address is now in use");
     assert_eq!(again.code(), Some("InvalidIPAddress.InUse"), "{again:?}");
     // With AllowReassignment, another ENI's secondary moves over.
-    fx.ec2.assign_private_ip_addresses().network_interface_id(&first).private_ip_addresses(ip(40)).allow_reassignment(true).send().await?;
-    assert_eq!(eni_addresses(&fx, &second).await?, before, "10.0.1.40 left the second ENI");
-    assert_eq!(eni_addresses(&fx, &first).await?, [(ip(20), true), (ip(21), false), (ip(40), false)]);
+    fx.ec2.assign_private_ip_addresses().network_interface_id(&first).private_ip_addresses(ip(free)).allow_reassignment(true).send().await?;
+    assert_eq!(eni_addresses(&fx, &second).await?, before, "the address left the second ENI");
+    assert_eq!(eni_addresses(&fx, &first).await?, [(ip(20), true), (ip(21), false), (ip(free), false)]);
     Ok(())
 }
 
