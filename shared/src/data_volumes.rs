@@ -91,6 +91,13 @@ impl crate::model::Node {
     }
 }
 
+impl VolumeInfo {
+    /// Whether the volume is one the node still has (not being deleted).
+    pub fn exists(&self) -> bool {
+        !matches!(self.state.as_str(), "deleting" | "deleted")
+    }
+}
+
 /// Refuses what EC2 would refuse, and what would collide with the instance's own volumes,
 /// naming the field (`data_volumes[i].…`, relative to the spec).
 pub fn check_data_volumes(volumes: &[DataVolume], block_devices: &[BlockDevice]) -> Result<(), (String, String)> {

@@ -68,6 +68,12 @@ impl DeallocationPolicy {
 }
 
 impl crate::model::Node {
+    /// The Elastic IP a deallocation keeps allocated: a Tether-allocated one whose policy
+    /// says `keep` (the user's own is never released anyway).
+    pub fn kept_elastic_ip(&self) -> Option<&crate::model::ElasticIpRecord> {
+        self.elastic_ip.as_ref().filter(|e| e.allocated_by_tether && self.spec.deallocation.elastic_ip == ElasticIpFate::Keep)
+    }
+
     /// Whether the node came from an imported instance (its ENI is the user's). Records
     /// from before `imported_instance` existed tell by the volumes import recorded, or by
     /// their history.

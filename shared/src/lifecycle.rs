@@ -238,8 +238,7 @@ pub fn deallocated(node: &Node, now: DateTime<Utc>) -> Node {
         // does a Tether-allocated Elastic IP the policy keeps.
         next.eni = None;
         next.extra_enis.clear();
-        let keep_eip = node.spec.deallocation.elastic_ip == crate::deallocation::ElasticIpFate::Keep;
-        next.elastic_ip = node.elastic_ip.clone().filter(|e| e.allocated_by_tether && keep_eip);
+        next.elastic_ip = node.kept_elastic_ip().cloned();
     }
     next.record(now, if node.keep_eni { "deallocated; ENI kept" } else { "deallocated" });
     next

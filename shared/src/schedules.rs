@@ -89,6 +89,16 @@ impl Schedule {
     }
 }
 
+/// The runs of `schedules` set now: a new one counts its slots from `now` (a slot that came
+/// before it was set does not run), a removed one is forgotten.
+pub fn runs_from(runs: &mut std::collections::BTreeMap<String, DateTime<Utc>>, schedules: &[Schedule], now: DateTime<Utc>) {
+    let keys: Vec<String> = schedules.iter().map(Schedule::key).collect();
+    runs.retain(|key, _| keys.contains(key));
+    for key in keys {
+        runs.entry(key).or_insert(now);
+    }
+}
+
 /// Refuses schedules that cannot be evaluated, naming the field relative to `schedules`.
 pub fn check_schedules(schedules: &[Schedule]) -> Result<(), (String, String)> {
     if schedules.len() > MAX_SCHEDULES {

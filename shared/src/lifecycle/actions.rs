@@ -413,13 +413,8 @@ pub fn patched(node: &Node, patch: &NodePatch, now: DateTime<Utc>, by: Option<&s
     }
     let mut next = node.clone();
     let changed = patch_spec(&mut next.spec, patch)?;
-    // A schedule set now counts its slots from now on; a removed one is forgotten.
     if patch.schedules.is_some() {
-        let keys: Vec<String> = next.spec.schedules.iter().map(crate::schedules::Schedule::key).collect();
-        next.schedule_runs.retain(|key, _| keys.contains(key));
-        for key in keys {
-            next.schedule_runs.entry(key).or_insert(now);
-        }
+        crate::schedules::runs_from(&mut next.schedule_runs, &next.spec.schedules, now);
     }
     let (on_eni, at_launch): (Vec<_>, Vec<_>) = changed.into_iter().partition(|f| ON_THE_ENI.contains(f));
     // Policies read when they apply, not at a launch.

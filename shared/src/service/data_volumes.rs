@@ -54,7 +54,7 @@ impl Tether {
             return Ok(None);
         }
         let seen = self.volumes.describe_volumes(had).await?;
-        let lost = node.data_volumes.iter().filter(|r| had.contains(&r.volume_id)).find(|r| !seen.iter().any(|v| v.id == r.volume_id && v.state != "deleting"));
+        let lost = node.data_volumes.iter().filter(|r| had.contains(&r.volume_id)).find(|r| !seen.iter().any(|v| v.id == r.volume_id && v.exists()));
         Ok(lost.map(data_volume_deleted))
     }
 
@@ -78,7 +78,7 @@ impl Tether {
         let mut next = node.clone();
         let mut trouble = Vec::new();
         for (i, record) in node.data_volumes.iter().enumerate() {
-            let Some(volume) = seen.iter().find(|v| v.id == record.volume_id && v.state != "deleting") else {
+            let Some(volume) = seen.iter().find(|v| v.id == record.volume_id && v.exists()) else {
                 warn!(volume_id = record.volume_id, "data volume gone; the instance is stopped from running without it");
                 self.instances.terminate(&instance_id).await?;
                 return self.fail(&node, data_volume_deleted(record)).await;

@@ -323,11 +323,7 @@ impl Tether {
             if let Some(schedules) = patch.schedules.as_ref().filter(|s| **s != group.schedules) {
                 crate::schedules::check_schedules(schedules).map_err(|(field, reason)| TetherError::invalid(field, reason))?;
                 what.push(format!("schedules: {}", schedules.iter().map(|s| s.key()).collect::<Vec<_>>().join("; ")));
-                let keys: Vec<String> = schedules.iter().map(crate::schedules::Schedule::key).collect();
-                next.schedule_runs.retain(|key, _| keys.contains(key));
-                for key in keys {
-                    next.schedule_runs.entry(key).or_insert(now);
-                }
+                crate::schedules::runs_from(&mut next.schedule_runs, schedules, now);
                 next.schedules = schedules.clone();
             }
             let members = self.registry.members(id).await?;

@@ -344,8 +344,7 @@ impl Tether {
                 }
             }
             self.release_extra_enis(&node, deadline).await?;
-            let keep_eip = node.spec.deallocation.elastic_ip == crate::deallocation::ElasticIpFate::Keep;
-            if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether && keep_eip) {
+            if let Some(eip) = node.kept_elastic_ip() {
                 note = Some(format!("Elastic IP {} ({}) kept, allocated (deallocation.elastic_ip: keep)", eip.allocation_id, eip.public_ip));
             } else if let Some(eip) = node.elastic_ip.as_ref().filter(|e| e.allocated_by_tether) {
                 // Someone associated it with something else meanwhile: theirs now, not released.

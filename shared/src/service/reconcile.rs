@@ -320,7 +320,7 @@ impl Tether {
             let volumes = self.volumes.describe_volumes(&ids).await?;
             // Gone for good only once it was seen (attached once, or recorded long ago): a
             // volume just made may not be visible yet.
-            let gone = node.data_volumes.iter().find(|r| (r.attached_to.is_some() || seen.stuck) && !volumes.iter().any(|v| v.id == r.volume_id && v.state != "deleting"));
+            let gone = node.data_volumes.iter().find(|r| (r.attached_to.is_some() || seen.stuck) && !volumes.iter().any(|v| v.id == r.volume_id && v.exists()));
             seen.deleted_data_volume = gone.map(|r| r.volume_id.clone());
             seen.data_volume_detached = data_volume_detached(node, &seen, &volumes);
         }
